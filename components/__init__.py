@@ -1,0 +1,1 @@
+"""KFP components, one per lifecycle stage (installed as ``kubeloop.components``)."""

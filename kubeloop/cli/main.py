@@ -1,0 +1,29 @@
+"""Entry point of the ``kubeloop`` command: one typer app, one sub-app per concern."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="kubeloop",
+    help="kubeloop: data → features → training → gate → registry → canary → monitoring → again.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _register() -> None:
+    # Sub-apps import their heavy dependencies lazily inside commands, so `--help` stays fast.
+    from kubeloop.cli import generate, registry
+
+    app.add_typer(registry.app, name="registry")
+    app.command(name="generate")(generate.generate)
+
+
+def main() -> None:
+    _register()
+    app()
+
+
+if __name__ == "__main__":
+    main()

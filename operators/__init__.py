@@ -1,0 +1,1 @@
+"""The ModelDeployment operator: CRD models, reconciler core, adapters (``kubeloop.operators``)."""

@@ -1,0 +1,1 @@
+"""KFP pipelines composed from the stage components (installed as ``kubeloop.pipelines``)."""
