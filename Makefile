@@ -14,6 +14,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help install demo test test-unit lint format compile check-generated bench clean
 
+# Each concern adds its set-up targets in mk/<concern>.mk and appends them to
+# TEST_DEPS / DEMO_DEPS (e.g. the drift service's venv, Prometheus, helm).
+TEST_DEPS :=
+DEMO_DEPS :=
+include $(wildcard mk/*.mk)
+
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
 
@@ -28,10 +34,10 @@ $(INSTALL_STAMP): pyproject.toml setup.py requirements/constraints.txt
 
 install: $(INSTALL_STAMP) ## create .venv with kubeloop and its pinned dependencies
 
-demo: install ## run the main job on the local runtime
+demo: install $(DEMO_DEPS) ## run the main job on the local runtime
 	$(BIN)/kubeloop demo
 
-test: install ## run the test suite
+test: install $(TEST_DEPS) ## run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: install ## run only the unit tests (no services)
