@@ -1,0 +1,120 @@
+"""Helpers for tests across kubeloop: a small but real registry version, built fast.
+
+``make_registry_version`` generates fraud data, joins the account profile point-in-time,
+fits the preprocessor, trains the classifier for a few hundred plain-torch steps (no Ray,
+so serving, monitoring and operator tests stay quick), and publishes the bundle with
+metrics, lineage, a gate verdict and a ``reference.parquet`` as docs/contracts.md
+describes. Everything is seeded, so the same arguments give the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kubeloop.data import fraud
+from kubeloop.model import ModelBundle, ModelConfig, Preprocessor, TabularClassifier
+from kubeloop.registry import ModelRegistry, ModelVersion
+
+REFERENCE_ROWS = 2000
+
+
+def joined_frame(data: fraud.FraudData) -> pd.DataFrame:
+    """Transactions with the account-profile features as of each event (no future leakage)."""
+    tx = data.transactions.sort_values("event_timestamp")
+    view = [c.name for c in fraud.FRAUD_SCHEMA.view_features]
+    accounts = data.accounts.sort_values("event_timestamp")[
+        ["account_id", "event_timestamp", *view]
+    ]
+    return pd.merge_asof(
+        tx, accounts, on="event_timestamp", by="account_id", direction="backward"
+    ).reset_index(drop=True)
+
+
+def train_bundle(
+    frame: pd.DataFrame, *, seed: int = 0, steps: int = 300, hidden_units: int = 16
+) -> ModelBundle:
+    """Fits the preprocessor and trains the network with plain torch (full-batch Adam)."""
+    schema = fraud.FRAUD_SCHEMA
+    torch.manual_seed(seed)
+    pre = Preprocessor.fit(frame, schema)
+    x = torch.from_numpy(pre.transform(frame))
+    y = torch.from_numpy(frame[schema.label].to_numpy(dtype=np.float32))
+    config = ModelConfig(n_inputs=pre.n_outputs, hidden_units=hidden_units, dropout=0.0)
+    network = TabularClassifier(config)
+    optimiser = torch.optim.Adam(network.parameters(), lr=1e-2)
+    pos_weight = torch.tensor(max(float((1 - y).sum() / max(y.sum(), 1.0)), 1.0) ** 0.5)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    network.train()
+    for _ in range(steps):
+        optimiser.zero_grad()
+        loss = loss_fn(network(x), y)
+        loss.backward()
+        optimiser.step()
+    network.eval()
+    return ModelBundle(schema=schema, preprocessor=pre, config=config, network=network)
+
+
+def _roc_auc(y: np.ndarray, s: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan")
+
+
+def make_registry_version(
+    registry: ModelRegistry,
+    model_name: str = "fraud-detector",
+    seed: int = 0,
+    n_accounts: int = 200,
+    days: float = 7.0,
+    *,
+    scenario: str = "stationary",
+    steps: int = 300,
+) -> ModelVersion:
+    """Trains a small model on generated data and publishes it as the next version."""
+    data = fraud.generate(scenario, days=days, n_accounts=n_accounts, seed=seed)
+    frame = joined_frame(data)
+    cut = frame["event_timestamp"].quantile(0.7)
+    train, evaluation = (
+        frame[frame["event_timestamp"] < cut],
+        frame[frame["event_timestamp"] >= cut],
+    )
+    if train.empty or evaluation.empty:
+        raise ValueError(
+            f"too little data to train and evaluate: n_accounts={n_accounts}, days={days}"
+        )
+    bundle = train_bundle(train, seed=seed, steps=steps)
+    schema = bundle.schema
+    scores, classes = bundle.predict(evaluation)
+    labels = evaluation[schema.label].to_numpy()
+    metrics = {
+        "roc_auc": _roc_auc(labels, scores),
+        "accuracy": float((classes == labels).mean()),
+        "eval_rows": len(evaluation),
+    }
+    reference = evaluation[[*schema.feature_names, schema.label]].head(REFERENCE_ROWS).copy()
+    reference["prediction_score"] = scores[: len(reference)]
+    reference["prediction"] = classes[: len(reference)]
+    lineage = {
+        "data_hash": f"generated-{scenario}-{seed}-{n_accounts}-{days}",
+        "row_count": len(frame),
+        "pipeline_run_id": f"test-{seed}",
+        "pipeline_name": "kubeloop.testing",
+        "parameters": {"steps": steps, "seed": seed},
+        "code_version": "test",
+        "source_uri": f"generated://{scenario}",
+        "window": {"start": data.truth.start, "end": data.truth.end},
+    }
+    gate = {"passed": True, "reasons": "test fixture"}
+    with tempfile.TemporaryDirectory(prefix="kubeloop-version-") as tmp:
+        folder = bundle.save(Path(tmp))
+        reference.to_parquet(folder / "reference.parquet", index=False)
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (folder / "lineage.json").write_text(json.dumps(lineage, indent=2))
+        (folder / "gate.json").write_text(json.dumps(gate, indent=2))
+        return registry.publish(model_name, folder, metrics=metrics, lineage=lineage, gate=gate)
