@@ -18,6 +18,7 @@ naming the location and, where it applies, the column.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import tempfile
@@ -178,8 +179,9 @@ def _coerce_column(series: pd.Series, dtype: str, name: str, label: str) -> pd.S
             )
         return numeric.astype("int64") if not numeric.isna().any() else numeric.astype("Int64")
     if dtype == "bool":
-        mapping = {True: True, False: False, 1: True, 0: False, "true": True, "false": False}
-        mapped = series.map(lambda v: mapping.get(v.lower() if isinstance(v, str) else v))
+        # bool, 0/1 and "true"/"false"/"1"/"0" (as CSV readers produce them)
+        mapping = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
+        mapped = series.map(lambda v: mapping.get(str(v).strip().lower()) if pd.notna(v) else None)
         bad = present & mapped.isna()
         if bad.any():
             raise SourceError(
@@ -380,10 +382,8 @@ def read_source(
             if not schema_uri and local.is_file():
                 # A schema shipped next to an S3 object lives under the same prefix.
                 sibling = uri.rsplit("/", 1)[0] + "/" + SCHEMA_FILE
-                try:
+                with contextlib.suppress(SourceError):
                     _s3_download(sibling, local.parent, timeout_s)
-                except SourceError:
-                    pass
             return _read_local(local, schema_uri, uri, timeout_s)
     if "://" in uri and not uri.startswith("file://"):
         raise SourceError(
