@@ -1,0 +1,1 @@
+"""Serving: the KServe predictor, payload logging, the local traffic router, InferenceServices."""

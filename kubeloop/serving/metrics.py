@@ -1,0 +1,53 @@
+"""kubeloop's serving metrics (names and labels as docs/contracts.md lists them).
+
+They live in prometheus-client's default registry, which kserve's ``/metrics`` serves,
+so one scrape returns kserve's own metrics and these. Every label is bounded: model
+and version name what this process serves, ``predicted_class`` is the label set,
+``reason``/``status``/``outcome`` are fixed enums.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+
+INFERENCE_REQUESTS = Counter(
+    "kubeloop_inference_requests_total",
+    "Inference requests by outcome (ok, client_error, server_error).",
+    ["model", "version", "status"],
+)
+INFERENCE_DURATION = Histogram(
+    "kubeloop_inference_duration_seconds",
+    "Time from decoded request to response inside the predictor.",
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+PREDICTIONS = Counter(
+    "kubeloop_predictions_total",
+    "Predictions by predicted class.",
+    ["model", "version", "predicted_class"],
+)
+PREDICTION_SCORE = Histogram(
+    "kubeloop_prediction_score",
+    "Positive-class probability of each prediction.",
+    ["model", "version"],
+    buckets=SCORE_BUCKETS,
+)
+REQUEST_ERRORS = Counter(
+    "kubeloop_request_errors_total",
+    "Rejected requests by reason (client mistakes; see kubeloop.serving.inputs.REASONS).",
+    ["model", "version", "reason"],
+)
+FEAST_LOOKUP = Histogram(
+    "kubeloop_feast_lookup_seconds",
+    "Latency of the batched Feast online-store lookup, one per request.",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+PAYLOAD_EVENTS = Counter(
+    "kubeloop_payload_events_total",
+    "CloudEvents payload events by outcome (sent, dropped).",
+    ["model", "version", "outcome"],
+)

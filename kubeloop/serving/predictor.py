@@ -1,0 +1,275 @@
+"""kubeloop's KServe predictor: a registry version behind V1, V2 (REST) and gRPC.
+
+``load()`` downloads a version (or reads a folder the KServe storage initializer
+filled), verifies every file against its manifest's sha256, and builds the schema
+validator and the Feast online lookup. ``preprocess`` validates and enriches,
+``predict`` runs the bundle, ``postprocess`` encodes the protocol's response, counts
+metrics and queues payload events. Client mistakes raise :class:`RequestRejected`
+(a kserve ``InvalidInput``, so a 400 with a JSON message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from kserve import InferOutput, InferRequest, InferResponse, Model
+from kserve.errors import InvalidInput
+from kserve.model import InferenceVerb
+
+from kubeloop.model import ModelBundle
+from kubeloop.registry import ChecksumMismatch, ModelRegistry
+from kubeloop.registry.registry import MANIFEST, sha256_bytes, version_checksum
+from kubeloop.serving import metrics as m
+from kubeloop.serving.inputs import InputValidator, Limits, RequestRejected
+from kubeloop.serving.payload import EventContext, PayloadLogger
+
+
+def verify_folder(folder: Path) -> dict[str, Any]:
+    """Checks every file of a downloaded version against ``MANIFEST.json``; returns it."""
+    manifest_path = folder / MANIFEST
+    if not manifest_path.exists():
+        raise ChecksumMismatch(f"{folder} has no {MANIFEST}; not a registry version")
+    manifest = json.loads(manifest_path.read_text())
+    for name, meta in manifest["files"].items():
+        path = folder / name
+        if not path.exists() or sha256_bytes(path.read_bytes()) != meta["sha256"]:
+            raise ChecksumMismatch(f"{folder}/{name} is missing or does not match its sha256")
+    if version_checksum(manifest["files"]) != manifest["checksum"]:
+        raise ChecksumMismatch(f"{folder}: version checksum does not match the manifest")
+    return manifest
+
+
+@dataclass
+class PredictorConfig:
+    model_name: str
+    version: str = "champion"
+    registry_uri: str | None = None
+    model_dir: str | None = None  # a folder already holding the version (KServe storageUri)
+    feast_repo: str | None = None
+    logger_url: str | None = None
+    endpoint: str = "default"
+    namespace: str = "default"
+    limits: Limits = Limits()
+
+
+@dataclass
+class _Prepared:
+    v2: bool
+    request_id: str
+    instances: list[dict[str, Any]]
+
+
+class FraudPredictor(Model):
+    """A ``kserve.Model`` serving one immutable registry version."""
+
+    def __init__(self, config: PredictorConfig) -> None:
+        super().__init__(config.model_name, return_response_headers=True)
+        self.config = config
+        self.version = ""
+        self.bundle: ModelBundle | None = None
+        self.validator: InputValidator | None = None
+        self.features = None
+        self.payload = PayloadLogger(config.logger_url) if config.logger_url else None
+        self._cache: tempfile.TemporaryDirectory | None = None
+
+    # --- loading -----------------------------------------------------------------------
+    def load(self) -> bool:
+        cfg = self.config
+        if cfg.model_dir:
+            folder = Path(cfg.model_dir)
+        else:
+            self._cache = tempfile.TemporaryDirectory(prefix=f"kubeloop-{cfg.model_name}-")
+            registry = ModelRegistry(cfg.registry_uri)
+            _, folder = registry.download(cfg.model_name, cfg.version, self._cache.name)
+        manifest = verify_folder(folder)
+        self.version = manifest["version"]
+        self.bundle = ModelBundle.load(folder)
+        schema = self.bundle.schema
+        self.validator = InputValidator(schema, cfg.limits)
+        if cfg.feast_repo:
+            from kubeloop.serving.features import OnlineFeatureLookup
+
+            self.features = OnlineFeatureLookup(cfg.feast_repo, schema)
+        self._columns = self.bundle.preprocessor.input_columns
+        name, v = cfg.model_name, self.version
+        self._ok = m.INFERENCE_REQUESTS.labels(name, v, "ok")
+        self._client_error = m.INFERENCE_REQUESTS.labels(name, v, "client_error")
+        self._server_error = m.INFERENCE_REQUESTS.labels(name, v, "server_error")
+        self._duration = m.INFERENCE_DURATION.labels(name, v)
+        self._score = m.PREDICTION_SCORE.labels(name, v)
+        self._classes = {c: m.PREDICTIONS.labels(name, v, str(c)) for c in (0, 1)}
+        self._feast = m.FEAST_LOOKUP.labels(name)
+        self._event_ctx = EventContext(
+            model=name,
+            version=v,
+            endpoint=cfg.endpoint,
+            namespace=cfg.namespace,
+            source=f"kubeloop/{name}/{v}",
+        )
+        self.ready = True
+        return self.ready
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        return self.validator.v2_metadata_inputs() if self.validator else []
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": "score",
+                "datatype": "FP64",
+                "shape": [-1],
+                "parameters": {"version": self.version},
+            },
+            {
+                "name": "label",
+                "datatype": "INT64",
+                "shape": [-1],
+                "parameters": {"version": self.version},
+            },
+        ]
+
+    def reject(self, reason: str) -> None:
+        """Counts a client error caught outside the model (e.g. by the body-size limit)."""
+        m.REQUEST_ERRORS.labels(self.name, self.version, reason).inc()
+        self._client_error.inc()
+
+    # --- the request path ---------------------------------------------------------------
+    async def __call__(self, body, headers=None, verb=InferenceVerb.PREDICT):
+        start = time.perf_counter()
+        try:
+            result = await super().__call__(body, headers, verb)
+        except RequestRejected as exc:
+            self.reject(exc.kind)
+            raise
+        except InvalidInput:
+            self.reject("malformed_body")
+            raise
+        except Exception:
+            self._server_error.inc()
+            raise
+        self._ok.inc()
+        self._duration.observe(time.perf_counter() - start)
+        return result
+
+    async def preprocess(self, payload, headers=None) -> _Prepared:
+        headers = headers or {}
+        request_id = headers.get("x-request-id")
+        if isinstance(payload, InferRequest):
+            request_id = request_id or payload.id
+            instances = self.validator.v2_instances([_v2_input(i) for i in payload.inputs])
+            validated = self.validator.validate_instances(instances)
+            v2 = True
+        else:
+            validated = self.validator.validate_v1(payload)
+            v2 = False
+        if validated.needs_lookup:
+            if self.features is None:
+                raise RequestRejected(
+                    "missing_field",
+                    "this predictor has no online store configured; send every feature-view feature",
+                )
+            start = time.perf_counter()
+            await asyncio.to_thread(
+                self.features.enrich, validated.instances, validated.needs_lookup
+            )
+            self._feast.observe(time.perf_counter() - start)
+        return _Prepared(
+            v2=v2, request_id=request_id or str(uuid.uuid4()), instances=validated.instances
+        )
+
+    def predict(self, payload: _Prepared, headers=None, response_headers=None):
+        frame = pd.DataFrame.from_records(payload.instances, columns=self._columns)
+        scores, classes = self.bundle.predict(frame)
+        return payload, scores, classes
+
+    def postprocess(self, result, headers=None, response_headers=None):
+        prepared, scores, classes = result
+        n_pos = int(classes.sum())
+        if n_pos:
+            self._classes[1].inc(n_pos)
+        if len(classes) - n_pos:
+            self._classes[0].inc(len(classes) - n_pos)
+        for s in scores:
+            self._score.observe(float(s))
+        v1 = {
+            "predictions": [
+                {"score": float(s), "label": int(c)} for s, c in zip(scores, classes, strict=True)
+            ],
+            "model_version": self.version,
+        }
+        if response_headers is not None:
+            response_headers["x-request-id"] = prepared.request_id
+            response_headers["x-kubeloop-version"] = self.version
+        if self.payload is not None:
+            self.payload.log(
+                self._event_ctx, prepared.request_id, {"instances": prepared.instances}, v1
+            )
+        if not prepared.v2:
+            return v1
+        return InferResponse(
+            response_id=prepared.request_id,
+            model_name=self.name,
+            model_version=self.version,
+            infer_outputs=[
+                InferOutput("score", [len(scores)], "FP64", np.asarray(scores, dtype=np.float64)),
+                InferOutput("label", [len(classes)], "INT64", np.asarray(classes, dtype=np.int64)),
+            ],
+            parameters={"model_version": self.version},
+        )
+
+
+def _v2_input(inp) -> tuple[str, str, list[int], Any]:
+    if getattr(inp, "_raw_data", None) is not None:
+        try:
+            values = inp.as_numpy().reshape(-1).tolist()
+        except Exception as exc:  # noqa: BLE001 - raw bytes that do not decode are a client mistake
+            raise RequestRejected(
+                "malformed_body", f"input {inp.name!r}: cannot decode raw data: {exc}"
+            ) from None
+    else:
+        values = inp.data if isinstance(inp.data, list) else list(inp.data or [])
+    return str(inp.name), str(inp.datatype), [int(d) for d in inp.shape], values
+
+
+def main(argv: list[str] | None = None) -> None:
+    from kubeloop.serving.server import BoundModelServer, add_body_limit, predictor_parser
+
+    args = predictor_parser().parse_args(argv)
+    limits = Limits(max_batch=args.max_batch, max_payload_bytes=args.max_payload_bytes)
+    model = FraudPredictor(
+        PredictorConfig(
+            model_name=args.model_name,
+            version=args.version,
+            registry_uri=args.registry_uri,
+            model_dir=args.model_dir,
+            feast_repo=args.feast_repo,
+            logger_url=args.logger_url,
+            endpoint=args.endpoint,
+            namespace=args.namespace,
+            limits=limits,
+        )
+    )
+    model.load()
+    add_body_limit(limits.max_payload_bytes, on_reject=lambda: model.reject("payload_too_large"))
+    BoundModelServer(
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        enable_grpc=args.enable_grpc,
+        max_threads=args.max_threads,
+        bind_host=args.bind_host,
+        grpc_kwargs=vars(args),
+        enable_latency_logging=False,
+    ).start([model])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""kserve ModelServer wiring: bind address, payload-size limit, and a command line.
+
+kserve's REST and gRPC servers listen on every interface; locally kubeloop binds them
+to ``--bind_host`` (127.0.0.1 by default; the container image passes 0.0.0.0). The
+body-size limit runs as ASGI middleware before kserve decodes anything, so an
+oversized payload costs no parsing and gets a 413 naming the limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from kserve import ModelServer
+from kserve.model_server import FASTAPI_APP_IMPORT_STRING
+from kserve.model_server import app as kserve_app
+from kserve.model_server import parser as kserve_parser
+from kserve.protocol.grpc.server import GRPCServer
+from kserve.protocol.rest.server import RESTServer
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over ``max_bytes`` with 413, declared or streamed."""
+
+    def __init__(self, app, max_bytes: int, on_reject: Callable[[], None] | None = None) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.on_reject = on_reject
+
+    async def _reject(self, send, size: int | None) -> None:
+        if self.on_reject:
+            self.on_reject()
+        what = f"{size} bytes" if size is not None else "the request body"
+        body = orjson.dumps(
+            {"error": f"{what} exceeds the payload limit of {self.max_bytes} bytes"}
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        declared = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = None
+                break
+        if declared is not None:
+            if declared > self.max_bytes:
+                return await self._reject(send, declared)
+            return await self.app(scope, receive, send)
+        # No declared length (chunked): buffer up to the limit, then replay.
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self._reject(send, None)
+            if not message.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+class _BoundGRPCServer(GRPCServer):
+    """kserve's gRPC server listening on one host instead of ``[::]``."""
+
+    def __init__(self, *args, host: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._host = host
+
+    async def start(self, max_workers):
+        from concurrent import futures
+
+        from grpc import aio
+        from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+        from kserve.protocol.grpc.interceptors import (
+            ExceptionToStatusInterceptor,
+            LoggingInterceptor,
+        )
+        from kserve.protocol.grpc.servicer import InferenceServicer
+
+        self._server = aio.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers),
+            interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
+            options=[
+                ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
+                (
+                    "grpc.max_receive_message_length",
+                    self._kwargs.get("grpc_max_receive_message_length"),
+                ),
+            ],
+        )
+        servicer = InferenceServicer(self._data_plane, self._model_repository_extension)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
+        self._server.add_insecure_port(f"{self._host}:{self._port}")
+        await self._server.start()
+        await self._server.wait_for_termination()
+
+
+class BoundModelServer(ModelServer):
+    """A kserve ModelServer whose REST and gRPC servers bind to ``bind_host``."""
+
+    def __init__(
+        self, *args, bind_host: str = "127.0.0.1", grpc_kwargs: dict | None = None, **kwargs
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.bind_host = bind_host
+        self.grpc_kwargs = grpc_kwargs or {}
+
+    def start(self, models) -> None:
+        import asyncio
+
+        self._register_and_check_atleast_one_model_is_ready(models)
+        self._rest_server = RESTServer(
+            FASTAPI_APP_IMPORT_STRING,
+            self.dataplane,
+            self.model_repository_extension,
+            self.http_port,
+            access_log_format=self.access_log_format,
+            grace_period=self.grace_period,
+            event_loop=self.event_loop,
+            timeout_keep_alive=self.timeout_keep_alive,
+        )
+        self._rest_server.config.host = self.bind_host
+        self.servers.append(self._rest_server.start())
+        if self.enable_grpc:
+            self._grpc_server = _BoundGRPCServer(
+                self.grpc_port,
+                self.dataplane,
+                self.model_repository_extension,
+                kwargs=self.grpc_kwargs,
+                grace_period=self.grace_period,
+                host=self.bind_host,
+            )
+            self.servers.append(self._grpc_server.start(self.max_threads))
+        self.setup_event_loop()
+        self.register_signal_handler()
+        asyncio.run(self._serve())
+
+
+def add_body_limit(max_bytes: int, on_reject: Callable[[], None] | None = None) -> None:
+    """Installs the size limit on kserve's FastAPI app (before the server starts)."""
+    kserve_app.add_middleware(BodyLimitMiddleware, max_bytes=max_bytes, on_reject=on_reject)
+
+
+def predictor_parser() -> argparse.ArgumentParser:
+    """kserve's own argument parser, extended with kubeloop's flags."""
+    parser = argparse.ArgumentParser(
+        prog="python -m kubeloop.serving.predictor",
+        parents=[kserve_parser],
+        description="Serve one kubeloop registry version with kserve (V1, V2 REST and gRPC).",
+    )
+    parser.add_argument("--version", default="champion", help="registry version, alias or 'latest'")
+    parser.add_argument(
+        "--registry-uri", dest="registry_uri", default=None, help="local path or s3://bucket/prefix"
+    )
+    parser.add_argument(
+        "--model-dir",
+        "--model_dir",
+        dest="model_dir",
+        default=None,
+        help="a folder already holding the version (e.g. /mnt/models filled from storageUri)",
+    )
+    parser.add_argument(
+        "--feast-repo", dest="feast_repo", default=None, help="Feast repo for entity-key requests"
+    )
+    parser.add_argument(
+        "--logger-url", dest="logger_url", default=None, help="CloudEvents payload receiver"
+    )
+    parser.add_argument(
+        "--endpoint", default="default", choices=["default", "canary"], help="Ce-Endpoint value"
+    )
+    parser.add_argument("--namespace", default="default", help="Ce-Namespace value")
+    parser.add_argument(
+        "--max-batch", dest="max_batch", type=int, default=256, help="most instances per request"
+    )
+    parser.add_argument(
+        "--max-payload-bytes",
+        dest="max_payload_bytes",
+        type=int,
+        default=1_048_576,
+        help="largest request body",
+    )
+    parser.add_argument(
+        "--bind_host", "--bind-host", dest="bind_host", default="127.0.0.1", help="listen address"
+    )
+    return parser
