@@ -1,0 +1,110 @@
+"""Preparing a Feast store from ``feature_repo/`` and building point-in-time training sets.
+
+The definitions in ``feature_repo/`` are copied into a working folder (one per run,
+under ``get_settings().feast_dir``) together with the account snapshots, so parallel
+runs and tests never share a registry or an online store.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+
+ACCOUNT_FEATURES_PATH = Path("data") / "account_features.parquet"
+DEFINITIONS = "definitions.py"
+_REPO_FILES = (DEFINITIONS, "feature_store.yaml", ".feastignore")
+# Feast finds the event time of an entity data frame by this column name.
+ENTITY_TIMESTAMP = "event_timestamp"
+
+
+class FeatureStoreError(RuntimeError):
+    """The Feast repository or its data cannot be prepared; the message says why."""
+
+
+def feature_repo_dir() -> Path:
+    """The Feast definitions: ``settings.feast_repo``, else the checkout's ``feature_repo/``."""
+    from kubeloop.settings import get_settings
+
+    configured = Path(get_settings().feast_repo)
+    if (configured / DEFINITIONS).exists():
+        return configured
+    fallback = Path(__file__).resolve().parents[2] / "feature_repo"
+    if (fallback / DEFINITIONS).exists():
+        return fallback
+    raise FeatureStoreError(
+        f"no Feast repository: neither {configured} nor {fallback} holds {DEFINITIONS} "
+        "(set KUBELOOP_FEAST_REPO)"
+    )
+
+
+def _load_definitions(workdir: Path) -> list:
+    """Every Feast object defined in the working copy's ``definitions.py``."""
+    from feast import Entity, FeatureService, FeatureView, Project
+    from feast.data_source import DataSource
+
+    name = f"kubeloop_feast_definitions_{abs(hash(str(workdir)))}"
+    spec = importlib.util.spec_from_file_location(name, workdir / DEFINITIONS)
+    if spec is None or spec.loader is None:
+        raise FeatureStoreError(f"cannot load {workdir / DEFINITIONS}")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(name, None)
+    kinds = (Project, Entity, DataSource, FeatureView, FeatureService)
+    return [obj for obj in vars(module).values() if isinstance(obj, kinds)]
+
+
+def prepare_feature_store(
+    workdir: str | Path, account_features: pd.DataFrame, *, repo: Path | None = None
+):
+    """Copies the definitions into ``workdir``, writes the snapshots, applies, and
+    materializes the snapshots' whole time range into the SQLite online store.
+
+    Returns the ready :class:`feast.FeatureStore`.
+    """
+    from feast import FeatureStore
+
+    if account_features.empty:
+        raise FeatureStoreError("account features are empty: nothing to apply or materialize")
+    repo = repo or feature_repo_dir()
+    workdir = Path(workdir).resolve()
+    (workdir / ACCOUNT_FEATURES_PATH).parent.mkdir(parents=True, exist_ok=True)
+    for name in _REPO_FILES:
+        if (repo / name).exists():
+            shutil.copy2(repo / name, workdir / name)
+    account_features.to_parquet(workdir / ACCOUNT_FEATURES_PATH, index=False)
+    store = FeatureStore(repo_path=str(workdir))
+    store.apply(_load_definitions(workdir))
+    # materialize_incremental would skip rows older than now - ttl on its first run;
+    # an explicit range covers historical data too (end is exclusive, hence the +1s).
+    start = account_features[ENTITY_TIMESTAMP].min().to_pydatetime()
+    end = (account_features[ENTITY_TIMESTAMP].max() + timedelta(seconds=1)).to_pydatetime()
+    store.materialize(start_date=start, end_date=end)
+    return store
+
+
+def training_frame(store, entity_df: pd.DataFrame, feature_service: str) -> pd.DataFrame:
+    """Point-in-time join of ``entity_df`` (entity key, ``event_timestamp``, anything else)
+    with the feature service's views: each row gets the latest snapshot at or before its
+    own event time and within the view's TTL, never a later one."""
+    if ENTITY_TIMESTAMP not in entity_df.columns:
+        raise FeatureStoreError(f"entity data frame needs an {ENTITY_TIMESTAMP!r} column")
+    try:
+        service = store.get_feature_service(feature_service)
+    except Exception as exc:  # feast raises FeatureServiceNotFoundException
+        raise FeatureStoreError(
+            f"feature service {feature_service!r} is not in the Feast registry: {exc}"
+        ) from exc
+    order = entity_df.assign(_row=range(len(entity_df)))
+    joined = store.get_historical_features(entity_df=order, features=service).to_df()
+    joined = joined.sort_values("_row").drop(columns="_row").reset_index(drop=True)
+    for col in joined.columns:
+        if isinstance(joined[col].dtype, pd.DatetimeTZDtype):
+            joined[col] = joined[col].astype("datetime64[us, UTC]")
+    return joined
