@@ -1,11 +1,13 @@
 """Feast online features for entity-key requests (the KServe transformer pattern).
 
-One batched ``get_online_features`` call per request, for the unique entity keys in it.
-An entity the online store does not know is a client error (``unknown_entity``).
+One batched online lookup per request (:class:`kubeloop.features.online.OnlineFeatures`,
+a single ``get_online_features`` call) for the unique entity keys in it. An entity the
+online store does not know is a client error (``unknown_entity``).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,29 +16,30 @@ from kubeloop.serving.inputs import RequestRejected
 
 
 class OnlineFeatureLookup:
-    def __init__(self, repo_path: str | Path, schema: DatasetSchema) -> None:
-        from feast import FeatureStore
+    def __init__(self, store_dir: str | Path, schema: DatasetSchema) -> None:
+        from kubeloop.features.online import OnlineFeatures
 
-        if not schema.feature_view:
-            raise ValueError("the schema names no feature view to look features up in")
-        self.store = FeatureStore(repo_path=str(repo_path))
+        if not schema.feature_service:
+            raise ValueError("the schema names no feature service to look features up in")
+        self.online = OnlineFeatures(
+            store_dir, feature_service=schema.feature_service, entity=schema.entity
+        )
         self.entity = schema.entity
         self.names = [c.name for c in schema.view_features]
-        self.refs = [f"{schema.feature_view}:{name}" for name in self.names]
+        missing = set(self.names) - set(self.online.feature_names)
+        if missing:
+            raise ValueError(f"feature service {schema.feature_service!r} lacks {sorted(missing)}")
 
     def lookup(self, entity_ids: list[Any]) -> dict[Any, dict[str, Any]]:
         """Feature values by entity key; raises ``RequestRejected`` for unknown keys."""
         keys = list(dict.fromkeys(entity_ids))
-        result = self.store.get_online_features(
-            features=self.refs, entity_rows=[{self.entity: k} for k in keys]
-        ).to_dict()
+        frame = self.online.get(keys)
         found: dict[Any, dict[str, Any]] = {}
         missing = []
-        for j, key in enumerate(keys):
-            values = {name: result[name][j] for name in self.names}
-            if any(v is None for v in values.values()):
+        for key, values in zip(keys, frame[self.names].to_dict("records"), strict=True):
+            if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values.values()):
                 missing.append(key)
-            found[key] = values
+            found[key] = {k: float(v) if v is not None else None for k, v in values.items()}
         if missing:
             raise RequestRejected(
                 "unknown_entity",
