@@ -1,0 +1,179 @@
+{{/*
+Chart name, cut to 63 characters (the DNS label limit).
+*/}}
+{{- define "kubeloop.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified app name: release + chart unless the release already holds the chart name.
+*/}}
+{{- define "kubeloop.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of one component's objects: <fullname>-<component>, cut to 63.
+*/}}
+{{- define "kubeloop.componentName" -}}
+{{- printf "%s-%s" (include "kubeloop.fullname" .root | trunc (int (sub 62 (len .component))) | trimSuffix "-") .component }}
+{{- end }}
+
+{{- define "kubeloop.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Standard labels.
+*/}}
+{{- define "kubeloop.labels" -}}
+helm.sh/chart: {{ include "kubeloop.chart" . }}
+{{ include "kubeloop.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kubeloop
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "kubeloop.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubeloop.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Labels of one component: call with (dict "root" $ "component" "operator").
+*/}}
+{{- define "kubeloop.componentLabels" -}}
+{{ include "kubeloop.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "kubeloop.componentSelectorLabels" -}}
+{{ include "kubeloop.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
+ServiceAccount names.
+*/}}
+{{- define "kubeloop.operator.serviceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create }}
+{{- default (include "kubeloop.componentName" (dict "root" . "component" "operator")) .Values.operator.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.operator.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "kubeloop.drift.serviceAccountName" -}}
+{{- if .Values.drift.serviceAccount.create }}
+{{- default (include "kubeloop.componentName" (dict "root" . "component" "drift")) .Values.drift.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.drift.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Image reference: call with (dict "root" $ "image" .Values.operator.image "global" true).
+kubeloop images live under global.imageRegistry; others carry their full repository.
+*/}}
+{{- define "kubeloop.image" -}}
+{{- $repo := .image.repository }}
+{{- if .global }}
+{{- $repo = printf "%s/%s" .root.Values.global.imageRegistry .image.repository }}
+{{- end }}
+{{- if .image.digest }}
+{{- printf "%s@%s" $repo .image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repo (default .root.Chart.AppVersion .image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "kubeloop.imagePullSecrets" -}}
+{{- with .Values.global.imagePullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The drift service's in-cluster URL: the KServe InferenceService logger sends payload
+events here (spec.predictor.logger.url).
+*/}}
+{{- define "kubeloop.drift.url" -}}
+{{- printf "http://%s.%s.svc.cluster.local:%d" (include "kubeloop.componentName" (dict "root" . "component" "drift")) .Release.Namespace (int .Values.drift.port) }}
+{{- end }}
+
+{{/*
+Registry (S3) settings: endpoint, TLS, and the Secret holding the credentials.
+*/}}
+{{- define "kubeloop.minio.secretName" -}}
+{{- default (include "kubeloop.componentName" (dict "root" . "component" "minio")) .Values.minio.auth.existingSecret }}
+{{- end }}
+
+{{- define "kubeloop.s3.endpoint" -}}
+{{- if .Values.minio.enabled }}
+{{- printf "%s.%s.svc.cluster.local:%d" (include "kubeloop.componentName" (dict "root" . "component" "minio")) .Release.Namespace (int .Values.minio.port) }}
+{{- else }}
+{{- required "registry.external.endpoint is required when minio.enabled is false" .Values.registry.external.endpoint }}
+{{- end }}
+{{- end }}
+
+{{/*
+Environment shared by every kubeloop container that reads the registry
+(kubeloop.settings: KUBELOOP_REGISTRY_URI, KUBELOOP_S3__*, AWS_* from a Secret).
+*/}}
+{{- define "kubeloop.registryEnv" -}}
+- name: KUBELOOP_REGISTRY_URI
+  value: {{ printf "s3://%s/%s" .Values.registry.bucket .Values.registry.prefix | quote }}
+- name: KUBELOOP_S3__ENDPOINT
+  value: {{ include "kubeloop.s3.endpoint" . | quote }}
+- name: KUBELOOP_S3__SECURE
+  value: {{ ternary "false" (toString .Values.registry.external.secure) .Values.minio.enabled | quote }}
+{{- if and (not .Values.minio.enabled) .Values.registry.external.region }}
+- name: KUBELOOP_S3__REGION
+  value: {{ .Values.registry.external.region | quote }}
+{{- end }}
+{{- if .Values.minio.enabled }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "kubeloop.minio.secretName" . }}
+      key: {{ .Values.minio.auth.rootUserKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "kubeloop.minio.secretName" . }}
+      key: {{ .Values.minio.auth.rootPasswordKey }}
+{{- else }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "registry.external.existingSecret is required when minio.enabled is false" .Values.registry.external.existingSecret }}
+      key: {{ .Values.registry.external.accessKeyKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.registry.external.existingSecret }}
+      key: {{ .Values.registry.external.secretKeyKey }}
+{{- end }}
+{{- end }}
+
+{{/*
+True when the cluster serves the Prometheus Operator API, or detection is off.
+*/}}
+{{- define "kubeloop.hasPrometheusOperator" -}}
+{{- if or (not .Values.prerequisites.detect) (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1") }}true{{- end }}
+{{- end }}
