@@ -1,0 +1,431 @@
+"""The reconciler core: (spec, status, observations) → (new status, actions). No I/O.
+
+Level-triggered: every pass recomputes the desired serving state from the spec, the
+status and what was observed, so replaying the same observations yields the same
+actions, and every side effect it asks for is idempotent (a traffic split is a desired
+state, a pipeline run has a deterministic name, the champion alias is a set).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kubeloop.operators.crd import (
+    HISTORY_LIMIT,
+    ApprovalMode,
+    Decision,
+    ModelDeploymentSpec,
+    ModelDeploymentStatus,
+    RetrainingStatus,
+    VersionPolicy,
+)
+from kubeloop.operators.reconciler.analysis import analyse, watch_check
+from kubeloop.operators.reconciler.conditions import set_condition
+from kubeloop.operators.reconciler.retraining import plan_retraining, track_run
+from kubeloop.operators.reconciler.stats import Verdict
+from kubeloop.operators.reconciler.types import (
+    Action,
+    Observations,
+    RecordDecision,
+    SetChampion,
+    SetTraffic,
+    WatchDrift,
+    iso,
+    parse_time,
+)
+
+PENDING, STABLE, CANARY, WATCHING = "Pending", "Stable", "Canary", "Watching"
+
+
+@dataclass(frozen=True)
+class Result:
+    status: ModelDeploymentStatus
+    actions: tuple[Action, ...]
+
+    @property
+    def decisions(self) -> list[RecordDecision]:
+        return [a for a in self.actions if isinstance(a, RecordDecision)]
+
+
+class _Pass:
+    """The mutable scratch state of one reconcile pass."""
+
+    def __init__(
+        self,
+        name: str,
+        spec: ModelDeploymentSpec,
+        status: ModelDeploymentStatus,
+        obs: Observations,
+        generation: int,
+    ) -> None:
+        self.name = name
+        self.spec = spec
+        self.s = status.model_copy(deep=True)
+        self.obs = obs
+        self.now = iso(obs.now)
+        self.generation = generation
+        self.actions: list[Action] = []
+        self.progress: tuple[str, str, str] = ("False", "Idle", "no rollout in progress")
+        self.stalled: tuple[str, str, str] = ("False", "Progressing", "")
+
+    def decide(
+        self,
+        decision: str,
+        reason: str,
+        message: str,
+        version: str | None,
+        evidence: dict | None = None,
+    ) -> None:
+        evidence = evidence or {}
+        # Drift notes interleave with rollout holds; they do not end a run of identical holds.
+        last = next((h for h in reversed(self.s.history) if h.decision != "drift"), None)
+        # Holds repeat every poll; only a change of decision, reason or version is history.
+        repeatable = decision in ("hold", "ignore")
+        if (
+            repeatable
+            and last
+            and (last.decision, last.reason, last.version) == (decision, reason, version)
+        ):
+            return
+        entry = Decision(
+            time=self.now,
+            decision=decision,
+            reason=reason,
+            message=message,
+            version=version,
+            evidence=evidence,
+        )
+        self.s.history = [*self.s.history, entry][-HISTORY_LIMIT:]
+        self.actions.append(RecordDecision(decision, reason, message, version, evidence))
+
+    def elapsed(self, since: str | None) -> float:
+        start = parse_time(since)
+        return (self.obs.now - start).total_seconds() if start else 0.0
+
+    def condition(self, type_: str, status: str, reason: str, message: str) -> None:
+        self.s.conditions = set_condition(
+            self.s.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            now=self.now,
+            generation=self.generation,
+        )
+
+
+def reconcile(
+    name: str,
+    spec: ModelDeploymentSpec,
+    status: ModelDeploymentStatus | None,
+    obs: Observations,
+    *,
+    generation: int = 1,
+) -> Result:
+    p = _Pass(name, spec, status or ModelDeploymentStatus(), obs, generation)
+    p.s.observed_generation = generation
+    _commands(p)
+    if p.s.stable_version is None:
+        _first_deploy(p)
+    else:
+        track_run(p)
+        # A canary that starts in this pass is judged from the next pass on.
+        if p.s.phase == STABLE and p.s.candidate_version is None:
+            _start_canary(p)
+        elif p.s.phase == CANARY:
+            _canary_step(p)
+        elif p.s.phase == WATCHING:
+            _watch(p)
+        _drift(p)
+        if p.s.phase == STABLE and p.s.candidate_version is None:
+            plan_retraining(p)
+    if p.s.stable_version:
+        canary = p.s.candidate_version if p.s.phase == CANARY else None
+        p.actions.insert(
+            0, SetTraffic(p.s.stable_version, canary, p.s.canary_percent if canary else 0)
+        )
+    _conditions(p)
+    return Result(p.s, tuple(p.actions))
+
+
+# --- version selection -------------------------------------------------------------------
+def _target_version(p: _Pass) -> str | None:
+    model = p.spec.model
+    if model.version_policy == VersionPolicy.PINNED:
+        return model.version
+    passed = [
+        v
+        for v in p.obs.registry_versions
+        if v.gate_passed and v.version not in p.s.rejected_versions
+    ]
+    return max(passed, key=lambda v: v.number).version if passed else None
+
+
+def _first_deploy(p: _Pass) -> None:
+    if not p.obs.registry_ok:
+        p.s.phase = PENDING
+        p.progress = (
+            "Unknown",
+            "RegistryUnavailable",
+            p.obs.registry_error or "registry unreachable",
+        )
+        return
+    target = _target_version(p)
+    known = {v.version for v in p.obs.registry_versions}
+    if target is None or target not in known:
+        p.s.phase = PENDING
+        p.progress = (
+            "False",
+            "NoVersion",
+            f"no servable version of {p.spec.model.name} in the registry",
+        )
+        return
+    p.s.stable_version = target
+    p.s.phase = STABLE
+    p.s.canary_percent = 0
+    p.actions += [SetChampion(target), WatchDrift(target)]
+    p.decide("deploy", "FirstDeployment", f"serving {target}", target)
+
+
+def _start_canary(p: _Pass) -> None:
+    if not p.obs.registry_ok:
+        return
+    target = _target_version(p)
+    stable = p.s.stable_version
+    known = {v.version for v in p.obs.registry_versions}
+    if not target or target == stable or target not in known or target in p.s.rejected_versions:
+        return
+    if p.spec.model.version_policy == VersionPolicy.LATEST_PASSED and int(target[1:]) <= int(
+        stable[1:]
+    ):
+        return
+    p.s.candidate_version = target
+    p.s.phase = CANARY
+    p.s.step_index = 0
+    p.s.canary_percent = p.spec.rollout.steps[0]
+    p.s.step_started_at = p.now
+    p.decide("canary", "NewCandidate", f"canary {target} at {p.s.canary_percent}%", target)
+
+
+# --- canary ------------------------------------------------------------------------------
+def _canary_step(p: _Pass) -> None:
+    rollout = p.spec.rollout
+    cand, stable = p.s.candidate_version, p.s.stable_version
+    if rollout.paused:
+        p.progress = ("False", "Paused", f"rollout of {cand} paused at {p.s.canary_percent}%")
+        p.decide("hold", "Paused", p.progress[2], cand)
+        return
+    if cand not in p.obs.ready_versions:
+        # Time in a step counts from when the candidate can take traffic.
+        p.s.step_started_at = p.now
+        p.progress = ("True", "CandidateNotReady", f"waiting for {cand} to become ready")
+        return
+    if not p.obs.metrics_ok:
+        msg = f"hold: metrics unavailable ({p.obs.metrics_error or 'Prometheus unreachable'})"
+        p.progress = ("Unknown", "MetricsUnavailable", msg)
+        p.decide("hold", "MetricsUnavailable", msg, cand)
+        return
+    if cand not in p.obs.versions or stable not in p.obs.versions:
+        missing = [v for v in (cand, stable) if v not in p.obs.versions]
+        msg = f"hold: no metrics for {', '.join(missing)}"
+        p.progress = ("Unknown", "MetricsMissing", msg)
+        p.decide("hold", "MetricsMissing", msg, cand)
+        return
+    elapsed = p.elapsed(p.s.step_started_at)
+    result = analyse(
+        p.obs.versions[cand],
+        p.obs.versions[stable],
+        rollout.analysis,
+        min_samples=rollout.min_samples,
+        elapsed_seconds=elapsed,
+        min_seconds=rollout.min_step_seconds,
+    )
+    evidence = {"step": p.s.canary_percent, "checks": result.evidence()}
+    if result.verdict == Verdict.FAIL:
+        _reject_candidate(p, result.reason, result.message, evidence)
+        return
+    if result.verdict == Verdict.INCONCLUSIVE:
+        p.progress = ("True", result.reason, result.message)
+        p.decide("hold", result.reason, result.message, cand, evidence)
+        if elapsed > rollout.max_step_seconds:
+            p.stalled = (
+                "True",
+                "StepTimedOut",
+                f"no verdict on {cand} after {elapsed:.0f}s at {p.s.canary_percent}%",
+            )
+        return
+    next_index = p.s.step_index + 1
+    if rollout.steps[next_index] < 100:
+        p.s.step_index = next_index
+        p.s.canary_percent = rollout.steps[next_index]
+        p.s.step_started_at = p.now
+        p.progress = ("True", "CanaryStep", f"canary {cand} at {p.s.canary_percent}%")
+        p.decide(
+            "step",
+            "AnalysisPassed",
+            f"{cand} passed; canary to {p.s.canary_percent}%",
+            cand,
+            evidence,
+        )
+        return
+    if rollout.approval == ApprovalMode.MANUAL:
+        msg = f"{cand} passed every step; waiting for `kubeloop rollout promote {p.name}`"
+        p.progress = ("True", "AwaitingApproval", msg)
+        p.decide("hold", "AwaitingApproval", msg, cand, evidence)
+        return
+    _promote(p, "AnalysisPassed", f"{cand} passed every step", evidence)
+
+
+def _promote(p: _Pass, reason: str, message: str, evidence: dict) -> None:
+    cand, stable = p.s.candidate_version, p.s.stable_version
+    baseline = p.obs.versions.get(stable)
+    p.s.watch_baseline = (
+        {
+            "requests": baseline.requests,
+            "server_errors": baseline.server_errors,
+            "feedback": baseline.feedback,
+            "feedback_incorrect": baseline.feedback_incorrect,
+        }
+        if baseline
+        else {}
+    )
+    p.s.previous_version, p.s.stable_version, p.s.candidate_version = stable, cand, None
+    p.s.canary_percent, p.s.step_index = 0, 0
+    p.s.promoted_at = p.s.step_started_at = p.now
+    p.s.phase = WATCHING if p.spec.rollout.watch_window_seconds > 0 else STABLE
+    p.s.drift_since, p.s.drift = None, "None"
+    p.actions += [SetChampion(cand), WatchDrift(cand)]
+    p.progress = ("True", "Watching", f"watching {cand} for {p.spec.rollout.watch_window_seconds}s")
+    p.decide("promote", reason, message, cand, evidence)
+
+
+def _reject_candidate(p: _Pass, reason: str, message: str, evidence: dict) -> None:
+    cand = p.s.candidate_version
+    p.s.rejected_versions = [*p.s.rejected_versions, cand][-HISTORY_LIMIT:]
+    p.s.candidate_version, p.s.canary_percent, p.s.step_index = None, 0, 0
+    p.s.phase = STABLE
+    p.progress = ("False", "RolledBack", f"{cand} rolled back: {message}")
+    p.decide("rollback", reason, f"{cand} rolled back: {message}", cand, evidence)
+
+
+def _rollback_promotion(p: _Pass, reason: str, message: str, evidence: dict) -> None:
+    bad, previous = p.s.stable_version, p.s.previous_version
+    p.s.rejected_versions = [*p.s.rejected_versions, bad][-HISTORY_LIMIT:]
+    p.s.stable_version, p.s.previous_version = previous, None
+    p.s.phase, p.s.promoted_at, p.s.watch_baseline = STABLE, None, {}
+    p.s.drift_since, p.s.drift = None, "None"
+    p.actions += [SetChampion(previous), WatchDrift(previous)]
+    p.progress = ("False", "RolledBack", f"{bad} rolled back to {previous}: {message}")
+    p.decide("rollback", reason, f"{bad} rolled back to {previous}: {message}", bad, evidence)
+
+
+def _watch(p: _Pass) -> None:
+    stable = p.s.stable_version
+    window = p.spec.rollout.watch_window_seconds
+    if p.elapsed(p.s.promoted_at) >= window:
+        p.s.phase = STABLE
+        p.decide("confirm", "WatchWindowPassed", f"{stable} held up for {window}s", stable)
+        return
+    p.progress = ("True", "Watching", f"watching {stable} after promotion")
+    if not p.obs.metrics_ok or stable not in p.obs.versions or not p.s.previous_version:
+        return
+    result = watch_check(
+        p.obs.versions[stable],
+        p.s.watch_baseline,
+        p.spec.rollout.analysis,
+        min_samples=p.spec.rollout.min_samples,
+    )
+    if result.verdict == Verdict.FAIL:
+        _rollback_promotion(p, result.reason, result.message, {"checks": result.evidence()})
+
+
+# --- manual commands ---------------------------------------------------------------------
+def _commands(p: _Pass) -> None:
+    for command in ("promote", "rollback"):
+        version = p.obs.commands.get(command)
+        key = f"{command}:{version}"
+        if not version or key in p.s.handled_commands:
+            continue
+        p.s.handled_commands = [*p.s.handled_commands, key][-10:]
+        if command == "promote" and p.s.phase == CANARY and p.s.candidate_version == version:
+            _promote(p, "ManualPromotion", f"{version} promoted by an operator", {"manual": True})
+        elif command == "rollback" and p.s.phase == CANARY and p.s.candidate_version == version:
+            _reject_candidate(p, "ManualRollback", "by an operator", {"manual": True})
+        elif command == "rollback" and p.s.stable_version == version and p.s.previous_version:
+            _rollback_promotion(p, "ManualRollback", "by an operator", {"manual": True})
+        else:
+            p.decide(
+                "ignore",
+                "CommandNotApplicable",
+                f"{command} {version}: not the candidate or stable version",
+                version,
+            )
+
+
+# --- drift -------------------------------------------------------------------------------
+def _drift(p: _Pass) -> None:
+    if not p.obs.metrics_ok or p.obs.drift_detected is None:
+        p.s.drift = "Unknown"
+        return
+    if not p.obs.drift_detected:
+        p.s.drift_since, p.s.drift = None, "None"
+        return
+    if p.s.drift_since is None:
+        p.s.drift_since = p.now
+        p.decide(
+            "drift",
+            "DriftDetected",
+            f"drift on {p.s.stable_version}",
+            p.s.stable_version,
+            p.obs.drift_detail,
+        )
+    sustained = p.elapsed(p.s.drift_since) >= p.spec.monitoring.drift_duration_seconds
+    p.s.drift = "Sustained" if sustained else "Detected"
+
+
+# --- conditions --------------------------------------------------------------------------
+def _conditions(p: _Pass) -> None:
+    s = p.s
+    if s.stable_version is None:
+        p.condition("Ready", "False", "NoVersion", p.progress[2])
+    elif s.stable_version in p.obs.ready_versions:
+        p.condition("Ready", "True", "Serving", f"{s.stable_version} serving")
+    else:
+        p.condition("Ready", "False", "NotReady", f"{s.stable_version} not ready yet")
+    p.condition("Progressing", *p.progress)
+    last_rollback = next(
+        (d for d in reversed(s.history) if d.decision in ("rollback", "promote")), None
+    )
+    if last_rollback and last_rollback.decision == "rollback":
+        p.condition("Degraded", "True", last_rollback.reason, last_rollback.message)
+    else:
+        p.condition("Degraded", "False", "Healthy", "no rollback since the last promotion")
+    if s.drift == "Unknown":
+        p.condition(
+            "Drifting", "Unknown", "MetricsUnavailable", p.obs.metrics_error or "no drift metrics"
+        )
+    elif s.drift == "None":
+        p.condition("Drifting", "False", "NoDrift", "no drift on the stable version")
+    else:
+        reason = "DriftSustained" if s.drift == "Sustained" else "DriftDetected"
+        p.condition(
+            "Drifting", "True", reason, f"drift on {s.stable_version} since {s.drift_since}"
+        )
+    r = s.retraining
+    active = r.state in ("Submitted", "Running")
+    p.condition(
+        "Retraining",
+        "True" if active else "False",
+        {
+            "Submitted": "RunSubmitted",
+            "Running": "RunRunning",
+            "Succeeded": "RunSucceeded",
+            "Failed": "RunFailed",
+        }.get(r.state or "", "Idle"),
+        f"{r.run_name} {r.state.lower()}" if r.run_name and r.state else "no retraining run",
+    )
+    p.condition("Stalled", *p.stalled)
+
+
+def new_retraining_status() -> RetrainingStatus:
+    return RetrainingStatus()

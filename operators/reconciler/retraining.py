@@ -1,0 +1,109 @@
+"""Drift-triggered retraining: one run at a time, deterministic names, cooldown and backoff."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubeloop.operators.reconciler.types import SubmitRun, parse_time
+
+ACTIVE = ("Submitted", "Running")
+
+
+def run_name(deployment: str, stable_version: str, attempt: int) -> str:
+    """Deterministic: the same drift episode on the same version never yields two runs."""
+    return f"{deployment}-{stable_version}-retrain-{attempt}"
+
+
+def _submit_action(p: Any, name: str) -> SubmitRun:
+    retraining = p.spec.retraining
+    parameters = {
+        "model_name": p.spec.model.name,
+        "data_window": retraining.data_window,
+        **retraining.parameters,
+    }
+    return SubmitRun(
+        run_name=name,
+        pipeline=retraining.pipeline.name,
+        pipeline_version=retraining.pipeline.version,
+        experiment=retraining.pipeline.experiment,
+        parameters=parameters,
+    )
+
+
+def track_run(p: Any) -> None:
+    """Follows the active run to its end; a run the backend lost is resubmitted (same name)."""
+    r = p.s.retraining
+    if not r.run_name or r.state not in ACTIVE:
+        return
+    run = p.obs.run
+    if run is None or run.name != r.run_name:
+        return
+    if run.state == "NotFound":
+        p.actions.append(_submit_action(p, r.run_name))
+    elif run.state in ("Pending", "Running"):
+        r.state = "Running"
+    elif run.state == "Succeeded":
+        r.state, r.finished_at, r.registered_version = "Succeeded", p.now, run.registered_version
+        registered = run.registered_version or "no version (gate failed)"
+        p.decide(
+            "retrained",
+            "RunSucceeded",
+            f"{r.run_name} registered {registered}",
+            run.registered_version,
+            {"run": r.run_name},
+        )
+    elif run.state == "Failed":
+        r.state, r.finished_at = "Failed", p.now
+        r.failures += 1
+        p.decide(
+            "retrain-failed",
+            "RunFailed",
+            f"{r.run_name} failed: {run.message}",
+            r.for_version,
+            {"run": r.run_name},
+        )
+
+
+def plan_retraining(p: Any) -> None:
+    spec = p.spec.retraining
+    r = p.s.retraining
+    stable = p.s.stable_version
+    if not spec.enabled or p.s.drift != "Sustained" or r.state in ACTIVE:
+        return
+    same_episode = r.for_version == stable
+    attempts = r.attempts if same_episode else 0
+    failures = r.failures if same_episode else 0
+    if attempts >= spec.max_attempts:
+        msg = f"drift on {stable} persists after {attempts} retraining runs (maxAttempts {spec.max_attempts})"
+        p.stalled = ("True", "RetrainingExhausted", msg)
+        p.decide("hold", "RetrainingExhausted", msg, stable)
+        return
+    last = parse_time(r.submitted_at)
+    if last is not None and (p.obs.now - last).total_seconds() < spec.cooldown_seconds:
+        msg = f"drift on {stable}; retraining cooldown until {spec.cooldown_seconds}s after {r.submitted_at}"
+        p.decide("hold", "RetrainingCooldown", msg, stable)
+        return
+    finished = parse_time(r.finished_at)
+    if same_episode and r.state == "Failed" and failures and finished is not None:
+        delay = spec.backoff_seconds * 2 ** (failures - 1)
+        if (p.obs.now - finished).total_seconds() < delay:
+            p.decide(
+                "hold",
+                "RetrainingBackoff",
+                f"last run failed; retrying {delay}s after {r.finished_at}",
+                stable,
+            )
+            return
+    attempt = attempts + 1
+    name = run_name(p.name, stable, attempt)
+    r.run_name, r.state, r.for_version = name, "Submitted", stable
+    r.attempts, r.failures = attempt, failures
+    r.submitted_at, r.finished_at, r.registered_version = p.now, None, None
+    p.actions.append(_submit_action(p, name))
+    p.decide(
+        "retrain",
+        "DriftSustained",
+        f"drift on {stable} sustained; submitted {name}",
+        stable,
+        {"run": name, **p.obs.drift_detail},
+    )

@@ -1,0 +1,194 @@
+"""Sequential statistics for canary analysis: valid at every look, so polling often is safe.
+
+A canary is judged again on every poll. A fixed-sample test repeated at each poll
+inflates its error rate without bound; these checks use *time-uniform* bounds instead,
+so the chance that any look ever gives a wrong verdict stays below ``alpha``:
+
+* rates (server errors, live misclassifications): a Gaussian-mixture asymptotic
+  confidence sequence per version (Waudby-Smith, Arnold, Wu, Wang, Ramdas, "Time-uniform
+  central limit theory and asymptotic confidence sequences", 2024), combined by a union
+  bound into a bound on canary-minus-stable;
+* predicted-score histograms: the multinomial L1 concentration bound (Weissman et al.
+  2003) made time-uniform by a union bound over sample sizes (δ/n(n+1)), giving a bound
+  on the total-variation distance between the two versions' score distributions;
+* latency p99: a tolerance check, judged only past the minimum-sample gate.
+
+Each check answers pass, fail or inconclusive; inconclusive means "hold".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    check: str
+    verdict: Verdict
+    estimate: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+    threshold: float | None = None
+    detail: str = ""
+
+    def evidence(self) -> dict[str, object]:
+        out = {k: v for k, v in asdict(self).items() if v is not None and v != ""}
+        out["verdict"] = str(self.verdict)
+        for key in ("estimate", "lower", "upper", "threshold"):
+            if key in out:
+                out[key] = round(float(out[key]), 6)
+        return out
+
+
+def asymptotic_cs_halfwidth(n: int, variance: float, alpha: float, n_opt: int) -> float:
+    """Half-width of a two-sided asymptotic confidence sequence for a mean after ``n`` samples.
+
+    ``n_opt`` is the sample size where the sequence is tightest (the minimum-sample gate).
+    """
+    if n <= 0:
+        return math.inf
+    log_a = -2.0 * math.log(alpha)
+    rho2 = (log_a + math.log(log_a + 1.0)) / max(n_opt, 1)
+    t = n * rho2 + 1.0
+    return math.sqrt(variance) * math.sqrt(
+        2.0 * t / (n * n * rho2) * math.log(math.sqrt(t) / alpha)
+    )
+
+
+def _bernoulli_variance(k: float, n: float) -> float:
+    # Smoothed so that zero observed errors does not claim zero variance.
+    p = (k + 0.5) / (n + 1.0)
+    return p * (1.0 - p)
+
+
+def rate_increase(
+    check: str,
+    canary_events: float,
+    canary_n: float,
+    stable_events: float,
+    stable_n: float,
+    *,
+    tolerance: float,
+    alpha: float,
+    n_opt: int,
+) -> CheckResult:
+    """Is the canary's event rate (errors, misclassifications) at most ``tolerance`` above stable's?
+
+    Fails when the whole confidence interval of canary-minus-stable lies above the
+    tolerance, passes when it lies at or below it, and is inconclusive otherwise.
+    """
+    if min(canary_events, canary_n, stable_events, stable_n) < 0:
+        raise ValueError(f"{check}: counts must be non-negative")
+    if canary_events > canary_n or stable_events > stable_n:
+        raise ValueError(f"{check}: more events than samples")
+    if canary_n == 0 or stable_n == 0:
+        return CheckResult(check, Verdict.INCONCLUSIVE, threshold=tolerance, detail="no samples")
+    diff = canary_events / canary_n - stable_events / stable_n
+    width = asymptotic_cs_halfwidth(
+        int(canary_n), _bernoulli_variance(canary_events, canary_n), alpha / 2, n_opt
+    ) + asymptotic_cs_halfwidth(
+        int(stable_n), _bernoulli_variance(stable_events, stable_n), alpha / 2, n_opt
+    )
+    lower, upper = diff - width, diff + width
+    if lower > tolerance:
+        verdict = Verdict.FAIL
+    elif upper <= tolerance:
+        verdict = Verdict.PASS
+    else:
+        verdict = Verdict.INCONCLUSIVE
+    return CheckResult(check, verdict, diff, lower, upper, tolerance)
+
+
+def bucket_counts(cumulative: Mapping[float, float]) -> list[float]:
+    """Prometheus histogram buckets (``le`` → cumulative count) to per-bin counts."""
+    edges = sorted(cumulative)
+    counts, previous = [], 0.0
+    for edge in edges:
+        value = cumulative[edge]
+        if value < previous - 1e-9:
+            raise ValueError(f"histogram buckets must be cumulative; le={edge} drops to {value}")
+        counts.append(max(value - previous, 0.0))
+        previous = value
+    return counts
+
+
+def _coarsen(a: Sequence[float], b: Sequence[float], min_share: float = 0.1) -> tuple[list, list]:
+    """Merges adjacent bins until each holds at least ``min_share`` of the pooled mass.
+
+    Fewer bins tighten the multinomial bound; merging only loses resolution, never validity.
+    """
+    total = sum(a) + sum(b)
+    out_a, out_b, acc_a, acc_b = [], [], 0.0, 0.0
+    for x, y in zip(a, b, strict=True):
+        acc_a, acc_b = acc_a + x, acc_b + y
+        if acc_a + acc_b >= min_share * total:
+            out_a.append(acc_a)
+            out_b.append(acc_b)
+            acc_a = acc_b = 0.0
+    if acc_a + acc_b > 0:
+        if out_a:
+            out_a[-1] += acc_a
+            out_b[-1] += acc_b
+        else:
+            out_a, out_b = [acc_a], [acc_b]
+    return out_a, out_b
+
+
+def l1_halfwidth(n: float, bins: int, alpha: float) -> float:
+    """Time-uniform bound on ‖p̂ − p‖₁ for a multinomial with ``bins`` cells after ``n`` draws."""
+    if n <= 0:
+        return math.inf
+    delta = alpha / (n * (n + 1.0))
+    cells = math.log(max(2.0**bins - 2.0, 1.0))
+    return math.sqrt(2.0 / n * (cells + math.log(1.0 / delta)))
+
+
+def score_shift(
+    canary_cumulative: Mapping[float, float],
+    stable_cumulative: Mapping[float, float],
+    *,
+    tolerance: float,
+    alpha: float,
+) -> CheckResult:
+    """Total-variation distance between the two versions' predicted-score histograms."""
+    if set(canary_cumulative) != set(stable_cumulative):
+        raise ValueError("score histograms must share bucket boundaries")
+    a, b = _coarsen(bucket_counts(canary_cumulative), bucket_counts(stable_cumulative))
+    na, nb = sum(a), sum(b)
+    if na == 0 or nb == 0:
+        return CheckResult(
+            "score_distribution", Verdict.INCONCLUSIVE, threshold=tolerance, detail="no samples"
+        )
+    tv = 0.5 * sum(abs(x / na - y / nb) for x, y in zip(a, b, strict=True))
+    width = 0.5 * (l1_halfwidth(na, len(a), alpha / 2) + l1_halfwidth(nb, len(b), alpha / 2))
+    lower, upper = max(tv - width, 0.0), min(tv + width, 1.0)
+    if lower > tolerance:
+        verdict = Verdict.FAIL
+    elif upper <= tolerance:
+        verdict = Verdict.PASS
+    else:
+        verdict = Verdict.INCONCLUSIVE
+    return CheckResult("score_distribution", verdict, tv, lower, upper, tolerance, f"{len(a)} bins")
+
+
+def latency_p99(
+    canary_p99: float | None, stable_p99: float | None, *, tolerance: float, slack: float
+) -> CheckResult:
+    """Canary p99 must stay within ``stable × (1 + tolerance) + slack`` seconds."""
+    if canary_p99 is None or stable_p99 is None or math.isnan(canary_p99) or math.isnan(stable_p99):
+        return CheckResult("latency_p99", Verdict.INCONCLUSIVE, detail="no latency data")
+    limit = stable_p99 * (1.0 + tolerance) + slack
+    verdict = Verdict.PASS if canary_p99 <= limit else Verdict.FAIL
+    return CheckResult(
+        "latency_p99", verdict, canary_p99, threshold=limit, detail=f"stable p99 {stable_p99:.4f}s"
+    )

@@ -1,0 +1,117 @@
+"""Inputs and outputs of the reconciler core: observations in, actions out (plain data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class VersionMetrics:
+    """One version's traffic over the current analysis window (since the step started)."""
+
+    requests: float = 0.0
+    server_errors: float = 0.0
+    latency_p99: float | None = None
+    score_buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
+    feedback_correct: float = 0.0
+    feedback_incorrect: float = 0.0
+
+    @property
+    def feedback(self) -> float:
+        return self.feedback_correct + self.feedback_incorrect
+
+
+@dataclass(frozen=True)
+class RegistryVersion:
+    version: str
+    gate_passed: bool
+    run_id: str | None = None
+
+    @property
+    def number(self) -> int:
+        return int(self.version[1:])
+
+
+@dataclass(frozen=True)
+class RunObservation:
+    name: str
+    state: str  # Pending, Running, Succeeded, Failed, NotFound
+    registered_version: str | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Observations:
+    now: datetime
+    metrics_ok: bool = True
+    metrics_error: str = ""
+    versions: dict[str, VersionMetrics] = field(default_factory=dict)
+    registry_ok: bool = True
+    registry_error: str = ""
+    registry_versions: tuple[RegistryVersion, ...] = ()
+    drift_detected: bool | None = None  # None: unknown (no data)
+    drift_detail: dict[str, Any] = field(default_factory=dict)
+    run: RunObservation | None = None
+    ready_versions: frozenset[str] = frozenset()
+    commands: dict[str, str] = field(default_factory=dict)  # promote/rollback -> version
+
+    def __post_init__(self) -> None:
+        if self.now.tzinfo is None:
+            raise ValueError("Observations.now must be timezone-aware (UTC)")
+
+
+# --- actions ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SetTraffic:
+    """Desired serving state: the stable version, the canary (if any) and its share."""
+
+    stable: str
+    canary: str | None
+    canary_percent: int
+
+
+@dataclass(frozen=True)
+class SubmitRun:
+    """Start a retraining pipeline run; ``run_name`` is deterministic, so resubmitting is a no-op."""
+
+    run_name: str
+    pipeline: str
+    pipeline_version: str | None
+    experiment: str
+    parameters: dict[str, str]
+
+
+@dataclass(frozen=True)
+class SetChampion:
+    version: str
+
+
+@dataclass(frozen=True)
+class WatchDrift:
+    """Point the drift service at the (new) stable version's reference sample."""
+
+    version: str
+
+
+@dataclass(frozen=True)
+class RecordDecision:
+    decision: str
+    reason: str
+    message: str
+    version: str | None
+    evidence: dict[str, Any]
+
+
+Action = SetTraffic | SubmitRun | SetChampion | WatchDrift | RecordDecision
+
+
+def iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -1,0 +1,117 @@
+"""Sequential statistics: error control under repeated looks, power, and input checks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from kubeloop.operators.reconciler.stats import (
+    Verdict,
+    asymptotic_cs_halfwidth,
+    bucket_counts,
+    latency_p99,
+    rate_increase,
+    score_shift,
+)
+
+EDGES = [round(0.05 * i, 2) for i in range(1, 21)]
+
+
+def looks(p_canary: float, p_stable: float, rng, tolerance=0.0, n_max=6000, every=200):
+    """Runs one sequential experiment, judging after every `every` requests per arm."""
+    c = rng.random(n_max) < p_canary
+    s = rng.random(n_max) < p_stable
+    verdicts = []
+    for n in range(every, n_max + 1, every):
+        r = rate_increase(
+            "e", c[:n].sum(), n, s[:n].sum(), n, tolerance=tolerance, alpha=0.05, n_opt=500
+        )
+        verdicts.append(r.verdict)
+        if r.verdict != Verdict.INCONCLUSIVE:
+            break
+    return verdicts
+
+
+def test_equal_rates_rarely_fail_despite_30_looks():
+    rng = np.random.default_rng(7)
+    fails = sum(Verdict.FAIL in looks(0.05, 0.05, rng) for _ in range(300))
+    assert fails / 300 <= 0.05
+
+
+def test_clearly_worse_canary_fails_and_equal_canary_passes_with_tolerance():
+    rng = np.random.default_rng(11)
+    assert sum(looks(0.15, 0.02, rng)[-1] == Verdict.FAIL for _ in range(50)) >= 48
+    assert sum(looks(0.02, 0.02, rng, tolerance=0.02)[-1] == Verdict.PASS for _ in range(50)) >= 45
+
+
+def test_confidence_sequence_shrinks_with_samples():
+    widths = [asymptotic_cs_halfwidth(n, 0.25, 0.05, 500) for n in (100, 1000, 10000, 100000)]
+    assert widths == sorted(widths, reverse=True) and widths[-1] < 0.02
+    assert math.isinf(asymptotic_cs_halfwidth(0, 0.25, 0.05, 500))
+
+
+def test_rate_increase_rejects_impossible_counts():
+    with pytest.raises(ValueError, match="more events than samples"):
+        rate_increase("error_rate", 5, 3, 0, 10, tolerance=0.01, alpha=0.05, n_opt=100)
+    with pytest.raises(ValueError, match="non-negative"):
+        rate_increase("error_rate", -1, 3, 0, 10, tolerance=0.01, alpha=0.05, n_opt=100)
+
+
+def cumulative(samples) -> dict[float, float]:
+    counts = np.histogram(np.clip(samples, 0, 1), bins=[0, *EDGES])[0]
+    return dict(zip(EDGES, np.cumsum(counts).astype(float), strict=True))
+
+
+def test_score_shift_same_distribution_never_fails_and_shifted_fails():
+    rng = np.random.default_rng(3)
+    same = [
+        score_shift(
+            cumulative(rng.beta(1, 8, 3000)),
+            cumulative(rng.beta(1, 8, 3000)),
+            tolerance=0.25,
+            alpha=0.05,
+        )
+        for _ in range(50)
+    ]
+    assert all(r.verdict != Verdict.FAIL for r in same)
+    assert sum(r.verdict == Verdict.PASS for r in same) >= 45
+    shifted = score_shift(
+        cumulative(rng.beta(4, 2, 3000)),
+        cumulative(rng.beta(1, 8, 3000)),
+        tolerance=0.25,
+        alpha=0.05,
+    )
+    assert shifted.verdict == Verdict.FAIL and shifted.lower > 0.25
+
+
+def test_score_shift_needs_matching_buckets_and_cumulative_counts():
+    with pytest.raises(ValueError, match="bucket boundaries"):
+        score_shift({0.5: 1, 1.0: 2}, {1.0: 2}, tolerance=0.1, alpha=0.05)
+    with pytest.raises(ValueError, match="cumulative"):
+        bucket_counts({0.5: 5, 1.0: 2})
+
+
+def test_latency_p99_tolerance():
+    assert latency_p99(0.029, 0.02, tolerance=0.5, slack=0.0).verdict == Verdict.PASS
+    assert latency_p99(0.031, 0.02, tolerance=0.5, slack=0.0).verdict == Verdict.FAIL
+    assert latency_p99(None, 0.02, tolerance=0.5, slack=0.0).verdict == Verdict.INCONCLUSIVE
+
+
+@given(
+    st.integers(0, 5000),
+    st.integers(1, 5000),
+    st.integers(0, 5000),
+    st.integers(1, 5000),
+    st.floats(0, 0.2),
+)
+def test_property_interval_contains_estimate_and_verdict_matches(kc, nc, ks, ns, tol):
+    kc, ks = min(kc, nc), min(ks, ns)
+    r = rate_increase("e", kc, nc, ks, ns, tolerance=tol, alpha=0.05, n_opt=200)
+    assert r.lower <= r.estimate <= r.upper
+    if r.verdict == Verdict.PASS:
+        assert r.upper <= tol
+    if r.verdict == Verdict.FAIL:
+        assert r.lower > tol
