@@ -1,0 +1,130 @@
+"""Observations from Prometheus's HTTP API (``/api/v1/query``), named as docs/contracts.md lists.
+
+Counts are taken over the current analysis window (since the step started) with
+``increase()``, so an operator restart or a counter reset in a new predictor does not
+skew the comparison. Any failure is reported, never papered over: the core then holds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from kubeloop.operators.reconciler.types import VersionMetrics
+
+
+class PrometheusError(RuntimeError):
+    """Prometheus could not be reached or refused a query."""
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    ok: bool
+    error: str
+    versions: dict[str, VersionMetrics]
+
+
+def _sel(model: str, **labels: str) -> str:
+    pairs = [f'model="{model}"', *(f'{k}="{v}"' for k, v in labels.items())]
+    return "{" + ",".join(pairs) + "}"
+
+
+class PrometheusObserver:
+    def __init__(self, url: str, *, timeout: float = 5.0, min_window_seconds: int = 30) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.min_window = min_window_seconds
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        try:
+            response = httpx.get(
+                f"{self.url}/api/v1/query", params={"query": promql}, timeout=self.timeout
+            )
+        except httpx.HTTPError as exc:
+            raise PrometheusError(f"Prometheus at {self.url} unreachable: {exc}") from exc
+        try:
+            body = response.json()
+        except ValueError:
+            raise PrometheusError(
+                f"Prometheus answered {response.status_code} without JSON"
+            ) from None
+        if response.status_code != 200 or body.get("status") != "success":
+            raise PrometheusError(
+                f"query {promql!r} failed: {body.get('error', response.status_code)}"
+            )
+        return body["data"]["result"]
+
+    def window(self, seconds: float) -> str:
+        return f"{max(int(math.ceil(seconds)), self.min_window)}s"
+
+    def version_metrics(self, model: str, window_seconds: float) -> MetricsSnapshot:
+        """Per-version traffic, errors, p99 latency, score histogram and feedback over the window."""
+        w = self.window(window_seconds)
+        m = _sel(model)
+        try:
+            requests = self.query(
+                f"sum by (version) (increase(kubeloop_inference_requests_total{m}[{w}]))"
+            )
+            errors = self.query(
+                f"sum by (version) (increase(kubeloop_inference_requests_total{_sel(model, status='server_error')}[{w}]))"
+            )
+            p99 = self.query(
+                "histogram_quantile(0.99, sum by (version, le) "
+                f"(rate(kubeloop_inference_duration_seconds_bucket{m}[{w}])))"
+            )
+            scores = self.query(
+                f"sum by (version, le) (increase(kubeloop_prediction_score_bucket{m}[{w}]))"
+            )
+            feedback = self.query(
+                f"sum by (version, outcome) (increase(kubeloop_feedback_total{m}[{w}]))"
+            )
+        except PrometheusError as exc:
+            return MetricsSnapshot(False, str(exc), {})
+        return MetricsSnapshot(True, "", assemble(requests, errors, p99, scores, feedback))
+
+    def drift(self, model: str, version: str) -> tuple[bool | None, dict[str, Any]]:
+        """Whether any detector flags drift on ``version``; ``None`` when there is no signal."""
+        result = self.query(
+            f"max by (detector) (kubeloop_drift_detected{_sel(model, version=version)})"
+        )
+        if not result:
+            return None, {}
+        flags = {r["metric"].get("detector", "_"): float(r["value"][1]) for r in result}
+        return any(v >= 1 for v in flags.values()), {"detectors": flags}
+
+
+def _value(sample: dict[str, Any]) -> float:
+    return float(sample["value"][1])
+
+
+def assemble(requests, errors, p99, scores, feedback) -> dict[str, VersionMetrics]:
+    """Turns instant-vector results into per-version metrics (pure, for testing)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in requests:
+        out.setdefault(r["metric"].get("version", ""), {})["requests"] = _value(r)
+    for r in errors:
+        out.setdefault(r["metric"].get("version", ""), {})["server_errors"] = _value(r)
+    for r in p99:
+        value = _value(r)
+        if not math.isnan(value):
+            out.setdefault(r["metric"].get("version", ""), {})["latency_p99"] = value
+    for r in scores:
+        le = float(r["metric"]["le"])
+        out.setdefault(r["metric"].get("version", ""), {}).setdefault("score_buckets", {})[le] = (
+            _value(r)
+        )
+    for r in feedback:
+        key = (
+            "feedback_correct" if r["metric"].get("outcome") == "correct" else "feedback_incorrect"
+        )
+        out.setdefault(r["metric"].get("version", ""), {})[key] = _value(r)
+    snapshot = {}
+    for version, fields in out.items():
+        if not version or "requests" not in fields:
+            continue
+        # increase() extrapolates each series separately; errors cannot exceed requests.
+        fields["server_errors"] = min(fields.get("server_errors", 0.0), fields["requests"])
+        snapshot[version] = VersionMetrics(**fields)
+    return snapshot

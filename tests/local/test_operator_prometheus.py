@@ -1,0 +1,91 @@
+"""The Prometheus observer against a real Prometheus scraping a real exporter process."""
+
+from __future__ import annotations
+
+import socket
+import textwrap
+import time
+
+import pytest
+from kubeloop.operators.local.prometheus import start_prometheus, write_targets
+from kubeloop.operators.observe import PrometheusObserver
+
+from kubeloop.runtime import Supervisor
+
+EXPORTER = textwrap.dedent(
+    """
+    import random, sys, time
+    from prometheus_client import Counter, Gauge, Histogram, start_http_server
+    req = Counter("kubeloop_inference_requests_total", "r", ["model", "version", "status"])
+    dur = Histogram("kubeloop_inference_duration_seconds", "d", ["model", "version"],
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25))
+    score = Histogram("kubeloop_prediction_score", "s", ["model", "version"],
+                      buckets=tuple(round(0.05 * i, 2) for i in range(1, 21)))
+    drift = Gauge("kubeloop_drift_detected", "g", ["model", "version", "detector", "feature"])
+    start_http_server(int(sys.argv[1]), addr="127.0.0.1")
+    drift.labels("fd", "v1", "mmd", "_all").set(1)
+    rng = random.Random(0)
+    while True:
+        for _ in range(20):
+            req.labels("fd", "v1", "ok").inc()
+            dur.labels("fd", "v1").observe(0.004)
+            score.labels("fd", "v1").observe(rng.random() * 0.2)
+            bad = rng.random() < 0.5
+            req.labels("fd", "v2", "server_error" if bad else "ok").inc()
+            dur.labels("fd", "v2").observe(0.2)
+            score.labels("fd", "v2").observe(0.5 + rng.random() * 0.5)
+        time.sleep(0.1)
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_observer_reads_per_version_metrics_and_drift(tmp_path):
+    sup = Supervisor(tmp_path / "runtime")
+    exporter_port, prom_port = free_port(), free_port()
+    try:
+        sup.start(
+            "exporter",
+            ["-c", EXPORTER, str(exporter_port)],
+            health_url=f"http://127.0.0.1:{exporter_port}/",
+        )
+        write_targets(tmp_path / "prom", "exporter", [f"127.0.0.1:{exporter_port}"])
+        start_prometheus(sup, tmp_path / "prom", prom_port)
+        sup.wait_healthy("exporter", 20)
+        sup.wait_healthy("prometheus", 30)
+        observer = PrometheusObserver(f"http://127.0.0.1:{prom_port}", min_window_seconds=5)
+        deadline = time.monotonic() + 40
+        snap = None
+        while time.monotonic() < deadline:
+            snap = observer.version_metrics("fd", 10)
+            if (
+                snap.ok
+                and {"v1", "v2"} <= set(snap.versions)
+                and snap.versions["v2"].requests > 100
+            ):
+                break
+            time.sleep(1)
+        assert snap is not None and snap.ok, snap
+        v1, v2 = snap.versions["v1"], snap.versions["v2"]
+        assert v1.server_errors == 0 and 0.35 < v2.server_errors / v2.requests < 0.65
+        assert v1.latency_p99 < 0.006 and v2.latency_p99 > 0.1
+        assert max(v1.score_buckets) == float("inf")
+        assert v1.score_buckets[0.2] == pytest.approx(v1.score_buckets[float("inf")])
+        assert v2.score_buckets[0.5] == pytest.approx(0.0)
+        detected, detail = observer.drift("fd", "v1")
+        assert detected is True and detail["detectors"] == {"mmd": 1.0}
+        assert observer.drift("fd", "v9") == (None, {})
+    finally:
+        sup.stop_all()
+
+
+def test_unreachable_prometheus_is_reported_not_hidden():
+    observer = PrometheusObserver(f"http://127.0.0.1:{free_port()}", timeout=1)
+    snap = observer.version_metrics("fd", 60)
+    assert not snap.ok and "unreachable" in snap.error and snap.versions == {}
