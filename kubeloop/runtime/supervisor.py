@@ -13,6 +13,7 @@ matches the recorded one (pids are reused).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -171,19 +172,15 @@ class Supervisor:
         record = self.running(name)
         stopped = False
         if record is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(record.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             deadline = time.monotonic() + timeout
             while _alive(record.pid) and time.monotonic() < deadline:
                 self._reap(record.pid)
                 time.sleep(0.05)
             if _alive(record.pid):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(record.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 self._reap(record.pid, block=True)
             stopped = True
         self._record_path(name).unlink(missing_ok=True)
@@ -195,7 +192,5 @@ class Supervisor:
     def _reap(self, pid: int, block: bool = False) -> None:
         proc = self._children.get(pid)
         if proc is not None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5 if block else 0)
-            except subprocess.TimeoutExpired:
-                pass
