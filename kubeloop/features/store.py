@@ -101,10 +101,10 @@ def training_frame(store, entity_df: pd.DataFrame, feature_service: str) -> pd.D
         raise FeatureStoreError(
             f"feature service {feature_service!r} is not in the Feast registry: {exc}"
         ) from exc
-    order = entity_df.assign(_row=range(len(entity_df)))
+    order = entity_df.reset_index(drop=True).assign(_row=range(len(entity_df)))
     joined = store.get_historical_features(entity_df=order, features=service).to_df()
-    joined = joined.sort_values("_row").drop(columns="_row").reset_index(drop=True)
-    for col in joined.columns:
-        if isinstance(joined[col].dtype, pd.DatetimeTZDtype):
-            joined[col] = joined[col].astype("datetime64[us, UTC]")
-    return joined
+    # Feast's file offline store drops entity rows older than any feature row; join the
+    # features back onto every input row (in input order) so none disappears silently.
+    added = [c for c in joined.columns if c not in order.columns]
+    result = order.merge(joined[["_row", *added]], on="_row", how="left", validate="one_to_one")
+    return result.drop(columns="_row")

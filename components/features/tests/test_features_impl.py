@@ -1,0 +1,84 @@
+"""Tier 1: the features implementation called directly (real Feast for feature views)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from kubeloop.components.features.impl import (
+    FeatureStageError,
+    output_columns,
+    run_features,
+    time_split,
+)
+
+from kubeloop.data.fraud import FRAUD_SCHEMA
+from kubeloop.data.sources import read_source, write_snapshot
+from kubeloop.settings import get_settings
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBELOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("KUBELOOP_FEAST_DIR", raising=False)
+    get_settings.cache_clear()
+    yield tmp_path / "home"
+    get_settings.cache_clear()
+
+
+@pytest.mark.slow
+def test_feature_view_join_and_time_split(tmp_path, home):
+    data = read_source("example://fraud/stationary?days=4&accounts=150&seed=5")
+    write_snapshot(data, tmp_path / "ds")
+    result = run_features(tmp_path / "ds", tmp_path / "train", tmp_path / "eval", 0.25)
+    train = pd.read_parquet(tmp_path / "train" / "data.parquet")
+    evaluation = pd.read_parquet(tmp_path / "eval" / "data.parquet")
+    assert list(train.columns) == list(evaluation.columns) == output_columns(FRAUD_SCHEMA)
+    assert (result.train_rows, result.eval_rows) == (len(train), len(evaluation))
+    assert len(train) + len(evaluation) + result.rows_without_features == len(data.transactions)
+    assert train["event_timestamp"].max() < evaluation["event_timestamp"].min()
+    span = data.transactions["event_timestamp"].max() - data.transactions["event_timestamp"].min()
+    eval_span = evaluation["event_timestamp"].max() - evaluation["event_timestamp"].min()
+    assert eval_span <= span * 0.25
+    assert train[["account_age_days", "avg_amount_30d", "txn_count_24h"]].notna().all().all()
+    # The Feast working copy lives under the configured feast_dir, one folder per run.
+    assert result.feast_repo is not None and result.feast_repo.startswith(
+        str(home.resolve() / "feast" / "runs")
+    )
+    # Point-in-time: each row's profile is the day's snapshot (stamped 00:00 of its day).
+    accounts = data.account_features.set_index(["account_id", "event_timestamp"])
+    row = train.iloc[len(train) // 2]
+    snap = accounts.loc[(row["account_id"], row["event_timestamp"].floor("D"))]
+    assert row["avg_amount_30d"] == snap["avg_amount_30d"]
+
+
+def test_request_only_source_is_just_split(tmp_path, home):
+    data = read_source("example://fraud/stationary?days=3&accounts=80&seed=6")
+    schema = FRAUD_SCHEMA.model_copy(deep=True)
+    for col in schema.columns:
+        col.source = "request"
+    schema.feature_view = schema.feature_service = None
+    accounts = data.account_features.drop(columns="created")
+    tx = pd.merge_asof(
+        data.transactions.sort_values("event_timestamp"),
+        accounts.sort_values("event_timestamp"),
+        on="event_timestamp",
+        by="account_id",
+    )
+    data.transactions, data.schema, data.account_features = tx, schema, None
+    write_snapshot(data, tmp_path / "ds")
+    result = run_features(tmp_path / "ds", tmp_path / "train", tmp_path / "eval", 0.5)
+    assert result.feast_repo is None and not (home / "feast").exists()
+    assert result.train_rows + result.eval_rows == len(tx)
+
+
+def test_time_split_rejects_bad_fractions():
+    frame = pd.DataFrame({"t": pd.date_range("2026-01-01", periods=10, freq="h", tz="UTC")})
+    for bad in (0.0, 1.0, -0.1, 1.5):
+        with pytest.raises(
+            FeatureStageError, match="eval_fraction must be strictly between 0 and 1"
+        ):
+            time_split(frame, "t", bad)
+    with pytest.raises(FeatureStageError, match="leaves 0 train"):
+        time_split(frame.head(1), "t", 0.2)
+    train, evaluation, _ = time_split(frame, "t", 0.2)
+    assert len(evaluation) == 2 and len(train) == 8
