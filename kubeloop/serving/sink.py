@@ -1,0 +1,65 @@
+"""A minimal CloudEvents receiver on 127.0.0.1 (for tests, the bench and local debugging).
+
+It records each POST's ``Ce-*`` headers and body, can answer slowly to simulate a
+struggling drift service, and stops cleanly.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class ReceivedEvent:
+    headers: dict[str, str]
+    body: bytes
+
+
+class EventSink:
+    def __init__(self, delay_s: float = 0.0, keep: bool = True) -> None:
+        self.events: list[ReceivedEvent] = []
+        self.count = 0
+        self.delay_s = delay_s
+        self.keep = keep
+        self._lock = threading.Lock()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                if sink.delay_s:
+                    time.sleep(sink.delay_s)
+                with sink._lock:
+                    sink.count += 1
+                    if sink.keep:
+                        sink.events.append(
+                            ReceivedEvent({k.lower(): v for k, v in self.headers.items()}, body)
+                        )
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> EventSink:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def by_id(self, request_id: str) -> list[ReceivedEvent]:
+        with self._lock:
+            return [e for e in self.events if e.headers.get("ce-id") == request_id]

@@ -1,0 +1,372 @@
+"""The predictor as a real subprocess: V1/V2 REST and gRPC clients, errors, events, metrics, fuzz."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+import time
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+from kubeloop.model import ModelBundle
+from kubeloop.registry import ModelRegistry
+from kubeloop.serving.processes import free_port, start_predictor
+from kubeloop.serving.sink import EventSink
+from kubeloop.testing import make_registry_version
+
+pytestmark = pytest.mark.slow
+MODEL = "fraud-detector"
+ROW = {
+    "amount": 420.0,
+    "merchant_category": "electronics",
+    "hour": 2,
+    "distance_from_home_km": 250.0,
+    "is_foreign": 1,
+    "txn_count_1h": 4,
+    "account_age_days": 30.0,
+    "avg_amount_30d": 40.0,
+    "txn_count_24h": 2.0,
+}
+V2_TYPES = {
+    "merchant_category": "BYTES",
+    "hour": "INT64",
+    "is_foreign": "INT64",
+    "txn_count_1h": "INT64",
+}
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory) -> ModelRegistry:
+    reg = ModelRegistry(str(tmp_path_factory.mktemp("registry")))
+    make_registry_version(reg, MODEL, seed=3)
+    return reg
+
+
+@pytest.fixture(scope="module")
+def sink():
+    with EventSink() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def predictor(registry, sink, tmp_path_factory):
+    server = start_predictor(
+        MODEL,
+        "v1",
+        registry.uri,
+        tmp_path_factory.mktemp("logs"),
+        logger_url=sink.url,
+        extra=["--max-batch", "64", "--max-payload-bytes", "65536"],
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def bundle(registry, tmp_path_factory) -> ModelBundle:
+    _, folder = registry.download(MODEL, "v1", tmp_path_factory.mktemp("v1"))
+    return ModelBundle.load(folder)
+
+
+def _predict(url: str, body, **kw) -> httpx.Response:
+    return httpx.post(f"{url}/v1/models/{MODEL}:predict", json=body, timeout=10, **kw)
+
+
+def _metric(url: str, name: str, **labels) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def test_v1_plain_http_matches_the_bundle(predictor, bundle):
+    rows = [
+        ROW,
+        {**ROW, "amount": 12.0, "merchant_category": "grocery", "hour": 13, "is_foreign": 0},
+    ]
+    resp = _predict(predictor.url, {"instances": rows}, headers={"x-request-id": "req-v1"})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-request-id"] == "req-v1"
+    body = resp.json()
+    assert body["model_version"] == "v1"
+    scores, classes = bundle.predict(pd.DataFrame(rows))
+    assert [p["label"] for p in body["predictions"]] == classes.tolist()
+    np.testing.assert_allclose([p["score"] for p in body["predictions"]], scores, rtol=1e-6)
+    assert (
+        body["predictions"][0]["score"] > body["predictions"][1]["score"]
+    )  # riskier row scores higher
+
+
+def _v2_request(rows: list[dict], request_id: str = "req-v2") -> InferRequest:
+    inputs = []
+    for name in ROW:
+        values = [r[name] for r in rows]
+        tensor = InferInput(name, [len(rows)], V2_TYPES.get(name, "FP64"))
+        tensor.set_data_from_numpy(
+            np.array(values, dtype=object if name == "merchant_category" else None), False
+        )
+        inputs.append(tensor)
+    return InferRequest(model_name=MODEL, infer_inputs=inputs, request_id=request_id)
+
+
+def test_v2_rest_with_kserve_client(predictor, bundle):
+    async def call():
+        client = InferenceRESTClient(RESTConfig(protocol="v2", retries=0))
+        try:
+            return await client.infer(predictor.url, _v2_request([ROW, ROW]), model_name=MODEL)
+        finally:
+            await client._client.aclose()
+
+    result = asyncio.run(call())
+    outputs = {o.name: o.as_numpy() for o in result.outputs}
+    expected, _ = bundle.predict(pd.DataFrame([ROW]))
+    np.testing.assert_allclose(outputs["score"], [expected[0]] * 2, rtol=1e-6)
+    assert result.parameters["model_version"] == "v1"
+
+
+def test_grpc_with_kserve_client(predictor, bundle):
+    async def call():
+        client = InferenceGRPCClient(f"127.0.0.1:{predictor.ports['grpc']}", retries=0, timeout=10)
+        try:
+            return await client.infer(_v2_request([ROW], "req-grpc"))
+        finally:
+            await client.close()
+
+    result = asyncio.run(call())
+    outputs = {o.name: o.as_numpy() for o in result.outputs}
+    expected, classes = bundle.predict(pd.DataFrame([ROW]))
+    np.testing.assert_allclose(outputs["score"], expected, rtol=1e-6)
+    assert outputs["label"].tolist() == classes.tolist()
+
+
+def test_grpc_bad_input_is_invalid_argument(predictor):
+    import grpc
+
+    async def call():
+        client = InferenceGRPCClient(f"127.0.0.1:{predictor.ports['grpc']}", retries=0, timeout=10)
+        bad = InferRequest(
+            model_name=MODEL, infer_inputs=[InferInput("colour", [1], "FP64", [1.0])]
+        )
+        try:
+            return await client.infer(bad)
+        finally:
+            await client.close()
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        asyncio.run(call())
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "colour" in err.value.details()
+
+
+def test_v2_metadata_and_health(predictor):
+    meta = httpx.get(f"{predictor.url}/v2/models/{MODEL}").json()
+    names = {i["name"] for i in meta["inputs"]}
+    assert set(ROW) | {"account_id"} <= names
+    assert {o["name"] for o in meta["outputs"]} == {"score", "label"}
+    assert httpx.get(f"{predictor.url}/v2/health/ready").status_code == 200
+    assert httpx.get(f"{predictor.url}/v2/models/{MODEL}/ready").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({"instances": [{**ROW, "amount": "lots"}]}, 400, "amount"),
+        ({"instances": [{**ROW, "colour": 1}]}, 400, "colour"),
+        ({"instances": [{**ROW, "hour": 99}]}, 400, "hour"),
+        ({"instances": [ROW] * 65}, 400, "limit of 64"),
+        ({"rows": [ROW]}, 400, "rows"),
+    ],
+)
+def test_client_mistakes_get_4xx_naming_the_problem(predictor, body, status, needle):
+    resp = _predict(predictor.url, body)
+    assert resp.status_code == status, resp.text
+    assert needle in resp.json()["error"]
+
+
+def test_malformed_json_oversized_payload_and_unknown_model(predictor):
+    resp = httpx.post(
+        f"{predictor.url}/v1/models/{MODEL}:predict",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
+    assert resp.status_code == 400 and "error" in resp.json()
+    resp = httpx.post(f"{predictor.url}/v1/models/{MODEL}:predict", content=b"x" * 70_000)
+    assert resp.status_code == 413 and "65536" in resp.json()["error"]
+    resp = httpx.post(
+        f"{predictor.url}/v1/models/{MODEL}:predict", content=iter([b"y" * 40_000] * 2)
+    )
+    assert resp.status_code == 413
+    assert (
+        httpx.post(
+            f"{predictor.url}/v1/models/other:predict", json={"instances": [ROW]}
+        ).status_code
+        == 404
+    )
+    import json
+
+    for raw in (
+        json.dumps({"instances": [{**ROW, "amount": math.inf}]}),
+        '{"instances": [{"amount": 1e999}]}',
+    ):
+        resp = httpx.post(
+            f"{predictor.url}/v1/models/{MODEL}:predict",
+            content=raw,
+            headers={"content-type": "application/json"},
+        )
+        assert resp.status_code == 400 and "error" in resp.json(), resp.text
+    assert _metric(predictor.url, "kubeloop_request_errors_total", reason="payload_too_large") >= 2
+
+
+def test_payload_events_in_kserve_format(predictor, sink):
+    resp = _predict(predictor.url, {"instances": [ROW]}, headers={"x-request-id": "evt-1"})
+    assert resp.status_code == 200
+    deadline = time.monotonic() + 10
+    while len(sink.by_id("evt-1")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    events = {e.headers["ce-type"]: e for e in sink.by_id("evt-1")}
+    assert set(events) == {
+        "org.kubeflow.serving.inference.request",
+        "org.kubeflow.serving.inference.response",
+    }
+    for e in events.values():
+        assert e.headers["ce-specversion"] == "1.0"
+        assert e.headers["ce-inferenceservicename"] == MODEL
+        assert e.headers["ce-modelversion"] == "v1"
+        assert e.headers["ce-component"] == "predictor" and e.headers["ce-endpoint"] == "default"
+        assert e.headers["ce-namespace"] and e.headers["ce-source"] and e.headers["ce-time"]
+    import json
+
+    request = json.loads(events["org.kubeflow.serving.inference.request"].body)
+    response = json.loads(events["org.kubeflow.serving.inference.response"].body)
+    assert request["instances"][0]["merchant_category"] == "electronics"
+    assert response == resp.json()
+    assert _metric(predictor.url, "kubeloop_payload_events_total", outcome="sent") >= 2
+
+
+def test_prediction_metrics(predictor):
+    assert _metric(predictor.url, "kubeloop_predictions_total", model=MODEL, version="v1") >= 1
+    assert _metric(predictor.url, "kubeloop_inference_requests_total", status="ok") >= 1
+    assert _metric(predictor.url, "kubeloop_inference_requests_total", status="client_error") >= 1
+    assert _metric(predictor.url, "kubeloop_request_errors_total", reason="unknown_field") >= 1
+    assert _metric(predictor.url, "kubeloop_prediction_score_count", version="v1") >= 1
+
+
+def _p50_ms(url: str, n: int = 150) -> float:
+    times = []
+    with httpx.Client() as client:
+        for _ in range(n):
+            start = time.perf_counter()
+            client.post(
+                f"{url}/v1/models/{MODEL}:predict", json={"instances": [ROW]}
+            ).raise_for_status()
+            times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def test_dead_receiver_never_slows_inference_and_drops_are_counted(predictor, registry, tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}/"  # nothing listens there
+    down = start_predictor(MODEL, "v1", registry.uri, tmp_path, logger_url=dead)
+    try:
+        _p50_ms(predictor.url, 30), _p50_ms(down.url, 30)  # warm-up
+        healthy, with_dead = _p50_ms(predictor.url), _p50_ms(down.url)
+        assert with_dead < healthy * 1.5 + 1.0, (healthy, with_dead)
+        deadline = time.monotonic() + 10
+        while (
+            _metric(down.url, "kubeloop_payload_events_total", outcome="dropped") < 300
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.2)
+        assert _metric(down.url, "kubeloop_payload_events_total", outcome="dropped") >= 300
+        assert _metric(down.url, "kubeloop_payload_events_total", outcome="sent") == 0
+    finally:
+        down.stop()
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_near_rows = st.fixed_dictionaries(
+    {},
+    optional={name: _json_values for name in [*ROW, "account_id", "transaction_id"]}
+    | {"extra": _json_values},
+)
+_bodies = st.one_of(
+    _json_values,
+    st.fixed_dictionaries({"instances": st.lists(_near_rows | _json_values, max_size=3)}),
+    st.fixed_dictionaries(
+        {
+            "inputs": st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "name": st.sampled_from([*ROW, "x"]),
+                        "datatype": st.sampled_from(
+                            ["FP64", "INT64", "BYTES", "BOOL", "FP16", "nope"]
+                        ),
+                        "shape": st.lists(st.integers(-2, 3), max_size=3),
+                        "data": _json_values,
+                    }
+                ),
+                max_size=4,
+            )
+        }
+    ),
+)
+
+
+def test_fuzzed_bodies_never_get_5xx(predictor):
+    """Thousands of malformed V1 and V2 bodies: every answer is 2xx or 4xx, and the server stays ready."""
+    import orjson
+
+    client = httpx.Client(timeout=10)
+    seen = {"n": 0}
+
+    @settings(
+        max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck), database=None
+    )
+    @given(body=_bodies, v2=st.booleans())
+    def check(body, v2):
+        path = f"/v2/models/{MODEL}/infer" if v2 else f"/v1/models/{MODEL}:predict"
+        try:
+            content = orjson.dumps(body)
+        except TypeError:
+            return
+        resp = client.post(
+            predictor.url + path, content=content, headers={"content-type": "application/json"}
+        )
+        seen["n"] += 1
+        assert resp.status_code < 500, (path, body, resp.status_code, resp.text)
+
+    try:
+        check()
+        # Non-finite floats (not JSON, but Python's json writes them) and raw garbage.
+        for raw in (
+            b'{"instances": [{"amount": NaN}]}',
+            b"\xff\xfe",
+            b"[]",
+            b"null",
+            b'{"instances": [' * 50,
+        ):
+            resp = client.post(predictor.url + f"/v1/models/{MODEL}:predict", content=raw)
+            assert resp.status_code < 500, (raw, resp.text)
+    finally:
+        client.close()
+    assert seen["n"] > 1000
+    assert httpx.get(f"{predictor.url}/v2/health/ready").status_code == 200
+    assert _predict(predictor.url, {"instances": [ROW]}).status_code == 200
+    assert _metric(predictor.url, "kubeloop_inference_requests_total", status="server_error") == 0
+    assert not math.isnan(_metric(predictor.url, "kubeloop_inference_requests_total", status="ok"))
