@@ -1,0 +1,209 @@
+"""The local router in front of two real predictor processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+
+from kubeloop.registry import ModelRegistry
+from kubeloop.serving.processes import start_predictor, start_router
+from kubeloop.serving.sink import EventSink
+from kubeloop.testing import make_registry_version
+
+pytestmark = pytest.mark.slow
+MODEL = "fraud-detector"
+ROW = {
+    "amount": 80.0,
+    "merchant_category": "online",
+    "hour": 21,
+    "distance_from_home_km": 12.0,
+    "is_foreign": 0,
+    "txn_count_1h": 2,
+    "account_age_days": 400.0,
+    "avg_amount_30d": 60.0,
+    "txn_count_24h": 3.0,
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("router")
+    registry = ModelRegistry(str(root / "registry"))
+    make_registry_version(registry, MODEL, seed=11)
+    make_registry_version(registry, MODEL, seed=12)
+    servers = []
+    with EventSink() as sink:
+        try:
+            for version in ("v1", "v2"):
+                servers.append(start_predictor(MODEL, version, registry.uri, root / "logs"))
+            router = start_router(root / "split.json", root / "logs", logger_url=sink.url)
+            servers.append(router)
+            yield {"v1": servers[0], "v2": servers[1], "router": router, "sink": sink, "root": root}
+        finally:
+            for server in servers:
+                server.stop()
+
+
+def _split(stack, percent: float, shadow: bool = False, swap: bool = False) -> dict:
+    stable, canary = ("v2", "v1") if swap else ("v1", "v2")
+    return {
+        "model": MODEL,
+        "stable": {"version": stable, "url": stack[stable].url},
+        "canary": {"version": canary, "url": stack[canary].url},
+        "canary_percent": percent,
+        "shadow": shadow,
+    }
+
+
+def _put(stack, split: dict) -> httpx.Response:
+    return httpx.put(f"{stack['router'].url}/admin/split", json=split)
+
+
+async def _fire(url: str, n: int, keys=None, concurrency: int = 16) -> list[httpx.Response]:
+    sem = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(
+        timeout=30, limits=httpx.Limits(max_connections=concurrency)
+    ) as client:
+
+        async def one(i: int) -> httpx.Response:
+            headers = {"x-kubeloop-key": keys[i]} if keys else {}
+            async with sem:
+                return await client.post(
+                    f"{url}/v1/models/{MODEL}:predict", json={"instances": [ROW]}, headers=headers
+                )
+
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def test_no_split_yet_is_503_and_bad_split_is_400(stack):
+    resp = httpx.post(f"{stack['router'].url}/v1/models/{MODEL}:predict", json={"instances": [ROW]})
+    assert resp.status_code == 503 and "split" in resp.json()["error"]
+    bad = _put(stack, {**_split(stack, 10), "canary_percent": 140})
+    assert bad.status_code == 400 and "canary_percent" in bad.json()["error"]
+
+
+def test_weighted_split_is_within_tolerance_and_sticky(stack):
+    assert _put(stack, _split(stack, 20)).status_code == 200
+    n = 2000
+    keys = [f"user-{i % 400}" for i in range(n)]  # 400 users, 5 requests each
+    responses = asyncio.run(_fire(stack["router"].url, n, keys))
+    assert all(r.status_code == 200 for r in responses)
+    versions = [r.json()["model_version"] for r in responses]
+    share = versions.count("v2") / n
+    # 400 independent users at p=0.2: sd of the user share is 0.02, so 4 sd either way.
+    assert 0.12 < share < 0.28, share
+    by_user: dict[str, set[str]] = {}
+    for key, version, resp in zip(keys, versions, responses, strict=True):
+        by_user.setdefault(key, set()).add(version)
+        assert resp.headers["x-kubeloop-role"] == ("canary" if version == "v2" else "stable")
+    assert all(len(v) == 1 for v in by_user.values())
+    metrics = httpx.get(f"{stack['router'].url}/metrics").text
+    assert (
+        'kubeloop_router_traffic_percent{model="fraud-detector",role="canary",version="v2"} 20.0'
+        in metrics
+    )
+    assert (
+        'kubeloop_router_requests_total{code="200",model="fraud-detector",role="canary",version="v2"}'
+        in metrics
+    )
+
+
+def test_entity_id_is_the_default_stickiness_key(stack):
+    assert _put(stack, _split(stack, 50)).status_code == 200
+    for account in range(1000, 1020):
+        versions = {
+            httpx.post(
+                f"{stack['router'].url}/v1/models/{MODEL}:predict",
+                json={"instances": [{**ROW, "account_id": account}]},
+            ).json()["model_version"]
+            for _ in range(3)
+        }
+        assert len(versions) == 1
+
+
+def _router_count(stack, role: str, version: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(httpx.get(f"{stack['router'].url}/metrics").text):
+        for s in family.samples:
+            if (
+                s.name == "kubeloop_router_requests_total"
+                and s.labels["role"] == role
+                and s.labels["version"] == version
+            ):
+                total += s.value
+    return total
+
+
+def test_shadow_traffic_never_reaches_the_caller(stack):
+    assert _put(stack, _split(stack, 50, shadow=True)).status_code == 200
+    before = _router_count(stack, "shadow", "v2")
+    responses = asyncio.run(_fire(stack["router"].url, 400))
+    assert {r.json()["model_version"] for r in responses} == {"v1"}
+    assert {r.headers["x-kubeloop-role"] for r in responses} == {"stable"}
+    deadline = time.monotonic() + 10
+    while _router_count(stack, "shadow", "v2") - before < 120 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    mirrored = _router_count(stack, "shadow", "v2") - before
+    assert 120 <= mirrored <= 280, mirrored  # about half of 400
+
+
+def test_split_changes_are_atomic_under_load(stack):
+    a, b = _split(stack, 0), _split(stack, 100, swap=True)
+    assert _put(stack, a).status_code == 200
+
+    async def flip():
+        async with httpx.AsyncClient() as client:
+            for i in range(40):
+                resp = await client.put(
+                    f"{stack['router'].url}/admin/split", json=b if i % 2 == 0 else a
+                )
+                assert resp.status_code == 200
+                await asyncio.sleep(0.01)
+
+    async def run():
+        return await asyncio.gather(_fire(stack["router"].url, 800, concurrency=16), flip())
+
+    responses, _ = asyncio.run(run())
+    # Under `a` everything goes to stable v1; under `b` everything to canary v1 (stable is v2 at 0%).
+    # A torn read would pair a role with the other split's backend, e.g. v2 answering.
+    assert all(r.status_code == 200 for r in responses)
+    assert {r.json()["model_version"] for r in responses} == {"v1"}
+    assert {r.headers["x-kubeloop-role"] for r in responses} <= {"stable", "canary"}
+    assert httpx.get(f"{stack['router'].url}/admin/split").json()["canary_percent"] == 0
+
+
+def test_router_logs_events_tagged_with_the_answering_version(stack):
+    assert _put(stack, _split(stack, 100)).status_code == 200
+    resp = httpx.post(
+        f"{stack['router'].url}/v1/models/{MODEL}:predict",
+        json={"instances": [ROW]},
+        headers={"x-request-id": "rt-1"},
+    )
+    assert resp.status_code == 200 and resp.headers["x-request-id"] == "rt-1"
+    deadline = time.monotonic() + 10
+    while len(stack["sink"].by_id("rt-1")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    events = stack["sink"].by_id("rt-1")
+    assert len(events) == 2
+    assert {e.headers["ce-modelversion"] for e in events} == {"v2"}
+    assert {e.headers["ce-endpoint"] for e in events} == {"canary"}
+    response = next(e for e in events if e.headers["ce-type"].endswith("response"))
+    assert json.loads(response.body)["model_version"] == "v2"
+
+
+def test_restart_keeps_the_split(stack):
+    split = _split(stack, 35)
+    assert _put(stack, split).status_code == 200
+    stack["router"].stop()
+    again = start_router(stack["root"] / "split.json", stack["root"] / "logs")
+    try:
+        assert httpx.get(f"{again.url}/admin/split").json()["canary_percent"] == 35
+        assert httpx.get(f"{again.url}/readyz").status_code == 200
+    finally:
+        again.stop()
