@@ -113,7 +113,11 @@ The drift service's in-cluster URL: the KServe InferenceService logger sends pay
 events here (spec.predictor.logger.url).
 */}}
 {{- define "kubeloop.drift.url" -}}
-{{- printf "http://%s.%s.svc.cluster.local:%d" (include "kubeloop.componentName" (dict "root" . "component" "drift")) .Release.Namespace (int .Values.drift.port) }}
+{{- $url := printf "http://%s.%s.svc.cluster.local" (include "kubeloop.componentName" (dict "root" . "component" "drift")) .Release.Namespace }}
+{{- if ne (int .Values.drift.servicePort) 80 }}
+{{- $url = printf "%s:%d" $url (int .Values.drift.servicePort) }}
+{{- end }}
+{{- $url }}
 {{- end }}
 
 {{/*
@@ -131,13 +135,17 @@ Registry (S3) settings: endpoint, TLS, and the Secret holding the credentials.
 {{- end }}
 {{- end }}
 
+{{- define "kubeloop.registryUri" -}}
+{{- printf "s3://%s/%s" .Values.registry.bucket .Values.registry.prefix | trimSuffix "/" }}
+{{- end }}
+
 {{/*
 Environment shared by every kubeloop container that reads the registry
 (kubeloop.settings: KUBELOOP_REGISTRY_URI, KUBELOOP_S3__*, AWS_* from a Secret).
 */}}
 {{- define "kubeloop.registryEnv" -}}
 - name: KUBELOOP_REGISTRY_URI
-  value: {{ printf "s3://%s/%s" .Values.registry.bucket .Values.registry.prefix | quote }}
+  value: {{ include "kubeloop.registryUri" . | quote }}
 - name: KUBELOOP_S3__ENDPOINT
   value: {{ include "kubeloop.s3.endpoint" . | quote }}
 - name: KUBELOOP_S3__SECURE

@@ -1,0 +1,177 @@
+"""Kustomize base and overlays, the chart's generated copies, and ModelDeployment
+samples validated against the CRD's openAPIV3Schema.
+
+Needs kubectl (`kubectl kustomize` runs without a cluster) and helm in .venv-tools.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "kubeloop"
+HELM = ROOT / ".venv-tools" / "bin" / "helm"
+OVERLAYS = sorted(
+    p.parent.name for p in (ROOT / "manifests" / "overlays").glob("*/kustomization.yaml")
+)
+K8S_VERSION = "1.31.0"
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ClusterKopfPeering", "KopfPeering"}
+
+
+def _require(tool: Path | str | None, how: str) -> str:
+    if tool and Path(tool).exists():
+        return str(tool)
+    if os.environ.get("CI"):
+        pytest.fail(f"{how} is missing")
+    pytest.skip(f"{how} is missing")
+
+
+def kustomize(path: Path) -> list[dict]:
+    kubectl = _require(shutil.which("kubectl"), "kubectl")
+    proc = subprocess.run(
+        [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, f"kubectl kustomize {path} failed:\n{proc.stderr}"
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def crd_schemas() -> dict[tuple[str, str], dict]:
+    """(apiVersion, kind) → openAPIV3Schema of every CRD the chart ships."""
+    schemas = {}
+    for path in sorted((CHART / "crds").glob("*.yaml")):
+        for crd in yaml.safe_load_all(path.read_text()):
+            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+            for version in crd["spec"]["versions"]:
+                schemas[(f"{group}/{version['name']}", kind)] = version["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+def validate_against_crd(doc: dict, schemas: dict[tuple[str, str], dict]) -> None:
+    schema = schemas.get((doc["apiVersion"], doc["kind"]))
+    assert schema is not None, (
+        f"no CRD in charts/kubeloop/crds serves {doc['apiVersion']} {doc['kind']}"
+    )
+    # openAPIV3Schema follows JSON Schema draft 4 (boolean exclusiveMinimum and the like).
+    jsonschema.Draft4Validator(schema).validate(doc)
+
+
+def test_overlays_exist() -> None:
+    assert {"local-kind", "production"} <= set(OVERLAYS)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_builds_and_validates(overlay: str) -> None:
+    docs = kustomize(ROOT / "manifests" / "overlays" / overlay)
+    kinds = {d["kind"] for d in docs}
+    assert {"CustomResourceDefinition", "Deployment", "StatefulSet", "ClusterRole"} <= kinds
+    schemas = crd_schemas()
+    for doc in docs:
+        if doc["kind"] in CRD_KINDS:
+            if (doc["apiVersion"], doc["kind"]) in schemas:
+                validate_against_crd(doc, schemas)
+            continue
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            raise AssertionError(
+                f"{overlay}: {doc['kind']}/{doc['metadata']['name']}: {exc.message}"
+            ) from exc
+        if doc["kind"] not in {
+            "Namespace",
+            "CustomResourceDefinition",
+            "ClusterRole",
+            "ClusterRoleBinding",
+        }:
+            assert doc["metadata"].get("namespace") == "kubeloop", doc["metadata"]["name"]
+
+
+def test_production_runs_two_operators_with_leader_election() -> None:
+    docs = kustomize(ROOT / "manifests" / "overlays" / "production")
+    op = next(
+        d
+        for d in docs
+        if d["kind"] == "Deployment" and d["metadata"]["name"] == "kubeloop-operator"
+    )
+    assert op["spec"]["replicas"] == 2
+    args = op["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--peering=kubeloop" in args and "--standalone" not in args
+    assert any(
+        d["kind"] == "ClusterKopfPeering" and d["metadata"]["name"] == "kubeloop" for d in docs
+    )
+    assert {d["metadata"]["name"] for d in docs if d["kind"] == "PodDisruptionBudget"} == {
+        "kubeloop-operator",
+        "kubeloop-drift",
+    }
+    # Production ships no credentials: the MinIO Secret is created out of band.
+    assert not [d for d in docs if d["kind"] == "Secret"]
+
+
+def test_local_kind_generates_its_minio_secret() -> None:
+    docs = kustomize(ROOT / "manifests" / "overlays" / "local-kind")
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    assert secret["metadata"]["name"].startswith("kubeloop-minio-root-")
+    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    refs = {
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]
+        if "valueFrom" in e
+    }
+    assert refs == {secret["metadata"]["name"]}, "kustomize must rewrite the Secret reference"
+
+
+def test_base_is_the_current_chart_rendering() -> None:
+    helm = _require(HELM, "helm (`make helm`)")
+    base = ROOT / "manifests" / "base"
+    proc = subprocess.run(
+        [
+            helm, "template", "kubeloop", str(CHART), "--namespace", "kubeloop", "--include-crds",
+            "--kube-version", K8S_VERSION, "--api-versions", "monitoring.coreos.com/v1",
+            "-f", str(base / "values.yaml"),
+        ],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    on_disk = (base / "kubeloop.yaml").read_text().split("\n", 1)[1]
+    # helm prints the chart path as given; the Makefile renders with the relative path.
+    rendered = proc.stdout.replace(str(CHART), "charts/kubeloop")
+    assert on_disk == rendered, "manifests/base/kubeloop.yaml is stale: run `make manifests-base`"
+
+
+def test_chart_crds_are_the_generated_ones() -> None:
+    from kubeloop.generated import GENERATORS, chart_copies
+
+    assert "kubeloop.generated:chart_copies" in GENERATORS
+    copies = chart_copies()
+    assert "charts/kubeloop/crds/modeldeployments.kubeloop.io.yaml" in copies
+    for rel, text in copies.items():
+        assert (ROOT / rel).read_text() == text, f"{rel} is stale: run `make compile`"
+        if rel.startswith("charts/kubeloop/crds/"):
+            source = ROOT / "manifests" / "crds" / Path(rel).name
+            assert source.read_text() == text, f"{rel} differs from {source}"
+
+
+@pytest.mark.parametrize(
+    "sample", sorted((ROOT / "manifests" / "samples").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_samples_validate_against_the_chart_crd(sample: Path) -> None:
+    schemas = crd_schemas()
+    docs = [d for d in yaml.safe_load_all(sample.read_text()) if d]
+    assert docs
+    for doc in docs:
+        validate_against_crd(doc, schemas)
+
+
+def test_crd_schema_rejects_a_bad_sample() -> None:
+    schemas = crd_schemas()
+    sample = yaml.safe_load((ROOT / "manifests" / "samples" / "fraud-detector.yaml").read_text())
+    sample["spec"]["rollout"]["steps"] = ["ten"]
+    with pytest.raises(jsonschema.ValidationError, match="'ten' is not of type 'integer'"):
+        validate_against_crd(sample, schemas)

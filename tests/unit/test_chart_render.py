@@ -1,0 +1,305 @@
+"""The Helm chart: lint, render every ci/ scenario, validate each manifest against the
+Kubernetes schemas (kubernetes-validate, strict) and kubeloop's CRD, and check the
+secure defaults and the values schema.
+
+Needs helm in .venv-tools/bin (``make helm``); no cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "kubeloop"
+HELM = ROOT / ".venv-tools" / "bin" / "helm"
+SCENARIOS = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
+NAMESPACE = "kubeloop"
+K8S_VERSION = "1.31.0"
+# Kinds served by CRDs, checked by the functions below rather than kubernetes-validate.
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "KopfPeering", "ClusterKopfPeering"}
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job", "Pod"}
+
+
+def _helm() -> str:
+    if HELM.exists():
+        return str(HELM)
+    if os.environ.get("CI"):
+        pytest.fail(f"helm not found at {HELM}: `make helm` installs it")
+    pytest.skip(f"helm not found at {HELM}: run `make helm`")
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([_helm(), *args], capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{proc.stderr}")
+    return proc
+
+
+def render(
+    *extra: str, api_versions: tuple[str, ...] = ("monitoring.coreos.com/v1",)
+) -> list[dict]:
+    args = ["template", "kl", str(CHART), "--namespace", NAMESPACE, "--kube-version", K8S_VERSION]
+    for api in api_versions:
+        args += ["--api-versions", api]
+    out = helm(*args, *extra).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict]]:
+    return {name: render("-f", str(CHART / "ci" / name)) for name in SCENARIOS}
+
+
+def pod_spec(obj: dict) -> dict:
+    if obj["kind"] == "Pod":
+        return obj["spec"]
+    return obj["spec"]["template"]["spec"]
+
+
+def test_scenarios_exist() -> None:
+    assert {"default-values.yaml", "external-s3-values.yaml", "ha-namespaced-values.yaml"} <= set(
+        SCENARIOS
+    )
+
+
+@pytest.mark.parametrize("scenario", [None, *SCENARIOS])
+def test_helm_lint(scenario: str | None) -> None:
+    args = ["lint", "--strict", str(CHART)]
+    if scenario:
+        args += ["-f", str(CHART / "ci" / scenario)]
+    helm(*args)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_manifests_validate_against_kubernetes_schemas(rendered, scenario: str) -> None:
+    docs = rendered[scenario]
+    assert docs, f"{scenario} rendered nothing"
+    for doc in docs:
+        if doc["kind"] in CRD_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            raise AssertionError(
+                f"{scenario}: {doc['kind']}/{doc['metadata']['name']}: {exc.message} at {list(exc.path)}"
+            ) from exc
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_monitoring_objects_are_well_formed(rendered, scenario: str) -> None:
+    for doc in rendered[scenario]:
+        if doc["kind"] == "ServiceMonitor":
+            assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+            assert doc["spec"]["selector"]["matchLabels"]
+            assert all(ep["path"] == "/metrics" and ep["port"] for ep in doc["spec"]["endpoints"])
+        elif doc["kind"] == "PodMonitor":
+            assert doc["spec"]["podMetricsEndpoints"][0]["port"]
+        elif doc["kind"] == "PrometheusRule":
+            groups = doc["spec"]["groups"]
+            assert groups and all(g["rules"] for g in groups)
+            for group in groups:
+                for rule in group["rules"]:
+                    assert ("alert" in rule) != ("record" in rule), rule
+                    assert "kubeloop_" in rule["expr"], rule
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_standard_labels_and_name_lengths(rendered, scenario: str) -> None:
+    for doc in rendered[scenario]:
+        meta = doc["metadata"]
+        assert len(meta["name"]) <= 63, meta["name"]
+        labels = meta.get("labels", {})
+        for key in (
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/version",
+            "app.kubernetes.io/managed-by",
+            "helm.sh/chart",
+        ):
+            assert key in labels, f"{doc['kind']}/{meta['name']} lacks label {key}"
+        if doc["kind"] not in {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}:
+            assert meta.get("namespace"), f"{doc['kind']}/{meta['name']} has no namespace"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_secure_defaults_on_every_container(rendered, scenario: str) -> None:
+    workloads = [d for d in rendered[scenario] if d["kind"] in WORKLOAD_KINDS]
+    assert workloads
+    for doc in workloads:
+        spec = pod_spec(doc)
+        where = f"{scenario}: {doc['kind']}/{doc['metadata']['name']}"
+        assert spec["securityContext"]["runAsNonRoot"] is True, where
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
+        assert not spec.get("hostNetwork") and not spec.get("hostPID"), where
+        for c in spec["containers"] + spec.get("initContainers", []):
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["runAsNonRoot"] is True and sc["runAsUser"] >= 1000, where
+            assert sc["capabilities"]["drop"] == ["ALL"] and "add" not in sc["capabilities"], where
+            assert sc["seccompProfile"]["type"] == "RuntimeDefault", where
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(c["resources"][kind]), f"{where}: {kind}"
+            image = c["image"]
+            assert ":" in image.rsplit("/", 1)[-1] or "@sha256:" in image, f"{where}: {image}"
+            assert not image.endswith(":latest"), where
+        if doc["kind"] != "Deployment" or "operator" not in doc["metadata"]["name"]:
+            # Only the operator talks to the API server.
+            assert spec.get("automountServiceAccountToken") is False, where
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_no_plain_text_credentials(rendered, scenario: str) -> None:
+    for doc in rendered[scenario]:
+        if doc["kind"] not in WORKLOAD_KINDS:
+            continue
+        for c in pod_spec(doc)["containers"]:
+            for env in c.get("env", []):
+                name = env["name"].upper()
+                if any(word in name for word in ("PASSWORD", "SECRET", "ACCESS_KEY", "TOKEN")):
+                    assert "secretKeyRef" in env.get("valueFrom", {}), (
+                        f"{doc['metadata']['name']}: {env['name']} must come from a Secret"
+                    )
+
+
+def test_minio_secret_is_generated_not_from_values(rendered) -> None:
+    secrets = [d for d in rendered["default-values.yaml"] if d["kind"] == "Secret"]
+    assert len(secrets) == 1
+    password = secrets[0]["data"]["root-password"]
+    assert password and password not in (CHART / "values.yaml").read_text()
+    # The existing-Secret scenario creates none and references the user's Secret.
+    ha = rendered["ha-namespaced-values.yaml"]
+    assert not [d for d in ha if d["kind"] == "Secret"]
+    sts = next(d for d in ha if d["kind"] == "StatefulSet")
+    refs = {
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for e in pod_spec(sts)["containers"][0]["env"]
+        if "valueFrom" in e
+    }
+    assert refs == {"kubeloop-minio-root"}
+
+
+def test_external_s3_replaces_minio(rendered) -> None:
+    docs = rendered["external-s3-values.yaml"]
+    assert not [d for d in docs if d["kind"] == "StatefulSet"]
+    drift = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("drift")
+    )
+    env = {e["name"]: e for e in pod_spec(drift)["containers"][0]["env"]}
+    assert env["KUBELOOP_S3__ENDPOINT"]["value"] == "s3.eu-west-1.amazonaws.com"
+    assert env["KUBELOOP_S3__SECURE"]["value"] == "true"
+    assert env["KUBELOOP_REGISTRY_URI"]["value"] == "s3://ml-models/kubeloop"
+    assert (
+        env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"]
+        == "kubeloop-s3-credentials"
+    )
+
+
+def test_namespaced_operator_gets_roles_and_leader_election(rendered) -> None:
+    docs = rendered["ha-namespaced-values.yaml"]
+    roles = {d["metadata"]["namespace"] for d in docs if d["kind"] == "Role"}
+    bindings = {d["metadata"]["namespace"] for d in docs if d["kind"] == "RoleBinding"}
+    assert roles == bindings == {"ml-team-a", "ml-team-b"}
+    cluster_role = next(d for d in docs if d["kind"] == "ClusterRole")
+    granted = {g for rule in cluster_role["rules"] for g in rule["apiGroups"]}
+    assert "kubeloop.io" not in granted, "namespaced operator must not get a cluster-wide grant"
+    peerings = [d for d in docs if d["kind"] == "KopfPeering"]
+    assert {p["metadata"]["namespace"] for p in peerings} == {"ml-team-a", "ml-team-b"}
+    operator = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("operator")
+    )
+    args = pod_spec(operator)["containers"][0]["args"]
+    assert "--namespace=ml-team-a" in args and any(a.startswith("--peering=") for a in args)
+    assert operator["spec"]["replicas"] == 2
+
+
+def test_drift_logger_url_is_the_drift_service(rendered) -> None:
+    docs = rendered["default-values.yaml"]
+    svc = next(
+        d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("drift")
+    )
+    url = svc["metadata"]["annotations"]["kubeloop.io/logger-url"]
+    assert url == f"http://{svc['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
+    assert svc["spec"]["ports"][0]["port"] == 80
+    operator = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("operator")
+    )
+    env = {e["name"]: e.get("value") for e in pod_spec(operator)["containers"][0]["env"]}
+    assert url in env.values()
+
+
+def test_every_pod_is_covered_by_a_network_policy(rendered) -> None:
+    docs = rendered["ha-namespaced-values.yaml"]
+    policies = [d["spec"]["podSelector"] for d in docs if d["kind"] == "NetworkPolicy"]
+
+    def covered(labels: dict) -> bool:
+        for sel in policies:
+            if not all(labels.get(k) == v for k, v in sel.get("matchLabels", {}).items()):
+                continue
+            if all(labels.get(e["key"]) in e["values"] for e in sel.get("matchExpressions", [])):
+                return True
+        return False
+
+    for doc in docs:
+        if doc["kind"] in WORKLOAD_KINDS:
+            labels = (
+                doc["metadata"]["labels"]
+                if doc["kind"] == "Pod"
+                else doc["spec"]["template"]["metadata"]["labels"]
+            )
+            assert covered(labels), f"{doc['kind']}/{doc['metadata']['name']} has no NetworkPolicy"
+
+
+def test_monitoring_is_skipped_when_the_api_is_absent() -> None:
+    docs = render(api_versions=())
+    kinds = {d["kind"] for d in docs}
+    assert not kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+    notes = helm("install", "kl", str(CHART), "--dry-run=client", "-n", NAMESPACE).stdout
+    assert "does not serve monitoring.coreos.com/v1" in notes
+
+
+def test_helm_test_pod_checks_operator_and_drift(rendered) -> None:
+    pod = next(d for d in rendered["default-values.yaml"] if d["kind"] == "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    urls = next(
+        e["value"] for e in pod["spec"]["containers"][0]["env"] if e["name"] == "CHECK_URLS"
+    )
+    assert "operator" in urls and "/healthz" in urls and "drift" in urls and "/readyz" in urls
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "operator.bogus=1"], "additional properties 'bogus' not allowed"),
+        (["--set", "operator.replicas=-1"], "/operator/replicas"),
+        (
+            ["--set", "containerSecurityContext.allowPrivilegeEscalation=true"],
+            "allowPrivilegeEscalation",
+        ),
+        (["--set", "podSecurityContext.runAsNonRoot=false"], "runAsNonRoot"),
+        (["--set", "operator.image.pullPolicy=Sometimes"], "/operator/image/pullPolicy"),
+        (["--set", "operator.watchNamespaces[0]=Bad_NS"], "/operator/watchNamespaces/0"),
+        (["--set", "drift.port=70000"], "/drift/port"),
+        (["--set", "drift.resources.limits=null"], "missing property 'limits'"),
+        (["--set", "minio.enabled=false"], "registry.external.endpoint is required"),
+        (
+            ["--set", "minio.enabled=false", "--set", "registry.external.endpoint=s3.example.com"],
+            "registry.external.existingSecret is required",
+        ),
+    ],
+)
+def test_invalid_values_are_rejected_with_a_clear_message(args: list[str], message: str) -> None:
+    proc = helm("template", "kl", str(CHART), *args, check=False)
+    assert proc.returncode != 0, f"{args} was accepted"
+    assert message in proc.stderr, proc.stderr
+
+
+def test_kubectl_is_available_for_kustomize() -> None:
+    assert shutil.which("kubectl"), "kubectl is needed for `kubectl kustomize`"
