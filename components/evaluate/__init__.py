@@ -1,0 +1,1 @@
+"""The evaluate stage: metrics, calibration, slices, report and reference sample."""

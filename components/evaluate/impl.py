@@ -1,0 +1,65 @@
+"""Evaluate: score the eval set with the bundle; write metrics, report and reference sample."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from kubeloop.components.train.impl import read_split
+
+from kubeloop.evaluation.metrics import Evaluation, evaluate_scores
+from kubeloop.evaluation.report import render_html
+from kubeloop.model import ModelBundle
+
+EVALUATION_FILE = "evaluation.json"
+REFERENCE_FILE = "reference.parquet"
+REFERENCE_ROWS = 2000
+SLICE_COLUMNS = ("merchant_category",)
+
+
+@dataclass
+class EvaluateResult:
+    evaluation: Evaluation
+    reference: pd.DataFrame
+
+
+def score_window(bundle: ModelBundle, frame: pd.DataFrame) -> Evaluation:
+    """Every metric of ``bundle`` on one window, sliced by the categorical slice columns."""
+    scores, _ = bundle.predict(frame)
+    slices = {c: frame[c] for c in SLICE_COLUMNS if c in frame}
+    return evaluate_scores(
+        frame[bundle.schema.label].to_numpy(), scores, bundle.config.threshold, slices
+    )
+
+
+def reference_sample(
+    bundle: ModelBundle, frame: pd.DataFrame, rows: int = REFERENCE_ROWS
+) -> pd.DataFrame:
+    """Up to ``rows`` raw feature rows with ``prediction_score``, ``prediction`` and the label
+    (the drift service's reference); an even sample over the window, in time order."""
+    schema = bundle.schema
+    step = max(len(frame) // rows, 1)
+    sample = frame.iloc[::step].head(rows)
+    scores, classes = bundle.predict(sample)
+    out = sample[[*schema.feature_names, schema.label]].reset_index(drop=True).copy()
+    out["prediction_score"] = scores
+    out["prediction"] = classes
+    return out
+
+
+def run_evaluate(
+    model_dir: str | Path, eval_set: str | Path, report_path: str | Path, evaluation_dir: str | Path
+) -> EvaluateResult:
+    bundle = ModelBundle.load(model_dir)
+    frame, _ = read_split(eval_set, "eval_set")
+    evaluation = score_window(bundle, frame)
+    Path(report_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(report_path).write_text(render_html(evaluation, "kubeloop evaluation"))
+    folder = Path(evaluation_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / EVALUATION_FILE).write_text(json.dumps(evaluation.to_dict(), indent=2))
+    reference = reference_sample(bundle, frame)
+    reference.to_parquet(folder / REFERENCE_FILE, index=False)
+    return EvaluateResult(evaluation=evaluation, reference=reference)

@@ -1,0 +1,1 @@
+"""The gate stage: objectives, then the champion on the same evaluation window."""

@@ -1,0 +1,1 @@
+"""The register stage: publish an immutable registry version with lineage."""

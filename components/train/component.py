@@ -1,0 +1,61 @@
+"""KFP component shell of the train stage (the work lives in ``impl.py``).
+
+No ``from __future__ import annotations`` here: KFP reads the real annotation objects.
+"""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from kubeloop.images import image
+
+
+@dsl.component(base_image=image("train"), install_kfp_package=False)
+def train(
+    train_set: Input[Dataset],
+    model: Output[Model],
+    metrics: Output[Metrics],
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    epochs: int = 8,
+    batch_size: int = 512,
+    learning_rate: float = 0.003,
+    hidden_units: int = 32,
+    seed: int = 7,
+    validation_fraction: float = 0.2,
+):
+    """Trains the fraud classifier with Ray Train (``TorchTrainer``).
+
+    Args:
+        train_set: features-stage output folder with ``data.parquet``.
+        model: output folder, a ``kubeloop.model.ModelBundle`` (``model.pt``, ``model.json``,
+            ``preprocessing.json``, ``schema.json``) plus ``history.json`` (per-epoch metrics).
+        metrics: best-epoch validation metrics, chosen threshold, fit time.
+        num_workers: Ray Train workers (data-parallel).
+        use_gpu: give each worker a GPU.
+        epochs: passes over the training part.
+        batch_size: rows per optimiser step and worker.
+        learning_rate: Adam learning rate.
+        hidden_units: width of the two hidden layers.
+        seed: seed of weights and shuffling.
+        validation_fraction: latest share of the timeline held out to pick the best epoch
+            and the decision threshold.
+    """
+    from kubeloop.components.train.impl import run_train
+
+    from kubeloop.training import TrainParams
+
+    params = TrainParams(
+        num_workers=num_workers,
+        use_gpu=use_gpu,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        hidden_units=hidden_units,
+        seed=seed,
+        validation_fraction=validation_fraction,
+    )
+    outcome = run_train(train_set.path, model.path, params)
+    model.metadata["framework"] = "pytorch"
+    model.metadata["threshold"] = outcome.bundle.config.threshold
+    for name, value in outcome.metrics.items():
+        metrics.log_metric(name, value)

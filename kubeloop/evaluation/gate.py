@@ -1,0 +1,118 @@
+"""The promotion gate's decision: objectives first, then the champion on the same window.
+
+Pure logic: metrics of the candidate, the objectives from settings and (when a
+champion exists) the champion's metrics on the *same* evaluation window go in; a
+decision with one line per check comes out. The gate component does the I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from kubeloop.settings import Objectives
+
+# Metrics where smaller is better; every other compared metric is larger-is-better.
+LOWER_IS_BETTER = frozenset({"ece", "brier", "log_loss"})
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class GateDecision:
+    passed: bool
+    checks: list[Check] = field(default_factory=list)
+    champion_version: str | None = None
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why it failed (failed checks only), or every check when it passed."""
+        failed = [c.detail for c in self.checks if not c.passed]
+        return failed if failed else [c.detail for c in self.checks]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["reasons"] = self.reasons
+        data["decision"] = "passed" if self.passed else "failed"
+        return data
+
+
+def _value(metrics: dict[str, Any], name: str) -> float | None:
+    value = metrics.get(name)
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _threshold_check(name: str, value: float | None, bound: float, minimum: bool) -> Check:
+    op = ">=" if minimum else "<="
+    if value is None:
+        return Check(name, False, f"{name} is missing or undefined (needs {op} {bound:g})")
+    ok = value >= bound if minimum else value <= bound
+    verdict = "meets" if ok else "misses"
+    return Check(name, ok, f"{name} {value:.4f} {verdict} the objective {op} {bound:g}")
+
+
+def decide(
+    candidate: dict[str, Any],
+    objectives: Objectives,
+    champion: dict[str, Any] | None = None,
+    *,
+    tolerance: float = 0.01,
+    compare_metric: str = "roc_auc",
+    champion_version: str | None = None,
+) -> GateDecision:
+    """Passes only when every objective holds and the candidate is not worse than the
+    champion (on the same window) by more than ``tolerance`` in ``compare_metric``."""
+    checks = [
+        _threshold_check("roc_auc", _value(candidate, "roc_auc"), objectives.min_roc_auc, True),
+        _threshold_check("pr_auc", _value(candidate, "pr_auc"), objectives.min_pr_auc, True),
+        _threshold_check("ece", _value(candidate, "ece"), objectives.max_ece, False),
+        _threshold_check("accuracy", _value(candidate, "accuracy"), objectives.min_accuracy, True),
+    ]
+    if champion is not None:
+        mine, theirs = _value(candidate, compare_metric), _value(champion, compare_metric)
+        who = f"champion {champion_version}" if champion_version else "champion"
+        if mine is None or theirs is None:
+            missing = "candidate" if mine is None else who
+            checks.append(
+                Check("champion", False, f"{compare_metric} of the {missing} is undefined")
+            )
+        else:
+            lower = compare_metric in LOWER_IS_BETTER
+            delta = (theirs - mine) if lower else (mine - theirs)  # > 0: candidate better
+            ok = delta >= -tolerance
+            checks.append(
+                Check(
+                    "champion",
+                    ok,
+                    f"{compare_metric} {mine:.4f} vs {who} {theirs:.4f} on the same window "
+                    f"({'better by' if delta >= 0 else 'worse by'} {abs(delta):.4f}; "
+                    f"tolerance {tolerance:g})",
+                )
+            )
+    return GateDecision(
+        passed=all(c.passed for c in checks), checks=checks, champion_version=champion_version
+    )
+
+
+def render_markdown(decision: GateDecision, model_name: str) -> str:
+    verdict = "PASSED" if decision.passed else "FAILED"
+    lines = [
+        f"# Gate for {model_name}: {verdict}",
+        "",
+        "| check | result | detail |",
+        "|---|---|---|",
+    ]
+    for c in decision.checks:
+        lines.append(f"| {c.name} | {'pass' if c.passed else 'FAIL'} | {c.detail} |")
+    if decision.champion_version is None:
+        lines += ["", "No champion in the registry: judged on the objectives alone."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,194 @@
+"""One Ray instance for kubeloop's training runs: a cluster address, or a reused local head.
+
+Starting Ray costs tens of seconds on a small machine, so local training never starts
+a private instance per run. ``connect()`` joins, in order: an already initialised Ray
+in this process, ``get_settings().ray_address`` (a real cluster, e.g. KubeRay), or the
+local head recorded in ``$KUBELOOP_HOME/ray/head.json`` — starting that head once with
+``ray start --head --block`` when it is not running. Successive pipeline stages, runs
+and tests then reuse it; ``stop_local_head()`` ends exactly the processes it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HEAD_FILE = "head.json"
+START_TIMEOUT_S = 120.0
+
+
+class RayRuntimeError(RuntimeError):
+    """The local Ray head could not be started or reached; the message says why."""
+
+
+@dataclass(frozen=True)
+class LocalHead:
+    address: str  # host:port of the GCS
+    pid: int  # the ``ray start --block`` process (leader of its own process group)
+    temp_dir: str
+    started_at: float
+
+
+def ray_dir(home: Path | None = None) -> Path:
+    if home is None:
+        from kubeloop.settings import get_settings
+
+        home = get_settings().home
+    return Path(home).resolve() / "ray"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_open(address: str, timeout: float = 1.0) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_head(home: Path | None = None) -> LocalHead | None:
+    """The recorded local head when its process is alive and its port answers."""
+    path = ray_dir(home) / HEAD_FILE
+    if not path.exists():
+        return None
+    try:
+        head = LocalHead(**json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        return None
+    if _pid_alive(head.pid) and _port_open(head.address):
+        return head
+    return None
+
+
+def start_local_head(home: Path | None = None, num_cpus: int = 2) -> LocalHead:
+    """Returns the running local head, starting one (``ray start --head --block``) if needed."""
+    head = read_head(home)
+    if head is not None:
+        return head
+    folder = ray_dir(home)
+    folder.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    # Ray's unix socket paths must stay short, so its temp dir lives under /tmp.
+    temp_dir = f"/tmp/kubeloop-ray-{os.getuid()}-{port}"
+    ray_bin = Path(sys.executable).with_name("ray")
+    cmd = [
+        str(ray_bin),
+        "start",
+        "--head",
+        "--block",
+        f"--port={port}",
+        "--node-ip-address=127.0.0.1",
+        f"--num-cpus={num_cpus}",
+        "--num-gpus=0",
+        "--disable-usage-stats",
+        "--include-dashboard=false",
+        f"--temp-dir={temp_dir}",
+    ]
+    log = open(folder / "head.log", "ab")  # noqa: SIM115 - handed to the child process
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+    )
+    log.close()
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not _port_open(address):
+        if proc.poll() is not None:
+            raise RayRuntimeError(
+                f"ray start exited with {proc.returncode}; see {folder / 'head.log'}"
+            )
+        if time.monotonic() > deadline:
+            _kill_group(proc.pid)
+            raise RayRuntimeError(f"Ray head did not open {address} within {START_TIMEOUT_S:.0f}s")
+        time.sleep(0.5)
+    head = LocalHead(address=address, pid=proc.pid, temp_dir=temp_dir, started_at=time.time())
+    (folder / HEAD_FILE).write_text(json.dumps(asdict(head), indent=2))
+    return head
+
+
+def _kill_group(pid: int, timeout: float = 30.0) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(ChildProcessError):  # reap our child: no zombie left
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.3)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def stop_local_head(home: Path | None = None) -> bool:
+    """Stops the recorded local head (only its own process group); True if one ran."""
+    path = ray_dir(home) / HEAD_FILE
+    if not path.exists():
+        return False
+    try:
+        head = LocalHead(**json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        path.unlink(missing_ok=True)
+        return False
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    alive = _pid_alive(head.pid)
+    _kill_group(head.pid)
+    path.unlink(missing_ok=True)
+    return alive
+
+
+def connect(home: Path | None = None, address: str | None = None) -> str:
+    """Initialises Ray in this process against the configured or local instance.
+
+    Returns the address joined. Worker stdout (per-epoch lines) is forwarded here.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return "existing"
+    if address is None:
+        from kubeloop.settings import get_settings
+
+        address = get_settings().ray_address
+    if not address:
+        address = start_local_head(home).address
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Worker processes inherit the driver's environment; keep Ray Train's own logs quiet.
+    ray.init(
+        address=address,
+        logging_level="WARNING",
+        log_to_driver=True,
+        configure_logging=True,
+    )
+    return address

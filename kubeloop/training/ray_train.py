@@ -1,0 +1,238 @@
+"""Training the tabular classifier with Ray Train's ``TorchTrainer``.
+
+The driver fits the preprocessor on the training part (time split), puts the encoded
+arrays in Ray's object store and runs ``train_loop_per_worker`` on ``num_workers``
+workers (data-parallel, DDP through ``prepare_model``). Each epoch every worker reports
+its metrics with ``ray.train.report``; rank 0 attaches a checkpoint
+(``Checkpoint.from_directory``). The checkpoint with the lowest validation loss is
+kept, the prior correction is folded into the output bias, the decision threshold is
+chosen on validation, and the result is a :class:`kubeloop.model.ModelBundle`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kubeloop.data.schema import DatasetSchema
+from kubeloop.model import ModelBundle, ModelConfig, Preprocessor, TabularClassifier
+from kubeloop.training import loop
+
+CHECKPOINT_FILE = "model.pt"
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    num_workers: int = 1
+    use_gpu: bool = False
+    epochs: int = 8
+    batch_size: int = 512
+    learning_rate: float = 3e-3
+    hidden_units: int = 32
+    seed: int = 7
+    validation_fraction: float = 0.2
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("num_workers", "epochs", "batch_size", "hidden_units"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+
+
+@dataclass
+class TrainOutcome:
+    bundle: ModelBundle
+    metrics: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    fit_seconds: float = 0.0
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: one shard of the training rows, full validation."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(config["seed"])  # identical initial weights on every worker
+    device = ray.train.torch.get_device()
+    x_train, y_train, x_val, y_val = (
+        torch.from_numpy(ray.get(config[k])) for k in ("x_train", "y_train", "x_val", "y_val")
+    )
+    x_train, y_train = x_train[rank::world].to(device), y_train[rank::world].to(device)
+    x_val, y_val = x_val.to(device), y_val.to(device)
+
+    model = ray.train.torch.prepare_model(TabularClassifier(ModelConfig(**config["model"])))
+    optimiser = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
+    pos_weight = torch.tensor(config["pos_weight"], device=device)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    generator = torch.Generator().manual_seed(config["seed"] + rank)
+    for epoch in range(1, config["epochs"] + 1):
+        started = time.perf_counter()
+        train_loss = loop.run_epoch(
+            model, optimiser, loss_fn, x_train, y_train, config["batch_size"], generator
+        )
+        val_loss, val_auc, val_ap = loop.validate(model, loss_fn, x_val, y_val)
+        metrics = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_roc_auc": val_auc,
+            "val_pr_auc": val_ap,
+            "epoch_seconds": time.perf_counter() - started,
+        }
+        if rank == 0:
+            print(
+                f"[train] epoch {epoch}/{config['epochs']}  train_loss={train_loss:.4f}  "
+                f"val_loss={val_loss:.4f}  val_roc_auc={val_auc:.4f}  val_pr_auc={val_ap:.4f}",
+                flush=True,
+            )
+            with tempfile.TemporaryDirectory() as tmp:
+                state = getattr(model, "module", model).state_dict()
+                torch.save({k: v.cpu() for k, v in state.items()}, Path(tmp) / CHECKPOINT_FILE)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+
+
+def prepare_arrays(
+    frame: pd.DataFrame, schema: DatasetSchema, validation_fraction: float
+) -> tuple[Preprocessor, pd.DataFrame, dict[str, np.ndarray]]:
+    train, valid = loop.time_split(frame, schema, validation_fraction)
+    pre = Preprocessor.fit(train, schema)
+    arrays = {
+        "x_train": pre.transform(train),
+        "y_train": train[schema.label].to_numpy(dtype=np.float32),
+        "x_val": pre.transform(valid),
+        "y_val": valid[schema.label].to_numpy(dtype=np.float32),
+    }
+    return pre, valid, arrays
+
+
+def train_model(
+    frame: pd.DataFrame,
+    schema: DatasetSchema,
+    params: TrainParams,
+    *,
+    work_dir: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainOutcome:
+    """Trains on ``frame`` (entity, timestamp, features, label) and returns the bundle."""
+    import ray
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from kubeloop.training.ray_runtime import connect
+
+    pre, valid, arrays = prepare_arrays(frame, schema, params.validation_fraction)
+    pos_weight = loop.positive_weight(arrays["y_train"])
+    model_config = ModelConfig(
+        n_inputs=pre.n_outputs, hidden_units=params.hidden_units, dropout=params.dropout
+    )
+    log(
+        f"[train] {len(arrays['y_train'])} training rows, {len(arrays['y_val'])} validation rows, "
+        f"{pre.n_outputs} inputs, pos_weight={pos_weight:.1f}, workers={params.num_workers}"
+    )
+    # One clean per-epoch line from rank 0 instead of Ray Train's duplicated print patch.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    connect()
+    refs = {name: ray.put(value) for name, value in arrays.items()}
+    config = {
+        **refs,
+        "model": asdict(model_config),
+        "pos_weight": pos_weight,
+        "learning_rate": params.learning_rate,
+        "batch_size": params.batch_size,
+        "epochs": params.epochs,
+        "seed": params.seed,
+    }
+    owns_dir = work_dir is None
+    storage = Path(work_dir or tempfile.mkdtemp(prefix="kubeloop-train-")).resolve()
+    try:
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=config,
+            scaling_config=ScalingConfig(num_workers=params.num_workers, use_gpu=params.use_gpu),
+            run_config=RunConfig(
+                name=f"train-{int(time.time() * 1000)}",
+                storage_path=str(storage),
+                # Every epoch's checkpoint is kept (they are small) so the history is complete.
+                checkpoint_config=CheckpointConfig(
+                    num_to_keep=None,
+                    checkpoint_score_attribute="val_loss",
+                    checkpoint_score_order="min",
+                ),
+            ),
+        )
+        started = time.perf_counter()
+        result = trainer.fit()
+        fit_seconds = time.perf_counter() - started
+        if result.error:
+            raise RuntimeError(f"Ray Train failed: {result.error}")
+        best = result.get_best_checkpoint("val_loss", "min") or result.checkpoint
+        best_metrics = min(
+            (m for _, m in (result.best_checkpoints or [])),
+            key=lambda m: m["val_loss"],
+            default=result.metrics,
+        )
+        with best.as_directory() as folder:
+            state = torch.load(
+                Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True
+            )
+        history = (
+            result.metrics_dataframe.to_dict("records")
+            if result.metrics_dataframe is not None
+            else []
+        )
+    finally:
+        refs.clear()
+        if owns_dir:
+            shutil.rmtree(storage, ignore_errors=True)
+
+    network = TabularClassifier(model_config)
+    network.load_state_dict(state)
+    # Undo pos_weight's inflation of the odds so scores are calibrated probabilities.
+    with torch.no_grad():
+        network.net[-1].bias += loop.prior_correction(pos_weight)
+    network.eval()
+    bundle = ModelBundle(schema=schema, preprocessor=pre, config=model_config, network=network)
+    val_scores = bundle.predict_proba(valid)
+    threshold = loop.best_threshold(arrays["y_val"], val_scores)
+    bundle = replace(bundle, config=replace(model_config, threshold=threshold))
+    metrics = {
+        "best_epoch": int(best_metrics["epoch"]),
+        "val_loss": float(best_metrics["val_loss"]),
+        "val_roc_auc": float(best_metrics["val_roc_auc"]),
+        "val_pr_auc": float(best_metrics["val_pr_auc"]),
+        "threshold": threshold,
+        "pos_weight": pos_weight,
+        "train_rows": int(len(arrays["y_train"])),
+        "validation_rows": int(len(arrays["y_val"])),
+        "fit_seconds": fit_seconds,
+    }
+    log(
+        f"[train] best epoch {metrics['best_epoch']} (val_loss={metrics['val_loss']:.4f}, "
+        f"val_roc_auc={metrics['val_roc_auc']:.4f}); threshold={threshold:.3f}; "
+        f"fit {fit_seconds:.1f}s"
+    )
+    clean_history = [
+        {k: v for k, v in row.items() if isinstance(v, int | float) and math.isfinite(v)}
+        for row in history
+    ]
+    return TrainOutcome(
+        bundle=bundle, metrics=metrics, history=clean_history, fit_seconds=fit_seconds
+    )

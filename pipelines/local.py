@@ -1,0 +1,296 @@
+"""Runs the training pipeline on this machine with ``kfp.local`` and summarises the run.
+
+``run_training_pipeline(**params)`` is the one local entry point (the CLI, the demo and
+the benchmarks use it). Each stage runs as a subprocess of this environment
+(``SubprocessRunner(use_venv=False)``); the pipeline root is ``$KUBELOOP_HOME/runs``.
+kfp.local's output is teed: the full log goes to ``runs/<run>.log`` and, unless
+``verbose``, only stage starts/ends and per-epoch lines reach the console.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from kubeloop.pipelines.training import DEFAULT_SOURCE, PIPELINE_NAME
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_START = re.compile(r"Executing task '([^']+)'")
+_END = re.compile(r"Task '([^']+)' finished with status (\w+)")
+_KEEP = re.compile(r"\[(train|kubeloop)\]")
+
+
+@dataclass
+class StageTiming:
+    name: str
+    started: float
+    seconds: float | None = None
+    status: str = "RUNNING"
+
+
+@dataclass
+class TrainingRunResult:
+    run_name: str
+    run_dir: Path | None
+    succeeded: bool
+    model_name: str
+    registry_uri: str
+    gate_passed: bool | None = None
+    gate_reasons: list[str] = field(default_factory=list)
+    version: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    reports: dict[str, Path] = field(default_factory=dict)
+    stages: list[StageTiming] = field(default_factory=list)
+    error: str | None = None
+    log_file: Path | None = None
+    wall_seconds: float = 0.0
+
+    @property
+    def failed_stage(self) -> str | None:
+        return next((s.name for s in self.stages if s.status not in ("SUCCESS",)), None)
+
+
+class _StageTee(io.TextIOBase):
+    """Receives kfp.local's stdout: records stage timings, logs everything, echoes some."""
+
+    def __init__(self, log: TextIO, console: TextIO, verbose: bool, on_line: Callable[[str], None]):
+        self.log, self.console, self.verbose, self.on_line = log, console, verbose, on_line
+        self.stages: dict[str, StageTiming] = {}
+        self._buffer = ""
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self._buffer += text
+        while "\n" in self._buffer:
+            line, self._buffer = self._buffer.split("\n", 1)
+            self._line(line)
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.console.flush()
+
+    def _echo(self, text: str) -> None:
+        # The callback may print: point stdout at the console meanwhile, not back at us.
+        saved, sys.stdout = sys.stdout, self.console
+        try:
+            self.on_line(text)
+        finally:
+            sys.stdout = saved
+
+    def _line(self, line: str) -> None:
+        plain = _ANSI.sub("", line)
+        now = time.perf_counter()
+        if m := _START.search(plain):
+            self.stages[m.group(1)] = StageTiming(m.group(1), now)
+            self._echo(f"▶ {m.group(1)}")
+        elif m := _END.search(plain):
+            stage = self.stages.setdefault(m.group(1), StageTiming(m.group(1), now))
+            stage.seconds, stage.status = now - stage.started, m.group(2)
+            self._echo(
+                f"{'✔' if stage.status == 'SUCCESS' else '✘'} {stage.name} "
+                f"{stage.status.lower()} in {stage.seconds:.1f}s"
+            )
+        elif self.verbose:
+            self.console.write(line + "\n")
+        elif m := _KEEP.search(plain):
+            self._echo("    " + plain[m.start() :].strip())
+
+
+@contextlib.contextmanager
+def _named_output_conditions() -> Iterator[None]:
+    """Lets kfp.local (2.17) evaluate ``dsl.If`` on a named output such as ``gate.passed``.
+
+    Its condition evaluator finds task outputs only in channels named ``<task>-Output``
+    or ``<task>--<output>``; a NamedTuple field's channel is ``<task>-<output>``
+    (``gate-passed``), which it then treats as a missing parent input, so the branch is
+    silently skipped. Here, when that lookup fails, the channel is split into task and
+    output at each ``-`` and looked up as a task output. Clusters evaluate the same IR
+    correctly; nothing changes there.
+    """
+    from kfp.local.orchestrator import enhanced_dag_orchestrator as orchestrator
+
+    evaluator = orchestrator.ConditionEvaluator
+    original = evaluator.__dict__["_resolve_pipeline_channel"]
+
+    def resolve(channel_ref: str, io_store: Any) -> Any:
+        ref = channel_ref.replace("pipelinechannel--", "")
+        parts = ref.split("-")
+        for i in range(len(parts) - 1, 0, -1):
+            task, output = "-".join(parts[:i]), "-".join(parts[i:])
+            try:
+                return io_store.get_task_output(task, output)
+            except (KeyError, ValueError):
+                continue
+        return original.__func__(channel_ref, io_store)
+
+    evaluator._resolve_pipeline_channel = staticmethod(resolve)
+    try:
+        yield
+    finally:
+        evaluator._resolve_pipeline_channel = original
+
+
+def _artifact(run_dir: Path, task: str, output: str) -> Path | None:
+    """The path of ``output`` of ``task`` in a kfp.local run folder (None when absent)."""
+    matches = sorted(run_dir.glob(f"**/{task}/{output}"))
+    return matches[0] if matches else None
+
+
+def _summarise(result: TrainingRunResult) -> None:
+    run_dir = result.run_dir
+    if run_dir is None:
+        return
+    gate_file = _artifact(run_dir, "gate", "decision")
+    if gate_file and (gate_file / "gate.json").exists():
+        gate = json.loads((gate_file / "gate.json").read_text())
+        result.gate_passed, result.gate_reasons = bool(gate["passed"]), list(gate["reasons"])
+        result.reports["gate"] = _artifact(run_dir, "gate", "report") or gate_file
+    evaluation = _artifact(run_dir, "evaluate", "evaluation")
+    if evaluation and (evaluation / "evaluation.json").exists():
+        ev = json.loads((evaluation / "evaluation.json").read_text())
+        keys = ("roc_auc", "pr_auc", "ece", "accuracy", "precision", "recall", "f1", "threshold")
+        result.metrics = {k: ev[k] for k in keys if k in ev}
+        result.metrics["eval_rows"] = ev.get("rows")
+        result.reports["evaluation"] = _artifact(run_dir, "evaluate", "report") or evaluation
+    validation = _artifact(run_dir, "validate", "report")
+    if validation:
+        result.reports["validation"] = validation
+    model = _artifact(run_dir, "train", "model")
+    if model:
+        result.reports["model"] = model
+
+
+def run_training_pipeline(
+    *,
+    source_uri: str = DEFAULT_SOURCE,
+    schema_uri: str = "",
+    window_start: str = "",
+    window_end: str = "",
+    model_name: str | None = None,
+    registry_uri: str | None = None,
+    eval_fraction: float = 0.2,
+    num_workers: int | None = None,
+    use_gpu: bool | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    hidden_units: int | None = None,
+    seed: int | None = None,
+    verbose: bool = False,
+    echo: Callable[[str], None] = print,
+) -> TrainingRunResult:
+    """Runs the pipeline locally; unset training parameters come from settings."""
+    from kfp import local
+    from kubeloop.pipelines.training import training_pipeline
+
+    from kubeloop.registry import ModelRegistry
+    from kubeloop.settings import get_settings
+
+    settings = get_settings()
+    t = settings.training
+    model_name = model_name or settings.model_name
+    registry_uri = registry_uri or settings.registry_uri
+    if "://" not in registry_uri:  # stage subprocesses must not depend on the working directory
+        registry_uri = str(Path(registry_uri).resolve())
+    params = {
+        "source_uri": source_uri,
+        "schema_uri": schema_uri,
+        "window_start": window_start,
+        "window_end": window_end,
+        "model_name": model_name,
+        "registry_uri": registry_uri,
+        "eval_fraction": eval_fraction,
+        "num_workers": num_workers or t.num_workers,
+        "use_gpu": t.use_gpu if use_gpu is None else use_gpu,
+        "epochs": epochs or t.epochs,
+        "batch_size": batch_size or t.batch_size,
+        "learning_rate": learning_rate or t.learning_rate,
+        "hidden_units": hidden_units or t.hidden_units,
+        "seed": t.seed if seed is None else seed,
+    }
+    runs = Path(settings.home).resolve() / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    before = {p.name for p in runs.iterdir()}
+    log_path = runs / f".run-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6}.log"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(runs))
+    started = time.perf_counter()
+    error = None
+    with open(log_path, "w") as log:
+        tee = _StageTee(log, sys.stdout, verbose, echo)
+        real_stdout, sys.stdout = sys.stdout, tee
+        try:
+            with warnings.catch_warnings(), _named_output_conditions():
+                # Stage images are kubeloop's own; locally the same code runs in this venv.
+                warnings.filterwarnings("ignore", message=".*non-Python base image")
+                training_pipeline(**params)
+        except Exception as exc:  # a failed stage: summarise what ran, then report it
+            error = f"{type(exc).__name__}: {_ANSI.sub('', str(exc))}"
+        finally:
+            sys.stdout = real_stdout
+    new = sorted(
+        p
+        for p in runs.iterdir()
+        if p.is_dir() and p.name not in before and p.name.startswith(PIPELINE_NAME)
+    )
+    run_dir = new[-1] if new else None
+    run_name = run_dir.name if run_dir else log_path.stem
+    final_log = runs / f"{run_name}.log"
+    log_path.replace(final_log)
+    result = TrainingRunResult(
+        run_name=run_name,
+        run_dir=run_dir,
+        succeeded=error is None,
+        model_name=model_name,
+        registry_uri=registry_uri,
+        stages=list(tee.stages.values()),
+        error=error,
+        log_file=final_log,
+        wall_seconds=time.perf_counter() - started,
+    )
+    _summarise(result)
+    found = ModelRegistry(registry_uri).find_by_run_id(model_name, run_name)
+    result.version = found.version if found else None
+    return result
+
+
+def format_summary(result: TrainingRunResult) -> str:
+    """A readable end-of-run summary for the console."""
+    lines = [
+        f"Run {result.run_name}: {'succeeded' if result.succeeded else 'FAILED'} "
+        f"in {result.wall_seconds:.0f}s"
+    ]
+    if result.error:
+        lines.append(f"  failed stage: {result.failed_stage or '?'} — {result.error}")
+    if result.gate_passed is not None:
+        lines.append(f"  gate: {'passed' if result.gate_passed else 'failed'}")
+        lines += [f"    - {reason}" for reason in result.gate_reasons]
+    if result.version:
+        lines.append(f"  registered: {result.model_name} {result.version} in {result.registry_uri}")
+    elif result.gate_passed is False:
+        lines.append("  registered: nothing (the gate failed)")
+    if result.metrics:
+        m = result.metrics
+        lines.append(
+            "  metrics: "
+            + ", ".join(
+                f"{k}={m[k]:.4f}"
+                for k in ("roc_auc", "pr_auc", "ece", "f1", "accuracy")
+                if isinstance(m.get(k), float)
+            )
+            + f" on {m.get('eval_rows')} evaluation rows"
+        )
+    for name, path in result.reports.items():
+        lines.append(f"  {name}: {path}")
+    if result.log_file:
+        lines.append(f"  log: {result.log_file}")
+    return "\n".join(lines)

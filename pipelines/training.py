@@ -1,0 +1,145 @@
+"""The training pipeline: ingest → validate → features → train → evaluate → gate → register.
+
+``register`` runs only when the gate passed (``dsl.If``). Stages whose result depends
+on more than their inputs do not use KFP's cache: ingest (a source such as an S3
+prefix or a live table moves between runs), gate and register (the registry's
+champion changes). The run id handed to register is the run's name, which is also the
+folder of the run's artifacts under a local pipeline root.
+"""
+
+from kfp import dsl
+from kubeloop.components.evaluate.component import evaluate
+from kubeloop.components.features.component import features
+from kubeloop.components.gate.component import gate
+from kubeloop.components.ingest.component import ingest
+from kubeloop.components.register.component import register
+from kubeloop.components.train.component import train
+from kubeloop.components.validate.component import validate
+
+from kubeloop.images import image
+
+PIPELINE_NAME = "kubeloop-training"
+DEFAULT_SOURCE = "example://fraud/stationary?days=14&accounts=2000&seed=0"
+
+
+@dsl.component(base_image=image("register"), install_kfp_package=False)
+def run_parameters(
+    source_uri: str,
+    schema_uri: str,
+    window_start: str,
+    window_end: str,
+    model_name: str,
+    eval_fraction: float,
+    num_workers: int,
+    use_gpu: bool,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    hidden_units: int,
+    seed: int,
+) -> str:
+    """Serialises the run's parameters as JSON for the registry's lineage.
+
+    Args:
+        source_uri: see the pipeline; every argument is recorded as given.
+        schema_uri: schema of the source.
+        window_start: start of the data window.
+        window_end: end of the data window.
+        model_name: registry model name.
+        eval_fraction: evaluation share of the window.
+        num_workers: Ray Train workers.
+        use_gpu: whether workers used GPUs.
+        epochs: training epochs.
+        batch_size: mini-batch size.
+        learning_rate: Adam learning rate.
+        hidden_units: hidden layer width.
+        seed: training seed.
+
+    Returns:
+        The parameters as a JSON object.
+    """
+    parameters = dict(locals())  # the arguments only: taken before any other local exists
+    import json
+
+    return json.dumps(parameters, sort_keys=True)
+
+
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="Trains, evaluates and gates a fraud model; registers it when it passes.",
+)
+def training_pipeline(
+    source_uri: str = DEFAULT_SOURCE,
+    schema_uri: str = "",
+    window_start: str = "",
+    window_end: str = "",
+    model_name: str = "fraud-detector",
+    registry_uri: str = "",
+    eval_fraction: float = 0.2,
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    epochs: int = 8,
+    batch_size: int = 512,
+    learning_rate: float = 0.003,
+    hidden_units: int = 32,
+    seed: int = 7,
+) -> None:
+    ingest_task = ingest(
+        source_uri=source_uri,
+        schema_uri=schema_uri,
+        window_start=window_start,
+        window_end=window_end,
+    )
+    ingest_task.set_caching_options(False)
+    validate_task = validate(dataset=ingest_task.outputs["dataset"])
+    features_task = features(
+        dataset=validate_task.outputs["validated"], eval_fraction=eval_fraction
+    )
+    train_task = train(
+        train_set=features_task.outputs["train_set"],
+        num_workers=num_workers,
+        use_gpu=use_gpu,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        hidden_units=hidden_units,
+        seed=seed,
+    )
+    evaluate_task = evaluate(
+        model=train_task.outputs["model"], eval_set=features_task.outputs["eval_set"]
+    )
+    gate_task = gate(
+        model=train_task.outputs["model"],
+        evaluation=evaluate_task.outputs["evaluation"],
+        eval_set=features_task.outputs["eval_set"],
+        model_name=model_name,
+        registry_uri=registry_uri,
+    )
+    gate_task.set_caching_options(False)
+    params_task = run_parameters(
+        source_uri=source_uri,
+        schema_uri=schema_uri,
+        window_start=window_start,
+        window_end=window_end,
+        model_name=model_name,
+        eval_fraction=eval_fraction,
+        num_workers=num_workers,
+        use_gpu=use_gpu,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        hidden_units=hidden_units,
+        seed=seed,
+    )
+    with dsl.If(gate_task.outputs["passed"] == True, name="gate-passed"):  # noqa: E712
+        register_task = register(
+            model=train_task.outputs["model"],
+            evaluation=evaluate_task.outputs["evaluation"],
+            decision=gate_task.outputs["decision"],
+            dataset=ingest_task.outputs["dataset"],
+            model_name=model_name,
+            registry_uri=registry_uri,
+            pipeline_run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            parameters_json=params_task.output,
+        )
+        register_task.set_caching_options(False)
