@@ -14,9 +14,11 @@ app = typer.Typer(
 
 def _register() -> None:
     # Sub-apps import their heavy dependencies lazily inside commands, so `--help` stays fast.
-    from kubeloop.cli import generate, registry
+    from kubeloop.cli import demo, generate, pipeline, registry
 
     app.add_typer(registry.app, name="registry")
+    app.add_typer(pipeline.app, name="pipeline")
+    app.command(name="demo")(demo.demo)
     app.command(name="generate")(generate.generate)
 
 
