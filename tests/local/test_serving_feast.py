@@ -1,0 +1,73 @@
+"""Entity-key requests enriched from a real Feast online store (SQLite, materialized)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from kubeloop.data import fraud
+from kubeloop.features.store import prepare_feature_store
+from kubeloop.model import ModelBundle
+from kubeloop.registry import ModelRegistry
+from kubeloop.serving.processes import start_predictor
+from kubeloop.testing import make_registry_version
+
+pytestmark = pytest.mark.slow
+MODEL = "fraud-detector"
+REQUEST = {
+    "amount": 300.0,
+    "merchant_category": "travel",
+    "hour": 3,
+    "distance_from_home_km": 90.0,
+    "is_foreign": 1,
+    "txn_count_1h": 3,
+}
+VIEW = [c.name for c in fraud.FRAUD_SCHEMA.view_features]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("feast")
+    start = (datetime.now(UTC) - timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
+    data = fraud.generate("stationary", start=start, days=3, n_accounts=30, seed=5)
+    prepare_feature_store(root / "store", data.accounts)
+    registry = ModelRegistry(str(root / "registry"))
+    make_registry_version(registry, MODEL, seed=5)
+    server = start_predictor(MODEL, "v1", registry.uri, root / "logs", feast_repo=str(root / "store"))
+    _, folder = registry.download(MODEL, "v1", root / "v1")
+    yield {"server": server, "accounts": data.accounts, "bundle": ModelBundle.load(folder)}
+    server.stop()
+
+
+def _latest(accounts: pd.DataFrame, account_id: int) -> dict:
+    row = accounts[accounts["account_id"] == account_id].sort_values("event_timestamp").iloc[-1]
+    return {name: float(row[name]) for name in VIEW}
+
+
+def test_entity_key_requests_are_enriched_in_one_lookup(stack):
+    ids = [1000, 1007, 1000, 1013]
+    instances = [{**REQUEST, "account_id": i} for i in ids]
+    resp = httpx.post(f"{stack['server'].url}/v1/models/{MODEL}:predict", json={"instances": instances})
+    assert resp.status_code == 200, resp.text
+    full = pd.DataFrame([{**REQUEST, **_latest(stack["accounts"], i)} for i in ids])
+    scores, _ = stack["bundle"].predict(full)
+    np.testing.assert_allclose([p["score"] for p in resp.json()["predictions"]], scores, rtol=1e-6)
+    metrics = httpx.get(f"{stack['server'].url}/metrics").text
+    assert 'kubeloop_feast_lookup_seconds_count{model="fraud-detector"} 1.0' in metrics  # one call, 4 rows
+
+
+def test_mixed_rows_and_unknown_entities(stack):
+    full_row = {**REQUEST, "account_age_days": 10.0, "avg_amount_30d": 20.0, "txn_count_24h": 1.0}
+    resp = httpx.post(
+        f"{stack['server'].url}/v1/models/{MODEL}:predict",
+        json={"instances": [full_row, {**REQUEST, "account_id": 1001}]},
+    )
+    assert resp.status_code == 200 and len(resp.json()["predictions"]) == 2
+    resp = httpx.post(
+        f"{stack['server'].url}/v1/models/{MODEL}:predict", json={"instances": [{**REQUEST, "account_id": 99999}]}
+    )
+    assert resp.status_code == 400 and "99999" in resp.json()["error"]
