@@ -40,6 +40,7 @@ class RunObservation:
     state: str  # Pending, Running, Succeeded, Failed, NotFound
     registered_version: str | None = None
     message: str = ""
+    run_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,3 @@
+from kubeloop.operators.cluster.main import main
+
+main()

@@ -1,0 +1,98 @@
+"""Gathering observations for one pass (shared by both adapters): registry, Prometheus, runs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from kubeloop.operators.crd import (
+    PROMOTE_ANNOTATION,
+    ROLLBACK_ANNOTATION,
+    ModelDeploymentSpec,
+    ModelDeploymentStatus,
+)
+from kubeloop.operators.observe import PrometheusError, PrometheusObserver
+from kubeloop.operators.reconciler.types import Observations, RegistryVersion, parse_time
+from kubeloop.operators.runs import RunSubmitter
+
+log = logging.getLogger(__name__)
+
+
+def gate_passed(gate: dict[str, Any]) -> bool:
+    """A published version passed its gate unless its gate record says otherwise."""
+    if "passed" in gate:
+        return bool(gate["passed"])
+    return str(gate.get("decision", "pass")).lower() in ("pass", "passed", "true")
+
+
+def registry_versions(registry, model: str) -> tuple[bool, str, tuple[RegistryVersion, ...]]:
+    try:
+        versions = registry.list_versions(model)
+    except Exception as exc:  # any store failure means "registry unknown", never "no versions"
+        return False, f"registry {getattr(registry, 'uri', '?')}: {exc}", ()
+    return (
+        True,
+        "",
+        tuple(
+            RegistryVersion(v.version, gate_passed(v.gate), v.lineage.get("pipeline_run_id"))
+            for v in versions
+        ),
+    )
+
+
+def commands_from_annotations(annotations: dict[str, str] | None) -> dict[str, str]:
+    annotations = annotations or {}
+    out = {}
+    if annotations.get(PROMOTE_ANNOTATION):
+        out["promote"] = annotations[PROMOTE_ANNOTATION]
+    if annotations.get(ROLLBACK_ANNOTATION):
+        out["rollback"] = annotations[ROLLBACK_ANNOTATION]
+    return out
+
+
+def gather(
+    *,
+    now: datetime,
+    spec: ModelDeploymentSpec,
+    status: ModelDeploymentStatus,
+    registry,
+    observer: PrometheusObserver,
+    submitter: RunSubmitter,
+    ready: frozenset[str],
+    commands: dict[str, str],
+) -> Observations:
+    ok, reg_error, versions = registry_versions(registry, spec.model.name)
+    start = parse_time(status.step_started_at) or parse_time(status.promoted_at)
+    window = (now - start).total_seconds() if start else 300.0
+    snapshot = observer.version_metrics(spec.model.name, window)
+    drift, detail = None, {}
+    if snapshot.ok and status.stable_version:
+        try:
+            drift, detail = observer.drift(spec.model.name, status.stable_version)
+        except PrometheusError as exc:
+            snapshot = type(snapshot)(False, str(exc), {})
+    run = None
+    if status.retraining.run_name and status.retraining.state in ("Submitted", "Running"):
+        try:
+            run = submitter.status(status.retraining.run_name)
+            if run.state == "Succeeded" and run.registered_version is None and run.run_id:
+                found = next((v for v in versions if v.run_id == run.run_id), None)
+                run = replace(run, registered_version=found.version if found else None)
+        except Exception as exc:  # the run backend being down is transient: no verdict this pass
+            log.warning("cannot read run %s: %s", status.retraining.run_name, exc)
+    return Observations(
+        now=now,
+        metrics_ok=snapshot.ok,
+        metrics_error=snapshot.error,
+        versions=snapshot.versions,
+        registry_ok=ok,
+        registry_error=reg_error,
+        registry_versions=versions,
+        drift_detected=drift,
+        drift_detail=detail,
+        run=run,
+        ready_versions=ready,
+        commands=commands,
+    )

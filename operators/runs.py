@@ -1,0 +1,76 @@
+"""Where retraining runs go: the interface both runtimes implement, and the KFP one.
+
+A submitter must be idempotent by run name: ``submit`` of a name that already exists does
+nothing, so a replayed decision or a restarted operator never starts a second run.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Protocol
+
+from kubeloop.operators.reconciler.types import RunObservation, SubmitRun
+
+KFP_STATES = {
+    "PENDING": "Pending",
+    "RUNNING": "Running",
+    "PAUSED": "Running",
+    "CANCELING": "Running",
+    "SUCCEEDED": "Succeeded",
+    "SKIPPED": "Succeeded",
+    "FAILED": "Failed",
+    "CANCELED": "Failed",
+}
+
+
+class RunSubmitter(Protocol):
+    def submit(self, run: SubmitRun) -> None: ...
+
+    def status(self, run_name: str) -> RunObservation: ...
+
+
+class KfpRunSubmitter:
+    """Submits runs of a pinned pipeline version with ``kfp.Client``."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def _experiment_id(self, name: str) -> str:
+        try:
+            return self.client.get_experiment(experiment_name=name).experiment_id
+        except ValueError:  # kfp raises ValueError when no experiment has that name
+            return self.client.create_experiment(name=name).experiment_id
+
+    def _find(self, run_name: str):
+        flt = json.dumps(
+            {
+                "predicates": [
+                    {"operation": "EQUALS", "key": "display_name", "stringValue": run_name}
+                ]
+            }
+        )
+        runs = self.client.list_runs(filter=flt, page_size=5).runs or []
+        return runs[0] if runs else None
+
+    def submit(self, run: SubmitRun) -> None:
+        if self._find(run.run_name) is not None:
+            return
+        pipeline_id = self.client.get_pipeline_id(run.pipeline)
+        if pipeline_id is None:
+            raise ValueError(f"KFP has no pipeline named {run.pipeline!r}; upload it first")
+        self.client.run_pipeline(
+            experiment_id=self._experiment_id(run.experiment),
+            job_name=run.run_name,
+            params=dict(run.parameters),
+            pipeline_id=pipeline_id,
+            version_id=run.pipeline_version,
+        )
+
+    def status(self, run_name: str) -> RunObservation:
+        found = self._find(run_name)
+        if found is None:
+            return RunObservation(run_name, "NotFound")
+        state = KFP_STATES.get(str(found.state), "Running")
+        message = getattr(found.error, "message", "") if found.error else ""
+        # The registered version is looked up in the registry by run id (see gather()).
+        return RunObservation(run_name, state, None, message or "", found.run_id)

@@ -1,0 +1,377 @@
+"""The kopf adapter at the client boundary: the exact creates, patches, runs and Events it sends.
+
+The kubernetes client, kfp.Client and httpx talk to a local HTTP server that records every
+request and keeps the objects it was sent; Prometheus is the real binary scraping a real
+exporter process; the registry is a real local registry.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import textwrap
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from kubeloop.operators.cluster.handlers import ClusterDeps, reconcile_resource
+from kubeloop.operators.cluster.main import build_registry
+from kubeloop.operators.local.prometheus import start_prometheus, write_targets
+from kubeloop.operators.metrics import RolloutMetrics
+from kubeloop.operators.observe import PrometheusObserver
+from kubeloop.operators.runs import KfpRunSubmitter
+from kubeloop.operators.settings import load_operator_settings
+from prometheus_client import CollectorRegistry
+
+from kubeloop.registry import ModelRegistry
+from kubeloop.runtime import Supervisor
+
+ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/ml/inferenceservices"
+EXPORTER = textwrap.dedent(
+    """
+    import sys, time
+    from prometheus_client import Gauge, start_http_server
+    g = Gauge("kubeloop_drift_detected", "d", ["model", "version", "detector", "feature"])
+    g.labels("fraud-detector", "v1", "mmd", "_all").set(1)
+    start_http_server(int(sys.argv[1]), addr="127.0.0.1")
+    while True:
+        time.sleep(1)
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def merge(base, patch):
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(base) if isinstance(base, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge(out.get(k), v)
+    return out
+
+
+class ApiRecorder(BaseHTTPRequestHandler):
+    """Kubernetes, KFP and drift-service endpoints, recording each request."""
+
+    state: dict
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _handle(self, method):
+        url = urlparse(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        st = self.state
+        st["requests"].append((method, url.path, body))
+        query = parse_qs(url.query)
+        if url.path == f"{ISVC_PATH}/fraud-detector":
+            if method == "GET":
+                return (
+                    self._send(200, st["isvc"])
+                    if st["isvc"]
+                    else self._send(404, {"kind": "Status", "code": 404})
+                )
+            if method == "PATCH":
+                st["isvc"] = merge(st["isvc"], body)
+                return self._send(200, st["isvc"])
+        if url.path == ISVC_PATH and method == "POST":
+            st["isvc"] = body
+            return self._send(201, body)
+        if url.path == "/api/v1/namespaces/ml/events" and method == "POST":
+            return self._send(201, body)
+        if url.path == "/v1/watch":
+            return self._send(200, {"watching": body})
+        if url.path == "/apis/v2beta1/healthz":
+            return self._send(200, {"multi_user": False})
+        if url.path == "/apis/v2beta1/pipelines":
+            return self._send(
+                200,
+                {
+                    "pipelines": [{"pipeline_id": "pipe-1", "display_name": "kubeloop-training"}],
+                    "total_size": 1,
+                },
+            )
+        if url.path == "/apis/v2beta1/experiments" and method == "GET":
+            return self._send(
+                200,
+                {
+                    "experiments": [{"experiment_id": "exp-1", "display_name": "kubeloop"}],
+                    "total_size": 1,
+                },
+            )
+        if url.path == "/apis/v2beta1/runs" and method == "GET":
+            wanted = json.loads(query["filter"][0])["predicates"][0][
+                "string_value" if "string_value" in query["filter"][0] else "stringValue"
+            ]
+            runs = [r for r in st["runs"] if r["display_name"] == wanted]
+            return self._send(200, {"runs": runs, "total_size": len(runs)})
+        if url.path == "/apis/v2beta1/runs" and method == "POST":
+            run = {**body, "run_id": f"run-{len(st['runs']) + 1}", "state": "RUNNING"}
+            st["runs"].append(run)
+            return self._send(200, run)
+        return self._send(404, {"error": f"unexpected {method} {url.path}"})
+
+    def do_GET(self):
+        self._handle("GET")
+
+    def do_POST(self):
+        self._handle("POST")
+
+    def do_PATCH(self):
+        self._handle("PATCH")
+
+
+@pytest.fixture
+def api():
+    state = {"requests": [], "isvc": None, "runs": []}
+    handler = type("Recorder", (ApiRecorder,), {"state": state})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state["url"] = f"http://127.0.0.1:{server.server_address[1]}"
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def prometheus(tmp_path):
+    sup = Supervisor(tmp_path / "runtime")
+    exporter, prom = free_port(), free_port()
+    try:
+        sup.start(
+            "exporter", ["-c", EXPORTER, str(exporter)], health_url=f"http://127.0.0.1:{exporter}/"
+        )
+        write_targets(tmp_path / "prom", "exporter", [f"127.0.0.1:{exporter}"])
+        start_prometheus(sup, tmp_path / "prom", prom)
+        sup.wait_healthy("exporter", 20)
+        sup.wait_healthy("prometheus", 30)
+        observer = PrometheusObserver(f"http://127.0.0.1:{prom}", min_window_seconds=5)
+        deadline = time.monotonic() + 30
+        while observer.drift("fraud-detector", "v1")[0] is not True:
+            assert time.monotonic() < deadline, "Prometheus never scraped the exporter"
+            time.sleep(0.5)
+        yield observer
+    finally:
+        sup.stop_all()
+
+
+def publish(registry: ModelRegistry, folder, run_id: str) -> str:
+    folder.mkdir(exist_ok=True)
+    (folder / "model.json").write_text(json.dumps({"run": run_id}))
+    return registry.publish(
+        "fraud-detector", folder, lineage={"pipeline_run_id": run_id}, gate={"passed": True}
+    ).version
+
+
+SPEC = {
+    "model": {"name": "fraud-detector"},
+    "serving": {"resources": {"cpu": "1", "memory": "2Gi"}},
+    "monitoring": {"driftDurationSeconds": 60},
+    "retraining": {
+        "pipeline": {"name": "kubeloop-training", "version": "pv-7"},
+        "parameters": {"epochs": "3"},
+    },
+}
+
+
+@pytest.mark.slow
+def test_cluster_pass_sends_exact_creates_patches_runs_and_events(api, prometheus, tmp_path):
+    import kfp
+    from kubernetes import client as k8s
+
+    registry = ModelRegistry(str(tmp_path / "registry"))
+    publish(registry, tmp_path / "v1", "seed")
+    conf = k8s.Configuration(host=api["url"])
+    api_client = k8s.ApiClient(conf)
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    clock = {"now": t0}
+    deps = ClusterDeps(
+        settings=load_operator_settings(drift_service_url=api["url"]),
+        custom=k8s.CustomObjectsApi(api_client),
+        core=k8s.CoreV1Api(api_client),
+        observer=prometheus,
+        submitter=KfpRunSubmitter(kfp.Client(host=api["url"])),
+        registry_for=lambda uri: registry,
+        metrics=RolloutMetrics(CollectorRegistry()),
+        now=lambda: clock["now"],
+    )
+    status: dict = {}
+
+    def one_pass(at: float, annotations=None):
+        clock["now"] = t0 + timedelta(seconds=at)
+        api["requests"].clear()
+        new = reconcile_resource(
+            name="fraud-detector",
+            namespace="ml",
+            uid="uid-1",
+            generation=1,
+            spec=SPEC,
+            status=status,
+            annotations=annotations,
+            deps=deps,
+        )
+        status.clear()
+        status.update(new)
+        return [(m, p, b) for m, p, b in api["requests"] if m != "GET"]
+
+    # 1. First deployment: the InferenceService is created, the drift service told, an Event posted.
+    sent = one_pass(0)
+    assert [(m, p) for m, p, _ in sent] == [
+        ("POST", ISVC_PATH),
+        ("POST", "/v1/watch"),
+        ("POST", "/api/v1/namespaces/ml/events"),
+    ]
+    body = sent[0][2]
+    predictor = body["spec"]["predictor"]
+    assert predictor["model"]["storageUri"] == f"{registry.uri}/fraud-detector/versions/v1"
+    assert predictor["labels"] == {"kubeloop.io/model-version": "v1"}
+    assert predictor["model"]["resources"]["limits"] == {"cpu": "1", "memory": "2Gi"}
+    assert body["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert sent[1][2] == {"model": "fraud-detector", "version": "v1", "registry_uri": registry.uri}
+    event = sent[2][2]
+    assert (event["reason"], event["type"], event["action"]) == (
+        "FirstDeployment",
+        "Normal",
+        "deploy",
+    )
+    assert (
+        event["involvedObject"]["kind"] == "ModelDeployment"
+        and event["involvedObject"]["uid"] == "uid-1"
+    )
+    assert registry.get_alias("fraud-detector", "champion") == "v1"
+    assert status["stableVersion"] == "v1" and status["candidateVersion"] is None
+
+    # KServe reports the service Ready.
+    api["isvc"]["status"] = {"conditions": [{"type": "Ready", "status": "True"}]}
+
+    # 2. Drift seen: noted, not yet sustained; nothing sent but the Event.
+    sent = one_pass(10)
+    assert [(m, p, b["reason"]) for m, p, b in sent] == [
+        ("POST", "/api/v1/namespaces/ml/events", "DriftDetected")
+    ]
+    assert status["drift"] == "Detected"
+
+    # 3. Sustained past 60 s: exactly one run of the pinned pipeline version.
+    sent = one_pass(100)
+    runs = [b for m, p, b in sent if p == "/apis/v2beta1/runs"]
+    assert len(runs) == 1
+    assert runs[0]["display_name"] == "fraud-detector-v1-retrain-1"
+    assert runs[0]["experiment_id"] == "exp-1"
+    assert runs[0]["pipeline_version_reference"] == {
+        "pipeline_id": "pipe-1",
+        "pipeline_version_id": "pv-7",
+    }
+    assert runs[0]["runtime_config"]["parameters"] == {
+        "model_name": "fraud-detector",
+        "data_window": "7d",
+        "epochs": "3",
+    }
+    assert [b["reason"] for m, p, b in sent if p.endswith("/events")] == ["DriftSustained"]
+    assert status["retraining"]["state"] == "Submitted"
+
+    # 4. Replaying the pass (a restart, a timer tick): no second run.
+    for at in (110, 120):
+        sent = one_pass(at)
+        assert not [p for m, p, b in sent if p == "/apis/v2beta1/runs"]
+    assert status["retraining"]["state"] == "Running"
+
+    # 5. The run succeeds and registers v2: the InferenceService is patched to canary v2 at 10 %.
+    api["runs"][0]["state"] = "SUCCEEDED"
+    publish(registry, tmp_path / "v2", api["runs"][0]["run_id"])
+    sent = one_pass(400)
+    patches = [b for m, p, b in sent if m == "PATCH"]
+    assert len(patches) == 1
+    assert patches[0]["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert patches[0]["spec"]["predictor"]["model"]["storageUri"].endswith(
+        "/fraud-detector/versions/v2"
+    )
+    assert [b["reason"] for m, p, b in sent if p.endswith("/events")] == [
+        "RunSucceeded",
+        "NewCandidate",
+    ]
+    assert (status["candidateVersion"], status["canaryPercent"], status["phase"]) == (
+        "v2",
+        10,
+        "Canary",
+    )
+
+    # 6. The same pass again: the InferenceService already matches, so no patch.
+    sent = one_pass(401)
+    assert not [b for m, p, b in sent if m == "PATCH"]
+
+    # 7. `kubeloop rollout rollback` (an annotation): the canary is dropped, traffic back to v1.
+    sent = one_pass(402, {"kubeloop.io/rollback": "v2"})
+    patches = [b for m, p, b in sent if m == "PATCH"]
+    assert patches[0]["spec"]["predictor"]["canaryTrafficPercent"] == 100
+    assert patches[0]["spec"]["predictor"]["model"]["storageUri"].endswith("/versions/v1")
+    events = [b for m, p, b in sent if p.endswith("/events")]
+    # v1 still drifts, but the retraining cooldown holds a second run back.
+    assert [(e["reason"], e["type"]) for e in events] == [
+        ("ManualRollback", "Warning"),
+        ("RetrainingCooldown", "Normal"),
+    ]
+    assert not [p for m, p, b in sent if p == "/apis/v2beta1/runs"]
+
+
+def test_invalid_spec_reports_stalled_without_touching_the_cluster(api, tmp_path):
+    from kubernetes import client as k8s
+
+    api_client = k8s.ApiClient(k8s.Configuration(host=api["url"]))
+    deps = ClusterDeps(
+        settings=load_operator_settings(),
+        custom=k8s.CustomObjectsApi(api_client),
+        core=k8s.CoreV1Api(api_client),
+        observer=PrometheusObserver(f"http://127.0.0.1:{free_port()}"),
+        submitter=None,
+        registry_for=lambda uri: ModelRegistry(str(tmp_path)),
+        metrics=RolloutMetrics(CollectorRegistry()),
+    )
+    status = reconcile_resource(
+        name="fd",
+        namespace="ml",
+        uid="u",
+        generation=3,
+        spec={"model": {"name": "fd"}, "rollout": {"steps": [50, 10]}},
+        status=None,
+        annotations=None,
+        deps=deps,
+    )
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert stalled["reason"] == "InvalidSpec" and "spec.rollout.steps" in stalled["message"]
+    assert status["observedGeneration"] == 3
+    assert api["requests"] == []
+
+
+def test_kopf_registry_registers_thin_handlers_with_timer_from_settings():
+    settings = load_operator_settings(poll_interval_seconds=7)
+    registry = build_registry(settings, deps=None)
+    timers = registry._spawning.get_all_handlers()
+    assert [(t.id, t.interval) for t in timers] == [("analysis", 7)]
+    changing = registry._changing.get_all_handlers()
+    assert [h.id for h in changing] == [
+        "resume",
+        "create",
+        "spec/spec",
+        "commands/metadata.annotations",
+    ]
