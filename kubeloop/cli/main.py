@@ -20,6 +20,10 @@ def _register() -> None:
     app.add_typer(pipeline.app, name="pipeline")
     app.command(name="demo")(demo.demo)
     app.command(name="generate")(generate.generate)
+    from kubeloop.cli import serve
+
+    app.command(name="serve")(serve.serve)
+    app.command(name="predict")(serve.predict)
 
 
 def main() -> None:

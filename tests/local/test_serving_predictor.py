@@ -370,3 +370,17 @@ def test_fuzzed_bodies_never_get_5xx(predictor):
     assert _predict(predictor.url, {"instances": [ROW]}).status_code == 200
     assert _metric(predictor.url, "kubeloop_inference_requests_total", status="server_error") == 0
     assert not math.isnan(_metric(predictor.url, "kubeloop_inference_requests_total", status="ok"))
+
+
+def test_kubeloop_predict_cli(predictor):
+    from typer.testing import CliRunner
+
+    from kubeloop.cli.main import _register, app
+
+    _register()
+    pairs = [f"{k}={v}" for k, v in ROW.items()]
+    result = CliRunner().invoke(app, ["predict", "--url", predictor.url, "--model", MODEL, *pairs])
+    assert result.exit_code == 0, result.output
+    assert '"model_version": "v1"' in result.output
+    bad = CliRunner().invoke(app, ["predict", "--url", predictor.url, "--model", MODEL, "amount=5"])
+    assert bad.exit_code == 1 and "merchant_category" in bad.output
