@@ -1,0 +1,165 @@
+"""Run-length and detection-delay measurements of the online detectors (drift environment).
+
+``python -m kubeloop.monitoring.calibration`` reads a reference sample, its schema and
+a stream (Parquet files written by the caller, e.g. a test in the main environment),
+builds the detectors exactly as the service does, and prints JSON:
+
+- ``--mode ert``: on a stationary stream, every detector runs until it alarms, is reset,
+  and runs again (``--runs`` times); the mean run length is compared with the ERT.
+- ``--mode delay``: ``--warmup`` stationary rows, then the drifted rows; the delay is
+  the number of drifted instances read before the alarm (in events: steps × ``every``).
+
+Steps are detector steps (one instance each); the univariate detectors count from the
+moment their smallest window is full, as alibi-detect defines their ERT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kubeloop.monitoring.config import DetectorSettings
+from kubeloop.monitoring.monitor import VersionMonitor
+from kubeloop.monitoring.reference import (
+    PREDICTION_COLUMN,
+    SCORE_COLUMN,
+    Reference,
+    reference_from_bytes,
+)
+
+
+def detector_inputs(mon: VersionMonitor, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """What each detector reads for the rows of ``frame`` (which holds features, score, prediction, label)."""
+    enc, label = mon.encoder, mon.reference.spec.label
+    inputs = {
+        "mmd": lambda: enc.mmd(frame),
+        "cvm": lambda: enc.cvm(frame),
+        "fet": lambda: enc.fet(frame),
+        "prediction": lambda: frame[[SCORE_COLUMN]].to_numpy(dtype=np.float32),
+        "error_rate": lambda: (frame[PREDICTION_COLUMN] != frame[label]).to_numpy(dtype=np.float32)[
+            :, None
+        ],
+    }
+    return {name: inputs[name]() for name in mon.online}
+
+
+def _offset(det: Any) -> int:
+    # Univariate ERT counts from min(window_sizes); the MMD detector's from t=0.
+    return min(det.window_sizes) - 1 if hasattr(det, "window_sizes") else 0
+
+
+def run_lengths(mon: VersionMonitor, stream: pd.DataFrame, runs: int, seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, x in detector_inputs(mon, stream).items():
+        det = mon.online[name].detector
+        det.reset_state()
+        lengths, t, start = [], 0, time.perf_counter()
+        order = rng.permutation(len(x))
+        i = 0
+        while len(lengths) < runs:
+            if i == len(order):
+                order, i = rng.permutation(len(x)), 0
+            t += 1
+            if det.predict(x[order[i]], return_test_stat=False)["data"]["is_drift"]:
+                lengths.append(t - _offset(det))
+                det.reset_state()
+                t = 0
+            i += 1
+        lengths_arr = np.asarray(lengths, dtype=np.float64)
+        out[name] = {
+            "ert": mon.settings.ert,
+            "runs": runs,
+            "mean_run_length": float(lengths_arr.mean()),
+            "ratio": float(lengths_arr.mean() / mon.settings.ert),
+            "stderr": float(lengths_arr.std(ddof=1) / np.sqrt(runs)),
+            "seconds_per_step": (time.perf_counter() - start) / max(lengths_arr.sum(), 1),
+        }
+    return out
+
+
+def delays(
+    mon: VersionMonitor, null: pd.DataFrame, drifted: pd.DataFrame, warmup: int, seed: int
+) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    pre = null.iloc[rng.permutation(len(null))[:warmup]]
+    post = drifted.iloc[rng.permutation(len(drifted))]
+    stream = pd.concat([pre, post], ignore_index=True)
+    out = {}
+    for name, x in detector_inputs(mon, stream).items():
+        d = mon.online[name]
+        d.detector.reset_state()
+        every = d.every
+        alarm = None
+        for t in range(0, len(x), every):
+            if d.detector.predict(x[t], return_test_stat=False)["data"]["is_drift"]:
+                alarm = t
+                break
+        out[name] = {
+            "every": every,
+            "false_alarm": alarm is not None and alarm < warmup,
+            "detected": alarm is not None and alarm >= warmup,
+            "delay_events": None if alarm is None or alarm < warmup else alarm - warmup + 1,
+            "drifted_events": len(post),
+        }
+    return out
+
+
+def load(reference: Path, schema: Path) -> Reference:
+    return reference_from_bytes("calibration", "v0", reference.read_bytes(), schema.read_bytes())
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="kubeloop.monitoring.calibration", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("--reference", type=Path, required=True)
+    p.add_argument("--schema", type=Path, required=True)
+    p.add_argument(
+        "--stream", type=Path, required=True, help="stationary rows (ert) or drifted rows (delay)"
+    )
+    p.add_argument("--null", type=Path, help="stationary rows for the warm-up (delay mode)")
+    p.add_argument("--mode", choices=["ert", "delay"], required=True)
+    p.add_argument("--detectors", default="mmd,cvm,fet,prediction,error_rate")
+    p.add_argument("--settings", default="{}", help="JSON detector-setting overrides")
+    p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", type=Path)
+    args = p.parse_args(argv)
+
+    wanted = set(args.detectors.split(","))
+    overrides = {k: k in wanted for k in ("mmd", "prediction", "error_rate")}
+    overrides["univariate"] = bool(wanted & {"cvm", "fet"})
+    settings = DetectorSettings().with_overrides({**overrides, **json.loads(args.settings)})
+    reference = load(args.reference, args.schema)
+    start = time.perf_counter()
+    mon = VersionMonitor.build(reference, settings, args.cache_dir)
+    for name in [n for n in mon.online if n not in wanted]:
+        del mon.online[name]
+    result: dict[str, Any] = {
+        "setup_seconds": time.perf_counter() - start,
+        "settings": settings.to_dict(),
+    }
+    stream = pd.read_parquet(args.stream)
+    if args.mode == "ert":
+        result["detectors"] = run_lengths(mon, stream, args.runs, args.seed)
+    else:
+        if args.null is None:
+            p.error("--mode delay needs --null")
+        result["detectors"] = delays(
+            mon, pd.read_parquet(args.null), stream, args.warmup, args.seed
+        )
+    json.dump(result, sys.stdout, default=str)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

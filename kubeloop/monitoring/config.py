@@ -1,0 +1,143 @@
+"""Settings of the drift service: defaults, ``KUBELOOP_DRIFT_*`` variables, per-model overrides.
+
+The service environment has pydantic<2 (alibi-detect 0.11.4), so these are plain
+dataclasses validated by hand; every problem names the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "KUBELOOP_DRIFT_"
+
+
+class DriftConfigError(ValueError):
+    """An invalid drift setting; the message names the field."""
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """What each watched version runs. Overridable per model in ``POST /v1/watch``."""
+
+    ert: float = 500.0  # expected run time without drift, in detector steps
+    mmd: bool = True
+    mmd_window: int = 20
+    mmd_every: int = 4  # the multivariate detector reads one instance in mmd_every
+    mmd_reference_rows: int = 1000
+    mmd_bootstraps: int = 1000
+    univariate: bool = True  # cvm + fet per feature
+    univariate_windows: tuple[int, ...] = (20, 60)
+    univariate_every: int = 2
+    cvm_reference_rows: int = 300  # CVM set-up grows with its square; FET reads the whole sample
+    univariate_bootstraps: int = 2000
+    prediction: bool = True
+    error_rate: bool = True
+    error_windows: tuple[int, ...] = (50, 150)
+    accuracy_window: int = 500
+    report_window: int = 2000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "ert": self.ert > 1,
+            "mmd_window": self.mmd_window >= 2,
+            "mmd_every": self.mmd_every >= 1,
+            "univariate_every": self.univariate_every >= 1,
+            "mmd_reference_rows": self.mmd_reference_rows >= 4 * self.mmd_window,
+            "cvm_reference_rows": self.cvm_reference_rows >= 50,
+            "univariate_windows": len(self.univariate_windows) > 0
+            and min(self.univariate_windows) >= 2,
+            "error_windows": len(self.error_windows) > 0 and min(self.error_windows) >= 2,
+            "accuracy_window": self.accuracy_window >= 10,
+            "report_window": self.report_window >= 50,
+            "mmd_bootstraps": self.mmd_bootstraps >= 100,
+            "univariate_bootstraps": self.univariate_bootstraps >= 100,
+        }
+        if bad := [name for name, ok in checks.items() if not ok]:
+            values = ", ".join(f"{n}={getattr(self, n)!r}" for n in bad)
+            raise DriftConfigError(f"invalid drift detector setting(s): {values}")
+
+    def with_overrides(self, overrides: dict[str, Any] | None) -> DetectorSettings:
+        if not overrides:
+            return self
+        if not isinstance(overrides, dict):
+            raise DriftConfigError("'detectors' must be an object of detector settings")
+        known = {f.name: f for f in fields(self)}
+        if unknown := sorted(set(overrides) - set(known)):
+            raise DriftConfigError(f"unknown detector setting(s) {unknown}; known: {sorted(known)}")
+        values = {}
+        for name, value in overrides.items():
+            values[name] = _coerce(name, value, type(getattr(self, name)))
+        return replace(self, **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("1", "true", "yes")
+            if not isinstance(value, bool):
+                raise ValueError(value)
+            return value
+        if kind is tuple:
+            items = json.loads(value) if isinstance(value, str) else value
+            return tuple(int(v) for v in items)
+        if isinstance(value, bool):
+            raise ValueError(value)
+        return kind(value)
+    except (TypeError, ValueError, json.JSONDecodeError):
+        raise DriftConfigError(
+            f"drift setting {name}={value!r} is not a valid {kind.__name__}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    registry_uri: str = "var/registry"
+    cache_dir: Path = Path("var/drift-cache")
+    detectors: DetectorSettings = field(default_factory=DetectorSettings)
+    pending_limit: int = 50_000  # requests waiting for their response
+    feedback_limit: int = 200_000  # answered requests kept for delayed labels
+    allow_bsl_alibi: bool = False  # newer alibi-detect releases are Business Source licensed
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> ServiceSettings:
+        env = os.environ
+        home = Path(env.get("KUBELOOP_HOME", "var"))
+        detector_env = {
+            f.name: env[ENV_PREFIX + f.name.upper()]
+            for f in fields(DetectorSettings)
+            if ENV_PREFIX + f.name.upper() in env
+        }
+        values: dict[str, Any] = {
+            "registry_uri": env.get("KUBELOOP_REGISTRY_URI", str(home / "registry")),
+            "cache_dir": Path(env.get(ENV_PREFIX + "CACHE_DIR", home / "drift-cache")),
+            "detectors": DetectorSettings().with_overrides(detector_env),
+            "allow_bsl_alibi": _coerce(
+                "allow_bsl_alibi", env.get(ENV_PREFIX + "ALLOW_BSL_ALIBI", "false"), bool
+            ),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+LAST_APACHE_ALIBI = (0, 11, 4)
+
+
+def check_alibi_license(version: str, allow_bsl: bool) -> None:
+    """alibi-detect after 0.11.4 is under the Business Source License: opt in explicitly."""
+    parts = tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
+    if parts > LAST_APACHE_ALIBI and not allow_bsl:
+        raise DriftConfigError(
+            f"alibi-detect {version} is Business Source licensed; kubeloop pins 0.11.4 (Apache-2.0). "
+            f"Set {ENV_PREFIX}ALLOW_BSL_ALIBI=true to use it anyway."
+        )

@@ -1,0 +1,184 @@
+"""Parsing and validation of the KServe logger's CloudEvents (pure logic, no I/O).
+
+A request event carries the model input after feature enrichment (V1 ``instances``);
+its response event carries ``predictions``; both share ``Ce-Id``. Every problem raises
+:class:`EventRejected` with a reason from :data:`kubeloop.monitoring.REJECT_REASONS`,
+before any state is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from cloudevents.http import from_http
+
+REQUEST_TYPE = "org.kubeflow.serving.inference.request"
+RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
+
+
+class EventRejected(ValueError):
+    """A payload event or feedback that the service refuses; ``reason`` is a fixed enum."""
+
+    def __init__(self, reason: str, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(frozen=True)
+class PayloadEvent:
+    id: str
+    kind: str  # "request" | "response"
+    model: str
+    version: str
+    endpoint: str
+    data: Any
+
+
+def parse_cloudevent(headers: dict[str, str], body: bytes) -> PayloadEvent:
+    """Reads a binary- or structured-mode CloudEvent into a :class:`PayloadEvent`."""
+    try:
+        event = from_http(headers, body)
+    except Exception as exc:  # cloudevents raises several unrelated types
+        raise EventRejected("malformed_event", f"not a valid CloudEvent: {exc}", 400) from None
+    attrs = event.get_attributes()
+    ce_type = attrs.get("type")
+    if ce_type == REQUEST_TYPE:
+        kind = "request"
+    elif ce_type == RESPONSE_TYPE:
+        kind = "response"
+    else:
+        raise EventRejected("unsupported_type", f"unsupported CloudEvent type {ce_type!r}", 400)
+    model = attrs.get("inferenceservicename")
+    version = attrs.get("modelversion")
+    if not model or not version:
+        missing = [
+            n for n, v in (("inferenceservicename", model), ("modelversion", version)) if not v
+        ]
+        raise EventRejected(
+            "missing_attribute", f"CloudEvent lacks extension attribute(s) {missing}", 400
+        )
+    data = event.get_data()
+    if isinstance(data, (bytes, bytearray, str)):
+        try:
+            data = json.loads(data) if data else None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise EventRejected("invalid_json", f"event data is not JSON: {exc}", 400) from None
+    return PayloadEvent(
+        id=str(attrs["id"]),
+        kind=kind,
+        model=str(model),
+        version=str(version),
+        endpoint=str(attrs.get("endpoint") or "default"),
+        data=data,
+    )
+
+
+def validate_instances(
+    data: Any, numeric: list[str], categorical: dict[str, list[str]]
+) -> list[dict[str, Any]]:
+    """Checks a V1 request body against the watched version's feature list.
+
+    Each instance must hold exactly the schema's features (after enrichment): numbers
+    for numeric features (bool is not a number here), a known category string for
+    categorical ones, no NaN or infinity.
+    """
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("instances"), list)
+        or not data["instances"]
+    ):
+        raise EventRejected("missing_field", "request body needs a non-empty 'instances' list")
+    expected = set(numeric) | set(categorical)
+    for i, inst in enumerate(data["instances"]):
+        if not isinstance(inst, dict):
+            raise EventRejected(
+                "wrong_dtype", f"instance {i} is {type(inst).__name__}, not an object"
+            )
+        keys = set(inst)
+        if missing := expected - keys:
+            raise EventRejected("missing_field", f"instance {i} lacks feature(s) {sorted(missing)}")
+        if extra := keys - expected:
+            raise EventRejected("extra_field", f"instance {i} has unknown field(s) {sorted(extra)}")
+        for name in numeric:
+            value = inst[name]
+            if value is None:
+                raise EventRejected("nan_value", f"instance {i} feature {name!r} is null")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise EventRejected(
+                    "wrong_dtype",
+                    f"instance {i} feature {name!r} must be a number, got {type(value).__name__}",
+                )
+            if not math.isfinite(value):
+                raise EventRejected("nan_value", f"instance {i} feature {name!r} is {value}")
+        for name, cats in categorical.items():
+            value = inst[name]
+            if not isinstance(value, str):
+                raise EventRejected(
+                    "wrong_dtype",
+                    f"instance {i} feature {name!r} must be a string, got {type(value).__name__}",
+                )
+            if value not in cats:
+                raise EventRejected(
+                    "unknown_category", f"instance {i} feature {name!r} has unknown value {value!r}"
+                )
+    return data["instances"]
+
+
+def validate_predictions(data: Any, n_instances: int) -> tuple[list[float], list[int]]:
+    """Checks a V1 response body: one ``{"score", "label"}`` per instance of its request."""
+    preds = data.get("predictions") if isinstance(data, dict) else None
+    if not isinstance(preds, list) or len(preds) != n_instances:
+        got = len(preds) if isinstance(preds, list) else type(preds).__name__
+        raise EventRejected("bad_response", f"response needs {n_instances} predictions, got {got}")
+    scores, labels = [], []
+    for i, p in enumerate(preds):
+        if not isinstance(p, dict) or "score" not in p or "label" not in p:
+            raise EventRejected(
+                "bad_response", f"prediction {i} must be an object with 'score' and 'label'"
+            )
+        score, label = p["score"], p["label"]
+        if (
+            isinstance(score, bool)
+            or not isinstance(score, (int, float))
+            or not math.isfinite(score)
+        ):
+            raise EventRejected(
+                "bad_response", f"prediction {i} score {score!r} is not a finite number"
+            )
+        if not 0.0 <= score <= 1.0:
+            raise EventRejected("bad_response", f"prediction {i} score {score} is outside [0, 1]")
+        if isinstance(label, bool) or label not in (0, 1):
+            raise EventRejected("bad_response", f"prediction {i} label {label!r} is not 0 or 1")
+        scores.append(float(score))
+        labels.append(int(label))
+    return scores, labels
+
+
+def parse_feedback(body: bytes) -> list[tuple[str, list[int]]]:
+    """``{"request_id", "labels"}`` or ``{"feedback": [...]}`` → ``[(request_id, labels)]``."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EventRejected("invalid_json", f"feedback is not JSON: {exc}", 400) from None
+    items = data.get("feedback") if isinstance(data, dict) and "feedback" in data else [data]
+    if not isinstance(items, list) or not items:
+        raise EventRejected("bad_feedback", "'feedback' must be a non-empty list")
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("request_id"), str):
+            raise EventRejected("bad_feedback", f"feedback {i} needs a string 'request_id'")
+        labels = item.get("labels")
+        if (
+            not isinstance(labels, list)
+            or not labels
+            or any(isinstance(v, bool) or v not in (0, 1) for v in labels)
+        ):
+            raise EventRejected(
+                "bad_feedback", f"feedback {i} 'labels' must be a non-empty list of 0/1"
+            )
+        out.append((item["request_id"], [int(v) for v in labels]))
+    return out

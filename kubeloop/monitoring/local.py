@@ -1,0 +1,146 @@
+"""Starting the drift service as a local process (its own venv) and talking to it.
+
+Used by the local runtime, the tests and the benchmark; runs in the main environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kubeloop.generated import REPO_ROOT
+
+DRIFT_VENV = REPO_ROOT / ".venv-drift"
+REQUEST_TYPE = "org.kubeflow.serving.inference.request"
+RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
+
+
+def drift_python() -> Path:
+    """The drift environment's interpreter (``make drift-env`` creates it)."""
+    python = Path(os.environ.get("KUBELOOP_DRIFT_PYTHON", DRIFT_VENV / "bin" / "python"))
+    if not python.exists():
+        raise FileNotFoundError(f"drift environment not found at {python}; run `make drift-env`")
+    return python
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class DriftServiceProcess:
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> DriftServiceProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_drift_service(
+    registry_uri: str | Path,
+    work_dir: str | Path,
+    *,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> DriftServiceProcess:
+    """Starts ``python -m kubeloop.monitoring.service`` from the drift venv; waits for /healthz."""
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    log_path = work_dir / f"drift-service-{port}.log"
+    cmd = [str(drift_python()), "-m", "kubeloop.monitoring.service", "--port", str(port),
+           "--registry-uri", str(registry_uri), "--cache-dir", str(work_dir / "drift-cache")]  # fmt: skip
+    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO_ROOT
+        )
+    svc = DriftServiceProcess(proc, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"drift service exited with {proc.returncode}:\n{svc.log()[-3000:]}")
+        try:
+            with urllib.request.urlopen(svc.url + "/healthz", timeout=1) as resp:
+                if resp.status == 200:
+                    return svc
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.2)
+    svc.stop()
+    raise TimeoutError(f"drift service not healthy after {timeout}s:\n{svc.log()[-3000:]}")
+
+
+def payload_headers(
+    kind: str, request_id: str, model: str, version: str, endpoint: str = "default"
+) -> dict[str, str]:
+    """Binary-mode CloudEvent headers as the KServe logger (and kubeloop's router) send them."""
+    return {
+        "Content-Type": "application/json",
+        "Ce-Specversion": "1.0",
+        "Ce-Id": request_id,
+        "Ce-Type": REQUEST_TYPE if kind == "request" else RESPONSE_TYPE,
+        "Ce-Source": f"http://localhost/{model}/{endpoint}",
+        "Ce-Time": datetime.now(UTC).isoformat(),
+        "Ce-Inferenceservicename": model,
+        "Ce-Namespace": "default",
+        "Ce-Component": "predictor",
+        "Ce-Endpoint": endpoint,
+        "Ce-Modelversion": version,
+    }
+
+
+def payload_pair(
+    instances: list[dict[str, Any]], scores: list[float], labels: list[int], model: str, version: str,
+    request_id: str | None = None,
+) -> tuple[str, list[tuple[dict[str, str], bytes]]]:  # fmt: skip
+    """The request and response events of one prediction, sharing ``Ce-Id``."""
+    rid = request_id or uuid.uuid4().hex
+    request = json.dumps({"instances": instances}).encode()
+    response = json.dumps(
+        {
+            "predictions": [{"score": s, "label": y} for s, y in zip(scores, labels, strict=True)],
+            "model_version": version,
+        }  # fmt: skip
+    ).encode()
+    return rid, [
+        (payload_headers("request", rid, model, version), request),
+        (payload_headers("response", rid, model, version), response),
+    ]
+
+
+__all__ = [
+    "DriftServiceProcess",
+    "drift_python",
+    "free_port",
+    "payload_pair",
+    "start_drift_service",
+]

@@ -1,0 +1,102 @@
+"""The drift service's ``kubeloop_*`` metrics (names and labels from docs/contracts.md)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from kubeloop.monitoring import REJECT_REASONS
+from kubeloop.monitoring.monitor import VersionMonitor
+
+DETECTOR_LABELS = ("model", "version", "detector", "feature")
+VERSION_LABELS = ("model", "version")
+
+
+class DriftMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.statistic = Gauge(
+            "kubeloop_drift_statistic",
+            "Latest detector test statistic",
+            DETECTOR_LABELS,
+            registry=r,
+        )
+        self.threshold = Gauge(
+            "kubeloop_drift_threshold",
+            "Detector threshold for the ERT",
+            DETECTOR_LABELS,
+            registry=r,
+        )
+        self.detected = Gauge(
+            "kubeloop_drift_detected",
+            "1 once drift was detected since reset",
+            DETECTOR_LABELS,
+            registry=r,
+        )
+        self.since_reset = Gauge(
+            "kubeloop_drift_seconds_since_reset",
+            "Seconds since the version was watched",
+            VERSION_LABELS,
+            registry=r,
+        )
+        self.samples = Counter(
+            "kubeloop_drift_samples", "Instances seen by the detectors", VERSION_LABELS, registry=r
+        )
+        self.feedback = Counter(
+            "kubeloop_feedback",
+            "Labelled instances by outcome",
+            (*VERSION_LABELS, "outcome"),
+            registry=r,
+        )
+        self.accuracy = Gauge(
+            "kubeloop_live_accuracy",
+            "Accuracy over the feedback window",
+            VERSION_LABELS,
+            registry=r,
+        )
+        self.roc_auc = Gauge(
+            "kubeloop_live_roc_auc", "ROC-AUC over the feedback window", VERSION_LABELS, registry=r
+        )
+        self.rejected = Counter(
+            "kubeloop_events_rejected", "Refused events by reason", ("reason",), registry=r
+        )
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason=reason)
+
+    def watch(self, mon: VersionMonitor) -> None:
+        """(Re)creates the version's series, so a new watch starts from zero."""
+        self.forget(mon.model, mon.version)
+        labels = {"model": mon.model, "version": mon.version}
+        self.since_reset.labels(**labels).set_function(lambda: time.time() - mon.reset_at)
+        self.samples.labels(**labels)
+        for outcome in ("correct", "incorrect"):
+            self.feedback.labels(**labels, outcome=outcome)
+
+    def forget(self, model: str, version: str) -> None:
+        for metric in (self.statistic, self.threshold, self.detected, self.since_reset, self.samples,
+                       self.feedback, self.accuracy, self.roc_auc):  # fmt: skip
+            for key in list(metric._metrics):  # noqa: SLF001 (prometheus_client has no prefix removal)
+                if key[:2] == (model, version):
+                    metric.remove(*key)
+
+    def publish(
+        self, mon: VersionMonitor, new_samples: int = 0, correct: int = 0, incorrect: int = 0
+    ) -> None:
+        labels = {"model": mon.model, "version": mon.version}
+        if new_samples:
+            self.samples.labels(**labels).inc(new_samples)
+        if correct:
+            self.feedback.labels(**labels, outcome="correct").inc(correct)
+        if incorrect:
+            self.feedback.labels(**labels, outcome="incorrect").inc(incorrect)
+        if (acc := mon.live_accuracy()) is not None:
+            self.accuracy.labels(**labels).set(acc)
+        if (auc := mon.live_roc_auc()) is not None:
+            self.roc_auc.labels(**labels).set(auc)
+        for view in mon.views():
+            dl = {**labels, "detector": view.detector, "feature": view.feature}
+            self.statistic.labels(**dl).set(view.statistic)
+            self.threshold.labels(**dl).set(view.threshold)
+            self.detected.labels(**dl).set(1.0 if view.detected else 0.0)

@@ -1,0 +1,259 @@
+"""The drift state of one watched model version: detectors, live quality, recent window.
+
+Pure of HTTP: the service validates events and hands paired rows here. ``observe``
+and ``feedback`` are called from one worker thread; ``snapshot`` may be read from any.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kubeloop.monitoring.config import DetectorSettings
+from kubeloop.monitoring.detectors import OnlineDetector, build_detector
+from kubeloop.monitoring.encoding import Encoder
+from kubeloop.monitoring.reference import Reference
+
+
+@dataclass
+class DetectorView:
+    """One exported row: detector, feature, statistic, threshold, drift flag."""
+
+    detector: str
+    feature: str
+    statistic: float
+    threshold: float
+    detected: bool
+
+
+@dataclass
+class VersionMonitor:
+    reference: Reference
+    settings: DetectorSettings
+    encoder: Encoder
+    online: dict[str, OnlineDetector]
+    setup_seconds: float
+    reset_at: float = field(default_factory=time.time)
+    samples: int = 0
+    feedback_correct: int = 0
+    feedback_incorrect: int = 0
+    latched: dict[tuple[str, str], bool] = field(default_factory=dict)
+    recent: deque = field(default_factory=deque)  # raw rows for the batch report
+    quality: deque = field(
+        default_factory=deque
+    )  # (label, score, prediction) of the latest feedback
+
+    @property
+    def model(self) -> str:
+        return self.reference.model
+
+    @property
+    def version(self) -> str:
+        return self.reference.version
+
+    @classmethod
+    def build(
+        cls, reference: Reference, settings: DetectorSettings, cache_dir: Path | None
+    ) -> VersionMonitor:
+        """Encodes the reference and builds (or loads from cache) every enabled detector."""
+        start = time.perf_counter()
+        frame, spec, s = reference.frame, reference.spec, settings
+        rng = np.random.default_rng(s.seed)
+        encoder = Encoder.fit(spec, frame, seed=s.seed)
+        common = {
+            "reference_digest": reference.digest,
+            "cache_dir": cache_dir,
+            "ert": s.ert,
+            "seed": s.seed,
+        }
+
+        def rows(n: int) -> pd.DataFrame:
+            return frame.iloc[np.sort(rng.permutation(len(frame))[: min(n, len(frame))])]
+
+        online: dict[str, OnlineDetector] = {}
+        if s.mmd:
+            online["mmd"] = build_detector(
+                "mmd", "mmd", encoder.mmd(rows(s.mmd_reference_rows)), ["_all"],
+                window_sizes=[s.mmd_window], n_bootstraps=s.mmd_bootstraps, every=s.mmd_every, **common,
+            )  # fmt: skip
+        uni = {"window_sizes": list(s.univariate_windows), "n_bootstraps": s.univariate_bootstraps}
+        if s.univariate and encoder.cvm_columns:
+            online["cvm"] = build_detector(
+                "cvm", "cvm", encoder.cvm(rows(s.cvm_reference_rows)), encoder.cvm_columns,
+                every=s.univariate_every, **uni, **common,
+            )  # fmt: skip
+        if s.univariate and encoder.fet_columns:
+            online["fet"] = build_detector(
+                "fet", "fet", encoder.fet(frame), encoder.fet_columns,
+                every=s.univariate_every, alternative="greater", **uni, **common,
+            )  # fmt: skip
+        if s.prediction:
+            scores = rows(s.cvm_reference_rows)["prediction_score"].to_numpy()[:, None]
+            online["prediction"] = build_detector(
+                "prediction", "cvm", scores, ["_all"], every=s.univariate_every, **uni, **common
+            )
+        if s.error_rate:
+            errors = (reference.predictions != reference.labels).astype(np.float32)[:, None]
+            online["error_rate"] = build_detector(
+                "error_rate", "fet", errors, ["_all"], window_sizes=list(s.error_windows),
+                n_bootstraps=s.univariate_bootstraps, alternative="greater", **common,
+            )  # fmt: skip
+        return cls(
+            reference=reference,
+            settings=settings,
+            encoder=encoder,
+            online=online,
+            setup_seconds=time.perf_counter() - start,
+            recent=deque(maxlen=s.report_window),
+            quality=deque(maxlen=s.accuracy_window),
+        )
+
+    # --- updates (worker thread) ---------------------------------------------------------
+    def observe(self, instances: list[dict[str, Any]], scores: list[float]) -> None:
+        """Feeds validated instances and their predicted scores to the input and prediction detectors."""
+        frame = pd.DataFrame.from_records(instances, columns=self.reference.spec.names)
+        self.samples += len(frame)
+        self.recent.extend(instances)
+        if "mmd" in self.online:
+            self.online["mmd"].update(self.encoder.mmd(frame))
+        if "cvm" in self.online:
+            self.online["cvm"].update(self.encoder.cvm(frame))
+        if "fet" in self.online:
+            self.online["fet"].update(self.encoder.fet(frame))
+        if "prediction" in self.online:
+            self.online["prediction"].update(np.asarray(scores, dtype=np.float32)[:, None])
+
+    def feedback(self, labels: list[int], scores: list[float], predictions: list[int]) -> None:
+        """Delayed ground truth for one answered request: live quality and the error-rate test."""
+        errors = [int(p != y) for p, y in zip(predictions, labels, strict=True)]
+        self.feedback_incorrect += sum(errors)
+        self.feedback_correct += len(errors) - sum(errors)
+        self.quality.extend(zip(labels, scores, predictions, strict=True))
+        if "error_rate" in self.online:
+            self.online["error_rate"].update(np.asarray(errors, dtype=np.float32)[:, None])
+
+    # --- reads ----------------------------------------------------------------------------
+    def live_accuracy(self) -> float | None:
+        if not self.quality:
+            return None
+        q = np.asarray(self.quality, dtype=np.float64)
+        return float((q[:, 0] == q[:, 2]).mean())
+
+    def live_roc_auc(self) -> float | None:
+        if not self.quality:
+            return None
+        q = np.asarray(self.quality, dtype=np.float64)
+        y, s = q[:, 0], q[:, 1]
+        n_pos = int(y.sum())
+        if n_pos == 0 or n_pos == len(y):
+            return None
+        ranks = pd.Series(s).rank().to_numpy()  # ties get average ranks (Mann–Whitney)
+        return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(y) - n_pos)))
+
+    def views(self) -> list[DetectorView]:
+        """Per (detector, feature) statistic/threshold/flag, plus a ``_all`` row per detector."""
+        out: list[DetectorView] = []
+        for name, det in self.online.items():
+            by_feature: dict[str, tuple[float, float]] = {}
+            for feature, stat, thr in det.per_column():
+                margin = stat - thr
+                if not np.isfinite(margin):
+                    continue
+                if (
+                    feature not in by_feature
+                    or margin > by_feature[feature][0] - by_feature[feature][1]
+                ):
+                    by_feature[feature] = (stat, thr)
+            if not by_feature:
+                continue
+            if "_all" not in by_feature:
+                by_feature["_all"] = max(by_feature.values(), key=lambda st: st[0] - st[1])
+            for feature, (stat, thr) in by_feature.items():
+                key = (name, feature)
+                hit = det.detected if feature == "_all" else stat > thr
+                self.latched[key] = self.latched.get(key, False) or bool(hit)
+                out.append(DetectorView(name, feature, stat, thr, self.latched[key]))
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.version,
+            "reference_digest": self.reference.digest,
+            "reference_rows": len(self.reference.frame),
+            "samples": self.samples,
+            "seconds_since_reset": time.time() - self.reset_at,
+            "setup_seconds": round(self.setup_seconds, 3),
+            "feedback": {"correct": self.feedback_correct, "incorrect": self.feedback_incorrect},
+            "live_accuracy": self.live_accuracy(),
+            "live_roc_auc": self.live_roc_auc(),
+            "detectors": {
+                name: {
+                    "steps": d.steps,
+                    "every": d.every,
+                    "detected": d.detected,
+                    "detected_at_step": d.detected_at_step,
+                    "setup_seconds": round(d.setup_seconds, 3),
+                    "cache_hit": d.cache_hit,
+                }
+                for name, d in self.online.items()
+            },
+            "features": [v.__dict__ for v in self.views()],
+        }
+
+    def report(self, p_val: float = 0.05) -> dict[str, Any]:
+        """Batch KS (numeric) / chi-square (categorical) tests of the recent window, FDR-corrected."""
+        from alibi_detect.cd import TabularDrift
+
+        if len(self.recent) < 20:
+            raise ValueError(
+                f"{self.model}/{self.version} has {len(self.recent)} recent instances; need >= 20"
+            )
+        spec = self.reference.spec
+        names = spec.names
+
+        def encode(frame: pd.DataFrame) -> np.ndarray:
+            cols = [frame[n].to_numpy(dtype=np.float64) for n in spec.numeric]
+            for feat, cats in spec.categorical.items():
+                cols.append(
+                    frame[feat].map({c: i for i, c in enumerate(cats)}).to_numpy(dtype=np.float64)
+                )
+            return np.stack(cols, axis=1).astype(np.float32)
+
+        cat_idx = {len(spec.numeric) + i: None for i in range(len(spec.categorical))}
+        x_ref = encode(self.reference.frame)
+        x = encode(pd.DataFrame.from_records(list(self.recent), columns=names))
+        det = TabularDrift(x_ref, p_val=p_val, categories_per_feature=cat_idx, correction="fdr")
+        out = det.predict(x, drift_type="batch", return_p_val=True, return_distance=True)["data"]
+        p = np.asarray(out["p_val"], dtype=np.float64)
+        order = np.argsort(p)
+        q = np.empty_like(p)  # Benjamini–Hochberg adjusted p-values, for reading per feature
+        q[order] = np.minimum.accumulate((p[order] * len(p) / np.arange(1, len(p) + 1))[::-1])[::-1]
+        tests = ["ks"] * len(spec.numeric) + ["chi2"] * len(spec.categorical)
+        return {
+            "model": self.model,
+            "version": self.version,
+            "window": len(x),
+            "reference_rows": len(x_ref),
+            "fdr": p_val,
+            "drift": bool(out["is_drift"]),
+            "features": [
+                {
+                    "feature": n,
+                    "test": t,
+                    "statistic": float(d),
+                    "p_value": float(pv),
+                    "q_value": float(qv),
+                    "drift": bool(qv <= p_val),
+                }
+                for n, t, d, pv, qv in zip(
+                    names, tests, out["distance"], p, np.minimum(q, 1.0), strict=True
+                )
+            ],  # fmt: skip
+        }

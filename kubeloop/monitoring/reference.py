@@ -1,0 +1,129 @@
+"""The reference sample of a registry version, read without pydantic or torch.
+
+The drift service's environment pins pydantic<2 (alibi-detect 0.11.4), so the
+version's ``schema.json`` is read here as plain JSON rather than through
+``kubeloop.data.schema``; only the fields the detectors need are used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from kubeloop.registry import ModelRegistry
+
+REFERENCE_FILE = "reference.parquet"
+SCHEMA_FILE = "schema.json"
+SCORE_COLUMN = "prediction_score"
+PREDICTION_COLUMN = "prediction"
+
+
+class ReferenceError(ValueError):
+    """The version's reference sample or schema is missing or unusable."""
+
+
+@dataclass
+class FeatureSpec:
+    """Which features the detectors watch and how each is encoded."""
+
+    numeric: list[str]
+    categorical: dict[str, list[str]]
+    label: str
+    integer: set[str] = field(default_factory=set)  # numeric but discrete: jittered for rank tests
+    binary: set[str] = field(default_factory=set)  # 0/1 integer features: FET
+
+    @property
+    def names(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+@dataclass
+class Reference:
+    """Raw reference features, scores, predictions and labels of one version."""
+
+    model: str
+    version: str
+    spec: FeatureSpec
+    frame: pd.DataFrame
+    digest: str  # sha256 of the reference file and schema: the detector cache key
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.frame[SCORE_COLUMN].to_numpy(dtype=np.float64)
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.frame[PREDICTION_COLUMN].to_numpy(dtype=np.int64)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.frame[self.spec.label].to_numpy(dtype=np.int64)
+
+
+def feature_spec(schema: dict) -> FeatureSpec:
+    """Feature roles and types from a ``DatasetSchema`` JSON document."""
+    try:
+        columns = schema["columns"]
+        label = next(c["name"] for c in columns if c.get("role") == "label")
+    except (KeyError, TypeError, StopIteration):
+        raise ReferenceError(
+            "schema.json needs 'columns' with one column of role 'label'"
+        ) from None
+    numeric, categorical, integer, binary = [], {}, set(), set()
+    for col in columns:
+        if col.get("role", "feature") != "feature":
+            continue
+        name, dtype = col["name"], col["dtype"]
+        if dtype == "category":
+            categorical[name] = list(col.get("categories") or [])
+        elif dtype in ("int", "float", "bool"):
+            numeric.append(name)
+            if dtype in ("int", "bool"):
+                integer.add(name)
+                if dtype == "bool" or (col.get("min") == 0 and col.get("max") == 1):
+                    binary.add(name)
+        else:
+            raise ReferenceError(
+                f"feature {name!r} has dtype {dtype!r}, which the drift detectors cannot watch"
+            )
+    if not numeric and not categorical:
+        raise ReferenceError("schema.json declares no features")
+    return FeatureSpec(
+        numeric=numeric, categorical=categorical, label=label, integer=integer, binary=binary
+    )
+
+
+def reference_from_bytes(model: str, version: str, parquet: bytes, schema_json: bytes) -> Reference:
+    """Builds a :class:`Reference`, checking the columns docs/contracts.md promises."""
+    try:
+        spec = feature_spec(json.loads(schema_json))
+    except json.JSONDecodeError as exc:
+        raise ReferenceError(f"{model}/{version} schema.json is not JSON: {exc}") from None
+    frame = pd.read_parquet(io.BytesIO(parquet))
+    needed = [*spec.names, SCORE_COLUMN, PREDICTION_COLUMN, spec.label]
+    if missing := [c for c in needed if c not in frame.columns]:
+        raise ReferenceError(f"{model}/{version} reference.parquet lacks column(s) {missing}")
+    frame = frame[needed].dropna().reset_index(drop=True)
+    if len(frame) < 100:
+        raise ReferenceError(
+            f"{model}/{version} reference sample has {len(frame)} complete rows; need >= 100"
+        )
+    digest = hashlib.sha256(parquet + b"\0" + schema_json).hexdigest()
+    return Reference(model=model, version=version, spec=spec, frame=frame, digest=digest)
+
+
+def load_reference(registry_uri: str, model: str, version: str) -> Reference:
+    """Reads ``reference.parquet`` and ``schema.json`` of ``model``/``version`` from the registry."""
+    registry = ModelRegistry(registry_uri)
+    resolved = registry.resolve(model, version)
+    try:
+        parquet = registry.read_file(model, resolved, REFERENCE_FILE)
+        schema_json = registry.read_file(model, resolved, SCHEMA_FILE)
+    except Exception as exc:
+        raise ReferenceError(f"{model}/{resolved} has no usable reference sample: {exc}") from exc
+    return reference_from_bytes(model, resolved, parquet, schema_json)
