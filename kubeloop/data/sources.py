@@ -351,6 +351,12 @@ def _finish(
     # Feature-view features may arrive already joined; keep them when they do.
     view = [c.name for c in schema.view_features]
     joined = [c for c in view if c in transactions.columns]
+    missing = [c for c in columns if c not in transactions.columns]
+    if missing:
+        raise SourceError(
+            f"{label}: missing columns {missing} declared by schema {schema.name!r} "
+            f"(found {list(transactions.columns)})"
+        )
     if view and accounts is None and len(joined) < len(view):
         raise SourceError(
             f"{label}: schema {schema.name!r} takes {view} from feature view {schema.feature_view!r}, "
