@@ -93,25 +93,22 @@ def test_overlay_builds_and_validates(overlay: str) -> None:
             assert doc["metadata"].get("namespace") == "kubeloop", doc["metadata"]["name"]
 
 
-def test_production_runs_two_operators_with_leader_election() -> None:
+def test_production_sizes_up_and_ships_no_credentials() -> None:
     docs = kustomize(ROOT / "manifests" / "overlays" / "production")
-    op = next(
-        d
-        for d in docs
-        if d["kind"] == "Deployment" and d["metadata"]["name"] == "kubeloop-operator"
+    drift = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "kubeloop-drift"
     )
-    assert op["spec"]["replicas"] == 2
-    args = op["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--peering=kubeloop" in args and "--standalone" not in args
-    assert any(
-        d["kind"] == "ClusterKopfPeering" and d["metadata"]["name"] == "kubeloop" for d in docs
+    assert (
+        drift["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] == "4Gi"
     )
-    assert {d["metadata"]["name"] for d in docs if d["kind"] == "PodDisruptionBudget"} == {
-        "kubeloop-operator",
-        "kubeloop-drift",
-    }
+    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    assert (
+        sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+        == "100Gi"
+    )
     # Production ships no credentials: the MinIO Secret is created out of band.
     assert not [d for d in docs if d["kind"] == "Secret"]
+    assert all(d["metadata"]["labels"]["kubeloop.io/environment"] == "production" for d in docs)
 
 
 def test_local_kind_generates_its_minio_secret() -> None:

@@ -64,7 +64,7 @@ def pod_spec(obj: dict) -> dict:
 
 
 def test_scenarios_exist() -> None:
-    assert {"default-values.yaml", "external-s3-values.yaml", "ha-namespaced-values.yaml"} <= set(
+    assert {"default-values.yaml", "external-s3-values.yaml", "namespaced-values.yaml"} <= set(
         SCENARIOS
     )
 
@@ -175,7 +175,7 @@ def test_minio_secret_is_generated_not_from_values(rendered) -> None:
     password = secrets[0]["data"]["root-password"]
     assert password and password not in (CHART / "values.yaml").read_text()
     # The existing-Secret scenario creates none and references the user's Secret.
-    ha = rendered["ha-namespaced-values.yaml"]
+    ha = rendered["namespaced-values.yaml"]
     assert not [d for d in ha if d["kind"] == "Secret"]
     sts = next(d for d in ha if d["kind"] == "StatefulSet")
     refs = {
@@ -202,22 +202,21 @@ def test_external_s3_replaces_minio(rendered) -> None:
     )
 
 
-def test_namespaced_operator_gets_roles_and_leader_election(rendered) -> None:
-    docs = rendered["ha-namespaced-values.yaml"]
+def test_namespaced_operator_gets_a_role_and_no_cluster_wide_grant(rendered) -> None:
+    docs = rendered["namespaced-values.yaml"]
     roles = {d["metadata"]["namespace"] for d in docs if d["kind"] == "Role"}
     bindings = {d["metadata"]["namespace"] for d in docs if d["kind"] == "RoleBinding"}
-    assert roles == bindings == {"ml-team-a", "ml-team-b"}
+    assert roles == bindings == {"ml-team-a"}
     cluster_role = next(d for d in docs if d["kind"] == "ClusterRole")
     granted = {g for rule in cluster_role["rules"] for g in rule["apiGroups"]}
-    assert "kubeloop.io" not in granted, "namespaced operator must not get a cluster-wide grant"
-    peerings = [d for d in docs if d["kind"] == "KopfPeering"]
-    assert {p["metadata"]["namespace"] for p in peerings} == {"ml-team-a", "ml-team-b"}
+    assert granted == {"apiextensions.k8s.io"}, "namespaced operator gets only CRD discovery"
     operator = next(
         d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("operator")
     )
-    args = pod_spec(operator)["containers"][0]["args"]
-    assert "--namespace=ml-team-a" in args and any(a.startswith("--peering=") for a in args)
-    assert operator["spec"]["replicas"] == 2
+    env = {e["name"]: e.get("value") for e in pod_spec(operator)["containers"][0]["env"]}
+    assert env["KUBELOOP_OPERATOR_NAMESPACE"] == "ml-team-a"
+    assert operator["spec"]["replicas"] == 1
+    assert operator["spec"]["strategy"]["type"] == "Recreate"
 
 
 def test_drift_logger_url_is_the_drift_service(rendered) -> None:
@@ -236,7 +235,7 @@ def test_drift_logger_url_is_the_drift_service(rendered) -> None:
 
 
 def test_every_pod_is_covered_by_a_network_policy(rendered) -> None:
-    docs = rendered["ha-namespaced-values.yaml"]
+    docs = rendered["namespaced-values.yaml"]
     policies = [d["spec"]["podSelector"] for d in docs if d["kind"] == "NetworkPolicy"]
 
     def covered(labels: dict) -> bool:
@@ -285,7 +284,9 @@ def test_helm_test_pod_checks_operator_and_drift(rendered) -> None:
         ),
         (["--set", "podSecurityContext.runAsNonRoot=false"], "runAsNonRoot"),
         (["--set", "operator.image.pullPolicy=Sometimes"], "/operator/image/pullPolicy"),
-        (["--set", "operator.watchNamespaces[0]=Bad_NS"], "/operator/watchNamespaces/0"),
+        (["--set", "operator.watchNamespace=Bad_NS"], "/operator/watchNamespace"),
+        (["--set", "operator.replicas=2"], "/operator/replicas"),
+        (["--set", "operator.metricsPort=8080"], "/operator/metricsPort"),
         (["--set", "drift.port=70000"], "/drift/port"),
         (["--set", "drift.resources.limits=null"], "missing property 'limits'"),
         (["--set", "minio.enabled=false"], "registry.external.endpoint is required"),
