@@ -8,6 +8,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 from kubeloop.components.validate.checks import (
     CheckResult,
     ValidationConfig,
@@ -23,7 +24,7 @@ from kubeloop.components.validate.checks import (
 from kubeloop.components.validate.report import render_html
 
 from kubeloop.data.fraud import SCHEMA_FILE
-from kubeloop.data.sources import SourceData, read_snapshot
+from kubeloop.data.sources import SNAPSHOT_TIMESTAMP, SourceData, read_snapshot
 
 
 class DataValidationError(RuntimeError):
@@ -40,12 +41,36 @@ class ValidationOutcome:
         return [r for r in self.results if not r.passed]
 
 
+def with_view_features(data: SourceData) -> pd.DataFrame:
+    """Transactions with each account's latest earlier snapshot joined as of event time
+    (what the features stage will join), so feature-view features are checked for leakage too."""
+    schema, tx, accounts = data.schema, data.transactions, data.account_features
+    view = [c.name for c in schema.view_features if c.name not in tx.columns]
+    if accounts is None or not view:
+        return tx
+    snaps = accounts[[schema.entity, SNAPSHOT_TIMESTAMP, *view]].rename(
+        columns={SNAPSHOT_TIMESTAMP: "_snap"}
+    )
+    joined = pd.merge_asof(
+        tx.sort_values(schema.timestamp),
+        snaps.sort_values("_snap"),
+        left_on=schema.timestamp,
+        right_on="_snap",
+        by=schema.entity,
+        direction="backward",
+    )
+    return joined.drop(columns="_snap")
+
+
 def run_checks(data: SourceData, cfg: ValidationConfig = ValidationConfig()) -> list[CheckResult]:
     frame, schema = data.transactions, data.schema
     results = check_schema(frame, schema)
     results += [check_missing(frame, schema, cfg), check_duplicates(frame, schema, cfg)]
     results += check_labels(frame, schema, cfg)
-    results += [check_leakage(frame, schema, cfg), check_label_timing(frame, schema)]
+    results += [
+        check_leakage(with_view_features(data), schema, cfg),
+        check_label_timing(frame, schema),
+    ]
     if data.account_features is not None:
         accounts = data.account_features
         view = [schema.entity, *(c.name for c in schema.view_features)]

@@ -136,3 +136,21 @@ def test_account_snapshot_out_of_range(tmp_path, clean):
     data = replace(clean, account_features=clean.account_features.copy())
     data.account_features.loc[0, "avg_amount_30d"] = -1.0
     _fails(tmp_path, data, "schema (account_features)", "avg_amount_30d")
+
+
+def test_leaky_feature_view_feature(tmp_path, clean):
+    """A snapshot value that encodes the label is caught before the features stage joins it."""
+    from dataclasses import replace
+
+    accounts = clean.account_features.copy()
+    fraudsters = set(clean.transactions.loc[clean.transactions["is_fraud"] == 1, "account_id"])
+    tx = clean.transactions[
+        (clean.transactions["is_fraud"] == 1) | ~clean.transactions["account_id"].isin(fraudsters)
+    ].reset_index(drop=True)
+    accounts["txn_count_24h"] = accounts["account_id"].isin(fraudsters).astype(float) * 100.0
+    _fails(
+        tmp_path,
+        replace(clean, transactions=tx, account_features=accounts),
+        "leakage",
+        "txn_count_24h",
+    )
