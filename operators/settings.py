@@ -29,6 +29,14 @@ class OperatorSettings(BaseSettings):
         "http://127.0.0.1:8080", description="traffic router admin API (local runtime)"
     )
     state_dir: Path = Field(Path("var/runtime/operator"), description="local driver state")
+    local_runner: str = Field(
+        "kubeloop.pipelines.local:run_training_pipeline",
+        description="module:function the local runtime calls for a retraining run",
+    )
+    prometheus_root: Path | None = Field(
+        None,
+        description="local runtime: the local Prometheus folder; predictors go to its targets/",
+    )
     metrics_port: int = Field(
         8081, ge=0, le=65535, description="port of the operator's /metrics (0: off)"
     )

@@ -1,0 +1,50 @@
+"""``python -m kubeloop.operators.local``: run the operator over the local runtime."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+from kubeloop.operators.settings import load_operator_settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m kubeloop.operators.local", description=__doc__)
+    parser.add_argument(
+        "--apply", action="append", default=[], help="ModelDeployment YAML to apply first"
+    )
+    parser.add_argument("--once", action="store_true", help="one pass, then exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    from kubeloop.operators.local.driver import LocalOperator
+    from prometheus_client import start_http_server
+
+    from kubeloop.runtime import Supervisor
+    from kubeloop.settings import get_settings
+
+    settings = load_operator_settings()
+    operator = LocalOperator(
+        settings,
+        supervisor=Supervisor(settings.state_dir.parent),
+        registry_uri=get_settings().registry_uri,
+    )
+    for path in args.apply:
+        operator.store.apply(path)
+    if args.once:
+        operator.run_once()
+        return
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="127.0.0.1")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    operator.run(stop)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Local actuators: predictor processes per version, the router's split, retraining runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from pathlib import Path
+
+import httpx
+from kubeloop.operators.local.prometheus import write_targets
+from kubeloop.operators.reconciler.types import RunObservation, SetTraffic, SubmitRun
+
+from kubeloop.runtime import Supervisor
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalServing:
+    """One ``kubeloop.serving.predictor`` process per version behind the local router."""
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        model: str,
+        registry_uri: str,
+        router_url: str,
+        *,
+        logger_url: str | None = None,
+        prometheus_root: Path | None = None,
+    ) -> None:
+        self.sup = supervisor
+        self.model = model
+        self.registry_uri = registry_uri
+        self.router_url = router_url.rstrip("/")
+        self.logger_url = logger_url
+        self.prometheus_root = prometheus_root
+
+    def _name(self, version: str) -> str:
+        return f"predictor-{self.model}-{version}"
+
+    def ensure(self, version: str) -> None:
+        if self.sup.running(self._name(version)):
+            return
+        http, grpc = free_port(), free_port()
+        args = [
+            "-m", "kubeloop.serving.predictor",
+            "--model_name", self.model,
+            "--version", version,
+            "--registry-uri", self.registry_uri,
+            "--http_port", str(http),
+            "--grpc_port", str(grpc),
+            "--configure_logging", "false",
+        ]  # fmt: skip
+        if self.logger_url:
+            args += ["--logger-url", self.logger_url]
+        self.sup.start(
+            self._name(version),
+            args,
+            health_url=f"http://127.0.0.1:{http}/v1/models/{self.model}",
+            ports={"http": http, "grpc": grpc},
+            labels={"model": self.model, "version": version},
+        )
+
+    def url(self, version: str) -> str:
+        record = self.sup.running(self._name(version))
+        if record is None:
+            raise RuntimeError(f"predictor {self.model}/{version} is not running")
+        return f"http://127.0.0.1:{record.ports['http']}"
+
+    def ready_versions(self, versions: set[str]) -> frozenset[str]:
+        return frozenset(v for v in versions if v and self.sup.healthy(self._name(v)))
+
+    def current_split(self) -> dict | None:
+        response = httpx.get(f"{self.router_url}/admin/split", timeout=5)
+        return response.json() if response.status_code == 200 else None
+
+    def apply(self, action: SetTraffic, keep: set[str]) -> None:
+        """Starts what the split needs, switches the router once it is ready, stops the rest."""
+        wanted = {action.stable} | ({action.canary} if action.canary else set())
+        for version in wanted:
+            self.ensure(version)
+        ready = self.ready_versions(wanted)
+        self._write_targets()
+        if action.stable not in ready:
+            return  # keep the old split until the new stable answers
+        canary = action.canary if action.canary in ready else None
+        split = {
+            "model": self.model,
+            "stable": {"version": action.stable, "url": self.url(action.stable)},
+            "canary": {"version": canary, "url": self.url(canary)} if canary else None,
+            "canary_percent": action.canary_percent if canary else 0,
+            "shadow": False,
+        }
+        current = self.current_split()
+        if not current or any(current.get(k) != v for k, v in split.items()):
+            response = httpx.put(f"{self.router_url}/admin/split", json=split, timeout=5)
+            if response.status_code >= 300:
+                raise RuntimeError(f"router refused split {split}: {response.text}")
+        for record in self.sup.list():
+            version = record.labels.get("version")
+            if record.labels.get("model") == self.model and version not in wanted | keep:
+                self.sup.stop(record.name)
+        self._write_targets()
+
+    def _write_targets(self) -> None:
+        if self.prometheus_root is None:
+            return
+        targets = [
+            f"127.0.0.1:{r.ports['http']}"
+            for r in self.sup.list()
+            if r.labels.get("model") == self.model and self.sup.running(r.name)
+        ]
+        write_targets(self.prometheus_root, f"predictors-{self.model}", targets)
+
+
+class LocalRunSubmitter:
+    """Runs each retraining run as a ``runjob`` subprocess; idempotent by run name."""
+
+    def __init__(
+        self, supervisor: Supervisor, runs_dir: Path, registry_uri: str, runner: str
+    ) -> None:
+        self.sup = supervisor
+        self.runs_dir = Path(runs_dir)
+        self.registry_uri = registry_uri
+        self.runner = runner
+
+    def submit(self, run: SubmitRun) -> None:
+        folder = self.runs_dir / run.run_name
+        if (folder / "params.json").exists():
+            return  # submitted before (perhaps by a previous operator process)
+        folder.mkdir(parents=True, exist_ok=True)
+        params = {**run.parameters, "registry_uri": self.registry_uri, "run_name": run.run_name}
+        (folder / "params.json").write_text(json.dumps(params))
+        self.sup.start(
+            f"run-{run.run_name}",
+            [
+                "-m", "kubeloop.operators.local.runjob",
+                "--runner", self.runner,
+                "--params", json.dumps(params),
+                "--result", str((folder / "result.json").resolve()),
+            ],
+            labels={"run": run.run_name},
+        )  # fmt: skip
+
+    def status(self, run_name: str) -> RunObservation:
+        folder = self.runs_dir / run_name
+        if not (folder / "params.json").exists():
+            return RunObservation(run_name, "NotFound")
+        result = folder / "result.json"
+        if result.exists():
+            data = json.loads(result.read_text())
+            return RunObservation(
+                run_name, data["state"], data.get("version"), data.get("message", "")
+            )
+        if self.sup.running(f"run-{run_name}"):
+            return RunObservation(run_name, "Running")
+        tail = self.sup.log_tail(f"run-{run_name}", 500)
+        return RunObservation(run_name, "Failed", None, f"run exited without a result: {tail}")
