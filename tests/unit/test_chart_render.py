@@ -7,7 +7,9 @@ Needs helm in .venv-tools/bin (``make helm``); no cluster.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -107,7 +109,38 @@ def test_monitoring_objects_are_well_formed(rendered, scenario: str) -> None:
             for group in groups:
                 for rule in group["rules"]:
                     assert ("alert" in rule) != ("record" in rule), rule
-                    assert "kubeloop_" in rule["expr"], rule
+                    assert "kubeloop_" in rule["expr"] or "kubeloop-" in rule["expr"], rule
+            jobs = set(re.findall(r'job="([^"]+)"', json.dumps(groups)))
+            monitored = {
+                r["replacement"]
+                for d in rendered[scenario]
+                if d["kind"] in ("ServiceMonitor", "PodMonitor")
+                for ep in d["spec"].get("endpoints", d["spec"].get("podMetricsEndpoints", []))
+                for r in ep.get("relabelings", [])
+                if r.get("targetLabel") == "job"
+            }
+            assert jobs <= monitored, f"rules name jobs no monitor produces: {jobs - monitored}"
+
+
+def test_prometheus_rule_and_dashboards_come_from_the_generated_files(rendered) -> None:
+    docs = rendered["default-values.yaml"]
+    generated = yaml.safe_load((CHART / "files" / "prometheusrule.yaml").read_text())
+    source = yaml.safe_load((ROOT / "manifests" / "monitoring" / "prometheusrule.yaml").read_text())
+    assert generated == source
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    assert rule["spec"] == source["spec"]
+    dashboards = sorted(p.name for p in (CHART / "files" / "dashboards").glob("*.json"))
+    assert dashboards
+    maps = [d for d in docs if d["kind"] == "ConfigMap" and "-dashboard-" in d["metadata"]["name"]]
+    assert sorted(k for m in maps for k in m["data"]) == dashboards
+    for m in maps:
+        assert m["metadata"]["labels"]["grafana_dashboard"] == "1"
+        ((name, text),) = m["data"].items()
+        assert json.loads(text) == json.loads(
+            (ROOT / "manifests/monitoring/dashboards" / name).read_text()
+        )
+    minimal = {d["kind"] for d in rendered["minimal-values.yaml"]}
+    assert "PrometheusRule" not in minimal and "ConfigMap" not in minimal
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
