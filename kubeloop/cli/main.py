@@ -24,6 +24,9 @@ def _register() -> None:
 
     app.command(name="serve")(serve.serve)
     app.command(name="predict")(serve.predict)
+    from kubeloop.cli import rollout
+
+    app.add_typer(rollout.app, name="rollout")
 
 
 def main() -> None:

@@ -94,6 +94,12 @@ class ApiRecorder(BaseHTTPRequestHandler):
             if method == "PATCH":
                 st["isvc"] = merge(st["isvc"], body)
                 return self._send(200, st["isvc"])
+        if url.path == "/apis/kubeloop.io/v1alpha1/namespaces/ml/modeldeployments/fd":
+            md = {
+                "metadata": {"name": "fd"},
+                "status": {"stableVersion": "v1", "candidateVersion": "v2"},
+            }
+            return self._send(200, md)
         if url.path == ISVC_PATH and method == "POST":
             st["isvc"] = body
             return self._send(201, body)
@@ -375,3 +381,44 @@ def test_kopf_registry_registers_thin_handlers_with_timer_from_settings():
         "spec/spec",
         "commands/metadata.annotations",
     ]
+
+
+def test_rollout_cli_patches_the_resource_in_a_cluster(api, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from kubeloop.cli.main import _register, app
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": api["url"]}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    _register()
+    runner = CliRunner()
+    for args in (
+        ["promote", "fd"],
+        ["rollback", "fd", "--version", "v2"],
+        ["pause", "fd"],
+        ["resume", "fd"],
+    ):
+        result = runner.invoke(app, ["rollout", *args, "--cluster", "-n", "ml"])
+        assert result.exit_code == 0, result.output
+    patches = [b for m, p, b in api["requests"] if m == "PATCH"]
+    assert patches == [
+        {"metadata": {"annotations": {"kubeloop.io/promote": "v2"}}},
+        {"metadata": {"annotations": {"kubeloop.io/rollback": "v2"}}},
+        {"spec": {"rollout": {"paused": True}}},
+        {"spec": {"rollout": {"paused": False}}},
+    ]
+    assert {p for m, p, b in api["requests"] if m == "PATCH"} == {
+        "/apis/kubeloop.io/v1alpha1/namespaces/ml/modeldeployments/fd"
+    }
