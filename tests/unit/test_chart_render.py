@@ -337,3 +337,44 @@ def test_invalid_values_are_rejected_with_a_clear_message(args: list[str], messa
 
 def test_kubectl_is_available_for_kustomize() -> None:
     assert shutil.which("kubectl"), "kubectl is needed for `kubectl kustomize`"
+
+
+def test_every_value_is_documented() -> None:
+    """Each leaf in values.yaml has its own comment, or sits in a block documented as a
+    whole (a commented key none of whose children carry comments, e.g. `resources`)."""
+    nodes: list[dict] = []
+    stack: list[dict] = []
+    previous = ""
+    for line in (CHART / "values.yaml").read_text().splitlines():
+        stripped = line.strip()
+        m = re.match(r"^(\s*)([A-Za-z0-9_.\-/]+):(.*)$", line)
+        if m and not stripped.startswith("#"):
+            indent = len(m.group(1))
+            while stack and stack[-1]["indent"] >= indent:
+                stack.pop()
+            node = {
+                "key": f"{stack[-1]['key']}.{m.group(2)}" if stack else m.group(2),
+                "indent": indent,
+                "commented": previous.startswith("#"),
+                "parents": list(stack),
+                "children": [],
+            }
+            if stack:
+                stack[-1]["children"].append(node)
+            nodes.append(node)
+            stack.append(node)
+        if stripped:
+            previous = stripped
+
+    def whole_block(node: dict) -> bool:
+        return node["commented"] and not any(c["commented"] for c in node["children"])
+
+    undocumented = [
+        n["key"]
+        for n in nodes
+        if not n["children"]
+        and not n["commented"]
+        and not any(whole_block(p) for p in n["parents"])
+    ]
+    assert len(nodes) > 50
+    assert not undocumented, f"values without a comment: {undocumented}"
