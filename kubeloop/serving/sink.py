@@ -19,7 +19,7 @@ class ReceivedEvent:
 
 
 class EventSink:
-    def __init__(self, delay_s: float = 0.0, keep: bool = True) -> None:
+    def __init__(self, delay_s: float = 0.0, keep: bool = True, port: int = 0) -> None:
         self.events: list[ReceivedEvent] = []
         self.count = 0
         self.delay_s = delay_s
@@ -47,7 +47,7 @@ class EventSink:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -63,3 +63,26 @@ class EventSink:
     def by_id(self, request_id: str) -> list[ReceivedEvent]:
         with self._lock:
             return [e for e in self.events if e.headers.get("ce-id") == request_id]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m kubeloop.serving.sink --port N``: count events until interrupted."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m kubeloop.serving.sink", description="a CloudEvents receiver"
+    )
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before answering")
+    args = parser.parse_args(argv)
+    sink = EventSink(delay_s=args.delay, keep=False, port=args.port)
+    with sink:
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,309 @@
+"""Serving benchmark: throughput and p50/p99 latency with wrk at concurrency 1, 8 and 32.
+
+(a) a plain ``kserve.Model`` doing the same forward pass; (b) kubeloop's predictor with
+validation, metrics and payload logging to a real receiver; (c) (b) behind the local
+router. Servers under test are pinned to CPU 0, the router, wrk and the event receiver
+to CPU 1 (when ``taskset`` and two CPUs exist), so they do not steal each other's time.
+Results go to ``bench/serving/results.json`` and the serving section of
+``docs/benchmarks.md``.
+
+    .venv/bin/python bench/serving/run.py [--duration 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from kubeloop.registry import ModelRegistry  # noqa: E402
+from kubeloop.serving.processes import ServerProcess, free_port, start_predictor, start_router  # noqa: E402
+from kubeloop.testing import make_registry_version  # noqa: E402
+
+MODEL = "fraud-detector"
+BODY = {
+    "instances": [
+        {
+            "account_id": 1001,
+            "amount": 120.0,
+            "merchant_category": "online",
+            "hour": 22,
+            "distance_from_home_km": 30.0,
+            "is_foreign": 0,
+            "txn_count_1h": 2,
+            "account_age_days": 400.0,
+            "avg_amount_30d": 60.0,
+            "txn_count_24h": 3.0,
+        }
+    ]
+}
+CONCURRENCY = (1, 8, 32)
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [[%s]]
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('RESULT {"requests": %%d, "duration_us": %%d, "p50_us": %%d, "p99_us": %%d, '
+    .. '"errors": %%d, "non2xx": %%d}\\n', summary.requests, summary.duration, latency:percentile(50),
+    latency:percentile(99), e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+
+
+def _pin(cpu: int) -> list[str]:
+    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        return ["taskset", "-c", str(cpu)]
+    return []
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(
+    url: str, concurrency: int, duration: int, script: Path, pids: dict[str, int] | None = None
+) -> dict:
+    pids = pids or {}
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    cmd = [
+        *_pin(1),
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{duration}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        url,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    match = re.search(r"RESULT (\{.*\})", out)
+    if not match:
+        raise RuntimeError(f"wrk printed no result: {out}")
+    r = json.loads(match.group(1))
+    cpu = {f"cpu_ms_per_req_{name}": (cpu_seconds(pid) - before[name]) * 1000 / max(r["requests"], 1)
+           for name, pid in pids.items()}  # fmt: skip
+    return {
+        **cpu,
+        "concurrency": concurrency,
+        "rps": r["requests"] / (r["duration_us"] / 1e6),
+        "p50_ms": r["p50_us"] / 1000,
+        "p99_ms": r["p99_us"] / 1000,
+        "errors": r["errors"] + r["non2xx"],
+    }
+
+
+def measure(name: str, url: str, duration: int, script: Path, pids: dict[str, int]) -> list[dict]:
+    wrk(url, 8, 2, script)  # warm-up
+    rows = []
+    for c in CONCURRENCY:
+        row = {"config": name, **wrk(url, c, duration, script, pids)}
+        cpu = " ".join(
+            f"{k.removeprefix('cpu_ms_per_req_')} {v:.2f}"
+            for k, v in row.items()
+            if k.startswith("cpu_ms")
+        )
+        print(f"{name:>10} c={c:<3} {row['rps']:8.0f} req/s  p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  "
+              f"cpu ms/req {cpu}")  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+def _spawn(args: list[str], log: Path, cpu: int) -> subprocess.Popen:
+    with open(log, "ab") as f:
+        return subprocess.Popen(
+            [*_pin(cpu), sys.executable, *args], stdout=f, stderr=subprocess.STDOUT
+        )
+
+
+def run(duration: int) -> dict:
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk not found: run `make bench-serving-deps` (apt-get install wrk)")
+    results: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="kubeloop-bench-") as tmp:
+        tmp = Path(tmp)
+        registry = ModelRegistry(str(tmp / "registry"))
+        make_registry_version(registry, MODEL, seed=1)
+        _, folder = registry.download(MODEL, "v1", tmp / "v1")
+        script = tmp / "post.lua"
+        script.write_text(LUA % json.dumps(BODY))
+        sink_port = free_port()
+        sink = _spawn(
+            ["-m", "kubeloop.serving.sink", "--port", str(sink_port)], tmp / "sink.log", 1
+        )
+        procs: list[ServerProcess] = []
+        try:
+            port = free_port()
+            plain = _spawn(
+                [str(ROOT / "bench/serving/plain_model.py"), "--model_name", MODEL, "--model-dir", str(folder),
+                 "--http_port", str(port), "--configure_logging", "false"],
+                tmp / "plain.log", 0,
+            )  # fmt: skip
+            server = ServerProcess("plain", plain, f"http://127.0.0.1:{port}", tmp / "plain.log")
+            procs.append(server)
+            server.wait_ready(f"/v1/models/{MODEL}")
+            results += measure(
+                "a-plain",
+                f"{server.url}/v1/models/{MODEL}:predict",
+                duration,
+                script,
+                {"server": plain.pid},
+            )
+            server.stop()
+
+            env = {"PYTHONPATH": str(ROOT)}
+            pin0 = _pin(0)
+            predictor = start_predictor(
+                MODEL,
+                "v1",
+                registry.uri,
+                tmp,
+                logger_url=f"http://127.0.0.1:{sink_port}/",
+                env=env,
+                wait=False,
+            )
+            procs.append(predictor)
+            if pin0:  # pin the already-started predictor to CPU 0
+                subprocess.run(
+                    ["taskset", "-a", "-p", "-c", "0", str(predictor.process.pid)],
+                    capture_output=True,
+                )
+            predictor.wait_ready(f"/v1/models/{MODEL}")
+            assert (
+                httpx.post(f"{predictor.url}/v1/models/{MODEL}:predict", json=BODY).status_code
+                == 200
+            )
+            results += measure(
+                "b-kubeloop",
+                f"{predictor.url}/v1/models/{MODEL}:predict",
+                duration,
+                script,
+                {"server": predictor.process.pid},
+            )
+
+            split = tmp / "split.json"
+            split.write_text(
+                json.dumps({"model": MODEL, "stable": {"version": "v1", "url": predictor.url}})
+            )
+            router = start_router(split, tmp, wait=False)
+            procs.append(router)
+            if pin0:
+                subprocess.run(
+                    ["taskset", "-a", "-p", "-c", "1", str(router.process.pid)], capture_output=True
+                )
+            router.wait_ready("/readyz")
+            results += measure(
+                "c-router",
+                f"{router.url}/v1/models/{MODEL}:predict",
+                duration,
+                script,
+                {"server": predictor.process.pid, "router": router.process.pid},
+            )
+            sent = httpx.get(f"{predictor.url}/metrics").text
+            events = sum(
+                float(m.group(1))
+                for m in re.finditer(
+                    r'kubeloop_payload_events_total\{[^}]*outcome="sent"[^}]*\} (\S+)', sent
+                )
+            )
+            dropped = sum(
+                float(m.group(1))
+                for m in re.finditer(
+                    r'kubeloop_payload_events_total\{[^}]*outcome="dropped"[^}]*\} (\S+)', sent
+                )
+            )
+        finally:
+            for p in procs:
+                p.stop()
+            sink.terminate()
+            sink.wait()
+    return {
+        "results": results,
+        "payload_events": {"sent": events, "dropped": dropped},
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "duration_s": duration,
+        "pinned": bool(_pin(0)),
+    }
+
+
+def render(report: dict, command: str) -> str:
+    rows = {(r["config"], r["concurrency"]): r for r in report["results"]}
+    lines = [
+        "## Serving",
+        "",
+        f"Command: `{command}` ({report['machine']}; wrk, {report['duration_s']} s per point, one V1 instance per "
+        f"request; {'servers on CPU 0, router/wrk/receiver on CPU 1' if report['pinned'] else 'no CPU pinning'}).",
+        "",
+        "| config | concurrency | req/s | p50 ms | p99 ms | errors | predictor CPU ms/req | router CPU ms/req |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in report["results"]:
+        router_cpu = f"{r['cpu_ms_per_req_router']:.2f}" if "cpu_ms_per_req_router" in r else "–"
+        lines.append(
+            f"| {r['config']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+            f"| {r['errors']} | {r['cpu_ms_per_req_server']:.2f} | {router_cpu} |"
+        )
+    lines += [
+        "",
+        "| concurrency | (b)/(a) wrk throughput | (b)/(a) CPU capacity (a CPU/req ÷ b CPU/req) "
+        "| router p50 overhead (c)−(b) ms | router CPU ms/req |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in CONCURRENCY:
+        a, b, cc = rows[("a-plain", c)], rows[("b-kubeloop", c)], rows[("c-router", c)]
+        lines.append(
+            f"| {c} | {b['rps'] / a['rps']:.2f} | {a['cpu_ms_per_req_server'] / b['cpu_ms_per_req_server']:.2f} "
+            f"| {cc['p50_ms'] - b['p50_ms']:+.2f} | {cc['cpu_ms_per_req_router']:.2f} |"
+        )
+    ev = report["payload_events"]
+    lines += [
+        "",
+        f"Payload events during (b) and (c): {ev['sent']:.0f} sent, {ev['dropped']:.0f} dropped.",
+        "Goals: (b) ≥ 0.90 × (a) throughput; the router adds ≤ 1 ms at p50.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def update_docs(section: str, path: Path = ROOT / "docs" / "benchmarks.md") -> None:
+    begin, end = "<!-- serving:begin -->", "<!-- serving:end -->"
+    text = path.read_text() if path.exists() else "# kubeloop benchmarks\n"
+    block = f"{begin}\n{section}{end}\n"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) + 1 :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
+    parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
+    args = parser.parse_args()
+    report = run(args.duration)
+    (ROOT / "bench/serving/results.json").write_text(json.dumps(report, indent=2) + "\n")
+    section = render(report, f".venv/bin/python bench/serving/run.py --duration {args.duration}")
+    print(section)
+    if not args.no_docs:
+        update_docs(section)
+
+
+if __name__ == "__main__":
+    main()
