@@ -234,3 +234,17 @@ def test_chart_image_values_follow_kubeloop_images() -> None:
         assert ref == images.image(name), (
             f"values.{key}.image is {ref}, kubeloop.images says {images.image(name)}"
         )
+
+
+def test_make_images_says_when_no_engine_is_present() -> None:
+    import subprocess
+
+    proc = subprocess.run(
+        ["make", "-s", "images", "IMAGE_ENGINE="],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "no image engine here" in proc.stdout and "nothing built" in proc.stdout
