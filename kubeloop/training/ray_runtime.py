@@ -130,7 +130,7 @@ def start_local_head(home: Path | None = None, num_cpus: int = 2) -> LocalHead:
     return head
 
 
-def _kill_group(pid: int, timeout: float = 30.0) -> None:
+def _kill_group(pid: int, timeout: float = 10.0) -> None:
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:

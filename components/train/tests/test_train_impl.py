@@ -1,0 +1,68 @@
+"""The train stage called directly: pure pieces, then a real (small) Ray Train run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from kubeloop.components.train.impl import StageInputError, read_split, run_train
+
+from kubeloop.data.fraud import FRAUD_SCHEMA
+from kubeloop.model import ModelBundle
+from kubeloop.training import TrainingDataError, TrainParams
+from kubeloop.training.loop import best_threshold, positive_weight, prior_correction, time_split
+from kubeloop.training.testing import ray_head, split_frames, write_split  # noqa: F401
+
+
+def test_time_split_keeps_the_latest_events_for_validation():
+    train, _ = split_frames(days=3, n_accounts=150)
+    fit, valid = time_split(train, FRAUD_SCHEMA, 0.2)
+    assert fit["event_timestamp"].max() <= valid["event_timestamp"].min()
+    assert len(valid) == pytest.approx(0.2 * len(train), abs=1)
+
+
+def test_time_split_names_a_one_class_part():
+    train, _ = split_frames(days=3, n_accounts=150)
+    with pytest.raises(TrainingDataError, match="needs both classes"):
+        time_split(train.assign(is_fraud=0), FRAUD_SCHEMA, 0.2)
+    with pytest.raises(TrainingDataError, match="validation_fraction"):
+        time_split(train, FRAUD_SCHEMA, 1.5)
+
+
+def test_weights_and_threshold():
+    assert positive_weight(np.array([1, 0, 0, 0])) == 3.0
+    assert prior_correction(3.0) == pytest.approx(-np.log(3.0))
+    y = np.array([0, 0, 0, 1, 1])
+    assert best_threshold(y, np.array([0.1, 0.2, 0.3, 0.8, 0.9])) == pytest.approx(0.8)
+
+
+def test_bad_inputs_are_named(tmp_path):
+    with pytest.raises(StageInputError, match="data.parquet does not exist"):
+        read_split(tmp_path, "train_set")
+    train, _ = split_frames(days=2, n_accounts=100)
+    write_split(train.drop(columns=["amount"]), tmp_path / "t")
+    with pytest.raises(StageInputError, match="lacks columns \\['amount'\\]"):
+        read_split(tmp_path / "t", "train_set")
+    with pytest.raises(ValueError, match="epochs must be at least 1"):
+        TrainParams(epochs=0)
+
+
+@pytest.mark.slow
+def test_ray_train_writes_a_bundle_that_ranks_fraud(ray_head, tmp_path):  # noqa: F811
+    train, evaluation = split_frames()
+    outcome = run_train(
+        write_split(train, tmp_path / "train"), tmp_path / "model", TrainParams(epochs=3, seed=3)
+    )
+    assert [row["epoch"] for row in outcome.history] == [1, 2, 3]
+    assert 1 <= outcome.metrics["best_epoch"] <= 3
+    assert outcome.metrics["val_roc_auc"] > 0.85
+    bundle = ModelBundle.load(tmp_path / "model")
+    assert bundle.config.threshold == pytest.approx(outcome.metrics["threshold"])
+    scores, _ = bundle.predict(evaluation)
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(evaluation["is_fraud"], scores) > 0.85
+    # The prior correction keeps scores near the base rate rather than pos_weight-inflated.
+    assert abs(scores.mean() - evaluation["is_fraud"].mean()) < 0.05
+    assert len(json.loads((tmp_path / "model" / "history.json").read_text())) == 3
