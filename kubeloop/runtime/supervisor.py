@@ -71,6 +71,7 @@ class Supervisor:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.procs.mkdir(parents=True, exist_ok=True)
         self._children: dict[int, subprocess.Popen] = {}
+        self._http = httpx.Client(timeout=1.0)  # pooled: health checks run every pass
 
     # --- state -------------------------------------------------------------------------
     def _record_path(self, name: str) -> Path:
@@ -149,7 +150,7 @@ class Supervisor:
         if not record.health_url:
             return True
         try:
-            return httpx.get(record.health_url, timeout=1.0).status_code == 200
+            return self._http.get(record.health_url).status_code == 200
         except httpx.HTTPError:
             return False
 

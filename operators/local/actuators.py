@@ -34,6 +34,7 @@ class LocalServing:
         *,
         logger_url: str | None = None,
         prometheus_root: Path | None = None,
+        http: httpx.Client | None = None,
     ) -> None:
         self.sup = supervisor
         self.model = model
@@ -41,6 +42,7 @@ class LocalServing:
         self.router_url = router_url.rstrip("/")
         self.logger_url = logger_url
         self.prometheus_root = prometheus_root
+        self.http = http or httpx.Client(timeout=5)
 
     def _name(self, version: str) -> str:
         return f"predictor-{self.model}-{version}"
@@ -78,7 +80,7 @@ class LocalServing:
         return frozenset(v for v in versions if v and self.sup.healthy(self._name(v)))
 
     def current_split(self) -> dict | None:
-        response = httpx.get(f"{self.router_url}/admin/split", timeout=5)
+        response = self.http.get(f"{self.router_url}/admin/split")
         return response.json() if response.status_code == 200 else None
 
     def apply(self, action: SetTraffic, keep: set[str]) -> None:
@@ -100,7 +102,7 @@ class LocalServing:
         }
         current = self.current_split()
         if not current or any(current.get(k) != v for k, v in split.items()):
-            response = httpx.put(f"{self.router_url}/admin/split", json=split, timeout=5)
+            response = self.http.put(f"{self.router_url}/admin/split", json=split)
             if response.status_code >= 300:
                 raise RuntimeError(f"router refused split {split}: {response.text}")
         for record in self.sup.list():

@@ -133,6 +133,7 @@ class LocalOperator:
             min_window_seconds=settings.min_window_seconds,
         )
         self.now = now
+        self.http = httpx.Client(timeout=10)
         self.submitter_factory = submitter_factory or (
             lambda uri: LocalRunSubmitter(
                 self.sup, self.store.dir / "runs", uri, settings.local_runner
@@ -171,6 +172,7 @@ class LocalOperator:
             self.settings.router_url,
             logger_url=spec.serving.logger_url,
             prometheus_root=self.settings.prometheus_root,
+            http=self.http,
         )
         submitter = self.submitter_factory(registry_uri)
         known = {status.stable_version, status.candidate_version, status.previous_version}
@@ -218,7 +220,7 @@ class LocalOperator:
     def _watch_drift(self, model: str, version: str, registry_uri: str) -> bool:
         url = f"{self.settings.drift_service_url.rstrip('/')}/v1/watch"
         try:
-            response = httpx.post(
+            response = self.http.post(
                 url,
                 json={"model": model, "version": version, "registry_uri": registry_uri},
                 timeout=10,
