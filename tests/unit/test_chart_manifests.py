@@ -129,7 +129,7 @@ def test_base_is_the_current_chart_rendering() -> None:
     base = ROOT / "manifests" / "base"
     proc = subprocess.run(
         [
-            helm, "template", "kubeloop", str(CHART), "--namespace", "kubeloop", "--include-crds",
+            helm, "template", "kubeloop", str(CHART), "--namespace", "kubeloop",
             "--kube-version", K8S_VERSION, "--api-versions", "monitoring.coreos.com/v1",
             "-f", str(base / "values.yaml"),
         ],
@@ -142,17 +142,46 @@ def test_base_is_the_current_chart_rendering() -> None:
     assert on_disk == rendered, "manifests/base/kubeloop.yaml is stale: run `make manifests-base`"
 
 
-def test_chart_crds_are_the_generated_ones() -> None:
-    from kubeloop.generated import GENERATORS, chart_copies
+def test_chart_and_base_carry_the_generated_crds_rules_and_dashboards() -> None:
+    from kubeloop.generated import GENERATORS, deployment_copies
 
-    assert "kubeloop.generated:chart_copies" in GENERATORS
-    copies = chart_copies()
-    assert "charts/kubeloop/crds/modeldeployments.kubeloop.io.yaml" in copies
+    assert "kubeloop.generated:deployment_copies" in GENERATORS
+    copies = deployment_copies()
+    for rel in (
+        "charts/kubeloop/crds/modeldeployments.kubeloop.io.yaml",
+        "manifests/base/crds/modeldeployments.kubeloop.io.yaml",
+        "charts/kubeloop/files/prometheusrule.yaml",
+        "manifests/base/monitoring/prometheusrule.yaml",
+    ):
+        assert rel in copies, rel
     for rel, text in copies.items():
         assert (ROOT / rel).read_text() == text, f"{rel} is stale: run `make compile`"
-        if rel.startswith("charts/kubeloop/crds/"):
-            source = ROOT / "manifests" / "crds" / Path(rel).name
-            assert source.read_text() == text, f"{rel} differs from {source}"
+    # The copies are byte-equal to the generated sources in manifests/.
+    assert (
+        copies["charts/kubeloop/crds/modeldeployments.kubeloop.io.yaml"]
+        == (ROOT / "manifests/crds/modeldeployments.kubeloop.io.yaml").read_text()
+    )
+
+
+def test_base_dashboards_configmap_lists_every_generated_dashboard() -> None:
+    generated = sorted(
+        p.name for p in (ROOT / "manifests/base/monitoring/dashboards").glob("*.json")
+    )
+    kustomization = yaml.safe_load(
+        (ROOT / "manifests/base/monitoring/kustomization.yaml").read_text()
+    )
+    listed = sorted(Path(f).name for f in kustomization["configMapGenerator"][0]["files"])
+    assert listed == generated, (
+        "list the dashboards in manifests/base/monitoring/kustomization.yaml"
+    )
+    docs = kustomize(ROOT / "manifests" / "base")
+    cm = next(
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "kubeloop-dashboards"
+    )
+    assert sorted(cm["data"]) == generated
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
 
 
 @pytest.mark.parametrize(
