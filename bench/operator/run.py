@@ -148,6 +148,9 @@ def bench_loop(trials: int) -> dict:
                 metrics=RolloutMetrics(CollectorRegistry()),
             )
             op.store.apply(manifest)
+            # Prometheus must see the previous trial's drift cleared before the first pass.
+            while op.observer.drift("fraud-detector", "v1")[0] is True:
+                time.sleep(0.2)
             deadline = time.monotonic() + 120
             while True:  # until v1 serves and the drift service watches it
                 result = op.reconcile_one("fraud-detector")
@@ -163,6 +166,9 @@ def bench_loop(trials: int) -> dict:
                 start = time.perf_counter()
                 op.reconcile_one("fraud-detector")
                 pass_ms.append((time.perf_counter() - start) * 1e3)
+            runs = settings.state_dir / "runs"
+            if runs.exists() and any(runs.iterdir()):
+                raise RuntimeError("a run was submitted before the drift alert")
             stop = threading.Event()
             loop = threading.Thread(target=op.run, args=(stop,), daemon=True)
             loop.start()
@@ -196,10 +202,55 @@ def bench_loop(trials: int) -> dict:
     }
 
 
+BEGIN, END = "<!-- operator:begin -->", "<!-- operator:end -->"
+
+
+def markdown(results: dict, command: str) -> str:
+    core, loop = results["core"], results["loop"]
+    drift = loop["drift_to_submission_s"]
+    return "\n".join(
+        [
+            BEGIN,
+            "## Operator",
+            "",
+            f"Command: `{command}` ({results['machine']}; a real Prometheus scraping every 1 s, "
+            "the router and a predictor as processes, the local driver polling every 1 s).",
+            "",
+            "| measure | median | tail |",
+            "| --- | ---: | ---: |",
+            f"| core decision, one `reconcile()` on a canary step (pure) | {core['median_us']:.0f} µs "
+            f"| p99 {core['p99_us']:.0f} µs |",
+            f"| one local pass, observation to action (5 PromQL queries, registry, router, core, actuation) "
+            f"| {loop['pass_ms']['median']:.1f} ms | p95 {loop['pass_ms']['p95']:.1f} ms |",
+            f"| drift alert (gauge flips to 1) to retraining run submitted, driftDurationSeconds=0 "
+            f"| {drift['median']:.2f} s | runs: {', '.join(f'{v:.2f}' for v in drift['values'])} s |",
+            "",
+            "The drift-to-submission time is bounded by one scrape interval plus one poll interval; "
+            "in production `monitoring.driftDurationSeconds` (minutes) dominates it by design.",
+            END,
+        ]
+    )
+
+
+def write_docs(block: str, path: Path = Path("docs/benchmarks.md")) -> None:
+    text = path.read_text() if path.exists() else "# kubeloop benchmarks\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench/results/operator.json"))
+    parser.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="update the Operator section of docs/benchmarks.md",
+    )
     args = parser.parse_args()
     results = {
         "machine": f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}",
@@ -208,6 +259,13 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
+    if args.write_docs:
+        write_docs(
+            markdown(
+                results,
+                f".venv/bin/python bench/operator/run.py --trials {args.trials} --write-docs",
+            )
+        )
     print(json.dumps(results, indent=2))
 
 
