@@ -1,0 +1,102 @@
+"""``kubeloop pipeline``: compile, argument errors, and submission to a KFP API.
+
+The ``--host`` path is tested at the client boundary: the real ``kfp.Client`` talks to a
+small HTTP server on 127.0.0.1 that records each request and answers like the KFP v2beta1
+API, so what kubeloop sends (the compiled pipeline spec and its arguments) is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from kubeloop.cli.main import _register, app
+
+_register()
+runner = CliRunner()
+
+
+class _RecordingKfpApi(BaseHTTPRequestHandler):
+    requests: list[dict] = []
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.requests.append({"method": self.command, "path": self.path, "body": body})
+        path = self.path.split("?")[0]
+        if path.endswith("/experiments") and self.command == "GET":
+            reply = {"experiments": [{"experiment_id": "exp-1", "display_name": "kubeloop"}]}
+        elif path.endswith("/experiments"):
+            reply = {"experiment_id": "exp-1", "display_name": "kubeloop"}
+        elif path.endswith("/runs") and self.command == "POST":
+            reply = {"run_id": "run-42", "display_name": "r", "state": "PENDING"}
+        else:
+            reply = {}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def kfp_api():
+    _RecordingKfpApi.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RecordingKfpApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _RecordingKfpApi.requests
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def test_run_host_submits_the_compiled_pipeline(kfp_api):
+    host, requests = kfp_api
+    result = runner.invoke(
+        app, ["pipeline", "run", "training", "--host", host, "--epochs", "3", "--seed", "11"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["run_id"] == "run-42"
+    runs = [
+        r for r in requests if r["method"] == "POST" and r["path"].split("?")[0].endswith("/runs")
+    ]
+    assert len(runs) == 1
+    body = json.loads(runs[0]["body"])
+    assert body["experiment_id"] == "exp-1"
+    assert body["pipeline_spec"]["pipelineInfo"]["name"] == "kubeloop-training"
+    params = body["runtime_config"]["parameters"]
+    assert params["epochs"] == 3 and params["seed"] == 11
+    assert params["source_uri"].startswith("example://fraud/")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["pipeline", "run", "training"], "exactly one of --local or --host"),
+        (["pipeline", "run", "training", "--local", "--host", "http://x"], "exactly one"),
+        (["pipeline", "run", "nope", "--local"], "unknown pipeline 'nope'"),
+    ],
+)
+def test_run_argument_errors(args, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code != 0
+    assert message in result.output
+
+
+def test_compile_writes_ir(tmp_path):
+    result = runner.invoke(app, ["pipeline", "compile", "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    spec = yaml.safe_load((tmp_path / "training.yaml").read_text())
+    assert spec["pipelineInfo"]["name"] == "kubeloop-training"

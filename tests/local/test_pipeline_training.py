@@ -1,0 +1,95 @@
+"""The whole training pipeline under kfp.local on small data, with one Ray for the session.
+
+1. a first run registers v1 and makes it champion;
+2. a second, deliberately weak run meets a champion: the gate scores v1 on the same
+   evaluation window, fails the candidate, and register is skipped;
+3. a run on bad data stops at validation and leaves the registry untouched.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from kubeloop.pipelines.local import format_summary, run_training_pipeline
+
+from kubeloop.registry import ModelRegistry
+from kubeloop.settings import get_settings
+from kubeloop.training.testing import ray_head  # noqa: F401
+
+SMALL = "example://fraud/stationary?days=6&accounts=300&seed=0"
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, ray_head):  # noqa: F811
+    monkeypatch.setenv("KUBELOOP_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    yield tmp_path / "home"
+    get_settings.cache_clear()
+
+
+def _gate(result) -> dict:
+    return json.loads(next(result.run_dir.rglob("gate/decision/gate.json")).read_text())
+
+
+def test_first_run_registers_then_a_weaker_candidate_is_held(home, capsys):
+    first = run_training_pipeline(source_uri=SMALL, epochs=3)
+    assert first.succeeded, first.error
+    assert [s.name for s in first.stages][:6] == [
+        "ingest",
+        "validate",
+        "features",
+        "train",
+        "evaluate",
+        "gate",
+    ]
+    assert first.gate_passed and first.version == "v1"
+    registry = ModelRegistry(first.registry_uri)
+    assert registry.get_alias("fraud-detector", "champion") == "v1"
+    v1 = registry.get("fraud-detector", "v1")
+    assert v1.lineage["pipeline_run_id"] == first.run_name
+    assert len(v1.lineage["data_hash"]) == 64 and v1.lineage["row_count"] > 1000
+    assert v1.lineage["parameters"]["epochs"] == 3
+    assert v1.lineage["source_uri"] == SMALL
+    assert v1.metrics["roc_auc"] == pytest.approx(first.metrics["roc_auc"])
+    assert "reference.parquet" in v1.files
+    assert first.reports["evaluation"].exists() and first.log_file.exists()
+    out = capsys.readouterr().out
+    assert "[train] epoch 3/3" in out and "✔ gate" in out
+    summary = format_summary(first)
+    assert "registered: fraud-detector v1" in summary and "roc_auc=" in summary
+
+    # Barely trained (one epoch at a tiny learning rate): the champion must win.
+    second = run_training_pipeline(source_uri=SMALL, epochs=1, learning_rate=1e-6, seed=1)
+    assert second.succeeded, second.error
+    assert second.gate_passed is False and second.version is None
+    gate = _gate(second)
+    assert gate["champion_version"] == "v1"
+    champion = next(c for c in gate["checks"] if c["name"] == "champion")
+    assert champion["passed"] is False and "same window" in champion["detail"]
+    assert gate["champion_metrics"]["eval_rows"] == second.metrics["eval_rows"]
+    assert not any(s.name == "register" for s in second.stages)
+    assert [v.version for v in registry.list_versions("fraud-detector")] == ["v1"]
+    assert "registered: nothing (the gate failed)" in format_summary(second)
+
+
+def test_bad_data_stops_before_register(home, tmp_path):
+    from kubeloop.data.fraud import generate
+    from kubeloop.testing import make_registry_version
+
+    registry = ModelRegistry(get_settings().registry_uri)
+    make_registry_version(registry, n_accounts=100, days=3, steps=20)
+    before = sorted(p.relative_to(home) for p in (home / "registry").rglob("*"))
+    data = generate("stationary", days=3, n_accounts=150, seed=4)
+    data.transactions.loc[10:20, "hour"] = 31  # impossible hours: validation must fail
+    data.write(tmp_path / "bad")
+    result = run_training_pipeline(source_uri=str(tmp_path / "bad"), epochs=1)
+    assert not result.succeeded
+    assert result.failed_stage == "validate"
+    ran = [s.name for s in result.stages]
+    assert ran[:2] == ["ingest", "validate"]
+    assert not {"features", "train", "evaluate", "gate", "register"} & set(ran)
+    assert sorted(p.relative_to(home) for p in (home / "registry").rglob("*")) == before
+    assert "FAILED" in format_summary(result) and "validate" in format_summary(result)
