@@ -97,8 +97,8 @@ def _seed(seed: int) -> None:
 def _univariate_bootstraps(requested: int, ert: float, n_features: int, t_max: int) -> int:
     """Enough null streams that the per-feature quantile 1 - beta can be estimated to t_max."""
     beta = 1 - (1 - 1 / ert) ** (1 / n_features)
-    survive = max((1 - 1 / ert) ** t_max, 0.2)  # streams left after removing those that alarmed
-    return max(requested, int(np.ceil(1.5 / (beta * survive))))
+    survive = max((1 - 1 / ert) ** t_max, 0.01)  # streams left after removing those that alarmed
+    return max(requested, int(np.ceil(2.0 / (beta * survive))))
 
 
 @dataclass

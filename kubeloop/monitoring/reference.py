@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from kubeloop.registry import ModelRegistry
+from kubeloop.registry.registry import VersionNotFound
 
 REFERENCE_FILE = "reference.parquet"
 SCHEMA_FILE = "schema.json"
@@ -124,6 +125,8 @@ def load_reference(registry_uri: str, model: str, version: str) -> Reference:
     try:
         parquet = registry.read_file(model, resolved, REFERENCE_FILE)
         schema_json = registry.read_file(model, resolved, SCHEMA_FILE)
+    except VersionNotFound:
+        raise
     except Exception as exc:
         raise ReferenceError(f"{model}/{resolved} has no usable reference sample: {exc}") from exc
     return reference_from_bytes(model, resolved, parquet, schema_json)

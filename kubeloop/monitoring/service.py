@@ -258,6 +258,9 @@ def create_app(settings: ServiceSettings) -> Starlette:
             return JSONResponse({"error": str(exc)}, status_code=422)
         except RegistryError as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
+        except Exception as exc:
+            log.exception("watching %s/%s failed", body["model"], body["version"])
+            return JSONResponse({"error": f"detector set-up failed: {exc}"}, status_code=500)
         return JSONResponse(mon.snapshot())
 
     async def status(request: Request) -> Response:

@@ -1,0 +1,271 @@
+"""The drift service as a real process (its own venv) over HTTP: events, feedback, bad input,
+threshold cache, reset on re-watch, batch report and metrics."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pandas as pd
+import pytest
+from cloudevents.http import CloudEvent, to_structured
+
+from kubeloop.monitoring import REJECT_REASONS
+from kubeloop.monitoring.local import payload_headers, payload_pair, start_drift_service
+from kubeloop.registry import ModelRegistry
+from kubeloop.testing import make_registry_version
+
+pytestmark = pytest.mark.slow
+MODEL = "fraud-detector"
+# Small detector set-up so a cold watch takes seconds; the defaults are exercised by bench/drift.
+FAST = {
+    "ert": 100,
+    "univariate_windows": [10, 30],
+    "error_windows": [10, 30],
+    "mmd_reference_rows": 200,
+    "mmd_bootstraps": 200,
+    "mmd_every": 1,
+    "univariate_every": 1,
+    "univariate_bootstraps": 300,
+    "cvm_reference_rows": 100,
+}
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    root = tmp_path_factory.mktemp("registry")
+    reg = ModelRegistry(str(root))
+    make_registry_version(reg, MODEL, seed=0, n_accounts=200, days=7)
+    make_registry_version(reg, MODEL, seed=1, n_accounts=200, days=7)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(registry):
+    frame = pd.read_parquet(registry / MODEL / "versions" / "v1" / "reference.parquet")
+    return frame.sample(frac=1.0, random_state=0).reset_index(drop=True)  # i.i.d. order
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("drift-work")
+
+
+@pytest.fixture(scope="module")
+def service(registry, work):
+    with start_drift_service(registry, work) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    with httpx.Client(base_url=service.url, timeout=120) as c:
+        yield c
+
+
+def features(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c not in ("is_fraud", "prediction_score", "prediction")]
+
+
+def send(client, frame, version="v1", start=0, n=50):
+    ids = []
+    for i in range(start, start + n):
+        row = frame.iloc[i]
+        rid, events = payload_pair(
+            [{k: row[k].item() if hasattr(row[k], "item") else row[k] for k in features(frame)}],
+            [float(row["prediction_score"])], [int(row["prediction"])], MODEL, version,
+        )  # fmt: skip
+        for headers, body in events:
+            r = client.post("/", headers=headers, content=body)
+            assert r.status_code == 202, r.text
+        ids.append((rid, int(row["is_fraud"])))
+    return ids
+
+
+def status(client, version="v1"):
+    st = client.get("/v1/status", params={"wait": "idle"}).json()
+    return next(w for w in st["watched"] if w["version"] == version)
+
+
+def rejected(client) -> dict[str, float]:
+    out = {}
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("kubeloop_events_rejected_total{"):
+            reason = line.split('reason="')[1].split('"')[0]
+            out[reason] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_watch_builds_detectors_and_caches_thresholds(client, service, registry, work):
+    r = client.post("/v1/watch", json={"model": MODEL, "version": "v1", "detectors": FAST})
+    assert r.status_code == 200, r.text
+    first = r.json()["detectors"]
+    assert set(first) == {"mmd", "cvm", "fet", "prediction", "error_rate"}
+    # A second process with the same cache directory loads every threshold table instead.
+    with (
+        start_drift_service(registry, work) as other,
+        httpx.Client(base_url=other.url, timeout=120) as c2,
+    ):
+        again = c2.post(
+            "/v1/watch", json={"model": MODEL, "version": "v1", "detectors": FAST}
+        ).json()["detectors"]
+    assert all(d["cache_hit"] for d in again.values()), again
+    assert sum(d["setup_seconds"] for d in again.values()) < sum(
+        d["setup_seconds"] for d in first.values()
+    )
+    assert any(p.name.startswith("mmd-") for p in (work / "drift-cache").iterdir())
+
+
+def test_events_feedback_and_metrics(client, reference):
+    client.post(
+        "/v1/watch", json={"model": MODEL, "version": "v1", "detectors": FAST}
+    ).raise_for_status()
+    ids = send(client, reference, n=80)
+    st = status(client)
+    assert st["samples"] == 80
+    assert all(d["steps"] == 80 for n, d in st["detectors"].items() if n != "error_rate")
+    fb = client.post(
+        "/v1/feedback",
+        json={"feedback": [{"request_id": rid, "labels": [y]} for rid, y in ids[:60]]},
+    )
+    assert fb.status_code == 202, fb.text
+    st = status(client)
+    assert st["feedback"]["correct"] + st["feedback"]["incorrect"] == 60
+    assert 0.8 <= st["live_accuracy"] <= 1.0
+    metrics = client.get("/metrics").text
+    for name in ("kubeloop_drift_statistic{", "kubeloop_drift_threshold{", "kubeloop_drift_detected{",
+                 "kubeloop_drift_seconds_since_reset{", "kubeloop_drift_samples_total{", "kubeloop_feedback_total{",
+                 "kubeloop_live_accuracy{", "kubeloop_events_rejected_total{"):  # fmt: skip
+        assert name in metrics, name
+    assert f'kubeloop_drift_samples_total{{model="{MODEL}",version="v1"}} 80.0' in metrics
+    assert 'feature="amount"' in metrics and 'feature="merchant_category"' in metrics
+
+
+def test_structured_mode_is_accepted(client, reference):
+    client.post(
+        "/v1/watch", json={"model": MODEL, "version": "v1", "detectors": FAST}
+    ).raise_for_status()
+    row = reference.iloc[0]
+    inst = {k: row[k].item() if hasattr(row[k], "item") else row[k] for k in features(reference)}
+    ext = {"inferenceservicename": MODEL, "modelversion": "v1", "endpoint": "default"}
+    for kind, data in (
+        ("request", {"instances": [inst]}),
+        ("response", {"predictions": [{"score": 0.1, "label": 0}]}),
+    ):
+        event = CloudEvent({"id": "structured-1", "source": "test", "specversion": "1.0",
+                            "type": f"org.kubeflow.serving.inference.{kind}", **ext}, data)  # fmt: skip
+        headers, body = to_structured(event)
+        assert client.post("/", headers=headers, content=body).status_code == 202
+    assert status(client)["samples"] == 1
+
+
+def test_bad_input_is_rejected_with_a_reason_and_state_is_kept(client, reference):
+    client.post(
+        "/v1/watch", json={"model": MODEL, "version": "v1", "detectors": FAST}
+    ).raise_for_status()
+    send(client, reference, n=5)
+    before_samples, before = status(client)["samples"], rejected(client)
+    row = reference.iloc[0]
+    good = {k: row[k].item() if hasattr(row[k], "item") else row[k] for k in features(reference)}
+    req = lambda rid, v="v1": payload_headers("request", rid, MODEL, v)  # noqa: E731
+    cases = [
+        ("malformed_event", {"Content-Type": "application/json"}, b'{"instances": []}'),
+        ("invalid_json", req("a"), b"{not json"),
+        ("unwatched_model", req("b", "v9"), json.dumps({"instances": [good]}).encode()),
+        ("missing_field", req("c"), json.dumps({"instances": [{k: v for k, v in good.items() if k != "amount"}]}).encode()),
+        ("extra_field", req("d"), json.dumps({"instances": [{**good, "surprise": 1}]}).encode()),
+        ("wrong_dtype", req("e"), json.dumps({"instances": [{**good, "amount": "12.5"}]}).encode()),
+        ("nan_value", req("f"), json.dumps({"instances": [{**good, "amount": float("nan")}]}).encode()),
+        ("unknown_category", req("g"), json.dumps({"instances": [{**good, "merchant_category": "casino"}]}).encode()),
+        ("unpaired_response", payload_headers("response", "nobody", MODEL, "v1"),
+         json.dumps({"predictions": [{"score": 0.2, "label": 0}]}).encode()),
+        ("unsupported_type", {**req("h"), "Ce-Type": "com.example.other"}, b"{}"),
+        ("missing_attribute", {k: v for k, v in req("i").items() if k != "Ce-Modelversion"}, b"{}"),
+    ]  # fmt: skip
+    for reason, headers, body in cases:
+        r = client.post("/", headers=headers, content=body)
+        assert 400 <= r.status_code < 500, (reason, r.status_code, r.text)
+        assert r.json()["reason"] == reason, (reason, r.text)
+    # A request whose response is malformed stays pending: the bad response changes nothing.
+    assert (
+        client.post(
+            "/", headers=req("j"), content=json.dumps({"instances": [good]}).encode()
+        ).status_code
+        == 202
+    )
+    bad = client.post("/", headers=payload_headers("response", "j", MODEL, "v1"),
+                      content=json.dumps({"predictions": [{"score": 2.0, "label": 0}]}).encode())  # fmt: skip
+    assert bad.status_code == 422 and bad.json()["reason"] == "bad_response"
+    dup = client.post("/", headers=req("j"), content=json.dumps({"instances": [good]}).encode())
+    assert dup.status_code == 409 and dup.json()["reason"] == "duplicate_event"
+    for body, reason in (
+        ({"request_id": "never-seen", "labels": [1]}, "unknown_request_id"),
+        ({"request_id": "j", "labels": ["yes"]}, "bad_feedback"),
+        ({"labels": [1]}, "bad_feedback"),
+    ):
+        r = client.post("/v1/feedback", json=body)
+        assert 400 <= r.status_code < 500 and r.json()["reason"] == reason, r.text
+    after = rejected(client)
+    assert set(after) == set(REJECT_REASONS)
+    for reason in [c[0] for c in cases] + [
+        "bad_response",
+        "duplicate_event",
+        "unknown_request_id",
+        "bad_feedback",
+    ]:
+        assert after[reason] > before.get(reason, 0), reason
+    st = status(client)
+    assert st["samples"] == before_samples
+    assert client.get("/healthz").status_code == 200
+
+
+def test_drift_is_flagged_and_a_new_watch_resets(client, reference):
+    client.post(
+        "/v1/watch", json={"model": MODEL, "version": "v1", "detectors": FAST}
+    ).raise_for_status()
+    shifted = reference.copy()
+    shifted["amount"] *= 6.0
+    shifted["distance_from_home_km"] += 400.0
+    shifted["merchant_category"] = "electronics"
+    shifted["prediction_score"] = 0.9
+    send(client, shifted, n=120)
+    st = status(client)
+    assert st["detectors"]["mmd"]["detected"] and st["detectors"]["cvm"]["detected"], st[
+        "detectors"
+    ]
+    assert st["detectors"]["fet"]["detected"] and st["detectors"]["prediction"]["detected"]
+    flagged = {(f["detector"], f["feature"]) for f in st["features"] if f["detected"]}
+    assert ("cvm", "amount") in flagged and ("fet", "merchant_category") in flagged
+    report = client.get("/v1/report", params={"model": MODEL, "version": "v1"}).json()
+    by_feature = {f["feature"]: f for f in report["features"]}
+    assert (
+        report["drift"] and by_feature["amount"]["drift"] and by_feature["amount"]["q_value"] < 0.05
+    )
+    # Watching again (as for a retrained version) starts from a clean slate.
+    client.post(
+        "/v1/watch", json={"model": MODEL, "version": "v1", "detectors": FAST}
+    ).raise_for_status()
+    st = status(client)
+    assert st["samples"] == 0 and not any(d["detected"] for d in st["detectors"].values())
+    assert (
+        'kubeloop_drift_detected{detector="mmd",feature="_all",model="fraud-detector",version="v1"} 1.0'
+        not in (client.get("/metrics").text)
+    )
+
+
+def test_two_versions_are_watched_independently(client, reference):
+    for v in ("v1", "v2"):
+        client.post(
+            "/v1/watch", json={"model": MODEL, "version": v, "detectors": FAST}
+        ).raise_for_status()
+    send(client, reference, version="v2", n=10)
+    assert status(client, "v2")["samples"] == 10 and status(client, "v1")["samples"] == 0
+
+
+def test_watch_errors_are_clear(client):
+    r = client.post("/v1/watch", json={"model": MODEL, "version": "v7"})
+    assert r.status_code == 404 and "v7" in r.text
+    r = client.post("/v1/watch", json={"model": MODEL, "version": "v1", "detectors": {"ert": -1}})
+    assert r.status_code == 422 and "ert" in r.json()["error"]
+    r = client.post("/v1/watch", json={"model": MODEL, "version": "v1", "detectors": {"bogus": 1}})
+    assert r.status_code == 422 and "bogus" in r.json()["error"]
