@@ -11,7 +11,7 @@ from typing import Any
 
 import kopf
 from kubeloop.operators.cluster.handlers import ClusterDeps, reconcile_resource
-from kubeloop.operators.crd import GROUP, PLURAL, VERSION
+from kubeloop.operators.crd import GROUP, PLURAL, PROMOTE_ANNOTATION, ROLLBACK_ANNOTATION, VERSION
 from kubeloop.operators.settings import OperatorSettings, load_operator_settings
 
 log = logging.getLogger("kubeloop.operator")
@@ -41,9 +41,12 @@ def build_registry(settings: OperatorSettings, deps: ClusterDeps) -> kopf.Operat
     kopf.on.update(**resource, field="spec", registry=registry, backoff=backoff, id="spec")(
         one_pass
     )
-    kopf.on.update(**resource, field="metadata.annotations", registry=registry, id="commands")(
-        one_pass
-    )
+    # Only kubeloop's command annotations, not every annotation (kopf writes its own).
+    for command in (PROMOTE_ANNOTATION, ROLLBACK_ANNOTATION):
+        field = ("metadata", "annotations", command)
+        kopf.on.update(**resource, field=field, registry=registry, id=command.split("/")[1])(
+            one_pass
+        )
     kopf.timer(
         **resource,
         interval=settings.poll_interval_seconds,
