@@ -56,6 +56,8 @@ class PredictorConfig:
     model_dir: str | None = None  # a folder already holding the version (KServe storageUri)
     feast_repo: str | None = None
     logger_url: str | None = None
+    logger_queue_size: int = 2048
+    logger_timeout_s: float = 2.0
     endpoint: str = "default"
     namespace: str = "default"
     limits: Limits = Limits()
@@ -78,7 +80,15 @@ class FraudPredictor(Model):
         self.bundle: ModelBundle | None = None
         self.validator: InputValidator | None = None
         self.features = None
-        self.payload = PayloadLogger(config.logger_url) if config.logger_url else None
+        self.payload = (
+            PayloadLogger(
+                config.logger_url,
+                queue_size=config.logger_queue_size,
+                timeout_s=config.logger_timeout_s,
+            )
+            if config.logger_url
+            else None
+        )
         self._cache: tempfile.TemporaryDirectory | None = None
 
     # --- loading -----------------------------------------------------------------------
@@ -253,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
             model_dir=args.model_dir,
             feast_repo=args.feast_repo,
             logger_url=args.logger_url,
+            logger_queue_size=args.logger_queue_size,
+            logger_timeout_s=args.logger_timeout,
             endpoint=args.endpoint,
             namespace=args.namespace,
             limits=limits,

@@ -194,6 +194,16 @@ def predictor_parser() -> argparse.ArgumentParser:
         "--logger-url", dest="logger_url", default=None, help="CloudEvents payload receiver"
     )
     parser.add_argument(
+        "--logger-queue-size",
+        dest="logger_queue_size",
+        type=int,
+        default=2048,
+        help="event pairs held before dropping",
+    )
+    parser.add_argument(
+        "--logger-timeout", dest="logger_timeout", type=float, default=2.0, help="seconds per send"
+    )
+    parser.add_argument(
         "--endpoint", default="default", choices=["default", "canary"], help="Ce-Endpoint value"
     )
     parser.add_argument("--namespace", default="default", help="Ce-Namespace value")
