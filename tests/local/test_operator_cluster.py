@@ -212,6 +212,7 @@ def test_cluster_pass_sends_exact_creates_patches_runs_and_events(api, prometheu
     api_client = k8s.ApiClient(conf)
     t0 = datetime(2026, 3, 1, tzinfo=UTC)
     clock = {"now": t0}
+    prom_registry = CollectorRegistry()
     deps = ClusterDeps(
         settings=load_operator_settings(drift_service_url=api["url"]),
         custom=k8s.CustomObjectsApi(api_client),
@@ -219,7 +220,7 @@ def test_cluster_pass_sends_exact_creates_patches_runs_and_events(api, prometheu
         observer=prometheus,
         submitter=KfpRunSubmitter(kfp.Client(host=api["url"])),
         registry_for=lambda uri: registry,
-        metrics=RolloutMetrics(CollectorRegistry()),
+        metrics=RolloutMetrics(prom_registry),
         now=lambda: clock["now"],
     )
     status: dict = {}
@@ -338,6 +339,16 @@ def test_cluster_pass_sends_exact_creates_patches_runs_and_events(api, prometheu
         ("RetrainingCooldown", "Normal"),
     ]
     assert not [p for m, p, b in sent if p == "/apis/v2beta1/runs"]
+
+    # The decision metrics the dashboards and alert rules read.
+    def sample(name, **labels):
+        return prom_registry.get_sample_value(name, {"deployment": "fraud-detector", **labels})
+
+    assert sample("kubeloop_rollout_decisions_total", decision="retrain") == 1
+    assert sample("kubeloop_rollout_decisions_total", decision="rollback") == 1
+    assert sample("kubeloop_retraining_runs_total", outcome="submitted") == 1
+    assert sample("kubeloop_retraining_runs_total", outcome="succeeded") == 1
+    assert sample("kubeloop_rollout_canary_percent") == 0
 
 
 def test_invalid_spec_reports_stalled_without_touching_the_cluster(api, tmp_path):
