@@ -69,11 +69,13 @@ def analyse(
             slack=spec.latency_p99_slack_seconds,
         ),
     ]
-    if canary.score_buckets and stable.score_buckets:
+    # A scrape can land between two series of one histogram: compare the shared buckets.
+    shared = set(canary.score_buckets) & set(stable.score_buckets)
+    if shared:
         checks.append(
             score_shift(
-                canary.score_buckets,
-                stable.score_buckets,
+                {le: canary.score_buckets[le] for le in shared},
+                {le: stable.score_buckets[le] for le in shared},
                 tolerance=spec.max_score_shift,
                 alpha=spec.alpha,
             )

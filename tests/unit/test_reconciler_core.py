@@ -408,3 +408,12 @@ def test_property_never_two_concurrent_retraining_runs(steps):
             active = None
     names = [h.evidence.get("run") for h in status.history if h.decision == "retrain"]
     assert len(names) == len(set(names))
+
+
+def test_histograms_with_a_missing_bucket_are_compared_on_shared_buckets():
+    canary = healthy(5000)
+    partial = VersionMetrics(5000, 0, 0.02, {le: c for le, c in hist(5000).items() if le != 0.5})
+    result = reconcile(
+        "fd", spec(), in_canary(), obs(100, {"v2": canary, "v1": partial}, reg=("v1", "v2"))
+    )
+    assert result.status.history[-1].decision == "step"
