@@ -23,6 +23,9 @@ def plain_fit(arrays: dict, params, pos_weight: float) -> float:
     from kubeloop.model import ModelConfig, TabularClassifier
     from kubeloop.training import loop
 
+    # One intra-op thread, as Ray gives a 1-CPU worker (OMP_NUM_THREADS=1): like for like.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     started = time.perf_counter()
     torch.manual_seed(params.seed)
     model = TabularClassifier(
@@ -36,7 +39,9 @@ def plain_fit(arrays: dict, params, pos_weight: float) -> float:
     for _ in range(params.epochs):
         loop.run_epoch(model, optimiser, loss_fn, x, y, params.batch_size, generator)
         loop.validate(model, loss_fn, xv, yv)
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    torch.set_num_threads(threads)
+    return elapsed
 
 
 def run() -> dict:

@@ -103,7 +103,6 @@ def start_local_head(home: Path | None = None, num_cpus: int = 2) -> LocalHead:
         f"--port={port}",
         "--node-ip-address=127.0.0.1",
         f"--num-cpus={num_cpus}",
-        "--num-gpus=0",
         "--disable-usage-stats",
         "--include-dashboard=false",
         f"--temp-dir={temp_dir}",
@@ -168,6 +167,17 @@ def stop_local_head(home: Path | None = None) -> bool:
     return alive
 
 
+def _train_env() -> dict[str, str]:
+    """Ray Train settings for small local runs, unless the environment sets them.
+
+    The controller polls its workers every 2 s by default, and each ``ray.train.report``
+    waits for that poll: with sub-second epochs that dominated the run. One clean
+    per-epoch line (ours) replaces Ray Train's duplicating print patch.
+    """
+    defaults = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+    return {k: os.environ.get(k, v) for k, v in defaults.items()}
+
+
 def connect(home: Path | None = None, address: str | None = None) -> str:
     """Initialises Ray in this process against the configured or local instance.
 
@@ -190,5 +200,8 @@ def connect(home: Path | None = None, address: str | None = None) -> str:
         logging_level="WARNING",
         log_to_driver=True,
         configure_logging=True,
+        # Ray Train's helper actors look the cluster up by themselves; with another Ray
+        # instance on the machine that lookup is ambiguous, so name ours explicitly.
+        runtime_env={"env_vars": {"RAY_ADDRESS": address, **_train_env()}},
     )
     return address

@@ -12,7 +12,6 @@ chosen on validation, and the result is a :class:`kubeloop.model.ModelBundle`.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -30,6 +29,10 @@ from kubeloop.model import ModelBundle, ModelConfig, Preprocessor, TabularClassi
 from kubeloop.training import loop
 
 CHECKPOINT_FILE = "model.pt"
+
+
+class TrainingResourceError(RuntimeError):
+    """The Ray cluster cannot place the requested workers (CPUs or GPUs)."""
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    ctx = ray.train.get_context()
+    ctx = ray.train.get_context()  # arrays from the object store are read-only: copied below
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(config["seed"])  # identical initial weights on every worker
     device = ray.train.torch.get_device()
     x_train, y_train, x_val, y_val = (
-        torch.from_numpy(ray.get(config[k])) for k in ("x_train", "y_train", "x_val", "y_val")
+        torch.from_numpy(np.array(ray.get(config[k])))
+        for k in ("x_train", "y_train", "x_val", "y_val")
     )
     x_train, y_train = x_train[rank::world].to(device), y_train[rank::world].to(device)
     x_val, y_val = x_val.to(device), y_val.to(device)
@@ -107,6 +111,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
+
+
+def _check_resources(params: TrainParams, resources: dict[str, float]) -> None:
+    """Ray would wait forever for workers it cannot place; say so instead."""
+    need = {"CPU": params.num_workers, **({"GPU": params.num_workers} if params.use_gpu else {})}
+    for name, count in need.items():
+        have = resources.get(name, 0.0)
+        if have < count:
+            raise TrainingResourceError(
+                f"num_workers={params.num_workers}{' with use_gpu' if params.use_gpu else ''} "
+                f"needs {count} {name}s but the Ray cluster has {have:g}"
+            )
 
 
 def prepare_arrays(
@@ -147,9 +163,8 @@ def train_model(
         f"[train] {len(arrays['y_train'])} training rows, {len(arrays['y_val'])} validation rows, "
         f"{pre.n_outputs} inputs, pos_weight={pos_weight:.1f}, workers={params.num_workers}"
     )
-    # One clean per-epoch line from rank 0 instead of Ray Train's duplicated print patch.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     connect()
+    _check_resources(params, ray.cluster_resources())
     refs = {name: ray.put(value) for name, value in arrays.items()}
     config = {
         **refs,

@@ -66,3 +66,13 @@ def test_ray_train_writes_a_bundle_that_ranks_fraud(ray_head, tmp_path):  # noqa
     # The prior correction keeps scores near the base rate rather than pos_weight-inflated.
     assert abs(scores.mean() - evaluation["is_fraud"].mean()) < 0.05
     assert len(json.loads((tmp_path / "model" / "history.json").read_text())) == 3
+
+
+def test_unplaceable_workers_are_refused_not_waited_for():
+    from kubeloop.training.ray_train import TrainingResourceError, _check_resources
+
+    _check_resources(TrainParams(num_workers=2), {"CPU": 2.0})
+    with pytest.raises(TrainingResourceError, match="needs 3 CPUs but the Ray cluster has 2"):
+        _check_resources(TrainParams(num_workers=3), {"CPU": 2.0})
+    with pytest.raises(TrainingResourceError, match="use_gpu needs 1 GPUs .* has 0"):
+        _check_resources(TrainParams(use_gpu=True), {"CPU": 2.0})
