@@ -25,7 +25,7 @@ SCENARIOS = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
 NAMESPACE = "kubeloop"
 K8S_VERSION = "1.31.0"
 # Kinds served by CRDs, checked by the functions below rather than kubernetes-validate.
-CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "KopfPeering", "ClusterKopfPeering"}
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ClusterServingRuntime"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job", "Pod"}
 
 
@@ -45,7 +45,8 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def render(
-    *extra: str, api_versions: tuple[str, ...] = ("monitoring.coreos.com/v1",)
+    *extra: str,
+    api_versions: tuple[str, ...] = ("monitoring.coreos.com/v1", "serving.kserve.io/v1alpha1"),
 ) -> list[dict]:
     args = ["template", "kl", str(CHART), "--namespace", NAMESPACE, "--kube-version", K8S_VERSION]
     for api in api_versions:
@@ -157,7 +158,7 @@ def test_standard_labels_and_name_lengths(rendered, scenario: str) -> None:
             "helm.sh/chart",
         ):
             assert key in labels, f"{doc['kind']}/{meta['name']} lacks label {key}"
-        if doc["kind"] not in {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}:
+        if doc["kind"] not in {"ClusterRole", "ClusterRoleBinding", "ClusterServingRuntime"}:
             assert meta.get("namespace"), f"{doc['kind']}/{meta['name']} has no namespace"
 
 
@@ -378,3 +379,45 @@ def test_every_value_is_documented() -> None:
     ]
     assert len(nodes) > 50
     assert not undocumented, f"values without a comment: {undocumented}"
+
+
+def test_serving_runtime_is_the_one_the_operator_names(rendered) -> None:
+    from kserve.models import V1alpha1ServingRuntimeSpec, V1alpha1SupportedModelFormat
+    from kubeloop.operators.cluster.inferenceservice import inference_service
+    from kubeloop.operators.crd import parse_spec
+
+    runtime = next(
+        d for d in rendered["default-values.yaml"] if d["kind"] == "ClusterServingRuntime"
+    )
+    sample = yaml.safe_load((ROOT / "manifests/samples/fraud-detector.yaml").read_text())
+    isvc = inference_service(
+        "fraud-detector", "ml", "uid-1", parse_spec(sample["spec"]), "s3://b/models", "v1"
+    )
+    model = isvc["spec"]["predictor"]["model"]
+    assert runtime["metadata"]["name"] == model["runtime"]
+    formats = runtime["spec"]["supportedModelFormats"]
+    assert model["modelFormat"]["name"] in {f["name"] for f in formats}
+    # Field names as KServe's own API models know them.
+    assert set(runtime["spec"]) <= set(V1alpha1ServingRuntimeSpec.attribute_map.values())
+    for f in formats:
+        assert set(f) <= set(V1alpha1SupportedModelFormat.attribute_map.values())
+    assert set(runtime["spec"]["protocolVersions"]) <= {"v1", "v2", "grpc-v1", "grpc-v2"}
+    # Each container is a valid core/v1 Container with the secure defaults.
+    for c in runtime["spec"]["containers"]:
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "x"},
+            "spec": {"containers": [c]},
+        }
+        kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        assert "--model_name={{.Name}}" in c["args"]
+    pod_monitor = next(d for d in rendered["default-values.yaml"] if d["kind"] == "PodMonitor")
+    port_names = {p["name"] for c in runtime["spec"]["containers"] for p in c.get("ports", [])}
+    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] in port_names
+
+
+def test_serving_runtime_is_skipped_without_kserve() -> None:
+    docs = render(api_versions=("monitoring.coreos.com/v1",))
+    assert "ClusterServingRuntime" not in {d["kind"] for d in docs}

@@ -67,7 +67,7 @@ def scan(tmp_path_factory) -> dict[str, list[dict]]:
     for name in SCENARIOS:
         proc = subprocess.run(
             [helm, "template", "kl", str(CHART), "-n", "kubeloop", "-f", str(CHART / "ci" / name),
-             "--api-versions", "monitoring.coreos.com/v1"],
+             "--api-versions", "monitoring.coreos.com/v1", "--api-versions", "serving.kserve.io/v1alpha1"],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
