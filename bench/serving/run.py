@@ -18,6 +18,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -109,20 +110,40 @@ def wrk(
     }
 
 
-def measure(name: str, url: str, duration: int, script: Path, pids: dict[str, int]) -> list[dict]:
-    wrk(url, 8, 2, script)  # warm-up
-    rows = []
+def _median_row(name: str, rows: list[dict]) -> dict:
+    keys = [k for k in rows[0] if k != "concurrency"]
+    out = {"config": name, "concurrency": rows[0]["concurrency"], "rounds": len(rows)}
+    for k in keys:
+        out[k] = statistics.median(r[k] for r in rows)
+    return out
+
+
+def measure_interleaved(
+    targets: dict[str, tuple[str, dict[str, int]]], duration: int, rounds: int, script: Path
+):
+    """For each concurrency, runs every config in turn, ``rounds`` times; keeps medians.
+
+    Interleaving spreads slow phases of a shared machine over all configs alike.
+    """
+    for url, _ in targets.values():
+        wrk(url, 8, 2, script)  # warm-up
+    results = []
     for c in CONCURRENCY:
-        row = {"config": name, **wrk(url, c, duration, script, pids)}
-        cpu = " ".join(
-            f"{k.removeprefix('cpu_ms_per_req_')} {v:.2f}"
-            for k, v in row.items()
-            if k.startswith("cpu_ms")
-        )
-        print(f"{name:>10} c={c:<3} {row['rps']:8.0f} req/s  p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  "
-              f"cpu ms/req {cpu}")  # fmt: skip
-        rows.append(row)
-    return rows
+        samples: dict[str, list[dict]] = {name: [] for name in targets}
+        for _ in range(rounds):
+            for name, (url, pids) in targets.items():
+                samples[name].append(wrk(url, c, duration, script, pids))
+        for name in targets:
+            row = _median_row(name, samples[name])
+            cpu = " ".join(
+                f"{k.removeprefix('cpu_ms_per_req_')} {v:.2f}"
+                for k, v in row.items()
+                if k.startswith("cpu_ms")
+            )
+            print(f"{name:>10} c={c:<3} {row['rps']:8.0f} req/s  p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  "
+                  f"cpu ms/req {cpu}", flush=True)  # fmt: skip
+            results.append(row)
+    return results
 
 
 def _spawn(args: list[str], log: Path, cpu: int) -> subprocess.Popen:
@@ -132,10 +153,16 @@ def _spawn(args: list[str], log: Path, cpu: int) -> subprocess.Popen:
         )
 
 
-def run(duration: int) -> dict:
+def _pin_running(pid: int, cpu: int) -> None:
+    if _pin(cpu):
+        subprocess.run(
+            ["taskset", "-a", "-p", "-c", str(cpu), str(pid)], capture_output=True, check=False
+        )
+
+
+def run(duration: int, rounds: int) -> dict:
     if not shutil.which("wrk"):
         raise SystemExit("wrk not found: run `make bench-serving-deps` (apt-get install wrk)")
-    results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="kubeloop-bench-") as tmp:
         tmp = Path(tmp)
         registry = ModelRegistry(str(tmp / "registry"))
@@ -150,84 +177,59 @@ def run(duration: int) -> dict:
         procs: list[ServerProcess] = []
         try:
             port = free_port()
-            plain = _spawn(
+            plain_proc = _spawn(
                 [str(ROOT / "bench/serving/plain_model.py"), "--model_name", MODEL, "--model-dir", str(folder),
                  "--http_port", str(port), "--configure_logging", "false"],
                 tmp / "plain.log", 0,
             )  # fmt: skip
-            server = ServerProcess("plain", plain, f"http://127.0.0.1:{port}", tmp / "plain.log")
-            procs.append(server)
-            server.wait_ready(f"/v1/models/{MODEL}")
-            results += measure(
-                "a-plain",
-                f"{server.url}/v1/models/{MODEL}:predict",
-                duration,
-                script,
-                {"server": plain.pid},
+            plain = ServerProcess(
+                "plain", plain_proc, f"http://127.0.0.1:{port}", tmp / "plain.log"
             )
-            server.stop()
-
-            env = {"PYTHONPATH": str(ROOT)}
-            pin0 = _pin(0)
+            procs.append(plain)
             predictor = start_predictor(
                 MODEL,
                 "v1",
                 registry.uri,
                 tmp,
                 logger_url=f"http://127.0.0.1:{sink_port}/",
-                env=env,
                 wait=False,
             )
             procs.append(predictor)
-            if pin0:  # pin the already-started predictor to CPU 0
-                subprocess.run(
-                    ["taskset", "-a", "-p", "-c", "0", str(predictor.process.pid)],
-                    capture_output=True,
-                )
-            predictor.wait_ready(f"/v1/models/{MODEL}")
-            assert (
-                httpx.post(f"{predictor.url}/v1/models/{MODEL}:predict", json=BODY).status_code
-                == 200
-            )
-            results += measure(
-                "b-kubeloop",
-                f"{predictor.url}/v1/models/{MODEL}:predict",
-                duration,
-                script,
-                {"server": predictor.process.pid},
-            )
-
+            _pin_running(predictor.process.pid, 0)
             split = tmp / "split.json"
             split.write_text(
                 json.dumps({"model": MODEL, "stable": {"version": "v1", "url": predictor.url}})
             )
             router = start_router(split, tmp, wait=False)
             procs.append(router)
-            if pin0:
-                subprocess.run(
-                    ["taskset", "-a", "-p", "-c", "1", str(router.process.pid)], capture_output=True
-                )
+            _pin_running(router.process.pid, 1)
+            plain.wait_ready(f"/v1/models/{MODEL}")
+            predictor.wait_ready(f"/v1/models/{MODEL}")
             router.wait_ready("/readyz")
-            results += measure(
-                "c-router",
-                f"{router.url}/v1/models/{MODEL}:predict",
-                duration,
-                script,
-                {"server": predictor.process.pid, "router": router.process.pid},
+            assert (
+                httpx.post(f"{router.url}/v1/models/{MODEL}:predict", json=BODY).status_code == 200
             )
-            sent = httpx.get(f"{predictor.url}/metrics").text
-            events = sum(
-                float(m.group(1))
-                for m in re.finditer(
-                    r'kubeloop_payload_events_total\{[^}]*outcome="sent"[^}]*\} (\S+)', sent
+            path = f"/v1/models/{MODEL}:predict"
+            targets = {
+                "a-plain": (plain.url + path, {"server": plain_proc.pid}),
+                "b-kubeloop": (predictor.url + path, {"server": predictor.process.pid}),
+                "c-router": (
+                    router.url + path,
+                    {"server": predictor.process.pid, "router": router.process.pid},
+                ),
+            }
+            results = measure_interleaved(targets, duration, rounds, script)
+            text = httpx.get(f"{predictor.url}/metrics").text
+            events = {
+                outcome: sum(
+                    float(m.group(1))
+                    for m in re.finditer(
+                        rf'kubeloop_payload_events_total{{[^}}]*outcome="{outcome}"[^}}]*}} (\S+)',
+                        text,
+                    )
                 )
-            )
-            dropped = sum(
-                float(m.group(1))
-                for m in re.finditer(
-                    r'kubeloop_payload_events_total\{[^}]*outcome="dropped"[^}]*\} (\S+)', sent
-                )
-            )
+                for outcome in ("sent", "dropped")
+            }
         finally:
             for p in procs:
                 p.stop()
@@ -235,9 +237,11 @@ def run(duration: int) -> dict:
             sink.wait()
     return {
         "results": results,
-        "payload_events": {"sent": events, "dropped": dropped},
+        "payload_events": events,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "load_average": os.getloadavg(),
         "duration_s": duration,
+        "rounds": rounds,
         "pinned": bool(_pin(0)),
     }
 
@@ -247,8 +251,12 @@ def render(report: dict, command: str) -> str:
     lines = [
         "## Serving",
         "",
-        f"Command: `{command}` ({report['machine']}; wrk, {report['duration_s']} s per point, one V1 instance per "
-        f"request; {'servers on CPU 0, router/wrk/receiver on CPU 1' if report['pinned'] else 'no CPU pinning'}).",
+        f"Command: `{command}` ({report['machine']}, load average {report['load_average'][1]:.1f} from other work "
+        f"on the machine; wrk, {report['duration_s']} s per run, median of {report['rounds']} interleaved rounds, one "
+        f"V1 instance per request; "
+        f"{'servers on CPU 0, router/wrk/receiver on CPU 1' if report['pinned'] else 'no CPU pinning'}). "
+        "CPU ms/req is the server process's user+system CPU time divided by the requests wrk completed: "
+        "unlike req/s it barely depends on what else the shared machine runs.",
         "",
         "| config | concurrency | req/s | p50 ms | p99 ms | errors | predictor CPU ms/req | router CPU ms/req |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -294,12 +302,18 @@ def update_docs(section: str, path: Path = ROOT / "docs" / "benchmarks.md") -> N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
+    parser.add_argument("--duration", type=int, default=3, help="seconds per measurement")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds per point (medians kept)"
+    )
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     args = parser.parse_args()
-    report = run(args.duration)
+    report = run(args.duration, args.rounds)
     (ROOT / "bench/serving/results.json").write_text(json.dumps(report, indent=2) + "\n")
-    section = render(report, f".venv/bin/python bench/serving/run.py --duration {args.duration}")
+    section = render(
+        report,
+        f".venv/bin/python bench/serving/run.py --duration {args.duration} --rounds {args.rounds}",
+    )
     print(section)
     if not args.no_docs:
         update_docs(section)
