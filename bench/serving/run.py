@@ -284,6 +284,7 @@ def render(report: dict, command: str) -> str:
         "",
         f"Payload events during (b) and (c): {ev['sent']:.0f} sent, {ev['dropped']:.0f} dropped.",
         "Goals: (b) ≥ 0.90 × (a) throughput; the router adds ≤ 1 ms at p50.",
+        "Reading: on a shared machine wrk's req/s and the p50 at concurrency ≥ 8 (queueing-dominated) swing by tens of percent between rounds, so the stable comparisons are CPU per request (capacity of a single-process server) and the p50 difference at concurrency 1.",
     ]
     return "\n".join(lines) + "\n"
 
