@@ -32,12 +32,16 @@ VIEW = [c.name for c in fraud.FRAUD_SCHEMA.view_features]
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("feast")
-    start = (datetime.now(UTC) - timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = (datetime.now(UTC) - timedelta(days=3)).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
     data = fraud.generate("stationary", start=start, days=3, n_accounts=30, seed=5)
     prepare_feature_store(root / "store", data.accounts)
     registry = ModelRegistry(str(root / "registry"))
     make_registry_version(registry, MODEL, seed=5)
-    server = start_predictor(MODEL, "v1", registry.uri, root / "logs", feast_repo=str(root / "store"))
+    server = start_predictor(
+        MODEL, "v1", registry.uri, root / "logs", feast_repo=str(root / "store")
+    )
     _, folder = registry.download(MODEL, "v1", root / "v1")
     yield {"server": server, "accounts": data.accounts, "bundle": ModelBundle.load(folder)}
     server.stop()
@@ -51,13 +55,17 @@ def _latest(accounts: pd.DataFrame, account_id: int) -> dict:
 def test_entity_key_requests_are_enriched_in_one_lookup(stack):
     ids = [1000, 1007, 1000, 1013]
     instances = [{**REQUEST, "account_id": i} for i in ids]
-    resp = httpx.post(f"{stack['server'].url}/v1/models/{MODEL}:predict", json={"instances": instances})
+    resp = httpx.post(
+        f"{stack['server'].url}/v1/models/{MODEL}:predict", json={"instances": instances}
+    )
     assert resp.status_code == 200, resp.text
     full = pd.DataFrame([{**REQUEST, **_latest(stack["accounts"], i)} for i in ids])
     scores, _ = stack["bundle"].predict(full)
     np.testing.assert_allclose([p["score"] for p in resp.json()["predictions"]], scores, rtol=1e-6)
     metrics = httpx.get(f"{stack['server'].url}/metrics").text
-    assert 'kubeloop_feast_lookup_seconds_count{model="fraud-detector"} 1.0' in metrics  # one call, 4 rows
+    assert (
+        'kubeloop_feast_lookup_seconds_count{model="fraud-detector"} 1.0' in metrics
+    )  # one call, 4 rows
 
 
 def test_mixed_rows_and_unknown_entities(stack):
@@ -68,6 +76,7 @@ def test_mixed_rows_and_unknown_entities(stack):
     )
     assert resp.status_code == 200 and len(resp.json()["predictions"]) == 2
     resp = httpx.post(
-        f"{stack['server'].url}/v1/models/{MODEL}:predict", json={"instances": [{**REQUEST, "account_id": 99999}]}
+        f"{stack['server'].url}/v1/models/{MODEL}:predict",
+        json={"instances": [{**REQUEST, "account_id": 99999}]},
     )
     assert resp.status_code == 400 and "99999" in resp.json()["error"]
