@@ -421,3 +421,27 @@ def test_serving_runtime_is_the_one_the_operator_names(rendered) -> None:
 def test_serving_runtime_is_skipped_without_kserve() -> None:
     docs = render(api_versions=("monitoring.coreos.com/v1",))
     assert "ClusterServingRuntime" not in {d["kind"] for d in docs}
+
+
+@pytest.mark.parametrize("scenario", ["default-values.yaml", "namespaced-values.yaml"])
+def test_operator_environment_loads_into_its_settings(rendered, scenario: str, monkeypatch) -> None:
+    from kubeloop.operators.settings import OperatorSettings, load_operator_settings
+
+    operator = next(
+        d
+        for d in rendered[scenario]
+        if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("operator")
+    )
+    env = {
+        e["name"]: e["value"] for e in pod_spec(operator)["containers"][0]["env"] if "value" in e
+    }
+    prefix = "KUBELOOP_OPERATOR_"
+    ours = {k: v for k, v in env.items() if k.startswith(prefix)}
+    fields = {name.upper() for name in OperatorSettings.model_fields}
+    assert {k.removeprefix(prefix) for k in ours} <= fields
+    for key, value in ours.items():
+        monkeypatch.setenv(key, value)
+    settings = load_operator_settings()
+    assert settings.drift_service_url == ours["KUBELOOP_OPERATOR_DRIFT_SERVICE_URL"]
+    assert settings.metrics_port == 8081 and settings.kfp_host.startswith("http://ml-pipeline.")
+    assert settings.namespace == ("ml-team-a" if scenario.startswith("namespaced") else None)
