@@ -445,3 +445,41 @@ def test_operator_environment_loads_into_its_settings(rendered, scenario: str, m
     assert settings.drift_service_url == ours["KUBELOOP_OPERATOR_DRIFT_SERVICE_URL"]
     assert settings.metrics_port == 8081 and settings.kfp_host.startswith("http://ml-pipeline.")
     assert settings.namespace == ("ml-team-a" if scenario.startswith("namespaced") else None)
+
+
+def test_drift_service_accepts_the_chart_arguments(rendered) -> None:
+    import ast
+
+    source = (ROOT / "kubeloop" / "monitoring" / "service.py").read_text()
+    flags = {
+        arg.value
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "add_argument"
+        for arg in node.args
+        if isinstance(arg, ast.Constant) and str(arg.value).startswith("--")
+    }
+    drift = next(
+        d
+        for d in rendered["default-values.yaml"]
+        if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("drift")
+    )
+    args = pod_spec(drift)["containers"][0]["args"]
+    assert args
+    for arg in args:
+        assert arg.split("=", 1)[0] in flags, f"the drift service has no {arg} flag"
+
+
+def test_predictor_accepts_the_serving_runtime_arguments(rendered) -> None:
+    from kubeloop.serving.server import predictor_parser
+
+    runtime = next(
+        d for d in rendered["default-values.yaml"] if d["kind"] == "ClusterServingRuntime"
+    )
+    args = [
+        a.replace("{{.Name}}", "fraud-detector") for a in runtime["spec"]["containers"][0]["args"]
+    ]
+    parsed = predictor_parser().parse_args([*args, "--bind_host", "0.0.0.0"])
+    assert parsed.model_name == "fraud-detector" and parsed.model_dir == "/mnt/models"
+    assert parsed.http_port == 8080
