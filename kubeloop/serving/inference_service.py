@@ -20,6 +20,8 @@ from kserve import (
     V1beta1InferenceService,
     V1beta1InferenceServiceSpec,
     V1beta1LoggerSpec,
+    V1beta1ModelFormat,
+    V1beta1ModelSpec,
     V1beta1PredictorSpec,
 )
 from kubernetes.client import (
@@ -76,8 +78,14 @@ def inference_service(
     min_replicas: int = 1,
     max_replicas: int = 3,
     max_batch: int = 256,
+    runtime: str | None = None,
 ) -> dict[str, Any]:
-    """The ``serving.kserve.io/v1beta1`` InferenceService serving ``model``/``version``."""
+    """The ``serving.kserve.io/v1beta1`` InferenceService serving ``model``/``version``.
+
+    By default the predictor is a custom container; with ``runtime`` (the chart installs
+    the ClusterServingRuntime ``kubeloop-predictor``) it is a ``model`` of format
+    ``kubeloop`` with a plain ``storageUri``, which is how the operator deploys.
+    """
     if canary_percent is not None and not 0 <= canary_percent <= 100:
         raise ValueError(f"canary_percent must be within 0..100, got {canary_percent}")
     if gpus < 0 or min_replicas < 0 or max_replicas < max(min_replicas, 1):
@@ -122,15 +130,29 @@ def inference_service(
             capabilities=V1Capabilities(drop=["ALL"]),
         ),
     )
-    predictor = V1beta1PredictorSpec(
-        containers=[container],
-        service_account_name=service_account,
-        volumes=[V1Volume(name="tmp", empty_dir=V1EmptyDirVolumeSource())],
-        min_replicas=min_replicas,
-        max_replicas=max_replicas,
-        canary_traffic_percent=canary_percent,
-        logger=V1beta1LoggerSpec(mode="all", url=logger_url) if logger_url else None,
-    )
+    common = {
+        "service_account_name": service_account,
+        "min_replicas": min_replicas,
+        "max_replicas": max_replicas,
+        "canary_traffic_percent": canary_percent,
+        "logger": V1beta1LoggerSpec(mode="all", url=logger_url) if logger_url else None,
+        "labels": {"kubeloop.io/model-version": version},
+    }
+    if runtime:
+        model_spec = V1beta1ModelSpec(
+            name="kserve-container",
+            model_format=V1beta1ModelFormat(name="kubeloop", version="1"),
+            runtime=runtime,
+            storage_uri=storage_uri(registry_uri, model, version),
+            resources=container.resources,
+        )
+        predictor = V1beta1PredictorSpec(model=model_spec, **common)
+    else:
+        predictor = V1beta1PredictorSpec(
+            containers=[container],
+            volumes=[V1Volume(name="tmp", empty_dir=V1EmptyDirVolumeSource())],
+            **common,
+        )
     isvc = V1beta1InferenceService(
         api_version="serving.kserve.io/v1beta1",
         kind="InferenceService",
@@ -201,6 +223,14 @@ def example_manifests() -> dict[str, str]:
         ),
         "manifests/serving/inferenceservice-canary.yaml": inference_service(
             "fraud-detector", "v2", registry, canary_percent=10, logger_url=drift
+        ),
+        "manifests/serving/inferenceservice-runtime.yaml": inference_service(
+            "fraud-detector",
+            "v2",
+            registry,
+            canary_percent=10,
+            logger_url=drift,
+            runtime="kubeloop-predictor",
         ),
         "manifests/serving/inferenceservice-gpu.yaml": inference_service(
             "fraud-detector", "v1", registry, logger_url=drift, gpus=1, cpu="2", memory="4Gi"
