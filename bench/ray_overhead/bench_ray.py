@@ -83,7 +83,7 @@ def run() -> dict:
     rows = [
         {"variant": "plain torch loop", "seconds": plain, "ratio to plain": 1.0},
         {
-            "variant": "Ray Train fit(), warm (instance reused)",
+            "variant": "Ray Train fit(), warm (instance reused; best of 2)",
             "seconds": warm,
             "ratio to plain": warm / plain,
         },
