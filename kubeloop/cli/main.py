@@ -27,6 +27,10 @@ def _register() -> None:
     from kubeloop.cli import rollout
 
     app.add_typer(rollout.app, name="rollout")
+    from kubeloop.cli import runtime
+
+    app.command(name="up")(runtime.up)
+    app.command(name="down")(runtime.down)
 
 
 def main() -> None:

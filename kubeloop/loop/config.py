@@ -1,0 +1,69 @@
+"""Settings of one demo run: scenario, durations, traffic rate, seed, rollout pacing."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from kubeloop.data.fraud import SCENARIOS
+
+TRAINERS = ("pipeline", "quick")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    scenario: str = "covariate"
+    seed: int = 0
+    rate: float = 40.0  # transactions per second through the router
+    batch: int = 4  # instances per request
+    onset_seconds: float = 40.0  # traffic time before the scenario starts
+    duration_seconds: float = 420.0  # longest the scripted traffic runs
+    label_delay_seconds: float = 3.0  # ground truth arrives this long after the prediction
+    data_window_seconds: int = 40  # the recent window a retraining run learns from
+    v1_trainer: str = "pipeline"  # pipeline: kfp.local + Ray Train; quick: plain torch
+    v1_accounts: int = 800
+    v1_days: float = 10.0
+    stream_accounts: int = 800
+    bad_candidate: bool = True  # offer a worse candidate (corrupted labels) after promotion
+    settle_seconds: float = 20.0  # stationary: traffic after the would-be onset
+    steps: tuple[int, ...] = (25, 50, 100)
+    min_samples: int = 150
+    min_step_seconds: int = 8
+    drift_duration_seconds: int = 3
+    watch_window_seconds: int = 6
+    poll_interval_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.scenario not in SCENARIOS:
+            problems.append(f"scenario {self.scenario!r} is not one of {', '.join(SCENARIOS)}")
+        if self.v1_trainer not in TRAINERS:
+            problems.append(f"v1_trainer {self.v1_trainer!r} is not one of {', '.join(TRAINERS)}")
+        if not self.rate > 0:
+            problems.append(f"rate must be positive, got {self.rate}")
+        if self.batch < 1:
+            problems.append(f"batch must be at least 1, got {self.batch}")
+        if self.rate / self.batch > 50:
+            problems.append(f"rate/batch = {self.rate / self.batch:.0f} requests/s; keep it ≤ 50")
+        if self.onset_seconds < 5:
+            problems.append(f"onset_seconds must be at least 5, got {self.onset_seconds}")
+        if self.duration_seconds <= self.onset_seconds + 10:
+            problems.append(
+                f"duration_seconds ({self.duration_seconds}) must exceed onset_seconds "
+                f"({self.onset_seconds}) by more than 10"
+            )
+        if self.label_delay_seconds < 0:
+            problems.append(f"label_delay_seconds must be ≥ 0, got {self.label_delay_seconds}")
+        if self.data_window_seconds < 5:
+            problems.append(f"data_window_seconds must be ≥ 5, got {self.data_window_seconds}")
+        if problems:
+            raise ValueError("invalid demo configuration: " + "; ".join(problems))
+
+    @property
+    def request_interval(self) -> float:
+        return self.batch / self.rate
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["steps"] = list(self.steps)
+        return out

@@ -1,0 +1,357 @@
+"""``kubeloop demo``: the closed loop on the local runtime, measured and drawn.
+
+Starts the runtime (``LocalRuntime``), trains v1 (the kfp.local training pipeline, or
+plain torch with ``v1_trainer="quick"``), hands a ``ModelDeployment`` to the operator,
+replays traffic with delayed labels and the scenario at a known time, lets the loop
+react (drift → retraining run on the recent window → canary → promotion), offers a
+worse candidate that the canary analysis must roll back, then writes the report. The
+runtime is stopped on every exit path, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from kubeloop.loop.config import LoopConfig
+from kubeloop.loop.report import TIMELINE_DECISIONS, write_report
+from kubeloop.loop.retrain import LABELLED_FILE
+from kubeloop.loop.runtime import DEMO_DRIFT_DETECTORS, LocalRuntime, RuntimePorts
+from kubeloop.loop.stream import build_stream
+from kubeloop.loop.timeline import Recorder
+from kubeloop.loop.traffic import TrafficReplayer
+
+MODEL = "fraud-detector"
+MARKER = ".kubeloop-demo"
+RUNNER = "kubeloop.loop.retrain:train_on_recent_window"
+
+
+class DemoError(RuntimeError):
+    """The loop did not get where it had to (the message says where it stopped)."""
+
+
+def deployment_manifest(config: LoopConfig, runtime: LocalRuntime, labelled: Path) -> dict:
+    return {
+        "apiVersion": "kubeloop.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": MODEL},
+        "spec": {
+            "model": {"name": MODEL, "registryUri": str(runtime.registry_uri)},
+            "serving": {"loggerUrl": runtime.url("drift")},
+            "rollout": {
+                "steps": list(config.steps),
+                "minSamples": config.min_samples,
+                "minStepSeconds": config.min_step_seconds,
+                "watchWindowSeconds": config.watch_window_seconds,
+                "analysis": {
+                    # two shared cores: latency is noisy, judge it loosely
+                    "latencyP99Tolerance": 3.0,
+                    "latencyP99SlackSeconds": 0.25,
+                    "maxErrorRateIncrease": 0.05,
+                },
+            },
+            "monitoring": {
+                "detectors": [{"name": "prediction", "ert": 2000}],
+                "driftDurationSeconds": config.drift_duration_seconds,
+            },
+            "retraining": {
+                "pipeline": {"name": RUNNER},
+                "parameters": {"labelled_traffic": str(labelled), "seed": str(config.seed + 1)},
+                "dataWindow": f"{config.data_window_seconds}s",
+                "cooldownSeconds": 60,
+                "maxAttempts": 2,
+                "backoffSeconds": 5,
+            },
+        },
+    }
+
+
+def _fresh_home(home: Path) -> None:
+    if home.exists():
+        if not (home / MARKER).exists() and any(home.iterdir()):
+            raise DemoError(f"{home} exists and is not a demo folder; choose another --home")
+        shutil.rmtree(home)
+    home.mkdir(parents=True)
+    (home / MARKER).write_text("state of one `kubeloop demo` run; removed by the next one\n")
+
+
+def train_first_version(config: LoopConfig, runtime: LocalRuntime, echo: Callable) -> str:
+    from kubeloop.registry import ModelRegistry
+
+    if config.v1_trainer == "quick":
+        from kubeloop.testing import make_registry_version
+
+        version = make_registry_version(
+            ModelRegistry(str(runtime.registry_uri)), MODEL, seed=config.seed + 100,
+            n_accounts=config.v1_accounts, days=config.v1_days,
+        )  # fmt: skip
+        return version.version
+    from kubeloop.pipelines.local import format_summary, run_training_pipeline
+
+    source = (
+        f"example://fraud/stationary?days={config.v1_days:g}&accounts={config.v1_accounts}"
+        f"&seed={config.seed + 100}"
+    )
+    result = run_training_pipeline(
+        source_uri=source, model_name=MODEL, registry_uri=str(runtime.registry_uri),
+        epochs=3, echo=echo,
+    )  # fmt: skip
+    echo(format_summary(result))
+    if not result.succeeded or not result.version:
+        raise DemoError(f"training v1 failed: {result.error or 'the gate did not pass'}")
+    return result.version
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _answers_record(replayer: TrafficReplayer) -> list[dict]:
+    return [
+        {
+            "sent_at": a.sent_at,
+            "version": a.version,
+            "role": a.role,
+            "status": a.status,
+            "n": len(a.predicted),
+            "correct": a.correct,
+            "labelled": a.labelled_at is not None,
+        }  # fmt: skip
+        for a in replayer.answers
+    ]
+
+
+def _live_accuracy(replayer: TrafficReplayer, last: int = 60) -> dict[str, float]:
+    by_version: dict[str, list[int]] = {}
+    for a in [a for a in replayer.answers[-400:] if a.labelled_at][-last:]:
+        cell = by_version.setdefault(a.version or "?", [0, 0])
+        cell[0] += a.correct
+        cell[1] += len(a.predicted)
+    return {v: c / n for v, (c, n) in by_version.items() if n}
+
+
+def status_line(sample: dict[str, Any], replayer: TrafficReplayer, t0: float) -> str:
+    split = f"{sample.get('split_stable') or '-'}"
+    if sample.get("split_canary"):
+        split += f" {100 - sample['canary_percent']}% / {sample['split_canary']} {sample['canary_percent']}%"
+    else:
+        split += " 100%"
+    drift = ", ".join(
+        f"{d['detector']} {d['statistic']:.3g}/{(d['threshold'] or float('nan')):.3g}"
+        for d in sample.get("drift", [])
+        if d["version"] == sample.get("stable_version")
+    )
+    acc = ", ".join(f"{v} {a:.3f}" for v, a in sorted(_live_accuracy(replayer).items()))
+    return (
+        f"[{time.time() - t0:5.0f}s] phase {sample.get('phase')} · split {split} · "
+        f"drift {sample.get('drift_state')} ({drift or 'no statistic yet'}) · accuracy {acc or '-'}"
+    )
+
+
+def run_demo(
+    config: LoopConfig,
+    *,
+    home: Path,
+    report_dir: Path,
+    echo: Callable[[str], None] = print,
+    status: Callable[[str], None] | None = None,
+    max_seconds: float = 560.0,
+) -> dict[str, Any]:
+    """Runs the loop once and writes the report; returns the summary."""
+    started = time.monotonic()
+    home = Path(home).resolve()
+    _fresh_home(home)
+    labelled = home / "loop" / LABELLED_FILE
+    runtime = LocalRuntime(
+        home,
+        RuntimePorts.free(),
+        operator_env={
+            "KUBELOOP_OPERATOR_POLL_INTERVAL_SECONDS": str(config.poll_interval_seconds),
+            "KUBELOOP_OPERATOR_MIN_WINDOW_SECONDS": "4",
+            "KUBELOOP_OPERATOR_LOCAL_RUNNER": RUNNER,
+        },
+        drift_env=DEMO_DRIFT_DETECTORS,
+        drift_cache=home.parent / "drift-cache",  # survives the next run's fresh home
+    )
+    status = status or (lambda line: None)
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop cleanly on SIGTERM too
+    replayer: TrafficReplayer | None = None
+    recorder: Recorder | None = None
+    ray_started = False
+    try:
+        echo(f"kubeloop demo: scenario {config.scenario}, {config.rate:g} transactions/s, "
+             f"seed {config.seed}; runtime state and logs under {home / 'runtime'}")  # fmt: skip
+        runtime.start([])
+        echo("runtime up: " + ", ".join(f"{n} {'ok' if ok else 'DOWN'}" for n, ok in runtime.status().items()))  # fmt: skip
+        from kubeloop.training.ray_runtime import read_head, stop_local_head
+
+        ray_running = read_head() is not None
+        first = train_first_version(config, runtime, echo)
+        ray_started = not ray_running and read_head() is not None
+        if ray_started:
+            stop_local_head()
+            ray_started = False
+        echo(f"registered {MODEL} {first}")
+        stream = build_stream(
+            config.scenario, rate=config.rate, onset_seconds=config.onset_seconds,
+            duration_seconds=config.duration_seconds, seed=config.seed,
+            n_accounts=config.stream_accounts,
+        )  # fmt: skip
+        manifest = home / f"{MODEL}.yaml"
+        manifest.write_text(yaml.safe_dump(deployment_manifest(config, runtime, labelled)))
+        runtime.apply(manifest)
+        recorder = Recorder(MODEL, MODEL, runtime.state_dir, runtime.url("router"),
+                            runtime.url("prometheus"))  # fmt: skip
+        wait_for(f"{first} serving through the router",
+                 lambda: (recorder.split() or {}).get("stable", {}).get("version") == first, 120)  # fmt: skip
+        wait_for(f"the drift service watching {first}", lambda: _watching(runtime, first), 120, 1)
+        echo(f"{first} deployed through ModelDeployment {MODEL}; drift service watching it")
+        replayer = TrafficReplayer(
+            stream, runtime.url("router"), runtime.url("drift"), MODEL, rate=config.rate,
+            batch=config.batch, label_delay=config.label_delay_seconds, labelled_path=labelled,
+        )  # fmt: skip
+        recorder.start()
+        replayer.start()
+        _drive(config, runtime, replayer, recorder, first, echo, status, started, max_seconds)
+    finally:
+        if replayer is not None:
+            replayer.stop()
+        if recorder is not None:
+            recorder.stop()
+        stopped = runtime.stop()
+        echo(f"runtime stopped ({len(stopped)} processes)")
+        if ray_started:
+            from kubeloop.training.ray_runtime import stop_local_head
+
+            stop_local_head()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+    record = {
+        "config": config.to_dict(),
+        "started_at": replayer.started_at,
+        "onset_at": replayer.onset_at if config.scenario != "stationary" else None,
+        "first_version": first,
+        "answers": _answers_record(replayer),
+        "samples": recorder.samples,
+        "decisions": recorder.decisions(),
+        "marks": recorder.marks,
+        "bad_candidate": recorder.bad_candidate,
+        "scenario_description": stream.description,
+    }
+    summary = write_report(record, report_dir)
+    echo(f"report: {Path(report_dir).resolve() / 'index.html'}")
+    return summary
+
+
+def _watching(runtime: LocalRuntime, version: str) -> bool:
+    try:
+        body = httpx.get(f"{runtime.url('drift')}/v1/status", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    return any(m.get("version") == version for m in _monitors(body))
+
+
+def _monitors(body: Any) -> list[dict]:
+    if isinstance(body, dict):
+        for key in ("watched", "monitors", "versions"):
+            if isinstance(body.get(key), list):
+                return body[key]
+            if isinstance(body.get(key), dict):
+                return list(body[key].values())
+    return body if isinstance(body, list) else []
+
+
+def _drive(config, runtime, replayer, recorder, first, echo, status, started, max_seconds) -> None:
+    """Watches the loop until it has shown what the scenario should show, or time runs out."""
+    seen = 0
+    recorder.bad_candidate = None
+    onset_marked = False
+    offered: threading.Thread | None = None
+    while True:
+        time.sleep(1.0)
+        sample = recorder.samples[-1] if recorder.samples else recorder.sample()
+        status(status_line(sample, replayer, replayer.started_at or time.time()))
+        decisions = recorder.decisions()
+        for d in decisions[seen:]:
+            if d["decision"] in TIMELINE_DECISIONS:
+                echo(
+                    f"  {d['time'][11:19]} {d['decision']:<9} {d.get('version') or '':<4} {d.get('message', '')}"
+                )
+        seen = len(decisions)
+        if not onset_marked and replayer.onset_at and config.scenario != "stationary":
+            recorder.mark("onset", f"{config.scenario} drift starts", at=replayer.onset_at)
+            recorder.marks[-1]["time"] = replayer.onset_at
+            echo(f"  scenario {config.scenario} injected: {replayer.stream.description}")
+            onset_marked = True
+        elapsed = time.monotonic() - started
+        if replayer.exhausted or elapsed > max_seconds:
+            echo(
+                "  traffic ended"
+                if replayer.exhausted
+                else f"  time limit ({max_seconds:.0f}s) reached"
+            )
+            return
+        if config.scenario == "stationary":
+            if replayer.onset_at and time.time() > replayer.onset_at + config.settle_seconds:
+                return
+            continue
+        promoted = [
+            d for d in decisions if d["decision"] == "promote" and d.get("version") != first
+        ]
+        status_now = recorder.status()
+        if promoted and offered is None and status_now.get("phase") == "Stable":
+            if not config.bad_candidate:
+                return
+            offered = _offer_bad_candidate(config, runtime, recorder, echo)
+        bad = recorder.bad_candidate
+        if bad and any(
+            d["decision"] in ("rollback", "promote") and d.get("version") == bad["version"]
+            for d in decisions
+        ):
+            time.sleep(2)  # a little traffic after the verdict for the plots
+            return
+
+
+def _offer_bad_candidate(config, runtime, recorder, echo) -> threading.Thread:
+    """Registers a version trained on shuffled labels; LatestPassed makes it the next canary."""
+    from kubeloop.loop.retrain import train_on_recent_window
+
+    def offer() -> None:
+        try:
+            version = train_on_recent_window(
+                MODEL, str(runtime.registry_uri), str(runtime.home / "loop" / LABELLED_FILE),
+                data_window=f"{config.data_window_seconds}s", seed=config.seed + 7,
+                quality="corrupt", run_name="demo-corrupted-labels",
+            )  # fmt: skip
+        except Exception as exc:  # shown, and the demo ends without a rollback figure
+            echo(f"  could not train the corrupted candidate: {exc}")
+            return
+        recorder.bad_candidate = {"version": version.version, "offered_at": time.time()}
+        recorder.mark("offer", f"worse candidate {version.version} offered (shuffled labels)")
+        echo(
+            f"  offered {version.version}, trained on shuffled labels (a deliberately worse candidate)"
+        )
+
+    thread = threading.Thread(target=offer, name="bad-candidate", daemon=True)
+    thread.start()
+    return thread
+
+
+__all__ = ["DemoError", "LoopConfig", "asdict", "run_demo"]

@@ -1,0 +1,172 @@
+"""The local runtime under one supervisor: Prometheus, the drift service, the router, the operator.
+
+``LocalRuntime.start()`` starts each part (adopting any already running), health-checks
+it before the next one needs it, and registers every scrape target with the local
+Prometheus; the operator then starts predictor processes and retraining runs under the
+same supervisor folder, so ``stop()`` (``kubeloop down``) ends all of them. Logs go to
+``<home>/runtime/logs/``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubeloop.generated import REPO_ROOT
+from kubeloop.runtime import Supervisor
+from kubeloop.runtime.supervisor import SupervisorError
+
+# Detector set-up the demo can afford on two cores. The expected run time between false
+# alarms (ert, in detector steps) must be long against the run: at 40 transactions/s and
+# one instance in 20, 2000 steps are about 17 minutes. Only the prediction (score
+# distribution) detector runs: calibrating the MMD detector's thresholds takes minutes
+# here for every new version, and the per-feature and error-rate detectors step on every
+# row or label, so their false alarms would come within the run. Bootstraps must exceed
+# ert for the thresholds' quantile.
+DEMO_DRIFT_DETECTORS = {
+    "ert": "2000",
+    "mmd": "false",
+    "univariate": "false",
+    "error_rate": "false",
+    "prediction": "true",
+    "univariate_windows": "[40]",
+    "univariate_every": "20",
+    "univariate_bootstraps": "4000",
+    "cvm_reference_rows": "300",
+}
+
+
+@dataclass(frozen=True)
+class RuntimePorts:
+    prometheus: int = 9090
+    router: int = 8080
+    drift: int = 8300
+    operator_metrics: int = 8081
+
+    @classmethod
+    def free(cls) -> RuntimePorts:
+        from kubeloop.operators.local.actuators import free_port
+
+        return cls(free_port(), free_port(), free_port(), free_port())
+
+
+@dataclass
+class LocalRuntime:
+    home: Path
+    ports: RuntimePorts = field(default_factory=RuntimePorts)
+    registry_uri: str | None = None
+    operator_env: dict[str, str] = field(default_factory=dict)
+    drift_env: dict[str, str] = field(default_factory=dict)
+    drift_cache: Path | None = None  # calibrated thresholds, keyed by reference digest
+
+    def __post_init__(self) -> None:
+        self.home = Path(self.home).resolve()
+        self.registry_uri = self.registry_uri or str(self.home / "registry")
+        self.supervisor = Supervisor(self.home / "runtime")
+        self.prometheus_root = self.home / "runtime" / "prometheus"
+        self.state_dir = self.home / "runtime" / "operator"
+
+    # --- addresses -------------------------------------------------------------------------
+    def url(self, part: str) -> str:
+        port = {
+            "prometheus": self.ports.prometheus,
+            "router": self.ports.router,
+            "drift": self.ports.drift,
+            "operator": self.ports.operator_metrics,
+        }[part]
+        return f"http://127.0.0.1:{port}"
+
+    def env(self) -> dict[str, str]:
+        """What the operator (and `kubeloop rollout`) need to find this runtime."""
+        return {
+            "KUBELOOP_HOME": str(self.home),
+            "KUBELOOP_REGISTRY_URI": str(self.registry_uri),
+            "KUBELOOP_OPERATOR_PROMETHEUS_URL": self.url("prometheus"),
+            "KUBELOOP_OPERATOR_ROUTER_URL": self.url("router"),
+            "KUBELOOP_OPERATOR_DRIFT_SERVICE_URL": self.url("drift"),
+            "KUBELOOP_OPERATOR_STATE_DIR": str(self.state_dir),
+            "KUBELOOP_OPERATOR_PROMETHEUS_ROOT": str(self.prometheus_root),
+            "KUBELOOP_OPERATOR_METRICS_PORT": str(self.ports.operator_metrics),
+            **self.operator_env,
+        }
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self, manifests: list[Path] | None = None, timeout: float = 90.0) -> None:
+        """Starts Prometheus, the drift service, the router and the operator; waits until healthy."""
+        from kubeloop.monitoring.local import drift_python
+        from kubeloop.operators.local.prometheus import start_prometheus, write_targets
+
+        sup = self.supervisor
+        write_targets(self.prometheus_root, "drift", [f"127.0.0.1:{self.ports.drift}"])
+        write_targets(self.prometheus_root, "router", [f"127.0.0.1:{self.ports.router}"])
+        write_targets(
+            self.prometheus_root, "operator", [f"127.0.0.1:{self.ports.operator_metrics}"]
+        )
+        start_prometheus(sup, self.prometheus_root, self.ports.prometheus)
+        drift_env = {
+            "PYTHONPATH": str(REPO_ROOT),
+            "KUBELOOP_HOME": str(self.home),
+            **{f"KUBELOOP_DRIFT_{k.upper()}": v for k, v in self.drift_env.items()},
+        }
+        sup.start(
+            "drift",
+            [
+                str(drift_python()), "-m", "kubeloop.monitoring.service",
+                "--port", str(self.ports.drift),
+                "--registry-uri", str(self.registry_uri),
+                "--cache-dir", str(self.drift_cache or self.home / "runtime" / "drift-cache"),
+            ],
+            health_url=f"{self.url('drift')}/healthz",
+            ports={"http": self.ports.drift},
+            env=drift_env,
+            python=False,
+        )  # fmt: skip
+        sup.start(
+            "router",
+            [
+                "-m", "kubeloop.serving.router",
+                "--port", str(self.ports.router),
+                "--split-file", str(self.home / "runtime" / "router-split.json"),
+            ],
+            health_url=f"{self.url('router')}/healthz",
+            ports={"http": self.ports.router},
+        )  # fmt: skip
+        for name in ("prometheus", "drift", "router"):
+            sup.wait_healthy(name, timeout)
+        self.start_operator(manifests or [])
+
+    def start_operator(self, manifests: list[Path]) -> None:
+        args = ["-m", "kubeloop.operators.local"]
+        for manifest in manifests:
+            args += ["--apply", str(Path(manifest).resolve())]
+        self.supervisor.start(
+            "operator",
+            args,
+            health_url=f"{self.url('operator')}/metrics",
+            ports={"metrics": self.ports.operator_metrics},
+            env={**os.environ, **self.env()},
+        )
+        self.supervisor.wait_healthy("operator", 60)
+
+    def apply(self, manifest: Path) -> str:
+        """Hands a ModelDeployment to the running operator (it reads its state folder)."""
+        from kubeloop.operators.local.driver import LocalStore
+
+        return LocalStore(self.state_dir).apply(manifest)
+
+    def status(self) -> dict[str, bool]:
+        return {r.name: self.supervisor.healthy(r.name) for r in self.supervisor.list()}
+
+    def stop(self) -> list[str]:
+        """Stops the operator first (so it starts nothing new), then everything else."""
+        stopped = ["operator"] if self.supervisor.stop("operator") else []
+        return stopped + self.supervisor.stop_all()
+
+
+def check_started(runtime: LocalRuntime) -> None:
+    unhealthy = [name for name, ok in runtime.status().items() if not ok]
+    if unhealthy:
+        raise SupervisorError(
+            f"not healthy: {', '.join(unhealthy)}; logs in {runtime.supervisor.logs}"
+        )

@@ -1,0 +1,77 @@
+"""Production traffic for the demo, laid out so the scenario starts at a known time.
+
+The example generator's transactions (with the account profile joined as of each event,
+as the feature store would serve it) are replayed in event order. ``build_stream`` takes
+``onset_seconds × rate`` rows from before the scenario's onset and the rest from after
+it, so at a steady rate the drift reaches the router exactly ``onset_seconds`` into the
+traffic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from kubeloop.data import fraud
+
+
+@dataclass
+class ReplayStream:
+    instances: list[dict]  # what the caller sends: every feature, account profile included
+    labels: np.ndarray  # ground truth, revealed after the label delay
+    onset_index: int  # first row drawn from after the scenario's onset
+    scenario: str
+    description: str
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+
+def _take(frame: pd.DataFrame, n: int, *, from_end: bool) -> pd.DataFrame:
+    if frame.empty:
+        raise ValueError("the generated data has no rows on one side of the onset")
+    if len(frame) < n:  # repeat in order rather than fail: the demo's duration is a choice
+        frame = pd.concat([frame] * (n // len(frame) + 1), ignore_index=True)
+    return frame.iloc[-n:] if from_end else frame.iloc[:n]
+
+
+def build_stream(
+    scenario: str,
+    *,
+    rate: float,
+    onset_seconds: float,
+    duration_seconds: float,
+    seed: int = 0,
+    n_accounts: int = 800,
+) -> ReplayStream:
+    from kubeloop.testing import joined_frame
+
+    total = int(np.ceil(rate * duration_seconds))
+    before = int(round(rate * onset_seconds))
+    days = max(4.0, 2.2 * total / (2.0 * n_accounts))  # about 2 transactions per account-day
+    data = fraud.generate(scenario, days=days, n_accounts=n_accounts, seed=seed, onset_fraction=0.5)
+    frame = joined_frame(data)
+    start, end = pd.Timestamp(data.truth.start), pd.Timestamp(data.truth.end)
+    # stationary has no onset: split where the others would start, nothing changes there
+    onset = pd.Timestamp(data.truth.onset) if data.truth.onset else start + (end - start) / 2
+    pre = _take(frame[frame["event_timestamp"] < onset], before, from_end=True)
+    post = _take(frame[frame["event_timestamp"] >= onset], total - before, from_end=False)
+    rows = pd.concat([pre, post], ignore_index=True)
+    schema = fraud.FRAUD_SCHEMA
+    # Every feature, already joined, and no entity key: the drift service refuses fields
+    # outside the schema's features in the payload events the predictor forwards.
+    columns = list(schema.feature_names)
+    instances = rows[columns].to_dict(orient="records")
+    for row in instances:  # numpy scalars do not serialise to JSON
+        for key, value in row.items():
+            if isinstance(value, np.generic):
+                row[key] = value.item()
+    return ReplayStream(
+        instances=instances,
+        labels=rows[schema.label].to_numpy(dtype=int),
+        onset_index=before,
+        scenario=scenario,
+        description=data.truth.description,
+    )

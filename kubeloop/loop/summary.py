@@ -1,0 +1,143 @@
+"""The measured figures of one demo run, computed from its record (pure; no I/O).
+
+A record is plain JSON: the configuration, when traffic started and when the scenario
+began, every answer the caller got (time, version, role, how many predictions were right
+once the labels came), one-second samples of status / split / drift, and the operator's
+decisions. ``summarize`` turns it into ``summary.json``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+UPDATE_CYCLE_GOAL_SECONDS = 120.0
+
+
+def epoch(value: str | float | None) -> float | None:
+    if value is None or isinstance(value, int | float):
+        return value
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def decisions_of(record: dict[str, Any], kind: str, version: str | None = None) -> list[dict]:
+    return [
+        {**d, "t": epoch(d["time"])}
+        for d in record.get("decisions", [])
+        if d.get("decision") == kind and (version is None or d.get("version") == version)
+    ]
+
+
+def _first(items: list[dict], after: float | None = None) -> dict | None:
+    items = [d for d in items if after is None or d["t"] >= after]
+    return min(items, key=lambda d: d["t"]) if items else None
+
+
+def accuracy(answers: list[dict], *, version: str | None = None, start: float | None = None,
+             end: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """Share of correct predictions among labelled answers sent in [start, end)."""
+    chosen = [
+        a for a in answers
+        if a.get("labelled") and (version is None or a.get("version") == version)
+        and (start is None or a["sent_at"] >= start) and (end is None or a["sent_at"] < end)
+    ]  # fmt: skip
+    n = sum(a["n"] for a in chosen)
+    correct = sum(a["correct"] for a in chosen)
+    return {"accuracy": correct / n if n else None, "predictions": n}
+
+
+def _rel(t: float | None, t0: float) -> float | None:
+    return None if t is None else round(t - t0, 2)
+
+
+def summarize(record: dict[str, Any]) -> dict[str, Any]:
+    t0 = record["started_at"]
+    onset = record.get("onset_at")
+    answers = record.get("answers", [])
+    samples = record.get("samples", [])
+    first_stable = record.get("first_version")
+    out: dict[str, Any] = {
+        "scenario": record["config"]["scenario"],
+        "seed": record["config"]["seed"],
+        "traffic": {
+            "rate_per_second": record["config"]["rate"],
+            "requests": len(answers),
+            "predictions": sum(a["n"] for a in answers),
+            "server_errors": sum(1 for a in answers if a["status"] >= 500 or a["status"] == 0),
+            "duration_seconds": round(max((a["sent_at"] for a in answers), default=t0) - t0, 2),
+        },
+        "first_version": first_stable,
+        "drift_onset_seconds": _rel(onset, t0),
+        "retraining_runs": len(decisions_of(record, "retrain")),
+        "rollbacks": len(decisions_of(record, "rollback")),
+        "promotions": len(decisions_of(record, "promote")),
+    }
+    out["accuracy_before_drift"] = accuracy(answers, start=t0, end=onset)
+    detected = _first(decisions_of(record, "drift"), after=onset) if onset else None
+    submitted = _first(decisions_of(record, "retrain"), after=onset) if onset else None
+    retrained = _first(decisions_of(record, "retrained"), after=onset) if onset else None
+    new_version = retrained.get("version") if retrained else None
+    promoted = _first(decisions_of(record, "promote", new_version)) if new_version else None
+    at_full = None
+    if new_version:
+        at_full = next(
+            (s["time"] for s in samples
+             if s.get("split_stable") == new_version and not s.get("split_canary")),
+            None,
+        )  # fmt: skip
+        at_full = at_full or (promoted["t"] if promoted else None)
+    out["detection_delay_seconds"] = _rel(detected["t"], onset) if detected else None
+    out["run_submitted_seconds"] = _rel(submitted["t"], onset) if submitted else None
+    out["version_registered_seconds"] = _rel(retrained["t"], onset) if retrained else None
+    out["retrained_version"] = new_version
+    out["update_cycle_seconds"] = _rel(at_full, onset) if at_full and onset else None
+    out["update_cycle_goal_seconds"] = UPDATE_CYCLE_GOAL_SECONDS
+    out["update_cycle_goal_met"] = (
+        out["update_cycle_seconds"] is not None
+        and out["update_cycle_seconds"] <= UPDATE_CYCLE_GOAL_SECONDS
+    )
+    if onset:
+        out["accuracy_during_drift"] = accuracy(
+            answers, version=first_stable, start=onset, end=promoted["t"] if promoted else None
+        )
+    if promoted:
+        bad_at = (record.get("bad_candidate") or {}).get("offered_at")
+        out["accuracy_after_promotion"] = accuracy(
+            answers, version=new_version, start=at_full or promoted["t"], end=bad_at
+        )
+    out["bad_candidate"] = _bad_candidate(record, answers)
+    return out
+
+
+def _bad_candidate(record: dict[str, Any], answers: list[dict]) -> dict[str, Any] | None:
+    bad = record.get("bad_candidate")
+    if not bad:
+        return None
+    version = bad["version"]
+    canary = _first(decisions_of(record, "canary", version))
+    rollback = _first(decisions_of(record, "rollback", version))
+    served = [a for a in answers if a.get("version") == version]
+    window = [
+        a for a in answers
+        if canary and a["sent_at"] >= canary["t"] and (not rollback or a["sent_at"] < rollback["t"])
+    ]  # fmt: skip
+    evidence = (rollback or {}).get("evidence", {}).get("checks", {})
+    return {
+        "version": version,
+        "offered_seconds": _rel(bad["offered_at"], record["started_at"]),
+        "canary_started_seconds": _rel(canary["t"], record["started_at"]) if canary else None,
+        "rolled_back": rollback is not None,
+        "rollback_reason": rollback.get("reason") if rollback else None,
+        "failed_checks": sorted(k for k, v in evidence.items() if v.get("verdict") == "fail"),
+        "seconds_canary_to_rollback": (
+            round(rollback["t"] - canary["t"], 2) if rollback and canary else None
+        ),
+        "requests_served": len(served),
+        "predictions_served": sum(a["n"] for a in served),
+        "traffic_share_during_canary": (
+            round(len([a for a in window if a.get("version") == version]) / len(window), 4)
+            if window
+            else None
+        ),  # fmt: skip
+        "accuracy": accuracy(answers, version=version),
+    }
