@@ -203,7 +203,17 @@ def build_detector(
     path = cache_dir / f"{name}-{key}.pkl" if cache_dir else None
     _seed(seed)
     start = time.perf_counter()
-    det = _alibi()[kind](x_ref, ert=ert, verbose=False, cache_path=path, **kwargs)
+    for attempt in range(3):
+        try:
+            det = _alibi()[kind](x_ref, ert=ert, verbose=False, cache_path=path, **kwargs)
+            break
+        except ValueError as exc:
+            # alibi-detect 0.11.4's FET calibration can compute a negative "permit probability"
+            # when the non-interpolated quantile overshoots; a different stream count avoids it.
+            if kind != "fet" or "p < 0" not in str(exc) or attempt == 2:
+                raise
+            kwargs["n_bootstraps"] += 101
+            _seed(seed + attempt + 1)
     return OnlineDetector(
         name=name,
         columns=columns,

@@ -83,12 +83,12 @@ class VersionMonitor:
                 window_sizes=[s.mmd_window], n_bootstraps=s.mmd_bootstraps, every=s.mmd_every, **common,
             )  # fmt: skip
         uni = {"window_sizes": list(s.univariate_windows), "n_bootstraps": s.univariate_bootstraps}
-        if s.univariate and encoder.cvm_columns:
+        if s.univariate and s.cvm and encoder.cvm_columns:
             online["cvm"] = build_detector(
                 "cvm", "cvm", encoder.cvm(rows(s.cvm_reference_rows)), encoder.cvm_columns,
                 every=s.univariate_every, **uni, **common,
             )  # fmt: skip
-        if s.univariate and encoder.fet_columns:
+        if s.univariate and s.fet and encoder.fet_columns:
             online["fet"] = build_detector(
                 "fet", "fet", encoder.fet(frame), encoder.fet_columns,
                 every=s.univariate_every, alternative="greater", **uni, **common,
@@ -190,6 +190,7 @@ class VersionMonitor:
             "samples": self.samples,
             "seconds_since_reset": time.time() - self.reset_at,
             "setup_seconds": round(self.setup_seconds, 3),
+            "settings": self.settings.to_dict(),
             "feedback": {"correct": self.feedback_correct, "incorrect": self.feedback_incorrect},
             "live_accuracy": self.live_accuracy(),
             "live_roc_auc": self.live_roc_auc(),
