@@ -1,0 +1,149 @@
+"""Payload-event, feedback and settings validation of the drift service (pure logic)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kubeloop.monitoring import REJECT_REASONS
+from kubeloop.monitoring.config import DetectorSettings, DriftConfigError, check_alibi_license
+from kubeloop.monitoring.events import (
+    EventRejected,
+    parse_cloudevent,
+    parse_feedback,
+    validate_instances,
+    validate_predictions,
+)
+from kubeloop.monitoring.local import payload_headers, payload_pair
+from kubeloop.monitoring.reference import ReferenceError, feature_spec
+
+NUMERIC = ["amount", "hour"]
+CATS = {"merchant_category": ["grocery", "online"]}
+GOOD = {"amount": 12.5, "hour": 3, "merchant_category": "online"}
+
+
+def reason(fn, *args) -> str:
+    with pytest.raises(EventRejected) as exc:
+        fn(*args)
+    assert exc.value.reason in REJECT_REASONS
+    assert 400 <= exc.value.status < 500
+    return exc.value.reason
+
+
+def test_binary_pair_round_trips():
+    rid, [(h1, b1), (h2, b2)] = payload_pair([GOOD], [0.2], [0], "fraud-detector", "v3")
+    req, resp = parse_cloudevent(h1, b1), parse_cloudevent(h2, b2)
+    assert (req.kind, resp.kind) == ("request", "response")
+    assert req.id == resp.id == rid and req.model == "fraud-detector" and req.version == "v3"
+    assert validate_instances(req.data, NUMERIC, CATS) == [GOOD]
+    assert validate_predictions(resp.data, 1) == ([0.2], [0])
+
+
+def test_structured_mode_is_parsed():
+    body = json.dumps({
+        "specversion": "1.0", "id": "r1", "source": "s", "type": "org.kubeflow.serving.inference.request",
+        "inferenceservicename": "m", "modelversion": "v1", "datacontenttype": "application/json",
+        "data": {"instances": [GOOD]},
+    }).encode()  # fmt: skip
+    event = parse_cloudevent({"content-type": "application/cloudevents+json"}, body)
+    assert event.kind == "request" and event.data == {"instances": [GOOD]}
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "expected"),
+    [
+        ({"content-type": "application/json"}, b"{}", "malformed_event"),
+        ({**payload_headers("request", "x", "m", "v1"), "Ce-Type": "other"}, b"{}", "unsupported_type"),
+        ({k: v for k, v in payload_headers("request", "x", "m", "v1").items() if k != "Ce-Inferenceservicename"},
+         b"{}", "missing_attribute"),
+        (payload_headers("request", "x", "m", "v1"), b"{oops", "invalid_json"),
+    ],
+)  # fmt: skip
+def test_bad_events_are_named(headers, body, expected):
+    assert reason(parse_cloudevent, headers, body) == expected
+
+
+@pytest.mark.parametrize(
+    ("instance", "expected"),
+    [
+        ({"amount": 1.0, "merchant_category": "online"}, "missing_field"),
+        ({**GOOD, "extra": 1}, "extra_field"),
+        ({**GOOD, "amount": "1"}, "wrong_dtype"),
+        ({**GOOD, "amount": True}, "wrong_dtype"),
+        ({**GOOD, "amount": float("nan")}, "nan_value"),
+        ({**GOOD, "amount": float("inf")}, "nan_value"),
+        ({**GOOD, "hour": None}, "nan_value"),
+        ({**GOOD, "merchant_category": 3}, "wrong_dtype"),
+        ({**GOOD, "merchant_category": "casino"}, "unknown_category"),
+        ("not an object", "wrong_dtype"),
+    ],
+)
+def test_bad_instances_are_named(instance, expected):
+    assert reason(validate_instances, {"instances": [instance]}, NUMERIC, CATS) == expected
+
+
+def test_empty_or_missing_instances():
+    assert reason(validate_instances, {"instances": []}, NUMERIC, CATS) == "missing_field"
+    assert reason(validate_instances, [GOOD], NUMERIC, CATS) == "missing_field"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"predictions": [{"score": 0.1, "label": 0}, {"score": 0.2, "label": 0}]},
+        {"predictions": [{"score": 1.5, "label": 0}]},
+        {"predictions": [{"score": 0.5, "label": 2}]},
+        {"predictions": [{"score": "0.5", "label": 0}]},
+        {"predictions": [{"label": 0}]},
+        {"outputs": []},
+    ],
+)
+def test_bad_responses(data):
+    assert reason(validate_predictions, data, 1) == "bad_response"
+
+
+def test_feedback_forms():
+    assert parse_feedback(b'{"request_id": "a", "labels": [1, 0]}') == [("a", [1, 0])]
+    batch = json.dumps(
+        {"feedback": [{"request_id": "a", "labels": [1]}, {"request_id": "b", "labels": [0]}]}
+    )
+    assert parse_feedback(batch.encode()) == [("a", [1]), ("b", [0])]
+    assert reason(parse_feedback, b"nope") == "invalid_json"
+    assert reason(parse_feedback, b'{"request_id": "a", "labels": [2]}') == "bad_feedback"
+    assert reason(parse_feedback, b'{"request_id": 5, "labels": [1]}') == "bad_feedback"
+    assert reason(parse_feedback, b'{"feedback": []}') == "bad_feedback"
+
+
+def test_detector_settings_validate_and_name_the_field():
+    s = DetectorSettings().with_overrides(
+        {"ert": "250", "univariate_windows": "[10, 40]", "mmd": "false"}
+    )
+    assert s.ert == 250.0 and s.univariate_windows == (10, 40) and s.mmd is False
+    with pytest.raises(DriftConfigError, match="ert"):
+        DetectorSettings(ert=0.5)
+    with pytest.raises(DriftConfigError, match="unknown detector setting"):
+        DetectorSettings().with_overrides({"nope": 1})
+    with pytest.raises(DriftConfigError, match="mmd_every"):
+        DetectorSettings().with_overrides({"mmd_every": "often"})
+
+
+def test_newer_alibi_needs_an_explicit_opt_in():
+    check_alibi_license("0.11.4", allow_bsl=False)
+    with pytest.raises(DriftConfigError, match="Business Source"):
+        check_alibi_license("0.12.0", allow_bsl=False)
+    check_alibi_license("0.12.0", allow_bsl=True)
+
+
+def test_feature_spec_from_the_fraud_schema():
+    from kubeloop.data.fraud import FRAUD_SCHEMA
+
+    spec = feature_spec(json.loads(FRAUD_SCHEMA.to_json()))
+    assert spec.label == "is_fraud"
+    assert (
+        "merchant_category" in spec.categorical and len(spec.categorical["merchant_category"]) == 8
+    )
+    assert spec.binary == {"is_foreign"} and "hour" in spec.integer and "amount" not in spec.integer
+    assert set(spec.names) == {c.name for c in FRAUD_SCHEMA.features}
+    with pytest.raises(ReferenceError, match="label"):
+        feature_spec({"columns": [{"name": "x", "dtype": "float"}]})
