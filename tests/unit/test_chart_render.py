@@ -483,3 +483,23 @@ def test_predictor_accepts_the_serving_runtime_arguments(rendered) -> None:
     parsed = predictor_parser().parse_args([*args, "--bind_host", "0.0.0.0"])
     assert parsed.model_name == "fraud-detector" and parsed.model_dir == "/mnt/models"
     assert parsed.http_port == 8080
+
+
+def test_drift_threshold_cache_persists_when_asked(rendered) -> None:
+    def drift_of(scenario: str) -> tuple[dict, list[dict]]:
+        docs = rendered[scenario]
+        dep = next(
+            d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("drift")
+        )
+        return dep, [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+
+    dep, pvcs = drift_of("default-values.yaml")
+    home = next(v for v in pod_spec(dep)["volumes"] if v["name"] == "home")
+    assert "emptyDir" in home and not pvcs
+    dep, pvcs = drift_of("namespaced-values.yaml")
+    home = next(v for v in pod_spec(dep)["volumes"] if v["name"] == "home")
+    assert home["persistentVolumeClaim"]["claimName"] == pvcs[0]["metadata"]["name"]
+    assert pvcs[0]["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    assert dep["spec"]["strategy"]["type"] == "Recreate"
+    args = pod_spec(dep)["containers"][0]["args"]
+    assert "--cache-dir=/var/lib/kubeloop/drift-cache" in args
