@@ -31,6 +31,9 @@ def _register() -> None:
 
     app.command(name="up")(runtime.up)
     app.command(name="down")(runtime.down)
+    from kubeloop.monitoring import cli as monitoring
+
+    app.add_typer(monitoring.app, name="monitoring")
 
 
 def main() -> None:

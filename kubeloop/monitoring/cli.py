@@ -1,0 +1,70 @@
+"""``kubeloop monitoring``: run the drift service and a local Prometheus by hand."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Drift service and local Prometheus.", no_args_is_help=True)
+
+
+@app.command("drift-service")
+def drift_service(
+    port: int = typer.Option(8090, help="port on 127.0.0.1"),
+    registry_uri: str = typer.Option(None, help="model registry (default: settings)"),
+    watch: list[str] = typer.Option([], help="MODEL:VERSION to watch at start"),
+) -> None:
+    """Starts the drift service from .venv-drift and waits (Ctrl-C stops it)."""
+    import httpx
+
+    from kubeloop.monitoring.local import start_drift_service
+    from kubeloop.settings import get_settings
+
+    settings = get_settings()
+    with start_drift_service(
+        registry_uri or settings.registry_uri, settings.home / "runtime", port=port
+    ) as svc:
+        for spec in watch:
+            model, _, version = spec.partition(":")
+            typer.echo(
+                f"watching {model}/{version or 'latest'} (set-up may take a minute the first time)…"
+            )
+            httpx.post(svc.url + "/v1/watch", json={"model": model, "version": version or "latest"},
+                       timeout=1800).raise_for_status()  # fmt: skip
+        typer.echo(f"drift service on {svc.url} (log: {svc.log_path})")
+        _wait(svc.process)
+
+
+@app.command("prometheus")
+def prometheus(
+    target: list[str] = typer.Option(..., help="JOB=HOST:PORT, repeatable"),
+    port: int = typer.Option(9090, help="port on 127.0.0.1"),
+    work_dir: Path = typer.Option(
+        None, help="config and TSDB folder (default: HOME/runtime/prometheus)"
+    ),
+) -> None:
+    """Starts /usr/bin/prometheus with kubeloop's alert rules, scraping the given targets."""
+    from kubeloop.monitoring.prometheus import start_prometheus
+    from kubeloop.settings import get_settings
+
+    targets: dict[str, list[str]] = {}
+    for item in target:
+        job, sep, addr = item.partition("=")
+        if not sep or ":" not in addr:
+            raise typer.BadParameter(f"target {item!r} must look like JOB=HOST:PORT")
+        targets.setdefault(job, []).append(addr)
+    with start_prometheus(
+        work_dir or get_settings().home / "runtime" / "prometheus", targets, port=port
+    ) as prom:
+        typer.echo(f"prometheus on {prom.url}")
+        _wait(prom.process)
+
+
+def _wait(process) -> None:  # noqa: ANN001
+    try:
+        while process.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
