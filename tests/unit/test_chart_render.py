@@ -206,7 +206,7 @@ def test_no_plain_text_credentials(rendered, scenario: str) -> None:
 def test_minio_secret_is_generated_not_from_values(rendered) -> None:
     secrets = [d for d in rendered["default-values.yaml"] if d["kind"] == "Secret"]
     assert len(secrets) == 1
-    password = secrets[0]["data"]["root-password"]
+    password = secrets[0]["data"]["AWS_SECRET_ACCESS_KEY"]
     assert password and password not in (CHART / "values.yaml").read_text()
     # The existing-Secret scenario creates none and references the user's Secret.
     ha = rendered["namespaced-values.yaml"]
@@ -503,3 +503,22 @@ def test_drift_threshold_cache_persists_when_asked(rendered) -> None:
     assert dep["spec"]["strategy"]["type"] == "Recreate"
     args = pod_spec(dep)["containers"][0]["args"]
     assert "--cache-dir=/var/lib/kubeloop/drift-cache" in args
+
+
+@pytest.mark.parametrize("scenario", ["default-values.yaml", "external-s3-values.yaml"])
+def test_predictor_storage_account_uses_the_registry_credentials(rendered, scenario: str) -> None:
+    docs = rendered[scenario]
+    sa = next(
+        d for d in docs if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == "kubeloop-s3"
+    )
+    drift = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("drift")
+    )
+    env = {e["name"]: e for e in pod_spec(drift)["containers"][0]["env"]}
+    assert (
+        sa["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"]
+        == env["KUBELOOP_S3__ENDPOINT"]["value"]
+    )
+    ref = env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]
+    # KServe's storage initializer reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from it.
+    assert sa["secrets"] == [{"name": ref["name"]}] and ref["key"] == "AWS_ACCESS_KEY_ID"
