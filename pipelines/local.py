@@ -52,6 +52,7 @@ class TrainingRunResult:
     stages: list[StageTiming] = field(default_factory=list)
     error: str | None = None
     log_file: Path | None = None
+    run_id: str | None = None  # the KFP run id recorded in the registered version's lineage
     wall_seconds: float = 0.0
 
     @property
@@ -165,6 +166,9 @@ def _summarise(result: TrainingRunResult) -> None:
     validation = _artifact(run_dir, "validate", "report")
     if validation:
         result.reports["validation"] = validation
+    register = _artifact(run_dir, "register", "executor_output.json")
+    if register:  # the register task ran: its return value is the new version
+        result.version = json.loads(register.read_text())["parameterValues"]["Output"]
     model = _artifact(run_dir, "train", "model")
     if model:
         result.reports["model"] = model
@@ -258,8 +262,9 @@ def run_training_pipeline(
         wall_seconds=time.perf_counter() - started,
     )
     _summarise(result)
-    found = ModelRegistry(registry_uri).find_by_run_id(model_name, run_name)
-    result.version = found.version if found else None
+    if result.version:
+        version = ModelRegistry(registry_uri).get(model_name, result.version)
+        result.run_id = version.lineage.get("pipeline_run_id")
     return result
 
 

@@ -3,8 +3,8 @@
 ``register`` runs only when the gate passed (``dsl.If``). Stages whose result depends
 on more than their inputs do not use KFP's cache: ingest (a source such as an S3
 prefix or a live table moves between runs), gate and register (the registry's
-champion changes). The run id handed to register is the run's name, which is also the
-folder of the run's artifacts under a local pipeline root.
+champion changes). Register records the KFP run id (``{{$.pipeline_job_uuid}}``), the
+key by which the operator finds the version a retraining run produced.
 """
 
 from kfp import dsl
@@ -139,7 +139,7 @@ def training_pipeline(
             dataset=ingest_task.outputs["dataset"],
             model_name=model_name,
             registry_uri=registry_uri,
-            pipeline_run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             parameters_json=params_task.output,
         )
         register_task.set_caching_options(False)

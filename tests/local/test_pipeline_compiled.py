@@ -24,7 +24,7 @@ def test_register_runs_only_when_the_gate_passed():
     inner = spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
     assert set(inner) == {"register"}
     run_id = inner["register"]["inputs"]["parameters"]["pipeline_run_id"]
-    assert run_id["runtimeValue"]["constant"] == "{{$.pipeline_job_name}}"
+    assert run_id["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
 
 
 def test_caching_is_off_where_results_depend_on_more_than_inputs():

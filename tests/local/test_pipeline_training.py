@@ -49,7 +49,8 @@ def test_first_run_registers_then_a_weaker_candidate_is_held(home, capsys):
     registry = ModelRegistry(first.registry_uri)
     assert registry.get_alias("fraud-detector", "champion") == "v1"
     v1 = registry.get("fraud-detector", "v1")
-    assert v1.lineage["pipeline_run_id"] == first.run_name
+    assert v1.lineage["pipeline_run_id"] == first.run_id
+    assert registry.find_by_run_id("fraud-detector", first.run_id).version == "v1"
     assert len(v1.lineage["data_hash"]) == 64 and v1.lineage["row_count"] > 1000
     assert v1.lineage["parameters"]["epochs"] == 3
     assert v1.lineage["source_uri"] == SMALL

@@ -36,7 +36,7 @@ def register_only(
         dataset=dataset.output,
         model_name="fraud-detector",
         registry_uri=registry_uri,
-        pipeline_run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         parameters_json='{"seed": 7}',
     ).output
 
@@ -59,5 +59,6 @@ def test_register_component_publishes_v1(tmp_path):
     assert version == "v1"
     published = ModelRegistry(str(tmp_path / "registry")).get("fraud-detector", "v1")
     assert published.lineage["data_hash"] == "feedbeef" and published.lineage["row_count"] == 1234
-    assert published.lineage["pipeline_run_id"].startswith("register-only-")
+    run_id = published.lineage["pipeline_run_id"]
+    assert run_id and "{{" not in run_id  # the placeholder was resolved
     assert published.lineage["parameters"] == {"seed": 7}
