@@ -100,3 +100,25 @@ def test_compile_writes_ir(tmp_path):
     assert result.exit_code == 0, result.output
     spec = yaml.safe_load((tmp_path / "training.yaml").read_text())
     assert spec["pipelineInfo"]["name"] == "kubeloop-training"
+
+
+@pytest.mark.slow
+def test_run_local_reports_a_failed_stage(tmp_path, monkeypatch):
+    from kubeloop.data.fraud import generate
+    from kubeloop.settings import get_settings
+
+    monkeypatch.setenv("KUBELOOP_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    data = generate("stationary", days=2, n_accounts=80, seed=3)
+    data.transactions.loc[0:5, "hour"] = 42  # validation stops the run before training
+    data.write(tmp_path / "bad")
+    try:
+        result = runner.invoke(
+            app, ["pipeline", "run", "training", "--local", "--source-uri", str(tmp_path / "bad")]
+        )
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1
+    assert "✔ ingest" in result.output and "✘ validate" in result.output
+    assert "FAILED" in result.output and "failed stage: validate" in result.output
+    assert not (tmp_path / "home" / "registry").exists()
