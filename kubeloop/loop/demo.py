@@ -57,6 +57,8 @@ def deployment_manifest(config: LoopConfig, runtime: LocalRuntime, labelled: Pat
                     "latencyP99Tolerance": 3.0,
                     "latencyP99SlackSeconds": 0.25,
                     "maxErrorRateIncrease": 0.05,
+                    # a version retrained on shifted inputs moves its scores by design
+                    "maxScoreShift": 0.4,
                 },
             },
             "monitoring": {
@@ -148,7 +150,8 @@ def _live_accuracy(replayer: TrafficReplayer, last: int = 60) -> dict[str, float
 def status_line(sample: dict[str, Any], replayer: TrafficReplayer, t0: float) -> str:
     split = f"{sample.get('split_stable') or '-'}"
     if sample.get("split_canary"):
-        split += f" {100 - sample['canary_percent']}% / {sample['split_canary']} {sample['canary_percent']}%"
+        pct = float(sample["canary_percent"])
+        split += f" {100 - pct:.0f}% / {sample['split_canary']} {pct:.0f}%"
     else:
         split += " 100%"
     drift = ", ".join(
@@ -268,6 +271,20 @@ def _watching(runtime: LocalRuntime, version: str) -> bool:
     return any(m.get("version") == version for m in _monitors(body))
 
 
+def _watch(runtime: LocalRuntime, version: str) -> bool:
+    """Has the drift service count the canary's feedback too (the operator watches only the
+    stable version), so the canary analysis can judge live accuracy."""
+    try:
+        response = httpx.post(
+            f"{runtime.url('drift')}/v1/watch",
+            json={"model": MODEL, "version": version, "registry_uri": str(runtime.registry_uri)},
+            timeout=60,
+        )
+    except httpx.HTTPError:
+        return False
+    return response.status_code < 300
+
+
 def _monitors(body: Any) -> list[dict]:
     if isinstance(body, dict):
         for key in ("watched", "monitors", "versions"):
@@ -284,6 +301,7 @@ def _drive(config, runtime, replayer, recorder, first, echo, status, started, ma
     recorder.bad_candidate = None
     onset_marked = False
     offered: threading.Thread | None = None
+    watched = {first}
     while True:
         time.sleep(1.0)
         sample = recorder.samples[-1] if recorder.samples else recorder.sample()
@@ -312,6 +330,9 @@ def _drive(config, runtime, replayer, recorder, first, echo, status, started, ma
             if replayer.onset_at and time.time() > replayer.onset_at + config.settle_seconds:
                 return
             continue
+        candidate = recorder.status().get("candidateVersion")
+        if candidate and candidate not in watched and _watch(runtime, candidate):
+            watched.add(candidate)
         promoted = [
             d for d in decisions if d["decision"] == "promote" and d.get("version") != first
         ]
@@ -330,7 +351,7 @@ def _drive(config, runtime, replayer, recorder, first, echo, status, started, ma
 
 
 def _offer_bad_candidate(config, runtime, recorder, echo) -> threading.Thread:
-    """Registers a version trained on shuffled labels; LatestPassed makes it the next canary."""
+    """Registers a version trained on inverted labels; LatestPassed makes it the next canary."""
     from kubeloop.loop.retrain import train_on_recent_window
 
     def offer() -> None:
@@ -344,9 +365,9 @@ def _offer_bad_candidate(config, runtime, recorder, echo) -> threading.Thread:
             echo(f"  could not train the corrupted candidate: {exc}")
             return
         recorder.bad_candidate = {"version": version.version, "offered_at": time.time()}
-        recorder.mark("offer", f"worse candidate {version.version} offered (shuffled labels)")
+        recorder.mark("offer", f"worse candidate {version.version} offered (inverted labels)")
         echo(
-            f"  offered {version.version}, trained on shuffled labels (a deliberately worse candidate)"
+            f"  offered {version.version}, trained on inverted labels (a deliberately worse candidate)"
         )
 
     thread = threading.Thread(target=offer, name="bad-candidate", daemon=True)

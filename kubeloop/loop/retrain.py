@@ -5,9 +5,9 @@ The operator's local driver calls ``train_on_recent_window`` in a run subprocess
 traffic replayer keeps the labelled traffic in ``labelled.parquet`` (features, label,
 ``labelled_at``); the run takes the last ``data_window`` of it, holds out its latest 30 %
 for evaluation and the reference sample, and publishes a complete registry version.
-``quality="corrupt"`` shuffles the labels first — a deliberately worse candidate that
-passes the offline gate (its evaluation labels are corrupted too) and must be caught by
-the canary analysis.
+``quality="corrupt"`` inverts the labels first (as a broken label join would) — a
+deliberately worse candidate that passes the offline gate, because its evaluation labels
+are corrupted too, and must be caught by the canary analysis on live traffic.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 LABELLED_FILE = "labelled.parquet"
@@ -43,9 +42,9 @@ def recent_window(frame: pd.DataFrame, seconds: float, now: float | None = None)
     return frame[frame["labelled_at"] >= now - seconds].reset_index(drop=True)
 
 
-def corrupt_labels(frame: pd.DataFrame, label: str, seed: int) -> pd.DataFrame:
+def corrupt_labels(frame: pd.DataFrame, label: str) -> pd.DataFrame:
     out = frame.copy()
-    out[label] = np.random.default_rng(seed).permutation(out[label].to_numpy())
+    out[label] = 1 - out[label].to_numpy()
     return out
 
 
@@ -76,7 +75,7 @@ def train_on_recent_window(
             f"only {len(frame)} labelled rows in the last {data_window} of {path}; need {MIN_ROWS}"
         )
     if quality == "corrupt":
-        frame = corrupt_labels(frame, schema.label, int(seed))
+        frame = corrupt_labels(frame, schema.label)
     cut = int(len(frame) * 0.7)
     train, evaluation = frame.iloc[:cut], frame.iloc[cut:]
     bundle = train_bundle(train, seed=int(seed), steps=int(steps))
