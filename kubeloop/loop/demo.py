@@ -59,6 +59,7 @@ def deployment_manifest(config: LoopConfig, runtime: LocalRuntime, labelled: Pat
                     "maxErrorRateIncrease": 0.05,
                     # a version retrained on shifted inputs moves its scores by design
                     "maxScoreShift": 0.4,
+                    "maxAccuracyDrop": 0.05,
                 },
             },
             "monitoring": {
@@ -67,7 +68,11 @@ def deployment_manifest(config: LoopConfig, runtime: LocalRuntime, labelled: Pat
             },
             "retraining": {
                 "pipeline": {"name": RUNNER},
-                "parameters": {"labelled_traffic": str(labelled), "seed": str(config.seed + 1)},
+                "parameters": {
+                    "labelled_traffic": str(labelled),
+                    "window": "fresh",  # learn from traffic labelled after the drift
+                    "seed": str(config.seed + 1),
+                },
                 "dataWindow": f"{config.data_window_seconds}s",
                 "cooldownSeconds": 60,
                 "maxAttempts": 2,
@@ -358,7 +363,7 @@ def _offer_bad_candidate(config, runtime, recorder, echo) -> threading.Thread:
         try:
             version = train_on_recent_window(
                 MODEL, str(runtime.registry_uri), str(runtime.home / "loop" / LABELLED_FILE),
-                data_window=f"{config.data_window_seconds}s", seed=config.seed + 7,
+                data_window=f"{config.data_window_seconds}s", window="recent", seed=config.seed + 7,
                 quality="corrupt", run_name="demo-corrupted-labels",
             )  # fmt: skip
         except Exception as exc:  # shown, and the demo ends without a rollback figure

@@ -3,8 +3,10 @@
 The operator's local driver calls ``train_on_recent_window`` in a run subprocess
 (``KUBELOOP_OPERATOR_LOCAL_RUNNER=kubeloop.loop.retrain:train_on_recent_window``). The
 traffic replayer keeps the labelled traffic in ``labelled.parquet`` (features, label,
-``labelled_at``); the run takes the last ``data_window`` of it, holds out its latest 30 %
-for evaluation and the reference sample, and publishes a complete registry version.
+``labelled_at``). With ``window="recent"`` the run takes the last ``data_window`` of it;
+with ``window="fresh"`` it waits for ``data_window`` of traffic labelled after it started,
+so a run started by drift learns from the drifted traffic only. It holds out the latest
+30 % for evaluation and the reference sample and publishes a complete registry version.
 ``quality="corrupt"`` inverts the labels first (as a broken label join would) — a
 deliberately worse candidate that passes the offline gate, because its evaluation labels
 are corrupted too, and must be caught by the canary analysis on live traffic.
@@ -42,6 +44,24 @@ def recent_window(frame: pd.DataFrame, seconds: float, now: float | None = None)
     return frame[frame["labelled_at"] >= now - seconds].reset_index(drop=True)
 
 
+def fresh_window(path: Path, seconds: float, *, timeout: float, poll: float = 1.0) -> pd.DataFrame:
+    """Waits until ``seconds`` of traffic labelled after now are in ``path``; returns those rows."""
+    start = time.time()
+    deadline = start + seconds + timeout
+    while True:
+        frame = pd.read_parquet(path) if path.exists() else pd.DataFrame()
+        if len(frame) and float(frame["labelled_at"].max()) >= start + seconds:
+            chosen = frame[
+                (frame["labelled_at"] >= start) & (frame["labelled_at"] <= start + seconds)
+            ]
+            return chosen.reset_index(drop=True)
+        if time.time() > deadline:
+            raise TimeoutError(
+                f"no {seconds:.0f}s of fresh labelled traffic in {path} after {seconds + timeout:.0f}s"
+            )
+        time.sleep(poll)
+
+
 def corrupt_labels(frame: pd.DataFrame, label: str) -> pd.DataFrame:
     out = frame.copy()
     out[label] = 1 - out[label].to_numpy()
@@ -53,6 +73,7 @@ def train_on_recent_window(
     registry_uri: str,
     labelled_traffic: str,
     data_window: str = "40s",
+    window: str = "recent",
     seed: int = 1,
     quality: str = "good",
     run_name: str = "",
@@ -65,11 +86,17 @@ def train_on_recent_window(
 
     if quality not in ("good", "corrupt"):
         raise ValueError(f"quality must be good or corrupt, got {quality!r}")
+    if window not in ("recent", "fresh"):
+        raise ValueError(f"window must be recent or fresh, got {window!r}")
     path = Path(labelled_traffic)
     if not path.exists():
         raise FileNotFoundError(f"no labelled traffic at {path}")
     schema = fraud.FRAUD_SCHEMA
-    frame = recent_window(pd.read_parquet(path), window_seconds(data_window))
+    seconds = window_seconds(data_window)
+    if window == "fresh":
+        frame = fresh_window(path, seconds, timeout=max(30.0, seconds))
+    else:
+        frame = recent_window(pd.read_parquet(path), seconds)
     if len(frame) < MIN_ROWS:
         raise ValueError(
             f"only {len(frame)} labelled rows in the last {data_window} of {path}; need {MIN_ROWS}"
@@ -99,7 +126,12 @@ def train_on_recent_window(
         "row_count": len(frame),
         "pipeline_run_id": run_name or f"recent-window-{int(time.time())}",
         "pipeline_name": "kubeloop.loop.retrain",
-        "parameters": {"data_window": data_window, "seed": int(seed), "quality": quality},
+        "parameters": {
+            "data_window": data_window,
+            "window": window,
+            "seed": int(seed),
+            "quality": quality,
+        },
         "code_version": "kubeloop.loop",
         "source_uri": str(path),
         "window": {
