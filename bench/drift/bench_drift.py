@@ -35,18 +35,20 @@ def _watch(url: str) -> dict:
 
 
 async def _send(url: str, events: list[tuple[dict, bytes]], concurrency: int) -> float:
+    import aiohttp  # a lighter client than httpx: the client shares the 2 cores with the service
+
     queue: asyncio.Queue = asyncio.Queue()
     for i in range(0, len(events), 2):
         queue.put_nowait(events[i : i + 2])
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(base_url=url, connector=connector) as client:
 
         async def worker() -> None:
             while not queue.empty():
                 for headers, body in queue.get_nowait():  # request before its response
-                    r = await client.post("/", headers=headers, content=body)
-                    if r.status_code != 202:
-                        raise RuntimeError(r.text)
+                    async with client.post("/", headers=headers, data=body) as r:
+                        if r.status != 202:
+                            raise RuntimeError(await r.text())
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -151,14 +153,21 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=20000)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--erts", default="100,500,1000")
+    p.add_argument(
+        "--work", type=Path, help="keep the registry and threshold cache here (reruns start warm)"
+    )
+    p.add_argument("--skip-delays", action="store_true")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "drift.json")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="kubeloop-bench-drift-") as tmp:
-        work = Path(tmp)
+        work = args.work or Path(tmp)
         registry = work / "registry"
-        make_registry_version(ModelRegistry(str(registry)), MODEL, seed=0, n_accounts=600, days=10)
+        if not (registry / MODEL).exists():
+            make_registry_version(
+                ModelRegistry(str(registry)), MODEL, seed=0, n_accounts=600, days=10
+            )
         tp = throughput(work / "svc", registry, args.pairs, args.concurrency)
-        table = delays(work, [int(e) for e in args.erts.split(",")])
+        table = [] if args.skip_delays else delays(work, [int(e) for e in args.erts.split(",")])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"throughput": tp, "delays": table}, indent=2, default=str))
     cmd = "python bench/drift/bench_drift.py " + " ".join(

@@ -26,14 +26,14 @@ class DetectorSettings:
     ert: float = 500.0  # expected run time without drift, in detector steps
     mmd: bool = True
     mmd_window: int = 20
-    mmd_every: int = 4  # the multivariate detector reads one instance in mmd_every
+    mmd_every: int = 8  # the multivariate detector reads one instance in mmd_every
     mmd_reference_rows: int = 1000
     mmd_bootstraps: int = 1000
     univariate: bool = True  # cvm + fet per feature (master switch)
     cvm: bool = True
     fet: bool = True
     univariate_windows: tuple[int, ...] = (20, 60)
-    univariate_every: int = 2
+    univariate_every: int = 4
     cvm_reference_rows: int = 300  # CVM set-up grows with its square; FET reads the whole sample
     univariate_bootstraps: int = 2000
     prediction: bool = True

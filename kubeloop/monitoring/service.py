@@ -170,23 +170,29 @@ class DriftService:
             self.processed += len(items)
 
     def _process(self, items: list[tuple]) -> None:
-        touched: dict[int, list] = {}
+        # Micro-batch: one DataFrame and one encoding per monitor for the whole batch, then the
+        # detectors step through the rows (alibi-detect's online detectors take one at a time).
+        batches: dict[int, list] = {}
         for item in items:
             kind, mon = item[0], item[1]
-            stats = touched.setdefault(id(mon), [mon, 0, 0, 0])
+            b = batches.setdefault(id(mon), [mon, [], [], [], [], []])
             if kind == "observe":
-                instances, scores = item[2], item[3]
-                mon.observe(instances, scores)
-                stats[1] += len(instances)
+                b[1].extend(item[2])
+                b[2].extend(item[3])
             else:
-                labels, scores, preds = item[2], item[3], item[4]
-                mon.feedback(labels, scores, preds)
-                wrong = sum(int(p != y) for p, y in zip(preds, labels, strict=True))
-                stats[2] += len(labels) - wrong
-                stats[3] += wrong
-        for mon, samples, correct, incorrect in touched.values():
+                b[3].extend(item[2])
+                b[4].extend(item[3])
+                b[5].extend(item[4])
+        for mon, instances, scores, labels, fb_scores, preds in batches.values():
+            if instances:
+                mon.observe(instances, scores)
+            correct = incorrect = 0
+            if labels:
+                mon.feedback(labels, fb_scores, preds)
+                incorrect = sum(int(p != y) for p, y in zip(preds, labels, strict=True))
+                correct = len(labels) - incorrect
             if self.monitors.get((mon.model, mon.version)) is mon:  # not replaced by a newer watch
-                self.metrics.publish(mon, samples, correct, incorrect)
+                self.metrics.publish(mon, len(instances), correct, incorrect)
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         deadline = time.monotonic() + timeout
