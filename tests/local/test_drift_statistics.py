@@ -58,7 +58,7 @@ def test_stationary_run_length_matches_the_ert(fraud, river, cache):
     on_river = calibrate(
         river, "ert", "cvm,prediction,error_rate", "null", cache, runs=160, repeats=4
     )
-    # The goal is +-20% of the ERT. Measured (docs/benchmarks.md) the pooled ratios land in
+    # The goal is +-20% of the ERT. Measured (docs/benchmarks.md), the pooled ratios land in
     # 0.7-1.35: single reference draws of 300 (CVM) or 1000 (MMD) rows move the ERT by up to
     # +-40%, more than the run-to-run noise. The bound below catches a broken calibration
     # (a detector alarming at twice or half the configured rate); tightening it needs
@@ -67,12 +67,11 @@ def test_stationary_run_length_matches_the_ert(fraud, river, cache):
         assert 0.6 <= r["ratio"] <= 1.5, (name, r)
 
 
-def test_fet_on_sparse_binary_features_alarms_early(fraud, cache):
-    # Known limitation, kept visible: alibi-detect calibrates FET thresholds on the reference
-    # sample's own rates, so on rare binary/categorical columns the run length falls short of the
-    # ERT (0.35x here). The test pins the measured behaviour so a change is noticed.
+def test_fet_run_length_matches_the_ert(fraud, cache):
+    # FET on the 0/1 and one-hot columns; its thresholds need enough null streams that the
+    # per-column quantile survives to the largest window (detectors._univariate_bootstraps).
     r = calibrate(fraud, "ert", "fet", "null", cache, runs=60)["fet"]
-    assert 0.2 <= r["ratio"] < 0.8, r
+    assert 0.6 <= r["ratio"] <= 1.5, r
 
 
 @pytest.mark.parametrize(
@@ -86,9 +85,10 @@ def test_fet_on_sparse_binary_features_alarms_early(fraud, cache):
 def test_injected_fraud_scenarios_are_detected(fraud, cache, scenario, expected):
     r = calibrate(fraud, "delay", "mmd,cvm,fet,prediction,error_rate", scenario, cache, warmup=100,
                   settings={"ert": 500, "mmd_every": 1, "univariate_every": 1})  # fmt: skip
+    # "detected" means an alarm after the onset; an alarm in the 100-row warm-up is a false
+    # alarm (expected for ~18% of detectors at ERT 500) and does not count as detection.
     detected = {name for name, d in r.items() if d["detected"]}
     assert expected <= detected, r
-    assert not any(d["false_alarm"] for d in r.values()), r
 
 
 def test_river_sea_concept_drift_is_detected_by_the_error_rate(river, cache):
