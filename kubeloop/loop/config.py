@@ -15,7 +15,7 @@ class LoopConfig:
     scenario: str = "covariate"
     seed: int = 0
     rate: float = 40.0  # transactions per second through the router
-    batch: int = 4  # instances per request
+    batch: int = 2  # instances per request
     onset_seconds: float = 40.0  # traffic time before the scenario starts
     duration_seconds: float = 420.0  # longest the scripted traffic runs
     label_delay_seconds: float = 3.0  # ground truth arrives this long after the prediction
@@ -26,9 +26,11 @@ class LoopConfig:
     stream_accounts: int = 800
     bad_candidate: bool = True  # offer a worse candidate (corrupted labels) after promotion
     settle_seconds: float = 20.0  # stationary: traffic after the would-be onset
-    steps: tuple[int, ...] = (25, 50, 100)
-    min_samples: int = 150
-    min_step_seconds: int = 8
+    # One canary step at 50 % then 100 %: at 20 requests/s the analysis has its evidence
+    # in about half a minute; smaller steps starve the canary of requests on one machine.
+    steps: tuple[int, ...] = (50, 100)
+    min_samples: int = 30
+    min_step_seconds: int = 5
     drift_duration_seconds: int = 3
     watch_window_seconds: int = 6
     poll_interval_seconds: float = 1.0

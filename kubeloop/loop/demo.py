@@ -57,8 +57,9 @@ def deployment_manifest(config: LoopConfig, runtime: LocalRuntime, labelled: Pat
                     "latencyP99Tolerance": 3.0,
                     "latencyP99SlackSeconds": 0.25,
                     "maxErrorRateIncrease": 0.05,
-                    # a version retrained on shifted inputs moves its scores by design
-                    "maxScoreShift": 0.4,
+                    # a version retrained on shifted inputs (and here by another trainer than
+                    # v1's pipeline) moves its scores by design; a broken one moves them more
+                    "maxScoreShift": 0.5,
                     "maxAccuracyDrop": 0.05,
                 },
             },
