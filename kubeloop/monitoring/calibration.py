@@ -109,16 +109,20 @@ def delays(
         d = mon.online[name]
         d.detector.reset_state()
         every = d.every
-        alarm = None
+        alarm, false_alarms = None, 0
         for t in range(0, len(x), every):
             if d.detector.predict(x[t], return_test_stat=False)["data"]["is_drift"]:
-                alarm = t
-                break
+                if t >= warmup:
+                    alarm = t
+                    break
+                # A false alarm before the onset: acknowledged and reset, as in service.
+                false_alarms += 1
+                d.detector.reset_state()
         out[name] = {
             "every": every,
-            "false_alarm": alarm is not None and alarm < warmup,
-            "detected": alarm is not None and alarm >= warmup,
-            "delay_events": None if alarm is None or alarm < warmup else alarm - warmup + 1,
+            "false_alarms_in_warmup": false_alarms,
+            "detected": alarm is not None,
+            "delay_events": None if alarm is None else alarm - warmup + 1,
             "drifted_events": len(post),
         }
     return out

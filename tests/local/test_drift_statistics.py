@@ -94,6 +94,7 @@ def test_injected_fraud_scenarios_are_detected(fraud, cache, scenario, expected)
 def test_river_sea_concept_drift_is_detected_by_the_error_rate(river, cache):
     r = calibrate(river, "delay", "cvm,prediction,error_rate", "sea_concept", cache, warmup=100,
                   settings={"ert": 500, "univariate_every": 1})  # fmt: skip
-    assert r["error_rate"]["detected"] and r["error_rate"]["delay_events"] < 1000, r
-    # Inputs and predicted scores do not move under a pure concept change.
-    assert not r["cvm"]["detected"] and not r["prediction"]["detected"], r
+    # Far sooner than the ERT of 500: a real detection, not a chance alarm. Inputs and scores do
+    # not change under a pure concept change, so cvm/prediction alarm only by chance (run length
+    # around the ERT); their delays are printed, not asserted.
+    assert r["error_rate"]["detected"] and r["error_rate"]["delay_events"] < 250, r
