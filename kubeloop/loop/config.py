@@ -19,7 +19,7 @@ class LoopConfig:
     onset_seconds: float = 40.0  # traffic time before the scenario starts
     duration_seconds: float = 420.0  # longest the scripted traffic runs
     label_delay_seconds: float = 3.0  # ground truth arrives this long after the prediction
-    data_window_seconds: int = 15  # labelled traffic a retraining run collects and learns from
+    data_window_seconds: int = 20  # labelled traffic a retraining run collects and learns from
     v1_trainer: str = "pipeline"  # pipeline: kfp.local + Ray Train; quick: plain torch
     v1_accounts: int = 800
     v1_days: float = 10.0

@@ -75,7 +75,7 @@ def deployment_manifest(config: LoopConfig, runtime: LocalRuntime, labelled: Pat
                     "seed": str(config.seed + 1),
                 },
                 "dataWindow": f"{config.data_window_seconds}s",
-                "cooldownSeconds": 60,
+                "cooldownSeconds": 120,
                 "maxAttempts": 2,
                 "backoffSeconds": 5,
             },

@@ -1,10 +1,12 @@
 """Production traffic for the demo, laid out so the scenario starts at a known time.
 
 The example generator's transactions (with the account profile joined as of each event,
-as the feature store would serve it) are replayed in event order. ``build_stream`` takes
+as the feature store would serve it) are the production traffic. ``build_stream`` draws
 ``onset_seconds × rate`` rows from before the scenario's onset and the rest from after
 it, so at a steady rate the drift reaches the router exactly ``onset_seconds`` into the
-traffic.
+traffic. Within each side the rows are drawn in random order: replaying days of events
+in minutes would otherwise sweep the hour of day every few seconds, and any short
+window of traffic (a retraining window, a reference sample) would look drifted.
 """
 
 from __future__ import annotations
@@ -29,12 +31,11 @@ class ReplayStream:
         return len(self.instances)
 
 
-def _take(frame: pd.DataFrame, n: int, *, from_end: bool) -> pd.DataFrame:
+def _draw(frame: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.DataFrame:
     if frame.empty:
         raise ValueError("the generated data has no rows on one side of the onset")
-    if len(frame) < n:  # repeat in order rather than fail: the demo's duration is a choice
-        frame = pd.concat([frame] * (n // len(frame) + 1), ignore_index=True)
-    return frame.iloc[-n:] if from_end else frame.iloc[:n]
+    # without replacement while the side has rows enough; the demo's duration is a choice
+    return frame.iloc[rng.choice(len(frame), size=n, replace=n > len(frame))]
 
 
 def build_stream(
@@ -56,8 +57,9 @@ def build_stream(
     start, end = pd.Timestamp(data.truth.start), pd.Timestamp(data.truth.end)
     # stationary has no onset: split where the others would start, nothing changes there
     onset = pd.Timestamp(data.truth.onset) if data.truth.onset else start + (end - start) / 2
-    pre = _take(frame[frame["event_timestamp"] < onset], before, from_end=True)
-    post = _take(frame[frame["event_timestamp"] >= onset], total - before, from_end=False)
+    rng = np.random.default_rng(seed)
+    pre = _draw(frame[frame["event_timestamp"] < onset], before, rng)
+    post = _draw(frame[frame["event_timestamp"] >= onset], total - before, rng)
     rows = pd.concat([pre, post], ignore_index=True)
     schema = fraud.FRAUD_SCHEMA
     # Every feature, already joined, and no entity key: the drift service refuses fields
