@@ -7,8 +7,8 @@ demo-quick: install $(DEMO_DEPS) ## the closed loop with v1 trained in plain tor
 demo-stationary: install $(DEMO_DEPS) ## the loop on traffic without drift: no retraining, no rollback
 	$(BIN)/kubeloop demo --quick --scenario stationary
 
-bench-loop: install $(DEMO_DEPS) ## detection delay and update cycle over two seeds → docs/benchmarks.md
-	$(BIN)/python bench/loop/bench_loop.py --seeds 0 1 --write-docs
+bench-loop: install $(DEMO_DEPS) ## detection delay and update cycle → docs/benchmarks.md
+	$(BIN)/python -m kubeloop.bench --only loop
 
 # `make bench` runs bench/loop too, which needs the drift service's venv and Prometheus.
 bench: drift-env prometheus

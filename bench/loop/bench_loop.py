@@ -6,7 +6,7 @@ the loop rather than the training pipeline) and records detection delay, update 
 and the worse candidate's time from canary to rollback. ``make bench`` collects it
 (``kubeloop.bench``); alone:
 
-    .venv/bin/python bench/loop/bench_loop.py --seeds 0 1
+    .venv/bin/python -m kubeloop.bench --only loop
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def run(seeds: tuple[int, ...] = (0,), scenario: str = "covariate") -> dict:
     return {
         "title": "Closed loop (`kubeloop demo`)",
         "table": rows,
-        "command": f".venv/bin/python bench/loop/bench_loop.py --seeds {seeds_arg} --scenario {scenario}",
+        "command": f".venv/bin/python -m kubeloop.bench --only loop  # seeds {seeds_arg}, {scenario}",
         "notes": (
             f"{config.rate:g} transactions/s through the router, the scenario starts "
             f"{config.onset_seconds:g} s into the traffic, labels arrive {config.label_delay_seconds:g} s "
