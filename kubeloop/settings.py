@@ -34,16 +34,23 @@ class Objectives(BaseModel):
     """The minimum a model must reach, from the problem definition (the gate's first test)."""
 
     min_roc_auc: float = Field(0.80, ge=0.0, le=1.0, description="minimum ROC-AUC")
-    min_pr_auc: float = Field(0.20, ge=0.0, le=1.0, description="minimum PR-AUC (average precision)")
+    min_pr_auc: float = Field(
+        0.20, ge=0.0, le=1.0, description="minimum PR-AUC (average precision)"
+    )
     max_ece: float = Field(0.10, ge=0.0, le=1.0, description="maximum expected calibration error")
-    min_accuracy: float = Field(0.0, ge=0.0, le=1.0, description="minimum accuracy at the threshold")
+    min_accuracy: float = Field(
+        0.0, ge=0.0, le=1.0, description="minimum accuracy at the threshold"
+    )
 
 
 class GateSettings(BaseModel):
     """How a candidate is compared with the current champion on the same window."""
 
     champion_tolerance: float = Field(
-        0.01, ge=0.0, le=1.0, description="largest ROC-AUC drop versus the champion that still passes"
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="largest ROC-AUC drop versus the champion that still passes",
     )
     compare_metric: str = Field("roc_auc", description="metric used for the champion comparison")
 
@@ -89,7 +96,8 @@ class KubeloopSettings(BaseSettings):
     home: Path = Field(Path("var"), description="root folder of local state")
     data_dir: Path | None = Field(None, description="where source data lives (default: HOME/data)")
     registry_uri: str | None = Field(
-        None, description="model registry: a local directory or s3://bucket/prefix (default: HOME/registry)"
+        None,
+        description="model registry: a local directory or s3://bucket/prefix (default: HOME/registry)",
     )
     model_name: str = Field("fraud-detector", pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
     ray_address: str | None = Field(
@@ -106,7 +114,9 @@ class KubeloopSettings(BaseSettings):
     @classmethod
     def _registry_scheme(cls, value: str | None) -> str | None:
         if value and "://" in value and not value.startswith(("s3://", "file://")):
-            raise ValueError(f"registry_uri must be a local path or s3://bucket/prefix, got {value!r}")
+            raise ValueError(
+                f"registry_uri must be a local path or s3://bucket/prefix, got {value!r}"
+            )
         if value and value.startswith("s3://") and len(value) <= len("s3://"):
             raise ValueError("registry_uri s3:// needs a bucket name")
         return value
@@ -147,7 +157,9 @@ class _YamlFileSource(PydanticBaseSettingsSource):
         except yaml.YAMLError as exc:
             raise SettingsError(f"config file {path} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
-            raise SettingsError(f"config file {path} must hold a mapping, not {type(data).__name__}")
+            raise SettingsError(
+                f"config file {path} must hold a mapping, not {type(data).__name__}"
+            )
         return data
 
 
@@ -157,7 +169,8 @@ def load_settings(**overrides: Any) -> KubeloopSettings:
         return KubeloopSettings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
         )
         raise SettingsError(f"invalid kubeloop settings: {problems}") from None
 

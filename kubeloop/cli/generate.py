@@ -6,7 +6,9 @@ import typer
 
 
 def generate(
-    check: bool = typer.Option(False, "--check", help="fail if a generated file differs from its source"),
+    check: bool = typer.Option(
+        False, "--check", help="fail if a generated file differs from its source"
+    ),
 ) -> None:
     """Regenerate compiled pipelines, CRDs, dashboards and rules (or check they are current)."""
     from kubeloop.generated import check_all, write_all

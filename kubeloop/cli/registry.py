@@ -6,7 +6,9 @@ import json
 
 import typer
 
-app = typer.Typer(help="Inspect the model registry (local directory or s3://).", no_args_is_help=True)
+app = typer.Typer(
+    help="Inspect the model registry (local directory or s3://).", no_args_is_help=True
+)
 
 
 def _registry():
@@ -18,7 +20,9 @@ def _registry():
 
 
 @app.command("list")
-def list_versions(model: str = typer.Option(None, help="model name (default: settings.model_name)")) -> None:
+def list_versions(
+    model: str = typer.Option(None, help="model name (default: settings.model_name)"),
+) -> None:
     """List versions with their key metrics, gate decision and lineage."""
     from rich.console import Console
     from rich.table import Table

@@ -55,7 +55,9 @@ class DatasetSchema(BaseModel):
     feature_view: str | None = Field(
         None, description="Feast feature view holding the feature_view-sourced features"
     )
-    feature_service: str | None = Field(None, description="Feast feature service for training/serving")
+    feature_service: str | None = Field(
+        None, description="Feast feature service for training/serving"
+    )
 
     @model_validator(mode="after")
     def _check_roles(self) -> DatasetSchema:

@@ -277,20 +277,6 @@ def _watching(runtime: LocalRuntime, version: str) -> bool:
     return any(m.get("version") == version for m in _monitors(body))
 
 
-def _watch(runtime: LocalRuntime, version: str) -> bool:
-    """Has the drift service count the canary's feedback too (the operator watches only the
-    stable version), so the canary analysis can judge live accuracy."""
-    try:
-        response = httpx.post(
-            f"{runtime.url('drift')}/v1/watch",
-            json={"model": MODEL, "version": version, "registry_uri": str(runtime.registry_uri)},
-            timeout=60,
-        )
-    except httpx.HTTPError:
-        return False
-    return response.status_code < 300
-
-
 def _monitors(body: Any) -> list[dict]:
     if isinstance(body, dict):
         for key in ("watched", "monitors", "versions"):
@@ -307,7 +293,6 @@ def _drive(config, runtime, replayer, recorder, first, echo, status, started, ma
     recorder.bad_candidate = None
     onset_marked = False
     offered: threading.Thread | None = None
-    watched = {first}
     while True:
         time.sleep(1.0)
         sample = recorder.samples[-1] if recorder.samples else recorder.sample()
@@ -336,9 +321,6 @@ def _drive(config, runtime, replayer, recorder, first, echo, status, started, ma
             if replayer.onset_at and time.time() > replayer.onset_at + config.settle_seconds:
                 return
             continue
-        candidate = recorder.status().get("candidateVersion")
-        if candidate and candidate not in watched and _watch(runtime, candidate):
-            watched.add(candidate)
         promoted = [
             d for d in decisions if d["decision"] == "promote" and d.get("version") != first
         ]

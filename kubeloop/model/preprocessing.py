@@ -38,12 +38,15 @@ class Preprocessor:
         log_features = [
             name
             for name in numeric
-            if (df[name].min() >= 0) and (df[name].quantile(0.99) > 10 * max(df[name].median(), 1e-9))
+            if (df[name].min() >= 0)
+            and (df[name].quantile(0.99) > 10 * max(df[name].median(), 1e-9))
         ]
         pre = cls(numeric=numeric, categorical=categorical, log_features=log_features)
         x = pre._numeric_block(df)
         pre.mean = dict(zip(numeric, x.mean(axis=0).astype(float).tolist(), strict=True))
-        pre.std = dict(zip(numeric, np.maximum(x.std(axis=0), 1e-6).astype(float).tolist(), strict=True))
+        pre.std = dict(
+            zip(numeric, np.maximum(x.std(axis=0), 1e-6).astype(float).tolist(), strict=True)
+        )
         return pre
 
     @property
@@ -52,7 +55,10 @@ class Preprocessor:
 
     @property
     def output_names(self) -> list[str]:
-        return [*self.numeric, *(f"{c}={v}" for c, vocab in self.categorical.items() for v in vocab)]
+        return [
+            *self.numeric,
+            *(f"{c}={v}" for c, vocab in self.categorical.items() for v in vocab),
+        ]
 
     @property
     def n_outputs(self) -> int:

@@ -78,7 +78,10 @@ def parse_cloudevent(headers: dict[str, str], body: bytes) -> PayloadEvent:
 
 
 def validate_instances(
-    data: Any, numeric: list[str], categorical: dict[str, list[str]]
+    data: Any,
+    numeric: list[str],
+    categorical: dict[str, list[str]],
+    keys: set[str] | frozenset[str] = frozenset(),
 ) -> list[dict[str, Any]]:
     """Checks a V1 request body against the watched version's feature list.
 
@@ -93,6 +96,7 @@ def validate_instances(
     ):
         raise EventRejected("missing_field", "request body needs a non-empty 'instances' list")
     expected = set(numeric) | set(categorical)
+    allowed_keys = set(keys)  # entity key / request id travel with enriched rows
     for i, inst in enumerate(data["instances"]):
         if not isinstance(inst, dict):
             raise EventRejected(
@@ -101,7 +105,7 @@ def validate_instances(
         keys = set(inst)
         if missing := expected - keys:
             raise EventRejected("missing_field", f"instance {i} lacks feature(s) {sorted(missing)}")
-        if extra := keys - expected:
+        if extra := keys - expected - allowed_keys:
             raise EventRejected("extra_field", f"instance {i} has unknown field(s) {sorted(extra)}")
         for name in numeric:
             value = inst[name]

@@ -37,6 +37,8 @@ class FeatureSpec:
     label: str
     integer: set[str] = field(default_factory=set)  # numeric but discrete: jittered for rank tests
     binary: set[str] = field(default_factory=set)  # 0/1 integer features: FET
+    # Key columns (entity, id) a request may carry next to the features; not watched.
+    keys: set[str] = field(default_factory=set)
 
     @property
     def names(self) -> list[str]:
@@ -76,6 +78,7 @@ def feature_spec(schema: dict) -> FeatureSpec:
             "schema.json needs 'columns' with one column of role 'label'"
         ) from None
     numeric, categorical, integer, binary = [], {}, set(), set()
+    keys = {c["name"] for c in columns if c.get("role") in ("entity", "id")}
     for col in columns:
         if col.get("role", "feature") != "feature":
             continue
@@ -95,7 +98,12 @@ def feature_spec(schema: dict) -> FeatureSpec:
     if not numeric and not categorical:
         raise ReferenceError("schema.json declares no features")
     return FeatureSpec(
-        numeric=numeric, categorical=categorical, label=label, integer=integer, binary=binary
+        numeric=numeric,
+        categorical=categorical,
+        label=label,
+        integer=integer,
+        binary=binary,
+        keys=keys,
     )
 
 

@@ -98,7 +98,7 @@ class DriftService:
                     "duplicate_event", f"request {event.id!r} was already received", 409
                 )
             spec = mon.reference.spec
-            instances = validate_instances(event.data, spec.numeric, spec.categorical)
+            instances = validate_instances(event.data, spec.numeric, spec.categorical, spec.keys)
             self.pending[event.id] = (mon, instances)
             if len(self.pending) > self.settings.pending_limit:
                 self.pending.popitem(last=False)

@@ -94,7 +94,9 @@ class ModelRegistry:
         return sorted(numbers)
 
     def list_versions(self, model: str) -> list[ModelVersion]:
-        return [self._read_manifest(model, f"v{n}") for n in self._version_numbers(model, claimed=False)]
+        return [
+            self._read_manifest(model, f"v{n}") for n in self._version_numbers(model, claimed=False)
+        ]
 
     def _read_manifest(self, model: str, version: str) -> ModelVersion:
         key = f"{model}/versions/{version}/{MANIFEST}"
@@ -128,7 +130,9 @@ class ModelRegistry:
             raise RegistryError(f"{model}/{version.version} has no file {name!r}")
         data = self.store.get(f"{model}/versions/{version.version}/{name}")
         if sha256_bytes(data) != version.files[name]["sha256"]:
-            raise ChecksumMismatch(f"{model}/{version.version}/{name}: sha256 does not match the manifest")
+            raise ChecksumMismatch(
+                f"{model}/{version.version}/{name}: sha256 does not match the manifest"
+            )
         return data
 
     def download(self, model: str, ref: str, dest: str | Path) -> tuple[ModelVersion, Path]:
@@ -190,7 +194,9 @@ class ModelRegistry:
     ) -> ModelVersion:
         """Publishes every file in ``folder`` as the next immutable version of ``model``."""
         folder = Path(folder)
-        paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (MANIFEST, CLAIM))
+        paths = sorted(
+            p for p in folder.rglob("*") if p.is_file() and p.name not in (MANIFEST, CLAIM)
+        )
         if not paths:
             raise RegistryError(f"nothing to publish in {folder}")
         payloads = {p.relative_to(folder).as_posix(): p.read_bytes() for p in paths}
@@ -210,7 +216,9 @@ class ModelRegistry:
             "gate": gate or {},
         }
         # The manifest goes last: its atomic put is the moment the version appears.
-        self.store.put(f"{model}/versions/{version}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
+        self.store.put(
+            f"{model}/versions/{version}/{MANIFEST}", json.dumps(manifest, indent=2).encode()
+        )
         return self._read_manifest(model, version)
 
 

@@ -119,7 +119,12 @@ class S3Store:
 
     def put(self, key: str, data: bytes) -> None:
         self._call(
-            f"cannot write {key}", self.client.put_object, self.bucket, self._key(key), io.BytesIO(data), len(data)
+            f"cannot write {key}",
+            self.client.put_object,
+            self.bucket,
+            self._key(key),
+            io.BytesIO(data),
+            len(data),
         )
 
     def get(self, key: str) -> bytes:
@@ -145,7 +150,11 @@ class S3Store:
 
     def list(self, prefix: str) -> Iterator[str]:
         objects = self._call(
-            f"cannot list {prefix}", self.client.list_objects, self.bucket, prefix=self._key(prefix), recursive=True
+            f"cannot list {prefix}",
+            self.client.list_objects,
+            self.bucket,
+            prefix=self._key(prefix),
+            recursive=True,
         )
         strip = len(self.prefix) + 1 if self.prefix else 0
         for obj in self._call(f"cannot list {prefix}", list, objects):
@@ -153,7 +162,9 @@ class S3Store:
 
     def delete_prefix(self, prefix: str) -> None:
         for key in list(self.list(prefix)):
-            self._call(f"cannot delete {key}", self.client.remove_object, self.bucket, self._key(key))
+            self._call(
+                f"cannot delete {key}", self.client.remove_object, self.bucket, self._key(key)
+            )
 
 
 def open_store(uri: str, s3: object | None = None) -> ObjectStore:

@@ -205,6 +205,15 @@ class LocalOperator:
                 self.metrics.record(name, action.decision)
         if watch and self._watch_drift(spec.model.name, watch, registry_uri):
             watch = None
+        # The canary is watched too, so its delayed labels feed the live-accuracy analysis.
+        watched_candidate = state.get("watched_candidate")
+        candidate = result.status.candidate_version
+        if (
+            candidate
+            and candidate != watched_candidate
+            and self._watch_drift(spec.model.name, candidate, registry_uri)
+        ):
+            watched_candidate = candidate
         self.metrics.canary_percent.labels(name).set(result.status.canary_percent)
         self.store.save_state(
             name,
@@ -213,6 +222,7 @@ class LocalOperator:
                 "generation": generation,
                 "spec_hash": spec_hash,
                 "watch_pending": watch,
+                "watched_candidate": watched_candidate,
             },
         )
         return result

@@ -83,6 +83,23 @@ def test_bad_instances_are_named(instance, expected):
     assert reason(validate_instances, {"instances": [instance]}, NUMERIC, CATS) == expected
 
 
+def test_entity_key_next_to_the_features_is_accepted_but_not_any_key():
+    row = {**GOOD, "account_id": 1042}
+    assert validate_instances({"instances": [row]}, NUMERIC, CATS, {"account_id"}) == [row]
+    assert reason(validate_instances, {"instances": [row]}, NUMERIC, CATS) == "extra_field"
+    spec = feature_spec(
+        {
+            "columns": [
+                {"name": "account_id", "dtype": "int", "role": "entity"},
+                {"name": "transaction_id", "dtype": "string", "role": "id"},
+                {"name": "amount", "dtype": "float"},
+                {"name": "is_fraud", "dtype": "int", "role": "label"},
+            ]
+        }
+    )
+    assert spec.keys == {"account_id", "transaction_id"} and spec.numeric == ["amount"]
+
+
 def test_empty_or_missing_instances():
     assert reason(validate_instances, {"instances": []}, NUMERIC, CATS) == "missing_field"
     assert reason(validate_instances, [GOOD], NUMERIC, CATS) == "missing_field"
