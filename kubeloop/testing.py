@@ -9,16 +9,13 @@ describes. Everything is seeded, so the same arguments give the same weights.
 
 from __future__ import annotations
 
-import json
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import torch
 
 from kubeloop.data import fraud
 from kubeloop.model import ModelBundle, ModelConfig, Preprocessor, TabularClassifier
+from kubeloop.model.publish import publish_bundle
 from kubeloop.registry import ModelRegistry, ModelVersion
 
 REFERENCE_ROWS = 2000
@@ -111,10 +108,12 @@ def make_registry_version(
         "window": {"start": data.truth.start, "end": data.truth.end},
     }
     gate = {"passed": True, "reasons": "test fixture"}
-    with tempfile.TemporaryDirectory(prefix="kubeloop-version-") as tmp:
-        folder = bundle.save(Path(tmp))
-        reference.to_parquet(folder / "reference.parquet", index=False)
-        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (folder / "lineage.json").write_text(json.dumps(lineage, indent=2))
-        (folder / "gate.json").write_text(json.dumps(gate, indent=2))
-        return registry.publish(model_name, folder, metrics=metrics, lineage=lineage, gate=gate)
+    return publish_bundle(
+        registry,
+        model_name,
+        bundle,
+        reference=reference,
+        metrics=metrics,
+        lineage=lineage,
+        gate=gate,
+    )

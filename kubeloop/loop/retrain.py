@@ -14,9 +14,7 @@ are corrupted too, and must be caught by the canary analysis on live traffic.
 
 from __future__ import annotations
 
-import json
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -139,11 +137,14 @@ def train_on_recent_window(
             "end": float(frame["labelled_at"].max()),
         },
     }
-    registry = ModelRegistry(registry_uri)
-    with tempfile.TemporaryDirectory(prefix="kubeloop-retrain-") as tmp:
-        folder = bundle.save(Path(tmp))
-        reference.to_parquet(folder / "reference.parquet", index=False)
-        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (folder / "lineage.json").write_text(json.dumps(lineage, indent=2))
-        (folder / "gate.json").write_text(json.dumps(gate, indent=2))
-        return registry.publish(model_name, folder, metrics=metrics, lineage=lineage, gate=gate)
+    from kubeloop.model.publish import publish_bundle
+
+    return publish_bundle(
+        ModelRegistry(registry_uri),
+        model_name,
+        bundle,
+        reference=reference,
+        metrics=metrics,
+        lineage=lineage,
+        gate=gate,
+    )
