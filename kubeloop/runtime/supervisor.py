@@ -88,7 +88,12 @@ class Supervisor:
     def running(self, name: str) -> ProcessRecord | None:
         """The record if its process is alive and still runs the recorded command."""
         record = self.get(name)
-        if record is None or not _alive(record.pid):
+        if record is None:
+            return None
+        child = self._children.get(record.pid)
+        if child is not None:  # our own child: its exit status is authoritative
+            return record if child.poll() is None else None
+        if not _alive(record.pid):
             return None
         if _cmdline(record.pid) != record.argv:
             return None
@@ -161,8 +166,10 @@ class Supervisor:
             if record is None:
                 raise SupervisorError(f"{name} was never started")
             if self.running(name) is None:
+                child = self._children.get(record.pid)
+                code = child.poll() if child is not None else None
                 self._reap(record.pid)
-                raise SupervisorError(f"{name} exited: {self.log_tail(name)}")
+                raise SupervisorError(f"{name} exited (status {code}): {self.log_tail(name)}")
             if self.healthy(name):
                 return record
             time.sleep(0.2)

@@ -37,7 +37,8 @@ def _gate(result) -> dict:
 def test_first_run_registers_then_a_weaker_candidate_is_held(home, capsys):
     first = run_training_pipeline(source_uri=SMALL, epochs=3)
     assert first.succeeded, first.error
-    assert [s.name for s in first.stages][:6] == [
+    # run-parameters has no inputs, so kfp.local may schedule it at any point.
+    assert [s.name for s in first.stages if s.name != "run-parameters"][:6] == [
         "ingest",
         "validate",
         "features",
@@ -89,7 +90,7 @@ def test_bad_data_stops_before_register(home, tmp_path):
     result = run_training_pipeline(source_uri=str(tmp_path / "bad"), epochs=1)
     assert not result.succeeded
     assert result.failed_stage == "validate"
-    ran = [s.name for s in result.stages]
+    ran = [s.name for s in result.stages if s.name != "run-parameters"]
     assert ran[:2] == ["ingest", "validate"]
     assert not {"features", "train", "evaluate", "gate", "register"} & set(ran)
     assert sorted(p.relative_to(home) for p in (home / "registry").rglob("*")) == before
