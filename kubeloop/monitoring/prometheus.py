@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from kubeloop.generated import REPO_ROOT
-from kubeloop.monitoring.local import free_port
+from kubeloop.monitoring.local import free_port, stop_process
 from kubeloop.monitoring.rules import RULES_PATH
 
 PROMETHEUS_BIN = "/usr/bin/prometheus"
@@ -67,13 +67,7 @@ class PrometheusProcess:
     work_dir: Path
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout)
 
     def __enter__(self) -> PrometheusProcess:
         return self
