@@ -125,16 +125,6 @@ def requirement_set(dockerfile: Path) -> tuple[tuple[str, ...], tuple[str, ...]]
     return tuple(dict.fromkeys(reqs)), tuple(dict.fromkeys(constraints))
 
 
-# Conflicts found by this test and still open in an image: (text pip reports, why). Any
-# other resolution failure fails the test; drop an entry once its image resolves.
-KNOWN_CONFLICTS = {
-    "features": (
-        "feast[aws,redis] 0.67.0 depends on boto3>=1.38.27",
-        "components/features/Dockerfile installs feast[redis,aws]==0.67.0, whose aws extra needs "
-        "boto3>=1.38.27 while requirements/constraints.txt pins boto3==1.35.49: the image "
-        "build fails until the extra is dropped or the pin is raised",
-    ),
-}
 DOCKERFILES = image_dockerfiles()
 SETS: dict[tuple, list[str]] = {}
 PARSE_ERRORS: dict[str, str] = {}
@@ -206,9 +196,6 @@ def test_every_image_has_a_requirement_set() -> None:
 def test_image_dependencies_resolve(resolutions, key) -> None:
     report = resolutions[key]
     if isinstance(report, str):
-        for name in SETS[key]:
-            if name in KNOWN_CONFLICTS and KNOWN_CONFLICTS[name][0] in report:
-                pytest.xfail(f"{name}: {KNOWN_CONFLICTS[name][1]}")
         pytest.fail(f"images {SETS[key]} do not resolve:\n{report}")
     resolved = {
         re.sub(r"[-_.]+", "-", item["metadata"]["name"]).lower(): item["metadata"]["version"]
