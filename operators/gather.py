@@ -67,10 +67,15 @@ def gather(
     start = parse_time(status.step_started_at) or parse_time(status.promoted_at)
     window = (now - start).total_seconds() if start else 300.0
     snapshot = observer.version_metrics(spec.model.name, window)
-    drift, detail = None, {}
+    drift, detail, reset_age = None, {}, None
     if snapshot.ok and status.stable_version:
         try:
             drift, detail = observer.drift(spec.model.name, status.stable_version)
+            reset_age = observer.drift_reset_age(spec.model.name, status.stable_version)
+            if drift is not None:
+                detail = {**detail, "version": status.stable_version}
+                if reset_age is not None:
+                    detail["seconds_since_reset"] = round(reset_age, 1)
         except PrometheusError as exc:
             snapshot = type(snapshot)(False, str(exc), {})
     run = None
@@ -92,6 +97,8 @@ def gather(
         registry_versions=versions,
         drift_detected=drift,
         drift_detail=detail,
+        drift_version=status.stable_version,
+        drift_reset_age_seconds=reset_age,
         run=run,
         ready_versions=ready,
         commands=commands,

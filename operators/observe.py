@@ -94,6 +94,19 @@ class PrometheusObserver:
         flags = {r["metric"].get("detector", "_"): float(r["value"][1]) for r in result}
         return any(v >= 1 for v in flags.values()), {"detectors": flags}
 
+    def drift_reset_age(self, model: str, version: str) -> float | None:
+        """Seconds since the drift service last reset ``version``'s detectors, as of now.
+
+        ``kubeloop_drift_seconds_since_reset`` at its last scrape plus the scrape's age:
+        durations on Prometheus's own clock, so no clock is compared with another.
+        """
+        s = f"kubeloop_drift_seconds_since_reset{_sel(model, version=version)}"
+        result = self.query(f"max((time() - timestamp({s})) + {s})")
+        if not result:
+            return None
+        value = _value(result[0])
+        return None if math.isnan(value) else value
+
 
 def _value(sample: dict[str, Any]) -> float:
     return float(sample["value"][1])

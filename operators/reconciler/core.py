@@ -36,6 +36,12 @@ from kubeloop.operators.reconciler.types import (
 
 PENDING, STABLE, CANARY, WATCHING = "Pending", "Stable", "Canary", "Watching"
 
+# The drift service resets a version's detectors when the pass that made it stable asks it
+# to (WatchDrift), so a reset measured a little before that pass still belongs to it: the
+# age is read from Prometheus a query later than ``obs.now``. A watch from before (the
+# canary's, or the one before a rollback) is older by at least a canary step.
+WATCH_SLACK_SECONDS = 2.0
+
 
 @dataclass(frozen=True)
 class Result:
@@ -67,6 +73,7 @@ class _Pass:
         self.actions: list[Action] = []
         self.progress: tuple[str, str, str] = ("False", "Idle", "no rollout in progress")
         self.stalled: tuple[str, str, str] = ("False", "Progressing", "")
+        self.drift_unknown: tuple[str, str] = ("MetricsUnavailable", "no drift metrics")
 
     def decide(
         self,
@@ -312,7 +319,8 @@ def _rollback_promotion(p: _Pass, reason: str, message: str, evidence: dict) -> 
     bad, previous = p.s.stable_version, p.s.previous_version
     p.s.rejected_versions = [*p.s.rejected_versions, bad][-HISTORY_LIMIT:]
     p.s.stable_version, p.s.previous_version = previous, None
-    p.s.phase, p.s.promoted_at, p.s.watch_baseline = STABLE, None, {}
+    # promotedAt: when the stable version took over, here again; drift evidence counts from it.
+    p.s.phase, p.s.promoted_at, p.s.watch_baseline = STABLE, p.now, {}
     p.s.drift_since, p.s.drift = None, "None"
     p.actions += [SetChampion(previous), WatchDrift(previous)]
     p.progress = ("False", "RolledBack", f"{bad} rolled back to {previous}: {message}")
@@ -363,11 +371,46 @@ def _commands(p: _Pass) -> None:
 
 
 # --- drift -------------------------------------------------------------------------------
+def drift_evidence(
+    status: ModelDeploymentStatus, obs: Observations
+) -> tuple[bool | None, str, str]:
+    """The drift flag as evidence about the stable version since it became stable.
+
+    Returns ``(flag, reason, message)``; ``flag`` is ``None`` when there is no such
+    evidence: no data, a flag about another version (the pass that promotes still holds
+    the previous stable version's), or detectors last reset before the stable version
+    took over (a latched alarm from its canary, until the drift service's reset shows).
+    """
+    if not obs.metrics_ok or obs.drift_detected is None:
+        return None, "MetricsUnavailable", obs.metrics_error or "no drift metrics"
+    stable = status.stable_version
+    if obs.drift_version is not None and obs.drift_version != stable:
+        return (
+            None,
+            "EvidenceForAnotherVersion",
+            f"drift evidence is about {obs.drift_version}, not the stable version {stable}",
+        )
+    took_over = parse_time(status.promoted_at)
+    age = obs.drift_reset_age_seconds
+    if took_over is not None and age is not None:
+        since = (obs.now - took_over).total_seconds()
+        if age > since + WATCH_SLACK_SECONDS:
+            return (
+                None,
+                "EvidenceBeforeTakeover",
+                f"{stable}'s drift detectors were reset {age:.0f}s ago, before it became "
+                f"stable {since:.0f}s ago; waiting for the drift service to watch it again",
+            )
+    return obs.drift_detected, "", ""
+
+
 def _drift(p: _Pass) -> None:
-    if not p.obs.metrics_ok or p.obs.drift_detected is None:
+    detected, reason, message = drift_evidence(p.s, p.obs)
+    if detected is None:
         p.s.drift = "Unknown"
+        p.drift_unknown = (reason, message)
         return
-    if not p.obs.drift_detected:
+    if not detected:
         p.s.drift_since, p.s.drift = None, "None"
         return
     if p.s.drift_since is None:
@@ -401,9 +444,7 @@ def _conditions(p: _Pass) -> None:
     else:
         p.condition("Degraded", "False", "Healthy", "no rollback since the last promotion")
     if s.drift == "Unknown":
-        p.condition(
-            "Drifting", "Unknown", "MetricsUnavailable", p.obs.metrics_error or "no drift metrics"
-        )
+        p.condition("Drifting", "Unknown", *p.drift_unknown)
     elif s.drift == "None":
         p.condition("Drifting", "False", "NoDrift", "no drift on the stable version")
     else:

@@ -54,6 +54,10 @@ class Observations:
     registry_versions: tuple[RegistryVersion, ...] = ()
     drift_detected: bool | None = None  # None: unknown (no data)
     drift_detail: dict[str, Any] = field(default_factory=dict)
+    # Which version the drift flag is about (the labels of the series read; None: the
+    # stable one) and how long ago the drift service last reset that version's detectors.
+    drift_version: str | None = None
+    drift_reset_age_seconds: float | None = None
     run: RunObservation | None = None
     ready_versions: frozenset[str] = frozenset()
     commands: dict[str, str] = field(default_factory=dict)  # promote/rollback -> version
