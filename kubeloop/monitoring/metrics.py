@@ -1,13 +1,17 @@
-"""The drift service's ``kubeloop_*`` metrics (names and labels from docs/contracts.md)."""
+"""The drift service's ``kubeloop_*`` metrics (names and labels from docs/contracts.md).
+
+They live in the HTTP process; the detector worker sends snapshots (plain dicts, see
+``VersionMonitor.snapshot``) that :meth:`DriftMetrics.publish` turns into series.
+"""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from kubeloop.monitoring import REJECT_REASONS
-from kubeloop.monitoring.monitor import VersionMonitor
 
 DETECTOR_LABELS = ("model", "version", "detector", "feature")
 VERSION_LABELS = ("model", "version")
@@ -64,39 +68,58 @@ class DriftMetrics:
         )
         for reason in REJECT_REASONS:
             self.rejected.labels(reason=reason)
+        self.dropped = Counter(
+            "kubeloop_drift_dropped",
+            "Paired instances and labels dropped because the detector queue was full",
+            VERSION_LABELS,
+            registry=r,
+        )
+        self.worker_up = Gauge(
+            "kubeloop_drift_worker_up", "1 while the detector worker process runs", registry=r
+        )
+        self.worker_errors = Counter(
+            "kubeloop_drift_worker_errors",
+            "Detector updates that failed, and exits of the detector worker",
+            ("kind",),
+            registry=r,
+        )
+        for kind in ("update", "exit"):
+            self.worker_errors.labels(kind=kind)
 
-    def watch(self, mon: VersionMonitor) -> None:
+    def watch(self, model: str, version: str, reset_at: float) -> None:
         """(Re)creates the version's series, so a new watch starts from zero."""
-        self.forget(mon.model, mon.version)
-        labels = {"model": mon.model, "version": mon.version}
-        self.since_reset.labels(**labels).set_function(lambda: time.time() - mon.reset_at)
+        self.forget(model, version)
+        labels = {"model": model, "version": version}
+        self.since_reset.labels(**labels).set_function(lambda: time.time() - reset_at)
         self.samples.labels(**labels)
+        self.dropped.labels(**labels)
         for outcome in ("correct", "incorrect"):
             self.feedback.labels(**labels, outcome=outcome)
 
     def forget(self, model: str, version: str) -> None:
         for metric in (self.statistic, self.threshold, self.detected, self.since_reset, self.samples,
-                       self.feedback, self.accuracy, self.roc_auc):  # fmt: skip
+                       self.feedback, self.accuracy, self.roc_auc, self.dropped):  # fmt: skip
             for key in list(metric._metrics):  # noqa: SLF001 (prometheus_client has no prefix removal)
                 if key[:2] == (model, version):
                     metric.remove(*key)
 
     def publish(
-        self, mon: VersionMonitor, new_samples: int = 0, correct: int = 0, incorrect: int = 0
+        self, snapshot: dict[str, Any], new_samples: int = 0, correct: int = 0, incorrect: int = 0
     ) -> None:
-        labels = {"model": mon.model, "version": mon.version}
+        """Counts and gauges of one version from its worker snapshot."""
+        labels = {"model": snapshot["model"], "version": snapshot["version"]}
         if new_samples:
             self.samples.labels(**labels).inc(new_samples)
         if correct:
             self.feedback.labels(**labels, outcome="correct").inc(correct)
         if incorrect:
             self.feedback.labels(**labels, outcome="incorrect").inc(incorrect)
-        if (acc := mon.live_accuracy()) is not None:
+        if (acc := snapshot.get("live_accuracy")) is not None:
             self.accuracy.labels(**labels).set(acc)
-        if (auc := mon.live_roc_auc()) is not None:
+        if (auc := snapshot.get("live_roc_auc")) is not None:
             self.roc_auc.labels(**labels).set(auc)
-        for view in mon.views():
-            dl = {**labels, "detector": view.detector, "feature": view.feature}
-            self.statistic.labels(**dl).set(view.statistic)
-            self.threshold.labels(**dl).set(view.threshold)
-            self.detected.labels(**dl).set(1.0 if view.detected else 0.0)
+        for view in snapshot.get("features", []):
+            dl = {**labels, "detector": view["detector"], "feature": view["feature"]}
+            self.statistic.labels(**dl).set(view["statistic"])
+            self.threshold.labels(**dl).set(view["threshold"])
+            self.detected.labels(**dl).set(1.0 if view["detected"] else 0.0)

@@ -1,7 +1,8 @@
 """The drift state of one watched model version: detectors, live quality, recent window.
 
-Pure of HTTP: the service validates events and hands paired rows here. ``observe``
-and ``feedback`` are called from one worker thread; ``snapshot`` may be read from any.
+Pure of HTTP: the service validates events and hands paired rows to the detector
+worker process (``kubeloop.monitoring.worker``), which owns these objects and calls
+``observe``/``feedback`` from one thread and sends ``snapshot`` back to the service.
 """
 
 from __future__ import annotations
@@ -188,6 +189,7 @@ class VersionMonitor:
             "reference_digest": self.reference.digest,
             "reference_rows": len(self.reference.frame),
             "samples": self.samples,
+            "reset_at": self.reset_at,
             "seconds_since_reset": time.time() - self.reset_at,
             "setup_seconds": round(self.setup_seconds, 3),
             "settings": self.settings.to_dict(),

@@ -3,9 +3,12 @@
 Run: ``.venv-drift/bin/python -m kubeloop.monitoring.service --port 8090 --registry-uri var/registry``.
 
 HTTP handlers validate and pair events on the event loop (cheap, and every refusal
-is a 4xx with a counted reason before any state changes); a single worker thread
-feeds paired rows to the detectors in micro-batches, so a slow detector step never
-blocks the logger.
+is a 4xx with a counted reason before any state changes); paired rows go in batches,
+over a bounded queue, to a detector worker *process* (``kubeloop.monitoring.worker``),
+so parsing and detector updates use a core each and a slow detector step never blocks
+the logger. When the worker lags by more than the queue holds, batches are dropped and
+counted (``kubeloop_drift_dropped_total``); when it dies, ``/healthz`` and ``/readyz``
+answer 503, ``kubeloop_drift_worker_up`` drops to 0 and events are refused with 503.
 """
 
 from __future__ import annotations
@@ -15,11 +18,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import queue
 import threading
 import time
-from collections import OrderedDict
-from dataclasses import replace
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,51 +41,89 @@ from kubeloop.monitoring.events import (
     validate_predictions,
 )
 from kubeloop.monitoring.metrics import DriftMetrics
-from kubeloop.monitoring.monitor import VersionMonitor
-from kubeloop.monitoring.reference import ReferenceError, load_reference
+from kubeloop.monitoring.reference import Reference, ReferenceError, load_reference
+from kubeloop.monitoring.worker import DetectorWorker, WorkerDown
 from kubeloop.registry import RegistryError
 
 log = logging.getLogger("kubeloop.monitoring.service")
-BATCH_ITEMS = 512
+BATCH_ITEMS = 256  # paired rows per hand-off to the detector worker
+FLUSH_SECONDS = 0.005  # a partial batch waits at most this long
+QUEUE_BATCHES = 64  # batches the worker may lag behind before new ones are dropped
+
+
+@dataclass
+class Watched:
+    """The HTTP side of one watched version: what validation needs and the last snapshot."""
+
+    id: int
+    reference: Reference
+    snapshot: dict[str, Any]
+
+    @property
+    def model(self) -> str:
+        return self.reference.model
+
+    @property
+    def version(self) -> str:
+        return self.reference.version
+
+    def view(self) -> dict[str, Any]:
+        return {**self.snapshot, "seconds_since_reset": time.time() - self.snapshot["reset_at"]}
 
 
 class DriftService:
-    """Watched versions, pairing of request/response events, feedback store, worker."""
+    """Watched versions, pairing of request/response events, feedback store, worker hand-off."""
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.metrics = DriftMetrics()
-        self.monitors: dict[tuple[str, str], VersionMonitor] = {}
-        self.pending: OrderedDict[str, tuple[VersionMonitor, list[dict[str, Any]]]] = OrderedDict()
-        self.answered: OrderedDict[str, tuple[VersionMonitor, list[float], list[int]]] = (
-            OrderedDict()
-        )
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.monitors: dict[tuple[str, str], Watched] = {}
+        self._by_id: dict[int, Watched] = {}
+        self._next_id = 0
+        self.pending: OrderedDict[str, tuple[int, list[dict[str, Any]]]] = OrderedDict()
+        self.answered: OrderedDict[str, tuple[int, list[float] | None, list[int]]] = OrderedDict()
         self.enqueued = 0
         self.processed = 0
+        self.dropped = 0
+        self._buffer: list[tuple] = []
+        self._buffer_lock = threading.Lock()
         self._watch_lock = threading.Lock()
         self._stop = threading.Event()
-        self._worker = threading.Thread(target=self._run_worker, name="drift-worker", daemon=True)
-        self._worker.start()
+        self.worker = DetectorWorker(self._on_done, queue_batches=QUEUE_BATCHES)
+        self.metrics.worker_up.set(1)
+        self._flusher = threading.Thread(target=self._run_flusher, name="drift-flush", daemon=True)
+        self._flusher.start()
 
     # --- watching ------------------------------------------------------------------------
     def watch(
         self, model: str, version: str, registry_uri: str | None, overrides: dict | None
-    ) -> VersionMonitor:
+    ) -> dict[str, Any]:
         settings = self.settings.detectors.with_overrides(overrides)
         reference = load_reference(registry_uri or self.settings.registry_uri, model, version)
-        with self._watch_lock:  # one build at a time: detector set-up is CPU-bound
-            mon = VersionMonitor.build(reference, settings, self.settings.cache_dir)
+        with self._watch_lock:
+            self._next_id += 1
+            mon_id = self._next_id
+        snap = self.worker.call("watch", mon_id, reference, settings, self.settings.cache_dir)
         key = (reference.model, reference.version)
-        self.monitors[key] = mon
-        self.metrics.watch(mon)
-        log.info("watching %s/%s (set-up %.2fs)", *key, mon.setup_seconds)
-        return mon
+        watched = Watched(mon_id, reference, snap)
+        old = self.monitors.get(key)
+        self._by_id[mon_id] = watched
+        self.monitors[key] = watched
+        self.metrics.watch(*key, snap["reset_at"])
+        if old is not None:
+            self._by_id.pop(old.id, None)
+            self.worker.forget(old.id)
+        log.info("watching %s/%s (set-up %.2fs)", *key, snap["setup_seconds"])
+        return snap
 
     # --- events (event loop) ---------------------------------------------------------------
     def reject(self, exc: EventRejected) -> JSONResponse:
         self.metrics.rejected.labels(reason=exc.reason).inc()
         return JSONResponse({"error": str(exc), "reason": exc.reason}, status_code=exc.status)
+
+    def _check_worker(self) -> None:
+        if not self.worker.alive:
+            raise WorkerDown(self.worker.error or "detector worker is not running")
 
     def handle_event(self, headers: dict[str, str], body: bytes) -> dict[str, Any]:
         event = parse_cloudevent(headers, body)
@@ -99,7 +139,7 @@ class DriftService:
                 )
             spec = mon.reference.spec
             instances = validate_instances(event.data, spec.numeric, spec.categorical, spec.keys)
-            self.pending[event.id] = (mon, instances)
+            self.pending[event.id] = (mon.id, instances)
             if len(self.pending) > self.settings.pending_limit:
                 self.pending.popitem(last=False)
             return {"accepted": "request", "id": event.id}
@@ -107,18 +147,18 @@ class DriftService:
         if waiting is None:
             reason = "duplicate_event" if event.id in self.answered else "unpaired_response"
             raise EventRejected(reason, f"response {event.id!r} has no pending request", 409)
-        req_mon, instances = waiting
-        if req_mon is not mon:
+        req_id, instances = waiting
+        if req_id != mon.id:
             raise EventRejected(
                 "unpaired_response", f"response {event.id!r} names another model version", 409
             )
         scores, labels = validate_predictions(event.data, len(instances))
+        self._check_worker()
         del self.pending[event.id]
-        self.answered[event.id] = (mon, scores, labels)
+        self.answered[event.id] = (mon.id, scores, labels)
         if len(self.answered) > self.settings.feedback_limit:
             self.answered.popitem(last=False)
-        self.enqueued += 1
-        self.queue.put(("observe", mon, instances, scores))
+        self._add(("observe", mon.id, instances, scores))
         return {"accepted": "response", "id": event.id}
 
     def handle_feedback(self, body: bytes) -> dict[str, Any]:
@@ -130,7 +170,7 @@ class DriftService:
                 raise EventRejected(
                     "unknown_request_id", f"no answered request with id {request_id!r}", 404
                 )
-            mon, scores, preds = found
+            mon_id, scores, preds = found
             if len(labels) != len(preds):
                 raise EventRejected(
                     "bad_feedback",
@@ -140,76 +180,97 @@ class DriftService:
                 raise EventRejected(
                     "duplicate_feedback", f"request {request_id!r} already has feedback", 409
                 )
-            resolved.append((request_id, mon, labels, scores, preds))
+            resolved.append((request_id, mon_id, labels, scores, preds))
         if len({r[0] for r in resolved}) != len(resolved):
             raise EventRejected(
                 "duplicate_feedback", "the same request_id appears twice in one feedback batch", 409
             )
-        for request_id, mon, labels, scores, preds in resolved:
-            self.answered[request_id] = (mon, None, preds)  # type: ignore[assignment] # marks "labelled"
-            self.enqueued += 1
-            self.queue.put(("feedback", mon, labels, scores, preds))
+        self._check_worker()
+        for request_id, mon_id, labels, scores, preds in resolved:
+            self.answered[request_id] = (mon_id, None, preds)  # marks "labelled"
+            self._add(("feedback", mon_id, labels, scores, preds))
         return {"accepted": len(resolved)}
 
-    # --- worker ----------------------------------------------------------------------------
-    def _run_worker(self) -> None:
-        while not self._stop.is_set():
-            try:
-                items = [self.queue.get(timeout=0.2)]
-            except queue.Empty:
-                continue
-            while len(items) < BATCH_ITEMS:
-                try:
-                    items.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                self._process(items)
-            except Exception:  # a detector bug must not stop monitoring of every model
-                log.exception("drift worker failed on a batch of %d items", len(items))
-            self.processed += len(items)
+    # --- hand-off to the detector worker ---------------------------------------------------
+    def _add(self, item: tuple) -> None:
+        with self._buffer_lock:
+            self._buffer.append(item)
+            full = len(self._buffer) >= BATCH_ITEMS
+        if full:
+            self.flush()
 
-    def _process(self, items: list[tuple]) -> None:
-        # Micro-batch: one DataFrame and one encoding per monitor for the whole batch, then the
-        # detectors step through the rows (alibi-detect's online detectors take one at a time).
-        batches: dict[int, list] = {}
-        for item in items:
-            kind, mon = item[0], item[1]
-            b = batches.setdefault(id(mon), [mon, [], [], [], [], []])
-            if kind == "observe":
-                b[1].extend(item[2])
-                b[2].extend(item[3])
-            else:
-                b[3].extend(item[2])
-                b[4].extend(item[3])
-                b[5].extend(item[4])
-        for mon, instances, scores, labels, fb_scores, preds in batches.values():
-            if instances:
-                mon.observe(instances, scores)
-            correct = incorrect = 0
-            if labels:
-                mon.feedback(labels, fb_scores, preds)
-                incorrect = sum(int(p != y) for p, y in zip(preds, labels, strict=True))
-                correct = len(labels) - incorrect
-            if self.monitors.get((mon.model, mon.version)) is mon:  # not replaced by a newer watch
-                self.metrics.publish(mon, len(instances), correct, incorrect)
+    def flush(self) -> None:
+        """Sends the buffered items as one batch; a full queue drops the batch and counts it."""
+        with self._buffer_lock:
+            items, self._buffer = self._buffer, []
+            if not items:
+                return
+            try:
+                sent = self.worker.send_batch(items)
+            except WorkerDown:
+                sent = False
+            if sent:
+                self.enqueued += len(items)
+                return
+            self.dropped += len(items)
+        for mon_id, n in Counter(item[1] for item in items).items():
+            if (w := self._by_id.get(mon_id)) is not None:
+                self.metrics.dropped.labels(model=w.model, version=w.version).inc(n)
+
+    def _run_flusher(self) -> None:
+        while not self._stop.wait(FLUSH_SECONDS):
+            if self._buffer:
+                self.flush()
+
+    def _on_done(self, n_items: int, updates: list[dict[str, Any]], failed: int) -> None:
+        """Reader thread: a batch was processed (or the worker died, with n_items 0)."""
+        for u in updates:
+            watched = self._by_id.get(u["id"])
+            if watched is None:  # replaced by a newer watch
+                continue
+            watched.snapshot = u["snapshot"]
+            self.metrics.publish(u["snapshot"], u["samples"], u["correct"], u["incorrect"])
+        if failed:
+            self.metrics.worker_errors.labels(kind="update").inc(failed)
+        if not self.worker.alive and not self._stop.is_set():
+            self.metrics.worker_up.set(0)
+            self.metrics.worker_errors.labels(kind="exit").inc()
+        self.processed += n_items
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
+        self.flush()
         deadline = time.monotonic() + timeout
-        while self.processed < self.enqueued and time.monotonic() < deadline:
+        while self.processed < self.enqueued and self.worker.alive and time.monotonic() < deadline:
             time.sleep(0.01)
         return self.processed >= self.enqueued
 
+    def report(self, key: tuple[str, str], p_val: float = 0.05) -> dict[str, Any]:
+        watched = self.monitors[key]
+        self.wait_idle()
+        try:
+            return self.worker.call("report", watched.id, p_val, timeout=300)
+        except WorkerDown:
+            raise
+        except RuntimeError as exc:
+            raise ValueError(str(exc)) from None
+
     def status(self) -> dict[str, Any]:
         return {
-            "watched": [m.snapshot() for m in list(self.monitors.values())],
+            "watched": [w.view() for w in list(self.monitors.values())],
             "pending_requests": len(self.pending),
-            "backlog": self.enqueued - self.processed,
+            "backlog": self.enqueued - self.processed + len(self._buffer),
             "processed": self.processed,
+            "dropped": self.dropped,
+            "worker": {
+                "pid": self.worker.process.pid,
+                "alive": self.worker.alive,
+                "error": self.worker.error,
+            },
         }
 
     def stop(self) -> None:
         self._stop.set()
+        self.worker.stop()
 
 
 def _lifespan(svc: DriftService):  # noqa: ANN202
@@ -224,18 +285,25 @@ def _lifespan(svc: DriftService):  # noqa: ANN202
 def create_app(settings: ServiceSettings) -> Starlette:
     svc = DriftService(settings)
 
+    def unavailable(exc: WorkerDown) -> JSONResponse:
+        return JSONResponse({"error": str(exc), "reason": "worker_down"}, status_code=503)
+
     async def events(request: Request) -> Response:
         body = await request.body()
         try:
-            return JSONResponse(svc.handle_event(dict(request.headers), body), status_code=202)
+            return JSONResponse(svc.handle_event(request.headers, body), status_code=202)
         except EventRejected as exc:
             return svc.reject(exc)
+        except WorkerDown as exc:
+            return unavailable(exc)
 
     async def feedback(request: Request) -> Response:
         try:
             return JSONResponse(svc.handle_feedback(await request.body()), status_code=202)
         except EventRejected as exc:
             return svc.reject(exc)
+        except WorkerDown as exc:
+            return unavailable(exc)
 
     async def watch(request: Request) -> Response:
         try:
@@ -251,7 +319,7 @@ def create_app(settings: ServiceSettings) -> Starlette:
                 {"error": "watch needs string 'model' and 'version'"}, status_code=422
             )
         try:
-            mon = await run_in_threadpool(
+            snap = await run_in_threadpool(
                 svc.watch,
                 body["model"],
                 str(body["version"]),
@@ -264,10 +332,12 @@ def create_app(settings: ServiceSettings) -> Starlette:
             return JSONResponse({"error": str(exc)}, status_code=422)
         except RegistryError as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
+        except WorkerDown as exc:
+            return unavailable(exc)
         except Exception as exc:
             log.exception("watching %s/%s failed", body["model"], body["version"])
             return JSONResponse({"error": f"detector set-up failed: {exc}"}, status_code=500)
-        return JSONResponse(mon.snapshot())
+        return JSONResponse(snap)
 
     async def status(request: Request) -> Response:
         if request.query_params.get("wait") == "idle":
@@ -276,12 +346,12 @@ def create_app(settings: ServiceSettings) -> Starlette:
 
     async def report(request: Request) -> Response:
         key = (request.query_params.get("model", ""), request.query_params.get("version", ""))
-        mon = svc.monitors.get(key)
-        if mon is None:
+        if key not in svc.monitors:
             return JSONResponse({"error": f"{key[0]}/{key[1]} is not watched"}, status_code=404)
-        await run_in_threadpool(svc.wait_idle)
         try:
-            return JSONResponse(await run_in_threadpool(mon.report))
+            return JSONResponse(await run_in_threadpool(svc.report, key))
+        except WorkerDown as exc:
+            return unavailable(exc)
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=409)
 
@@ -289,8 +359,9 @@ def create_app(settings: ServiceSettings) -> Starlette:
         return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(request: Request) -> Response:
-        ok = svc._worker.is_alive()  # noqa: SLF001
-        return JSONResponse({"ok": ok}, status_code=200 if ok else 503)
+        if svc.worker.alive:
+            return JSONResponse({"ok": True})
+        return JSONResponse({"ok": False, "error": svc.worker.error}, status_code=503)
 
     app = Starlette(
         routes=[

@@ -269,3 +269,61 @@ def test_watch_errors_are_clear(client):
     assert r.status_code == 422 and "ert" in r.json()["error"]
     r = client.post("/v1/watch", json={"model": MODEL, "version": "v1", "detectors": {"bogus": 1}})
     assert r.status_code == 422 and "bogus" in r.json()["error"]
+
+
+def metric(text: str, prefix: str) -> float:
+    line = next(line for line in text.splitlines() if line.startswith(prefix))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_a_crashed_detector_worker_is_reported_and_shutdown_is_clean(registry, work, reference):
+    import os
+    import signal
+    import time
+
+    with (
+        start_drift_service(registry, work) as svc,
+        httpx.Client(base_url=svc.url, timeout=120) as c,
+    ):
+        c.post(
+            "/v1/watch", json={"model": MODEL, "version": "v1", "detectors": FAST}
+        ).raise_for_status()
+        send(c, reference, n=5)
+        worker = c.get("/v1/status", params={"wait": "idle"}).json()["worker"]
+        assert worker["alive"] and worker["pid"] != svc.process.pid
+        assert metric(c.get("/metrics").text, "kubeloop_drift_worker_up ") == 1.0
+        os.kill(worker["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while c.get("/readyz").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and "exited" in ready.json()["error"], ready.text
+        text = c.get("/metrics").text
+        assert metric(text, "kubeloop_drift_worker_up ") == 0.0
+        assert metric(text, 'kubeloop_drift_worker_errors_total{kind="exit"}') == 1.0
+        # Events are refused loudly (the logger sees 503), not accepted and lost.
+        _, [(h1, b1), (h2, b2)] = payload_pair(
+            [{k: v.item() if hasattr(v, "item") else v for k, v in reference.iloc[0][features(reference)].items()}],
+            [0.1], [0], MODEL, "v1",
+        )  # fmt: skip
+        assert c.post("/", headers=h1, content=b1).status_code == 202  # requests only wait
+        r = c.post("/", headers=h2, content=b2)
+        assert r.status_code == 503 and r.json()["reason"] == "worker_down", r.text
+    assert svc.process.poll() is not None
+
+
+def test_stopping_the_service_stops_its_worker(registry, work):
+    import os
+    import time
+
+    with start_drift_service(registry, work) as svc, httpx.Client(base_url=svc.url) as c:
+        pid = c.get("/v1/status").json()["worker"]["pid"]
+    assert svc.process.poll() is not None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"detector worker {pid} outlived the service")
