@@ -1,12 +1,18 @@
 """The kopf operator: thin registration over ``handlers.reconcile_resource``.
 
 ``python -m kubeloop.operators.cluster`` loads settings once, builds the clients, registers
-the handlers on a fresh kopf registry (the timer interval comes from settings) and runs.
+the handlers on a fresh kopf registry (the timer interval comes from settings), and runs
+kopf only while this replica holds the leader Lease (``election.py``), so several
+replicas can run and one reconciles.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import kopf
@@ -15,6 +21,8 @@ from kubeloop.operators.crd import GROUP, PLURAL, PROMOTE_ANNOTATION, ROLLBACK_A
 from kubeloop.operators.settings import OperatorSettings, load_operator_settings
 
 log = logging.getLogger("kubeloop.operator")
+# /healthz on every replica (the chart's probes); 8081 is /metrics.
+HEALTH_PORT = 8080
 
 
 def build_registry(settings: OperatorSettings, deps: ClusterDeps) -> kopf.OperatorRegistry:
@@ -85,21 +93,114 @@ def build_deps(settings: OperatorSettings) -> ClusterDeps:
     )
 
 
+class KopfThread:
+    """kopf in its own thread and event loop, started when this replica leads and stopped
+    (through kopf's ``stop_flag``) when it does not."""
+
+    def __init__(self, run: Callable[[threading.Event], None], stop_timeout: float = 30.0):
+        self._run, self.stop_timeout = run, stop_timeout
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self.running():
+            return
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(self._stop,), name="kopf", daemon=True
+        )
+        self._thread.start()
+        log.info("leading: kopf handlers started")
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(self.stop_timeout)
+        if self._thread.is_alive():
+            log.error("kopf did not stop within %.0f s", self.stop_timeout)
+        else:
+            log.info("kopf handlers stopped")
+        self._thread = None
+
+
+def serve_health(
+    port: int, healthy: Callable[[], bool], host: str = "0.0.0.0"
+) -> ThreadingHTTPServer:
+    """``/healthz`` for the probes on every replica, leader or follower (kopf's own
+    liveness endpoint only exists while kopf runs)."""
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            ok = self.path.split("?")[0] == "/healthz" and healthy()
+            body = b"ok\n" if ok else b"unhealthy\n"
+            self.send_response(200 if ok else (503 if self.path.startswith("/healthz") else 404))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host, port), Health)
+    threading.Thread(target=server.serve_forever, name="healthz", daemon=True).start()
+    return server
+
+
 def main() -> None:
+    from kubeloop.operators.cluster.election import (
+        LeaderElector,
+        LeaseLock,
+        load_election_settings,
+    )
+    from kubernetes import client
     from prometheus_client import start_http_server
 
     settings = load_operator_settings()
+    election = load_election_settings()
     deps = build_deps(settings)
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
     namespaces = [settings.namespace] if settings.namespace else []
-    kopf.run(
-        registry=build_registry(settings, deps),
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        standalone=True,
-        liveness_endpoint="http://0.0.0.0:8080/healthz",
+    registry = build_registry(settings, deps)
+
+    def run_kopf(stop: threading.Event) -> None:
+        kopf.run(
+            registry=registry,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=True,
+            stop_flag=stop,
+        )
+
+    kopf_thread = KopfThread(run_kopf)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if not election.enabled:
+        serve_health(HEALTH_PORT, kopf_thread.running)
+        kopf_thread.start()
+        stop.wait()
+        kopf_thread.stop()
+        return
+    timing = election.timing()
+    elector = LeaderElector(
+        LeaseLock(
+            client.CoordinationV1Api(),
+            election.lease_name,
+            election.namespace,
+            request_timeout=timing.retry_period,
+        ),
+        election.identity,
+        timing,
     )
+    serve_health(
+        HEALTH_PORT, lambda: elector.alive() and (not elector.leading() or kopf_thread.running())
+    )
+    elector.run(kopf_thread.start, kopf_thread.stop, stop)
 
 
 if __name__ == "__main__":

@@ -106,6 +106,17 @@ def test_production_sizes_up_and_ships_no_credentials() -> None:
         sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
         == "100Gi"
     )
+    # Two operator replicas elect a leader; the PDB selects exactly the operator's pods.
+    operator = next(
+        d
+        for d in docs
+        if d["kind"] == "Deployment" and d["metadata"]["name"] == "kubeloop-operator"
+    )
+    assert operator["spec"]["replicas"] == 2
+    assert operator["spec"]["strategy"]["type"] == "RollingUpdate"
+    pdb = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"] == operator["spec"]["selector"]["matchLabels"]
+    assert any(d["kind"] == "Role" and "leader-election" in d["metadata"]["name"] for d in docs)
     # Production ships no credentials: the MinIO Secret is created out of band.
     assert not [d for d in docs if d["kind"] == "Secret"]
     assert all(d["metadata"]["labels"]["kubeloop.io/environment"] == "production" for d in docs)

@@ -238,9 +238,15 @@ def test_external_s3_replaces_minio(rendered) -> None:
 
 def test_namespaced_operator_gets_a_role_and_no_cluster_wide_grant(rendered) -> None:
     docs = rendered["namespaced-values.yaml"]
-    roles = {d["metadata"]["namespace"] for d in docs if d["kind"] == "Role"}
-    bindings = {d["metadata"]["namespace"] for d in docs if d["kind"] == "RoleBinding"}
-    assert roles == bindings == {"ml-team-a"}
+
+    def watch_grants(kind: str) -> set[str]:
+        return {
+            d["metadata"]["namespace"]
+            for d in docs
+            if d["kind"] == kind and not d["metadata"]["name"].endswith("-leader-election")
+        }
+
+    assert watch_grants("Role") == watch_grants("RoleBinding") == {"ml-team-a"}
     cluster_role = next(d for d in docs if d["kind"] == "ClusterRole")
     granted = {g for rule in cluster_role["rules"] for g in rule["apiGroups"]}
     assert granted == {"apiextensions.k8s.io"}, "namespaced operator gets only CRD discovery"
@@ -250,7 +256,56 @@ def test_namespaced_operator_gets_a_role_and_no_cluster_wide_grant(rendered) -> 
     env = {e["name"]: e.get("value") for e in pod_spec(operator)["containers"][0]["env"]}
     assert env["KUBELOOP_OPERATOR_NAMESPACE"] == "ml-team-a"
     assert operator["spec"]["replicas"] == 1
-    assert operator["spec"]["strategy"]["type"] == "Recreate"
+    assert operator["spec"]["strategy"]["type"] == "RollingUpdate"
+
+
+def _operator(docs: list[dict]) -> dict:
+    return next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("operator")
+    )
+
+
+def test_operator_replicas_elect_a_leader_on_a_lease(rendered) -> None:
+    docs = rendered["ha-operator-values.yaml"]
+    operator = _operator(docs)
+    assert operator["spec"]["replicas"] == 2
+    assert operator["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    env = {e["name"]: e for e in pod_spec(operator)["containers"][0]["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["KUBELOOP_LEADER_ENABLED"]["value"] == "true"
+    assert [env[f"KUBELOOP_LEADER_{k}_SECONDS"]["value"] for k in ("LEASE_DURATION", "RENEW_DEADLINE", "RETRY_PERIOD")] == ["20", "12", "3"]  # fmt: skip
+    lease = env["KUBELOOP_LEADER_LEASE_NAME"]["value"]
+    # The settings the operator loads from this env agree with the chart's schema.
+    from kubeloop.operators.cluster.election import ElectionSettings
+
+    loaded = ElectionSettings(
+        POD_NAME="p",
+        POD_NAMESPACE=NAMESPACE,
+        **{k[len("KUBELOOP_LEADER_") :].lower(): e["value"] for k, e in env.items() if k.startswith("KUBELOOP_LEADER_")},
+    )  # fmt: skip
+    assert loaded.lease_name == lease and loaded.timing().renew_deadline == 12
+    role = next(d for d in docs if d["kind"] == "Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    by_verbs = {tuple(r["verbs"]): r.get("resourceNames") for r in role["rules"]}
+    assert by_verbs == {("create",): None, ("get", "update"): [lease]}
+    assert {g for r in role["rules"] for g in r["apiGroups"]} == {"coordination.k8s.io"}
+    binding = next(d for d in docs if d["kind"] == "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == pod_spec(operator)["serviceAccountName"]
+    pdb = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == operator["spec"]["selector"]["matchLabels"]
+    assert not any(d["kind"] == "PodDisruptionBudget" for d in rendered["default-values.yaml"])
+
+
+def test_operator_without_leader_election_recreates_and_has_no_lease_role() -> None:
+    docs = render("--set", "operator.leaderElection.enabled=false")
+    assert _operator(docs)["spec"]["strategy"] == {"type": "Recreate"}
+    assert not [d for d in docs if d["kind"] == "Role"]
 
 
 def test_drift_logger_url_is_the_drift_service(rendered) -> None:
@@ -319,7 +374,15 @@ def test_helm_test_pod_checks_operator_and_drift(rendered) -> None:
         (["--set", "podSecurityContext.runAsNonRoot=false"], "runAsNonRoot"),
         (["--set", "operator.image.pullPolicy=Sometimes"], "/operator/image/pullPolicy"),
         (["--set", "operator.watchNamespace=Bad_NS"], "/operator/watchNamespace"),
-        (["--set", "operator.replicas=2"], "/operator/replicas"),
+        (["--set", "operator.replicas=11"], "/operator/replicas"),
+        (
+            ["--set", "operator.replicas=2", "--set", "operator.leaderElection.enabled=false"],
+            "/operator/leaderElection/enabled",
+        ),
+        (
+            ["--set", "operator.leaderElection.renewDeadlineSeconds=15"],
+            "need retryPeriodSeconds < renewDeadlineSeconds < leaseDurationSeconds",
+        ),
         (["--set", "operator.metricsPort=8080"], "/operator/metricsPort"),
         (["--set", "drift.port=70000"], "/drift/port"),
         (["--set", "drift.resources.limits=null"], "missing property 'limits'"),

@@ -39,6 +39,35 @@ def test_cluster_role_is_least_privilege():
     assert not any("*" in v for verbs in grants.values() for v in verbs)
 
 
+def test_lease_role_grants_exactly_the_elector_calls():
+    role = next(d for d in docs() if d["kind"] == "Role")
+    grants = {
+        (g, r, v, tuple(rule.get("resourceNames", ())))
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    lease = "kubeloop-operator"
+    assert grants == {
+        ("coordination.k8s.io", "leases", "create", ()),
+        ("coordination.k8s.io", "leases", "get", (lease,)),
+        ("coordination.k8s.io", "leases", "update", (lease,)),
+    }
+    deployment = next(d for d in docs() if d["kind"] == "Deployment")
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KUBELOOP_LEADER_LEASE_NAME"]["value"] == lease
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    source = (REPO_ROOT / "operators" / "cluster" / "election.py").read_text()
+    calls = {
+        m
+        for m in ("read_namespaced_lease", "create_namespaced_lease", "replace_namespaced_lease")
+        if f".{m}(" in source
+    }
+    assert len(calls) == 3
+    assert "delete_" not in source and "patch_" not in source
+
+
 def test_handlers_use_only_granted_calls():
     source = (REPO_ROOT / "operators" / "cluster" / "handlers.py").read_text()
     used = {

@@ -56,6 +56,12 @@ METHOD_RE = re.compile(
 CUSTOM_ARGS = {"namespaced": (0, 3), "cluster": (0, 2)}
 
 Grant = tuple[str, str, str]  # (apiGroup, resource, verb)
+# Leader election's Lease lives in the release namespace: its grants go to their own Role.
+ELECTION = {("coordination.k8s.io", "leases")}
+
+
+def election_grants(grants: set[Grant]) -> set[Grant]:
+    return {g for g in grants if g[:2] in ELECTION}
 
 
 def _plural(kind: str) -> str:
@@ -224,27 +230,69 @@ def test_derivation_sees_the_operator_calls() -> None:
     grants = derived_grants()
     assert ("serving.kserve.io", "inferenceservices", "create") in grants
     assert ("kubeloop.io", "modeldeployments", "watch") in grants
+    # The elector reads, creates and replaces (update) its Lease, and nothing else.
+    assert election_grants(grants) == {
+        ("coordination.k8s.io", "leases", verb) for verb in ("get", "create", "update")
+    }
+
+
+def _leader_election_role(docs: list[dict]) -> dict:
+    roles = [
+        d
+        for d in docs
+        if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader-election")
+    ]
+    assert len(roles) == 1, "one leader-election Role"
+    assert roles[0]["metadata"]["namespace"] == "kubeloop"  # the release namespace
+    return roles[0]
 
 
 def test_cluster_wide_chart_rbac_is_exactly_what_the_code_uses() -> None:
     docs = _render()
     roles = [d for d in docs if d["kind"] in ("ClusterRole", "Role")]
-    assert [r["kind"] for r in roles] == ["ClusterRole"]
-    granted, used = _role_grants(roles[0]), derived_grants()
-    assert not used - granted, f"used but not granted: {sorted(used - granted)}"
-    assert not granted - used, f"granted but never used: {sorted(granted - used)}"
-    assert not any("*" in part for grant in granted for part in grant)
+    assert sorted(r["kind"] for r in roles) == ["ClusterRole", "Role"]
+    cluster = next(r for r in roles if r["kind"] == "ClusterRole")
+    used = derived_grants()
+    for granted, wanted in (
+        (_role_grants(cluster), used - election_grants(used)),
+        (_role_grants(_leader_election_role(docs)), election_grants(used)),
+    ):
+        assert not wanted - granted, f"used but not granted: {sorted(wanted - granted)}"
+        assert not granted - wanted, f"granted but never used: {sorted(granted - wanted)}"
+        assert not any("*" in part for grant in granted for part in grant)
+
+
+def test_lease_get_and_update_are_limited_to_the_operator_lease() -> None:
+    docs = _render()
+    role = _leader_election_role(docs)
+    operator = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("operator")
+    )
+    env = {
+        e["name"]: e.get("value")
+        for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    for rule in role["rules"]:
+        if "create" in rule["verbs"]:
+            assert "resourceNames" not in rule  # RBAC cannot name an object not yet created
+        else:
+            assert rule["resourceNames"] == [env["KUBELOOP_LEADER_LEASE_NAME"]]
 
 
 def test_namespaced_chart_rbac_splits_cluster_and_namespace_grants() -> None:
     docs = _render("--set", "operator.watchNamespace=ml-team-a")
     cluster = _role_grants(next(d for d in docs if d["kind"] == "ClusterRole"))
-    role_doc = next(d for d in docs if d["kind"] == "Role")
-    assert role_doc["metadata"]["namespace"] == "ml-team-a"
+    role_doc = next(
+        d for d in docs if d["kind"] == "Role" and d["metadata"]["namespace"] == "ml-team-a"
+    )
     namespaced = _role_grants(role_doc)
-    assert cluster | namespaced == derived_grants()
+    election = _role_grants(_leader_election_role(docs))
+    assert cluster | namespaced | election == derived_grants()
+    assert election == election_grants(derived_grants())
     assert {g[1] for g in cluster} == {"customresourcedefinitions"}
-    binding = next(d for d in docs if d["kind"] == "RoleBinding")
+    binding = next(
+        d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["namespace"] == "ml-team-a"
+    )
     assert binding["roleRef"]["name"] == role_doc["metadata"]["name"]
 
 
@@ -255,9 +303,14 @@ def test_chart_grants_no_more_than_the_operator_manifest() -> None:
     theirs = next(
         d for d in yaml.safe_load_all(manifest.read_text()) if d and d["kind"] == "ClusterRole"
     )
-    ours = next(d for d in _render() if d["kind"] == "ClusterRole")
+    docs = _render()
+    ours = next(d for d in docs if d["kind"] == "ClusterRole")
     extra = _role_grants(ours) - _role_grants(theirs)
     assert not extra, f"the chart grants more than manifests/operator/rbac.yaml: {sorted(extra)}"
+    their_role = next(
+        d for d in yaml.safe_load_all(manifest.read_text()) if d and d["kind"] == "Role"
+    )
+    assert _role_grants(_leader_election_role(docs)) == _role_grants(their_role)
 
 
 def test_derivation_catches_new_calls() -> None:

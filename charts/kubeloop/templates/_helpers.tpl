@@ -75,6 +75,13 @@ ServiceAccount names.
 {{- end }}
 {{- end }}
 
+{{/*
+The operator's leader-election Lease (in the release namespace).
+*/}}
+{{- define "kubeloop.operator.leaseName" -}}
+{{- include "kubeloop.componentName" (dict "root" . "component" "operator") }}
+{{- end }}
+
 {{- define "kubeloop.drift.serviceAccountName" -}}
 {{- if .Values.drift.serviceAccount.create }}
 {{- default (include "kubeloop.componentName" (dict "root" . "component" "drift")) .Values.drift.serviceAccount.name }}
