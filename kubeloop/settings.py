@@ -83,6 +83,23 @@ class TrainingSettings(BaseModel):
     seed: int = 7
 
 
+class ClusterSettings(BaseModel):
+    """Names kubeloop's cluster objects refer to. The defaults are what the Helm chart
+    creates for the release ``kubeloop`` in the namespace ``kubeloop`` (the chart sets them
+    for its own release; tests/unit/test_serving_manifests.py checks they agree)."""
+
+    storage_service_account: str = Field(
+        "kubeloop-s3",
+        pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
+        description="ServiceAccount whose S3 credentials KServe's storage initializer uses",
+    )
+    s3_endpoint: str = Field(
+        "kubeloop-minio.kubeloop.svc.cluster.local:9000",
+        pattern=r"^[^/:]+(:[0-9]+)?$",
+        description="in-cluster host:port of the chart's MinIO Service",
+    )
+
+
 class KubeloopSettings(BaseSettings):
     """Everything kubeloop reads from its environment, validated at startup."""
 
@@ -109,6 +126,7 @@ class KubeloopSettings(BaseSettings):
     gate: GateSettings = GateSettings()
     s3: S3Settings = S3Settings()
     training: TrainingSettings = TrainingSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @field_validator("registry_uri")
     @classmethod

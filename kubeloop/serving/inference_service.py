@@ -42,9 +42,12 @@ from kubernetes.client import (
 )
 
 from kubeloop.images import image
+from kubeloop.settings import ClusterSettings
 
 MODEL_MOUNT = "/mnt/models"
-DEFAULT_SERVICE_ACCOUNT = "kubeloop-s3"
+# The chart's names (kubeloop.settings.ClusterSettings defaults, one place for both).
+CHART_NAMES = ClusterSettings()
+DEFAULT_SERVICE_ACCOUNT = CHART_NAMES.storage_service_account
 DEFAULT_SECRET = "kubeloop-s3-credentials"
 
 
@@ -82,10 +85,15 @@ def inference_service(
 ) -> dict[str, Any]:
     """The ``serving.kserve.io/v1beta1`` InferenceService serving ``model``/``version``.
 
+    Its predictor runs as ``service_account`` (the chart's storage ServiceAccount by
+    default), whose S3 annotations and Secret the storage initializer downloads with.
+
     By default the predictor is a custom container; with ``runtime`` (the chart installs
     the ClusterServingRuntime ``kubeloop-predictor``) it is a ``model`` of format
     ``kubeloop`` with a plain ``storageUri``, which is how the operator deploys.
     """
+    if not service_account:
+        raise ValueError("service_account must name the predictors' storage ServiceAccount")
     if canary_percent is not None and not 0 <= canary_percent <= 100:
         raise ValueError(f"canary_percent must be within 0..100, got {canary_percent}")
     if gpus < 0 or min_replicas < 0 or max_replicas < max(min_replicas, 1):
@@ -215,9 +223,7 @@ def example_manifests() -> dict[str, str]:
     registry = "s3://kubeloop-registry/models"
     drift = "http://kubeloop-drift.kubeloop.svc.cluster.local/"
     docs = {
-        "manifests/serving/service-account.yaml": s3_service_account(
-            "minio.kubeloop.svc.cluster.local:9000"
-        ),
+        "manifests/serving/service-account.yaml": s3_service_account(CHART_NAMES.s3_endpoint),
         "manifests/serving/inferenceservice-stable.yaml": inference_service(
             "fraud-detector", "v1", registry, logger_url=drift
         ),

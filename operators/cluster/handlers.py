@@ -47,6 +47,8 @@ class ClusterDeps:
     registry_for: Callable[[str | None], Any]
     metrics: RolloutMetrics
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    # Predictors' storage ServiceAccount (kubeloop.settings cluster.storage_service_account).
+    storage_service_account: str = isvc.DEFAULT_SERVICE_ACCOUNT
 
 
 def reconcile_resource(
@@ -131,13 +133,20 @@ def _apply_traffic(
     deps, name, namespace, uid, spec, registry_uri, live, action: SetTraffic
 ) -> None:
     if live is None:
-        body = isvc.inference_service(name, namespace, uid, spec, registry_uri, action.stable)
+        body = isvc.inference_service(
+            name, namespace, uid, spec, registry_uri, action.stable, deps.storage_service_account
+        )
         deps.custom.create_namespaced_custom_object(
             isvc.ISVC_GROUP, isvc.ISVC_VERSION, namespace, isvc.ISVC_PLURAL, body
         )
         return
     patch = isvc.traffic_patch(
-        spec, registry_uri, action.stable, action.canary, action.canary_percent
+        spec,
+        registry_uri,
+        action.stable,
+        action.canary,
+        action.canary_percent,
+        deps.storage_service_account,
     )
     if isvc.needs_patch(live, patch):
         deps.custom.patch_namespaced_custom_object(

@@ -6,8 +6,13 @@ from typing import Any
 
 from kubeloop.operators.crd import API_VERSION, KIND, ModelDeploymentSpec
 
+from kubeloop.settings import ClusterSettings
+
 ISVC_GROUP, ISVC_VERSION, ISVC_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 VERSION_LABEL = "kubeloop.io/model-version"
+# The chart's storage ServiceAccount (S3 annotations + registry Secret) for its default
+# release; the operator is given its release's name through kubeloop.settings.
+DEFAULT_SERVICE_ACCOUNT = ClusterSettings().storage_service_account
 
 
 def storage_uri(registry_uri: str, model: str, version: str) -> str:
@@ -15,15 +20,22 @@ def storage_uri(registry_uri: str, model: str, version: str) -> str:
 
 
 def predictor(
-    spec: ModelDeploymentSpec, registry_uri: str, version: str, canary_percent: int | None
+    spec: ModelDeploymentSpec,
+    registry_uri: str,
+    version: str,
+    canary_percent: int | None,
+    service_account: str = DEFAULT_SERVICE_ACCOUNT,
 ) -> dict[str, Any]:
     """The predictor block. KServe sends ``canaryTrafficPercent`` to the revision this creates
-    and the rest to the last fully rolled-out one, so a canary is "new storage URI + percent"."""
+    and the rest to the last fully rolled-out one, so a canary is "new storage URI + percent".
+    It runs as ``service_account``, whose S3 credentials the storage initializer uses to
+    download ``storageUri``."""
     res = spec.serving.resources
     limits: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
     if res.gpu:
         limits["nvidia.com/gpu"] = str(res.gpu)
     block: dict[str, Any] = {
+        "serviceAccountName": service_account,
         "minReplicas": spec.serving.replicas,
         "maxReplicas": spec.serving.max_replicas,
         "labels": {VERSION_LABEL: version},
@@ -42,7 +54,13 @@ def predictor(
 
 
 def inference_service(
-    name: str, namespace: str, uid: str, spec: ModelDeploymentSpec, registry_uri: str, version: str
+    name: str,
+    namespace: str,
+    uid: str,
+    spec: ModelDeploymentSpec,
+    registry_uri: str,
+    version: str,
+    service_account: str = DEFAULT_SERVICE_ACCOUNT,
 ) -> dict[str, Any]:
     return {
         "apiVersion": f"{ISVC_GROUP}/{ISVC_VERSION}",
@@ -61,7 +79,7 @@ def inference_service(
                 }
             ],
         },
-        "spec": {"predictor": predictor(spec, registry_uri, version, 100)},
+        "spec": {"predictor": predictor(spec, registry_uri, version, 100, service_account)},
     }
 
 
@@ -71,12 +89,12 @@ def traffic_patch(
     stable: str,
     canary: str | None,
     canary_percent: int,
+    service_account: str = DEFAULT_SERVICE_ACCOUNT,
 ) -> dict[str, Any]:
     """A merge patch for the desired split: the canary's revision at ``canary_percent``, or
     the stable version at 100 % (which is also how a rollback lands)."""
-    if canary:
-        return {"spec": {"predictor": predictor(spec, registry_uri, canary, canary_percent)}}
-    return {"spec": {"predictor": predictor(spec, registry_uri, stable, 100)}}
+    version, percent = (canary, canary_percent) if canary else (stable, 100)
+    return {"spec": {"predictor": predictor(spec, registry_uri, version, percent, service_account)}}
 
 
 def needs_patch(current: dict[str, Any], patch: dict[str, Any]) -> bool:

@@ -73,6 +73,7 @@ def build_deps(settings: OperatorSettings) -> ClusterDeps:
     from kubernetes import client, config
 
     from kubeloop.registry import ModelRegistry
+    from kubeloop.settings import get_settings
 
     try:
         config.load_incluster_config()
@@ -90,6 +91,7 @@ def build_deps(settings: OperatorSettings) -> ClusterDeps:
         submitter=KfpRunSubmitter(kfp.Client(host=settings.kfp_host)),
         registry_for=lambda uri: ModelRegistry(uri),
         metrics=RolloutMetrics(),
+        storage_service_account=get_settings().cluster.storage_service_account,
     )
 
 

@@ -222,6 +222,7 @@ def test_cluster_pass_sends_exact_creates_patches_runs_and_events(api, prometheu
         registry_for=lambda uri: registry,
         metrics=RolloutMetrics(prom_registry),
         now=lambda: clock["now"],
+        storage_service_account="team-a-kubeloop-s3",
     )
     status: dict = {}
 
@@ -253,6 +254,8 @@ def test_cluster_pass_sends_exact_creates_patches_runs_and_events(api, prometheu
     predictor = body["spec"]["predictor"]
     assert predictor["model"]["storageUri"] == f"{registry.uri}/fraud-detector/versions/v1"
     assert predictor["labels"] == {"kubeloop.io/model-version": "v1"}
+    # The storage initializer downloads with this ServiceAccount's S3 credentials.
+    assert predictor["serviceAccountName"] == "team-a-kubeloop-s3"
     assert predictor["model"]["resources"]["limits"] == {"cpu": "1", "memory": "2Gi"}
     assert body["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     assert sent[1][2] == {"model": "fraud-detector", "version": "v1", "registry_uri": registry.uri}
@@ -310,6 +313,7 @@ def test_cluster_pass_sends_exact_creates_patches_runs_and_events(api, prometheu
     patches = [b for m, p, b in sent if m == "PATCH"]
     assert len(patches) == 1
     assert patches[0]["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert patches[0]["spec"]["predictor"]["serviceAccountName"] == "team-a-kubeloop-s3"
     assert patches[0]["spec"]["predictor"]["model"]["storageUri"].endswith(
         "/fraud-detector/versions/v2"
     )

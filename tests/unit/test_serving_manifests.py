@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 import yaml
 from kserve import (
@@ -12,12 +15,13 @@ from kserve import (
 )
 from kubernetes.client import V1Container
 
-from kubeloop.generated import GENERATORS
+from kubeloop.generated import GENERATORS, REPO_ROOT
 from kubeloop.serving.inference_service import (
     example_manifests,
     inference_service,
     s3_service_account,
 )
+from kubeloop.settings import ClusterSettings, KubeloopSettings
 
 REGISTRY = "s3://models/registry"
 
@@ -107,3 +111,86 @@ def test_serving_runtime_form_matches_the_chart_runtime():
         and predictor["labels"]["kubeloop.io/model-version"] == "v3"
     )
     assert set(predictor["model"]) <= set(V1beta1ModelSpec.attribute_map.values())
+
+
+def test_service_account_is_required_and_serialized():
+    isvc = inference_service("fraud-detector", "v1", REGISTRY, service_account="team-a-s3")
+    assert isvc["spec"]["predictor"]["serviceAccountName"] == "team-a-s3"
+    runtime = inference_service("fraud-detector", "v1", REGISTRY, runtime="kubeloop-predictor")
+    assert runtime["spec"]["predictor"]["serviceAccountName"] == "kubeloop-s3"
+    with pytest.raises(ValueError, match="storage ServiceAccount"):
+        inference_service("fraud-detector", "v1", REGISTRY, service_account="")
+
+
+def test_operator_inference_services_name_the_storage_service_account():
+    from kubeloop.operators.cluster.inferenceservice import inference_service as operator_isvc
+    from kubeloop.operators.cluster.inferenceservice import traffic_patch
+    from kubeloop.operators.crd import parse_spec
+
+    sample = yaml.safe_load((REPO_ROOT / "manifests/samples/fraud-detector.yaml").read_text())
+    spec = parse_spec(sample["spec"])
+    body = operator_isvc("fraud-detector", "ml", "uid-1", spec, REGISTRY, "v1")
+    assert (
+        body["spec"]["predictor"]["serviceAccountName"] == ClusterSettings().storage_service_account
+    )
+    patch = traffic_patch(spec, REGISTRY, "v1", "v2", 10, "team-a-s3")
+    assert patch["spec"]["predictor"]["serviceAccountName"] == "team-a-s3"
+    assert set(body["spec"]["predictor"]) <= set(V1beta1PredictorSpec.attribute_map.values())
+
+
+def test_cluster_names_come_from_settings(monkeypatch):
+    monkeypatch.setenv("KUBELOOP_CLUSTER__STORAGE_SERVICE_ACCOUNT", "kl-kubeloop-s3")
+    assert KubeloopSettings().cluster.storage_service_account == "kl-kubeloop-s3"
+    monkeypatch.setenv("KUBELOOP_CLUSTER__STORAGE_SERVICE_ACCOUNT", "Not_A_Name")
+    with pytest.raises(ValueError, match="storage_service_account"):
+        KubeloopSettings()
+
+
+def _chart_defaults() -> list[dict]:
+    helm = REPO_ROOT / ".venv-tools" / "bin" / "helm"
+    if not helm.exists():
+        if os.environ.get("CI"):
+            pytest.fail("helm missing: `make helm`")
+        pytest.skip("helm missing: `make helm`")
+    proc = subprocess.run(
+        [str(helm), "template", "kubeloop", str(REPO_ROOT / "charts/kubeloop"), "-n", "kubeloop"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def test_settings_defaults_and_examples_match_the_chart():
+    """The chart's storage ServiceAccount and MinIO Service (release and namespace
+    `kubeloop`) are the names the settings default to and the examples use."""
+    docs = _chart_defaults()
+    names = ClusterSettings()
+    sa = next(
+        d for d in docs if d["kind"] == "ServiceAccount" and "serving.kserve.io/s3-endpoint"
+        in d["metadata"].get("annotations", {})
+    )  # fmt: skip
+    assert sa["metadata"]["name"] == names.storage_service_account
+    assert sa["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"] == names.s3_endpoint
+    minio = next(
+        d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-minio")
+    )
+    port = next(p["port"] for p in minio["spec"]["ports"] if p["name"] == "s3")
+    assert names.s3_endpoint == (
+        f"{minio['metadata']['name']}.{minio['metadata']['namespace']}.svc.cluster.local:{port}"
+    )
+    operator = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("operator")
+    )
+    env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}  # fmt: skip
+    assert env["KUBELOOP_CLUSTER__STORAGE_SERVICE_ACCOUNT"] == sa["metadata"]["name"]
+    examples = {rel: yaml.safe_load(text) for rel, text in example_manifests().items()}
+    example_sa = examples["manifests/serving/service-account.yaml"]
+    assert example_sa["metadata"]["name"] == names.storage_service_account
+    assert (
+        example_sa["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"] == names.s3_endpoint
+    )
+    for rel, doc in examples.items():
+        if doc["kind"] == "InferenceService":
+            assert doc["spec"]["predictor"]["serviceAccountName"] == sa["metadata"]["name"], rel
