@@ -43,17 +43,29 @@ def call_runner(spec: str, params: dict[str, Any]) -> dict[str, Any]:
     raise TypeError(f"runner {spec} returned {type(out).__name__}, not a run result or version")
 
 
-def quick_train(model_name: str, registry_uri: str, seed: int = 0, quality: str = "good", **_: Any):
+def quick_train(
+    model_name: str,
+    registry_uri: str,
+    seed: int = 0,
+    quality: str = "good",
+    scenario: str = "stationary",
+    **_: Any,
+):
     """A small real training run (plain torch, seconds): ``quality=bad`` trains one step only,
-    which gives a deliberately worse model for rollback tests and benchmarks."""
+    which gives a deliberately worse model for rollback tests and benchmarks. The data is
+    the example generator's ``scenario`` (seeded); with a drift scenario the evaluation
+    window, and so the reference sample, lies after the onset, as a retrained version's does."""
+    from kubeloop.data.fraud import SCENARIOS
     from kubeloop.registry import ModelRegistry
     from kubeloop.testing import make_registry_version
 
     if quality not in ("good", "bad"):
         raise ValueError(f"quality must be good or bad, got {quality!r}")
+    if scenario not in SCENARIOS:
+        raise ValueError(f"scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}")
     steps = 300 if quality == "good" else 1
     return make_registry_version(
-        ModelRegistry(registry_uri), model_name, seed=int(seed), steps=steps
+        ModelRegistry(registry_uri), model_name, seed=int(seed), steps=steps, scenario=scenario
     )
 
 

@@ -1,11 +1,12 @@
 """The closed loop on the local runtime, with real processes end to end.
 
-Real: the registry, ``kubeloop.serving.predictor`` processes, ``kubeloop.serving.router``,
-Debian's Prometheus, the operator as its own process (killed and restarted mid-canary),
-and retraining runs as subprocesses that train and publish real model versions.
-The drift signal comes from a small exporter that implements the drift service's
-``POST /v1/watch`` contract and flags drift on the version the test names, because the
-drift service itself needs minutes of traffic to calibrate; it is the one stand-in here.
+Real: the registry, ``kubeloop.serving.predictor`` processes, ``kubeloop.serving.router``
+whose payload logger posts CloudEvents to kubeloop's drift service (its own venv, the
+demo's detector set: the prediction detector only), Debian's Prometheus scraping it, the
+operator as its own process (killed and restarted mid-canary), and retraining runs as
+subprocesses that train and publish real model versions. Drift is injected by sending
+the example generator's ``covariate`` traffic; the operator reacts to the drift gauge.
+Thresholds are calibrated once per reference sample and kept in pytest's cache folder.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import os
 import random
 import signal
 import socket
-import textwrap
 import threading
 import time
+from datetime import datetime
 
 import httpx
 import pytest
@@ -25,47 +26,17 @@ import yaml
 from kubeloop.operators.local.prometheus import start_prometheus, write_targets
 
 from kubeloop.data import fraud
+from kubeloop.generated import REPO_ROOT
+from kubeloop.loop.runtime import DEMO_DRIFT_DETECTORS
+from kubeloop.monitoring.local import drift_python
 from kubeloop.registry import ModelRegistry
 from kubeloop.runtime import Supervisor
 from kubeloop.testing import joined_frame, make_registry_version
 
 pytestmark = pytest.mark.slow
 
-DRIFT_SIGNAL = textwrap.dedent(
-    """
-    import json, sys
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from pathlib import Path
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
-    port, trigger, log = int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-    watched = {}
-
-    class H(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            watched[body["model"]] = body["version"]
-            with log.open("a") as out:
-                out.write(json.dumps(body) + "\\n")
-            self.send_response(200); self.end_headers()
-
-        def do_GET(self):
-            reg = CollectorRegistry()
-            g = Gauge("kubeloop_drift_detected", "d", ["model", "version", "detector", "feature"], registry=reg)
-            drifting = trigger.read_text().strip() if trigger.exists() else ""
-            for model, version in watched.items():
-                g.labels(model, version, "mmd", "_all").set(1 if version == drifting else 0)
-            data = generate_latest(reg)
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-            self.end_headers()
-            self.wfile.write(data)
-
-    ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
-    """
-)
+MODEL = "fraud-detector"
+SEED = 5  # v1 learns this seed's stationary data; traffic and v2 come from its covariate run
 
 
 def free_port() -> int:
@@ -84,23 +55,37 @@ def wait_for(what: str, predicate, timeout: float, every: float = 0.5):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-class Traffic:
-    """Posts fraud transactions through the router from a background thread."""
+def traffic_pools() -> tuple[list[dict], list[dict]]:
+    """Instances from before and after the covariate onset (features and the entity key)."""
+    data = fraud.generate("covariate", days=7.0, n_accounts=200, seed=SEED)
+    frame = joined_frame(data)
+    after = frame["event_timestamp"] >= data.truth.onset_time
+    columns = [*fraud.FRAUD_SCHEMA.feature_names, "account_id"]
+    pool = json.loads(frame[columns].to_json(orient="records"))
+    return [r for r, a in zip(pool, after, strict=True) if not a], [
+        r for r, a in zip(pool, after, strict=True) if a
+    ]
 
-    def __init__(self, url: str, instances: list[dict]) -> None:
-        self.url, self.instances = url, instances
+
+class Traffic:
+    """Posts transactions through the router at a steady rate; ``drifted`` switches pools."""
+
+    def __init__(self, url: str, stationary: list[dict], drifted: list[dict], rate: float) -> None:
+        self.url, self.pools, self.interval = url, (stationary, drifted), 1.0 / rate
+        self.drifted = False
         self.stop = threading.Event()
         self.sent = self.failed = 0
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         rng = random.Random(0)
+        next_at = time.monotonic()
         with httpx.Client(timeout=10) as client:
             while not self.stop.is_set():
-                batch = rng.sample(self.instances, 10)
+                batch = rng.sample(self.pools[self.drifted], 5)
                 try:
                     r = client.post(
-                        f"{self.url}/v1/models/fraud-detector:predict",
+                        f"{self.url}/v1/models/{MODEL}:predict",
                         json={"instances": batch},
                         headers={"X-Kubeloop-Key": str(rng.random())},
                     )
@@ -108,23 +93,27 @@ class Traffic:
                     self.failed += r.status_code >= 500
                 except httpx.HTTPError:
                     self.failed += 1
-                    time.sleep(0.1)
+                next_at += self.interval
+                self.stop.wait(max(0.0, next_at - time.monotonic()))
 
 
 @pytest.fixture
-def loop_env(tmp_path):
+def loop_env(tmp_path, request):
     sup = Supervisor(tmp_path / "runtime")
     registry = ModelRegistry(str(tmp_path / "registry"))
-    make_registry_version(registry, "fraud-detector", seed=0)
+    make_registry_version(registry, MODEL, seed=SEED)
     prom_port, router_port, drift_port = free_port(), free_port(), free_port()
     prom_root = tmp_path / "prom"
     state_dir = tmp_path / "runtime" / "operator"
+    drift_url = f"http://127.0.0.1:{drift_port}"
+    # Thresholds depend only on the reference sample and the detector settings.
+    cache = request.config.cache.mkdir("kubeloop-drift-thresholds")
     env = {
         "KUBELOOP_HOME": str(tmp_path),
         "KUBELOOP_REGISTRY_URI": registry.uri,
         "KUBELOOP_OPERATOR_PROMETHEUS_URL": f"http://127.0.0.1:{prom_port}",
         "KUBELOOP_OPERATOR_ROUTER_URL": f"http://127.0.0.1:{router_port}",
-        "KUBELOOP_OPERATOR_DRIFT_SERVICE_URL": f"http://127.0.0.1:{drift_port}",
+        "KUBELOOP_OPERATOR_DRIFT_SERVICE_URL": drift_url,
         "KUBELOOP_OPERATOR_STATE_DIR": str(state_dir),
         "KUBELOOP_OPERATOR_POLL_INTERVAL_SECONDS": "1",
         "KUBELOOP_OPERATOR_MIN_WINDOW_SECONDS": "4",
@@ -135,56 +124,58 @@ def loop_env(tmp_path):
     deployment = {
         "apiVersion": "kubeloop.io/v1alpha1",
         "kind": "ModelDeployment",
-        "metadata": {"name": "fraud-detector"},
+        "metadata": {"name": MODEL},
         "spec": {
-            "model": {"name": "fraud-detector"},
+            "model": {"name": MODEL},
             "rollout": {
                 "steps": [50, 100],
-                "minSamples": 150,
+                "minSamples": 100,
                 "minStepSeconds": 8,
                 "watchWindowSeconds": 4,
                 "analysis": {
                     "maxErrorRateIncrease": 0.05,
                     "latencyP99Tolerance": 3.0,
                     "latencyP99SlackSeconds": 0.1,
+                    # v2 learnt the shifted inputs, so its scores differ from v1's by design
+                    "maxScoreShift": 0.4,
                 },
             },
             "monitoring": {"driftDurationSeconds": 2},
-            "retraining": {"parameters": {"seed": "1", "quality": "good"}, "maxAttempts": 2},
+            "retraining": {
+                "parameters": {"seed": str(SEED), "quality": "good", "scenario": "covariate"},
+                "maxAttempts": 2,
+                "cooldownSeconds": 600,
+            },
         },
     }
-    manifest = tmp_path / "fraud-detector.yaml"
+    manifest = tmp_path / f"{MODEL}.yaml"
     manifest.write_text(yaml.safe_dump(deployment))
     write_targets(prom_root, "drift", [f"127.0.0.1:{drift_port}"])
     start_prometheus(sup, prom_root, prom_port)
     sup.start(
-        "router",
-        [
-            "-m",
-            "kubeloop.serving.router",
-            "--port",
-            str(router_port),
-            "--split-file",
-            str(tmp_path / "split.json"),
-        ],
-        health_url=f"http://127.0.0.1:{router_port}/healthz",
-    )
-    sup.start(
         "drift",
         [
-            "-c",
-            DRIFT_SIGNAL,
-            str(drift_port),
-            str(tmp_path / "drift-trigger"),
-            str(tmp_path / "watch.log"),
+            str(drift_python()), "-m", "kubeloop.monitoring.service", "--port", str(drift_port),
+            "--registry-uri", registry.uri, "--cache-dir", str(cache),
         ],
-        health_url=f"http://127.0.0.1:{drift_port}/metrics",
-    )
+        health_url=f"{drift_url}/healthz",
+        env={
+            "PYTHONPATH": str(REPO_ROOT),
+            **{f"KUBELOOP_DRIFT_{k.upper()}": v for k, v in DEMO_DRIFT_DETECTORS.items()},
+        },
+        python=False,
+    )  # fmt: skip
+    sup.start(
+        "router",
+        [
+            "-m", "kubeloop.serving.router", "--port", str(router_port),
+            "--split-file", str(tmp_path / "split.json"), "--logger-url", drift_url,
+        ],
+        health_url=f"http://127.0.0.1:{router_port}/healthz",
+    )  # fmt: skip
+    stationary, drifted = traffic_pools()
     for name in ("prometheus", "router", "drift"):
-        sup.wait_healthy(name, 60)
-    data = fraud.generate("stationary", days=2, n_accounts=100, seed=5)
-    frame = joined_frame(data)[[*fraud.FRAUD_SCHEMA.feature_names, "account_id"]]
-    instances = json.loads(frame.to_json(orient="records"))
+        sup.wait_healthy(name, 90)
     env_all = {**os.environ, **env}
 
     def start_operator():
@@ -192,32 +183,32 @@ def loop_env(tmp_path):
             "operator", ["-m", "kubeloop.operators.local", "--apply", str(manifest)], env=env_all
         )
 
-    traffic = Traffic(f"http://127.0.0.1:{router_port}", instances)
+    def read_status():
+        path = state_dir / f"{MODEL}.status.json"
+        return json.loads(path.read_text())["status"] if path.exists() else {}
+
+    def read_events():
+        path = state_dir / f"{MODEL}.events.jsonl"
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+    def watched() -> dict[str, dict]:
+        body = httpx.get(f"{drift_url}/v1/status", timeout=10).json()
+        return {m["version"]: m for m in body["watched"]}
+
+    traffic = Traffic(f"http://127.0.0.1:{router_port}", stationary, drifted, rate=20)
     try:
         yield {
             "sup": sup,
             "registry": registry,
             "start_operator": start_operator,
-            "status": lambda: (
-                json.loads((state_dir / "fraud-detector.status.json").read_text())["status"]
-                if (state_dir / "fraud-detector.status.json").exists()
-                else {}
-            ),
-            "events": lambda: (
-                [
-                    json.loads(x)
-                    for x in (state_dir / "fraud-detector.events.jsonl").read_text().splitlines()
-                ]
-                if (state_dir / "fraud-detector.events.jsonl").exists()
-                else []
-            ),
+            "status": read_status,
+            "events": read_events,
             "runs": lambda: (
                 sorted(p.name for p in (state_dir / "runs").glob("*"))
                 if (state_dir / "runs").exists()
                 else []
             ),
-            "trigger": tmp_path / "drift-trigger",
-            "watch_log": tmp_path / "watch.log",
+            "watched": watched,
             "traffic": traffic,
             "router": f"http://127.0.0.1:{router_port}",
         }
@@ -234,7 +225,7 @@ def test_drift_retrains_once_canaries_promotes_survives_restart_and_rolls_back_w
     status, events, sup = env["status"], env["events"], env["sup"]
     env["start_operator"]()
 
-    # v1 is deployed and the router serves it.
+    # v1 is deployed, the router serves it and the drift service watches it.
     wait_for(
         "v1 serving",
         lambda: (
@@ -248,14 +239,22 @@ def test_drift_retrains_once_canaries_promotes_survives_restart_and_rolls_back_w
     )
     split = httpx.get(f"{env['router']}/admin/split").json()
     assert split["stable"]["version"] == "v1" and split["canary"] is None
+    wait_for("the drift service watching v1", lambda: "v1" in env["watched"](), 90)
     env["traffic"].thread.start()
+    # The router's payload events reach the detectors, and v1 is judged on them: no drift.
+    wait_for("v1's detector statistic", lambda: status().get("drift") == "None", 60)
+    assert not env["runs"]()
 
-    # Drift on v1: sustained past 2 s, it starts exactly one retraining run.
-    env["trigger"].write_text("v1")
+    # Covariate traffic: the drift service's prediction detector alarms on v1, the
+    # operator reads the gauge through Prometheus, and after 2 s submits one run.
+    env["traffic"].drifted = True
     wait_for("a retraining run", lambda: env["runs"](), 60)
     assert env["runs"]() == ["fraud-detector-v1-retrain-1"]
+    drift = next(e for e in events() if e["decision"] == "drift")
+    assert drift["version"] == "v1" and drift["evidence"]["detectors"]["prediction"] == 1.0
+    assert env["watched"]()["v1"]["detectors"]["prediction"]["detected"] is True
 
-    # The run registers v2, which becomes the canary at 50 %.
+    # The run registers v2 (trained on covariate data), which becomes the canary at 50 %.
     wait_for(
         "v2 canary",
         lambda: status().get("phase") == "Canary" and status().get("candidateVersion") == "v2",
@@ -280,7 +279,7 @@ def test_drift_retrains_once_canaries_promotes_survives_restart_and_rolls_back_w
     # It resumes: the canary is judged on real traffic and promoted, then the watch passes.
     wait_for("v2 promoted", lambda: status().get("stableVersion") == "v2", 120)
     wait_for("watch window passed", lambda: status().get("phase") == "Stable", 60)
-    assert env["registry"].get_alias("fraud-detector", "champion") == "v2"
+    assert env["registry"].get_alias(MODEL, "champion") == "v2"
     assert env["runs"]() == ["fraud-detector-v1-retrain-1"], (
         "a restart must not submit a second run"
     )
@@ -292,12 +291,24 @@ def test_drift_retrains_once_canaries_promotes_survives_restart_and_rolls_back_w
         checks["error_rate"]["verdict"] == "pass"
         and checks["score_distribution"]["verdict"] == "pass"
     )
-    assert [json.loads(x)["version"] for x in env["watch_log"].read_text().splitlines()][-1] == "v2"
+    # v1's drift is not v2's: no drift decision names v2 between promotion and confirmation.
+    confirm = next(e for e in events() if e["decision"] == "confirm" and e["version"] == "v2")
+    spurious = [
+        e
+        for e in events()
+        if e["decision"] == "drift"
+        and e["version"] == "v2"
+        and promote["time"] <= e["time"] <= confirm["time"]
+    ]
+    assert not spurious, spurious
+    # The drift service watches v2 again since its promotion, on v2's own reference.
+    promoted_at = datetime.fromisoformat(promote["time"].replace("Z", "+00:00")).timestamp()
+    assert env["watched"]()["v2"]["seconds_since_reset"] < time.time() - promoted_at
 
     # A deliberately worse candidate (one training step) is canaried and rolled back.
     from kubeloop.operators.local.runjob import quick_train
 
-    bad = quick_train("fraud-detector", env["registry"].uri, seed=2, quality="bad")
+    bad = quick_train(MODEL, env["registry"].uri, seed=2, quality="bad")
     assert bad.version == "v3"
     wait_for("v3 rolled back", lambda: "v3" in status().get("rejectedVersions", []), 120)
     final = status()
@@ -312,4 +323,5 @@ def test_drift_retrains_once_canaries_promotes_survives_restart_and_rolls_back_w
         lambda: httpx.get(f"{env['router']}/admin/split").json()["canary"] is None,
         30,
     )
+    assert env["runs"]() == ["fraud-detector-v1-retrain-1"]
     assert env["traffic"].sent > 0 and env["traffic"].failed / env["traffic"].sent < 0.05

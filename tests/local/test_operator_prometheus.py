@@ -22,6 +22,9 @@ EXPORTER = textwrap.dedent(
     score = Histogram("kubeloop_prediction_score", "s", ["model", "version"],
                       buckets=tuple(round(0.05 * i, 2) for i in range(1, 21)))
     drift = Gauge("kubeloop_drift_detected", "g", ["model", "version", "detector", "feature"])
+    since = Gauge("kubeloop_drift_seconds_since_reset", "s", ["model", "version"])
+    reset_at = time.time() - 100  # as if the detectors were reset 100 s before the start
+    since.labels("fd", "v1").set_function(lambda: time.time() - reset_at)
     start_http_server(int(sys.argv[1]), addr="127.0.0.1")
     drift.labels("fd", "v1", "mmd", "_all").set(1)
     rng = random.Random(0)
@@ -49,6 +52,7 @@ def free_port() -> int:
 def test_observer_reads_per_version_metrics_and_drift(tmp_path):
     sup = Supervisor(tmp_path / "runtime")
     exporter_port, prom_port = free_port(), free_port()
+    t0 = time.monotonic()
     try:
         sup.start(
             "exporter",
@@ -81,6 +85,14 @@ def test_observer_reads_per_version_metrics_and_drift(tmp_path):
         detected, detail = observer.drift("fd", "v1")
         assert detected is True and detail["detectors"] == {"mmd": 1.0}
         assert observer.drift("fd", "v9") == (None, {})
+        # Seconds since the reset as of now: the last scrape's value plus the scrape's age.
+        started = time.monotonic()
+        age = observer.drift_reset_age("fd", "v1")
+        assert age is not None and 100 < age < 100 + (time.monotonic() - t0) + 2.5
+        time.sleep(1.5)
+        later = observer.drift_reset_age("fd", "v1")
+        assert later - age == pytest.approx(time.monotonic() - started, abs=0.5)
+        assert observer.drift_reset_age("fd", "v9") is None
     finally:
         sup.stop_all()
 
