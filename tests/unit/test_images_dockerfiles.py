@@ -122,6 +122,7 @@ def posture_problems(path: Path) -> list[str]:
             problems.append(f"base image {s.base} has no version tag")
     for s in stages:
         source_copied = False
+        deps_installed = False  # a requirements file (or named requirements) installed
         for instr, args in s.instructions:
             if instr == "ADD" and re.search(r"https?://", args):
                 problems.append("ADD from a URL")
@@ -138,8 +139,15 @@ def posture_problems(path: Path) -> list[str]:
                     if not pinned and not all("==" in t for t in targets if t not in (".",)):
                         problems.append(f"unpinned pip install {' '.join(pip_args)}")
                     project = [t for t in targets if t == "." or t.startswith(".[")]
-                    if source_copied and "--no-deps" not in pip_args and (project or not targets):
+                    if source_copied and "--no-deps" not in pip_args:
+                        # Any resolution after `COPY kubeloop` reruns on every source edit.
                         problems.append("dependencies installed after the source is copied")
+                    if project and "--no-deps" in pip_args and not deps_installed:
+                        problems.append(
+                            "the project is installed --no-deps, its dependencies never"
+                        )
+                    if "-r" in pip_args or "--requirement" in pip_args:
+                        deps_installed = True
     final = stages[-1] if stages else None
     if final:
         users = [a for i, a in final.instructions if i == "USER"]
@@ -157,24 +165,6 @@ def posture_problems(path: Path) -> list[str]:
     return problems
 
 
-# (Dockerfile, problem) pairs still open, each a fix to make in that image (with why);
-# any other problem fails the test. Drop an entry once its image is fixed.
-_DEPS_AFTER_SOURCE = (
-    "`pip install .` after `COPY kubeloop` resolves every dependency again on each source "
-    "edit; install the pinned dependency set (pyproject + constraints) before the COPY, "
-    "then the project with --no-deps"
-)
-OPEN_POSTURE_GAPS: dict[tuple[str, str], str] = {
-    (f"components/{stage}/Dockerfile", "dependencies installed after the source is copied"): (
-        _DEPS_AFTER_SOURCE
-    )
-    for stage in ("evaluate", "features", "gate", "ingest", "register", "train", "validate")
-}
-OPEN_POSTURE_GAPS[("operators/Dockerfile", "dependencies installed after the source is copied")] = (
-    _DEPS_AFTER_SOURCE
-)
-
-
 def test_every_image_has_a_dockerfile() -> None:
     assert DOCKERFILES, "no image Dockerfiles found"
     for name in DOCKERFILES:
@@ -185,12 +175,7 @@ def test_every_image_has_a_dockerfile() -> None:
 def test_dockerfile_posture(name: str) -> None:
     path = DOCKERFILES[name]
     rel = path.relative_to(ROOT).as_posix()
-    problems = set(posture_problems(path))
-    known = {p for (f, p) in OPEN_POSTURE_GAPS if f == rel}
-    assert problems - known == set(), f"{rel}: {sorted(problems - known)}"
-    assert known - problems == set(), (
-        f"{rel}: fixed, remove from OPEN_POSTURE_GAPS: {known - problems}"
-    )
+    assert posture_problems(path) == [], rel
 
 
 @pytest.mark.parametrize("name", sorted(DOCKERFILES))
@@ -202,12 +187,14 @@ def test_dockerfile_names_its_image(name: str) -> None:
 def test_posture_checker_catches_bad_dockerfiles(tmp_path: Path) -> None:
     bad = tmp_path / "Dockerfile"
     bad.write_text(
-        "FROM python:latest\nCOPY kubeloop kubeloop\nRUN pip install . && pip install requests\n"
+        "FROM python:latest\nCOPY kubeloop kubeloop\nRUN pip install --no-deps .\n"
+        "RUN pip install . && pip install requests\n"
         "RUN curl -sSL https://example.invalid/x | sh\nUSER root\nCMD python app.py\n"
     )
     problems = " | ".join(posture_problems(bad))
     for expected in (
         "not multi-stage",
+        "its dependencies never",
         "no version tag",
         "installed after the source",
         "unpinned pip install requests",
@@ -248,3 +235,57 @@ def test_make_images_says_when_no_engine_is_present() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "no image engine here" in proc.stdout and "nothing built" in proc.stdout
+
+
+def test_dependency_install_comes_before_the_source(tmp_path: Path) -> None:
+    """A requirements file installed after `COPY kubeloop` is the layer-cache miss the
+    templated Dockerfiles avoid; the same lines in the right order pass."""
+    head = "FROM python:3.11-slim AS build\n"
+    deps = "COPY requirements/runtime.txt requirements/\nRUN pip install -c c.txt -r requirements/runtime.txt\n"
+    src = "COPY kubeloop kubeloop\nRUN pip install --no-deps .\n"
+    tail = 'FROM python:3.11-slim\nUSER 10001\nENTRYPOINT ["python", "-m", "x"]\n'
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.write_text(head + deps + src + tail)
+    bad.write_text(head + src + deps + tail)
+    assert posture_problems(good) == []
+    assert "dependencies installed after the source is copied" in posture_problems(bad)
+
+
+def test_templated_dockerfiles_are_current_and_install_dependencies_first() -> None:
+    from kubeloop import images_docker
+
+    generated = images_docker.generate()
+    for rel, text in generated.items():
+        assert (ROOT / rel).read_text() == text, f"{rel} is stale: run `make compile`"
+    for name, spec in images_docker.IMAGES.items():
+        assert DOCKERFILES[name] == ROOT / spec.dockerfile
+        lines = (ROOT / spec.dockerfile).read_text().splitlines()
+        deps = next(i for i, line in enumerate(lines) if "-r requirements/runtime.txt" in line)
+        source = lines.index("COPY kubeloop kubeloop")
+        assert deps < source, f"{spec.dockerfile}: dependencies after the source"
+        assert (
+            lines[source:].count("RUN pip install --no-deps -c requirements/constraints.txt .") == 1
+        )
+    # Per-image differences are data: only features installs the cluster Feast extras.
+    features = (ROOT / "components/features/Dockerfile").read_text()
+    assert '"feast[redis,aws]==0.67.0"' in features
+    assert (
+        sum("feast[redis,aws]" in generated[s.dockerfile] for s in images_docker.IMAGES.values())
+        == 1
+    )
+
+
+def test_runtime_requirements_are_pyprojects_dependencies() -> None:
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    lines = (ROOT / "requirements/runtime.txt").read_text().splitlines()
+    assert [line for line in lines if line and not line.startswith("#")] == deps
+    assert lines[0].startswith("# Generated by kubeloop")
+
+
+def test_unknown_image_template_is_refused() -> None:
+    from kubeloop import images_docker
+
+    with pytest.raises(ValueError, match="no Dockerfile template for image 'nope'"):
+        images_docker.dockerfile("nope")

@@ -77,6 +77,16 @@ def _produced_files(runs: list[str]) -> dict[str, str]:
     return produced
 
 
+def _expand(item: str) -> list[str] | None:
+    """A requirement, or the requirement lines of a `-r:` requirements file (None when the
+    file holds pip options, which only pip itself reads)."""
+    if not item.startswith("-r:"):
+        return [item]
+    lines = [line.split(" #")[0].strip() for line in Path(item[3:]).read_text().splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    return None if any(line.startswith("-") for line in lines) else lines
+
+
 def requirement_set(dockerfile: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(requirements, constraint files) of every pip install in the Dockerfile."""
     reqs: list[str] = []
@@ -108,9 +118,14 @@ def requirement_set(dockerfile: Path) -> tuple[tuple[str, ...], tuple[str, ...]]
                         assert path.exists(), (
                             f"{dockerfile}: {args[j + 1]} not found in the build context"
                         )
-                        (constraints if arg in ("-c", "--constraint") else reqs).append(
-                            ("-r:" if arg in ("-r", "--requirement") else "") + str(path)
-                        )
+                        if arg in ("-c", "--constraint"):
+                            constraints.append(str(path))
+                        else:
+                            # A requirements file stands for its lines (so images installing
+                            # the same set share one resolution); one with pip options is
+                            # handed to pip as a file.
+                            lines = _expand(f"-r:{path}")
+                            reqs += lines if lines is not None else [f"-r:{path}"]
                         skip = j + 1
                     elif arg in OPTIONS_WITH_VALUE:
                         skip = j + 1
@@ -191,6 +206,25 @@ def test_every_image_has_a_requirement_set() -> None:
         assert reqs, f"images {names}: no pip install found in their Dockerfiles"
 
 
+def test_requirements_files_are_read_from_the_build_context() -> None:
+    """`pip install -r requirements/runtime.txt` in the templated Dockerfiles stands for
+    that file's lines, which are pyproject.toml's dependencies."""
+    from kubeloop.images_docker import IMAGES, TORCH
+
+    deps = project_requirements(set())
+    runtime = ROOT / "requirements/runtime.txt"
+    assert _expand(f"-r:{runtime}") == deps
+    for name, spec in IMAGES.items():
+        assert f"-r {runtime.relative_to(ROOT)}" in DOCKERFILES[name].read_text(), name
+        reqs, constraints = requirement_set(DOCKERFILES[name])
+        wanted = [TORCH, *deps, *spec.extra_requirements]  # CPU torch first, then the file
+        assert list(reqs) == list(dict.fromkeys(wanted)), name
+        assert constraints == (str(ROOT / "requirements/constraints.txt"),), name
+    # The stage images without extras, the operator and the predictor share one resolution.
+    shared = next(names for names in SETS.values() if "operator" in names)
+    assert {"train", "ingest", "operator"} <= set(shared)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("key", list(SETS), ids=["+".join(v) for v in SETS.values()])
 def test_image_dependencies_resolve(resolutions, key) -> None:
@@ -202,10 +236,9 @@ def test_image_dependencies_resolve(resolutions, key) -> None:
         for item in report["install"]
     }
     reqs, constraints = key
-    # Every named requirement is in the resolution, at a version its specifier admits.
-    for spec in reqs:
-        if spec.startswith("-r:"):
-            continue
+    # Every named requirement, including each line of a requirements file (`-r`), is in
+    # the resolution at a version its specifier admits.
+    for spec in [r for item in reqs for r in (_expand(item) or [])]:
         req = Requirement(spec)
         name = re.sub(r"[-_.]+", "-", req.name).lower()
         assert name in resolved, f"{SETS[key]}: {req.name} missing from the resolution"
