@@ -1,12 +1,14 @@
 """Benchmark of the closed loop: the demo's measured figures, one row per seed.
 
-Runs ``kubeloop.loop.demo.run_demo`` (v1 trained with plain torch, so the rows measure
-the loop rather than the training pipeline) and records detection delay, update cycle
+Runs ``kubeloop.loop.demo.run_demo`` for each scenario (v1 trained with plain torch, so
+the rows measure the loop rather than v1's training), the retraining run either plain
+torch on the window or the kfp.local training pipeline on it, and records detection delay, update cycle
 (drift onset → retrained version at 100 % of traffic), accuracy before / during / after,
 and the worse candidate's time from canary to rollback. ``make bench`` collects it
 (``kubeloop.bench``); alone:
 
     .venv/bin/python -m kubeloop.bench --only loop
+    .venv/bin/python bench/loop/bench_loop.py --cases concept label_shift --write-docs
 """
 
 from __future__ import annotations
@@ -18,8 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from kubeloop.loop.config import LoopConfig
+from kubeloop.data.fraud import SCENARIOS
+from kubeloop.loop.config import RETRAINERS, LoopConfig
 from kubeloop.loop.demo import run_demo
+from kubeloop.loop.runtime import DEMO_ERT
+
+# calibrated drift thresholds shared by the runs (v1 is the same model in each)
+CACHE = Path(tempfile.gettempdir()) / "kubeloop-bench-loop-drift-cache"
 
 
 def _acc(summary: dict, key: str):
@@ -33,56 +40,111 @@ def _s(value):
 
 def row(seed: int, summary: dict, wall: float) -> dict:
     bad = summary.get("bad_candidate") or {}
+    stationary = summary["scenario"] == "stationary"
     return {
-        "seed": seed,
         "scenario": summary["scenario"],
+        "retrainer": summary.get("retrainer", "window"),
+        "seed": seed,
         "detection delay s": _s(summary.get("detection_delay_seconds")),
         "version registered s": _s(summary.get("version_registered_seconds")),
         "update cycle s": _s(summary.get("update_cycle_seconds")),
         "accuracy before": _acc(summary, "accuracy_before_drift"),
         "during drift": _acc(summary, "accuracy_during_drift"),
         "after promotion": _acc(summary, "accuracy_after_promotion"),
-        "worse candidate rolled back": "yes" if bad.get("rolled_back") else "no",
+        "retraining runs": summary["retraining_runs"],
+        "worse candidate rolled back": "–"
+        if stationary
+        else ("yes" if bad.get("rolled_back") else "no"),
         "canary → rollback s": _s(bad.get("seconds_canary_to_rollback")),
-        "predictions it served": bad.get("predictions_served", "–"),
         "wall s": round(wall),
     }
 
 
-def run(seeds: tuple[int, ...] = (0,), scenario: str = "covariate") -> dict:
-    rows, cycles, config = [], [], None
-    for seed in seeds:
-        config = LoopConfig(scenario=scenario, seed=seed, v1_trainer="quick")
-        with tempfile.TemporaryDirectory(prefix="kubeloop-bench-loop-") as tmp:
-            started = time.perf_counter()
-            summary = run_demo(config, home=Path(tmp) / "demo", report_dir=Path(tmp) / "report",
-                               echo=lambda line: print(line, flush=True))  # fmt: skip
-            rows.append(row(seed, summary, time.perf_counter() - started))
-            cycles.append(summary.get("update_cycle_seconds"))
-    done = [c for c in cycles if c is not None]
-    median = f"{statistics.median(done):.1f} s" if done else "no completed cycle"
+# (scenario, retrainer) pairs the loop section records by default: every scenario with the
+# default retrainer, and the covariate scenario with the training pipeline as retrainer.
+DEFAULT_CASES = (
+    ("covariate", "window"),
+    ("concept", "window"),
+    ("label_shift", "window"),
+    ("stationary", "window"),
+    ("covariate", "pipeline"),
+)
+
+
+def run(
+    seeds: tuple[int, ...] = (0,),
+    cases: tuple[tuple[str, str], ...] = DEFAULT_CASES,
+) -> dict:
+    rows, cycles, config = [], {}, None
+    for scenario, retrainer in cases:
+        for seed in seeds:
+            config = LoopConfig(
+                scenario=scenario, seed=seed, v1_trainer="quick", retrainer=retrainer,
+                duration_seconds=240.0 if scenario != "stationary" else 120.0,
+                settle_seconds=60.0,
+            )  # fmt: skip
+            with tempfile.TemporaryDirectory(prefix="kubeloop-bench-loop-") as tmp:
+                started = time.perf_counter()
+                summary = run_demo(
+                    config, home=Path(tmp) / "demo", report_dir=Path(tmp) / "report",
+                    echo=lambda line: print(line, flush=True), drift_cache=CACHE,
+                )  # fmt: skip
+                rows.append(row(seed, summary, time.perf_counter() - started))
+                cycles.setdefault((scenario, retrainer), []).append(
+                    summary.get("update_cycle_seconds")
+                )
+    medians = []
+    for (scenario, retrainer), values in cycles.items():
+        if scenario == "stationary":
+            continue
+        done = [c for c in values if c is not None]
+        medians.append(
+            f"{scenario}/{retrainer} "
+            + (f"{statistics.median(done):.1f} s" if done else "no completed cycle")
+        )
+    cases_arg = " ".join(f"{s}:{r}" for s, r in cases)
     seeds_arg = " ".join(str(s) for s in seeds)
     return {
         "title": "Closed loop (`kubeloop demo`)",
         "table": rows,
-        "command": f".venv/bin/python -m kubeloop.bench --only loop  # seeds {seeds_arg}, {scenario}",
+        "command": (
+            f".venv/bin/python bench/loop/bench_loop.py --seeds {seeds_arg} "
+            f"--cases {cases_arg} --write-docs"
+        ),
         "notes": (
             f"{config.rate:g} transactions/s through the router, the scenario starts "
             f"{config.onset_seconds:g} s into the traffic, labels arrive {config.label_delay_seconds:g} s "
-            f"after each prediction, retraining learns from {config.data_window_seconds} s of traffic "
-            f"labelled after the drift was confirmed. Median update cycle: {median} (goal ≤ 120 s); "
-            "the canary analysis takes most of it."
+            f"after each prediction and feed the drift service's error-rate detector (ERT "
+            f"{DEMO_ERT} labels), retraining learns from {config.data_window_seconds} s of traffic "
+            f"labelled after the drift was confirmed, canary steps "
+            f"{' → '.join(f'{p} %' for p in config.steps)} (each analysed step needs "
+            f"{config.min_samples} requests and {config.min_feedback} labelled predictions per "
+            f"version, at least {config.min_step_seconds} s). Update cycle = drift onset → "
+            f"retrained version at 100 % of traffic; median: {'; '.join(medians)} (goal ≤ 120 s)."
         ),
     }
+
+
+def _case(text: str) -> tuple[str, str]:
+    scenario, _, retrainer = text.partition(":")
+    if scenario not in SCENARIOS or (retrainer or "window") not in RETRAINERS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: want SCENARIO[:RETRAINER], scenario one of {', '.join(SCENARIOS)}, "
+            f"retrainer one of {', '.join(RETRAINERS)}"
+        )
+    return scenario, retrainer or "window"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--scenario", default="covariate")
+    parser.add_argument(
+        "--cases", type=_case, nargs="+", default=list(DEFAULT_CASES),
+        help="scenario[:retrainer] runs, e.g. concept label_shift:window covariate:pipeline",
+    )  # fmt: skip
     parser.add_argument("--write-docs", action="store_true", help="merge into docs/benchmarks.md")
     args = parser.parse_args()
-    result = run(tuple(args.seeds), args.scenario)
+    result = run(tuple(args.seeds), tuple(args.cases))
     print(json.dumps(result, indent=2))
     if args.write_docs:
         from kubeloop.bench.runner import OUTPUT, merge, render_section

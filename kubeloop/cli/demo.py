@@ -44,6 +44,11 @@ def demo(
     rate: float = typer.Option(40.0, help="transactions per second sent through the router"),
     seed: int = typer.Option(0, help="seed of the data, the models and the traffic"),
     onset: float = typer.Option(40.0, help="seconds of traffic before the scenario starts"),
+    retrainer: str = typer.Option(
+        "window",
+        help="retraining run: window (plain torch on the recent labelled window) or pipeline "
+        "(the kfp.local training pipeline on that window)",
+    ),
     quick: bool = typer.Option(
         False, "--quick", help="train v1 with plain torch instead of the kfp.local pipeline"
     ),
@@ -79,6 +84,7 @@ def demo(
         config = LoopConfig(
             scenario=scenario, duration_seconds=duration, rate=rate, seed=seed,
             onset_seconds=onset, v1_trainer="quick" if quick else "pipeline",
+            retrainer=retrainer,
         )  # fmt: skip
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
@@ -134,5 +140,9 @@ def _print_summary(console, summary: dict) -> None:
                       f"{sec(bad['seconds_canary_to_rollback'])}, served "
                       f"{bad['predictions_served']} predictions "
                       f"(failed checks: {', '.join(bad['failed_checks']) or '-'})")  # fmt: skip
+    if summary.get("retrained_window"):
+        window = summary["retrained_window"]
+        console.print(f"  retrained on      {window.get('start')} .. {window.get('end')} "
+                      f"({summary.get('retrained_by')})")  # fmt: skip
     console.print(f"  retraining runs {summary['retraining_runs']}, "
                   f"rollbacks {summary['rollbacks']}")  # fmt: skip

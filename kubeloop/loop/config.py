@@ -8,6 +8,7 @@ from typing import Any
 from kubeloop.data.fraud import SCENARIOS
 
 TRAINERS = ("pipeline", "quick")
+RETRAINERS = ("window", "pipeline")
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,16 @@ class LoopConfig:
     stream_accounts: int = 800
     bad_candidate: bool = True  # offer a worse candidate (corrupted labels) after promotion
     settle_seconds: float = 20.0  # stationary: traffic after the would-be onset
-    # One canary step at 50 % then 100 %: at 20 requests/s the analysis has its evidence
-    # in about half a minute; smaller steps starve the canary of requests on one machine.
-    steps: tuple[int, ...] = (50, 100)
-    min_samples: int = 30
-    min_step_seconds: int = 5
+    # pipeline: the kfp.local training pipeline on the window; window: plain torch on it
+    retrainer: str = "window"
+    pipeline_epochs: int = 4
+    # Two analysed canary steps (25 %, 50 %) before 100 %. At 20 requests/s a 25 % step
+    # sends the canary 5 requests/s: 40 requests and 60 labelled predictions per version
+    # take 8-12 s once the label delay has passed.
+    steps: tuple[int, ...] = (25, 50, 100)
+    min_samples: int = 40
+    min_feedback: int = 60
+    min_step_seconds: int = 8
     drift_duration_seconds: int = 3
     watch_window_seconds: int = 6
     poll_interval_seconds: float = 1.0
@@ -41,6 +47,10 @@ class LoopConfig:
             problems.append(f"scenario {self.scenario!r} is not one of {', '.join(SCENARIOS)}")
         if self.v1_trainer not in TRAINERS:
             problems.append(f"v1_trainer {self.v1_trainer!r} is not one of {', '.join(TRAINERS)}")
+        if self.retrainer not in RETRAINERS:
+            problems.append(f"retrainer {self.retrainer!r} is not one of {', '.join(RETRAINERS)}")
+        if list(self.steps) != sorted(set(self.steps)) or not self.steps or self.steps[-1] != 100:
+            problems.append(f"steps must increase and end at 100, got {list(self.steps)}")
         if not self.rate > 0:
             problems.append(f"rate must be positive, got {self.rate}")
         if self.batch < 1:

@@ -25,14 +25,18 @@ import yaml
 from kubeloop.loop.config import LoopConfig
 from kubeloop.loop.report import TIMELINE_DECISIONS, write_report
 from kubeloop.loop.retrain import LABELLED_FILE
-from kubeloop.loop.runtime import DEMO_DRIFT_DETECTORS, LocalRuntime, RuntimePorts
+from kubeloop.loop.runtime import DEMO_DRIFT_DETECTORS, DEMO_ERT, LocalRuntime, RuntimePorts
 from kubeloop.loop.stream import build_stream
 from kubeloop.loop.timeline import Recorder
 from kubeloop.loop.traffic import TrafficReplayer
 
 MODEL = "fraud-detector"
 MARKER = ".kubeloop-demo"
-RUNNER = "kubeloop.loop.retrain:train_on_recent_window"
+# The retraining runner per --retrainer: what the operator's local run job calls.
+RUNNERS = {
+    "window": "kubeloop.loop.retrain:train_on_recent_window",
+    "pipeline": "kubeloop.loop.retrain_pipeline:retrain_with_pipeline",
+}
 
 
 class DemoError(RuntimeError):
@@ -61,18 +65,26 @@ def deployment_manifest(config: LoopConfig, runtime: LocalRuntime, labelled: Pat
                     # v1's pipeline) moves its scores by design; a broken one moves them more
                     "maxScoreShift": 0.5,
                     "maxAccuracyDrop": 0.05,
+                    "minFeedback": config.min_feedback,
                 },
             },
             "monitoring": {
-                "detectors": [{"name": "prediction", "ert": 2000}],
+                # what the drift service runs (DEMO_DRIFT_DETECTORS): the error rate of the
+                # delayed labels, the signal of covariate and concept drift alike
+                "detectors": [{"name": "error_rate", "ert": DEMO_ERT}],
                 "driftDurationSeconds": config.drift_duration_seconds,
             },
             "retraining": {
-                "pipeline": {"name": RUNNER},
+                "pipeline": {"name": RUNNERS[config.retrainer]},
                 "parameters": {
                     "labelled_traffic": str(labelled),
                     "window": "fresh",  # learn from traffic labelled after the drift
                     "seed": str(config.seed + 1),
+                    **(
+                        {"epochs": str(config.pipeline_epochs)}
+                        if config.retrainer == "pipeline"
+                        else {}
+                    ),
                 },
                 "dataWindow": f"{config.data_window_seconds}s",
                 "cooldownSeconds": 120,
@@ -180,6 +192,7 @@ def run_demo(
     echo: Callable[[str], None] = print,
     status: Callable[[str], None] | None = None,
     max_seconds: float = 560.0,
+    drift_cache: Path | None = None,
 ) -> dict[str, Any]:
     """Runs the loop once and writes the report; returns the summary."""
     started = time.monotonic()
@@ -192,10 +205,11 @@ def run_demo(
         operator_env={
             "KUBELOOP_OPERATOR_POLL_INTERVAL_SECONDS": str(config.poll_interval_seconds),
             "KUBELOOP_OPERATOR_MIN_WINDOW_SECONDS": "4",
-            "KUBELOOP_OPERATOR_LOCAL_RUNNER": RUNNER,
+            "KUBELOOP_OPERATOR_LOCAL_RUNNER": RUNNERS[config.retrainer],
         },
         drift_env=DEMO_DRIFT_DETECTORS,
-        drift_cache=home.parent / "drift-cache",  # survives the next run's fresh home
+        # calibrated thresholds survive the next run's fresh home
+        drift_cache=Path(drift_cache) if drift_cache else home.parent / "drift-cache",
     )
     status = status or (lambda line: None)
     previous = signal.getsignal(signal.SIGTERM)
@@ -204,6 +218,7 @@ def run_demo(
     replayer: TrafficReplayer | None = None
     recorder: Recorder | None = None
     ray_started = False
+    retrain_head = False  # a Ray head under the runtime's home, for pipeline retraining runs
     try:
         echo(f"kubeloop demo: scenario {config.scenario}, {config.rate:g} transactions/s, "
              f"seed {config.seed}; runtime state and logs under {home / 'runtime'}")  # fmt: skip
@@ -218,6 +233,13 @@ def run_demo(
             stop_local_head()
             ray_started = False
         echo(f"registered {MODEL} {first}")
+        if config.retrainer == "pipeline":
+            # Started now, so a retraining run joins a warm head instead of starting one
+            # (about 10 s on two cores); the run jobs find it under the runtime's home.
+            from kubeloop.training.ray_runtime import start_local_head
+
+            retrain_head = True
+            start_local_head(runtime.home)
         stream = build_stream(
             config.scenario, rate=config.rate, onset_seconds=config.onset_seconds,
             duration_seconds=config.duration_seconds, seed=config.seed,
@@ -246,10 +268,12 @@ def run_demo(
             recorder.stop()
         stopped = runtime.stop()
         echo(f"runtime stopped ({len(stopped)} processes)")
-        if ray_started:
-            from kubeloop.training.ray_runtime import stop_local_head
+        from kubeloop.training.ray_runtime import stop_local_head
 
+        if ray_started:
             stop_local_head()
+        if retrain_head:
+            stop_local_head(runtime.home)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
     record = {
@@ -263,10 +287,19 @@ def run_demo(
         "marks": recorder.marks,
         "bad_candidate": recorder.bad_candidate,
         "scenario_description": stream.description,
+        "lineage": _lineages(runtime, first),
     }
     summary = write_report(record, report_dir)
     echo(f"report: {Path(report_dir).resolve() / 'index.html'}")
     return summary
+
+
+def _lineages(runtime: LocalRuntime, first: str) -> dict[str, dict]:
+    """Lineage of every version registered after v1 (which trainer, which window)."""
+    from kubeloop.registry import ModelRegistry
+
+    registry = ModelRegistry(str(runtime.registry_uri))
+    return {v.version: v.lineage for v in registry.list_versions(MODEL) if v.version != first}
 
 
 def _watching(runtime: LocalRuntime, version: str) -> bool:

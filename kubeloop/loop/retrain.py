@@ -60,6 +60,37 @@ def fresh_window(path: Path, seconds: float, *, timeout: float, poll: float = 1.
         time.sleep(poll)
 
 
+def load_window(labelled_traffic: str | Path, data_window: str, window: str) -> pd.DataFrame:
+    """The labelled rows a run learns from: the last ``data_window`` (``recent``) or the
+    next ``data_window`` labelled after the run started (``fresh``); at least MIN_ROWS."""
+    if window not in ("recent", "fresh"):
+        raise ValueError(f"window must be recent or fresh, got {window!r}")
+    path = Path(labelled_traffic)
+    if not path.exists():
+        raise FileNotFoundError(f"no labelled traffic at {path}")
+    seconds = window_seconds(data_window)
+    if window == "fresh":
+        frame = fresh_window(path, seconds, timeout=max(30.0, seconds))
+    else:
+        frame = recent_window(pd.read_parquet(path), seconds)
+    if len(frame) < MIN_ROWS:
+        raise ValueError(
+            f"only {len(frame)} labelled rows in the {window} {data_window} of {path}; "
+            f"need {MIN_ROWS}"
+        )
+    return frame
+
+
+def window_bounds(frame: pd.DataFrame) -> dict[str, str]:
+    """Start and end (UTC, ISO 8601) of the traffic a run learned from, by prediction time."""
+    column = "sent_at" if "sent_at" in frame.columns else "labelled_at"
+    times = pd.to_datetime(frame[column], unit="s", utc=True)
+    return {
+        "start": times.min().floor("us").isoformat(),
+        "end": times.max().floor("us").isoformat(),
+    }
+
+
 def corrupt_labels(frame: pd.DataFrame, label: str) -> pd.DataFrame:
     out = frame.copy()
     out[label] = 1 - out[label].to_numpy()
@@ -84,21 +115,9 @@ def train_on_recent_window(
 
     if quality not in ("good", "corrupt"):
         raise ValueError(f"quality must be good or corrupt, got {quality!r}")
-    if window not in ("recent", "fresh"):
-        raise ValueError(f"window must be recent or fresh, got {window!r}")
-    path = Path(labelled_traffic)
-    if not path.exists():
-        raise FileNotFoundError(f"no labelled traffic at {path}")
     schema = fraud.FRAUD_SCHEMA
-    seconds = window_seconds(data_window)
-    if window == "fresh":
-        frame = fresh_window(path, seconds, timeout=max(30.0, seconds))
-    else:
-        frame = recent_window(pd.read_parquet(path), seconds)
-    if len(frame) < MIN_ROWS:
-        raise ValueError(
-            f"only {len(frame)} labelled rows in the last {data_window} of {path}; need {MIN_ROWS}"
-        )
+    path = Path(labelled_traffic)
+    frame = load_window(path, data_window, window)
     if quality == "corrupt":
         frame = corrupt_labels(frame, schema.label)
     cut = int(len(frame) * 0.7)
@@ -132,10 +151,7 @@ def train_on_recent_window(
         },
         "code_version": "kubeloop.loop",
         "source_uri": str(path),
-        "window": {
-            "start": float(frame["labelled_at"].min()),
-            "end": float(frame["labelled_at"].max()),
-        },
+        "window": window_bounds(frame),
     }
     from kubeloop.model.publish import publish_bundle
 

@@ -26,6 +26,10 @@ class ReplayStream:
     onset_index: int  # first row drawn from after the scenario's onset
     scenario: str
     description: str
+    # per row, beside the instance: the account (entity key) and transaction id, which a
+    # training pipeline run on the labelled traffic needs as its dataset's key columns
+    account_ids: np.ndarray | None = None
+    transaction_ids: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.instances)
@@ -76,4 +80,6 @@ def build_stream(
         onset_index=before,
         scenario=scenario,
         description=data.truth.description,
+        account_ids=rows[schema.entity].to_numpy(dtype=np.int64),
+        transaction_ids=rows["transaction_id"].astype(str).tolist(),
     )

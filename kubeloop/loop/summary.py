@@ -67,6 +67,7 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
             "duration_seconds": round(max((a["sent_at"] for a in answers), default=t0) - t0, 2),
         },
         "first_version": first_stable,
+        "retrainer": record["config"].get("retrainer", "window"),
         "drift_onset_seconds": _rel(onset, t0),
         "retraining_runs": len(decisions_of(record, "retrain")),
         "rollbacks": len(decisions_of(record, "rollback")),
@@ -90,6 +91,9 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
     out["run_submitted_seconds"] = _rel(submitted["t"], onset) if submitted else None
     out["version_registered_seconds"] = _rel(retrained["t"], onset) if retrained else None
     out["retrained_version"] = new_version
+    lineage = (record.get("lineage") or {}).get(new_version) if new_version else None
+    out["retrained_by"] = lineage.get("pipeline_name") if lineage else None
+    out["retrained_window"] = lineage.get("window") if lineage else None
     out["update_cycle_seconds"] = _rel(at_full, onset) if at_full and onset else None
     out["update_cycle_goal_seconds"] = UPDATE_CYCLE_GOAL_SECONDS
     out["update_cycle_goal_met"] = (

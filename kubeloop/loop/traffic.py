@@ -5,7 +5,8 @@ One background thread sends one request of ``batch`` instances every
 an ``X-Request-Id`` it chose, so the ground truth can follow ``label_delay`` seconds
 later to the drift service's ``/v1/feedback`` under the same id (the predictor's
 payload events carry it as ``Ce-Id``). Labelled rows are also written to
-``labelled.parquet``, the recent window that retraining runs learn from.
+``labelled.parquet`` (features, label, ``labelled_at``, ``sent_at``, account and
+transaction ids), the recent window that retraining runs learn from.
 """
 
 from __future__ import annotations
@@ -174,12 +175,19 @@ class TrafficReplayer:
                 self.errors.append(f"feedback: {exc}")
         from kubeloop.data.fraud import FRAUD_SCHEMA
 
+        stream = self.stream
         for answer in due:
             answer.labelled_at = now
             for offset, label in enumerate(answer.labels):
-                row = dict(self.stream.instances[answer.first_row + offset])
+                i = answer.first_row + offset
+                row = dict(stream.instances[i])
                 row[FRAUD_SCHEMA.label] = label
                 row["labelled_at"] = now
+                row["sent_at"] = answer.sent_at  # the prediction's time: the event timestamp
+                if stream.account_ids is not None:
+                    row[FRAUD_SCHEMA.entity] = int(stream.account_ids[i])
+                if stream.transaction_ids is not None:
+                    row["transaction_id"] = stream.transaction_ids[i]
                 self._labelled.append(row)
 
     def _flush_labelled(self) -> None:

@@ -4,7 +4,9 @@ Real: Debian's Prometheus, the drift service in its own venv, the router, predic
 processes per version, the operator's local driver as its own process, retraining runs
 as its subprocesses; traffic at a steady rate with delayed labels posted as feedback.
 Shortened: v1 is trained with plain torch (the pipeline has its own tests), the drift
-starts 15 s into the traffic, and the run stops once the worse candidate is judged.
+starts 15 s into the traffic, and the run stops once the worse candidate is judged (the
+concept case stops at the promotion). The runs share one cache of calibrated drift
+thresholds, as successive demo runs do.
 """
 
 from __future__ import annotations
@@ -26,10 +28,20 @@ SHORT = {
     "onset_seconds": 15.0,
     "v1_accounts": 300,
     "stream_accounts": 300,
-    "min_samples": 30,
-    "min_step_seconds": 5,
-    "steps": (50, 100),
 }
+
+
+@pytest.fixture(scope="module")
+def drift_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("drift-cache")
+
+
+def canary_steps(summary_dir: Path, version: str) -> list[float]:
+    """Traffic percents the canary of ``version`` was analysed at, from the record's samples."""
+    samples = json.loads((summary_dir / "record.json").read_text())["samples"]
+    return sorted(
+        {float(s["canary_percent"]) for s in samples if s.get("split_canary") == version}
+    )
 
 
 def nothing_left_running(home: Path) -> None:
@@ -44,12 +56,14 @@ def nothing_left_running(home: Path) -> None:
             assert str(home) not in cmdline, f"still running: {cmdline}"
 
 
-def test_covariate_drift_retrains_promotes_and_rolls_back_the_worse_candidate(tmp_path):
+def test_covariate_drift_retrains_promotes_and_rolls_back_the_worse_candidate(
+    tmp_path, drift_cache
+):
     config = LoopConfig(scenario="covariate", duration_seconds=200.0, **SHORT)
     lines: list[str] = []
     summary = run_demo(
         config, home=tmp_path / "demo", report_dir=tmp_path / "report", echo=lines.append,
-        max_seconds=230,
+        max_seconds=230, drift_cache=drift_cache,
     )  # fmt: skip
     nothing_left_running(tmp_path / "demo")
     log = "\n".join(lines)
@@ -58,6 +72,11 @@ def test_covariate_drift_retrains_promotes_and_rolls_back_the_worse_candidate(tm
         summary["detection_delay_seconds"] is not None and summary["detection_delay_seconds"] > 0
     ), log
     assert summary["retrained_version"] == "v2", log
+    assert summary["retrained_by"] == "kubeloop.loop.retrain", summary
+    window = summary["retrained_window"]  # the lineage names the traffic it learned from
+    assert window and window["start"] < window["end"], summary
+    # two analysed steps (25 %, 50 %) before the promotion to 100 %
+    assert canary_steps(tmp_path / "report", "v2")[:2] == [25.0, 50.0], log
     assert summary["update_cycle_seconds"] > summary["version_registered_seconds"] > 0, log
     assert summary["accuracy_before_drift"]["predictions"] > 200
     assert (
@@ -76,13 +95,40 @@ def test_covariate_drift_retrains_promotes_and_rolls_back_the_worse_candidate(tm
 
 
 @pytest.mark.skipif(os.environ.get("KUBELOOP_SKIP_STATIONARY_DEMO") == "1", reason="opted out")
-def test_stationary_traffic_retrains_nothing(tmp_path):
+def test_stationary_traffic_retrains_nothing(tmp_path, drift_cache):
     config = LoopConfig(scenario="stationary", duration_seconds=120.0, settle_seconds=35.0,
                         **{**SHORT, "onset_seconds": 10.0})  # fmt: skip
     summary = run_demo(config, home=tmp_path / "demo", report_dir=tmp_path / "report",
-                       echo=lambda _: None, max_seconds=150)  # fmt: skip
+                       echo=lambda _: None, max_seconds=150, drift_cache=drift_cache)  # fmt: skip
     nothing_left_running(tmp_path / "demo")
     assert summary["traffic"]["predictions"] > 1500
     assert summary["retraining_runs"] == 0 and summary["rollbacks"] == 0
     assert summary["update_cycle_seconds"] is None and summary["bad_candidate"] is None
     assert summary["accuracy_before_drift"]["accuracy"] > 0.9
+
+
+def test_concept_drift_is_caught_by_the_error_rate_and_retrained_away(tmp_path, drift_cache):
+    """P(y|x) changes and P(x) hardly: only the delayed labels show it."""
+    config = LoopConfig(scenario="concept", duration_seconds=160.0, bad_candidate=False, **SHORT)
+    lines: list[str] = []
+    summary = run_demo(
+        config, home=tmp_path / "demo", report_dir=tmp_path / "report", echo=lines.append,
+        max_seconds=190, drift_cache=drift_cache,
+    )  # fmt: skip
+    nothing_left_running(tmp_path / "demo")
+    log = "\n".join(lines)
+    record = json.loads((tmp_path / "report" / "record.json").read_text())
+    drift = [d for d in record["decisions"] if d["decision"] == "drift"]
+    assert drift and "error_rate" in json.dumps(drift[0].get("evidence", {})), log
+    assert 0 < summary["detection_delay_seconds"] < 60, log
+    assert summary["retrained_version"] == "v2" and summary["update_cycle_seconds"], log
+    assert summary["retrained_window"]["start"] >= _iso(record["onset_at"]), summary
+    before, during = summary["accuracy_before_drift"], summary["accuracy_during_drift"]
+    assert during["accuracy"] < before["accuracy"], summary
+    assert summary["accuracy_after_promotion"]["accuracy"] > during["accuracy"], summary
+
+
+def _iso(epoch: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC).isoformat()
