@@ -1,34 +1,44 @@
 """Baseline (a): a plain ``kserve.Model`` doing the same forward pass as kubeloop's predictor.
 
-No validation, no kubeloop metrics, no payload logging: V1 instances straight into a
-DataFrame and ``ModelBundle.predict``. Served by the same kserve server (bound to
-127.0.0.1) so the comparison isolates what kubeloop adds.
+No validation, no kubeloop metrics, no payload logging: V1 instances straight into
+:class:`kubeloop.serving.forward.Forward` (the predictor's own forward pass), or with
+``--dataframe`` into a pandas DataFrame and ``ModelBundle.predict`` (the bundle's
+public API, as a first serving attempt would do). Served by the same kserve server
+(bound to 127.0.0.1) so the comparison isolates what kubeloop adds.
 
     python bench/serving/plain_model.py --model_name fraud-detector --model-dir DIR --http_port 9000
 """
 
 from __future__ import annotations
 
+import sys
+
 import pandas as pd
 from kserve import Model
 
 from kubeloop.model import ModelBundle
+from kubeloop.serving.forward import Forward
 
 
 class PlainModel(Model):
-    def __init__(self, name: str, folder: str) -> None:
+    def __init__(self, name: str, folder: str, dataframe: bool = False) -> None:
         super().__init__(name)
         self.folder = folder
+        self.dataframe = dataframe
 
     def load(self) -> bool:
         self.bundle = ModelBundle.load(self.folder)
+        self.forward = Forward(self.bundle)
         self.columns = self.bundle.preprocessor.input_columns
         self.ready = True
         return True
 
     def predict(self, payload, headers=None):
-        frame = pd.DataFrame.from_records(payload["instances"], columns=self.columns)
-        scores, classes = self.bundle.predict(frame)
+        if self.dataframe:
+            frame = pd.DataFrame.from_records(payload["instances"], columns=self.columns)
+            scores, classes = self.bundle.predict(frame)
+        else:
+            scores, classes = self.forward.predict(payload["instances"])
         return {
             "predictions": [
                 {"score": float(s), "label": int(c)} for s, c in zip(scores, classes, strict=True)
@@ -39,8 +49,9 @@ class PlainModel(Model):
 def main() -> None:
     from kubeloop.serving.server import BoundModelServer, predictor_parser
 
-    args = predictor_parser().parse_args()
-    model = PlainModel(args.model_name, args.model_dir)
+    dataframe = "--dataframe" in sys.argv
+    args = predictor_parser().parse_args([a for a in sys.argv[1:] if a != "--dataframe"])
+    model = PlainModel(args.model_name, args.model_dir, dataframe=dataframe)
     model.load()
     BoundModelServer(http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=False, bind_host="127.0.0.1",
                      enable_latency_logging=False).start([model])  # fmt: skip

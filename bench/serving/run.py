@@ -176,16 +176,17 @@ def run(duration: int, rounds: int) -> dict:
         )
         procs: list[ServerProcess] = []
         try:
-            port = free_port()
-            plain_proc = _spawn(
-                [str(ROOT / "bench/serving/plain_model.py"), "--model_name", MODEL, "--model-dir", str(folder),
-                 "--http_port", str(port), "--configure_logging", "false"],
-                tmp / "plain.log", 0,
-            )  # fmt: skip
-            plain = ServerProcess(
-                "plain", plain_proc, f"http://127.0.0.1:{port}", tmp / "plain.log"
-            )
-            procs.append(plain)
+            plain_procs = {}
+            for name, extra in (("a-plain", []), ("a-bundle", ["--dataframe"])):
+                port = free_port()
+                log = tmp / f"{name}.log"
+                proc = _spawn(
+                    [str(ROOT / "bench/serving/plain_model.py"), "--model_name", MODEL, "--model-dir", str(folder),
+                     "--http_port", str(port), "--configure_logging", "false", *extra],
+                    log, 0,
+                )  # fmt: skip
+                plain_procs[name] = ServerProcess(name, proc, f"http://127.0.0.1:{port}", log)
+                procs.append(plain_procs[name])
             predictor = start_predictor(
                 MODEL,
                 "v1",
@@ -203,7 +204,8 @@ def run(duration: int, rounds: int) -> dict:
             router = start_router(split, tmp, wait=False)
             procs.append(router)
             _pin_running(router.process.pid, 1)
-            plain.wait_ready(f"/v1/models/{MODEL}")
+            for plain in plain_procs.values():
+                plain.wait_ready(f"/v1/models/{MODEL}")
             predictor.wait_ready(f"/v1/models/{MODEL}")
             router.wait_ready("/readyz")
             assert (
@@ -211,7 +213,10 @@ def run(duration: int, rounds: int) -> dict:
             )
             path = f"/v1/models/{MODEL}:predict"
             targets = {
-                "a-plain": (plain.url + path, {"server": plain_proc.pid}),
+                **{
+                    name: (plain.url + path, {"server": plain.process.pid})
+                    for name, plain in plain_procs.items()
+                },
                 "b-kubeloop": (predictor.url + path, {"server": predictor.process.pid}),
                 "c-router": (
                     router.url + path,

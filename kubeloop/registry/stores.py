@@ -102,8 +102,14 @@ class S3Store:
         self.uri = uri.rstrip("/")
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
+        self.endpoint = endpoint
         self.client = client or Minio(
-            endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region
+            endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region,
+            http_client=_http_client(),
         )
 
     def _key(self, key: str) -> str:
@@ -111,11 +117,12 @@ class S3Store:
 
     def _call(self, what: str, fn, *args, **kwargs):
         from minio.error import MinioException
+        from urllib3.exceptions import HTTPError
 
         try:
             return fn(*args, **kwargs)
-        except (MinioException, OSError, ValueError) as exc:
-            raise RegistryError(f"{what} at {self.uri}: {exc}") from exc
+        except (MinioException, HTTPError, OSError, ValueError) as exc:
+            raise RegistryError(f"{what} at {self.uri} (endpoint {self.endpoint}): {exc}") from exc
 
     def put(self, key: str, data: bytes) -> None:
         self._call(
@@ -130,7 +137,7 @@ class S3Store:
     def get(self, key: str) -> bytes:
         resp = self._call(f"cannot read {key}", self.client.get_object, self.bucket, self._key(key))
         try:
-            return resp.read()
+            return self._call(f"cannot read {key}", resp.read)
         finally:
             resp.close()
             resp.release_conn()
@@ -139,14 +146,13 @@ class S3Store:
         from minio.error import S3Error
 
         try:
-            self.client.stat_object(self.bucket, self._key(key))
+            self._call(f"cannot stat {key}", self.client.stat_object, self.bucket, self._key(key))
             return True
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject"):
+        except RegistryError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, S3Error) and cause.code in ("NoSuchKey", "NoSuchObject"):
                 return False
-            raise RegistryError(f"cannot stat {key} at {self.uri}: {exc}") from exc
-        except OSError as exc:
-            raise RegistryError(f"cannot reach {self.uri}: {exc}") from exc
+            raise
 
     def list(self, prefix: str) -> Iterator[str]:
         objects = self._call(
@@ -165,6 +171,20 @@ class S3Store:
             self._call(
                 f"cannot delete {key}", self.client.remove_object, self.bucket, self._key(key)
             )
+
+
+def _http_client():
+    """Bounded timeouts and retries, so an unreachable endpoint fails in seconds, named."""
+    import certifi
+    import urllib3
+
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=5.0, read=60.0),
+        cert_reqs="CERT_REQUIRED",  # as minio's own client: SSL_CERT_FILE or certifi's CAs
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
+        maxsize=10,
+    )
 
 
 def open_store(uri: str, s3: object | None = None) -> ObjectStore:

@@ -7,6 +7,11 @@ absent (then the entity key is required and the predictor looks them up in Feast
 values must have the declared type, be finite and lie in the declared range, and
 unknown fields are refused. Every problem raises :class:`RequestRejected` with a
 ``reason`` from a fixed set (it labels a metric) and a message naming the field.
+
+A batch is first checked column by column with a few C-level passes per feature
+(types, finiteness, range, category set); only a batch that fails that pass is walked
+row by row, which finds and names the first offending instance and field. Valid
+instances are returned as they came (their values already have the column's type).
 """
 
 from __future__ import annotations
@@ -104,6 +109,13 @@ class InputValidator:
             *([self.id_column] if self.id_column else []),
         }
         self._entity_spec = schema.column(self.entity)
+        self._view_set = frozenset(self.view_names)
+        self._request_checks = [_column_check(c) for c in self.request_features]
+        self._view_checks = [_column_check(c) for c in self.view_features]
+        self._entity_check = _column_check(self._entity_spec)
+        self._request_plan = [_value_plan(c) for c in self.request_features]
+        self._view_plan = [_value_plan(c) for c in self.view_features]
+        self._entity_plan = [_value_plan(self._entity_spec)]
 
     # --- V1 ---------------------------------------------------------------------------
     def validate_v1(self, body: Any) -> ValidatedRequest:
@@ -135,6 +147,18 @@ class InputValidator:
                 "batch_too_large",
                 f"batch of {len(instances)} instances exceeds the limit of {self.limits.max_batch}",
             )
+        if len(instances) <= _SMALL_BATCH:
+            flags = [self._row_ok(inst) for inst in instances]
+            if None not in flags:
+                return ValidatedRequest(instances, [i for i, f in enumerate(flags) if f])
+        else:
+            fast = self._columns_ok(instances)
+            if fast is not None:
+                return ValidatedRequest(instances, fast)
+        return self.validate_rows(instances)
+
+    def validate_rows(self, instances: list[Any]) -> ValidatedRequest:
+        """Row by row: coerces values to the column's type and names the first problem."""
         needs_lookup = []
         out = []
         for i, inst in enumerate(instances):
@@ -143,6 +167,69 @@ class InputValidator:
             if lookup:
                 needs_lookup.append(i)
         return ValidatedRequest(out, needs_lookup)
+
+    def _row_ok(self, inst: Any) -> bool | None:
+        """One row: whether it needs a lookup when valid as sent; ``None`` otherwise."""
+        if type(inst) is not dict or not inst.keys() <= self.allowed:
+            return None
+        if not _values_ok(inst, self._request_plan):
+            return None
+        present = len(self._view_set & inst.keys())
+        lookup = present == 0
+        if not lookup and (present != len(self._view_set) or not _values_ok(inst, self._view_plan)):
+            return None
+        if self.entity in inst:
+            if not _values_ok(inst, self._entity_plan):
+                return None
+        elif lookup:
+            return None
+        if self.id_column and self.id_column in inst:
+            value = inst[self.id_column]
+            if type(value) is not str or len(value) > 128:
+                return None
+        return lookup
+
+    def _columns_ok(self, instances: list[Any]) -> list[int] | None:
+        """Rows needing a lookup when every value is valid as sent; ``None`` otherwise."""
+        allowed = self.allowed
+        for inst in instances:
+            if type(inst) is not dict or not inst.keys() <= allowed:
+                return None
+        for check in self._request_checks:
+            if not check(instances):
+                return None
+        if not self._view_set:
+            lookup: list[int] = []
+        else:
+            view, n_view = self._view_set, len(self._view_set)
+            counts = [len(view & inst.keys()) for inst in instances]
+            lookup = [i for i, k in enumerate(counts) if k == 0]
+            if len(lookup) + counts.count(n_view) != len(instances):
+                return None  # some row sends part of the feature view
+            full = (
+                instances
+                if not lookup
+                else [r for r, k in zip(instances, counts, strict=True) if k]
+            )
+            if full:
+                for check in self._view_checks:
+                    if not check(full):
+                        return None
+        entity = self.entity
+        with_entity = [inst for inst in instances if entity in inst]
+        if with_entity and not self._entity_check(with_entity):
+            return None
+        if any(entity not in instances[i] for i in lookup):
+            return None
+        id_column = self.id_column
+        if id_column:
+            for inst in instances:
+                value = inst.get(id_column)
+                if value is not None and (type(value) is not str or len(value) > 128):
+                    return None
+                if value is None and id_column in inst:
+                    return None
+        return lookup
 
     def _instance(self, i: int, inst: Any) -> tuple[dict[str, Any], bool]:
         if not isinstance(inst, dict):
@@ -258,6 +345,73 @@ class InputValidator:
             }
             for c in specs
         ]
+
+
+_SMALL_BATCH = 2  # up to this many rows, checking row by row beats column passes
+_TYPES = {"float": float, "int": int, "bool": bool, "category": str, "string": str}
+_MISSING = object()
+
+
+def _value_plan(spec: ColumnSpec) -> tuple:
+    categories = frozenset(spec.categories) if spec.categories else None
+    return spec.name, _TYPES.get(spec.dtype), spec.min, spec.max, categories
+
+
+def _values_ok(row: dict[str, Any], plan: list[tuple]) -> bool:
+    """True when each planned value is present and valid exactly as sent (no coercion)."""
+    for name, kind, lo, hi, categories in plan:
+        value = row.get(name, _MISSING)
+        if type(value) is not kind:  # bool is its own type: True is no int here
+            return False
+        if kind is float and value - value != 0:  # NaN or an infinity
+            return False
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            return False
+        if categories is not None and value not in categories:
+            return False
+    return True
+
+
+def _column_check(spec: ColumnSpec):
+    """A batch check of one column: True when every row's value is valid exactly as sent.
+
+    False means "look closer": the row-by-row path then coerces (an int sent for a
+    float) or names the offending value.
+    """
+    name, lo, hi = spec.name, spec.min, spec.max
+    if spec.dtype == "float":
+        types = {float}
+    elif spec.dtype == "int":
+        types = {int}  # bool is its own type, so True is no int here
+    elif spec.dtype == "bool":
+        types = {bool}
+    elif spec.dtype in ("category", "string"):
+        types = {str}
+    else:
+        return lambda rows: False
+    numeric = spec.dtype in ("float", "int")
+    categories = frozenset(spec.categories) if spec.categories else None
+
+    def check(rows: list[dict[str, Any]]) -> bool:
+        try:
+            column = [row[name] for row in rows]
+        except KeyError:
+            return False
+        if not set(map(type, column)) <= types:
+            return False
+        if numeric:
+            total = sum(column)
+            if total - total != 0:  # a NaN or an infinity somewhere (or an overflow)
+                return False
+            if lo is not None and min(column) < lo:
+                return False
+            if hi is not None and max(column) > hi:
+                return False
+        elif categories is not None and not categories.issuperset(column):
+            return False
+        return True
+
+    return check
 
 
 def check_value(spec: ColumnSpec, value: Any, i: int) -> Any:

@@ -11,24 +11,25 @@ metrics and queues payload events. Client mistakes raise :class:`RequestRejected
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import secrets
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput
 from kserve.model import InferenceVerb
 
 from kubeloop.model import ModelBundle
-from kubeloop.registry import ChecksumMismatch, ModelRegistry
+from kubeloop.registry import ChecksumMismatch, ModelRegistry, RegistryError
 from kubeloop.registry.registry import MANIFEST, sha256_bytes, version_checksum
 from kubeloop.serving import metrics as m
+from kubeloop.serving.forward import Forward
 from kubeloop.serving.inputs import InputValidator, Limits, RequestRejected
 from kubeloop.serving.payload import EventContext, PayloadLogger
 
@@ -46,6 +47,16 @@ def verify_folder(folder: Path) -> dict[str, Any]:
     if version_checksum(manifest["files"]) != manifest["checksum"]:
         raise ChecksumMismatch(f"{folder}: version checksum does not match the manifest")
     return manifest
+
+
+def parse_version_uri(uri: str) -> tuple[str, str, str]:
+    """``<registry>/<model>/versions/<version>`` -> (registry URI, model, version)."""
+    parts = uri.rstrip("/").rsplit("/", 3)
+    if len(parts) != 4 or parts[2] != "versions" or not parts[1] or not parts[3]:
+        raise RegistryError(
+            f"{uri!r} is not a registry version URI (<registry>/<model>/versions/<version>)"
+        )
+    return parts[0], parts[1], parts[3]
 
 
 @dataclass
@@ -90,16 +101,31 @@ class FraudPredictor(Model):
             else None
         )
         self._cache: tempfile.TemporaryDirectory | None = None
+        self._id_prefix = secrets.token_hex(8)
+        self._ids = itertools.count(1)
 
     # --- loading -----------------------------------------------------------------------
     def load(self) -> bool:
+        """Fetches and verifies the version; raises ``RegistryError`` (ready stays False)."""
         cfg = self.config
-        if cfg.model_dir:
+        self.ready = False
+        if cfg.model_dir and not cfg.model_dir.startswith("s3://"):
             folder = Path(cfg.model_dir)
         else:
+            if cfg.model_dir:  # a version's own URI, as in an InferenceService storageUri
+                registry_uri, model, version = parse_version_uri(cfg.model_dir)
+            else:
+                registry_uri, model, version = cfg.registry_uri, cfg.model_name, cfg.version
+            if self._cache is not None:
+                self._cache.cleanup()
             self._cache = tempfile.TemporaryDirectory(prefix=f"kubeloop-{cfg.model_name}-")
-            registry = ModelRegistry(cfg.registry_uri)
-            _, folder = registry.download(cfg.model_name, cfg.version, self._cache.name)
+            try:
+                registry = ModelRegistry(registry_uri)
+                _, folder = registry.download(model, version, self._cache.name)
+            except Exception:
+                self._cache.cleanup()
+                self._cache = None
+                raise
         manifest = verify_folder(folder)
         self.version = manifest["version"]
         self.bundle = ModelBundle.load(folder)
@@ -109,7 +135,7 @@ class FraudPredictor(Model):
             from kubeloop.serving.features import OnlineFeatureLookup
 
             self.features = OnlineFeatureLookup(cfg.feast_repo, schema)
-        self._columns = self.bundle.preprocessor.input_columns
+        self.forward = Forward(self.bundle)
         name, v = cfg.model_name, self.version
         self._ok = m.INFERENCE_REQUESTS.labels(name, v, "ok")
         self._client_error = m.INFERENCE_REQUESTS.labels(name, v, "client_error")
@@ -171,10 +197,10 @@ class FraudPredictor(Model):
         return result
 
     async def preprocess(self, payload, headers=None) -> _Prepared:
-        headers = headers or {}
-        request_id = headers.get("x-request-id")
+        request_id = headers.get("x-request-id") if headers else None
         if isinstance(payload, InferRequest):
-            request_id = request_id or payload.id
+            if not request_id and payload.id:
+                request_id = _checked_id(payload.id)
             instances = self.validator.v2_instances([_v2_input(i) for i in payload.inputs])
             validated = self.validator.validate_instances(instances)
             v2 = True
@@ -193,26 +219,31 @@ class FraudPredictor(Model):
             )
             self._feast.observe(time.perf_counter() - start)
         return _Prepared(
-            v2=v2, request_id=request_id or str(uuid.uuid4()), instances=validated.instances
+            v2=v2, request_id=request_id or self._new_id(), instances=validated.instances
         )
 
+    def _new_id(self) -> str:
+        # Unique per process (random prefix) and cheaper than a uuid4 per request.
+        return f"{self._id_prefix}-{next(self._ids):08x}"
+
     def predict(self, payload: _Prepared, headers=None, response_headers=None):
-        frame = pd.DataFrame.from_records(payload.instances, columns=self._columns)
-        scores, classes = self.bundle.predict(frame)
+        scores, classes = self.forward.predict(payload.instances)
         return payload, scores, classes
 
     def postprocess(self, result, headers=None, response_headers=None):
         prepared, scores, classes = result
-        n_pos = int(classes.sum())
+        score_list, class_list = scores.tolist(), classes.tolist()
+        n_pos = sum(class_list)
         if n_pos:
             self._classes[1].inc(n_pos)
-        if len(classes) - n_pos:
-            self._classes[0].inc(len(classes) - n_pos)
-        for s in scores:
-            self._score.observe(float(s))
+        if len(class_list) - n_pos:
+            self._classes[0].inc(len(class_list) - n_pos)
+        observe = self._score.observe
+        for s in score_list:
+            observe(s)
         v1 = {
             "predictions": [
-                {"score": float(s), "label": int(c)} for s, c in zip(scores, classes, strict=True)
+                {"score": s, "label": c} for s, c in zip(score_list, class_list, strict=True)
             ],
             "model_version": self.version,
         }
@@ -235,6 +266,16 @@ class FraudPredictor(Model):
             ],
             parameters={"model_version": self.version},
         )
+
+
+def _checked_id(value: Any) -> str:
+    """A V2 body's ``id``: it becomes a header (``Ce-Id``), so printable text only."""
+    text = str(value)
+    if len(text) > 256 or not text.isprintable():
+        raise RequestRejected(
+            "malformed_body", "request 'id' must be printable text of at most 256 characters"
+        )
+    return text
 
 
 def _v2_input(inp) -> tuple[str, str, list[int], Any]:
@@ -270,7 +311,12 @@ def main(argv: list[str] | None = None) -> None:
             limits=limits,
         )
     )
-    model.load()
+    try:
+        model.load()
+    except RegistryError as exc:  # a missing, unreachable or tampered version
+        raise SystemExit(
+            f"kubeloop predictor {args.model_name}: cannot load the model: {exc}"
+        ) from None
     add_body_limit(limits.max_payload_bytes, on_reject=lambda: model.reject("payload_too_large"))
     BoundModelServer(
         http_port=args.http_port,

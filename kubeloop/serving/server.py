@@ -9,10 +9,12 @@ oversized payload costs no parsing and gets a 413 naming the limit.
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import orjson
+from fastapi.exceptions import FastAPIDeprecationWarning
 from kserve import ModelServer
 from kserve.model_server import FASTAPI_APP_IMPORT_STRING
 from kserve.model_server import app as kserve_app
@@ -136,6 +138,9 @@ class BoundModelServer(ModelServer):
     def start(self, models) -> None:
         import asyncio
 
+        # fastapi deprecates the ORJSONResponse kserve answers with; its warning would be
+        # formatted and written on every request (the warning registry keeps being reset).
+        warnings.filterwarnings("ignore", category=FastAPIDeprecationWarning)
         self._register_and_check_atleast_one_model_is_ready(models)
         self._rest_server = RESTServer(
             FASTAPI_APP_IMPORT_STRING,
@@ -185,7 +190,8 @@ def predictor_parser() -> argparse.ArgumentParser:
         "--model_dir",
         dest="model_dir",
         default=None,
-        help="a folder already holding the version (e.g. /mnt/models filled from storageUri)",
+        help="a folder already holding the version (e.g. /mnt/models filled from storageUri), "
+        "or the version's own URI (s3://bucket/prefix/<model>/versions/<v>)",
     )
     parser.add_argument(
         "--feast-repo", dest="feast_repo", default=None, help="Feast repo for entity-key requests"

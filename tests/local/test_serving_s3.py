@@ -1,0 +1,165 @@
+"""The predictor loads a registry version from S3 (moto's S3 server on 127.0.0.1).
+
+The version is published through kubeloop's S3 store, the predictor runs as a real
+subprocess with the endpoint and credentials from ``KUBELOOP_S3__*`` settings, and a
+tampered object must stop it from loading (checksum error, never ready).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from kubeloop.model import ModelBundle
+from kubeloop.registry import ChecksumMismatch, ModelRegistry, RegistryError
+from kubeloop.serving.predictor import FraudPredictor, PredictorConfig, parse_version_uri
+from kubeloop.serving.processes import free_port, start_predictor
+from kubeloop.settings import get_settings
+from kubeloop.testing import make_registry_version
+
+pytestmark = pytest.mark.slow
+MODEL = "fraud-detector"
+BUCKET = "kubeloop-registry"
+REGISTRY = f"s3://{BUCKET}/models"
+ROW = {
+    "amount": 420.0,
+    "merchant_category": "electronics",
+    "hour": 2,
+    "distance_from_home_km": 250.0,
+    "is_foreign": 1,
+    "txn_count_1h": 4,
+    "account_age_days": 30.0,
+    "avg_amount_30d": 40.0,
+    "txn_count_24h": 2.0,
+}
+
+
+@pytest.fixture(scope="module")
+def s3_env():
+    """A moto S3 server with the registry bucket; the settings that reach it."""
+    from minio import Minio
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        env = {
+            "KUBELOOP_S3__ENDPOINT": f"{host}:{port}",
+            "KUBELOOP_S3__ACCESS_KEY": "kubeloop",
+            "KUBELOOP_S3__SECRET_KEY": "kubeloop-secret",
+        }
+        Minio(
+            env["KUBELOOP_S3__ENDPOINT"], "kubeloop", "kubeloop-secret", secure=False
+        ).make_bucket(BUCKET)
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():
+                mp.setenv(key, value)
+            get_settings.cache_clear()
+            yield env
+        get_settings.cache_clear()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def registry(s3_env) -> ModelRegistry:
+    reg = ModelRegistry(REGISTRY)
+    make_registry_version(reg, MODEL, seed=4, n_accounts=80, days=4, steps=80)
+    return reg
+
+
+@pytest.fixture(scope="module")
+def bundle(registry, tmp_path_factory) -> ModelBundle:
+    _, folder = registry.download(MODEL, "v1", tmp_path_factory.mktemp("v1"))
+    return ModelBundle.load(folder)
+
+
+def _tampered_version(registry: ModelRegistry, tmp_path) -> str:
+    """Publishes a copy of v1, then changes bytes of its model.pt in the bucket."""
+    _, folder = registry.download(MODEL, "v1", tmp_path / "src")
+    (folder / "MANIFEST.json").unlink()
+    version = registry.publish(MODEL, folder).version
+    key = f"models/{MODEL}/versions/{version}/model.pt"
+    store = registry.store
+    data = bytearray(store.client.get_object(BUCKET, key).read())
+    data[len(data) // 2] ^= 0xFF
+    store.client.put_object(BUCKET, key, io.BytesIO(bytes(data)), len(data))
+    return version
+
+
+def test_predictor_subprocess_serves_a_version_from_s3(registry, bundle, s3_env, tmp_path):
+    server = start_predictor(MODEL, "v1", REGISTRY, tmp_path, env=s3_env)
+    try:
+        resp = httpx.post(
+            f"{server.url}/v1/models/{MODEL}:predict", json={"instances": [ROW]}, timeout=10
+        )
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["model_version"] == "v1" and resp.headers["x-kubeloop-version"] == "v1"
+        scores, classes = bundle.predict(pd.DataFrame([ROW]))
+        np.testing.assert_allclose(body["predictions"][0]["score"], scores[0], rtol=1e-6)
+        assert body["predictions"][0]["label"] == classes[0]
+        assert httpx.get(f"{server.url}/v2/models/{MODEL}/ready").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_storage_uri_of_a_version_loads_in_process(registry):
+    uri = f"{REGISTRY}/{MODEL}/versions/v1"
+    assert parse_version_uri(uri) == (REGISTRY, MODEL, "v1")
+    model = FraudPredictor(PredictorConfig(model_name="fraud", model_dir=uri))
+    assert model.load() and model.ready and model.version == "v1"
+    with pytest.raises(RegistryError, match="not a registry version URI"):
+        parse_version_uri(f"{REGISTRY}/{MODEL}/v1")
+
+
+def test_tampered_object_fails_load_with_a_checksum_error(registry, s3_env, tmp_path):
+    version = _tampered_version(registry, tmp_path)
+    model = FraudPredictor(
+        PredictorConfig(model_name=MODEL, version=version, registry_uri=REGISTRY)
+    )
+    with pytest.raises(ChecksumMismatch, match=rf"{version}/model.pt: sha256 does not match"):
+        model.load()
+    assert not model.ready
+    assert model._cache is None  # the partial download is removed
+
+    server = start_predictor(MODEL, version, REGISTRY, tmp_path, env=s3_env, wait=False)
+    try:
+        assert server.process.wait(60) == 1
+        log = server.log_tail()
+        assert "cannot load the model" in log and "sha256 does not match" in log, log
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{server.url}/v2/health/ready", timeout=2)
+    finally:
+        server.stop()
+
+
+def test_missing_version_and_unreachable_endpoint_are_named(registry, s3_env, monkeypatch):
+    model = FraudPredictor(PredictorConfig(model_name=MODEL, version="v99", registry_uri=REGISTRY))
+    with pytest.raises(RegistryError, match="no version 'v99'"):
+        model.load()
+    monkeypatch.setenv("KUBELOOP_S3__ENDPOINT", f"127.0.0.1:{free_port()}")
+    get_settings.cache_clear()
+    try:
+        model = FraudPredictor(PredictorConfig(model_name=MODEL, registry_uri=REGISTRY))
+        with pytest.raises(RegistryError, match=BUCKET):
+            model.load()
+        assert not model.ready
+    finally:
+        monkeypatch.setenv("KUBELOOP_S3__ENDPOINT", s3_env["KUBELOOP_S3__ENDPOINT"])
+        get_settings.cache_clear()
+
+
+def test_reload_replaces_the_downloaded_copy(registry):
+    model = FraudPredictor(PredictorConfig(model_name=MODEL, version="v1", registry_uri=REGISTRY))
+    model.load()
+    first = Path(model._cache.name)
+    assert (first / "MANIFEST.json").exists()
+    model.load()
+    assert not first.exists() and Path(model._cache.name).exists()
