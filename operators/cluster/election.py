@@ -240,8 +240,10 @@ class LeaderElector:
         on_started: Callable[[], None],
         on_stopped: Callable[[], None],
         stop: threading.Event,
+        work_alive: Callable[[], bool] | None = None,
     ) -> None:
-        """Elect until ``stop`` is set; the work runs only between on_started and on_stopped."""
+        """Elect until ``stop`` is set; the work runs only between on_started and on_stopped.
+        While leading, work that ended on its own (``work_alive`` false) is started again."""
         active = False
         while not stop.is_set():
             self.last_round = time.monotonic()
@@ -255,8 +257,11 @@ class LeaderElector:
                 on_started()
             elif active and not self.leading():
                 active = False
-                log.warning("could not renew the lease within the deadline: stopping work")
+                log.warning("lost leadership (not renewed within the deadline): stopping work")
                 on_stopped()
+            elif active and work_alive is not None and not work_alive():
+                log.error("the leader's work ended on its own: starting it again")
+                on_started()
             wait = (next_check - self.clock()).total_seconds()
             if active and self.last_renewal is not None:
                 # Wake in time to step down if renewals keep failing.

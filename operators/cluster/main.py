@@ -112,10 +112,16 @@ class KopfThread:
             return
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, args=(self._stop,), name="kopf", daemon=True
+            target=self._guarded, args=(self._stop,), name="kopf", daemon=True
         )
         self._thread.start()
         log.info("leading: kopf handlers started")
+
+    def _guarded(self, stop: threading.Event) -> None:
+        try:
+            self._run(stop)
+        except Exception:  # the elector sees the thread gone and starts kopf again
+            log.exception("kopf stopped with an error")
 
     def stop(self) -> None:
         if self._thread is None:
@@ -127,6 +133,24 @@ class KopfThread:
         else:
             log.info("kopf handlers stopped")
         self._thread = None
+
+
+def kopf_runner(
+    registry: kopf.OperatorRegistry, namespaces: list[str]
+) -> Callable[[threading.Event], None]:
+    """kopf in the calling thread until ``stop`` is set. Standalone: leadership comes from
+    the Lease, not from kopf's peering."""
+
+    def run(stop: threading.Event) -> None:
+        kopf.run(
+            registry=registry,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=True,
+            stop_flag=stop,
+        )
+
+    return run
 
 
 def serve_health(
@@ -169,16 +193,7 @@ def main() -> None:
     namespaces = [settings.namespace] if settings.namespace else []
     registry = build_registry(settings, deps)
 
-    def run_kopf(stop: threading.Event) -> None:
-        kopf.run(
-            registry=registry,
-            clusterwide=not namespaces,
-            namespaces=namespaces,
-            standalone=True,
-            stop_flag=stop,
-        )
-
-    kopf_thread = KopfThread(run_kopf)
+    kopf_thread = KopfThread(kopf_runner(registry, namespaces))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -202,7 +217,7 @@ def main() -> None:
     serve_health(
         HEALTH_PORT, lambda: elector.alive() and (not elector.leading() or kopf_thread.running())
     )
-    elector.run(kopf_thread.start, kopf_thread.stop, stop)
+    elector.run(kopf_thread.start, kopf_thread.stop, stop, work_alive=kopf_thread.running)
 
 
 if __name__ == "__main__":

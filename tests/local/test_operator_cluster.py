@@ -8,6 +8,7 @@ exporter process; the registry is a real local registry.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import textwrap
 import threading
@@ -30,6 +31,7 @@ from kubeloop.registry import ModelRegistry
 from kubeloop.runtime import Supervisor
 
 ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/ml/inferenceservices"
+LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/ml/leases"
 EXPORTER = textwrap.dedent(
     """
     import sys, time
@@ -107,6 +109,8 @@ class ApiRecorder(BaseHTTPRequestHandler):
             return self._send(201, body)
         if url.path == "/v1/watch":
             return self._send(200, {"watching": body})
+        if url.path.startswith(LEASE_PATH):
+            return self._lease(method, url.path[len(LEASE_PATH) :].strip("/"), body)
         if url.path == "/apis/v2beta1/healthz":
             return self._send(200, {"multi_user": False})
         if url.path == "/apis/v2beta1/pipelines":
@@ -137,8 +141,35 @@ class ApiRecorder(BaseHTTPRequestHandler):
             return self._send(200, run)
         return self._send(404, {"error": f"unexpected {method} {url.path}"})
 
+    def _lease(self, method, name, body):
+        """Leases with the API server's optimistic concurrency: a create of an existing
+        name or a replace with a stale resourceVersion is 409 Conflict."""
+        leases = self.state.setdefault("leases", {})
+        with self.state.setdefault("lease_lock", threading.Lock()):
+            if method == "GET":
+                if name not in leases:
+                    return self._send(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+                return self._send(200, leases[name])
+            key = body["metadata"]["name"]
+            if method == "POST" and key in leases:
+                return self._send(409, {"kind": "Status", "code": 409, "reason": "AlreadyExists"})
+            if method == "PUT":
+                have = leases.get(name)
+                if have is None:
+                    return self._send(404, {"kind": "Status", "code": 404})
+                if body["metadata"].get("resourceVersion") != have["metadata"]["resourceVersion"]:
+                    return self._send(409, {"kind": "Status", "code": 409, "reason": "Conflict"})
+            self.state["lease_version"] = self.state.get("lease_version", 0) + 1
+            stored = json.loads(json.dumps(body))
+            stored["metadata"]["resourceVersion"] = str(self.state["lease_version"])
+            leases[key] = stored
+            return self._send(201 if method == "POST" else 200, stored)
+
     def do_GET(self):
         self._handle("GET")
+
+    def do_PUT(self):
+        self._handle("PUT")
 
     def do_POST(self):
         self._handle("POST")
@@ -439,3 +470,177 @@ def test_rollout_cli_patches_the_resource_in_a_cluster(api, tmp_path, monkeypatc
     assert {p for m, p, b in api["requests"] if m == "PATCH"} == {
         "/apis/kubeloop.io/v1alpha1/namespaces/ml/modeldeployments/fd"
     }
+
+
+def test_two_replicas_elect_one_leader_over_http(api):
+    """Two electors with the real kubernetes client against the recording server: one
+    leads at a time, renewals carry the resourceVersion read, MicroTimes have six digits,
+    and a leader that stops hands the Lease to the other at once."""
+    from kubeloop.operators.cluster.election import LeaderElector, LeaseLock
+    from kubeloop.operators.cluster.leader import ElectionTiming
+    from kubernetes import client as k8s
+
+    timing = ElectionTiming(lease_duration=1.5, renew_deadline=1.0, retry_period=0.1)
+    coordination = k8s.CoordinationV1Api(k8s.ApiClient(k8s.Configuration(host=api["url"])))
+    active: list[str] = []
+    overlaps: list[list[str]] = []
+    log: list[tuple[str, str, float]] = []
+    guard = threading.Lock()
+
+    def replica(identity):
+        elector = LeaderElector(
+            LeaseLock(coordination, "kubeloop-operator", "ml", 1.0), identity, timing
+        )
+        stop = threading.Event()
+
+        def started():
+            with guard:
+                active.append(identity)
+                if len(active) > 1:
+                    overlaps.append(list(active))
+                log.append(("started", identity, time.monotonic()))
+
+        def stopped():
+            with guard:
+                active.remove(identity)
+                log.append(("stopped", identity, time.monotonic()))
+
+        thread = threading.Thread(target=elector.run, args=(started, stopped, stop), daemon=True)
+        thread.start()
+        return stop, thread
+
+    stop_a, thread_a = replica("operator-a")
+    deadline = time.monotonic() + 5
+    while not active and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert active == ["operator-a"]
+    stop_b, thread_b = replica("operator-b")
+    try:
+        time.sleep(1.0)  # several rounds: a renews, b follows
+        assert active == ["operator-a"]
+        stop_a.set()
+        thread_a.join(5)
+        deadline = time.monotonic() + 5
+        while active != ["operator-b"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert active == ["operator-b"]
+    finally:
+        stop_b.set()
+        thread_b.join(5)
+        stop_a.set()
+    assert not overlaps, f"two leaders at once: {overlaps}"
+    handover = next(t for e, who, t in log if (e, who) == ("started", "operator-b"))
+    released = next(t for e, who, t in log if (e, who) == ("stopped", "operator-a"))
+    assert handover - released < timing.lease_duration  # released, not waited out
+    writes = [(m, b) for m, p, b in api["requests"] if p.startswith(LEASE_PATH) and m != "GET"]
+    assert writes[0][0] == "POST" and writes[0][1]["spec"]["holderIdentity"] == "operator-a"
+    stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+    for method, body in writes:
+        if method == "PUT":
+            assert body["metadata"]["resourceVersion"]
+        for key in ("acquireTime", "renewTime"):
+            if body["spec"].get(key):
+                assert stamp.match(body["spec"][key]), body["spec"][key]
+    final = api["leases"]["kubeloop-operator"]["spec"]
+    assert final.get("holderIdentity") is None  # b released it on stop too
+    assert final["leaseTransitions"] >= 1
+
+
+class DiscoveryOnly(BaseHTTPRequestHandler):
+    """Enough of the API server for kopf to log in and start: discovery, the CRD list,
+    and watch streams that end at once."""
+
+    protocol_version = "HTTP/1.1"
+    paths: list
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, code, obj=None):
+        body = json.dumps(obj).encode() if obj is not None else b""
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        from kubeloop.operators.crd import crd_manifest
+
+        path = self.path.split("?")[0]
+        self.paths.append(path)
+        ext = "apiextensions.k8s.io/v1"
+        if "watch=true" in self.path:
+            time.sleep(0.2)
+            return self._send(200)
+        answers = {
+            "/api": {"kind": "APIVersions", "versions": ["v1"]},
+            "/api/v1": {"kind": "APIResourceList", "groupVersion": "v1", "resources": []},
+            "/apis": {
+                "kind": "APIGroupList",
+                "groups": [
+                    {
+                        "name": "apiextensions.k8s.io",
+                        "versions": [{"groupVersion": ext, "version": "v1"}],
+                        "preferredVersion": {"groupVersion": ext, "version": "v1"},
+                    }
+                ],
+            },
+            f"/apis/{ext}": {
+                "kind": "APIResourceList",
+                "groupVersion": ext,
+                "resources": [
+                    {
+                        "name": "customresourcedefinitions",
+                        "singularName": "customresourcedefinition",
+                        "namespaced": False,
+                        "kind": "CustomResourceDefinition",
+                        "verbs": ["list", "watch"],
+                    }
+                ],
+            },
+            f"/apis/{ext}/customresourcedefinitions": {
+                "kind": "CustomResourceDefinitionList",
+                "apiVersion": ext,
+                "metadata": {"resourceVersion": "1"},
+                "items": [crd_manifest()],
+            },
+        }
+        if path in answers:
+            return self._send(200, answers[path])
+        return self._send(404, {"kind": "Status", "code": 404})
+
+
+def test_kopf_runs_in_a_thread_and_stops_on_its_flag():
+    import kopf
+    from kubeloop.operators.cluster.main import KopfThread, kopf_runner
+
+    paths: list[str] = []
+    handler = type("Discovery", (DiscoveryOnly,), {"paths": paths})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    registry = build_registry(load_operator_settings(), deps=None)
+
+    @kopf.on.login(registry=registry)
+    def login(**_):
+        return kopf.ConnectionInfo(server=url, insecure=True)
+
+    kopf_thread = KopfThread(kopf_runner(registry, []), stop_timeout=10)
+    try:
+        for _ in range(2):  # leadership acquired, lost, acquired again
+            seen = len(paths)
+            kopf_thread.start()
+            deadline = time.monotonic() + 10
+            while "/apis/apiextensions.k8s.io/v1/customresourcedefinitions" not in paths[seen:]:
+                assert time.monotonic() < deadline, f"kopf never scanned the API: {paths}"
+                time.sleep(0.05)
+            assert kopf_thread.running()
+            started = time.monotonic()
+            kopf_thread.stop()
+            assert not kopf_thread.running()
+            assert time.monotonic() - started < 5
+    finally:
+        kopf_thread.stop()
+        server.shutdown()
+        server.server_close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -319,6 +320,31 @@ def test_run_steps_down_when_renewals_fail() -> None:
         stop.set()
         thread.join(5)
     assert events == ["started", "stopped"]
+
+
+def test_run_restarts_work_that_ended_while_leading() -> None:
+    api = RecordedLeaseApi()
+    timing = ElectionTiming(lease_duration=1.5, renew_deadline=1.0, retry_period=0.05)
+    a = LeaderElector(LeaseLock(api, "kubeloop-operator", "kubeloop"), "op-a", timing)
+    starts: list[float] = []
+    alive = {"work": False}
+    stop = threading.Event()
+
+    def on_started():
+        starts.append(time.monotonic())
+        alive["work"] = len(starts) >= 2  # the first run dies at once, the second keeps going
+        if len(starts) >= 2:
+            stop.set()
+
+    thread = threading.Thread(
+        target=a.run,
+        args=(on_started, lambda: None, stop),
+        kwargs={"work_alive": lambda: alive["work"]},
+    )
+    thread.start()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert len(starts) == 2
 
 
 def test_settings_come_from_the_downward_api(monkeypatch) -> None:
