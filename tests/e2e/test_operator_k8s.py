@@ -62,6 +62,9 @@ def test_model_deployment_creates_inference_service_and_reports_status():
             **os.environ,
             "KUBELOOP_OPERATOR_NAMESPACE": namespace,
             "KUBELOOP_OPERATOR_METRICS_PORT": "0",
+            # Leader election: this process is the one candidate, its Lease in the namespace.
+            "POD_NAME": "e2e-operator",
+            "POD_NAMESPACE": namespace,
         },
     )
     try:
@@ -97,6 +100,10 @@ def test_model_deployment_creates_inference_service_and_reports_status():
             namespace, field_selector="involvedObject.name=fraud-detector"
         )
         assert any(e.reason == "FirstDeployment" for e in events.items)
+        # Only the leader reconciles: the operator holds the Lease it created.
+        lease = client.CoordinationV1Api().read_namespaced_lease("kubeloop-operator", namespace)
+        assert lease.spec.holder_identity == "e2e-operator"
+        assert isvc["spec"]["predictor"]["serviceAccountName"] == "kubeloop-s3"
     finally:
         operator.terminate()
         operator.wait(30)
