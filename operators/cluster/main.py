@@ -27,6 +27,9 @@ HEALTH_PORT = 8080
 
 def build_registry(settings: OperatorSettings, deps: ClusterDeps) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
+    # A registry of our own has none of kopf's implicit logins: authenticate the way the
+    # kubernetes client does (in-cluster ServiceAccount, else kubeconfig).
+    kopf.on.login(registry=registry, id="login")(kopf.login_via_client)
     resource = dict(group=GROUP, version=VERSION, plural=PLURAL)
 
     def one_pass(name, namespace, uid, meta, spec, status, patch, **_: Any) -> None:

@@ -611,8 +611,7 @@ class DiscoveryOnly(BaseHTTPRequestHandler):
         return self._send(404, {"kind": "Status", "code": 404})
 
 
-def test_kopf_runs_in_a_thread_and_stops_on_its_flag():
-    import kopf
+def test_kopf_runs_in_a_thread_and_stops_on_its_flag(tmp_path, monkeypatch):
     from kubeloop.operators.cluster.main import KopfThread, kopf_runner
 
     paths: list[str] = []
@@ -620,11 +619,26 @@ def test_kopf_runs_in_a_thread_and_stops_on_its_flag():
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
-    registry = build_registry(load_operator_settings(), deps=None)
+    # The registry's own login (kopf.login_via_client) reads this kubeconfig.
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": url}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    import kubernetes.config.kube_config as kube_config
+    from kubernetes import client as k8s
 
-    @kopf.on.login(registry=registry)
-    def login(**_):
-        return kopf.ConnectionInfo(server=url, insecure=True)
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    default_configuration = k8s.Configuration.get_default_copy()
+    registry = build_registry(load_operator_settings(), deps=None)
 
     kopf_thread = KopfThread(kopf_runner(registry, []), stop_timeout=10)
     try:
@@ -644,3 +658,4 @@ def test_kopf_runs_in_a_thread_and_stops_on_its_flag():
         kopf_thread.stop()
         server.shutdown()
         server.server_close()
+        k8s.Configuration.set_default(default_configuration)  # login_via_client set it
