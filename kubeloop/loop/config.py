@@ -29,7 +29,8 @@ class LoopConfig:
     settle_seconds: float = 20.0  # stationary: traffic after the would-be onset
     # pipeline: the kfp.local training pipeline on the window; window: plain torch on it
     retrainer: str = "window"
-    pipeline_epochs: int = 4
+    pipeline_epochs: int = 6
+    pipeline_batch_size: int = 64
     # Two analysed canary steps (25 %, 50 %) before 100 %. At 20 requests/s a 25 % step
     # sends the canary 5 requests/s: 40 requests and 60 labelled predictions per version
     # take 8-12 s once the label delay has passed.

@@ -81,7 +81,10 @@ def deployment_manifest(config: LoopConfig, runtime: LocalRuntime, labelled: Pat
                     "window": "fresh",  # learn from traffic labelled after the drift
                     "seed": str(config.seed + 1),
                     **(
-                        {"epochs": str(config.pipeline_epochs)}
+                        {
+                            "epochs": str(config.pipeline_epochs),
+                            "batch_size": str(config.pipeline_batch_size),
+                        }
                         if config.retrainer == "pipeline"
                         else {}
                     ),

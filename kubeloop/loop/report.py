@@ -137,6 +137,17 @@ def plot_drift(record: dict[str, Any]):
     return fig
 
 
+def split_steps(samples: list[dict[str, Any]], t0: float) -> list[tuple[float, str]]:
+    """``(seconds, "v2 25 %")`` wherever the canary or its traffic percent changed."""
+    steps, last = [], None
+    for s in samples:
+        now = (s.get("split_canary"), float(s.get("canary_percent") or 0))
+        if now[0] and now != last:
+            steps.append((s["time"] - t0, f"{now[0]} {now[1]:g} %"))
+        last = now if now[0] else None
+    return steps
+
+
 def plot_split(record: dict[str, Any]):
     import matplotlib.pyplot as plt
 
@@ -162,6 +173,10 @@ def plot_split(record: dict[str, Any]):
         ax.stackplot(xs, *[shares[v] for v in versions], labels=versions,
                      colors=[_version_color(v) for v in versions], alpha=0.8)  # fmt: skip
         ax.legend(loc="lower left")
+    for x, label in split_steps(samples, t0):  # each canary step, labelled where it starts
+        ax.axvline(x, color="#555555", lw=0.8, ls="--")
+        ax.annotate(label, (x, 97), xytext=(3, 0), textcoords="offset points", va="top",
+                    fontsize=8)  # fmt: skip
     _onset(ax, record)
     ax.set_ylim(0, 100)
     ax.set_ylabel("% of requests")

@@ -39,9 +39,7 @@ def drift_cache(tmp_path_factory) -> Path:
 def canary_steps(summary_dir: Path, version: str) -> list[float]:
     """Traffic percents the canary of ``version`` was analysed at, from the record's samples."""
     samples = json.loads((summary_dir / "record.json").read_text())["samples"]
-    return sorted(
-        {float(s["canary_percent"]) for s in samples if s.get("split_canary") == version}
-    )
+    return sorted({float(s["canary_percent"]) for s in samples if s.get("split_canary") == version})
 
 
 def nothing_left_running(home: Path) -> None:

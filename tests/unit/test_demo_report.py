@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from kubeloop.loop.config import LoopConfig
-from kubeloop.loop.report import timeline_events, write_report
+from kubeloop.loop.report import split_steps, timeline_events, write_report
 from kubeloop.loop.retrain import corrupt_labels, recent_window, window_seconds
 from kubeloop.loop.summary import summarize
 
@@ -148,6 +148,9 @@ def test_timeline_orders_marks_and_decisions_and_drops_holds():
         ({"onset_seconds": 50, "duration_seconds": 55}, "duration_seconds"),
         ({"v1_trainer": "sklearn"}, "v1_trainer"),
         ({"rate": 400, "batch": 1}, "requests/s"),
+        ({"retrainer": "ray"}, "retrainer"),
+        ({"steps": (50, 100, 25)}, "steps"),
+        ({"steps": (25, 50)}, "end at 100"),
     ],
 )
 def test_bad_configuration_is_named(kwargs, named):
@@ -182,3 +185,22 @@ def test_fresh_window_waits_for_traffic_labelled_after_the_run_started(tmp_path)
     assert list(rows["labelled_at"]) == [now + 0.5, now + 1.0]
     with pytest.raises(TimeoutError, match="fresh labelled traffic"):
         fresh_window(path, 2, timeout=0.2, poll=0.1)
+
+
+def test_split_steps_label_each_canary_step():
+    samples = [
+        {"time": T0 + t, "split_canary": c, "canary_percent": p}
+        for t, c, p in [(0, None, 0), (1, "v2", 25), (2, "v2", 25), (3, "v2", 50),
+                        (4, None, 0), (5, "v3", 25), (6, "v3", 25)]
+    ]  # fmt: skip
+    assert split_steps(samples, T0) == [(1, "v2 25 %"), (3, "v2 50 %"), (5, "v3 25 %")]
+
+
+def test_summary_names_the_retrained_window_from_the_lineage():
+    record = loop_record()
+    window = {"start": iso(T0 + 55), "end": iso(T0 + 65)}
+    record["lineage"] = {"v2": {"pipeline_name": "kubeloop-training", "window": window}}
+    summary = summarize(record)
+    assert summary["retrained_window"] == window
+    assert summary["retrained_by"] == "kubeloop-training"
+    assert summarize(loop_record())["retrained_window"] is None
