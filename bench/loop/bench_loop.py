@@ -120,9 +120,35 @@ def run(
             f"{' → '.join(f'{p} %' for p in config.steps)} (each analysed step needs "
             f"{config.min_samples} requests and {config.min_feedback} labelled predictions per "
             f"version, at least {config.min_step_seconds} s). Update cycle = drift onset → "
-            f"retrained version at 100 % of traffic; median: {'; '.join(medians)} (goal ≤ 120 s)."
+            f"retrained version at 100 % of traffic; median: {'; '.join(medians)} (goal ≤ 120 s).\n\n"
+            + NOTES
         ),
     }
+
+
+NOTES = """\
+Why these detectors: the error-rate detector (FET on the error indicator of each
+delayed label) sees covariate drift (v1's errors on the demo stream 2.2 % → 9.5 %) and
+concept drift (2.5 % → 6.5 %, with P(x) nearly unchanged) within seconds of the labels.
+At 40 labels/s it needs a long ERT (25000 labels ≈ 10 min between false alarms) and
+calibrating that costs seconds per new version (17 s for a retrained version's 240-row
+reference on this machine under load, 34 s cold for v1's 2000 rows, then cached). The
+prediction-score CVM detector would need 30-125 s per version at that ERT (5 s at ERT
+2000, where the label-driven detector would false-alarm about once a minute), MMD and the
+per-feature FET minutes (drift service section), so they are off in the demo.
+**Label shift is not caught**: the fraud rate rises 3.5× with P(x|y) unchanged, and v1's
+error rate stays where it was (2.5 % → 2.6 % on the demo stream; v1 keeps its accuracy),
+so the error-rate detector has nothing to see; the score distribution moves little
+(the prediction detector needed ~700-2400 instances fed one by one at ERT 500 in the drift
+service section, i.e. minutes at the demo's sub-sampling). Its row shows the run ending
+without a retraining, which is also what an operator would want when accuracy holds.
+The pipeline retrainer runs ingest → validate → features → Ray Train → evaluate → gate →
+register on the window (a Parquet file of the labelled traffic); its run alone takes
+about 80 s here, against about 25 s for plain torch on the same rows, and its gate
+refuses a challenger worse than the champion on the same window (on covariate drift,
+where P(y|x) is unchanged, v1 keeps the better ROC-AUC), so the default retrainer is
+`window`.
+"""
 
 
 def _case(text: str) -> tuple[str, str]:

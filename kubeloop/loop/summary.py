@@ -46,6 +46,17 @@ def accuracy(answers: list[dict], *, version: str | None = None, start: float | 
     return {"accuracy": correct / n if n else None, "predictions": n}
 
 
+def window_of(value: Any) -> dict[str, str] | None:
+    """A lineage's data window as ``{"start", "end"}``: the training pipeline writes it as
+    ``"[start, end)"``, the window runner as the mapping itself."""
+    if isinstance(value, dict):
+        return {"start": str(value.get("start", "")), "end": str(value.get("end", ""))}
+    if isinstance(value, str) and "," in value:
+        start, end = value.strip("[]() ").split(",", 1)
+        return {"start": start.strip(), "end": end.strip()}
+    return None
+
+
 def _rel(t: float | None, t0: float) -> float | None:
     return None if t is None else round(t - t0, 2)
 
@@ -93,7 +104,7 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
     out["retrained_version"] = new_version
     lineage = (record.get("lineage") or {}).get(new_version) if new_version else None
     out["retrained_by"] = lineage.get("pipeline_name") if lineage else None
-    out["retrained_window"] = lineage.get("window") if lineage else None
+    out["retrained_window"] = window_of(lineage.get("window")) if lineage else None
     out["update_cycle_seconds"] = _rel(at_full, onset) if at_full and onset else None
     out["update_cycle_goal_seconds"] = UPDATE_CYCLE_GOAL_SECONDS
     out["update_cycle_goal_met"] = (

@@ -204,3 +204,5 @@ def test_summary_names_the_retrained_window_from_the_lineage():
     assert summary["retrained_window"] == window
     assert summary["retrained_by"] == "kubeloop-training"
     assert summarize(loop_record())["retrained_window"] is None
+    record["lineage"]["v2"]["window"] = f"[{window['start']}, {window['end']})"  # the pipeline's
+    assert summarize(record)["retrained_window"] == window
