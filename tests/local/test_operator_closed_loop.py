@@ -2,7 +2,7 @@
 
 Real: the registry, ``kubeloop.serving.predictor`` processes, ``kubeloop.serving.router``
 whose payload logger posts CloudEvents to kubeloop's drift service (its own venv, the
-demo's detector set: the prediction detector only), Debian's Prometheus scraping it, the
+prediction detector only), Debian's Prometheus scraping it, the
 operator as its own process (killed and restarted mid-canary), and retraining runs as
 subprocesses that train and publish real model versions. Drift is injected by sending
 the example generator's ``covariate`` traffic; the operator reacts to the drift gauge.
@@ -27,7 +27,6 @@ from kubeloop.operators.local.prometheus import start_prometheus, write_targets
 
 from kubeloop.data import fraud
 from kubeloop.generated import REPO_ROOT
-from kubeloop.loop.runtime import DEMO_DRIFT_DETECTORS
 from kubeloop.monitoring.local import drift_python
 from kubeloop.registry import ModelRegistry
 from kubeloop.runtime import Supervisor
@@ -35,6 +34,21 @@ from kubeloop.testing import joined_frame, make_registry_version
 
 pytestmark = pytest.mark.slow
 
+# The drift service's detector set for short local runs: the prediction (score distribution)
+# detector only, reading one instance in 20 over a 40-step window; its expected run time
+# between false alarms (2000 steps, about 7 minutes at 100 instances/s) is long against
+# the run. Its thresholds are calibrated once per reference sample and cached.
+DRIFT_DETECTORS = {
+    "ert": "2000",
+    "mmd": "false",
+    "univariate": "false",
+    "error_rate": "false",
+    "prediction": "true",
+    "univariate_windows": "[40]",
+    "univariate_every": "20",
+    "univariate_bootstraps": "4000",
+    "cvm_reference_rows": "300",
+}
 MODEL = "fraud-detector"
 SEED = 5  # v1 learns this seed's stationary data; traffic and v2 come from its covariate run
 
@@ -161,7 +175,7 @@ def loop_env(tmp_path, request):
         health_url=f"{drift_url}/healthz",
         env={
             "PYTHONPATH": str(REPO_ROOT),
-            **{f"KUBELOOP_DRIFT_{k.upper()}": v for k, v in DEMO_DRIFT_DETECTORS.items()},
+            **{f"KUBELOOP_DRIFT_{k.upper()}": v for k, v in DRIFT_DETECTORS.items()},
         },
         python=False,
     )  # fmt: skip
@@ -176,6 +190,9 @@ def loop_env(tmp_path, request):
     stationary, drifted = traffic_pools()
     for name in ("prometheus", "router", "drift"):
         sup.wait_healthy(name, 90)
+    # Calibrate v1's thresholds now (cached, so the operator's own watch takes a moment).
+    warm = httpx.post(f"{drift_url}/v1/watch", json={"model": MODEL, "version": "v1"}, timeout=600)
+    assert warm.status_code == 200, warm.text
     env_all = {**os.environ, **env}
 
     def start_operator():
