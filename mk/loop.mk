@@ -1,5 +1,5 @@
 # The closed loop on one machine: variants of `make demo` and the loop's benchmark.
-.PHONY: demo-quick demo-stationary bench-loop
+.PHONY: demo-quick demo-stationary demo-concept demo-retrain-pipeline bench-loop
 
 demo-quick: install $(DEMO_DEPS) ## the closed loop with v1 trained in plain torch instead of the pipeline
 	$(BIN)/kubeloop demo --quick
@@ -7,7 +7,13 @@ demo-quick: install $(DEMO_DEPS) ## the closed loop with v1 trained in plain tor
 demo-stationary: install $(DEMO_DEPS) ## the loop on traffic without drift: no retraining, no rollback
 	$(BIN)/kubeloop demo --quick --scenario stationary
 
-bench-loop: install $(DEMO_DEPS) ## detection delay and update cycle → docs/benchmarks.md
+demo-concept: install $(DEMO_DEPS) ## concept drift: P(y|x) changes, caught by the delayed labels' error rate
+	$(BIN)/kubeloop demo --quick --scenario concept
+
+demo-retrain-pipeline: install $(DEMO_DEPS) ## concept drift, retrained by the kfp.local training pipeline on the window
+	$(BIN)/kubeloop demo --quick --scenario concept --retrainer pipeline
+
+bench-loop: install $(DEMO_DEPS) ## every scenario's detection delay and update cycle, both retrainers → docs/benchmarks.md
 	$(BIN)/python -m kubeloop.bench --only loop
 
 # `make bench` runs bench/loop too, which needs the drift service's venv and Prometheus.

@@ -61,13 +61,13 @@ def row(seed: int, summary: dict, wall: float) -> dict:
 
 
 # (scenario, retrainer) pairs the loop section records by default: every scenario with the
-# default retrainer, and the covariate scenario with the training pipeline as retrainer.
+# default retrainer, and concept drift with the training pipeline as retrainer.
 DEFAULT_CASES = (
     ("covariate", "window"),
     ("concept", "window"),
     ("label_shift", "window"),
     ("stationary", "window"),
-    ("covariate", "pipeline"),
+    ("concept", "pipeline"),
 )
 
 
@@ -168,9 +168,14 @@ def main() -> None:
         "--cases", type=_case, nargs="+", default=list(DEFAULT_CASES),
         help="scenario[:retrainer] runs, e.g. concept label_shift:window covariate:pipeline",
     )  # fmt: skip
+    parser.add_argument(
+        "--scenarios", nargs="+", choices=SCENARIOS, help="shorthand: these scenarios, --retrainer"
+    )
+    parser.add_argument("--retrainer", choices=RETRAINERS, default="window")
     parser.add_argument("--write-docs", action="store_true", help="merge into docs/benchmarks.md")
     args = parser.parse_args()
-    result = run(tuple(args.seeds), tuple(args.cases))
+    cases = [(s, args.retrainer) for s in args.scenarios] if args.scenarios else args.cases
+    result = run(tuple(args.seeds), tuple(cases))
     print(json.dumps(result, indent=2))
     if args.write_docs:
         from kubeloop.bench.runner import OUTPUT, merge, render_section
