@@ -190,6 +190,8 @@ def _first_deploy(p: _Pass) -> None:
     p.s.stable_version = target
     p.s.phase = STABLE
     p.s.canary_percent = 0
+    # promotedAt: when the stable version took over; its drift evidence counts from then.
+    p.s.promoted_at = p.now
     p.actions += [SetChampion(target), WatchDrift(target)]
     p.decide("deploy", "FirstDeployment", f"serving {target}", target)
 
@@ -319,7 +321,7 @@ def _rollback_promotion(p: _Pass, reason: str, message: str, evidence: dict) -> 
     bad, previous = p.s.stable_version, p.s.previous_version
     p.s.rejected_versions = [*p.s.rejected_versions, bad][-HISTORY_LIMIT:]
     p.s.stable_version, p.s.previous_version = previous, None
-    # promotedAt: when the stable version took over, here again; drift evidence counts from it.
+    # promotedAt: when the stable version took over, here again (see _first_deploy).
     p.s.phase, p.s.promoted_at, p.s.watch_baseline = STABLE, p.now, {}
     p.s.drift_since, p.s.drift = None, "None"
     p.actions += [SetChampion(previous), WatchDrift(previous)]
@@ -379,7 +381,8 @@ def drift_evidence(
     Returns ``(flag, reason, message)``; ``flag`` is ``None`` when there is no such
     evidence: no data, a flag about another version (the pass that promotes still holds
     the previous stable version's), or detectors last reset before the stable version
-    took over (a latched alarm from its canary, until the drift service's reset shows).
+    took over (a latched alarm from its canary, or from a watch before this deployment,
+    until the drift service's reset shows in Prometheus).
     """
     if not obs.metrics_ok or obs.drift_detected is None:
         return None, "MetricsUnavailable", obs.metrics_error or "no drift metrics"

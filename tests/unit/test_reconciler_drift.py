@@ -83,7 +83,7 @@ CASES = [
     ("reset just beyond the slack", status(),
      obs(101, drift=True, version="v2", age=1 + WATCH_SLACK_SECONDS + 0.1),
      (None, "EvidenceBeforeTakeover")),
-    ("never promoted: the first deployment's watch counts", status("v1", promoted_at=None),
+    ("status from before promotedAt was kept: no age check", status("v1", promoted_at=None),
      obs(5000, drift=True, version="v1", age=4000), (True, "")),
     ("reset age unknown (older drift service)", status(), obs(110, drift=True, version="v2"),
      (True, "")),
@@ -99,6 +99,22 @@ def test_drift_evidence(st, o, expected):
     flag, reason, message = drift_evidence(st, o)
     assert (flag, reason) == expected
     assert bool(message) == (flag is None)
+
+
+def test_first_deployment_ignores_an_alarm_latched_before_it():
+    sp = spec()
+    deployed = reconcile("fd", sp, None, obs(0, reg=("v1",)))
+    assert deployed.status.promoted_at is not None and WatchDrift("v1") in deployed.actions
+    # The drift service watched v1 long before (an earlier deployment); its latched alarm
+    # is still in Prometheus until the new watch's reset is scraped.
+    stale = reconcile(
+        "fd", sp, deployed.status, obs(1, drift=True, version="v1", age=600, reg=("v1",))
+    )
+    assert stale.status.drift == "Unknown" and not stale.decisions
+    fresh = reconcile(
+        "fd", sp, stale.status, obs(3, drift=False, version="v1", age=2.5, reg=("v1",))
+    )
+    assert fresh.status.drift == "None"
 
 
 def test_drift_unknown_says_why_in_the_condition():
