@@ -58,6 +58,12 @@ async def _send(url: str, events: list[tuple[dict, bytes]], concurrency: int) ->
         return time.perf_counter() - start
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(
     work: Path, registry: Path, pairs: int, concurrency: int, env: dict | None = None
 ) -> dict:
@@ -84,12 +90,24 @@ def throughput(
         snap = _watch(svc.url)
         out["setup_cached_s"] = time.perf_counter() - t
         out["cache_hits"] = all(v["cache_hit"] for v in snap["detectors"].values())
+        worker_pid = httpx.get(svc.url + "/v1/status").json()["worker"]["pid"]
+        cpu_before = {"http": _cpu_seconds(svc.process.pid), "worker": _cpu_seconds(worker_pid)}
         start = time.perf_counter()
         send_s = asyncio.run(_send(svc.url, events, concurrency))
         status = httpx.get(
             svc.url + "/v1/status", params={"wait": "idle", "timeout": "600"}, timeout=700
         ).json()
         total_s = time.perf_counter() - start
+        # CPU time per event of each service process: what one dedicated core each would
+        # sustain, whatever else shares this machine's cores during the run.
+        cpu_us = {
+            "http": (_cpu_seconds(svc.process.pid) - cpu_before["http"]) / len(events) * 1e6,
+            "worker": (_cpu_seconds(worker_pid) - cpu_before["worker"])
+            / max(2 * status["watched"][0]["samples"], 1)
+            * 1e6,
+        }
+        out["cpu_us_per_event"] = cpu_us
+        out["capacity_events_per_s"] = 1e6 / max(cpu_us.values())
         watched = status["watched"][0]
         out.update(
             pairs=pairs,
@@ -160,6 +178,10 @@ def table_rows(result: dict) -> list[dict]:
          "value": f"{tp['processed_events_per_s']:.0f} events/s",
          "detail": f"{tp['processed_pairs_per_s']:.0f} pairs/s; goal 2,000 events/s; "
                    f"dropped {tp.get('dropped', 0)}; load average {tp['load_before']} → {tp['load_after']}"},
+        {"measure": "CPU per event: HTTP process / detector worker",
+         "value": f"{tp['cpu_us_per_event']['http']:.0f} / {tp['cpu_us_per_event']['worker']:.0f} µs",
+         "detail": f"one core each sustains {tp['capacity_events_per_s']:.0f} events/s "
+                   "(the slower of the two processes)"},
         {"measure": f"detector steps for {tp['pairs']} pairs", "value": "",
          "detail": ", ".join(f"{k} {v}" for k, v in tp["detector_steps"].items())},
     ]  # fmt: skip
