@@ -121,7 +121,11 @@ def loop_env(tmp_path, request):
     state_dir = tmp_path / "runtime" / "operator"
     drift_url = f"http://127.0.0.1:{drift_port}"
     # Thresholds depend only on the reference sample and the detector settings.
-    cache = request.config.cache.mkdir("kubeloop-drift-thresholds")
+    cache = (
+        request.config.cache.mkdir("kubeloop-drift-thresholds")
+        if request.config.cache is not None  # -p no:cacheprovider
+        else tmp_path / "drift-cache"
+    )
     env = {
         "KUBELOOP_HOME": str(tmp_path),
         "KUBELOOP_REGISTRY_URI": registry.uri,
