@@ -64,8 +64,12 @@ def gather(
     commands: dict[str, str],
 ) -> Observations:
     ok, reg_error, versions = registry_versions(registry, spec.model.name)
-    start = parse_time(status.step_started_at) or parse_time(status.promoted_at)
-    window = (now - start).total_seconds() if start else 300.0
+    # The analysis window: the canary step, or the watch after a promotion. A stable
+    # version's metrics judge nothing, so they are read over a short fixed range rather
+    # than one growing since the deployment (increase() over days on every poll).
+    start = {"Canary": status.step_started_at, "Watching": status.promoted_at}.get(status.phase)
+    started = parse_time(start)
+    window = (now - started).total_seconds() if started else 300.0
     snapshot = observer.version_metrics(spec.model.name, window)
     drift, detail, reset_age = None, {}, None
     if snapshot.ok and status.stable_version:
