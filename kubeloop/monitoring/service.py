@@ -47,7 +47,7 @@ from kubeloop.registry import RegistryError
 
 log = logging.getLogger("kubeloop.monitoring.service")
 BATCH_ITEMS = 256  # paired rows per hand-off to the detector worker
-FLUSH_SECONDS = 0.005  # a partial batch waits at most this long
+FLUSH_SECONDS = 0.005  # a partial batch waits this long while the worker keeps up
 QUEUE_BATCHES = 64  # batches the worker may lag behind before new ones are dropped
 
 
@@ -85,6 +85,7 @@ class DriftService:
         self.enqueued = 0
         self.processed = 0
         self.dropped = 0
+        self._in_flight = 0  # batches handed over and not yet processed
         self._buffer: list[tuple] = []
         self._buffer_lock = threading.Lock()
         self._watch_lock = threading.Lock()
@@ -211,6 +212,7 @@ class DriftService:
                 sent = False
             if sent:
                 self.enqueued += len(items)
+                self._in_flight += 1
                 return
             self.dropped += len(items)
         for mon_id, n in Counter(item[1] for item in items).items():
@@ -218,8 +220,11 @@ class DriftService:
                 self.metrics.dropped.labels(model=w.model, version=w.version).inc(n)
 
     def _run_flusher(self) -> None:
+        # A partial batch goes out only while the worker has at most one batch ahead of it:
+        # when it falls behind, batches grow to BATCH_ITEMS, so the queue's bound (in batches)
+        # holds as many rows as it can and the worker pays its per-batch costs less often.
         while not self._stop.wait(FLUSH_SECONDS):
-            if self._buffer:
+            if self._buffer and self._in_flight < 2:
                 self.flush()
 
     def _on_done(self, n_items: int, updates: list[dict[str, Any]], failed: int) -> None:
@@ -235,6 +240,8 @@ class DriftService:
         if not self.worker.alive and not self._stop.is_set():
             self.metrics.worker_up.set(0)
             self.metrics.worker_errors.labels(kind="exit").inc()
+        if n_items:
+            self._in_flight -= 1
         self.processed += n_items
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
@@ -273,6 +280,38 @@ class DriftService:
         self.worker.stop()
 
 
+class PayloadEventsFastPath:
+    """ASGI middleware answering ``POST /`` (payload events) without Starlette's routing,
+    ``Request`` and ``JSONResponse`` objects: the logger posts two events per prediction,
+    so this path is the service's hot loop. Same handler, same answers as the route."""
+
+    def __init__(self, app: Any, service: DriftService) -> None:
+        self.app, self.service = app, service
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            status, payload = 202, self.service.handle_event(headers, b"".join(chunks))
+        except EventRejected as exc:
+            self.service.metrics.rejected.labels(reason=exc.reason).inc()
+            status, payload = exc.status, {"error": str(exc), "reason": exc.reason}
+        except WorkerDown as exc:
+            status, payload = 503, {"error": str(exc), "reason": "worker_down"}
+        body = json.dumps(payload).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
+
 def _lifespan(svc: DriftService):  # noqa: ANN202
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):  # noqa: ANN202
@@ -287,15 +326,6 @@ def create_app(settings: ServiceSettings) -> Starlette:
 
     def unavailable(exc: WorkerDown) -> JSONResponse:
         return JSONResponse({"error": str(exc), "reason": "worker_down"}, status_code=503)
-
-    async def events(request: Request) -> Response:
-        body = await request.body()
-        try:
-            return JSONResponse(svc.handle_event(request.headers, body), status_code=202)
-        except EventRejected as exc:
-            return svc.reject(exc)
-        except WorkerDown as exc:
-            return unavailable(exc)
 
     async def feedback(request: Request) -> Response:
         try:
@@ -365,7 +395,6 @@ def create_app(settings: ServiceSettings) -> Starlette:
 
     app = Starlette(
         routes=[
-            Route("/", events, methods=["POST"]),
             Route("/v1/feedback", feedback, methods=["POST"]),
             Route("/v1/watch", watch, methods=["POST"]),
             Route("/v1/status", status, methods=["GET"]),
@@ -376,6 +405,7 @@ def create_app(settings: ServiceSettings) -> Starlette:
         ],
         lifespan=_lifespan(svc),
     )
+    app.add_middleware(PayloadEventsFastPath, service=svc)  # serves POST /
     app.state.service = svc
     return app
 
