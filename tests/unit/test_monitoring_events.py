@@ -164,3 +164,16 @@ def test_feature_spec_from_the_fraud_schema():
     assert set(spec.names) == {c.name for c in FRAUD_SCHEMA.features}
     with pytest.raises(ReferenceError, match="label"):
         feature_spec({"columns": [{"name": "x", "dtype": "float"}]})
+
+
+def test_binary_fast_path_reads_what_cloudevents_reads():
+    from cloudevents.http import from_http
+
+    _, [(headers, body), _response] = payload_pair([GOOD], [0.2], [0], "fraud-detector", "v3")
+    ours = parse_cloudevent({k.upper(): v for k, v in headers.items()}, body)
+    theirs = from_http(headers, body)
+    assert ours.id == theirs["id"] and ours.model == theirs["inferenceservicename"]
+    assert ours.version == theirs["modelversion"] and ours.data == theirs.data
+    # Without a required attribute the event goes through cloudevents and is refused by it.
+    no_source = {k: v for k, v in headers.items() if k != "Ce-Source"}
+    assert reason(parse_cloudevent, no_source, body) == "malformed_event"
