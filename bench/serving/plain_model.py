@@ -4,9 +4,10 @@ No validation, no kubeloop metrics, no payload logging: V1 instances straight in
 :class:`kubeloop.serving.forward.Forward` (the predictor's own forward pass), or with
 ``--dataframe`` into a pandas DataFrame and ``ModelBundle.predict`` (the bundle's
 public API, as a first serving attempt would do). Served by the same kserve server
-(bound to 127.0.0.1) so the comparison isolates what kubeloop adds.
+with the same settings (bound to 127.0.0.1, REST and gRPC, as kserve's defaults) so
+the comparison isolates what kubeloop adds.
 
-    python bench/serving/plain_model.py --model_name fraud-detector --model-dir DIR --http_port 9000
+    python bench/serving/plain_model.py --model_name fraud-detector --model-dir DIR --http_port 9000 --grpc_port 9001
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ def main() -> None:
     args = predictor_parser().parse_args([a for a in sys.argv[1:] if a != "--dataframe"])
     model = PlainModel(args.model_name, args.model_dir, dataframe=dataframe)
     model.load()
-    BoundModelServer(http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=False, bind_host="127.0.0.1",
-                     enable_latency_logging=False).start([model])  # fmt: skip
+    # The same server settings as the predictor: kserve's defaults, gRPC included.
+    BoundModelServer(http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc,
+                     bind_host="127.0.0.1", enable_latency_logging=False).start([model])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -49,3 +49,30 @@ def test_tampered_file_is_refused(downloaded, tmp_path):
 def test_folder_without_manifest_is_refused(tmp_path):
     with pytest.raises(ChecksumMismatch, match="MANIFEST"):
         verify_folder(tmp_path)
+
+
+def test_numpy_forward_pass_equals_the_bundle_on_dataframes(downloaded):
+    """Forward builds the same float32 matrix as Preprocessor.transform, bit for bit."""
+    import numpy as np
+    import pandas as pd
+
+    from kubeloop.data import fraud
+    from kubeloop.model import ModelBundle
+    from kubeloop.serving.forward import Forward
+    from kubeloop.testing import joined_frame
+
+    _, folder = downloaded
+    bundle = ModelBundle.load(folder)
+    forward = Forward(bundle)
+    frame = joined_frame(fraud.generate("stationary", days=1, n_accounts=30, seed=9)).head(300)
+    rows = frame[bundle.preprocessor.input_columns].to_dict("records")
+    rows[0]["merchant_category"] = "casino"  # unknown category: all zeros, as in training
+    rows[1]["amount"] = None  # missing numeric: NaN in both
+    expected = bundle.preprocessor.transform(pd.DataFrame(rows))
+    np.testing.assert_array_equal(forward.matrix(rows), expected)
+    assert forward.matrix(rows).dtype == np.float32
+    scores, classes = forward.predict(rows[2:])
+    want_scores, want_classes = bundle.predict(pd.DataFrame(rows[2:]))
+    np.testing.assert_array_equal(scores, want_scores)
+    np.testing.assert_array_equal(classes, want_classes)
+    assert 0 < classes.sum() < len(classes) or len(set(scores.round(3))) > 10
