@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -286,6 +287,7 @@ def bench_loop(trials: int, cache_dir: Path | None) -> dict:
         traffic.stop.set()
         traffic.thread.join(10)
         sup.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
     return {
         "trials": trials,
         "pass_ms": {
