@@ -40,6 +40,7 @@ from kubeloop.monitoring.events import (
     validate_instances,
     validate_predictions,
 )
+from kubeloop.monitoring.fastpath import PayloadEventsFastPath
 from kubeloop.monitoring.metrics import DriftMetrics
 from kubeloop.monitoring.reference import Reference, ReferenceError, load_reference
 from kubeloop.monitoring.worker import DetectorWorker, WorkerDown
@@ -278,38 +279,6 @@ class DriftService:
     def stop(self) -> None:
         self._stop.set()
         self.worker.stop()
-
-
-class PayloadEventsFastPath:
-    """ASGI middleware answering ``POST /`` (payload events) without Starlette's routing,
-    ``Request`` and ``JSONResponse`` objects: the logger posts two events per prediction,
-    so this path is the service's hot loop. Same handler, same answers as the route."""
-
-    def __init__(self, app: Any, service: DriftService) -> None:
-        self.app, self.service = app, service
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != "/" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        chunks, more = [], True
-        while more:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        try:
-            status, payload = 202, self.service.handle_event(headers, b"".join(chunks))
-        except EventRejected as exc:
-            self.service.metrics.rejected.labels(reason=exc.reason).inc()
-            status, payload = exc.status, {"error": str(exc), "reason": exc.reason}
-        except WorkerDown as exc:
-            status, payload = 503, {"error": str(exc), "reason": "worker_down"}
-        body = json.dumps(payload).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
 
 
 def _lifespan(svc: DriftService):  # noqa: ANN202
