@@ -53,7 +53,7 @@ def row(seed: int, summary: dict, wall: float) -> dict:
         "after promotion": _acc(summary, "accuracy_after_promotion"),
         "retraining runs": summary["retraining_runs"],
         "worse candidate rolled back": "–"
-        if stationary
+        if stationary or not bad
         else ("yes" if bad.get("rolled_back") else "no"),
         "canary → rollback s": _s(bad.get("seconds_canary_to_rollback")),
         "wall s": round(wall),
@@ -137,17 +137,19 @@ prediction-score CVM detector would need 30-125 s per version at that ERT (5 s a
 2000, where the label-driven detector would false-alarm about once a minute), MMD and the
 per-feature FET minutes (drift service section), so they are off in the demo.
 **Label shift is not caught**: the fraud rate rises 3.5× with P(x|y) unchanged, and v1's
-error rate stays where it was (2.5 % → 2.6 % on the demo stream; v1 keeps its accuracy),
-so the error-rate detector has nothing to see; the score distribution moves little
+error rate barely moves (2.5 % → 2.6 % on the test stream, accuracy 0.989 → 0.980 in
+the run above), so the error-rate detector has too little to see within the run; the score distribution moves little
 (the prediction detector needed ~700-2400 instances fed one by one at ERT 500 in the drift
 service section, i.e. minutes at the demo's sub-sampling). Its row shows the run ending
 without a retraining, which is also what an operator would want when accuracy holds.
 The pipeline retrainer runs ingest → validate → features → Ray Train → evaluate → gate →
-register on the window (a Parquet file of the labelled traffic); its run alone takes
-about 80 s here, against about 25 s for plain torch on the same rows, and its gate
-refuses a challenger worse than the champion on the same window (on covariate drift,
-where P(y|x) is unchanged, v1 keeps the better ROC-AUC), so the default retrainer is
-`window`.
+register on the window (a Parquet file of the labelled traffic): about 95 s from
+submission to a registered version (20 s of it waiting for the fresh window), against
+about 30 s for plain torch on the same rows, which puts its update cycle over the goal
+(171 s against 109 s on the same concept drift), so the default retrainer is `window`.
+Its gate also refuses a challenger worse than the champion on the same window: on
+covariate drift, where P(y|x) is unchanged, v1 kept the better ROC-AUC (0.989 against
+0.868 in a trial run) and no version was registered.
 """
 
 
