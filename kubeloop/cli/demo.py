@@ -144,5 +144,10 @@ def _print_summary(console, summary: dict) -> None:
         window = summary["retrained_window"]
         console.print(f"  retrained on      {window.get('start')} .. {window.get('end')} "
                       f"({summary.get('retrained_by')})")  # fmt: skip
+    if summary["scenario"] != "stationary" and summary.get("detection_delay_seconds") is None:
+        after = summary["traffic"]["duration_seconds"] - (summary.get("drift_onset_seconds") or 0)
+        console.print(f"  [yellow]no drift detected[/yellow] in {after:.0f} s of traffic after "
+                      "the onset (the demo watches the error rate of the delayed labels, which "
+                      "label shift barely moves; see docs/benchmarks.md)")  # fmt: skip
     console.print(f"  retraining runs {summary['retraining_runs']}, "
                   f"rollbacks {summary['rollbacks']}")  # fmt: skip
