@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -46,6 +47,8 @@ from kubeloop.registry import ModelRegistry
 from kubeloop.runtime import Supervisor
 
 log = logging.getLogger(__name__)
+# How often the driver asks the drift service which versions it still watches.
+REWATCH_CHECK_SECONDS = 10.0
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -134,6 +137,7 @@ class LocalOperator:
         )
         self.now = now
         self.http = httpx.Client(timeout=10)
+        self._watch_check: tuple[float, set[tuple[str, str]] | None] = (-1e9, None)
         self.submitter_factory = submitter_factory or (
             lambda uri: LocalRunSubmitter(
                 self.sup, self.store.dir / "runs", uri, settings.local_runner
@@ -203,10 +207,17 @@ class LocalOperator:
             elif isinstance(action, RecordDecision):
                 self.store.record(name, action, now)
                 self.metrics.record(name, action.decision)
+        watched_candidate = state.get("watched_candidate")
+        # A restarted drift service has forgotten its watches: watch the versions again.
+        lost = self._unwatched(spec.model.name, result.status.stable_version, watched_candidate)
+        if result.status.stable_version in lost and not watch:
+            log.warning("drift service no longer watches %s; watching it again", lost)
+            watch = result.status.stable_version
+        if watched_candidate in lost:
+            watched_candidate = None
         if watch and self._watch_drift(spec.model.name, watch, registry_uri):
             watch = None
         # The canary is watched too, so its delayed labels feed the live-accuracy analysis.
-        watched_candidate = state.get("watched_candidate")
         candidate = result.status.candidate_version
         if (
             candidate
@@ -226,6 +237,24 @@ class LocalOperator:
             },
         )
         return result
+
+    def _unwatched(self, model: str, *versions: str | None) -> set[str]:
+        """Which of ``versions`` the drift service does not watch (checked at most every
+        ``REWATCH_CHECK_SECONDS``; an unreachable service answers nothing)."""
+        clock = time.monotonic()
+        if clock - self._watch_check[0] >= REWATCH_CHECK_SECONDS:
+            url = f"{self.settings.drift_service_url.rstrip('/')}/v1/status"
+            try:
+                body = self.http.get(url, timeout=5).json()
+                watched = {(w["model"], w["version"]) for w in body.get("watched", [])}
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                log.debug("drift service status at %s unavailable: %s", url, exc)
+                watched = None
+            self._watch_check = (clock, watched)
+        watched = self._watch_check[1]
+        if watched is None:
+            return set()
+        return {v for v in versions if v and (model, v) not in watched}
 
     def _watch_drift(self, model: str, version: str, registry_uri: str) -> bool:
         url = f"{self.settings.drift_service_url.rstrip('/')}/v1/watch"

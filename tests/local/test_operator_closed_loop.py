@@ -170,19 +170,23 @@ def loop_env(tmp_path, request):
     manifest.write_text(yaml.safe_dump(deployment))
     write_targets(prom_root, "drift", [f"127.0.0.1:{drift_port}"])
     start_prometheus(sup, prom_root, prom_port)
-    sup.start(
-        "drift",
-        [
-            str(drift_python()), "-m", "kubeloop.monitoring.service", "--port", str(drift_port),
-            "--registry-uri", registry.uri, "--cache-dir", str(cache),
-        ],
-        health_url=f"{drift_url}/healthz",
-        env={
-            "PYTHONPATH": str(REPO_ROOT),
-            **{f"KUBELOOP_DRIFT_{k.upper()}": v for k, v in DRIFT_DETECTORS.items()},
-        },
-        python=False,
-    )  # fmt: skip
+
+    def start_drift():
+        return sup.start(
+            "drift",
+            [
+                str(drift_python()), "-m", "kubeloop.monitoring.service", "--port", str(drift_port),
+                "--registry-uri", registry.uri, "--cache-dir", str(cache),
+            ],
+            health_url=f"{drift_url}/healthz",
+            env={
+                "PYTHONPATH": str(REPO_ROOT),
+                **{f"KUBELOOP_DRIFT_{k.upper()}": v for k, v in DRIFT_DETECTORS.items()},
+            },
+            python=False,
+        )  # fmt: skip
+
+    start_drift()
     sup.start(
         "router",
         [
@@ -230,6 +234,7 @@ def loop_env(tmp_path, request):
                 else []
             ),
             "watched": watched,
+            "start_drift": start_drift,
             "traffic": traffic,
             "router": f"http://127.0.0.1:{router_port}",
         }
@@ -346,3 +351,10 @@ def test_drift_retrains_once_canaries_promotes_survives_restart_and_rolls_back_w
     )
     assert env["runs"]() == ["fraud-detector-v1-retrain-1"]
     assert env["traffic"].sent > 0 and env["traffic"].failed / env["traffic"].sent < 0.05
+
+    # A restarted drift service has forgotten its watches; the operator watches v2 again.
+    sup.stop("drift")
+    env["start_drift"]()
+    sup.wait_healthy("drift", 90)
+    wait_for("the drift service watching v2 again", lambda: "v2" in env["watched"](), 60)
+    assert env["runs"]() == ["fraud-detector-v1-retrain-1"]
