@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from kubeloop.loop.config import LoopConfig
@@ -57,11 +58,11 @@ def nothing_left_running(home: Path) -> None:
 def test_covariate_drift_retrains_promotes_and_rolls_back_the_worse_candidate(
     tmp_path, drift_cache
 ):
-    config = LoopConfig(scenario="covariate", duration_seconds=200.0, **SHORT)
+    config = LoopConfig(scenario="covariate", duration_seconds=240.0, **SHORT)
     lines: list[str] = []
     summary = run_demo(
         config, home=tmp_path / "demo", report_dir=tmp_path / "report", echo=lines.append,
-        max_seconds=230, drift_cache=drift_cache,
+        max_seconds=290, drift_cache=drift_cache,
     )  # fmt: skip
     nothing_left_running(tmp_path / "demo")
     log = "\n".join(lines)
@@ -107,11 +108,11 @@ def test_stationary_traffic_retrains_nothing(tmp_path, drift_cache):
 
 def test_concept_drift_is_caught_by_the_error_rate_and_retrained_away(tmp_path, drift_cache):
     """P(y|x) changes and P(x) hardly: only the delayed labels show it."""
-    config = LoopConfig(scenario="concept", duration_seconds=160.0, bad_candidate=False, **SHORT)
+    config = LoopConfig(scenario="concept", duration_seconds=200.0, bad_candidate=False, **SHORT)
     lines: list[str] = []
     summary = run_demo(
         config, home=tmp_path / "demo", report_dir=tmp_path / "report", echo=lines.append,
-        max_seconds=190, drift_cache=drift_cache,
+        max_seconds=260, drift_cache=drift_cache,
     )  # fmt: skip
     nothing_left_running(tmp_path / "demo")
     log = "\n".join(lines)
@@ -120,13 +121,8 @@ def test_concept_drift_is_caught_by_the_error_rate_and_retrained_away(tmp_path, 
     assert drift and "error_rate" in json.dumps(drift[0].get("evidence", {})), log
     assert 0 < summary["detection_delay_seconds"] < 60, log
     assert summary["retrained_version"] == "v2" and summary["update_cycle_seconds"], log
-    assert summary["retrained_window"]["start"] >= _iso(record["onset_at"]), summary
+    # learned from traffic after the drift was confirmed
+    assert pd.Timestamp(summary["retrained_window"]["start"]).timestamp() > record["onset_at"]
     before, during = summary["accuracy_before_drift"], summary["accuracy_during_drift"]
     assert during["accuracy"] < before["accuracy"], summary
     assert summary["accuracy_after_promotion"]["accuracy"] > during["accuracy"], summary
-
-
-def _iso(epoch: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(epoch, UTC).isoformat()
