@@ -187,7 +187,10 @@ class Monitoring(_Model):
 
 
 class PipelineRef(_Model):
-    name: str = Field("kubeloop-training", description="pipeline name (KFP) or runner (local)")
+    name: str = Field(
+        "kubeloop-training",
+        description="pipeline name (KFP); locally a module:function runner, else the default runner",
+    )
     version: str | None = Field(None, description="pinned pipeline version id (KFP)")
     experiment: str = Field("kubeloop", description="KFP experiment")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from kubeloop.operators.local.prometheus import write_targets
 from kubeloop.operators.reconciler.types import RunObservation, SetTraffic, SubmitRun
 
 from kubeloop.runtime import Supervisor
+
+# retraining.pipeline.name in the local runtime's form: an importable module:function
+RUNNER_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +137,11 @@ class LocalRunSubmitter:
         self.registry_uri = registry_uri
         self.runner = runner
 
+    def runner_for(self, run: SubmitRun) -> str:
+        """The spec's ``retraining.pipeline.name`` when it names a ``module:function``
+        (the local runtime's form); otherwise (a cluster pipeline name) the default runner."""
+        return run.pipeline if RUNNER_SPEC.match(run.pipeline) else self.runner
+
     def submit(self, run: SubmitRun) -> None:
         folder = self.runs_dir / run.run_name
         if (folder / "params.json").exists():
@@ -144,7 +153,7 @@ class LocalRunSubmitter:
             f"run-{run.run_name}",
             [
                 "-m", "kubeloop.operators.local.runjob",
-                "--runner", self.runner,
+                "--runner", self.runner_for(run),
                 "--params", json.dumps(params),
                 "--result", str((folder / "result.json").resolve()),
             ],

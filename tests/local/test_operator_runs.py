@@ -59,3 +59,23 @@ def test_runner_that_dies_without_a_result_is_failed(tmp_path):
         assert obs.state == "Failed" and "without a result" in obs.message
     finally:
         sup.stop_all()
+
+
+def test_spec_pipeline_naming_a_module_function_is_the_runner(tmp_path):
+    sup = Supervisor(tmp_path / "runtime")
+    submitter = LocalRunSubmitter(sup, tmp_path / "runs", str(tmp_path / "registry"), "os:abort")
+    assert submitter.runner_for(SubmitRun("r", "kubeloop-training", None, "e", {})) == "os:abort"
+    run = SubmitRun(
+        "fd-v1-retrain-3",
+        "kubeloop.operators.local.runjob:quick_train",
+        None,
+        "e",
+        {"model_name": "fd", "quality": "ugly"},
+    )
+    try:
+        submitter.submit(run)
+        obs = wait_terminal(submitter, run.run_name)
+        # quick_train ran (not the default os:abort) and refused the parameter by name.
+        assert obs.state == "Failed" and "quality must be good or bad" in obs.message
+    finally:
+        sup.stop_all()
