@@ -144,6 +144,9 @@ def run_worker(inbox: Any, outbox: Any, log_level: int) -> None:
     import torch
 
     torch.set_num_threads(1)  # one core for the detectors; the other serves HTTP
+    from kubeloop.monitoring.detectors import _alibi
+
+    _alibi()  # import alibi-detect (seconds) now, not in the first watch
     try:
         _Worker(inbox, outbox).run()
     except Exception:
