@@ -56,7 +56,7 @@ def main() -> None:
     model.load()
     # The same server settings as the predictor: kserve's defaults, gRPC included.
     BoundModelServer(http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc,
-                     bind_host="127.0.0.1", enable_latency_logging=False).start([model])  # fmt: skip
+                     bind_host="127.0.0.1", grpc_kwargs=vars(args), enable_latency_logging=False).start([model])  # fmt: skip
 
 
 if __name__ == "__main__":

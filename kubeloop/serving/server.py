@@ -111,11 +111,12 @@ class _BoundGRPCServer(GRPCServer):
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
             options=[
-                ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
-                (
-                    "grpc.max_receive_message_length",
-                    self._kwargs.get("grpc_max_receive_message_length"),
-                ),
+                (option, self._kwargs[key])
+                for option, key in (
+                    ("grpc.max_send_message_length", "grpc_max_send_message_length"),
+                    ("grpc.max_receive_message_length", "grpc_max_receive_message_length"),
+                )
+                if self._kwargs.get(key) is not None  # else gRPC's own default
             ],
         )
         servicer = InferenceServicer(self._data_plane, self._model_repository_extension)

@@ -1,11 +1,16 @@
-"""A minimal CloudEvents receiver on 127.0.0.1 (for tests, the bench and local debugging).
+"""Minimal CloudEvents receivers on 127.0.0.1 (for tests, the bench and local debugging).
 
-It records each POST's ``Ce-*`` headers and body, can answer slowly to simulate a
-struggling drift service, and stops cleanly.
+:class:`EventSink` records each POST's ``Ce-*`` headers and body, can answer slowly to
+simulate a struggling drift service, and stops cleanly. ``python -m
+kubeloop.serving.sink`` only counts and answers (asyncio, pipelined): the benchmark's
+receiver, which must not take CPU from the load generator.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -65,6 +70,54 @@ class EventSink:
             return [e for e in self.events if e.headers.get("ce-id") == request_id]
 
 
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
+_OK = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+
+
+class _CountingProtocol(asyncio.Protocol):
+    """Answers pipelined POSTs (with Content-Length) 200 in one write per read: a receiver
+    cheap enough not to steal CPU from the load generator it shares a core with."""
+
+    def __init__(self, counter: list[int], delay_s: float) -> None:
+        self.counter = counter
+        self.delay_s = delay_s
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buffer, answered = self.buffer + data, 0
+        while (end := buffer.find(b"\r\n\r\n")) >= 0:
+            match = _CONTENT_LENGTH.search(buffer, 0, end + 2)
+            total = end + 4 + (int(match.group(1)) if match else 0)
+            if len(buffer) < total:
+                break
+            buffer, answered = buffer[total:], answered + 1
+        self.buffer = buffer
+        if answered:
+            self.counter[0] += answered
+            if self.delay_s:
+                asyncio.get_running_loop().call_later(self.delay_s, self._answer, answered)
+            else:
+                self._answer(answered)
+
+    def _answer(self, n: int) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(_OK * n)
+
+
+async def serve_counting(port: int, delay_s: float = 0.0) -> None:
+    """Counts events on 127.0.0.1:``port`` until cancelled (the bench's receiver)."""
+    counter = [0]
+    server = await asyncio.get_running_loop().create_server(
+        lambda: _CountingProtocol(counter, delay_s), "127.0.0.1", port
+    )
+    async with server:
+        await server.serve_forever()
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m kubeloop.serving.sink --port N``: count events until interrupted."""
     import argparse
@@ -75,13 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before answering")
     args = parser.parse_args(argv)
-    sink = EventSink(delay_s=args.delay, keep=False, port=args.port)
-    with sink:
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_counting(args.port, args.delay))
 
 
 if __name__ == "__main__":

@@ -169,6 +169,23 @@ def test_grpc_bad_input_is_invalid_argument(predictor):
     assert "colour" in err.value.details()
 
 
+def test_v2_body_id_becomes_the_request_id_and_must_be_printable(predictor, sink):
+    inputs = [
+        {"name": k, "shape": [1], "datatype": V2_TYPES.get(k, "FP64"), "data": [v]}
+        for k, v in ROW.items()
+    ]
+    url = f"{predictor.url}/v2/models/{MODEL}/infer"
+    resp = httpx.post(url, json={"id": "v2-id-1", "inputs": inputs}, timeout=10)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["id"] == "v2-id-1" and resp.headers["x-request-id"] == "v2-id-1"
+    resp = httpx.post(url, json={"id": "a\r\nCe-Type: x", "inputs": inputs}, timeout=10)
+    assert resp.status_code == 400 and "printable" in resp.json()["error"]
+    deadline = time.monotonic() + 10
+    while len(sink.by_id("v2-id-1")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(sink.by_id("v2-id-1")) == 2
+
+
 def test_v2_metadata_and_health(predictor):
     meta = httpx.get(f"{predictor.url}/v2/models/{MODEL}").json()
     names = {i["name"] for i in meta["inputs"]}
