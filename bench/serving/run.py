@@ -350,7 +350,8 @@ def render(report: dict, command: str) -> str:
         "",
         f"Payload events during (b) and (c): {ev['sent']:.0f} sent, {ev['dropped']:.0f} dropped.",
         f"Goal: (b) keeps ≥ {GOAL:.2f} × (a)'s throughput, judged on the paired medians of req/s and of CPU "
-        f"capacity — {verdict}",
+        f"capacity — {verdict} The router's goal, ≤ 1 ms added at p50 at concurrency 1: "
+        f"{rows[('c-router', 1)]['p50_ms'] - rows[('b-kubeloop', 1)]['p50_ms']:+.2f} ms.",
         "Reading: wrk's req/s on a shared 2-CPU machine swings by tens of percent between runs (other "
         "work takes CPU 0 at random moments), so single runs or ratios of separate medians can show "
         "either config ahead; CPU per request is the steadier measure of a single-process server's capacity.",
