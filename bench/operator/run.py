@@ -79,22 +79,6 @@ def bench_core(n: int = 2000) -> dict:
     return {"calls": n, "median_us": statistics.median(times), "p99_us": pct(times, 0.99)}
 
 
-# The drift service's detector set for short local runs: the prediction (score distribution)
-# detector only, reading one instance in 20 over a 40-step window; its expected run time
-# between false alarms (2000 steps, about 7 minutes at 100 instances/s) is long against
-# the run. Its thresholds are calibrated once per reference sample and cached.
-DRIFT_DETECTORS = {
-    "ert": "2000",
-    "mmd": "false",
-    "univariate": "false",
-    "error_rate": "false",
-    "prediction": "true",
-    "univariate_windows": "[40]",
-    "univariate_every": "20",
-    "univariate_bootstraps": "4000",
-    "cvm_reference_rows": "300",
-}
-
 SEED = 5  # v1 learns this seed's stationary data; the traffic is its covariate run
 
 
@@ -161,8 +145,8 @@ def bench_loop(trials: int, cache_dir: Path | None) -> dict:
     from kubeloop.operators.settings import load_operator_settings
     from prometheus_client import CollectorRegistry
 
-    from kubeloop.generated import REPO_ROOT
-    from kubeloop.monitoring.local import drift_python
+    from kubeloop.monitoring.local import PREDICTION_ONLY_DETECTORS as DRIFT_DETECTORS
+    from kubeloop.monitoring.local import supervise_drift_service
     from kubeloop.registry import ModelRegistry
     from kubeloop.runtime import Supervisor
     from kubeloop.testing import make_registry_version
@@ -175,19 +159,9 @@ def bench_loop(trials: int, cache_dir: Path | None) -> dict:
     drift_url = f"http://127.0.0.1:{drift_port}"
     write_targets(tmp / "prom", "drift", [f"127.0.0.1:{drift_port}"])
     start_prometheus(sup, tmp / "prom", prom_port, interval="1s")
-    sup.start(
-        "drift",
-        [
-            str(drift_python()), "-m", "kubeloop.monitoring.service", "--port", str(drift_port),
-            "--registry-uri", registry.uri, "--cache-dir", str(cache_dir or tmp / "drift-cache"),
-        ],
-        health_url=f"{drift_url}/healthz",
-        env={
-            "PYTHONPATH": str(REPO_ROOT),
-            **{f"KUBELOOP_DRIFT_{k.upper()}": v for k, v in DRIFT_DETECTORS.items()},
-        },
-        python=False,
-    )  # fmt: skip
+    supervise_drift_service(
+        sup, drift_port, registry.uri, cache_dir or tmp / "drift-cache", DRIFT_DETECTORS
+    )
     sup.start(
         "router",
         [

@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubeloop.generated import REPO_ROOT
 from kubeloop.runtime import Supervisor
 from kubeloop.runtime.supervisor import SupervisorError
 
@@ -98,7 +97,7 @@ class LocalRuntime:
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self, manifests: list[Path] | None = None, timeout: float = 90.0) -> None:
         """Starts Prometheus, the drift service, the router and the operator; waits until healthy."""
-        from kubeloop.monitoring.local import drift_python
+        from kubeloop.monitoring.local import supervise_drift_service
         from kubeloop.operators.local.prometheus import start_prometheus, write_targets
 
         sup = self.supervisor
@@ -108,24 +107,14 @@ class LocalRuntime:
             self.prometheus_root, "operator", [f"127.0.0.1:{self.ports.operator_metrics}"]
         )
         start_prometheus(sup, self.prometheus_root, self.ports.prometheus)
-        drift_env = {
-            "PYTHONPATH": str(REPO_ROOT),
-            "KUBELOOP_HOME": str(self.home),
-            **{f"KUBELOOP_DRIFT_{k.upper()}": v for k, v in self.drift_env.items()},
-        }
-        sup.start(
-            "drift",
-            [
-                str(drift_python()), "-m", "kubeloop.monitoring.service",
-                "--port", str(self.ports.drift),
-                "--registry-uri", str(self.registry_uri),
-                "--cache-dir", str(self.drift_cache or self.home / "runtime" / "drift-cache"),
-            ],
-            health_url=f"{self.url('drift')}/healthz",
-            ports={"http": self.ports.drift},
-            env=drift_env,
-            python=False,
-        )  # fmt: skip
+        supervise_drift_service(
+            sup,
+            self.ports.drift,
+            self.registry_uri,
+            self.drift_cache or self.home / "runtime" / "drift-cache",
+            self.drift_env,
+            env={"KUBELOOP_HOME": str(self.home)},
+        )
         sup.start(
             "router",
             [

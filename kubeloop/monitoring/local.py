@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kubeloop.generated import REPO_ROOT
+from kubeloop.runtime import ProcessRecord, Supervisor
 
 DRIFT_VENV = REPO_ROOT / ".venv-drift"
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
@@ -104,6 +105,52 @@ def start_drift_service(
     raise TimeoutError(f"drift service not healthy after {timeout}s:\n{svc.log()[-3000:]}")
 
 
+# The detector set for short local runs: the prediction (score distribution) detector only,
+# reading one instance in 20 over a 40-step window; its expected run time between false
+# alarms (2000 steps, about 7 minutes at 100 instances/s) is long against the run. Its
+# thresholds are calibrated once per reference sample and cached.
+PREDICTION_ONLY_DETECTORS = {
+    "ert": "2000",
+    "mmd": "false",
+    "univariate": "false",
+    "error_rate": "false",
+    "prediction": "true",
+    "univariate_windows": "[40]",
+    "univariate_every": "20",
+    "univariate_bootstraps": "4000",
+    "cvm_reference_rows": "300",
+}
+
+
+def supervise_drift_service(
+    supervisor: Supervisor,
+    port: int,
+    registry_uri: str | Path,
+    cache_dir: str | Path,
+    detectors: dict[str, str],
+    *,
+    env: dict[str, str] | None = None,
+    name: str = "drift",
+) -> ProcessRecord:
+    """Starts the drift service under a ``Supervisor`` (health-checked on /healthz);
+    ``detectors`` become ``KUBELOOP_DRIFT_<KEY>`` settings."""
+    return supervisor.start(
+        name,
+        [
+            str(drift_python()), "-m", "kubeloop.monitoring.service", "--port", str(port),
+            "--registry-uri", str(registry_uri), "--cache-dir", str(cache_dir),
+        ],
+        health_url=f"http://127.0.0.1:{port}/healthz",
+        ports={"http": port},
+        env={
+            "PYTHONPATH": str(REPO_ROOT),
+            **(env or {}),
+            **{f"KUBELOOP_DRIFT_{k.upper()}": v for k, v in detectors.items()},
+        },
+        python=False,
+    )  # fmt: skip
+
+
 def payload_headers(
     kind: str, request_id: str, model: str, version: str, endpoint: str = "default"
 ) -> dict[str, str]:
@@ -143,9 +190,11 @@ def payload_pair(
 
 
 __all__ = [
+    "PREDICTION_ONLY_DETECTORS",
     "DriftServiceProcess",
     "drift_python",
     "free_port",
     "payload_pair",
     "start_drift_service",
+    "supervise_drift_service",
 ]

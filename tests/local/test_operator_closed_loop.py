@@ -26,29 +26,16 @@ import yaml
 from kubeloop.operators.local.prometheus import start_prometheus, write_targets
 
 from kubeloop.data import fraud
-from kubeloop.generated import REPO_ROOT
-from kubeloop.monitoring.local import drift_python
+from kubeloop.monitoring.local import (
+    PREDICTION_ONLY_DETECTORS as DRIFT_DETECTORS,
+)
+from kubeloop.monitoring.local import supervise_drift_service
 from kubeloop.registry import ModelRegistry
 from kubeloop.runtime import Supervisor
 from kubeloop.testing import joined_frame, make_registry_version
 
 pytestmark = pytest.mark.slow
 
-# The drift service's detector set for short local runs: the prediction (score distribution)
-# detector only, reading one instance in 20 over a 40-step window; its expected run time
-# between false alarms (2000 steps, about 7 minutes at 100 instances/s) is long against
-# the run. Its thresholds are calibrated once per reference sample and cached.
-DRIFT_DETECTORS = {
-    "ert": "2000",
-    "mmd": "false",
-    "univariate": "false",
-    "error_rate": "false",
-    "prediction": "true",
-    "univariate_windows": "[40]",
-    "univariate_every": "20",
-    "univariate_bootstraps": "4000",
-    "cvm_reference_rows": "300",
-}
 MODEL = "fraud-detector"
 SEED = 5  # v1 learns this seed's stationary data; traffic and v2 come from its covariate run
 
@@ -172,19 +159,7 @@ def loop_env(tmp_path, request):
     start_prometheus(sup, prom_root, prom_port)
 
     def start_drift():
-        return sup.start(
-            "drift",
-            [
-                str(drift_python()), "-m", "kubeloop.monitoring.service", "--port", str(drift_port),
-                "--registry-uri", registry.uri, "--cache-dir", str(cache),
-            ],
-            health_url=f"{drift_url}/healthz",
-            env={
-                "PYTHONPATH": str(REPO_ROOT),
-                **{f"KUBELOOP_DRIFT_{k.upper()}": v for k, v in DRIFT_DETECTORS.items()},
-            },
-            python=False,
-        )  # fmt: skip
+        return supervise_drift_service(sup, drift_port, registry.uri, cache, DRIFT_DETECTORS)
 
     start_drift()
     sup.start(
