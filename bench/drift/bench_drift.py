@@ -37,21 +37,29 @@ def _watch(url: str) -> dict:
     return r.json()
 
 
-async def _send(url: str, events: list[tuple[dict, bytes]], concurrency: int) -> float:
+async def _send(
+    url: str, events: list[tuple[dict, bytes]], concurrency: int, feedback: list[dict]
+) -> float:
+    """Posts each request/response pair, then its label (``POST /v1/feedback``), as the
+    router and the label join would: every detector, the error-rate one included, steps."""
     import aiohttp  # a lighter client than httpx: the client shares the 2 cores with the service
 
     queue: asyncio.Queue = asyncio.Queue()
     for i in range(0, len(events), 2):
-        queue.put_nowait(events[i : i + 2])
+        queue.put_nowait((events[i : i + 2], feedback[i // 2]))
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(base_url=url, connector=connector) as client:
 
         async def worker() -> None:
             while not queue.empty():
-                for headers, body in queue.get_nowait():  # request before its response
+                pair, label = queue.get_nowait()
+                for headers, body in pair:  # request before its response
                     async with client.post("/", headers=headers, data=body) as r:
                         if r.status != 202:
                             raise RuntimeError(await r.text())
+                async with client.post("/v1/feedback", json=label) as r:
+                    if r.status >= 300:
+                        raise RuntimeError(await r.text())
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -71,12 +79,13 @@ def throughput(
     feats = [c for c in ref.columns if c not in ("is_fraud", "prediction_score", "prediction")]
     rows = ref.sample(n=pairs, replace=True, random_state=0).reset_index(drop=True)
     records = rows[feats].to_dict("records")
-    events = []
+    events, feedback = [], []
     for i, rec in enumerate(records):
-        _, evs = payload_pair(
+        rid, evs = payload_pair(
             [rec], [float(rows["prediction_score"][i])], [int(rows["prediction"][i])], MODEL, "v1"
         )
         events += evs
+        feedback.append({"request_id": rid, "labels": [int(rows["is_fraud"][i])]})
     out: dict = {}
     with start_drift_service(registry, work, env=env) as svc:
         t = time.perf_counter()
@@ -93,7 +102,7 @@ def throughput(
         worker_pid = httpx.get(svc.url + "/v1/status").json()["worker"]["pid"]
         cpu_before = {"http": _cpu_seconds(svc.process.pid), "worker": _cpu_seconds(worker_pid)}
         start = time.perf_counter()
-        send_s = asyncio.run(_send(svc.url, events, concurrency))
+        send_s = asyncio.run(_send(svc.url, events, concurrency, feedback))
         status = httpx.get(
             svc.url + "/v1/status", params={"wait": "idle", "timeout": "600"}, timeout=700
         ).json()
@@ -185,7 +194,8 @@ def table_rows(result: dict) -> list[dict]:
          "value": f"{tp['setup_cached_s']:.1f} s", "detail": f"cache hits: {tp['cache_hits']}"},
         {"measure": f"CloudEvents accepted over HTTP ({tp['concurrency']} connections)",
          "value": f"{tp['accepted_events_per_s']:.0f} events/s",
-         "detail": f"{tp['http_events']} events, aiohttp client on the same cores"},
+         "detail": f"{tp['http_events']} events and one label per pair (POST /v1/feedback), "
+                   "aiohttp client on the same cores"},
         {"measure": "events through every detector, end to end (sustained)",
          "value": f"{tp['processed_events_per_s']:.0f} events/s",
          "detail": f"{tp['processed_pairs_per_s']:.0f} pairs/s; goal 2,000 events/s; "
