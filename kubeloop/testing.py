@@ -19,6 +19,18 @@ from kubeloop.model.publish import publish_bundle
 from kubeloop.registry import ModelRegistry, ModelVersion
 
 REFERENCE_ROWS = 2000
+# One full feature row of the fraud example (a suspicious-looking transaction) for requests.
+SAMPLE_TRANSACTION = {
+    "amount": 420.0,
+    "merchant_category": "electronics",
+    "hour": 2,
+    "distance_from_home_km": 250.0,
+    "is_foreign": 1,
+    "txn_count_1h": 4,
+    "account_age_days": 30.0,
+    "avg_amount_30d": 40.0,
+    "txn_count_24h": 2.0,
+}
 
 
 def joined_frame(data: fraud.FraudData) -> pd.DataFrame:

@@ -20,23 +20,13 @@ from kubeloop.registry import ChecksumMismatch, ModelRegistry, RegistryError
 from kubeloop.serving.predictor import FraudPredictor, PredictorConfig, parse_version_uri
 from kubeloop.serving.processes import free_port, start_predictor
 from kubeloop.settings import get_settings
-from kubeloop.testing import make_registry_version
+from kubeloop.testing import SAMPLE_TRANSACTION, make_registry_version
 
 pytestmark = pytest.mark.slow
 MODEL = "fraud-detector"
 BUCKET = "kubeloop-registry"
 REGISTRY = f"s3://{BUCKET}/models"
-ROW = {
-    "amount": 420.0,
-    "merchant_category": "electronics",
-    "hour": 2,
-    "distance_from_home_km": 250.0,
-    "is_foreign": 1,
-    "txn_count_1h": 4,
-    "account_age_days": 30.0,
-    "avg_amount_30d": 40.0,
-    "txn_count_24h": 2.0,
-}
+ROW = SAMPLE_TRANSACTION
 
 
 @pytest.fixture(scope="module")
