@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -82,47 +81,6 @@ def bench_core(n: int = 2000) -> dict:
 SEED = 5  # v1 learns this seed's stationary data; the traffic is its covariate run
 
 
-class Traffic:
-    """Transactions through the router at a steady rate; ``drifted`` switches to post-onset rows."""
-
-    def __init__(self, url: str, rate: float = 20.0, batch: int = 5) -> None:
-        from kubeloop.data import fraud
-        from kubeloop.testing import joined_frame
-
-        data = fraud.generate("covariate", days=7.0, n_accounts=200, seed=SEED)
-        frame = joined_frame(data)
-        after = (frame["event_timestamp"] >= data.truth.onset_time).to_numpy()
-        rows = json.loads(
-            frame[[*fraud.FRAUD_SCHEMA.feature_names, "account_id"]].to_json(orient="records")
-        )
-        self.pools = (
-            [r for r, a in zip(rows, after, strict=True) if not a],
-            [r for r, a in zip(rows, after, strict=True) if a],
-        )
-        self.url, self.interval, self.batch = url, 1.0 / rate, batch
-        self.drifted = False
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import random
-
-        import httpx
-
-        rng = random.Random(0)
-        next_at = time.monotonic()
-        with httpx.Client(timeout=10) as client:
-            while not self.stop.is_set():
-                with contextlib.suppress(httpx.HTTPError):  # the router restarting: go on
-                    client.post(
-                        f"{self.url}/v1/models/fraud-detector:predict",
-                        json={"instances": rng.sample(self.pools[self.drifted], self.batch)},
-                        headers={"X-Kubeloop-Key": str(rng.random())},
-                    )
-                next_at += self.interval
-                self.stop.wait(max(0.0, next_at - time.monotonic()))
-
-
 def drift_flag(url: str, version: str) -> bool:
     """The drift service's own ``kubeloop_drift_detected`` for ``version`` (any detector's _all)."""
     import httpx
@@ -149,7 +107,7 @@ def bench_loop(trials: int, cache_dir: Path | None) -> dict:
     from kubeloop.monitoring.local import supervise_drift_service
     from kubeloop.registry import ModelRegistry
     from kubeloop.runtime import Supervisor
-    from kubeloop.testing import make_registry_version
+    from kubeloop.testing import RouterTraffic, covariate_pools, make_registry_version
 
     tmp = Path(tempfile.mkdtemp(prefix="kubeloop-bench-operator-"))
     sup = Supervisor(tmp / "runtime")
@@ -170,7 +128,7 @@ def bench_loop(trials: int, cache_dir: Path | None) -> dict:
         ],
         health_url=f"http://127.0.0.1:{router_port}/healthz",
     )  # fmt: skip
-    traffic = Traffic(f"http://127.0.0.1:{router_port}")
+    traffic = RouterTraffic(f"http://127.0.0.1:{router_port}", *covariate_pools(SEED))
     for name in ("prometheus", "router", "drift"):
         sup.wait_healthy(name, 90)
     # Calibrate v1's thresholds before the trials (the operator's watches then hit the cache).

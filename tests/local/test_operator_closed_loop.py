@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import socket
-import threading
 import time
 from datetime import datetime
 
@@ -25,14 +23,13 @@ import pytest
 import yaml
 from kubeloop.operators.local.prometheus import start_prometheus, write_targets
 
-from kubeloop.data import fraud
 from kubeloop.monitoring.local import (
     PREDICTION_ONLY_DETECTORS as DRIFT_DETECTORS,
 )
 from kubeloop.monitoring.local import supervise_drift_service
 from kubeloop.registry import ModelRegistry
 from kubeloop.runtime import Supervisor
-from kubeloop.testing import joined_frame, make_registry_version
+from kubeloop.testing import RouterTraffic, covariate_pools, make_registry_version
 
 pytestmark = pytest.mark.slow
 
@@ -54,48 +51,6 @@ def wait_for(what: str, predicate, timeout: float, every: float = 0.5):
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def traffic_pools() -> tuple[list[dict], list[dict]]:
-    """Instances from before and after the covariate onset (features and the entity key)."""
-    data = fraud.generate("covariate", days=7.0, n_accounts=200, seed=SEED)
-    frame = joined_frame(data)
-    after = frame["event_timestamp"] >= data.truth.onset_time
-    columns = [*fraud.FRAUD_SCHEMA.feature_names, "account_id"]
-    pool = json.loads(frame[columns].to_json(orient="records"))
-    return [r for r, a in zip(pool, after, strict=True) if not a], [
-        r for r, a in zip(pool, after, strict=True) if a
-    ]
-
-
-class Traffic:
-    """Posts transactions through the router at a steady rate; ``drifted`` switches pools."""
-
-    def __init__(self, url: str, stationary: list[dict], drifted: list[dict], rate: float) -> None:
-        self.url, self.pools, self.interval = url, (stationary, drifted), 1.0 / rate
-        self.drifted = False
-        self.stop = threading.Event()
-        self.sent = self.failed = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        rng = random.Random(0)
-        next_at = time.monotonic()
-        with httpx.Client(timeout=10) as client:
-            while not self.stop.is_set():
-                batch = rng.sample(self.pools[self.drifted], 5)
-                try:
-                    r = client.post(
-                        f"{self.url}/v1/models/{MODEL}:predict",
-                        json={"instances": batch},
-                        headers={"X-Kubeloop-Key": str(rng.random())},
-                    )
-                    self.sent += 1
-                    self.failed += r.status_code >= 500
-                except httpx.HTTPError:
-                    self.failed += 1
-                next_at += self.interval
-                self.stop.wait(max(0.0, next_at - time.monotonic()))
 
 
 @pytest.fixture
@@ -170,7 +125,7 @@ def loop_env(tmp_path, request):
         ],
         health_url=f"http://127.0.0.1:{router_port}/healthz",
     )  # fmt: skip
-    stationary, drifted = traffic_pools()
+    stationary, drifted = covariate_pools(SEED)
     for name in ("prometheus", "router", "drift"):
         sup.wait_healthy(name, 90)
     # Calibrate v1's thresholds now (cached, so the operator's own watch takes a moment).
@@ -195,7 +150,7 @@ def loop_env(tmp_path, request):
         body = httpx.get(f"{drift_url}/v1/status", timeout=10).json()
         return {m["version"]: m for m in body["watched"]}
 
-    traffic = Traffic(f"http://127.0.0.1:{router_port}", stationary, drifted, rate=20)
+    traffic = RouterTraffic(f"http://127.0.0.1:{router_port}", stationary, drifted, rate=20)
     try:
         yield {
             "sup": sup,
