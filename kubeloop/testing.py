@@ -10,7 +10,11 @@ describes. Everything is seeded, so the same arguments give the same weights.
 from __future__ import annotations
 
 import json
+import random
+import threading
+import time
 
+import httpx
 import numpy as np
 import pandas as pd
 import torch
@@ -160,8 +164,6 @@ class RouterTraffic:
         batch: int = 5,
         model: str = "fraud-detector",
     ) -> None:
-        import threading
-
         self.url, self.pools, self.interval = url, (stationary, drifted), 1.0 / rate
         self.batch, self.model = batch, model
         self.drifted = False
@@ -170,11 +172,6 @@ class RouterTraffic:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        import random
-        import time
-
-        import httpx
-
         rng = random.Random(0)
         next_at = time.monotonic()
         with httpx.Client(timeout=10) as client:
