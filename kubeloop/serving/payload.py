@@ -12,6 +12,7 @@ full or the receiver is slow or down, events are dropped and counted, never wait
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import re
@@ -74,14 +75,150 @@ def build_events(
     ]
 
 
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
+_CHUNKED = re.compile(rb"\r\ntransfer-encoding:[ \t]*chunked", re.IGNORECASE)
+_CLOSE = re.compile(rb"\r\nconnection:[ \t]*close", re.IGNORECASE)
+_PAIR = b"%sCe-Id: %s\r\nCe-Time: %s\r\nContent-Length: %d\r\n\r\n%s" * 2
+
+
+def parse_responses(buf: bytes | bytearray, pos: int, want: int) -> tuple[int, int, int, bool]:
+    """Parses up to ``want`` complete pipelined HTTP/1.x responses from ``buf[pos:]``.
+
+    Returns ``(new position, responses parsed, 2xx among them, connection reusable)``.
+    An incomplete response at the end is left for the next call; interim (1xx) answers
+    are skipped. A response whose body runs to the connection's close (no length, not
+    chunked) or that says ``Connection: close`` ends parsing with the connection marked
+    not reusable. Raises ``ValueError`` on bytes that are not an HTTP/1.x response.
+    """
+    seen = ok = 0
+    size = len(buf)
+    while seen < want:
+        end = buf.find(b"\r\n\r\n", pos)
+        if end < 0:
+            break
+        head = bytes(buf[pos : end + 2])
+        if not head.startswith(b"HTTP/1.") or not head[9:12].isdigit():
+            raise ValueError(f"not an HTTP/1.x status line: {head[:40]!r}")
+        status = int(head[9:12])
+        body = end + 4
+        if (length := _CONTENT_LENGTH.search(head)) is not None:
+            done = body + int(length.group(1))
+            if done > size:
+                break
+        elif _CHUNKED.search(head):
+            done = _chunked_end(buf, body)
+            if done < 0:
+                break
+        elif status in (204, 304) or 100 <= status < 200:
+            done = body
+        else:  # the body runs to the connection's close
+            return body, seen + 1, ok + (200 <= status < 300), False
+        pos = done
+        if 100 <= status < 200:
+            continue
+        seen, ok = seen + 1, ok + (200 <= status < 300)
+        if _CLOSE.search(head) is not None:
+            return pos, seen, ok, False
+    return pos, seen, ok, True
+
+
+def _chunked_end(buf: bytes | bytearray, pos: int) -> int:
+    """End of the complete chunked body starting at ``pos``, or -1 while incomplete."""
+    while True:
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            return -1
+        line = bytes(buf[pos:eol]).split(b";")[0].strip()
+        try:
+            n = int(line, 16)
+        except ValueError:
+            raise ValueError(f"bad chunk size line: {line[:40]!r}") from None
+        if n == 0:  # optional trailers, then an empty line
+            if buf[eol + 2 : eol + 4] == b"\r\n":
+                return eol + 4
+            end = buf.find(b"\r\n\r\n", eol + 2)
+            return -1 if end < 0 else end + 4
+        pos = eol + 2 + n + 2
+        if pos > len(buf):
+            return -1
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection to the receiver; counts the answers to a written batch.
+
+    Answers are parsed in ``data_received`` straight from the socket's bytes, with no
+    stream reader or coroutine per answer.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.owed = 0
+        self.ok = 0
+        self.reusable = True
+        self.waiter: asyncio.Future | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.owed:
+            if len(self.buffer) > 65536:  # unasked-for bytes: not a receiver to keep
+                self._finish(reusable=False)
+            return
+        try:
+            pos, seen, ok, reusable = parse_responses(self.buffer, 0, self.owed)
+        except ValueError as exc:
+            log.debug("payload receiver answered with %s", exc)
+            self._finish(reusable=False)
+            return
+        del self.buffer[:pos]
+        self.owed -= seen
+        self.ok += ok
+        if not reusable or not self.owed:
+            self._finish(reusable)
+
+    def connection_lost(self, exc) -> None:
+        self._finish(reusable=False)
+
+    def _finish(self, reusable: bool) -> None:
+        if not reusable:
+            self.reusable = False
+            if self.transport is not None:
+                self.transport.close()
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def exchange(self, data: bytes, n: int, settle_s: float) -> None:
+        """Writes ``n`` requests and waits until all are answered or the connection ends.
+
+        With ``settle_s``, reading pauses that long after the write: the answers gather
+        in the socket buffer and arrive in one callback instead of one per answer.
+        """
+        self.owed, self.ok = n, 0
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        if settle_s:
+            self.transport.pause_reading()
+            try:
+                await asyncio.sleep(settle_s)
+            finally:
+                if not self.transport.is_closing():
+                    self.transport.resume_reading()
+        if self.owed and self.reusable:
+            await self.waiter
+
+
 class _PipelinedPoster:
     """POSTs many small bodies over a few keep-alive HTTP/1.1 connections, pipelined.
 
     Payload events are tiny and numerous; a general-purpose client spends more CPU per
     request than the model itself, on the predictor's own event loop. Writing a batch of
-    requests back to back and then reading the answers in order keeps the cost per event
-    to a few microseconds: the fixed part of each event's head (request line, ``Host``
-    and the ``Ce-*`` headers of its model, version and type) is encoded once.
+    requests back to back and counting the answers as the socket delivers them keeps the
+    cost per event to a few microseconds: the fixed part of each event's head (request
+    line, ``Host`` and the ``Ce-*`` headers of its model, version and type) is encoded
+    once, and both events of a pair are formatted in one operation.
     """
 
     def __init__(self, url: str, timeout_s: float) -> None:
@@ -94,111 +231,91 @@ class _PipelinedPoster:
         self.path = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
         self.host_header = parsed.netloc
         self.timeout_s = timeout_s
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        self._heads: dict[tuple[EventContext, str], bytes] = {}
+        self._idle: list[_Connection] = []
+        self._heads: dict[EventContext, tuple[bytes, bytes]] = {}
+        self._last: tuple[EventContext | None, tuple[bytes, bytes]] = (None, (b"", b""))
+        self._second = -1
+        self._second_text = b""
 
-    def _head(self, ctx: EventContext, event_type: str) -> bytes:
-        key = (ctx, event_type)
-        head = self._heads.get(key)
-        if head is None:
-            headers = event_headers(ctx, "", event_type, "")
-            del headers["Ce-Id"], headers["Ce-Time"]
-            lines = [f"POST {self.path} HTTP/1.1", f"Host: {self.host_header}"]
-            lines += [f"{k}: {v}" for k, v in headers.items()]
-            head = self._heads[key] = ("\r\n".join(lines) + "\r\n").encode("latin-1")
-        return head
+    def heads(self, ctx: EventContext) -> tuple[bytes, bytes]:
+        """The fixed heads of a pair's request and response events."""
+        last, heads = self._last
+        if ctx is last:
+            return heads
+        heads = self._heads.get(ctx)
+        if heads is None:
+            encoded = []
+            for event_type in (REQUEST_TYPE, RESPONSE_TYPE):
+                headers = event_headers(ctx, "", event_type, "")
+                del headers["Ce-Id"], headers["Ce-Time"]
+                lines = [f"POST {self.path} HTTP/1.1", f"Host: {self.host_header}"]
+                lines += [f"{k}: {v}" for k, v in headers.items()]
+                encoded.append(("\r\n".join(lines) + "\r\n").encode("latin-1"))
+            heads = self._heads[ctx] = (encoded[0], encoded[1])
+        self._last = (ctx, heads)
+        return heads
 
-    def encode(
-        self, ctx: EventContext, event_type: str, request_id: bytes, at: bytes, body: bytes
+    def stamp(self, at: float) -> bytes:
+        """``at`` (epoch seconds) as RFC 3339 UTC with microseconds."""
+        second = int(at)
+        if second != self._second:  # the date and time of day, formatted once a second
+            self._second = second
+            text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second_text = text.encode()
+        return b"%s.%06d+00:00" % (self._second_text, int((at - second) * 1e6))
+
+    def encode_pair(
+        self, ctx: EventContext, request_id: bytes, at: bytes, request: bytes, response: bytes
     ) -> bytes:
-        """One event as HTTP/1.1 request bytes."""
-        return b"%sCe-Id: %s\r\nCe-Time: %s\r\nContent-Length: %d\r\n\r\n%s" % (
-            self._head(ctx, event_type),
-            request_id,
-            at,
-            len(body),
-            body,
-        )
+        """A pair's request and response events as HTTP/1.1 request bytes."""
+        req_head, resp_head = self.heads(ctx)
+        return _PAIR % (
+            req_head, request_id, at, len(request), request,
+            resp_head, request_id, at, len(response), response,
+        )  # fmt: skip
 
-    async def post_many(self, requests: list[bytes], settle_s: float = 0.0) -> int:
-        """Sends encoded requests on one connection; returns how many got a 2xx.
-
-        With ``settle_s``, reading pauses that long after the write: the answers gather
-        in the socket buffer and are read in one go instead of waking the event loop once
-        per answer, which would cost the serving process more than the events themselves.
-        """
-        ok = 0
+    async def post_many(self, data: bytes, n: int, settle_s: float = 0.0) -> int:
+        """Sends ``n`` encoded requests on one connection; returns how many got a 2xx."""
         conn = None
         try:
             async with asyncio.timeout(self.timeout_s):
-                conn = (
-                    self._idle.pop()
-                    if self._idle
-                    else await asyncio.open_connection(self.host, self.port, ssl=self.ssl or None)
-                )
-                reader, writer = conn
-                writer.write(b"".join(requests))
-                await writer.drain()
-                if settle_s:
-                    writer.transport.pause_reading()
-                    try:
-                        await asyncio.sleep(settle_s)
-                    finally:
-                        writer.transport.resume_reading()
-                for _ in range(len(requests)):
-                    success, keep = await _read_response(reader)
-                    ok += success
-                    if not keep:
-                        raise ConnectionResetError("receiver closed the connection")
-            self._idle.append(conn)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+                while self._idle and conn is None:
+                    conn = self._idle.pop()
+                    if not conn.reusable or conn.transport.is_closing():
+                        conn = None  # the receiver closed it while idle
+                if conn is None:
+                    _, conn = await asyncio.get_running_loop().create_connection(
+                        _Connection, self.host, self.port, ssl=self.ssl or None
+                    )
+                await conn.exchange(data, n, settle_s)
+        except (OSError, TimeoutError) as exc:
             log.debug("payload events to %s:%s failed: %r", self.host, self.port, exc)
             if conn is not None:
-                conn[1].close()
-        return ok
+                conn._finish(reusable=False)
+        if conn is None:
+            return 0
+        if conn.reusable and not conn.owed:
+            self._idle.append(conn)
+        else:
+            conn._finish(reusable=False)
+        return conn.ok
 
     def close(self) -> None:
-        for _, writer in self._idle:
-            writer.close()
+        for conn in self._idle:
+            conn.transport.close()
         self._idle.clear()
-
-
-_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
-_CHUNKED = re.compile(rb"\r\ntransfer-encoding:[ \t]*chunked", re.IGNORECASE)
-_CLOSE = re.compile(rb"\r\nconnection:[ \t]*close", re.IGNORECASE)
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[bool, bool]:
-    """Reads one response; returns (2xx, connection reusable)."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    try:
-        status = int(head[9:12])
-    except ValueError:
-        raise ValueError(f"not an HTTP/1.x status line: {head[:40]!r}") from None
-    ok = 200 <= status < 300
-    if (length := _CONTENT_LENGTH.search(head)) is not None:
-        if n := int(length.group(1)):
-            await reader.readexactly(n)
-    elif _CHUNKED.search(head):
-        while True:
-            size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
-            await reader.readexactly(size + 2)
-            if size == 0:
-                break
-    elif status not in (204, 304) and not 100 <= status < 200:
-        return ok, False  # body runs to connection close
-    return ok, _CLOSE.search(head) is None
 
 
 class PayloadLogger:
     """Sends event pairs to ``url`` from a bounded queue; never blocks the caller.
 
-    ``log()`` only queues the objects (no encoding on the request path). The sender task
-    waits up to ``linger_s`` for a batch to fill, so at low request rates a batch still
-    carries several pairs, then encodes them (orjson), posts them pipelined and reads the
-    answers ``settle_s`` later in one go. Events reach the receiver within tens of
-    milliseconds, which drift detection does not notice; the serving process saves the
-    event-loop wake-ups that small batches would cost on every request.
+    ``log()`` only appends the objects to a bounded deque (no encoding on the request
+    path). The sender task waits up to ``linger_s`` for a batch to fill, so at low
+    request rates a batch still carries several pairs, then encodes them (orjson), posts
+    them pipelined and counts the answers ``settle_s`` later in one go. Events reach the
+    receiver within tens of milliseconds, which drift detection does not notice; the
+    serving process saves the event-loop wake-ups that small batches would cost on every
+    request.
     """
 
     def __init__(
@@ -219,7 +336,8 @@ class PayloadLogger:
         self.linger_s = linger_s
         self.settle_s = settle_s
         self._poster = _PipelinedPoster(url, timeout_s)
-        self._queue: asyncio.Queue | None = None
+        self._pending: collections.deque = collections.deque()
+        self._wakeup: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
         self._in_flight = 0
         self._counters: dict[tuple[str, str, str], Any] = {}
@@ -235,22 +353,29 @@ class PayloadLogger:
         self, ctx: EventContext, request_id: str, request_body: Any, response_body: Any
     ) -> None:
         """Queues one request/response pair; drops it (counted) when the queue is full."""
-        if self._queue is None:
-            self._queue = asyncio.Queue(self.queue_size)
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        try:
-            self._queue.put_nowait((ctx, request_id, request_body, response_body, time.time()))
-        except asyncio.QueueFull:
+        pending = self._pending
+        if len(pending) >= self.queue_size:
             self._count(ctx, "dropped", 2)
+            return
+        pending.append((ctx, request_id, request_body, response_body, time.time()))
+        if self._wakeup is not None:
+            if not self._wakeup.done():
+                self._wakeup.set_result(None)
+            self._wakeup = None
+        elif self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        queue = self._queue
+        pending, loop = self._pending, asyncio.get_running_loop()
         while True:
-            batch = [await queue.get()]
-            if queue.qsize() < self.batch_size and self.linger_s:
+            if not pending:
+                self._wakeup = loop.create_future()
+                await self._wakeup
+            if len(pending) < self.batch_size and self.linger_s:
                 await asyncio.sleep(self.linger_s)
-            while len(batch) < self.batch_size and not queue.empty():
-                batch.append(queue.get_nowait())
+            batch = [pending.popleft() for _ in range(min(self.batch_size, len(pending)))]
+            if not batch:
+                continue
             self._in_flight = len(batch)
             # Large batches are split over a few connections, each share sent pipelined.
             n_shares = min(self.connections, 1 + len(batch) // 64)
@@ -261,36 +386,33 @@ class PayloadLogger:
             self._in_flight = 0
 
     async def _send(self, items: list) -> None:
-        encode = self._poster.encode
-        requests = []
+        poster = self._poster
+        encode, stamp, dumps = poster.encode_pair, poster.stamp, orjson.dumps
+        pairs = []
         for ctx, request_id, request_body, response_body, at in items:
             rid = request_id.encode("latin-1", "replace")
             if b"\r" in rid or b"\n" in rid:  # never let an id end the header block
                 rid = rid.replace(b"\r", b" ").replace(b"\n", b" ")
-            stamp = datetime.fromtimestamp(at, UTC).isoformat().encode()
-            requests.append(encode(ctx, REQUEST_TYPE, rid, stamp, orjson.dumps(request_body)))
-            requests.append(encode(ctx, RESPONSE_TYPE, rid, stamp, orjson.dumps(response_body)))
-        sent = await self._poster.post_many(requests, self.settle_s)
+            pairs.append(encode(ctx, rid, stamp(at), dumps(request_body), dumps(response_body)))
+        n = 2 * len(items)
+        sent = await poster.post_many(b"".join(pairs), n, self.settle_s)
         ctx = items[0][0]
         if all(item[0] == ctx for item in items):
             if sent:
                 self._count(ctx, "sent", sent)
-            if len(requests) - sent:
-                self._count(ctx, "dropped", len(requests) - sent)
+            if n - sent:
+                self._count(ctx, "dropped", n - sent)
         else:  # one process logs for several versions (the router): attribute per pair
-            results = iter([True] * sent + [False] * (len(requests) - sent))
+            results = iter([True] * sent + [False] * (n - sent))
             for item in items:
                 for _ in range(2):
                     self._count(item[0], "sent" if next(results) else "dropped", 1)
 
     async def drain(self, timeout_s: float = 5.0) -> None:
         """Waits (bounded) until every queued pair is sent or dropped; for shutdown and tests."""
-        if self._queue is None:
-            return
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while (not self._queue.empty() or self._in_flight) and (
-            asyncio.get_running_loop().time() < deadline
-        ):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (self._pending or self._in_flight) and loop.time() < deadline:
             await asyncio.sleep(0.01)
 
     async def close(self) -> None:
@@ -299,5 +421,6 @@ class PayloadLogger:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         self._task = None
-        self._queue = None
+        self._wakeup = None
+        self._pending.clear()
         self._poster.close()

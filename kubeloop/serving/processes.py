@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,13 +66,13 @@ class ServerProcess:
 
 
 def _spawn(
-    name: str, args: list[str], log_dir: Path, env: dict | None
+    name: str, args: list[str], log_dir: Path, env: dict | None, launcher: Sequence[str] = ()
 ) -> tuple[subprocess.Popen, Path]:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     log = open(log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
     proc = subprocess.Popen(
-        [sys.executable, *args],
+        [*launcher, sys.executable, *args],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
@@ -94,7 +95,9 @@ def start_predictor(
     extra: list[str] | None = None,
     env: dict | None = None,
     wait: bool = True,
+    launcher: Sequence[str] = (),
 ) -> ServerProcess:
+    """Starts a predictor; ``launcher`` prefixes the command (e.g. ``taskset -c 0``)."""
     http_port = http_port or free_port()
     grpc_port = grpc_port or free_port()
     args = [
@@ -121,7 +124,7 @@ def start_predictor(
         args += ["--feast-repo", str(feast_repo)]
     args += extra or []
     proc, log_path = _spawn(
-        f"predictor-{model_name}-{version}-{http_port}", args, Path(log_dir), env
+        f"predictor-{model_name}-{version}-{http_port}", args, Path(log_dir), env, launcher
     )
     server = ServerProcess(
         f"predictor {model_name}/{version}",
@@ -143,12 +146,13 @@ def start_router(
     logger_url: str | None = None,
     env: dict | None = None,
     wait: bool = True,
+    launcher: Sequence[str] = (),
 ) -> ServerProcess:
     port = port or free_port()
     args = ["-m", "kubeloop.serving.router", "--port", str(port), "--split-file", str(split_file)]
     if logger_url:
         args += ["--logger-url", logger_url]
-    proc, log_path = _spawn(f"router-{port}", args, Path(log_dir), env)
+    proc, log_path = _spawn(f"router-{port}", args, Path(log_dir), env, launcher)
     server = ServerProcess("router", proc, f"http://127.0.0.1:{port}", log_path, {"http": port})
     if wait:
         server.wait_ready("/healthz")

@@ -30,6 +30,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from kubeloop.serving.heap import freeze_startup_heap
 from kubeloop.serving.metrics import LATENCY_BUCKETS
 from kubeloop.serving.payload import EventContext, PayloadLogger
 from kubeloop.serving.split import Split, SplitError, choose, load_split, parse_split, save_split
@@ -313,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     router = Router(
         args.split_file, logger_url=args.logger_url, entity=args.entity, namespace=args.namespace
     )
+    freeze_startup_heap()
     uvicorn.run(
         router,
         host=args.host,

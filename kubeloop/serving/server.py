@@ -22,6 +22,8 @@ from kserve.model_server import parser as kserve_parser
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.rest.server import RESTServer
 
+from kubeloop.serving.heap import freeze_startup_heap
+
 
 class BodyLimitMiddleware:
     """Refuses request bodies over ``max_bytes`` with 413, declared or streamed."""
@@ -143,6 +145,7 @@ class BoundModelServer(ModelServer):
         # formatted and written on every request (the warning registry keeps being reset).
         warnings.filterwarnings("ignore", category=FastAPIDeprecationWarning)
         self._register_and_check_atleast_one_model_is_ready(models)
+        freeze_startup_heap()
         self._rest_server = RESTServer(
             FASTAPI_APP_IMPORT_STRING,
             self.dataplane,
