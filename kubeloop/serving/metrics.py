@@ -1,7 +1,9 @@
 """kubeloop's serving metrics (names and labels as docs/contracts.md lists them).
 
 They live in prometheus-client's default registry, which kserve's ``/metrics`` serves,
-so one scrape returns kserve's own metrics and these. Every label is bounded: model
+so one scrape returns kserve's own metrics and these. The four the predictor updates on
+every request are lock-free families (:mod:`kubeloop.serving.loopmetrics`), updated
+from its event loop only. Every label is bounded: model
 and version name what this process serves, ``predicted_class`` is the label set,
 ``reason``/``status``/``outcome`` are fixed enums.
 """
@@ -10,26 +12,29 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
+from kubeloop.serving.loopmetrics import LoopCounterFamily, LoopHistogramFamily
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 
-INFERENCE_REQUESTS = Counter(
-    "kubeloop_inference_requests_total",
+# Updated on every request from the predictor's event loop: lock-free families.
+INFERENCE_REQUESTS = LoopCounterFamily(
+    "kubeloop_inference_requests",
     "Inference requests by outcome (ok, client_error, server_error).",
     ["model", "version", "status"],
 )
-INFERENCE_DURATION = Histogram(
+INFERENCE_DURATION = LoopHistogramFamily(
     "kubeloop_inference_duration_seconds",
     "Time from decoded request to response inside the predictor.",
     ["model", "version"],
     buckets=LATENCY_BUCKETS,
 )
-PREDICTIONS = Counter(
-    "kubeloop_predictions_total",
+PREDICTIONS = LoopCounterFamily(
+    "kubeloop_predictions",
     "Predictions by predicted class.",
     ["model", "version", "predicted_class"],
 )
-PREDICTION_SCORE = Histogram(
+PREDICTION_SCORE = LoopHistogramFamily(
     "kubeloop_prediction_score",
     "Positive-class probability of each prediction.",
     ["model", "version"],

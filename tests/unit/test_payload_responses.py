@@ -84,3 +84,43 @@ def test_any_split_of_the_stream_counts_the_same(picks, cuts):
         0,
         b"",
     )
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@given(
+    st.lists(st.sampled_from(range(len(RESPONSES))), min_size=1, max_size=12),
+    st.lists(st.integers(min_value=1, max_value=64), max_size=40),
+    st.integers(min_value=0, max_value=12),
+)
+def test_connection_counts_repeated_and_mixed_answers(picks, cuts, repeat):
+    """The connection's byte-comparison shortcut for repeated answers counts as parsing does."""
+    from kubeloop.serving.payload import _Connection
+
+    picks = picks + [picks[-1]] * repeat
+    stream = b"".join(RESPONSES[i] for i in picks)
+    conn = _Connection()
+    conn.connection_made(_Transport())
+    conn.owed = len(picks)
+    offset = 0
+    for cut in [*cuts, len(stream)]:
+        conn.data_received(stream[offset : offset + cut])
+        offset += cut
+    assert (conn.owed, conn.ok, conn.reusable) == (0, sum(IS_OK[i] for i in picks), True)
+    assert not conn.transport.closed and conn.buffer == b""
+
+
+def test_connection_stops_at_a_closing_answer():
+    from kubeloop.serving.payload import _Connection
+
+    conn = _Connection()
+    conn.connection_made(_Transport())
+    conn.owed = 4
+    conn.data_received(OK + OK + CLOSE + OK)
+    assert (conn.owed, conn.ok, conn.reusable, conn.transport.closed) == (1, 3, False, True)
