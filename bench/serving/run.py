@@ -34,7 +34,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from kubeloop.registry import ModelRegistry  # noqa: E402
-from kubeloop.serving.processes import ServerProcess, free_port, start_predictor, start_router  # noqa: E402
+from kubeloop.serving.processes import (  # noqa: E402
+    ServerProcess,
+    free_port,
+    spawn_python,
+    start_predictor,
+    start_router,
+)
 from kubeloop.testing import make_registry_version  # noqa: E402
 
 MODEL = "fraud-detector"
@@ -231,13 +237,6 @@ def measure_coscheduled(
     return rows
 
 
-def _spawn(args: list[str], log: Path, cpu: int) -> subprocess.Popen:
-    with open(log, "ab") as f:
-        return subprocess.Popen(
-            [*_pin(cpu), sys.executable, *args], stdout=f, stderr=subprocess.STDOUT
-        )
-
-
 def run(duration: int, rounds: int, co_duration: int = 4, co_rounds: int = 5) -> dict:
     if not shutil.which("wrk"):
         raise SystemExit("wrk not found: run `make bench-serving-deps` (apt-get install wrk)")
@@ -249,19 +248,19 @@ def run(duration: int, rounds: int, co_duration: int = 4, co_rounds: int = 5) ->
         script = tmp / "post.lua"
         script.write_text(LUA % json.dumps(BODY))
         sink_port = free_port()
-        sink = _spawn(
-            ["-m", "kubeloop.serving.sink", "--port", str(sink_port)], tmp / "sink.log", 1
+        sink, _ = spawn_python(
+            "sink", ["-m", "kubeloop.serving.sink", "--port", str(sink_port)], tmp, launcher=_pin(1)
         )
         procs: list[ServerProcess] = []
         try:
             plain_procs = {}
             for name, extra in (("a-plain", []), ("a-plain-2", []), ("a-bundle", ["--dataframe"])):
                 port = free_port()
-                log = tmp / f"{name}.log"
-                proc = _spawn(
+                proc, log = spawn_python(
+                    name,
                     [str(ROOT / "bench/serving/plain_model.py"), "--model_name", MODEL, "--model-dir", str(folder),
                      "--http_port", str(port), "--grpc_port", str(free_port()), "--configure_logging", "false", *extra],
-                    log, 0,
+                    tmp, launcher=_pin(0),
                 )  # fmt: skip
                 plain_procs[name] = ServerProcess(name, proc, f"http://127.0.0.1:{port}", log)
                 procs.append(plain_procs[name])

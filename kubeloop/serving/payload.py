@@ -75,7 +75,8 @@ def build_events(
     ]
 
 
-_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
+# The Content-Length header inside an HTTP/1.x head (requests and answers alike).
+CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
 _CHUNKED = re.compile(rb"\r\ntransfer-encoding:[ \t]*chunked", re.IGNORECASE)
 _CLOSE = re.compile(rb"\r\nconnection:[ \t]*close", re.IGNORECASE)
 _PAIR = b"%sCe-Id: %s\r\nCe-Time: %s\r\nContent-Length: %d\r\n\r\n%s" * 2
@@ -101,7 +102,7 @@ def parse_responses(buf: bytes | bytearray, pos: int, want: int) -> tuple[int, i
             raise ValueError(f"not an HTTP/1.x status line: {head[:40]!r}")
         status = int(head[9:12])
         body = end + 4
-        if (length := _CONTENT_LENGTH.search(head)) is not None:
+        if (length := CONTENT_LENGTH.search(head)) is not None:
             done = body + int(length.group(1))
             if done > size:
                 break

@@ -65,9 +65,15 @@ class ServerProcess:
                 self.process.wait()
 
 
-def _spawn(
-    name: str, args: list[str], log_dir: Path, env: dict | None, launcher: Sequence[str] = ()
+def spawn_python(
+    name: str,
+    args: list[str],
+    log_dir: Path,
+    env: dict | None = None,
+    launcher: Sequence[str] = (),
 ) -> tuple[subprocess.Popen, Path]:
+    """Runs ``python ARGS`` (prefixed by ``launcher``, e.g. ``taskset -c 0``), output to
+    ``log_dir/NAME.log``; returns the process and the log's path."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     log = open(log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
@@ -123,7 +129,7 @@ def start_predictor(
     if feast_repo:
         args += ["--feast-repo", str(feast_repo)]
     args += extra or []
-    proc, log_path = _spawn(
+    proc, log_path = spawn_python(
         f"predictor-{model_name}-{version}-{http_port}", args, Path(log_dir), env, launcher
     )
     server = ServerProcess(
@@ -152,7 +158,7 @@ def start_router(
     args = ["-m", "kubeloop.serving.router", "--port", str(port), "--split-file", str(split_file)]
     if logger_url:
         args += ["--logger-url", logger_url]
-    proc, log_path = _spawn(f"router-{port}", args, Path(log_dir), env, launcher)
+    proc, log_path = spawn_python(f"router-{port}", args, Path(log_dir), env, launcher)
     server = ServerProcess("router", proc, f"http://127.0.0.1:{port}", log_path, {"http": port})
     if wait:
         server.wait_ready("/healthz")

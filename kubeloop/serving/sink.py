@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from kubeloop.serving.payload import CONTENT_LENGTH
 
 
 @dataclass
@@ -70,7 +71,6 @@ class EventSink:
             return [e for e in self.events if e.headers.get("ce-id") == request_id]
 
 
-_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
 _OK = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
 
 
@@ -90,7 +90,7 @@ class _CountingProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buffer, answered = self.buffer + data, 0
         while (end := buffer.find(b"\r\n\r\n")) >= 0:
-            match = _CONTENT_LENGTH.search(buffer, 0, end + 2)
+            match = CONTENT_LENGTH.search(buffer, 0, end + 2)
             total = end + 4 + (int(match.group(1)) if match else 0)
             if len(buffer) < total:
                 break
