@@ -7,7 +7,7 @@ operator-test: install prometheus drift-env ## run the operator's unit and local
 	$(BIN)/python -m pytest tests/unit/test_operator_*.py tests/unit/test_reconciler_*.py tests/local/test_operator_*.py $(PYTEST_ARGS)
 
 operator-local: install ## run the operator over the local runtime (apply with `kubeloop rollout apply -f`)
-	$(BIN)/python -m kubeloop.operators.local
+	$(BIN)/python -m kubeloop.local.operator
 
 bench-operator: install prometheus drift-env ## decision latency and drift-to-retraining time into docs/benchmarks.md
 	$(BIN)/python bench/operator/run.py --trials 3 --write-docs

@@ -30,7 +30,7 @@ class OperatorSettings(BaseSettings):
     )
     state_dir: Path = Field(Path("var/runtime/operator"), description="local driver state")
     local_runner: str = Field(
-        "kubeloop.pipelines.local:run_training_pipeline",
+        "kubeloop.local.pipelines:run_training_pipeline",
         description="module:function the local runtime calls for a retraining run",
     )
     prometheus_root: Path | None = Field(

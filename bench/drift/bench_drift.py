@@ -23,10 +23,10 @@ import httpx
 import pandas as pd
 
 from kubeloop.generated import REPO_ROOT
-from kubeloop.monitoring.local import drift_python, payload_pair, start_drift_service
+from kubeloop.local.drift import drift_python, payload_pair, start_drift_service
 from kubeloop.monitoring.scenarios import write_fraud_scenarios
 from kubeloop.registry import ModelRegistry
-from kubeloop.testing import make_registry_version
+from kubeloop.training.quick import publish_quick_version
 
 MODEL = "fraud-detector"
 
@@ -161,7 +161,7 @@ def measure(work: Path | None, pairs: int, concurrency: int, erts: list[int]) ->
         registry = work / "registry"
         cold = not (work / "svc" / "drift-cache").exists()
         if not (registry / MODEL).exists():
-            make_registry_version(
+            publish_quick_version(
                 ModelRegistry(str(registry)), MODEL, seed=0, n_accounts=600, days=10
             )
         load_before = _load()

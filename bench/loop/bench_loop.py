@@ -1,6 +1,6 @@
 """Benchmark of the closed loop: the demo's measured figures, one row per seed.
 
-Runs ``kubeloop.loop.demo.run_demo`` for each scenario (v1 trained with plain torch, so
+Runs ``kubeloop.demo.run.run_demo`` for each scenario (v1 trained with plain torch, so
 the rows measure the loop rather than v1's training), the retraining run either plain
 torch on the window or the kfp.local training pipeline on it, and records detection delay, update cycle
 (drift onset → retrained version at 100 % of traffic), accuracy before / during / after,
@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from kubeloop.data.fraud import SCENARIOS
-from kubeloop.loop.config import RETRAINERS, LoopConfig
-from kubeloop.loop.demo import run_demo
-from kubeloop.loop.runtime import DEMO_ERT
+from kubeloop.demo.config import RETRAINERS, LoopConfig
+from kubeloop.demo.run import run_demo
+from kubeloop.local.runtime import DEMO_ERT
 
 # calibrated drift thresholds shared by the runs (v1 is the same model in each)
 CACHE = Path(tempfile.gettempdir()) / "kubeloop-bench-loop-drift-cache"

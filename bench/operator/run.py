@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -32,13 +31,9 @@ from pathlib import Path
 
 import yaml
 
+from kubeloop.local.ports import free_port
+
 HERE = Path(__file__).resolve().parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -97,26 +92,27 @@ def drift_flag(url: str, version: str) -> bool:
 
 def bench_loop(trials: int, cache_dir: Path | None) -> dict:
     import httpx
-    from kubeloop.operators.local.driver import LocalOperator
-    from kubeloop.operators.local.prometheus import start_prometheus, write_targets
     from kubeloop.operators.metrics import RolloutMetrics
     from kubeloop.operators.settings import load_operator_settings
     from prometheus_client import CollectorRegistry
 
-    from kubeloop.monitoring.local import PREDICTION_ONLY_DETECTORS as DRIFT_DETECTORS
-    from kubeloop.monitoring.local import supervise_drift_service
+    from kubeloop.local.drift import PREDICTION_ONLY_DETECTORS as DRIFT_DETECTORS
+    from kubeloop.local.drift import supervise_drift_service
+    from kubeloop.local.operator.driver import LocalOperator
+    from kubeloop.local.prometheus import supervise_prometheus, write_targets
+    from kubeloop.local.supervisor import Supervisor
     from kubeloop.registry import ModelRegistry
-    from kubeloop.runtime import Supervisor
-    from kubeloop.testing import RouterTraffic, covariate_pools, make_registry_version
+    from kubeloop.training.quick import publish_quick_version
+    from tests.support.fixtures import RouterTraffic, covariate_pools
 
     tmp = Path(tempfile.mkdtemp(prefix="kubeloop-bench-operator-"))
     sup = Supervisor(tmp / "runtime")
     registry = ModelRegistry(str(tmp / "registry"))
-    make_registry_version(registry, "fraud-detector", seed=SEED)
+    publish_quick_version(registry, "fraud-detector", seed=SEED)
     prom_port, router_port, drift_port = free_port(), free_port(), free_port()
     drift_url = f"http://127.0.0.1:{drift_port}"
     write_targets(tmp / "prom", "drift", [f"127.0.0.1:{drift_port}"])
-    start_prometheus(sup, tmp / "prom", prom_port, interval="1s")
+    supervise_prometheus(sup, tmp / "prom", prom_port, interval="1s")
     supervise_drift_service(
         sup, drift_port, registry.uri, cache_dir or tmp / "drift-cache", DRIFT_DETECTORS
     )
@@ -164,7 +160,7 @@ def bench_loop(trials: int, cache_dir: Path | None) -> dict:
                 state_dir=tmp / "runtime" / f"operator-{trial}",
                 poll_interval_seconds=1.0,
                 min_window_seconds=5,
-                local_runner="kubeloop.operators.local.runjob:quick_train",
+                local_runner="kubeloop.local.operator.runjob:quick_train",
                 prometheus_root=tmp / "prom",
             )
             op = LocalOperator(

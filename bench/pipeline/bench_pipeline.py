@@ -19,8 +19,7 @@ EPOCHS = 8
 
 
 def run() -> dict:
-    from kubeloop.pipelines.local import run_training_pipeline
-
+    from kubeloop.local.pipelines import run_training_pipeline
     from kubeloop.settings import get_settings
     from kubeloop.training.ray_runtime import start_local_head, stop_local_head
 

@@ -48,13 +48,13 @@ def run() -> dict:
     import ray
 
     from kubeloop.data import fraud
-    from kubeloop.testing import joined_frame
+    from kubeloop.features.join import point_in_time_join
     from kubeloop.training import TrainParams, train_model
     from kubeloop.training.loop import positive_weight
     from kubeloop.training.ray_runtime import connect, start_local_head, stop_local_head
     from kubeloop.training.ray_train import prepare_arrays
 
-    frame = joined_frame(fraud.generate("stationary", days=DAYS, n_accounts=ACCOUNTS, seed=0))
+    frame = point_in_time_join(fraud.generate("stationary", days=DAYS, n_accounts=ACCOUNTS, seed=0))
     schema = fraud.FRAUD_SCHEMA
     params = TrainParams(epochs=EPOCHS)
     _, _, arrays = prepare_arrays(frame, schema, params.validation_fraction)

@@ -33,15 +33,15 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from kubeloop.registry import ModelRegistry  # noqa: E402
-from kubeloop.serving.processes import (  # noqa: E402
+from kubeloop.local.servers import (  # noqa: E402
     ServerProcess,
     free_port,
     spawn_python,
     start_predictor,
     start_router,
 )
-from kubeloop.testing import make_registry_version  # noqa: E402
+from kubeloop.registry import ModelRegistry  # noqa: E402
+from kubeloop.training.quick import publish_quick_version  # noqa: E402
 
 MODEL = "fraud-detector"
 BODY = {
@@ -243,13 +243,13 @@ def run(duration: int, rounds: int, co_duration: int = 4, co_rounds: int = 5) ->
     with tempfile.TemporaryDirectory(prefix="kubeloop-bench-") as tmp:
         tmp = Path(tmp)
         registry = ModelRegistry(str(tmp / "registry"))
-        make_registry_version(registry, MODEL, seed=1)
+        publish_quick_version(registry, MODEL, seed=1)
         _, folder = registry.download(MODEL, "v1", tmp / "v1")
         script = tmp / "post.lua"
         script.write_text(LUA % json.dumps(BODY))
         sink_port = free_port()
         sink, _ = spawn_python(
-            "sink", ["-m", "kubeloop.serving.sink", "--port", str(sink_port)], tmp, launcher=_pin(1)
+            "sink", ["-m", "tests.support.sink", "--port", str(sink_port)], tmp, launcher=_pin(1)
         )
         procs: list[ServerProcess] = []
         try:

@@ -1,6 +1,6 @@
 """``kubeloop demo``: the closed loop on one machine, from no state to a measured update cycle.
 
-By default it runs the whole loop on the local runtime (``kubeloop.loop``): train v1 with
+By default it runs the whole loop on the local runtime (``kubeloop.demo``): train v1 with
 the training pipeline, deploy it, replay traffic with a drift scenario, watch the
 operator retrain, canary, promote and roll back a worse candidate, and write
 ``demo-report/``. ``--pipeline-only`` runs just the training pipeline (ingest → validate →
@@ -15,7 +15,7 @@ import typer
 
 
 def run_pipeline_only(source_uri, epochs, keep_ray, verbose) -> None:
-    from kubeloop.pipelines.local import format_summary, run_training_pipeline
+    from kubeloop.local.pipelines import format_summary, run_training_pipeline
     from kubeloop.pipelines.training import DEFAULT_SOURCE
     from kubeloop.training.ray_runtime import read_head, stop_local_head
 
@@ -76,8 +76,8 @@ def demo(
         return
     from rich.console import Console
 
-    from kubeloop.loop.config import LoopConfig
-    from kubeloop.loop.demo import DemoError, run_demo
+    from kubeloop.demo.config import LoopConfig
+    from kubeloop.demo.run import DemoError, run_demo
     from kubeloop.settings import get_settings
 
     try:

@@ -101,7 +101,7 @@ def run(
         run_id = submit_to_cluster(host, arguments, run_name=run_name, experiment=experiment)
         typer.echo(json.dumps({"run_id": run_id, "host": host, "arguments": arguments}))
         return
-    from kubeloop.pipelines.local import format_summary, run_training_pipeline
+    from kubeloop.local.pipelines import format_summary, run_training_pipeline
 
     result = run_training_pipeline(**arguments, verbose=verbose, echo=typer.echo)
     typer.echo(format_summary(result))

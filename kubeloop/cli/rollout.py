@@ -32,7 +32,7 @@ class _Target:
             config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
             self.api = client.CustomObjectsApi()
         else:
-            from kubeloop.operators.local.driver import LocalStore
+            from kubeloop.local.operator.driver import LocalStore
             from kubeloop.operators.settings import load_operator_settings
 
             self.store = LocalStore(load_operator_settings().state_dir)
@@ -188,7 +188,7 @@ def apply(
     manifest: str = typer.Option(..., "--filename", "-f", help="ModelDeployment YAML"),
 ) -> None:
     """Apply a ModelDeployment to the local operator (in a cluster, use kubectl apply)."""
-    from kubeloop.operators.local.driver import LocalStore
+    from kubeloop.local.operator.driver import LocalStore
     from kubeloop.operators.settings import load_operator_settings
 
     try:

@@ -14,7 +14,7 @@ import typer
 
 
 def _runtime():
-    from kubeloop.loop.runtime import LocalRuntime, RuntimePorts
+    from kubeloop.local.runtime import LocalRuntime, RuntimePorts
     from kubeloop.operators.settings import load_operator_settings
     from kubeloop.settings import get_settings
 

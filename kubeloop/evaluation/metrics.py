@@ -113,6 +113,11 @@ def _ranking(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     return float("nan"), float("nan")
 
 
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC-AUC, NaN when the labels hold one class only."""
+    return _ranking(np.asarray(labels), np.asarray(scores))[0]
+
+
 def _decisions(labels: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
     tp = int(((predicted == 1) & (labels == 1)).sum())
     fp = int(((predicted == 1) & (labels == 0)).sum())

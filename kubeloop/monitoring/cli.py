@@ -19,7 +19,7 @@ def drift_service(
     """Starts the drift service from .venv-drift and waits (Ctrl-C stops it)."""
     import httpx
 
-    from kubeloop.monitoring.local import start_drift_service
+    from kubeloop.local.drift import start_drift_service
     from kubeloop.settings import get_settings
 
     settings = get_settings()
@@ -46,7 +46,7 @@ def prometheus(
     ),
 ) -> None:
     """Starts /usr/bin/prometheus with kubeloop's alert rules, scraping the given targets."""
-    from kubeloop.monitoring.prometheus import start_prometheus
+    from kubeloop.local.prometheus import start_prometheus
     from kubeloop.settings import get_settings
 
     targets: dict[str, list[str]] = {}

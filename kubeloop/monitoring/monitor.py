@@ -146,7 +146,7 @@ class VersionMonitor:
         q = np.asarray(self.quality, dtype=np.float64)
         return float((q[:, 0] == q[:, 2]).mean())
 
-    def live_roc_auc(self) -> float | None:
+    def liveroc_auc(self) -> float | None:
         if not self.quality:
             return None
         q = np.asarray(self.quality, dtype=np.float64)
@@ -195,7 +195,7 @@ class VersionMonitor:
             "settings": self.settings.to_dict(),
             "feedback": {"correct": self.feedback_correct, "incorrect": self.feedback_incorrect},
             "live_accuracy": self.live_accuracy(),
-            "live_roc_auc": self.live_roc_auc(),
+            "live_roc_auc": self.liveroc_auc(),
             "detectors": {
                 name: {
                     "steps": d.steps,

@@ -40,11 +40,14 @@ def write_fraud_scenarios(
     folder: str | Path, *, seed: int = 0, n_accounts: int = 1500, days: float = 10.0
 ) -> dict:
     from kubeloop.data import fraud
-    from kubeloop.testing import joined_frame, train_bundle
+    from kubeloop.features.join import point_in_time_join
+    from kubeloop.training.quick import train_bundle
 
     schema = fraud.FRAUD_SCHEMA
     cols = [*schema.feature_names, schema.label]
-    frame = joined_frame(fraud.generate("stationary", days=days, n_accounts=n_accounts, seed=seed))
+    frame = point_in_time_join(
+        fraud.generate("stationary", days=days, n_accounts=n_accounts, seed=seed)
+    )
     cut = frame["event_timestamp"].quantile(0.5)
     bundle = train_bundle(frame[frame["event_timestamp"] < cut], seed=seed, steps=300)
 
@@ -59,7 +62,7 @@ def write_fraud_scenarios(
     drifted = {}
     for scenario in ("covariate", "concept", "label_shift"):
         data = fraud.generate(scenario, days=days, n_accounts=n_accounts, seed=seed)
-        rows = joined_frame(data)
+        rows = point_in_time_join(data)
         drifted[scenario] = scored(rows[rows["event_timestamp"] >= pd.Timestamp(data.truth.onset)])
     return _write(Path(folder), reference, null, drifted, json.loads(schema.to_json()))
 

@@ -21,6 +21,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kubeloop.local.ports import free_port
+
 HEAD_FILE = "head.json"
 START_TIMEOUT_S = 120.0
 
@@ -43,12 +45,6 @@ def ray_dir(home: Path | None = None) -> Path:
 
         home = get_settings().home
     return Path(home).resolve() / "ray"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _port_open(address: str, timeout: float = 1.0) -> bool:
@@ -91,7 +87,7 @@ def start_local_head(home: Path | None = None, num_cpus: int = 2) -> LocalHead:
         return head
     folder = ray_dir(home)
     folder.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     # Ray's unix socket paths must stay short, so its temp dir lives under /tmp.
     temp_dir = f"/tmp/kubeloop-ray-{os.getuid()}-{port}"
     ray_bin = Path(sys.executable).with_name("ray")

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 
 from kubeloop.data.fraud import FRAUD_SCHEMA
-from kubeloop.loop.config import LoopConfig
-from kubeloop.loop.retrain import load_window, train_on_recent_window, window_bounds
-from kubeloop.loop.retrain_pipeline import window_dataset
-from kubeloop.loop.stream import build_stream
+from kubeloop.demo.config import LoopConfig
+from kubeloop.demo.retrain import load_window, train_on_recent_window, window_bounds
+from kubeloop.demo.retrain_pipeline import window_dataset
+from kubeloop.demo.stream import build_stream
 
 
 def labelled_traffic(path, n: int = 400, *, now: float | None = None):

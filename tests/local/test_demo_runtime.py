@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from kubeloop.operators.local.actuators import free_port
+
+from kubeloop.local.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from cloudevents.http import CloudEvent, to_structured
 
+from kubeloop.local.drift import payload_headers, payload_pair, start_drift_service
 from kubeloop.monitoring import REJECT_REASONS
-from kubeloop.monitoring.local import payload_headers, payload_pair, start_drift_service
 from kubeloop.registry import ModelRegistry
-from kubeloop.testing import make_registry_version
+from kubeloop.training.quick import publish_quick_version
 
 pytestmark = pytest.mark.slow
 MODEL = "fraud-detector"
@@ -35,8 +35,8 @@ FAST = {
 def registry(tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
     reg = ModelRegistry(str(root))
-    make_registry_version(reg, MODEL, seed=0, n_accounts=200, days=7)
-    make_registry_version(reg, MODEL, seed=1, n_accounts=200, days=7)
+    publish_quick_version(reg, MODEL, seed=0, n_accounts=200, days=7)
+    publish_quick_version(reg, MODEL, seed=1, n_accounts=200, days=7)
     return root
 
 

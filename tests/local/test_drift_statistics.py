@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from kubeloop.generated import REPO_ROOT
-from kubeloop.monitoring.local import drift_python
+from kubeloop.local.drift import drift_python
 from kubeloop.monitoring.scenarios import write_fraud_scenarios, write_river_scenario
 
 pytestmark = pytest.mark.slow

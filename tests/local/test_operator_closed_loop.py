@@ -14,33 +14,28 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import time
 from datetime import datetime
 
 import httpx
 import pytest
 import yaml
-from kubeloop.operators.local.prometheus import start_prometheus, write_targets
 
-from kubeloop.monitoring.local import (
+from kubeloop.local.drift import (
     PREDICTION_ONLY_DETECTORS as DRIFT_DETECTORS,
 )
-from kubeloop.monitoring.local import supervise_drift_service
+from kubeloop.local.drift import supervise_drift_service
+from kubeloop.local.ports import free_port
+from kubeloop.local.prometheus import supervise_prometheus, write_targets
+from kubeloop.local.supervisor import Supervisor
 from kubeloop.registry import ModelRegistry
-from kubeloop.runtime import Supervisor
-from kubeloop.testing import RouterTraffic, covariate_pools, make_registry_version
+from kubeloop.training.quick import publish_quick_version
+from tests.support.fixtures import RouterTraffic, covariate_pools
 
 pytestmark = pytest.mark.slow
 
 MODEL = "fraud-detector"
 SEED = 5  # v1 learns this seed's stationary data; traffic and v2 come from its covariate run
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(what: str, predicate, timeout: float, every: float = 0.5):
@@ -57,7 +52,7 @@ def wait_for(what: str, predicate, timeout: float, every: float = 0.5):
 def loop_env(tmp_path, request):
     sup = Supervisor(tmp_path / "runtime")
     registry = ModelRegistry(str(tmp_path / "registry"))
-    make_registry_version(registry, MODEL, seed=SEED)
+    publish_quick_version(registry, MODEL, seed=SEED)
     prom_port, router_port, drift_port = free_port(), free_port(), free_port()
     prom_root = tmp_path / "prom"
     state_dir = tmp_path / "runtime" / "operator"
@@ -77,7 +72,7 @@ def loop_env(tmp_path, request):
         "KUBELOOP_OPERATOR_STATE_DIR": str(state_dir),
         "KUBELOOP_OPERATOR_POLL_INTERVAL_SECONDS": "1",
         "KUBELOOP_OPERATOR_MIN_WINDOW_SECONDS": "4",
-        "KUBELOOP_OPERATOR_LOCAL_RUNNER": "kubeloop.operators.local.runjob:quick_train",
+        "KUBELOOP_OPERATOR_LOCAL_RUNNER": "kubeloop.local.operator.runjob:quick_train",
         "KUBELOOP_OPERATOR_PROMETHEUS_ROOT": str(prom_root),
         "KUBELOOP_OPERATOR_METRICS_PORT": "0",
     }
@@ -111,7 +106,7 @@ def loop_env(tmp_path, request):
     manifest = tmp_path / f"{MODEL}.yaml"
     manifest.write_text(yaml.safe_dump(deployment))
     write_targets(prom_root, "drift", [f"127.0.0.1:{drift_port}"])
-    start_prometheus(sup, prom_root, prom_port)
+    supervise_prometheus(sup, prom_root, prom_port)
 
     def start_drift():
         return supervise_drift_service(sup, drift_port, registry.uri, cache, DRIFT_DETECTORS)
@@ -135,7 +130,7 @@ def loop_env(tmp_path, request):
 
     def start_operator():
         return sup.start(
-            "operator", ["-m", "kubeloop.operators.local", "--apply", str(manifest)], env=env_all
+            "operator", ["-m", "kubeloop.local.operator", "--apply", str(manifest)], env=env_all
         )
 
     def read_status():
@@ -262,7 +257,7 @@ def test_drift_retrains_once_canaries_promotes_survives_restart_and_rolls_back_w
     assert env["watched"]()["v2"]["seconds_since_reset"] < time.time() - promoted_at
 
     # A deliberately worse candidate (one training step) is canaried and rolled back.
-    from kubeloop.operators.local.runjob import quick_train
+    from kubeloop.local.operator.runjob import quick_train
 
     bad = quick_train(MODEL, env["registry"].uri, seed=2, quality="bad")
     assert bad.version == "v3"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import textwrap
 import threading
 import time
@@ -20,15 +19,16 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from kubeloop.operators.cluster.handlers import ClusterDeps, reconcile_resource
 from kubeloop.operators.cluster.main import build_registry
-from kubeloop.operators.local.prometheus import start_prometheus, write_targets
 from kubeloop.operators.metrics import RolloutMetrics
 from kubeloop.operators.observe import PrometheusObserver
 from kubeloop.operators.runs import KfpRunSubmitter
 from kubeloop.operators.settings import load_operator_settings
 from prometheus_client import CollectorRegistry
 
+from kubeloop.local.ports import free_port
+from kubeloop.local.prometheus import supervise_prometheus, write_targets
+from kubeloop.local.supervisor import Supervisor
 from kubeloop.registry import ModelRegistry
-from kubeloop.runtime import Supervisor
 
 ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/ml/inferenceservices"
 LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/ml/leases"
@@ -43,12 +43,6 @@ EXPORTER = textwrap.dedent(
         time.sleep(1)
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def merge(base, patch):
@@ -200,7 +194,7 @@ def prometheus(tmp_path):
             "exporter", ["-c", EXPORTER, str(exporter)], health_url=f"http://127.0.0.1:{exporter}/"
         )
         write_targets(tmp_path / "prom", "exporter", [f"127.0.0.1:{exporter}"])
-        start_prometheus(sup, tmp_path / "prom", prom)
+        supervise_prometheus(sup, tmp_path / "prom", prom)
         sup.wait_healthy("exporter", 20)
         sup.wait_healthy("prometheus", 30)
         observer = PrometheusObserver(f"http://127.0.0.1:{prom}", min_window_seconds=5)

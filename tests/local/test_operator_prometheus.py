@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 import textwrap
 import time
 
 import pytest
-from kubeloop.operators.local.prometheus import start_prometheus, write_targets
 from kubeloop.operators.observe import PrometheusObserver
 
-from kubeloop.runtime import Supervisor
+from kubeloop.local.ports import free_port
+from kubeloop.local.prometheus import supervise_prometheus, write_targets
+from kubeloop.local.supervisor import Supervisor
 
 EXPORTER = textwrap.dedent(
     """
@@ -42,12 +42,6 @@ EXPORTER = textwrap.dedent(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_observer_reads_per_version_metrics_and_drift(tmp_path):
     sup = Supervisor(tmp_path / "runtime")
@@ -60,7 +54,7 @@ def test_observer_reads_per_version_metrics_and_drift(tmp_path):
             health_url=f"http://127.0.0.1:{exporter_port}/",
         )
         write_targets(tmp_path / "prom", "exporter", [f"127.0.0.1:{exporter_port}"])
-        start_prometheus(sup, tmp_path / "prom", prom_port)
+        supervise_prometheus(sup, tmp_path / "prom", prom_port)
         sup.wait_healthy("exporter", 20)
         sup.wait_healthy("prometheus", 30)
         observer = PrometheusObserver(f"http://127.0.0.1:{prom_port}", min_window_seconds=5)

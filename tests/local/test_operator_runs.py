@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from kubeloop.operators.local.actuators import LocalRunSubmitter
 from kubeloop.operators.reconciler.types import SubmitRun
 
-from kubeloop.runtime import Supervisor
+from kubeloop.local.operator.actuators import LocalRunSubmitter
+from kubeloop.local.supervisor import Supervisor
 
 
 def wait_terminal(submitter, name, timeout=120):
@@ -26,7 +26,7 @@ def test_failed_run_reports_its_error_and_resubmission_is_a_no_op(tmp_path):
         sup,
         tmp_path / "runs",
         str(tmp_path / "registry"),
-        "kubeloop.operators.local.runjob:quick_train",
+        "kubeloop.local.operator.runjob:quick_train",
     )
     run = SubmitRun(
         "fd-v1-retrain-1",
@@ -67,7 +67,7 @@ def test_spec_pipeline_naming_a_module_function_is_the_runner(tmp_path):
     assert submitter.runner_for(SubmitRun("r", "kubeloop-training", None, "e", {})) == "os:abort"
     run = SubmitRun(
         "fd-v1-retrain-3",
-        "kubeloop.operators.local.runjob:quick_train",
+        "kubeloop.local.operator.runjob:quick_train",
         None,
         "e",
         {"model_name": "fd", "quality": "ugly"},

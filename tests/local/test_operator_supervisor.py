@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
-from kubeloop.runtime import Supervisor, SupervisorError
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from kubeloop.local.ports import free_port
+from kubeloop.local.supervisor import Supervisor, SupervisorError
 
 
 def test_start_health_adopt_after_restart_and_stop(tmp_path):

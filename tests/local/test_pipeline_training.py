@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from kubeloop.pipelines.local import format_summary, run_training_pipeline
 
+from kubeloop.local.pipelines import format_summary, run_training_pipeline
 from kubeloop.registry import ModelRegistry
 from kubeloop.settings import get_settings
-from kubeloop.training.testing import ray_head  # noqa: F401
 
 SMALL = "example://fraud/stationary?days=6&accounts=300&seed=0"
 
@@ -23,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning"
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch, ray_head):  # noqa: F811
+def home(tmp_path, monkeypatch, ray_head):
     monkeypatch.setenv("KUBELOOP_HOME", str(tmp_path / "home"))
     get_settings.cache_clear()
     yield tmp_path / "home"
@@ -79,10 +78,10 @@ def test_first_run_registers_then_a_weaker_candidate_is_held(home, capsys):
 
 def test_bad_data_stops_before_register(home, tmp_path):
     from kubeloop.data.fraud import generate
-    from kubeloop.testing import make_registry_version
+    from kubeloop.training.quick import publish_quick_version
 
     registry = ModelRegistry(get_settings().registry_uri)
-    make_registry_version(registry, n_accounts=100, days=3, steps=20)
+    publish_quick_version(registry, n_accounts=100, days=3, steps=20)
     before = sorted(p.relative_to(home) for p in (home / "registry").rglob("*"))
     data = generate("stationary", days=3, n_accounts=150, seed=4)
     data.transactions.loc[10:20, "hour"] = 31  # impossible hours: validation must fail

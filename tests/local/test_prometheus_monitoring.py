@@ -11,13 +11,13 @@ import httpx
 import pandas as pd
 import pytest
 
+from kubeloop.local.drift import start_drift_service
+from kubeloop.local.prometheus import start_prometheus
+from kubeloop.local.servers import start_predictor, start_router
 from kubeloop.monitoring import dashboards
-from kubeloop.monitoring.local import start_drift_service
-from kubeloop.monitoring.prometheus import start_prometheus
 from kubeloop.monitoring.rules import DRIFT_JOB, PREDICTOR_JOB, ROUTER_JOB, AlertTimings, rules_file
 from kubeloop.registry import ModelRegistry
-from kubeloop.serving.processes import start_predictor, start_router
-from kubeloop.testing import make_registry_version
+from kubeloop.training.quick import publish_quick_version
 
 pytestmark = pytest.mark.slow
 MODEL = "fraud-detector"
@@ -45,7 +45,7 @@ def wait_for(check, timeout: float, what: str):
 def stack(tmp_path_factory):
     work = tmp_path_factory.mktemp("monitoring-stack")
     registry = work / "registry"
-    make_registry_version(ModelRegistry(str(registry)), MODEL, seed=0, n_accounts=200, days=7)
+    publish_quick_version(ModelRegistry(str(registry)), MODEL, seed=0, n_accounts=200, days=7)
     started = []
     try:
         drift = start_drift_service(registry, work / "drift")

@@ -9,10 +9,10 @@ import time
 import httpx
 import pytest
 
+from kubeloop.local.servers import start_predictor, start_router
 from kubeloop.registry import ModelRegistry
-from kubeloop.serving.processes import start_predictor, start_router
-from kubeloop.serving.sink import EventSink
-from kubeloop.testing import make_registry_version
+from kubeloop.training.quick import publish_quick_version
+from tests.support.sink import EventSink
 
 pytestmark = pytest.mark.slow
 MODEL = "fraud-detector"
@@ -33,8 +33,8 @@ ROW = {
 def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("router")
     registry = ModelRegistry(str(root / "registry"))
-    make_registry_version(registry, MODEL, seed=11)
-    make_registry_version(registry, MODEL, seed=12)
+    publish_quick_version(registry, MODEL, seed=11)
+    publish_quick_version(registry, MODEL, seed=12)
     servers = []
     with EventSink() as sink:
         try:

@@ -11,10 +11,10 @@ import pytest
 
 from kubeloop.data import fraud
 from kubeloop.features.store import prepare_feature_store
+from kubeloop.local.servers import start_predictor
 from kubeloop.model import ModelBundle
 from kubeloop.registry import ModelRegistry
-from kubeloop.serving.processes import start_predictor
-from kubeloop.testing import make_registry_version
+from kubeloop.training.quick import publish_quick_version
 
 pytestmark = pytest.mark.slow
 MODEL = "fraud-detector"
@@ -38,7 +38,7 @@ def stack(tmp_path_factory):
     data = fraud.generate("stationary", start=start, days=3, n_accounts=30, seed=5)
     prepare_feature_store(root / "store", data.accounts)
     registry = ModelRegistry(str(root / "registry"))
-    make_registry_version(registry, MODEL, seed=5)
+    publish_quick_version(registry, MODEL, seed=5)
     server = start_predictor(
         MODEL, "v1", registry.uri, root / "logs", feast_repo=str(root / "store")
     )

@@ -15,11 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig
 
+from kubeloop.local.ports import free_port
+from kubeloop.local.servers import start_predictor
 from kubeloop.model import ModelBundle
 from kubeloop.registry import ModelRegistry
-from kubeloop.serving.processes import free_port, start_predictor
-from kubeloop.serving.sink import EventSink
-from kubeloop.testing import SAMPLE_TRANSACTION, make_registry_version
+from kubeloop.training.quick import publish_quick_version
+from tests.support.fixtures import SAMPLE_TRANSACTION
+from tests.support.sink import EventSink
 
 pytestmark = pytest.mark.slow
 MODEL = "fraud-detector"
@@ -35,7 +37,7 @@ V2_TYPES = {
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory) -> ModelRegistry:
     reg = ModelRegistry(str(tmp_path_factory.mktemp("registry")))
-    make_registry_version(reg, MODEL, seed=3)
+    publish_quick_version(reg, MODEL, seed=3)
     return reg
 
 

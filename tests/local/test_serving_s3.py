@@ -15,12 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kubeloop.local.ports import free_port
+from kubeloop.local.servers import start_predictor
 from kubeloop.model import ModelBundle
 from kubeloop.registry import ChecksumMismatch, ModelRegistry, RegistryError
 from kubeloop.serving.predictor import FraudPredictor, PredictorConfig, parse_version_uri
-from kubeloop.serving.processes import free_port, start_predictor
 from kubeloop.settings import get_settings
-from kubeloop.testing import SAMPLE_TRANSACTION, make_registry_version
+from kubeloop.training.quick import publish_quick_version
+from tests.support.fixtures import SAMPLE_TRANSACTION
 
 pytestmark = pytest.mark.slow
 MODEL = "fraud-detector"
@@ -60,7 +62,7 @@ def s3_env():
 @pytest.fixture(scope="module")
 def registry(s3_env) -> ModelRegistry:
     reg = ModelRegistry(REGISTRY)
-    make_registry_version(reg, MODEL, seed=4, n_accounts=80, days=4, steps=80)
+    publish_quick_version(reg, MODEL, seed=4, n_accounts=80, days=4, steps=80)
     return reg
 
 

@@ -8,10 +8,10 @@ import re
 import pandas as pd
 import pytest
 
-from kubeloop.loop.config import LoopConfig
-from kubeloop.loop.report import split_steps, timeline_events, write_report
-from kubeloop.loop.retrain import corrupt_labels, recent_window, window_seconds
-from kubeloop.loop.summary import summarize
+from kubeloop.demo.config import LoopConfig
+from kubeloop.demo.report import split_steps, timeline_events, write_report
+from kubeloop.demo.retrain import corrupt_labels, recent_window, window_seconds
+from kubeloop.demo.summary import summarize
 
 T0 = 1_800_000_000.0
 
@@ -175,7 +175,7 @@ def test_recent_window_and_corrupted_labels():
 def test_fresh_window_waits_for_traffic_labelled_after_the_run_started(tmp_path):
     import time
 
-    from kubeloop.loop.retrain import fresh_window
+    from kubeloop.demo.retrain import fresh_window
 
     now = time.time()
     path = tmp_path / "labelled.parquet"

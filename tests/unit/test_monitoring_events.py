@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from kubeloop.local.drift import payload_headers, payload_pair
 from kubeloop.monitoring import REJECT_REASONS
 from kubeloop.monitoring.config import DetectorSettings, DriftConfigError, check_alibi_license
 from kubeloop.monitoring.events import (
@@ -15,7 +16,6 @@ from kubeloop.monitoring.events import (
     validate_instances,
     validate_predictions,
 )
-from kubeloop.monitoring.local import payload_headers, payload_pair
 from kubeloop.monitoring.reference import ReferenceError, feature_spec
 
 NUMERIC = ["amount", "hour"]

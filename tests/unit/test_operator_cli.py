@@ -6,10 +6,10 @@ import json
 
 import pytest
 import yaml
-from kubeloop.operators.local.driver import LocalStore
 from typer.testing import CliRunner
 
 from kubeloop.cli.main import _register, app
+from kubeloop.local.operator.driver import LocalStore
 
 runner = CliRunner()
 

@@ -7,13 +7,13 @@ import pytest
 from kubeloop.registry import ChecksumMismatch, ModelRegistry
 from kubeloop.serving.inputs import Limits
 from kubeloop.serving.predictor import FraudPredictor, PredictorConfig, verify_folder
-from kubeloop.testing import make_registry_version
+from kubeloop.training.quick import publish_quick_version
 
 
 @pytest.fixture(scope="module")
 def downloaded(tmp_path_factory):
     registry = ModelRegistry(str(tmp_path_factory.mktemp("registry")))
-    make_registry_version(registry, "fraud-detector", seed=2, n_accounts=80, days=4, steps=50)
+    publish_quick_version(registry, "fraud-detector", seed=2, n_accounts=80, days=4, steps=50)
     _, folder = registry.download("fraud-detector", "v1", tmp_path_factory.mktemp("v1"))
     return registry, folder
 
@@ -57,14 +57,16 @@ def test_numpy_forward_pass_equals_the_bundle_on_dataframes(downloaded):
     import pandas as pd
 
     from kubeloop.data import fraud
+    from kubeloop.features.join import point_in_time_join
     from kubeloop.model import ModelBundle
     from kubeloop.serving.forward import Forward
-    from kubeloop.testing import joined_frame
 
     _, folder = downloaded
     bundle = ModelBundle.load(folder)
     forward = Forward(bundle)
-    frame = joined_frame(fraud.generate("stationary", days=1, n_accounts=30, seed=9)).head(300)
+    frame = point_in_time_join(fraud.generate("stationary", days=1, n_accounts=30, seed=9)).head(
+        300
+    )
     rows = frame[bundle.preprocessor.input_columns].to_dict("records")
     rows[0]["merchant_category"] = "casino"  # unknown category: all zeros, as in training
     rows[1]["amount"] = None  # missing numeric: NaN in both

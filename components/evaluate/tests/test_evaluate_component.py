@@ -10,7 +10,7 @@ import pytest
 from kfp import dsl, local
 from kubeloop.components.evaluate.component import evaluate
 
-from kubeloop.training.testing import saved_bundle, split_frames, write_split
+from tests.support.training import saved_bundle, split_frames, write_split
 
 pytestmark = pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")
 

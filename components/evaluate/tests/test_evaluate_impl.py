@@ -10,7 +10,7 @@ from kubeloop.components.evaluate.impl import REFERENCE_ROWS, run_evaluate
 from kubeloop.components.train.impl import StageInputError
 
 from kubeloop.data.fraud import FRAUD_SCHEMA
-from kubeloop.training.testing import saved_bundle, split_frames, write_split
+from tests.support.training import saved_bundle, split_frames, write_split
 
 
 @pytest.fixture(scope="module")

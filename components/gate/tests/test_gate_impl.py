@@ -10,8 +10,8 @@ from kubeloop.components.gate.impl import champion_ref, run_gate
 
 from kubeloop.registry import ModelRegistry
 from kubeloop.settings import get_settings
-from kubeloop.testing import make_registry_version
-from kubeloop.training.testing import saved_bundle, split_frames, write_split
+from kubeloop.training.quick import publish_quick_version
+from tests.support.training import saved_bundle, split_frames, write_split
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_without_champion_objectives_decide(window, tmp_path):
 
 def test_champion_is_scored_on_the_same_window(window, tmp_path, lenient_objectives):
     registry = ModelRegistry(str(tmp_path / "registry"))
-    make_registry_version(registry, seed=2, n_accounts=300, days=6)  # v1, a trained champion
+    publish_quick_version(registry, seed=2, n_accounts=300, days=6)  # v1, a trained champion
     assert champion_ref(registry, "fraud-detector") == "v1"  # no alias yet: the latest
     weak = _run(window, "weak", registry, tmp_path)
     assert not weak.passed
@@ -81,8 +81,8 @@ def test_champion_is_scored_on_the_same_window(window, tmp_path, lenient_objecti
 
 def test_alias_champion_wins_over_latest(tmp_path):
     registry = ModelRegistry(str(tmp_path / "registry"))
-    make_registry_version(registry, seed=1, n_accounts=150, days=3, steps=50)
-    make_registry_version(registry, seed=2, n_accounts=150, days=3, steps=50)
+    publish_quick_version(registry, seed=1, n_accounts=150, days=3, steps=50)
+    publish_quick_version(registry, seed=2, n_accounts=150, days=3, steps=50)
     registry.set_alias("fraud-detector", "champion", "v1")
     assert champion_ref(registry, "fraud-detector") == "v1"
     assert champion_ref(registry, "other-model") is None

@@ -88,7 +88,7 @@ CASES = [
 def test_bad_input_stops_the_pipeline_before_the_registry(
     case, tmp_path, monkeypatch, capfd, caplog
 ):
-    from kubeloop.pipelines.local import run_training_pipeline
+    from kubeloop.local.pipelines import run_training_pipeline
 
     monkeypatch.setenv("KUBELOOP_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("KUBELOOP_S3__ENDPOINT", f"127.0.0.1:{_closed_port()}")

@@ -11,7 +11,7 @@ from kubeloop.components.evaluate.impl import run_evaluate
 from kubeloop.components.register.component import register
 
 from kubeloop.registry import ModelRegistry
-from kubeloop.training.testing import saved_bundle, split_frames, write_split
+from tests.support.training import saved_bundle, split_frames, write_split
 
 pytestmark = pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")
 

@@ -11,7 +11,7 @@ from kubeloop.components.register.impl import GateFailed, run_register
 from kubeloop.components.train.impl import StageInputError
 
 from kubeloop.registry import ModelRegistry
-from kubeloop.training.testing import saved_bundle, split_frames, write_split
+from tests.support.training import saved_bundle, split_frames, write_split
 
 META = {"data_hash": "abc123", "row_count": 4321, "source_uri": "example://fraud/stationary"}
 

@@ -10,7 +10,7 @@ from kfp import dsl, local
 from kubeloop.components.train.component import train
 
 from kubeloop.model import ModelBundle
-from kubeloop.training.testing import ray_head, split_frames, write_split  # noqa: F401
+from tests.support.training import split_frames, write_split  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")
 
@@ -22,7 +22,7 @@ def train_only(train_uri: str) -> dsl.Model:
 
 
 @pytest.mark.slow
-def test_train_component_outputs_a_bundle(ray_head, tmp_path):  # noqa: F811
+def test_train_component_outputs_a_bundle(ray_head, tmp_path):
     train_frame, _ = split_frames(days=4, n_accounts=200)
     folder = write_split(train_frame, tmp_path / "train_set")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "runs"))

@@ -12,7 +12,7 @@ from kubeloop.data.fraud import FRAUD_SCHEMA
 from kubeloop.model import ModelBundle
 from kubeloop.training import TrainingDataError, TrainParams
 from kubeloop.training.loop import best_threshold, positive_weight, prior_correction, time_split
-from kubeloop.training.testing import ray_head, split_frames, write_split  # noqa: F401
+from tests.support.training import split_frames, write_split  # noqa: F401
 
 
 def test_time_split_keeps_the_latest_events_for_validation():
@@ -49,7 +49,7 @@ def test_bad_inputs_are_named(tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_train_writes_a_bundle_that_ranks_fraud(ray_head, tmp_path):  # noqa: F811
+def test_ray_train_writes_a_bundle_that_ranks_fraud(ray_head, tmp_path):
     train, evaluation = split_frames()
     outcome = run_train(
         write_split(train, tmp_path / "train"), tmp_path / "model", TrainParams(epochs=3, seed=3)

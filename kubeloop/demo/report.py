@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kubeloop.loop.summary import epoch, summarize
+from kubeloop.demo.summary import epoch, summarize
 
 TIMELINE_DECISIONS = {
     "deploy": "deployed",

@@ -5,7 +5,7 @@ are the entry points; ``report`` turns a recorded timeline into ``summary.json``
 ``index.html``.
 """
 
-from kubeloop.loop.config import LoopConfig
-from kubeloop.loop.runtime import LocalRuntime, RuntimePorts
+from kubeloop.demo.config import LoopConfig
+from kubeloop.local.runtime import LocalRuntime, RuntimePorts
 
 __all__ = ["LocalRuntime", "LoopConfig", "RuntimePorts"]

@@ -13,8 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubeloop.runtime import Supervisor
-from kubeloop.runtime.supervisor import SupervisorError
+from kubeloop.local.supervisor import Supervisor, SupervisorError
 
 # Detector set-up the demo can afford on two cores. One expected run time between false
 # alarms (ert, in detector steps) applies to every detector, and it must be long against
@@ -49,7 +48,7 @@ class RuntimePorts:
 
     @classmethod
     def free(cls) -> RuntimePorts:
-        from kubeloop.operators.local.actuators import free_port
+        from kubeloop.local.ports import free_port
 
         return cls(free_port(), free_port(), free_port(), free_port())
 
@@ -97,8 +96,8 @@ class LocalRuntime:
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self, manifests: list[Path] | None = None, timeout: float = 90.0) -> None:
         """Starts Prometheus, the drift service, the router and the operator; waits until healthy."""
-        from kubeloop.monitoring.local import supervise_drift_service
-        from kubeloop.operators.local.prometheus import start_prometheus, write_targets
+        from kubeloop.local.drift import supervise_drift_service
+        from kubeloop.local.prometheus import supervise_prometheus, write_targets
 
         sup = self.supervisor
         write_targets(self.prometheus_root, "drift", [f"127.0.0.1:{self.ports.drift}"])
@@ -106,7 +105,7 @@ class LocalRuntime:
         write_targets(
             self.prometheus_root, "operator", [f"127.0.0.1:{self.ports.operator_metrics}"]
         )
-        start_prometheus(sup, self.prometheus_root, self.ports.prometheus)
+        supervise_prometheus(sup, self.prometheus_root, self.ports.prometheus)
         supervise_drift_service(
             sup,
             self.ports.drift,
@@ -130,7 +129,7 @@ class LocalRuntime:
         self.start_operator(manifests or [])
 
     def start_operator(self, manifests: list[Path]) -> None:
-        args = ["-m", "kubeloop.operators.local"]
+        args = ["-m", "kubeloop.local.operator"]
         for manifest in manifests:
             args += ["--apply", str(Path(manifest).resolve())]
         self.supervisor.start(
@@ -144,7 +143,7 @@ class LocalRuntime:
 
     def apply(self, manifest: Path) -> str:
         """Hands a ModelDeployment to the running operator (it reads its state folder)."""
-        from kubeloop.operators.local.driver import LocalStore
+        from kubeloop.local.operator.driver import LocalStore
 
         return LocalStore(self.state_dir).apply(manifest)
 

@@ -51,13 +51,13 @@ def build_stream(
     seed: int = 0,
     n_accounts: int = 800,
 ) -> ReplayStream:
-    from kubeloop.testing import joined_frame
+    from kubeloop.features.join import point_in_time_join
 
     total = int(np.ceil(rate * duration_seconds))
     before = int(round(rate * onset_seconds))
     days = max(4.0, 2.2 * total / (2.0 * n_accounts))  # about 2 transactions per account-day
     data = fraud.generate(scenario, days=days, n_accounts=n_accounts, seed=seed, onset_fraction=0.5)
-    frame = joined_frame(data)
+    frame = point_in_time_join(data)
     start, end = pd.Timestamp(data.truth.start), pd.Timestamp(data.truth.end)
     # stationary has no onset: split where the others would start, nothing changes there
     onset = pd.Timestamp(data.truth.onset) if data.truth.onset else start + (end - start) / 2

@@ -1,4 +1,4 @@
-"""``python -m kubeloop.operators.local``: run the operator over the local runtime."""
+"""``python -m kubeloop.local.operator``: run the operator over the local runtime."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from kubeloop.operators.settings import load_operator_settings
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m kubeloop.operators.local", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m kubeloop.local.operator", description=__doc__)
     parser.add_argument(
         "--apply", action="append", default=[], help="ModelDeployment YAML to apply first"
     )
@@ -21,10 +21,10 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
-    from kubeloop.operators.local.driver import LocalOperator
     from prometheus_client import start_http_server
 
-    from kubeloop.runtime import Supervisor
+    from kubeloop.local.operator.driver import LocalOperator
+    from kubeloop.local.supervisor import Supervisor
     from kubeloop.settings import get_settings
 
     settings = load_operator_settings()

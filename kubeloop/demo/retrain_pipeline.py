@@ -1,7 +1,7 @@
 """The demo's other retraining runner: the kfp.local training pipeline on the recent window.
 
 ``retrain_with_pipeline`` (``--retrainer pipeline``) takes the same window of labelled
-traffic as ``train_on_recent_window`` (``kubeloop.loop.retrain.load_window``), writes it
+traffic as ``train_on_recent_window`` (``kubeloop.demo.retrain.load_window``), writes it
 as a Parquet dataset with the schema's columns — the account as entity key, the time of
 the prediction as ``event_timestamp`` and the time the label came as
 ``label_timestamp`` (both ``datetime64[us, UTC]``) — and runs the training pipeline
@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from kubeloop.loop.retrain import load_window
+from kubeloop.demo.retrain import load_window
 
 WINDOWS_DIR = "windows"
 
@@ -63,7 +63,7 @@ def retrain_with_pipeline(
     batches give the network enough optimiser steps in a few epochs.
     """
     from kubeloop.data.fraud import FRAUD_SCHEMA
-    from kubeloop.pipelines.local import format_summary, run_training_pipeline
+    from kubeloop.local.pipelines import format_summary, run_training_pipeline
 
     path = Path(labelled_traffic)
     dataset = window_dataset(load_window(path, data_window, window))

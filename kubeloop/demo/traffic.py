@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from kubeloop.loop.stream import ReplayStream
+from kubeloop.demo.stream import ReplayStream
 
 
 @dataclass

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -19,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from kubeloop.generated import REPO_ROOT
-from kubeloop.runtime import ProcessRecord, Supervisor
+from kubeloop.local.ports import free_port
+from kubeloop.local.supervisor import ProcessRecord, Supervisor
 
 DRIFT_VENV = REPO_ROOT / ".venv-drift"
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
@@ -32,12 +32,6 @@ def drift_python() -> Path:
     if not python.exists():
         raise FileNotFoundError(f"drift environment not found at {python}; run `make drift-env`")
     return python
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -193,7 +187,6 @@ __all__ = [
     "PREDICTION_ONLY_DETECTORS",
     "DriftServiceProcess",
     "drift_python",
-    "free_port",
     "payload_pair",
     "start_drift_service",
     "supervise_drift_service",

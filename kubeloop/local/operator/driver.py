@@ -26,9 +26,11 @@ from typing import Any
 
 import httpx
 import yaml
+
+from kubeloop.local.operator.actuators import LocalRunSubmitter, LocalServing
+from kubeloop.local.supervisor import Supervisor
 from kubeloop.operators.crd import ModelDeploymentStatus, parse_spec
 from kubeloop.operators.gather import gather
-from kubeloop.operators.local.actuators import LocalRunSubmitter, LocalServing
 from kubeloop.operators.metrics import RolloutMetrics
 from kubeloop.operators.observe import PrometheusObserver
 from kubeloop.operators.reconciler.conditions import set_condition
@@ -42,9 +44,7 @@ from kubeloop.operators.reconciler.types import (
     iso,
 )
 from kubeloop.operators.settings import OperatorSettings
-
 from kubeloop.registry import ModelRegistry
-from kubeloop.runtime import Supervisor
 
 log = logging.getLogger(__name__)
 # How often the driver asks the drift service which versions it still watches.

@@ -1,4 +1,4 @@
-"""One retraining run as its own process: ``python -m kubeloop.operators.local.runjob``.
+"""One retraining run as its own process: ``python -m kubeloop.local.operator.runjob``.
 
 The local run submitter starts this in a subprocess (so the operator stays responsive);
 it calls the runner — by default the kfp.local training pipeline — and writes
@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-DEFAULT_RUNNER = "kubeloop.pipelines.local:run_training_pipeline"
+DEFAULT_RUNNER = "kubeloop.local.pipelines:run_training_pipeline"
 
 
 def _coerce(value: Any) -> Any:
@@ -35,7 +35,7 @@ def call_runner(spec: str, params: dict[str, Any]) -> dict[str, Any]:
     if not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
         params = {k: v for k, v in params.items() if k in accepted}
     out = fn(**{k: _coerce(v) for k, v in params.items()})
-    if hasattr(out, "succeeded"):  # kubeloop.pipelines.local.TrainingRunResult
+    if hasattr(out, "succeeded"):  # kubeloop.local.pipelines.TrainingRunResult
         state = "Succeeded" if out.succeeded else "Failed"
         return {"state": state, "version": out.version, "message": out.error or ""}
     if hasattr(out, "version"):  # a published kubeloop.registry.ModelVersion
@@ -57,20 +57,20 @@ def quick_train(
     window, and so the reference sample, lies after the onset, as a retrained version's does."""
     from kubeloop.data.fraud import SCENARIOS
     from kubeloop.registry import ModelRegistry
-    from kubeloop.testing import make_registry_version
+    from kubeloop.training.quick import publish_quick_version
 
     if quality not in ("good", "bad"):
         raise ValueError(f"quality must be good or bad, got {quality!r}")
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}")
     steps = 300 if quality == "good" else 1
-    return make_registry_version(
+    return publish_quick_version(
         ModelRegistry(registry_uri), model_name, seed=int(seed), steps=steps, scenario=scenario
     )
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m kubeloop.operators.local.runjob")
+    parser = argparse.ArgumentParser(prog="python -m kubeloop.local.operator.runjob")
     parser.add_argument("--runner", default=DEFAULT_RUNNER, help="module:function to call")
     parser.add_argument("--params", required=True, help="JSON object of run parameters")
     parser.add_argument("--result", type=Path, required=True, help="where to write result.json")

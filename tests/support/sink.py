@@ -2,7 +2,7 @@
 
 :class:`EventSink` records each POST's ``Ce-*`` headers and body, can answer slowly to
 simulate a struggling drift service, and stops cleanly. ``python -m
-kubeloop.serving.sink`` only counts and answers (asyncio, pipelined): the benchmark's
+tests.support.sink`` only counts and answers (asyncio, pipelined): the benchmark's
 receiver, which must not take CPU from the load generator.
 """
 
@@ -119,11 +119,11 @@ async def serve_counting(port: int, delay_s: float = 0.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m kubeloop.serving.sink --port N``: count events until interrupted."""
+    """``python -m tests.support.sink --port N``: count events until interrupted."""
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m kubeloop.serving.sink", description="a CloudEvents receiver"
+        prog="python -m tests.support.sink", description="a CloudEvents receiver"
     )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before answering")

@@ -1,7 +1,7 @@
 """The demo's retraining runner: learn from the recent window of labelled production traffic.
 
 The operator's local driver calls ``train_on_recent_window`` in a run subprocess
-(``KUBELOOP_OPERATOR_LOCAL_RUNNER=kubeloop.loop.retrain:train_on_recent_window``). The
+(``KUBELOOP_OPERATOR_LOCAL_RUNNER=kubeloop.demo.retrain:train_on_recent_window``). The
 traffic replayer keeps the labelled traffic in ``labelled.parquet`` (features, label,
 ``labelled_at``). With ``window="recent"`` the run takes the last ``data_window`` of it;
 with ``window="fresh"`` it waits for ``data_window`` of traffic labelled after it started,
@@ -110,8 +110,9 @@ def train_on_recent_window(
     **_: Any,
 ):
     from kubeloop.data import fraud
+    from kubeloop.evaluation.metrics import roc_auc
     from kubeloop.registry import ModelRegistry
-    from kubeloop.testing import REFERENCE_ROWS, _roc_auc, train_bundle
+    from kubeloop.training.quick import REFERENCE_ROWS, train_bundle
 
     if quality not in ("good", "corrupt"):
         raise ValueError(f"quality must be good or corrupt, got {quality!r}")
@@ -126,7 +127,7 @@ def train_on_recent_window(
     scores, classes = bundle.predict(evaluation)
     labels = evaluation[schema.label].to_numpy()
     metrics = {
-        "roc_auc": _roc_auc(labels, scores),
+        "roc_auc": roc_auc(labels, scores),
         "accuracy": float((classes == labels).mean()),
         "eval_rows": len(evaluation),
         "train_rows": len(train),
@@ -142,14 +143,14 @@ def train_on_recent_window(
         "data_hash": f"labelled-traffic-{len(frame)}-{float(frame['labelled_at'].max()):.3f}",
         "row_count": len(frame),
         "pipeline_run_id": run_name or f"recent-window-{int(time.time())}",
-        "pipeline_name": "kubeloop.loop.retrain",
+        "pipeline_name": "kubeloop.demo.retrain",
         "parameters": {
             "data_window": data_window,
             "window": window,
             "seed": int(seed),
             "quality": quality,
         },
-        "code_version": "kubeloop.loop",
+        "code_version": "kubeloop.demo",
         "source_uri": str(path),
         "window": window_bounds(frame),
     }

@@ -22,7 +22,9 @@ from typing import Any
 import yaml
 
 from kubeloop.generated import REPO_ROOT
-from kubeloop.monitoring.local import free_port, stop_process
+from kubeloop.local.drift import stop_process
+from kubeloop.local.ports import free_port
+from kubeloop.local.supervisor import ProcessRecord, Supervisor
 from kubeloop.monitoring.rules import RULES_PATH
 
 PROMETHEUS_BIN = "/usr/bin/prometheus"
@@ -156,3 +158,59 @@ def start_prometheus(
             time.sleep(0.2)
     prom.stop()
     raise PrometheusError(f"prometheus not ready after {timeout}s:\n{prom.log()[-3000:]}")
+
+
+# --- file-discovered targets under the supervisor (the local runtime's Prometheus) ---
+
+CONFIG = """\
+global:
+  scrape_interval: {interval}
+  evaluation_interval: {interval}
+scrape_configs:
+  - job_name: kubeloop
+    file_sd_configs:
+      - files: ["{targets}/*.json"]
+        refresh_interval: {interval}
+"""
+
+
+def prometheus_binary() -> str:
+    path = shutil.which("prometheus")
+    if path is None:
+        raise FileNotFoundError(
+            "the `prometheus` binary is not installed (apt-get install prometheus)"
+        )
+    return path
+
+
+def write_targets(
+    root: Path, group: str, targets: list[str], labels: dict[str, str] | None = None
+) -> None:
+    folder = root / "targets"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{group}.json.tmp"
+    tmp.write_text(json.dumps([{"targets": sorted(targets), "labels": labels or {}}]))
+    tmp.replace(folder / f"{group}.json")
+
+
+def supervise_prometheus(
+    supervisor: Supervisor, root: Path, port: int, *, interval: str = "1s", name: str = "prometheus"
+) -> ProcessRecord:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "targets").mkdir(exist_ok=True)
+    config = root / "prometheus.yml"
+    config.write_text(CONFIG.format(interval=interval, targets=(root / "targets").resolve()))
+    argv = [
+        prometheus_binary(),
+        f"--config.file={config}",
+        f"--storage.tsdb.path={root / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--storage.tsdb.retention.time=1d",
+    ]
+    return supervisor.start(
+        name,
+        argv,
+        health_url=f"http://127.0.0.1:{port}/-/ready",
+        ports={"http": port},
+        python=False,
+    )

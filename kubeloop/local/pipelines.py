@@ -195,8 +195,8 @@ def run_training_pipeline(
 ) -> TrainingRunResult:
     """Runs the pipeline locally; unset training parameters come from settings."""
     from kfp import local
-    from kubeloop.pipelines.training import training_pipeline
 
+    from kubeloop.pipelines.training import training_pipeline
     from kubeloop.registry import ModelRegistry
     from kubeloop.settings import get_settings
 

@@ -22,20 +22,20 @@ from typing import Any
 import httpx
 import yaml
 
-from kubeloop.loop.config import LoopConfig
-from kubeloop.loop.report import TIMELINE_DECISIONS, write_report
-from kubeloop.loop.retrain import LABELLED_FILE
-from kubeloop.loop.runtime import DEMO_DRIFT_DETECTORS, DEMO_ERT, LocalRuntime, RuntimePorts
-from kubeloop.loop.stream import build_stream
-from kubeloop.loop.timeline import Recorder
-from kubeloop.loop.traffic import TrafficReplayer
+from kubeloop.demo.config import LoopConfig
+from kubeloop.demo.report import TIMELINE_DECISIONS, write_report
+from kubeloop.demo.retrain import LABELLED_FILE
+from kubeloop.demo.stream import build_stream
+from kubeloop.demo.timeline import Recorder
+from kubeloop.demo.traffic import TrafficReplayer
+from kubeloop.local.runtime import DEMO_DRIFT_DETECTORS, DEMO_ERT, LocalRuntime, RuntimePorts
 
 MODEL = "fraud-detector"
 MARKER = ".kubeloop-demo"
 # The retraining runner per --retrainer: what the operator's local run job calls.
 RUNNERS = {
-    "window": "kubeloop.loop.retrain:train_on_recent_window",
-    "pipeline": "kubeloop.loop.retrain_pipeline:retrain_with_pipeline",
+    "window": "kubeloop.demo.retrain:train_on_recent_window",
+    "pipeline": "kubeloop.demo.retrain_pipeline:retrain_with_pipeline",
 }
 
 
@@ -111,14 +111,14 @@ def train_first_version(config: LoopConfig, runtime: LocalRuntime, echo: Callabl
     from kubeloop.registry import ModelRegistry
 
     if config.v1_trainer == "quick":
-        from kubeloop.testing import make_registry_version
+        from kubeloop.training.quick import publish_quick_version
 
-        version = make_registry_version(
+        version = publish_quick_version(
             ModelRegistry(str(runtime.registry_uri)), MODEL, seed=config.seed + 100,
             n_accounts=config.v1_accounts, days=config.v1_days,
         )  # fmt: skip
         return version.version
-    from kubeloop.pipelines.local import format_summary, run_training_pipeline
+    from kubeloop.local.pipelines import format_summary, run_training_pipeline
 
     source = (
         f"example://fraud/stationary?days={config.v1_days:g}&accounts={config.v1_accounts}"
@@ -376,7 +376,7 @@ def _drive(config, runtime, replayer, recorder, first, echo, status, started, ma
 
 def _offer_bad_candidate(config, runtime, recorder, echo) -> threading.Thread:
     """Registers a version trained on inverted labels; LatestPassed makes it the next canary."""
-    from kubeloop.loop.retrain import train_on_recent_window
+    from kubeloop.demo.retrain import train_on_recent_window
 
     def offer() -> None:
         try:

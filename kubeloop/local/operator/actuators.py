@@ -5,25 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
 from pathlib import Path
 
 import httpx
-from kubeloop.operators.local.prometheus import write_targets
-from kubeloop.operators.reconciler.types import RunObservation, SetTraffic, SubmitRun
 
-from kubeloop.runtime import Supervisor
+from kubeloop.local.ports import free_port
+from kubeloop.local.prometheus import write_targets
+from kubeloop.local.supervisor import Supervisor
+from kubeloop.operators.reconciler.types import RunObservation, SetTraffic, SubmitRun
 
 # retraining.pipeline.name in the local runtime's form: an importable module:function
 RUNNER_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 log = logging.getLogger(__name__)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LocalServing:
@@ -152,7 +146,7 @@ class LocalRunSubmitter:
         self.sup.start(
             f"run-{run.run_name}",
             [
-                "-m", "kubeloop.operators.local.runjob",
+                "-m", "kubeloop.local.operator.runjob",
                 "--runner", self.runner_for(run),
                 "--params", json.dumps(params),
                 "--result", str((folder / "result.json").resolve()),

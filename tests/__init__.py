@@ -1,0 +1,1 @@
+"""kubeloop's tests; ``tests.support`` holds what several test folders and the benchmarks share."""

@@ -1,0 +1,1 @@
+"""Shared test code: traffic and fixtures, training splits, a CloudEvents receiver."""
