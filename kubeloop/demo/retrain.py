@@ -110,9 +110,8 @@ def train_on_recent_window(
     **_: Any,
 ):
     from kubeloop.data import fraud
-    from kubeloop.evaluation.metrics import roc_auc
     from kubeloop.registry import ModelRegistry
-    from kubeloop.training.quick import REFERENCE_ROWS, train_bundle
+    from kubeloop.training.quick import train_and_publish
 
     if quality not in ("good", "corrupt"):
         raise ValueError(f"quality must be good or corrupt, got {quality!r}")
@@ -122,28 +121,11 @@ def train_on_recent_window(
     if quality == "corrupt":
         frame = corrupt_labels(frame, schema.label)
     cut = int(len(frame) * 0.7)
-    train, evaluation = frame.iloc[:cut], frame.iloc[cut:]
-    bundle = train_bundle(train, seed=int(seed), steps=int(steps))
-    scores, classes = bundle.predict(evaluation)
-    labels = evaluation[schema.label].to_numpy()
-    metrics = {
-        "roc_auc": roc_auc(labels, scores),
-        "accuracy": float((classes == labels).mean()),
-        "eval_rows": len(evaluation),
-        "train_rows": len(train),
-    }
-    gate = {
-        "passed": metrics["accuracy"] >= 0.5,
-        "reasons": f"offline accuracy {metrics['accuracy']:.3f} (needs ≥ 0.5)",
-    }
-    reference = evaluation[[*schema.feature_names, schema.label]].head(REFERENCE_ROWS).copy()
-    reference["prediction_score"] = scores[: len(reference)]
-    reference["prediction"] = classes[: len(reference)]
     lineage = {
         "data_hash": f"labelled-traffic-{len(frame)}-{float(frame['labelled_at'].max()):.3f}",
         "row_count": len(frame),
         "pipeline_run_id": run_name or f"recent-window-{int(time.time())}",
-        "pipeline_name": "kubeloop.demo.retrain",
+        "pipeline_name": __name__,
         "parameters": {
             "data_window": data_window,
             "window": window,
@@ -154,14 +136,13 @@ def train_on_recent_window(
         "source_uri": str(path),
         "window": window_bounds(frame),
     }
-    from kubeloop.model.publish import publish_bundle
-
-    return publish_bundle(
+    return train_and_publish(
         ModelRegistry(registry_uri),
         model_name,
-        bundle,
-        reference=reference,
-        metrics=metrics,
+        frame.iloc[:cut],
+        frame.iloc[cut:],
+        seed=int(seed),
+        steps=int(steps),
         lineage=lineage,
-        gate=gate,
+        min_accuracy=0.5,
     )
