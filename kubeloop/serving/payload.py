@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import httptools
 import orjson
 
 from kubeloop.serving.metrics import PAYLOAD_EVENTS
@@ -75,137 +76,125 @@ def build_events(
     ]
 
 
-# The Content-Length header inside an HTTP/1.x head (requests and answers alike).
+# The Content-Length header inside an HTTP/1.x head: how the test receivers frame the
+# pipelined requests this module writes.
 CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
-_CHUNKED = re.compile(rb"\r\ntransfer-encoding:[ \t]*chunked", re.IGNORECASE)
-_CLOSE = re.compile(rb"\r\nconnection:[ \t]*close", re.IGNORECASE)
 _PAIR = b"%sCe-Id: %s\r\nCe-Time: %s\r\nContent-Length: %d\r\n\r\n%s" * 2
 
 
-def parse_responses(buf: bytes | bytearray, pos: int, want: int) -> tuple[int, int, int, bool]:
-    """Parses up to ``want`` complete pipelined HTTP/1.x responses from ``buf[pos:]``.
+class ResponseCounter:
+    """Counts the final answers in a stream of pipelined HTTP/1.x responses.
 
-    Returns ``(new position, responses parsed, 2xx among them, connection reusable)``.
-    An incomplete response at the end is left for the next call; interim (1xx) answers
-    are skipped. A response whose body runs to the connection's close (no length, not
-    chunked) or that says ``Connection: close`` ends parsing with the connection marked
-    not reusable. Raises ``ValueError`` on bytes that are not an HTTP/1.x response.
+    Bytes are fed as the socket delivers them, split anywhere. httptools' incremental
+    parser (llhttp) frames each response (Content-Length; chunked, with trailers; no body
+    after 1xx, 204 and 304) and calls back when one is complete. ``answers`` counts the
+    final responses, ``ok`` the 2xx among them; interim (1xx) responses are not answers.
+    ``closing`` turns true once the connection is over for this stream: an answer ended
+    it (``Connection: close``, HTTP/1.0 without keep-alive) or bytes were not HTTP;
+    nothing after that is parsed. An answer whose body runs to the close (neither a
+    length nor chunked) completes at :meth:`eof`.
     """
-    seen = ok = 0
-    size = len(buf)
-    while seen < want:
-        end = buf.find(b"\r\n\r\n", pos)
-        if end < 0:
-            break
-        head = bytes(buf[pos : end + 2])
-        if not head.startswith(b"HTTP/1.") or not head[9:12].isdigit():
-            raise ValueError(f"not an HTTP/1.x status line: {head[:40]!r}")
-        status = int(head[9:12])
-        body = end + 4
-        if (length := CONTENT_LENGTH.search(head)) is not None:
-            done = body + int(length.group(1))
-            if done > size:
-                break
-        elif _CHUNKED.search(head):
-            done = _chunked_end(buf, body)
-            if done < 0:
-                break
-        elif status in (204, 304) or 100 <= status < 200:
-            done = body
-        else:  # the body runs to the connection's close
-            return body, seen + 1, ok + (200 <= status < 300), False
-        pos = done
-        if 100 <= status < 200:
-            continue
-        seen, ok = seen + 1, ok + (200 <= status < 300)
-        if _CLOSE.search(head) is not None:
-            return pos, seen, ok, False
-    return pos, seen, ok, True
 
+    def __init__(self) -> None:
+        self.answers = 0
+        self.ok = 0
+        self.closing = False
+        self._status = 0  # the status of a response whose head arrived and body has not ended
+        self._parser = httptools.HttpResponseParser(self)
 
-def _chunked_end(buf: bytes | bytearray, pos: int) -> int:
-    """End of the complete chunked body starting at ``pos``, or -1 while incomplete."""
-    while True:
-        eol = buf.find(b"\r\n", pos)
-        if eol < 0:
-            return -1
-        line = bytes(buf[pos:eol]).split(b";")[0].strip()
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Counts the answers ``data`` completes; ``ValueError`` if it is not HTTP/1.x."""
+        if self.closing:
+            return
         try:
-            n = int(line, 16)
-        except ValueError:
-            raise ValueError(f"bad chunk size line: {line[:40]!r}") from None
-        if n == 0:  # optional trailers, then an empty line
-            if buf[eol + 2 : eol + 4] == b"\r\n":
-                return eol + 4
-            end = buf.find(b"\r\n\r\n", eol + 2)
-            return -1 if end < 0 else end + 4
-        pos = eol + 2 + n + 2
-        if pos > len(buf):
-            return -1
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            # HttpParserUpgrade (a 101) is not an HttpParserError; bytes after an answer
+            # that ended the connection ("Data after `Connection: close`") are not news.
+            if not self.closing:
+                self.closing = True
+                raise ValueError(f"not an HTTP/1.x response ({exc})") from None
+
+    def eof(self) -> None:
+        """The peer closed the connection: an answer that ran to the close is complete.
+
+        That is an answer whose head arrived and said the connection ends with it; its
+        status counts even when the close cut its body short: the receiver did answer.
+        """
+        if self._status and not self.closing and not self._parser.should_keep_alive():
+            self._count(self._status)
+        self._status = 0
+        self.closing = True
+
+    def on_headers_complete(self) -> None:  # httptools callback
+        self._status = self._parser.get_status_code()
+
+    def on_message_complete(self) -> None:  # httptools callback
+        status, self._status = self._status, 0
+        if status >= 200:
+            self._count(status)
+            if not self._parser.should_keep_alive():
+                self.closing = True
+
+    def _count(self, status: int) -> None:
+        self.answers += 1
+        if status < 300:
+            self.ok += 1
 
 
 class _Connection(asyncio.Protocol):
     """One keep-alive connection to the receiver; counts the answers to a written batch.
 
-    Answers are parsed in ``data_received`` straight from the socket's bytes, with no
-    stream reader or coroutine per answer; a receiver answers every event alike, so an
-    answer identical to the previous one is recognised by a byte comparison.
+    Answers are counted in ``data_received`` straight from the socket's bytes, with no
+    stream reader or coroutine per answer. Bytes that are not HTTP, or more answers than
+    requests, mean a receiver out of step: the connection is closed, and the events
+    still owed are not counted as sent.
     """
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        self.counter = ResponseCounter()
         self.owed = 0
         self.ok = 0
         self.reusable = True
         self.waiter: asyncio.Future | None = None
-        self._same: bytes | None = None  # the last complete answer, byte for byte
-        self._same_ok = 0
+        self._asked = 0
+        self._before = (0, 0)  # the counter's (answers, ok) when the batch was written
 
     def connection_made(self, transport) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if not self.owed:
-            if len(self.buffer) > 65536:  # unasked-for bytes: not a receiver to keep
-                self._finish(reusable=False)
+        if self.owed <= 0 and data:  # bytes nobody asked for: not a receiver to keep
+            self._finish(reusable=False)
             return
-        buf, pos = self.buffer, 0
-        while self.owed:
-            same = self._same
-            if same is not None and buf.startswith(same, pos):
-                # The same bytes as an answer already parsed: the same answer (its framing
-                # is decided by its own bytes), counted without parsing it again.
-                n = len(same)
-                while self.owed and buf.startswith(same, pos):
-                    pos += n
-                    self.owed -= 1
-                    self.ok += self._same_ok
-                continue
-            try:
-                end, seen, ok, reusable = parse_responses(buf, pos, 1)
-            except ValueError as exc:
-                log.debug("payload receiver answered with %s", exc)
-                self._finish(reusable=False)
-                return
-            if not seen:
-                break
-            if reusable:
-                self._same, self._same_ok = bytes(buf[pos:end]), ok
-            pos = end
-            self.owed -= 1
-            self.ok += ok
-            if not reusable:
-                del buf[:pos]
-                self._finish(reusable=False)
-                return
-        del buf[:pos]
-        if not self.owed:
-            self._finish(reusable=True)
+        try:
+            self.counter.feed(data)
+        except ValueError as exc:
+            log.debug("payload receiver answered with %s", exc)
+        self._tally()
 
     def connection_lost(self, exc) -> None:
+        self.counter.eof()
+        self._tally()
         self._finish(reusable=False)
+
+    def _tally(self) -> None:
+        counter = self.counter
+        answers, ok = self._before
+        answers, ok = counter.answers - answers, counter.ok - ok
+        self.owed, self.ok = self._asked - answers, min(ok, self._asked)
+        if counter.closing or self.owed < 0:
+            self.owed = max(self.owed, 0)
+            self._finish(reusable=False)
+        elif not self.owed:
+            self._finish(reusable=True)
+
+    def expect(self, n: int) -> None:
+        """Starts counting the answers to a batch of ``n`` requests."""
+        self._asked = self.owed = n
+        self.ok = 0
+        self._before = (self.counter.answers, self.counter.ok)
 
     def _finish(self, reusable: bool) -> None:
         if not reusable:
@@ -221,7 +210,7 @@ class _Connection(asyncio.Protocol):
         With ``settle_s``, reading pauses that long after the write: the answers gather
         in the socket buffer and arrive in one callback instead of one per answer.
         """
-        self.owed, self.ok = n, 0
+        self.expect(n)
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(data)
         if settle_s:

@@ -1,4 +1,4 @@
-"""parse_responses: counting pipelined HTTP/1.1 answers from the payload receiver."""
+"""Counting pipelined HTTP/1.1 answers from the payload receiver (ResponseCounter, httptools)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kubeloop.serving.payload import parse_responses
+from kubeloop.serving.payload import ResponseCounter, _Connection
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
 OK_BODY = b"HTTP/1.1 202 Accepted\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
@@ -25,25 +25,35 @@ RESPONSES = [OK, OK_BODY, FAIL, CHUNKED, CHUNKED_PLAIN, NO_CONTENT, CONTINUE + O
 IS_OK = [True, True, False, True, True, True, True]
 
 
+def count(data: bytes, eof: bool = False) -> tuple[int, int, bool]:
+    """(final answers, 2xx among them, connection ends) after ``data`` and maybe EOF."""
+    counter = ResponseCounter()
+    counter.feed(data)
+    if eof:
+        counter.eof()
+    return counter.answers, counter.ok, counter.closing
+
+
 @pytest.mark.parametrize(
-    ("data", "want", "expected"),
+    ("data", "expected", "at_eof"),
     [
-        (OK * 3, 3, (len(OK) * 3, 3, 3, True)),
-        (OK * 3, 2, (len(OK) * 2, 2, 2, True)),  # never parses past what is owed
-        (OK + FAIL + OK_BODY, 3, (len(OK + FAIL + OK_BODY), 3, 2, True)),
-        (CHUNKED + OK, 2, (len(CHUNKED + OK), 2, 2, True)),
-        (NO_CONTENT + CONTINUE + OK, 2, (len(NO_CONTENT + CONTINUE + OK), 2, 2, True)),
-        (OK + CLOSE + OK, 3, (len(OK + CLOSE), 2, 2, False)),
-        (OK + TO_CLOSE, 2, (len(OK) + TO_CLOSE.index(b"body"), 2, 2, False)),
-        (OK + OK[:-3], 2, (len(OK), 1, 1, True)),  # the second is incomplete
-        (OK_BODY[:-1], 1, (0, 0, 0, True)),
-        (CHUNKED[:-2], 1, (0, 0, 0, True)),
-        (b"", 4, (0, 0, 0, True)),
+        (OK * 3, (3, 3, False), (3, 3, True)),
+        (OK + FAIL + OK_BODY, (3, 2, False), (3, 2, True)),
+        (CHUNKED + OK, (2, 2, False), (2, 2, True)),
+        (NO_CONTENT + CONTINUE + OK, (2, 2, False), (2, 2, True)),  # 1xx is not an answer
+        (OK + CLOSE + OK, (2, 2, True), (2, 2, True)),  # nothing counts after a close
+        (OK + TO_CLOSE, (1, 1, False), (2, 2, True)),  # the body runs to the close
+        (CLOSE[:-1], (0, 0, False), (1, 1, True)),  # it said it ends the connection
+        (OK + OK[:-3], (1, 1, False), (1, 1, True)),  # the second is incomplete
+        (OK_BODY[:-1], (0, 0, False), (0, 0, True)),
+        (CHUNKED[:-2], (0, 0, False), (0, 0, True)),
+        (b"", (0, 0, False), (0, 0, True)),
     ],
 )
-def test_counts_complete_answers(data, want, expected):
-    assert parse_responses(data, 0, want) == expected
-    assert parse_responses(bytearray(data), 0, want) == expected
+def test_counts_complete_answers(data, expected, at_eof):
+    assert count(data) == expected
+    assert count(bytearray(data)) == expected
+    assert count(data, eof=True) == at_eof
 
 
 @pytest.mark.parametrize(
@@ -52,11 +62,23 @@ def test_counts_complete_answers(data, want, expected):
         b"<html>not http</html>\r\n\r\n",
         b"HTTP/1.1 2x0 OK\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
     ],
 )
 def test_garbage_is_an_error(data):
+    counter = ResponseCounter()
     with pytest.raises(ValueError):
-        parse_responses(data, 0, 1)
+        counter.feed(data)
+    assert counter.closing
+    counter.feed(OK)  # nothing is parsed after it
+    assert counter.answers == 0
+
+
+def test_answers_before_garbage_still_count():
+    counter = ResponseCounter()
+    with pytest.raises(ValueError):
+        counter.feed(OK + FAIL + b"garbage\r\n\r\n")
+    assert (counter.answers, counter.ok, counter.closing) == (2, 1, True)
 
 
 @given(
@@ -66,24 +88,18 @@ def test_garbage_is_an_error(data):
 def test_any_split_of_the_stream_counts_the_same(picks, cuts):
     """Feeding the bytes in arbitrary pieces (as recv does) gives the same totals."""
     stream = b"".join(RESPONSES[i] for i in picks)
-    buffer, owed, seen_total, ok_total, offset = bytearray(), len(picks), 0, 0, 0
+    counter, offset = ResponseCounter(), 0
     pieces = []
     for cut in cuts:
         pieces.append(stream[offset : offset + cut])
         offset += cut
     pieces.append(stream[offset:])
     for piece in pieces:
-        buffer += piece
-        pos, seen, ok, reusable = parse_responses(buffer, 0, owed)
-        assert reusable
-        del buffer[:pos]
-        owed, seen_total, ok_total = owed - seen, seen_total + seen, ok_total + ok
-    assert (seen_total, ok_total, owed, bytes(buffer)) == (
-        len(picks),
-        sum(IS_OK[i] for i in picks),
-        0,
-        b"",
-    )
+        counter.feed(piece)
+        assert not counter.closing
+    assert (counter.answers, counter.ok) == (len(picks), sum(IS_OK[i] for i in picks))
+    counter.eof()  # nothing was left half-parsed
+    assert (counter.answers, counter.ok) == (len(picks), sum(IS_OK[i] for i in picks))
 
 
 class _Transport:
@@ -94,33 +110,62 @@ class _Transport:
         self.closed = True
 
 
+def _connection(owed: int) -> _Connection:
+    conn = _Connection()
+    conn.connection_made(_Transport())
+    conn.expect(owed)
+    return conn
+
+
 @given(
     st.lists(st.sampled_from(range(len(RESPONSES))), min_size=1, max_size=12),
     st.lists(st.integers(min_value=1, max_value=64), max_size=40),
     st.integers(min_value=0, max_value=12),
 )
 def test_connection_counts_repeated_and_mixed_answers(picks, cuts, repeat):
-    """The connection's byte-comparison shortcut for repeated answers counts as parsing does."""
-    from kubeloop.serving.payload import _Connection
-
+    """A batch's answers, however the socket splits them, and the next batch after it."""
     picks = picks + [picks[-1]] * repeat
     stream = b"".join(RESPONSES[i] for i in picks)
-    conn = _Connection()
-    conn.connection_made(_Transport())
-    conn.owed = len(picks)
+    conn = _connection(len(picks))
     offset = 0
     for cut in [*cuts, len(stream)]:
         conn.data_received(stream[offset : offset + cut])
         offset += cut
     assert (conn.owed, conn.ok, conn.reusable) == (0, sum(IS_OK[i] for i in picks), True)
-    assert not conn.transport.closed and conn.buffer == b""
+    assert not conn.transport.closed
+    conn.expect(2)  # the connection carries the next batch, counted from zero
+    conn.data_received(FAIL + OK)
+    assert (conn.owed, conn.ok, conn.reusable) == (0, 1, True)
 
 
 def test_connection_stops_at_a_closing_answer():
-    from kubeloop.serving.payload import _Connection
-
-    conn = _Connection()
-    conn.connection_made(_Transport())
-    conn.owed = 4
+    conn = _connection(4)
     conn.data_received(OK + OK + CLOSE + OK)
     assert (conn.owed, conn.ok, conn.reusable, conn.transport.closed) == (1, 3, False, True)
+
+
+def test_connection_never_counts_past_what_is_owed():
+    # More answers than requests: a receiver out of step is not one to keep.
+    conn = _connection(2)
+    conn.data_received(OK * 3)
+    assert (conn.owed, conn.ok, conn.reusable, conn.transport.closed) == (0, 2, False, True)
+
+
+def test_connection_closes_on_bytes_nobody_asked_for():
+    conn = _connection(0)
+    conn.data_received(OK)
+    assert (conn.reusable, conn.transport.closed) == (False, True)
+
+
+def test_connection_counts_an_answer_that_runs_to_the_close_at_eof():
+    conn = _connection(2)
+    conn.data_received(OK + TO_CLOSE)
+    assert (conn.owed, conn.ok, conn.reusable) == (1, 1, True)
+    conn.connection_lost(None)
+    assert (conn.owed, conn.ok, conn.reusable) == (0, 2, False)
+
+
+def test_connection_keeps_the_answers_before_garbage():
+    conn = _connection(3)
+    conn.data_received(OK + b"<html>oops</html>\r\n\r\n")
+    assert (conn.owed, conn.ok, conn.reusable, conn.transport.closed) == (2, 1, False, True)
