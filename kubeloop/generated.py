@@ -21,7 +21,7 @@ GENERATORS: list[str] = [
     "kubeloop.serving.inference_service:example_manifests",
     "kubeloop.monitoring.rules:generate",
     "kubeloop.monitoring.dashboards:generate",
-    "kubeloop.images_docker:generate",
+    "kubeloop.images:requirement_files",
 ]
 
 GENERATED_HEADER = (

@@ -1,4 +1,9 @@
-"""The operator's RBAC grants exactly what its code uses, and its manifests validate."""
+"""The operator's RBAC as installed grants exactly what its code calls, and validates.
+
+The chart is the one hand-written install source; ``manifests/base/kubeloop.yaml`` is
+its rendering (``make manifests-base``), which these tests read, so they need no helm.
+``test_rbac_chart.py`` derives the grants from the code and checks the chart's scenarios.
+"""
 
 from __future__ import annotations
 
@@ -6,41 +11,69 @@ import yaml
 
 from kubeloop.generated import REPO_ROOT
 
-OPERATOR = REPO_ROOT / "manifests" / "operator"
+BASE = REPO_ROOT / "manifests" / "base" / "kubeloop.yaml"
+OPERATOR = "kubeloop-operator"
+KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment"}
 
 
-def docs():
-    for path in sorted(OPERATOR.glob("*.yaml")):
-        yield from (d for d in yaml.safe_load_all(path.read_text()) if d)
+def docs() -> list[dict]:
+    """The operator's ServiceAccount, roles, bindings and Deployment from the base."""
+    return [
+        d
+        for d in yaml.safe_load_all(BASE.read_text())
+        if d and d["kind"] in KINDS and d["metadata"]["name"].startswith(OPERATOR)
+    ]
+
+
+def one(kind: str) -> dict:
+    (doc,) = [d for d in docs() if d["kind"] == kind]
+    return doc
 
 
 def test_manifests_validate_against_kubernetes_schemas():
     import kubernetes_validate
 
+    assert {d["kind"] for d in docs()} == KINDS
     for doc in docs():
         kubernetes_validate.validate(doc, "1.30", strict=True)
 
 
 def test_cluster_role_is_least_privilege():
-    role = next(d for d in docs() if d["kind"] == "ClusterRole")
     grants = {
         (g, r): set(rule["verbs"])
-        for rule in role["rules"]
+        for rule in one("ClusterRole")["rules"]
         for g in rule["apiGroups"]
         for r in rule["resources"]
     }
     assert grants == {
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
-        ("kubeloop.io", "modeldeployments"): {"get", "list", "watch", "patch"},
-        ("kubeloop.io", "modeldeployments/status"): {"get", "patch"},
+        ("kubeloop.io", "modeldeployments"): {"list", "watch", "patch"},
+        ("kubeloop.io", "modeldeployments/status"): {"patch"},
         ("serving.kserve.io", "inferenceservices"): {"get", "create", "patch"},
         ("", "events"): {"create"},
     }
     assert not any("*" in v for verbs in grants.values() for v in verbs)
 
 
+def test_bindings_give_the_roles_to_the_operator_service_account():
+    account = one("ServiceAccount")["metadata"]
+    for kind, role in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
+        binding = one(kind)
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": role,
+            "name": one(role)["metadata"]["name"],
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
+        ]
+    pod = one("Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["name"]
+
+
 def test_lease_role_grants_exactly_the_elector_calls():
-    role = next(d for d in docs() if d["kind"] == "Role")
+    role = one("Role")
+    assert role["metadata"]["namespace"] == one("Deployment")["metadata"]["namespace"]
     grants = {
         (g, r, v, tuple(rule.get("resourceNames", ())))
         for rule in role["rules"]
@@ -54,8 +87,8 @@ def test_lease_role_grants_exactly_the_elector_calls():
         ("coordination.k8s.io", "leases", "get", (lease,)),
         ("coordination.k8s.io", "leases", "update", (lease,)),
     }
-    deployment = next(d for d in docs() if d["kind"] == "Deployment")
-    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    container = one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
     assert env["KUBELOOP_LEADER_LEASE_NAME"]["value"] == lease
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     source = (REPO_ROOT / "operators" / "cluster" / "election.py").read_text()
