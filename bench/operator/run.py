@@ -119,7 +119,7 @@ def bench_loop(trials: int, cache_dir: Path | None) -> dict:
     sup.start(
         "router",
         [
-            "-m", "kubeloop.serving.router", "--port", str(router_port),
+            "-m", "kubeloop.router", "--port", str(router_port),
             "--split-file", str(tmp / "split.json"), "--logger-url", drift_url,
         ],
         health_url=f"http://127.0.0.1:{router_port}/healthz",

@@ -117,7 +117,7 @@ class LocalRuntime:
         sup.start(
             "router",
             [
-                "-m", "kubeloop.serving.router",
+                "-m", "kubeloop.router",
                 "--port", str(self.ports.router),
                 "--split-file", str(self.home / "runtime" / "router-split.json"),
             ],

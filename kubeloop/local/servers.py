@@ -150,7 +150,7 @@ def start_router(
     launcher: Sequence[str] = (),
 ) -> ServerProcess:
     port = port or free_port()
-    args = ["-m", "kubeloop.serving.router", "--port", str(port), "--split-file", str(split_file)]
+    args = ["-m", "kubeloop.router", "--port", str(port), "--split-file", str(split_file)]
     if logger_url:
         args += ["--logger-url", logger_url]
     proc, log_path = spawn_python(f"router-{port}", args, Path(log_dir), env, launcher)

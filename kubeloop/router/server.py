@@ -1,13 +1,13 @@
 """The local traffic router: what Knative and KServe do for canaries in a cluster.
 
 An ASGI app in front of the stable and canary predictor processes. Each inference
-request is routed by :func:`kubeloop.serving.split.choose` (weighted, sticky by key,
+request is routed by :func:`kubeloop.router.split.choose` (weighted, sticky by key,
 or mirrored in shadow mode), forwarded over pooled keep-alive connections, counted
 per version and role, and logged as KServe-format CloudEvents tagged with the version
 that answered. ``GET/PUT /admin/split`` reads and atomically replaces the split, which
 is persisted to ``--split-file`` so a restart keeps it.
 
-    python -m kubeloop.serving.router --port 8100 --split-file var/runtime/split.json
+    python -m kubeloop.router --port 8100 --split-file var/runtime/split.json
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from prometheus_client import (
 from kubeloop.serving.heap import freeze_startup_heap
 from kubeloop.serving.metrics import LATENCY_BUCKETS
 from kubeloop.serving.payload import EventContext, PayloadLogger
-from kubeloop.serving.split import Split, SplitError, choose, load_split, parse_split, save_split
+from kubeloop.router.split import Split, SplitError, choose, load_split, parse_split, save_split
 
 ROUTER_REQUESTS = Counter(
     "kubeloop_router_requests_total",
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     parser = argparse.ArgumentParser(
-        prog="python -m kubeloop.serving.router", description=__doc__.split("\n")[0]
+        prog="python -m kubeloop.router", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--port", type=int, required=True, help="port to listen on")
     parser.add_argument("--host", default="127.0.0.1", help="listen address")

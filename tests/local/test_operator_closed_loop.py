@@ -1,6 +1,6 @@
 """The closed loop on the local runtime, with real processes end to end.
 
-Real: the registry, ``kubeloop.serving.predictor`` processes, ``kubeloop.serving.router``
+Real: the registry, ``kubeloop.serving.predictor`` processes, ``kubeloop.router``
 whose payload logger posts CloudEvents to kubeloop's drift service (its own venv, the
 prediction detector only), Debian's Prometheus scraping it, the
 operator as its own process (killed and restarted mid-canary), and retraining runs as
@@ -115,7 +115,7 @@ def loop_env(tmp_path, request):
     sup.start(
         "router",
         [
-            "-m", "kubeloop.serving.router", "--port", str(router_port),
+            "-m", "kubeloop.router", "--port", str(router_port),
             "--split-file", str(tmp_path / "split.json"), "--logger-url", drift_url,
         ],
         health_url=f"http://127.0.0.1:{router_port}/healthz",

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from kubeloop.data.fraud import FRAUD_SCHEMA
 from kubeloop.serving.inputs import InputValidator, Limits, RequestRejected
 from kubeloop.serving.payload import REQUEST_TYPE, RESPONSE_TYPE, EventContext, build_events
-from kubeloop.serving.split import SplitError, bucket, choose, parse_split
+from kubeloop.router.split import SplitError, bucket, choose, parse_split
 
 ROW = {
     "amount": 50.0,
