@@ -8,7 +8,8 @@ Layout under ``root`` (``$KUBELOOP_HOME/runtime`` by default)::
 Children run in their own session, so they outlive the process that started them:
 a restarted operator (or ``kubeloop up`` run twice) adopts what is already running
 instead of starting duplicates. A pid is only trusted while its command line still
-matches the recorded one (pids are reused).
+matches the recorded one (pids are reused). ``with Supervisor(root) as sup:`` stops
+what it started on the way out (tests, benchmarks, ``kubeloop monitoring``).
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
+
+from kubeloop.local.wait import wait_until
 
 
 class SupervisorError(RuntimeError):
@@ -39,28 +44,63 @@ class ProcessRecord:
     health_url: str | None = None
     ports: dict[str, int] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    launcher: list[str] = field(default_factory=list)  # e.g. taskset -c 0; it execs argv
 
 
-def _cmdline(pid: int) -> list[str] | None:
+@dataclass(frozen=True)
+class Service:
+    """A process started under a :class:`Supervisor`: where it answers, its log, how to stop it."""
+
+    supervisor: Supervisor
+    name: str
+    pid: int
+    ports: dict[str, int]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['http']}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.supervisor.log_path(self.name)
+
+    def log(self) -> str:
+        return self.supervisor.log_tail(self.name, n=None)
+
+    def log_tail(self, n: int = 2000) -> str:
+        return self.supervisor.log_tail(self.name, n)
+
+    def running(self) -> bool:
+        record = self.supervisor.running(self.name)
+        return record is not None and record.pid == self.pid
+
+    def exit_status(self) -> int | None:
+        """The exit status once it ended (known for children of this supervisor only)."""
+        return self.supervisor.exit_status(self.pid)
+
+    def wait_healthy(self, timeout: float = 60.0) -> Service:
+        self.supervisor.wait_healthy(self.name, timeout)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        return self.supervisor.stop(self.name, timeout)
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _live_cmdline(pid: int) -> list[str] | None:
+    """The command line of a live process; None when gone, a zombie, or not readable."""
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    return [part.decode() for part in raw.split(b"\0") if part]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours is not alive
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 class Supervisor:
@@ -71,7 +111,17 @@ class Supervisor:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.procs.mkdir(parents=True, exist_ok=True)
         self._children: dict[int, subprocess.Popen] = {}
+        self._started: dict[str, None] = {}  # names this instance started or adopted, in order
         self._http = httpx.Client(timeout=1.0)  # pooled: health checks run every pass
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Stops what this instance started, last first."""
+        for name in reversed(self._started):
+            self.stop(name)
+        self._http.close()
 
     # --- state -------------------------------------------------------------------------
     def _record_path(self, name: str) -> Path:
@@ -93,9 +143,9 @@ class Supervisor:
         child = self._children.get(record.pid)
         if child is not None:  # our own child: its exit status is authoritative
             return record if child.poll() is None else None
-        if not _alive(record.pid):
-            return None
-        if _cmdline(record.pid) != record.argv:
+        # A launcher execs the command; until it has, the launcher's own line shows.
+        cmdline = _live_cmdline(record.pid)
+        if cmdline not in (record.argv, [*record.launcher, *record.argv]):
             return None
         return record
 
@@ -107,11 +157,19 @@ class Supervisor:
     def log_path(self, name: str) -> Path:
         return self.logs / f"{name}.log"
 
-    def log_tail(self, name: str, n: int = 2000) -> str:
+    def log_tail(self, name: str, n: int | None = 2000) -> str:
         try:
-            return self.log_path(name).read_text(errors="replace")[-n:]
+            text = self.log_path(name).read_text(errors="replace")
         except OSError:
             return ""
+        return text if n is None else text[-n:]
+
+    def exit_status(self, pid: int) -> int | None:
+        child = self._children.get(pid)
+        return child.poll() if child is not None else None
+
+    def service(self, record: ProcessRecord) -> Service:
+        return Service(self, record.name, record.pid, dict(record.ports))
 
     # --- lifecycle ---------------------------------------------------------------------
     def start(
@@ -124,29 +182,45 @@ class Supervisor:
         labels: dict[str, str] | None = None,
         env: dict[str, str] | None = None,
         python: bool = True,
-    ) -> ProcessRecord:
-        """Starts ``name`` unless it already runs (then returns the running record)."""
+        launcher: Sequence[str] = (),
+        wait: bool = False,
+        timeout: float = 60.0,
+    ) -> Service:
+        """Starts ``name`` unless it already runs (then adopts the running process).
+
+        ``python`` runs ``args`` with this interpreter; ``launcher`` prefixes the command
+        (``taskset -c 0``). With ``wait``, returns once healthy; a child that exits or
+        stays unhealthy for ``timeout`` seconds is stopped and the error raised.
+        """
+        self._started.setdefault(name, None)
         existing = self.running(name)
         if existing is not None:
-            return existing
-        argv = [sys.executable, *args] if python else list(args)
-        with open(self.log_path(name), "ab") as log:
-            proc = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **(env or {})},
-                start_new_session=True,
-            )
-        self._children[proc.pid] = proc
-        record = ProcessRecord(
-            name, argv, proc.pid, time.time(), health_url, ports or {}, labels or {}
-        )
-        tmp = self._record_path(name).with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(record), indent=2))
-        tmp.replace(self._record_path(name))
-        return record
+            service = self.service(existing)
+        else:
+            argv = [sys.executable, *args] if python else list(args)
+            with open(self.log_path(name), "ab") as log:
+                proc = subprocess.Popen(
+                    [*launcher, *argv],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env={**os.environ, **(env or {})},
+                    start_new_session=True,
+                )
+            self._children[proc.pid] = proc
+            record = ProcessRecord(name, argv, proc.pid, time.time(), health_url,
+                                   ports or {}, labels or {}, list(launcher))  # fmt: skip
+            tmp = self._record_path(name).with_suffix(".tmp")
+            tmp.write_text(json.dumps(asdict(record), indent=2))
+            tmp.replace(self._record_path(name))
+            service = self.service(record)
+        if wait:
+            try:
+                self.wait_healthy(name, timeout)
+            except BaseException:
+                self.stop(name)
+                raise
+        return service
 
     def healthy(self, name: str) -> bool:
         record = self.running(name)
@@ -160,45 +234,56 @@ class Supervisor:
             return False
 
     def wait_healthy(self, name: str, timeout: float = 60.0) -> ProcessRecord:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            record = self.get(name)
-            if record is None:
-                raise SupervisorError(f"{name} was never started")
+        """Waits until ``name`` answers its health URL; raises at once if it exited."""
+        record = self.get(name)
+        if record is None:
+            raise SupervisorError(f"{name} was never started")
+
+        def check() -> ProcessRecord | None:
             if self.running(name) is None:
-                child = self._children.get(record.pid)
-                code = child.poll() if child is not None else None
-                self._reap(record.pid)
+                code = self.exit_status(record.pid)
                 raise SupervisorError(f"{name} exited (status {code}): {self.log_tail(name)}")
-            if self.healthy(name):
-                return record
-            time.sleep(0.2)
-        raise SupervisorError(f"{name} not healthy at {self.get(name).health_url} after {timeout}s")
+            return record if self.healthy(name) else None
+
+        return wait_until(
+            check,
+            timeout=timeout,
+            what=f"{name} healthy at {record.health_url}",
+            detail=lambda: self.log_tail(name),
+        )
 
     def stop(self, name: str, timeout: float = 10.0) -> bool:
         """SIGTERM the process group, SIGKILL after ``timeout``; removes the state file."""
         record = self.running(name)
-        stopped = False
         if record is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(record.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while _alive(record.pid) and time.monotonic() < deadline:
-                self._reap(record.pid)
-                time.sleep(0.05)
-            if _alive(record.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(record.pid, signal.SIGKILL)
-                self._reap(record.pid, block=True)
-            stopped = True
+            self._signal_group(record.pid, signal.SIGTERM)
+            try:
+                self._wait_gone(record, timeout)
+            except TimeoutError:
+                self._signal_group(record.pid, signal.SIGKILL)
+                self._wait_gone(record, 5.0)
         self._record_path(name).unlink(missing_ok=True)
-        return stopped
+        return record is not None
 
     def stop_all(self, timeout: float = 10.0) -> list[str]:
         return [r.name for r in self.list() if self.stop(r.name, timeout)]
 
-    def _reap(self, pid: int, block: bool = False) -> None:
-        proc = self._children.get(pid)
-        if proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5 if block else 0)
+    def _alive(self, pid: int) -> bool:
+        """Our child until reaped, any other process until it exits (a zombie counts as gone:
+        an adopted child's zombie is its former parent's to reap, or nobody's)."""
+        if pid in self._children:
+            return self._children[pid].poll() is None
+        return psutil.pid_exists(pid) and _live_cmdline(pid) is not None
+
+    def _wait_gone(self, record: ProcessRecord, timeout: float) -> None:
+        wait_until(
+            lambda: not self._alive(record.pid),
+            timeout=timeout,
+            interval=0.05,
+            what=f"{record.name} (pid {record.pid}) to exit",
+        )
+
+    @staticmethod
+    def _signal_group(pid: int, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
