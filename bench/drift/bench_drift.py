@@ -15,18 +15,24 @@ import asyncio
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import pandas as pd
+import psutil
 
 from kubeloop.generated import REPO_ROOT
-from kubeloop.local.drift import drift_python, payload_pair, start_drift_service
+from kubeloop.local.drift import drift_python, start_drift_service
+from kubeloop.local.supervisor import Supervisor
 from kubeloop.monitoring.scenarios import write_fraud_scenarios
 from kubeloop.registry import ModelRegistry
 from kubeloop.training.quick import publish_quick_version
+
+sys.path.insert(0, str(REPO_ROOT))  # for tests.support when run as a script
+from tests.support.events import payload_pair  # noqa: E402
 
 MODEL = "fraud-detector"
 
@@ -67,9 +73,9 @@ async def _send(
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process so far."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def throughput(
@@ -87,20 +93,27 @@ def throughput(
         events += evs
         feedback.append({"request_id": rid, "labels": [int(rows["is_fraud"][i])]})
     out: dict = {}
-    with start_drift_service(registry, work, env=env) as svc:
+    cache = work / "drift-cache"  # the second service finds the first one's thresholds
+    with (
+        Supervisor(work / "runtime") as sup,
+        start_drift_service(sup, registry, cache_dir=cache, env=env) as svc,
+    ):
         t = time.perf_counter()
         snap = _watch(svc.url)
         out["setup_cold_s"] = time.perf_counter() - t
         out["setup_cold_by_detector_s"] = {
             k: v["setup_seconds"] for k, v in snap["detectors"].items()
         }
-    with start_drift_service(registry, work, env=env) as svc:
+    with (
+        Supervisor(work / "runtime") as sup,
+        start_drift_service(sup, registry, cache_dir=cache, env=env) as svc,
+    ):
         t = time.perf_counter()
         snap = _watch(svc.url)
         out["setup_cached_s"] = time.perf_counter() - t
         out["cache_hits"] = all(v["cache_hit"] for v in snap["detectors"].values())
         worker_pid = httpx.get(svc.url + "/v1/status").json()["worker"]["pid"]
-        cpu_before = {"http": _cpu_seconds(svc.process.pid), "worker": _cpu_seconds(worker_pid)}
+        cpu_before = {"http": _cpu_seconds(svc.pid), "worker": _cpu_seconds(worker_pid)}
         start = time.perf_counter()
         send_s = asyncio.run(_send(svc.url, events, concurrency, feedback))
         status = httpx.get(
@@ -110,7 +123,7 @@ def throughput(
         # CPU time per event of each service process: what one dedicated core each would
         # sustain, whatever else shares this machine's cores during the run.
         cpu_us = {
-            "http": (_cpu_seconds(svc.process.pid) - cpu_before["http"]) / len(events) * 1e6,
+            "http": (_cpu_seconds(svc.pid) - cpu_before["http"]) / len(events) * 1e6,
             "worker": (_cpu_seconds(worker_pid) - cpu_before["worker"])
             / max(2 * status["watched"][0]["samples"], 1)
             * 1e6,

@@ -31,7 +31,11 @@ from pathlib import Path
 
 import yaml
 
+from kubeloop.generated import REPO_ROOT
 from kubeloop.local.ports import free_port
+from kubeloop.local.wait import wait_until
+
+sys.path.insert(0, str(REPO_ROOT))  # for tests.support when run as a script
 
 HERE = Path(__file__).resolve().parent
 
@@ -97,9 +101,10 @@ def bench_loop(trials: int, cache_dir: Path | None) -> dict:
     from prometheus_client import CollectorRegistry
 
     from kubeloop.local.drift import PREDICTION_ONLY_DETECTORS as DRIFT_DETECTORS
-    from kubeloop.local.drift import supervise_drift_service
+    from kubeloop.local.drift import start_drift_service
     from kubeloop.local.operator.driver import LocalOperator
-    from kubeloop.local.prometheus import supervise_prometheus, write_targets
+    from kubeloop.local.prometheus import start_prometheus, write_targets
+    from kubeloop.local.servers import start_router
     from kubeloop.local.supervisor import Supervisor
     from kubeloop.registry import ModelRegistry
     from kubeloop.training.quick import publish_quick_version
@@ -112,18 +117,10 @@ def bench_loop(trials: int, cache_dir: Path | None) -> dict:
     prom_port, router_port, drift_port = free_port(), free_port(), free_port()
     drift_url = f"http://127.0.0.1:{drift_port}"
     write_targets(tmp / "prom", "drift", [f"127.0.0.1:{drift_port}"])
-    supervise_prometheus(sup, tmp / "prom", prom_port, interval="1s")
-    supervise_drift_service(
-        sup, drift_port, registry.uri, cache_dir or tmp / "drift-cache", DRIFT_DETECTORS
-    )
-    sup.start(
-        "router",
-        [
-            "-m", "kubeloop.router", "--port", str(router_port),
-            "--split-file", str(tmp / "split.json"), "--logger-url", drift_url,
-        ],
-        health_url=f"http://127.0.0.1:{router_port}/healthz",
-    )  # fmt: skip
+    start_prometheus(sup, tmp / "prom", prom_port, scrape_interval="1s", wait=False)
+    start_drift_service(sup, registry.uri, drift_port, cache_dir=cache_dir or tmp / "drift-cache",
+                        detectors=DRIFT_DETECTORS, wait=False)  # fmt: skip
+    start_router(sup, tmp / "split.json", router_port, logger_url=drift_url, wait=False)
     traffic = RouterTraffic(f"http://127.0.0.1:{router_port}", *covariate_pools(SEED))
     for name in ("prometheus", "router", "drift"):
         sup.wait_healthy(name, 90)
@@ -170,19 +167,18 @@ def bench_loop(trials: int, cache_dir: Path | None) -> dict:
                 metrics=RolloutMetrics(CollectorRegistry()),
             )
             op.store.apply(manifest)
+
             # The first pass deploys v1 and has the drift service watch it (a fresh reset);
             # wait until its detector has a statistic on stationary traffic and no alarm.
-            deadline = time.monotonic() + 180
-            while True:
+            def served_without_drift(op=op):
                 result = op.reconcile_one("fraud-detector")
                 ready = any(
                     c.type == "Ready" and c.status == "True" for c in result.status.conditions
                 )
-                if ready and result.status.drift == "None":
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"v1 never served without drift: {result.status}")
-                time.sleep(0.5)
+                return ready and result.status.drift == "None"
+
+            wait_until(served_without_drift, timeout=180, interval=0.5,
+                       what="v1 serving without drift")  # fmt: skip
             for _ in range(10):
                 start = time.perf_counter()
                 op.reconcile_one("fraud-detector")
@@ -195,16 +191,12 @@ def bench_loop(trials: int, cache_dir: Path | None) -> dict:
             loop.start()
             onset = time.monotonic()
             traffic.drifted = True  # covariate traffic from now on
-            while not drift_flag(drift_url, "v1"):
-                if time.monotonic() - onset > 120:
-                    raise RuntimeError("the drift service raised no alarm within 120 s")
-                time.sleep(0.02)
+            wait_until(lambda: drift_flag(drift_url, "v1"), timeout=120, interval=0.02,
+                       what="the drift service's alarm")  # fmt: skip
             t0 = time.monotonic()
             detect_s.append(t0 - onset)
-            while not (runs.exists() and any(runs.glob("*/params.json"))):
-                if time.monotonic() - t0 > 60:
-                    raise RuntimeError("no retraining run submitted within 60 s of the alarm")
-                time.sleep(0.02)
+            wait_until(lambda runs=runs: runs.exists() and any(runs.glob("*/params.json")), timeout=60,
+                       interval=0.02, what="a retraining run submitted after the alarm")  # fmt: skip
             submit_s.append(time.monotonic() - t0)
             stop.set()
             loop.join(10)

@@ -29,17 +29,15 @@ import threading
 from pathlib import Path
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from kubeloop.local.servers import (  # noqa: E402
-    ServerProcess,
-    free_port,
-    spawn_python,
-    start_predictor,
-    start_router,
-)
+from kubeloop.local.ports import free_port  # noqa: E402
+from kubeloop.local.servers import start_predictor, start_router  # noqa: E402
+from kubeloop.local.supervisor import Supervisor  # noqa: E402
+from kubeloop.local.wait import wait_until  # noqa: E402
 from kubeloop.registry import ModelRegistry  # noqa: E402
 from kubeloop.training.quick import publish_quick_version  # noqa: E402
 
@@ -82,8 +80,8 @@ def _pin(cpu: int) -> list[str]:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def wrk(
@@ -248,58 +246,55 @@ def run(duration: int, rounds: int, co_duration: int = 4, co_rounds: int = 5) ->
         script = tmp / "post.lua"
         script.write_text(LUA % json.dumps(BODY))
         sink_port = free_port()
-        sink, _ = spawn_python(
-            "sink", ["-m", "tests.support.sink", "--port", str(sink_port)], tmp, launcher=_pin(1)
-        )
-        procs: list[ServerProcess] = []
-        try:
+        # Stopped on the way out, before the folder goes.
+        with Supervisor(tmp / "runtime") as sup:
+            sup.start("sink", ["-m", "tests.support.sink", "--port", str(sink_port)],
+                      launcher=_pin(1))  # fmt: skip
             plain_procs = {}
             for name, extra in (("a-plain", []), ("a-plain-2", []), ("a-bundle", ["--dataframe"])):
                 port = free_port()
-                proc, log = spawn_python(
+                plain_procs[name] = sup.start(
                     name,
                     [str(ROOT / "bench/serving/plain_model.py"), "--model_name", MODEL, "--model-dir", str(folder),
                      "--http_port", str(port), "--grpc_port", str(free_port()), "--configure_logging", "false", *extra],
-                    tmp, launcher=_pin(0),
+                    health_url=f"http://127.0.0.1:{port}/v1/models/{MODEL}",
+                    ports={"http": port},
+                    launcher=_pin(0),
                 )  # fmt: skip
-                plain_procs[name] = ServerProcess(name, proc, f"http://127.0.0.1:{port}", log)
-                procs.append(plain_procs[name])
             # Pinned from the start, as the baselines: torch sizes its thread pool for
             # the CPUs it sees when imported.
             predictor = start_predictor(
+                sup,
                 MODEL,
                 "v1",
                 registry.uri,
-                tmp,
                 logger_url=f"http://127.0.0.1:{sink_port}/",
                 wait=False,
                 launcher=_pin(0),
             )
-            procs.append(predictor)
             split = tmp / "split.json"
             split.write_text(
                 json.dumps({"model": MODEL, "stable": {"version": "v1", "url": predictor.url}})
             )
-            router = start_router(split, tmp, wait=False, launcher=_pin(1))
-            procs.append(router)
-            for plain in plain_procs.values():
-                plain.wait_ready(f"/v1/models/{MODEL}")
-            predictor.wait_ready(f"/v1/models/{MODEL}")
-            router.wait_ready("/readyz")
+            router = start_router(sup, split, wait=False, launcher=_pin(1))
+            for server in (*plain_procs.values(), predictor, router):
+                server.wait_healthy()
+            wait_until(
+                lambda: httpx.get(f"{router.url}/readyz").status_code == 200,
+                timeout=30,
+                what="the router to read its split",
+            )
             assert (
                 httpx.post(f"{router.url}/v1/models/{MODEL}:predict", json=BODY).status_code == 200
             )
             path = f"/v1/models/{MODEL}:predict"
             targets = {
                 **{
-                    name: (plain.url + path, {"server": plain.process.pid})
+                    name: (plain.url + path, {"server": plain.pid})
                     for name, plain in plain_procs.items()
                 },
-                "b-kubeloop": (predictor.url + path, {"server": predictor.process.pid}),
-                "c-router": (
-                    router.url + path,
-                    {"server": predictor.process.pid, "router": router.process.pid},
-                ),
+                "b-kubeloop": (predictor.url + path, {"server": predictor.pid}),
+                "c-router": (router.url + path, {"server": predictor.pid, "router": router.pid}),
             }
             load_before = os.getloadavg()
             control = targets["a-plain-2"]
@@ -308,7 +303,7 @@ def run(duration: int, rounds: int, co_duration: int = 4, co_rounds: int = 5) ->
                 (targets["a-plain"][0], targets["a-plain"][1]["server"]),
                 {
                     "a-plain-2": (control[0], control[1]["server"]),
-                    "b-kubeloop": (targets["b-kubeloop"][0], predictor.process.pid),
+                    "b-kubeloop": (targets["b-kubeloop"][0], predictor.pid),
                 },
                 co_duration,
                 co_rounds,
@@ -326,11 +321,6 @@ def run(duration: int, rounds: int, co_duration: int = 4, co_rounds: int = 5) ->
                 )
                 for outcome in ("sent", "dropped")
             }
-        finally:
-            for p in procs:
-                p.stop()
-            sink.terminate()
-            sink.wait()
     return {
         "results": results,
         "paired": paired,

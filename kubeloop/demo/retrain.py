@@ -21,6 +21,8 @@ from typing import Any
 
 import pandas as pd
 
+from kubeloop.local.wait import wait_until
+
 LABELLED_FILE = "labelled.parquet"
 MIN_ROWS = 200
 _WINDOW = re.compile(r"^([0-9]+)([smhd])$")
@@ -45,19 +47,17 @@ def recent_window(frame: pd.DataFrame, seconds: float, now: float | None = None)
 def fresh_window(path: Path, seconds: float, *, timeout: float, poll: float = 1.0) -> pd.DataFrame:
     """Waits until ``seconds`` of traffic labelled after now are in ``path``; returns those rows."""
     start = time.time()
-    deadline = start + seconds + timeout
-    while True:
+
+    def fresh() -> tuple[pd.DataFrame] | None:  # a tuple: truthy even for an empty frame
         frame = pd.read_parquet(path) if path.exists() else pd.DataFrame()
-        if len(frame) and float(frame["labelled_at"].max()) >= start + seconds:
-            chosen = frame[
-                (frame["labelled_at"] >= start) & (frame["labelled_at"] <= start + seconds)
-            ]
-            return chosen.reset_index(drop=True)
-        if time.time() > deadline:
-            raise TimeoutError(
-                f"no {seconds:.0f}s of fresh labelled traffic in {path} after {seconds + timeout:.0f}s"
-            )
-        time.sleep(poll)
+        if not len(frame) or float(frame["labelled_at"].max()) < start + seconds:
+            return None
+        chosen = frame[(frame["labelled_at"] >= start) & (frame["labelled_at"] <= start + seconds)]
+        return (chosen.reset_index(drop=True),)
+
+    (chosen,) = wait_until(fresh, timeout=seconds + timeout, interval=poll,
+                           what=f"{seconds:.0f}s of fresh labelled traffic in {path}")  # fmt: skip
+    return chosen
 
 
 def load_window(labelled_traffic: str | Path, data_window: str, window: str) -> pd.DataFrame:

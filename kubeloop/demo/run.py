@@ -29,6 +29,7 @@ from kubeloop.demo.stream import build_stream
 from kubeloop.demo.timeline import Recorder
 from kubeloop.demo.traffic import TrafficReplayer
 from kubeloop.local.runtime import DEMO_DRIFT_DETECTORS, DEMO_ERT, LocalRuntime, RuntimePorts
+from kubeloop.local.wait import wait_until
 
 MODEL = "fraud-detector"
 MARKER = ".kubeloop-demo"
@@ -135,13 +136,10 @@ def train_first_version(config: LoopConfig, runtime: LocalRuntime, echo: Callabl
 
 
 def wait_for(what: str, predicate: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
+    try:
+        return wait_until(predicate, timeout=timeout, interval=every, what=what)
+    except TimeoutError as exc:
+        raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}") from exc
 
 
 def _answers_record(replayer: TrafficReplayer) -> list[dict]:

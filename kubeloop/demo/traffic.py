@@ -11,6 +11,7 @@ transaction ids), the recent window that retraining runs learn from.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -22,6 +23,7 @@ import httpx
 import pandas as pd
 
 from kubeloop.demo.stream import ReplayStream
+from kubeloop.local.wait import wait_until
 
 
 @dataclass
@@ -116,11 +118,14 @@ class TrafficReplayer:
                     self._stop.wait(delay)
                 elif delay < -5 * self.interval:  # far behind: do not burst to catch up
                     next_at = time.monotonic()
+
             # labels still owed for requests already answered
-            deadline = time.time() + self.label_delay + 1
-            while self._pending and not self._stop.is_set() and time.time() < deadline:
+            def delivered() -> bool:
                 self._deliver_labels(client, time.time())
-                self._stop.wait(0.2)
+                return not self._pending or self._stop.is_set()
+
+            with contextlib.suppress(TimeoutError):  # labels still owed then are dropped
+                wait_until(delivered, timeout=self.label_delay + 1, what="labels still owed")
 
     def _send(self, client: httpx.Client) -> None:
         first = self._next_row

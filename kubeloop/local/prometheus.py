@@ -1,8 +1,11 @@
-"""Local Prometheus: a generated scrape config and Debian's ``/usr/bin/prometheus``.
+"""Local Prometheus: a generated config, Debian's ``prometheus`` under the supervisor, and
+a small HTTP query client.
 
-The local runtime and the operator's local driver start it with the kubeloop
-services as targets and the alert rules from ``manifests/monitoring/rules.yaml``;
-tests use short scrape and evaluation intervals.
+``start_prometheus`` scrapes static targets (``{job: ["host:port"]}``) and the target
+files under ``<root>/targets/`` (``write_targets``: the local runtime registers its parts
+and predictors there, and Prometheus picks changes up without a restart), evaluating
+the given alert rule files (``SHIPPED_RULES``: ``manifests/monitoring/rules.yaml``).
+Tests use second-long scrape and evaluation intervals.
 """
 
 from __future__ import annotations
@@ -10,28 +13,24 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 from kubeloop.generated import REPO_ROOT
-from kubeloop.local.drift import stop_process
 from kubeloop.local.ports import free_port
-from kubeloop.local.supervisor import ProcessRecord, Supervisor
+from kubeloop.local.supervisor import Service, Supervisor
 from kubeloop.monitoring.rules import RULES_PATH
 
-PROMETHEUS_BIN = "/usr/bin/prometheus"
+SHIPPED_RULES = REPO_ROOT / RULES_PATH
+FILE_TARGETS_JOB = "kubeloop"  # the job of the targets registered with write_targets
 
 
 class PrometheusError(RuntimeError):
-    """Prometheus is missing, failed to start, or answered a query with an error."""
+    """Prometheus answered a query with an error."""
 
 
 def scrape_config(
@@ -39,9 +38,11 @@ def scrape_config(
     *,
     scrape_interval: str = "15s",
     evaluation_interval: str = "15s",
-    rule_files: list[str | Path] | None = None,
+    rule_files: Sequence[str | Path] = (),
+    target_dir: Path | None = None,
 ) -> str:
-    """Prometheus configuration scraping ``{job: ["host:port", ...]}`` at ``/metrics``."""
+    """Prometheus configuration scraping ``{job: ["host:port", ...]}`` at ``/metrics``, and
+    with ``target_dir`` the target files in it (job ``kubeloop``)."""
     for job, addrs in targets.items():
         if (
             not job
@@ -51,155 +52,81 @@ def scrape_config(
             raise ValueError(
                 f"scrape targets of job {job!r} must be a list of 'host:port', got {addrs!r}"
             )
+    jobs = [
+        {"job_name": job, "metrics_path": "/metrics", "static_configs": [{"targets": addrs}]}
+        for job, addrs in targets.items()
+    ]
+    if target_dir is not None:
+        jobs.append(
+            {
+                "job_name": FILE_TARGETS_JOB,
+                "file_sd_configs": [
+                    {"files": [f"{target_dir}/*.json"], "refresh_interval": scrape_interval}
+                ],
+            }
+        )
     config = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval},
-        "rule_files": [str(p) for p in (rule_files or [])],
-        "scrape_configs": [
-            {"job_name": job, "metrics_path": "/metrics", "static_configs": [{"targets": addrs}]}
-            for job, addrs in targets.items()
-        ],
+        "rule_files": [str(p) for p in rule_files],
+        "scrape_configs": jobs,
     }
     return yaml.safe_dump(config, sort_keys=False)
 
 
-@dataclass
-class PrometheusProcess:
-    process: subprocess.Popen
-    url: str
-    work_dir: Path
-
-    def stop(self, timeout: float = 10.0) -> None:
-        stop_process(self.process, timeout)
-
-    def __enter__(self) -> PrometheusProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def log(self) -> str:
-        path = self.work_dir / "prometheus.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def api(self, path: str, **params: str) -> Any:
-        url = f"{self.url}/api/v1/{path}"
-        if params:
-            url += "?" + urllib.parse.urlencode(params)
-        try:
-            with urllib.request.urlopen(url, timeout=10) as resp:
-                body = json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            raise PrometheusError(f"{path}: HTTP {exc.code}: {exc.read()[:500]!r}") from None
-        if body.get("status") != "success":
-            raise PrometheusError(f"{path} failed: {body}")
-        return body["data"]
-
-    def query(self, promql: str) -> list[dict]:
-        return self.api("query", query=promql)["result"]
-
-    def alerts(self) -> list[dict]:
-        return self.api("alerts")["alerts"]
-
-    def targets_up(self) -> dict[str, str]:
-        return {t["labels"]["job"]: t["health"] for t in self.api("targets")["activeTargets"]}
-
-
-def start_prometheus(
-    work_dir: str | Path,
-    targets: dict[str, list[str]],
-    *,
-    port: int | None = None,
-    rule_files: list[str | Path] | None = None,
-    scrape_interval: str = "15s",
-    evaluation_interval: str = "15s",
-    binary: str | None = None,
-    timeout: float = 30.0,
-) -> PrometheusProcess:
-    """Writes the config under ``work_dir`` and starts Prometheus on 127.0.0.1; waits until ready."""
-    binary = binary or os.environ.get("KUBELOOP_PROMETHEUS_BIN", PROMETHEUS_BIN)
-    if not Path(binary).exists() and not shutil.which(binary):
-        raise PrometheusError(f"prometheus not found at {binary}; run `make prometheus`")
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    if rule_files is None:
-        rule_files = [REPO_ROOT / RULES_PATH]
-    config = work_dir / "prometheus.yml"
-    config.write_text(
-        scrape_config(
-            targets,
-            scrape_interval=scrape_interval,
-            evaluation_interval=evaluation_interval,
-            rule_files=[Path(p).resolve() for p in rule_files],
-        )  # fmt: skip
-    )
-    port = port or free_port()
-    cmd = [
-        binary,
-        f"--config.file={config}",
-        f"--storage.tsdb.path={work_dir / 'tsdb'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--storage.tsdb.retention.time=1d",
-        "--web.enable-lifecycle",
-    ]
-    with (work_dir / "prometheus.log").open("ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=work_dir)
-    prom = PrometheusProcess(proc, f"http://127.0.0.1:{port}", work_dir)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise PrometheusError(
-                f"prometheus exited with {proc.returncode}:\n{prom.log()[-3000:]}"
-            )
-        try:
-            with urllib.request.urlopen(prom.url + "/-/ready", timeout=1) as resp:
-                if resp.status == 200:
-                    return prom
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.2)
-    prom.stop()
-    raise PrometheusError(f"prometheus not ready after {timeout}s:\n{prom.log()[-3000:]}")
-
-
-# --- file-discovered targets under the supervisor (the local runtime's Prometheus) ---
-
-CONFIG = """\
-global:
-  scrape_interval: {interval}
-  evaluation_interval: {interval}
-scrape_configs:
-  - job_name: kubeloop
-    file_sd_configs:
-      - files: ["{targets}/*.json"]
-        refresh_interval: {interval}
-"""
-
-
 def prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
+    """``$KUBELOOP_PROMETHEUS_BIN``, else ``prometheus`` on the PATH (``make prometheus``)."""
+    binary = os.environ.get("KUBELOOP_PROMETHEUS_BIN") or shutil.which("prometheus")
+    if not binary or not (Path(binary).exists() or shutil.which(binary)):
         raise FileNotFoundError(
-            "the `prometheus` binary is not installed (apt-get install prometheus)"
+            f"the `prometheus` binary is not installed{f' at {binary}' if binary else ''}; "
+            "run `make prometheus` (apt-get install prometheus)"
         )
-    return path
+    return binary
 
 
 def write_targets(
     root: Path, group: str, targets: list[str], labels: dict[str, str] | None = None
 ) -> None:
-    folder = root / "targets"
+    """Registers ``targets`` (``host:port``) as ``group`` with the Prometheus under ``root``."""
+    folder = Path(root) / "targets"
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{group}.json.tmp"
     tmp.write_text(json.dumps([{"targets": sorted(targets), "labels": labels or {}}]))
     tmp.replace(folder / f"{group}.json")
 
 
-def supervise_prometheus(
-    supervisor: Supervisor, root: Path, port: int, *, interval: str = "1s", name: str = "prometheus"
-) -> ProcessRecord:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "targets").mkdir(exist_ok=True)
+def start_prometheus(
+    supervisor: Supervisor,
+    root: str | Path,
+    port: int | None = None,
+    *,
+    targets: dict[str, list[str]] | None = None,
+    rule_files: Sequence[str | Path] = (),
+    scrape_interval: str = "1s",
+    evaluation_interval: str | None = None,
+    name: str = "prometheus",
+    wait: bool = True,
+    timeout: float = 30.0,
+) -> Service:
+    """Writes ``<root>/prometheus.yml`` and starts Prometheus on 127.0.0.1 under ``supervisor``.
+
+    It scrapes the static ``targets`` and the target files under ``<root>/targets/``;
+    the evaluation interval defaults to the scrape interval. With ``wait``, returns once
+    ``/-/ready`` answers.
+    """
+    root = Path(root).resolve()
+    (root / "targets").mkdir(parents=True, exist_ok=True)
     config = root / "prometheus.yml"
-    config.write_text(CONFIG.format(interval=interval, targets=(root / "targets").resolve()))
+    config.write_text(
+        scrape_config(
+            targets or {},
+            scrape_interval=scrape_interval,
+            evaluation_interval=evaluation_interval or scrape_interval,
+            rule_files=[Path(p).resolve() for p in rule_files],
+            target_dir=root / "targets",
+        )
+    )
+    port = port or free_port()
     argv = [
         prometheus_binary(),
         f"--config.file={config}",
@@ -213,4 +140,43 @@ def supervise_prometheus(
         health_url=f"http://127.0.0.1:{port}/-/ready",
         ports={"http": port},
         python=False,
+        wait=wait,
+        timeout=timeout,
     )
+
+
+class PrometheusClient:
+    """Prometheus's HTTP API: instant queries, alerts and scrape targets."""
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=f"{self.url}/api/v1", timeout=timeout)
+
+    def api(self, path: str, **params: str) -> Any:
+        response = self._http.get(path, params=params)
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if response.status_code != 200 or body.get("status") != "success":
+            raise PrometheusError(f"{path}: HTTP {response.status_code}: {response.text[:500]}")
+        return body["data"]
+
+    def query(self, promql: str) -> list[dict]:
+        return self.api("query", query=promql)["result"]
+
+    def alerts(self) -> list[dict]:
+        return self.api("alerts")["alerts"]
+
+    def targets_up(self) -> dict[str, str]:
+        """``{job: health}`` of the active targets (one entry per job)."""
+        return {t["labels"]["job"]: t["health"] for t in self.api("targets")["activeTargets"]}
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> PrometheusClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -96,8 +96,9 @@ class LocalRuntime:
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self, manifests: list[Path] | None = None, timeout: float = 90.0) -> None:
         """Starts Prometheus, the drift service, the router and the operator; waits until healthy."""
-        from kubeloop.local.drift import supervise_drift_service
-        from kubeloop.local.prometheus import supervise_prometheus, write_targets
+        from kubeloop.local.drift import start_drift_service
+        from kubeloop.local.prometheus import start_prometheus, write_targets
+        from kubeloop.local.servers import start_router
 
         sup = self.supervisor
         write_targets(self.prometheus_root, "drift", [f"127.0.0.1:{self.ports.drift}"])
@@ -105,25 +106,20 @@ class LocalRuntime:
         write_targets(
             self.prometheus_root, "operator", [f"127.0.0.1:{self.ports.operator_metrics}"]
         )
-        supervise_prometheus(sup, self.prometheus_root, self.ports.prometheus)
-        supervise_drift_service(
+        # Started together, then waited for: each takes seconds to come up.
+        start_prometheus(sup, self.prometheus_root, self.ports.prometheus, wait=False)
+        start_drift_service(
             sup,
-            self.ports.drift,
             self.registry_uri,
-            self.drift_cache or self.home / "runtime" / "drift-cache",
-            self.drift_env,
+            self.ports.drift,
+            cache_dir=self.drift_cache or self.home / "runtime" / "drift-cache",
+            detectors=self.drift_env,
             env={"KUBELOOP_HOME": str(self.home)},
+            wait=False,
         )
-        sup.start(
-            "router",
-            [
-                "-m", "kubeloop.router",
-                "--port", str(self.ports.router),
-                "--split-file", str(self.home / "runtime" / "router-split.json"),
-            ],
-            health_url=f"{self.url('router')}/healthz",
-            ports={"http": self.ports.router},
-        )  # fmt: skip
+        start_router(
+            sup, self.home / "runtime" / "router-split.json", self.ports.router, wait=False
+        )
         for name in ("prometheus", "drift", "router"):
             sup.wait_healthy(name, timeout)
         self.start_operator(manifests or [])
@@ -138,8 +134,8 @@ class LocalRuntime:
             health_url=f"{self.url('operator')}/metrics",
             ports={"metrics": self.ports.operator_metrics},
             env={**os.environ, **self.env()},
+            wait=True,
         )
-        self.supervisor.wait_healthy("operator", 60)
 
     def apply(self, manifest: Path) -> str:
         """Hands a ModelDeployment to the running operator (it reads its state folder)."""

@@ -20,12 +20,14 @@ def drift_service(
     import httpx
 
     from kubeloop.local.drift import start_drift_service
+    from kubeloop.local.supervisor import Supervisor
     from kubeloop.settings import get_settings
 
     settings = get_settings()
-    with start_drift_service(
-        registry_uri or settings.registry_uri, settings.home / "runtime", port=port
-    ) as svc:
+    with (
+        Supervisor(settings.home / "runtime" / "monitoring") as sup,
+        start_drift_service(sup, registry_uri or settings.registry_uri, port) as svc,
+    ):
         for spec in watch:
             model, _, version = spec.partition(":")
             typer.echo(
@@ -34,7 +36,7 @@ def drift_service(
             httpx.post(svc.url + "/v1/watch", json={"model": model, "version": version or "latest"},
                        timeout=1800).raise_for_status()  # fmt: skip
         typer.echo(f"drift service on {svc.url} (log: {svc.log_path})")
-        _wait(svc.process)
+        _wait(svc)
 
 
 @app.command("prometheus")
@@ -46,7 +48,8 @@ def prometheus(
     ),
 ) -> None:
     """Starts /usr/bin/prometheus with kubeloop's alert rules, scraping the given targets."""
-    from kubeloop.local.prometheus import start_prometheus
+    from kubeloop.local.prometheus import SHIPPED_RULES, start_prometheus
+    from kubeloop.local.supervisor import Supervisor
     from kubeloop.settings import get_settings
 
     targets: dict[str, list[str]] = {}
@@ -55,16 +58,18 @@ def prometheus(
         if not sep or ":" not in addr:
             raise typer.BadParameter(f"target {item!r} must look like JOB=HOST:PORT")
         targets.setdefault(job, []).append(addr)
-    with start_prometheus(
-        work_dir or get_settings().home / "runtime" / "prometheus", targets, port=port
-    ) as prom:
-        typer.echo(f"prometheus on {prom.url}")
-        _wait(prom.process)
+    runtime = get_settings().home / "runtime"
+    with Supervisor(runtime / "monitoring") as sup:
+        prom = start_prometheus(sup, work_dir or runtime / "prometheus", port, targets=targets,
+                                rule_files=[SHIPPED_RULES], scrape_interval="15s")  # fmt: skip
+        typer.echo(f"prometheus on {prom.url} (log: {prom.log_path})")
+        _wait(prom)
 
 
-def _wait(process) -> None:  # noqa: ANN001
+def _wait(service) -> None:  # noqa: ANN001
+    """Until the service exits or Ctrl-C; the supervisor then stops it."""
     try:
-        while process.poll() is None:
+        while service.running():
             time.sleep(1)
     except KeyboardInterrupt:
         pass

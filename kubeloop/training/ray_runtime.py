@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kubeloop.local.ports import free_port
+from kubeloop.local.wait import wait_until
 
 HEAD_FILE = "head.json"
 START_TIMEOUT_S = 120.0
@@ -110,16 +111,21 @@ def start_local_head(home: Path | None = None, num_cpus: int = 2) -> LocalHead:
     )
     log.close()
     address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not _port_open(address):
+
+    def head_up() -> bool:
         if proc.poll() is not None:
             raise RayRuntimeError(
                 f"ray start exited with {proc.returncode}; see {folder / 'head.log'}"
             )
-        if time.monotonic() > deadline:
-            _kill_group(proc.pid)
-            raise RayRuntimeError(f"Ray head did not open {address} within {START_TIMEOUT_S:.0f}s")
-        time.sleep(0.5)
+        return _port_open(address)
+
+    try:
+        wait_until(head_up, timeout=START_TIMEOUT_S, interval=0.5, what=f"Ray head on {address}")
+    except TimeoutError:
+        _kill_group(proc.pid)
+        raise RayRuntimeError(
+            f"Ray head did not open {address} within {START_TIMEOUT_S:.0f}s"
+        ) from None
     head = LocalHead(address=address, pid=proc.pid, temp_dir=temp_dir, started_at=time.time())
     (folder / HEAD_FILE).write_text(json.dumps(asdict(head), indent=2))
     return head
@@ -130,17 +136,21 @@ def _kill_group(pid: int, timeout: float = 10.0) -> None:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def group_gone() -> bool:
+        with contextlib.suppress(ChildProcessError):  # reap our child: no zombie left
+            os.waitpid(pid, os.WNOHANG)
         try:
             os.killpg(pid, 0)
         except ProcessLookupError:
-            return
-        with contextlib.suppress(ChildProcessError):  # reap our child: no zombie left
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.3)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+            return True
+        return False
+
+    try:
+        wait_until(group_gone, timeout=timeout, interval=0.3, what=f"Ray head group {pid} to exit")
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def stop_local_head(home: Path | None = None) -> bool:

@@ -10,10 +10,13 @@ import pandas as pd
 import pytest
 from cloudevents.http import CloudEvent, to_structured
 
-from kubeloop.local.drift import payload_headers, payload_pair, start_drift_service
+from kubeloop.local.drift import start_drift_service
+from kubeloop.local.supervisor import Supervisor
+from kubeloop.local.wait import wait_until
 from kubeloop.monitoring import REJECT_REASONS
 from kubeloop.registry import ModelRegistry
 from kubeloop.training.quick import publish_quick_version
+from tests.support.events import payload_headers, payload_pair
 
 pytestmark = pytest.mark.slow
 MODEL = "fraud-detector"
@@ -52,8 +55,19 @@ def work(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def service(registry, work):
-    with start_drift_service(registry, work) as svc:
+def supervisor(work):
+    with Supervisor(work / "runtime") as sup:
+        yield sup
+
+
+def start(supervisor, registry, work, name: str = "drift"):
+    """A drift service caching its thresholds in ``work/drift-cache``."""
+    return start_drift_service(supervisor, registry, cache_dir=work / "drift-cache", name=name)
+
+
+@pytest.fixture(scope="module")
+def service(supervisor, registry, work):
+    with start(supervisor, registry, work) as svc:
         yield svc
 
 
@@ -96,14 +110,14 @@ def rejected(client) -> dict[str, float]:
     return out
 
 
-def test_watch_builds_detectors_and_caches_thresholds(client, service, registry, work):
+def test_watch_builds_detectors_and_caches_thresholds(client, supervisor, registry, work):
     r = client.post("/v1/watch", json={"model": MODEL, "version": "v1", "detectors": FAST})
     assert r.status_code == 200, r.text
     first = r.json()["detectors"]
     assert set(first) == {"mmd", "cvm", "fet", "prediction", "error_rate"}
     # A second process with the same cache directory loads every threshold table instead.
     with (
-        start_drift_service(registry, work) as other,
+        start(supervisor, registry, work, name="drift-2") as other,
         httpx.Client(base_url=other.url, timeout=120) as c2,
     ):
         again = c2.post(
@@ -276,13 +290,14 @@ def metric(text: str, prefix: str) -> float:
     return float(line.rsplit(" ", 1)[1])
 
 
-def test_a_crashed_detector_worker_is_reported_and_shutdown_is_clean(registry, work, reference):
+def test_a_crashed_detector_worker_is_reported_and_shutdown_is_clean(
+    supervisor, registry, work, reference
+):
     import os
     import signal
-    import time
 
     with (
-        start_drift_service(registry, work) as svc,
+        start(supervisor, registry, work, name="drift-crash") as svc,
         httpx.Client(base_url=svc.url, timeout=120) as c,
     ):
         c.post(
@@ -290,13 +305,11 @@ def test_a_crashed_detector_worker_is_reported_and_shutdown_is_clean(registry, w
         ).raise_for_status()
         send(c, reference, n=5)
         worker = c.get("/v1/status", params={"wait": "idle"}).json()["worker"]
-        assert worker["alive"] and worker["pid"] != svc.process.pid
+        assert worker["alive"] and worker["pid"] != svc.pid
         assert metric(c.get("/metrics").text, "kubeloop_drift_worker_up ") == 1.0
         os.kill(worker["pid"], signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while c.get("/readyz").status_code == 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        ready = c.get("/readyz")
+        ready = wait_until(lambda: (r := c.get("/readyz")).status_code != 200 and r,
+                           timeout=10, interval=0.1, what="/readyz to report the dead worker")  # fmt: skip
         assert ready.status_code == 503 and "exited" in ready.json()["error"], ready.text
         text = c.get("/metrics").text
         assert metric(text, "kubeloop_drift_worker_up ") == 0.0
@@ -309,21 +322,24 @@ def test_a_crashed_detector_worker_is_reported_and_shutdown_is_clean(registry, w
         assert c.post("/", headers=h1, content=b1).status_code == 202  # requests only wait
         r = c.post("/", headers=h2, content=b2)
         assert r.status_code == 503 and r.json()["reason"] == "worker_down", r.text
-    assert svc.process.poll() is not None
+    assert not svc.running()
 
 
-def test_stopping_the_service_stops_its_worker(registry, work):
-    import os
-    import time
+def gone(pid: int) -> bool:
+    """Exited (a zombie has exited: nobody may be left to reap an orphan's)."""
+    import psutil
 
-    with start_drift_service(registry, work) as svc, httpx.Client(base_url=svc.url) as c:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_stopping_the_service_stops_its_worker(supervisor, registry, work):
+    with (
+        start(supervisor, registry, work, name="drift-stop") as svc,
+        httpx.Client(base_url=svc.url) as c,
+    ):
         pid = c.get("/v1/status").json()["worker"]["pid"]
-    assert svc.process.poll() is not None
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"detector worker {pid} outlived the service")
+    assert not svc.running() and gone(svc.pid)
+    wait_until(lambda: gone(pid), timeout=10, interval=0.1, what=f"detector worker {pid} to exit")

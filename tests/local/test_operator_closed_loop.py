@@ -24,9 +24,9 @@ import yaml
 from kubeloop.local.drift import (
     PREDICTION_ONLY_DETECTORS as DRIFT_DETECTORS,
 )
-from kubeloop.local.drift import supervise_drift_service
+from kubeloop.local.drift import start_drift_service
 from kubeloop.local.ports import free_port
-from kubeloop.local.prometheus import supervise_prometheus, write_targets
+from kubeloop.local.prometheus import start_prometheus, write_targets
 from kubeloop.local.supervisor import Supervisor
 from kubeloop.registry import ModelRegistry
 from kubeloop.training.quick import publish_quick_version
@@ -106,10 +106,11 @@ def loop_env(tmp_path, request):
     manifest = tmp_path / f"{MODEL}.yaml"
     manifest.write_text(yaml.safe_dump(deployment))
     write_targets(prom_root, "drift", [f"127.0.0.1:{drift_port}"])
-    supervise_prometheus(sup, prom_root, prom_port)
+    start_prometheus(sup, prom_root, prom_port, wait=False)
 
     def start_drift():
-        return supervise_drift_service(sup, drift_port, registry.uri, cache, DRIFT_DETECTORS)
+        return start_drift_service(sup, registry.uri, drift_port, cache_dir=cache,
+                                   detectors=DRIFT_DETECTORS, wait=False)  # fmt: skip
 
     start_drift()
     sup.start(

@@ -26,7 +26,7 @@ from kubeloop.operators.settings import load_operator_settings
 from prometheus_client import CollectorRegistry
 
 from kubeloop.local.ports import free_port
-from kubeloop.local.prometheus import supervise_prometheus, write_targets
+from kubeloop.local.prometheus import start_prometheus, write_targets
 from kubeloop.local.supervisor import Supervisor
 from kubeloop.registry import ModelRegistry
 
@@ -194,7 +194,7 @@ def prometheus(tmp_path):
             "exporter", ["-c", EXPORTER, str(exporter)], health_url=f"http://127.0.0.1:{exporter}/"
         )
         write_targets(tmp_path / "prom", "exporter", [f"127.0.0.1:{exporter}"])
-        supervise_prometheus(sup, tmp_path / "prom", prom)
+        start_prometheus(sup, tmp_path / "prom", prom, wait=False)
         sup.wait_healthy("exporter", 20)
         sup.wait_healthy("prometheus", 30)
         observer = PrometheusObserver(f"http://127.0.0.1:{prom}", min_window_seconds=5)

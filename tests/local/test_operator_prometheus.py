@@ -9,7 +9,7 @@ import pytest
 from kubeloop.operators.observe import PrometheusObserver
 
 from kubeloop.local.ports import free_port
-from kubeloop.local.prometheus import supervise_prometheus, write_targets
+from kubeloop.local.prometheus import start_prometheus, write_targets
 from kubeloop.local.supervisor import Supervisor
 
 EXPORTER = textwrap.dedent(
@@ -54,7 +54,7 @@ def test_observer_reads_per_version_metrics_and_drift(tmp_path):
             health_url=f"http://127.0.0.1:{exporter_port}/",
         )
         write_targets(tmp_path / "prom", "exporter", [f"127.0.0.1:{exporter_port}"])
-        supervise_prometheus(sup, tmp_path / "prom", prom_port)
+        start_prometheus(sup, tmp_path / "prom", prom_port, wait=False)
         sup.wait_healthy("exporter", 20)
         sup.wait_healthy("prometheus", 30)
         observer = PrometheusObserver(f"http://127.0.0.1:{prom_port}", min_window_seconds=5)

@@ -5,15 +5,16 @@ panel's PromQL returns data, and the drift-service-down alert fires when it stop
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pandas as pd
 import pytest
 
 from kubeloop.local.drift import start_drift_service
-from kubeloop.local.prometheus import start_prometheus
+from kubeloop.local.prometheus import PrometheusClient, start_prometheus
 from kubeloop.local.servers import start_predictor, start_router
+from kubeloop.local.supervisor import Supervisor
+from kubeloop.local.wait import wait_until
 from kubeloop.monitoring import dashboards
 from kubeloop.monitoring.rules import DRIFT_JOB, PREDICTOR_JOB, ROUTER_JOB, AlertTimings, rules_file
 from kubeloop.registry import ModelRegistry
@@ -30,54 +31,36 @@ SHORT = AlertTimings(
 )
 
 
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last}")
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     work = tmp_path_factory.mktemp("monitoring-stack")
     registry = work / "registry"
     publish_quick_version(ModelRegistry(str(registry)), MODEL, seed=0, n_accounts=200, days=7)
-    started = []
-    try:
-        drift = start_drift_service(registry, work / "drift")
-        started.append(drift)
+    with Supervisor(work / "runtime") as sup:
+        drift = start_drift_service(sup, registry)
         httpx.post(drift.url + "/v1/watch", json={"model": MODEL, "version": "v1", "detectors": FAST},
                    timeout=300).raise_for_status()  # fmt: skip
-        predictor = start_predictor(MODEL, "v1", str(registry), work / "logs")
-        started.append(predictor)
+        predictor = start_predictor(sup, MODEL, "v1", str(registry))
         split = work / "split.json"
         split.write_text(json.dumps({"model": MODEL, "stable": {"version": "v1", "url": predictor.url},
                                      "canary": None, "canary_percent": 0, "shadow": False}))  # fmt: skip
-        router = start_router(split, work / "logs", logger_url=drift.url)
-        started.append(router)
+        router = start_router(sup, split, logger_url=drift.url)
         rules = work / "rules.yaml"
         rules.write_text(rules_file(SHORT))
         hostport = lambda url: url.removeprefix("http://")  # noqa: E731
         prom = start_prometheus(
+            sup,
             work / "prometheus",
-            {
+            targets={
                 DRIFT_JOB: [hostport(drift.url)],
                 PREDICTOR_JOB: [hostport(predictor.url)],
                 ROUTER_JOB: [hostport(router.url)],
             },  # fmt: skip
             rule_files=[rules],
             scrape_interval="1s",
-            evaluation_interval="1s",
         )
-        started.append(prom)
-        yield {"drift": drift, "router": router, "prom": prom, "registry": registry}
-    finally:
-        for proc in reversed(started):
-            proc.stop()
+        with PrometheusClient(prom.url) as client:
+            yield {"drift": drift, "router": router, "prom": client, "registry": registry}
 
 
 def predict(router_url: str, frame: pd.DataFrame, prefix: str) -> list[tuple[str, int]]:
@@ -103,10 +86,11 @@ def predict(router_url: str, frame: pd.DataFrame, prefix: str) -> list[tuple[str
 
 def test_alerts_fire_and_every_dashboard_panel_has_data(stack):
     prom, drift = stack["prom"], stack["drift"]
-    wait_for(
+    wait_until(
         lambda: set(prom.targets_up().values()) == {"up"} and prom.targets_up(),
-        30,
-        "all targets up",
+        timeout=30,
+        what="all targets up",
+        detail=lambda: str(prom.targets_up()),
     )
     ref = pd.read_parquet(stack["registry"] / MODEL / "versions" / "v1" / "reference.parquet")
     ref = ref.sample(frac=1.0, random_state=1).reset_index(drop=True)
@@ -130,32 +114,29 @@ def test_alerts_fire_and_every_dashboard_panel_has_data(stack):
                 if a["labels"]["alertname"] == "KubeloopDriftSustained" and a["state"] == "firing"]  # fmt: skip
 
     # Each detector's alarm becomes an alert on its own evaluation; wait for both, not the first.
-    alerts = wait_for(
+    alerts = wait_until(
         lambda: (a := firing()) and {x["detector"] for x in a} >= {"mmd", "cvm"} and a,
-        60,
-        "KubeloopDriftSustained firing for mmd and cvm",
+        timeout=60,
+        interval=1,
+        what="KubeloopDriftSustained firing for mmd and cvm",
+        detail=lambda: str(firing()),
     )
     assert all(a["model"] == MODEL and a["version"] == "v1" for a in alerts)
 
-    missing = []
     for name, build in dashboards.DASHBOARDS.items():
         for title, expr in dashboards.panel_queries(build()):
             promql = expr.replace("$model", MODEL).replace("$__rate_interval", "1m")
-            result = (
-                wait_for(lambda q=promql: prom.query(q), 20, f"data for {name}/{title}: {promql}")
-                or []
-            )
-            if not result:
-                missing.append((name, title))
-    assert not missing
+            wait_until(lambda q=promql: prom.query(q), timeout=20, interval=1,
+                       what=f"data for {name}/{title}: {promql}")  # fmt: skip
 
     drift.stop()
-    wait_for(
+    wait_until(
         lambda: [
             a
             for a in prom.alerts()
             if a["labels"]["alertname"] == "KubeloopDriftServiceDown" and a["state"] == "firing"
         ],  # fmt: skip
-        40,
-        "KubeloopDriftServiceDown firing",
+        timeout=40,
+        interval=1,
+        what="KubeloopDriftServiceDown firing",
     )

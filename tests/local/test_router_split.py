@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import httpx
 import pytest
 
 from kubeloop.local.servers import start_predictor, start_router
+from kubeloop.local.supervisor import Supervisor
+from kubeloop.local.wait import wait_until
 from kubeloop.registry import ModelRegistry
 from kubeloop.training.quick import publish_quick_version
 from tests.support.sink import EventSink
@@ -35,17 +36,11 @@ def stack(tmp_path_factory):
     registry = ModelRegistry(str(root / "registry"))
     publish_quick_version(registry, MODEL, seed=11)
     publish_quick_version(registry, MODEL, seed=12)
-    servers = []
-    with EventSink() as sink:
-        try:
-            for version in ("v1", "v2"):
-                servers.append(start_predictor(MODEL, version, registry.uri, root / "logs"))
-            router = start_router(root / "split.json", root / "logs", logger_url=sink.url)
-            servers.append(router)
-            yield {"v1": servers[0], "v2": servers[1], "router": router, "sink": sink, "root": root}
-        finally:
-            for server in servers:
-                server.stop()
+    with EventSink() as sink, Supervisor(root / "runtime") as sup:
+        v1, v2 = (start_predictor(sup, MODEL, v, registry.uri, wait=False) for v in ("v1", "v2"))
+        router = start_router(sup, root / "split.json", logger_url=sink.url)
+        yield {"v1": v1.wait_healthy(), "v2": v2.wait_healthy(), "router": router, "sink": sink,
+               "root": root, "supervisor": sup}  # fmt: skip
 
 
 def _split(stack, percent: float, shadow: bool = False, swap: bool = False) -> dict:
@@ -146,10 +141,12 @@ def test_shadow_traffic_never_reaches_the_caller(stack):
     responses = asyncio.run(_fire(stack["router"].url, 400))
     assert {r.json()["model_version"] for r in responses} == {"v1"}
     assert {r.headers["x-kubeloop-role"] for r in responses} == {"stable"}
-    deadline = time.monotonic() + 10
-    while _router_count(stack, "shadow", "v2") - before < 120 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    mirrored = _router_count(stack, "shadow", "v2") - before
+    mirrored = wait_until(
+        lambda: (n := _router_count(stack, "shadow", "v2") - before) >= 120 and n,
+        timeout=10,
+        interval=0.1,
+        what="120 mirrored requests",
+    )
     assert 120 <= mirrored <= 280, mirrored  # about half of 400
 
 
@@ -186,10 +183,12 @@ def test_router_logs_events_tagged_with_the_answering_version(stack):
         headers={"x-request-id": "rt-1"},
     )
     assert resp.status_code == 200 and resp.headers["x-request-id"] == "rt-1"
-    deadline = time.monotonic() + 10
-    while len(stack["sink"].by_id("rt-1")) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    events = stack["sink"].by_id("rt-1")
+    events = wait_until(
+        lambda: len(e := stack["sink"].by_id("rt-1")) >= 2 and e,
+        timeout=10,
+        interval=0.05,
+        what="both events of rt-1",
+    )
     assert len(events) == 2
     assert {e.headers["ce-modelversion"] for e in events} == {"v2"}
     assert {e.headers["ce-endpoint"] for e in events} == {"canary"}
@@ -201,9 +200,6 @@ def test_restart_keeps_the_split(stack):
     split = _split(stack, 35)
     assert _put(stack, split).status_code == 200
     stack["router"].stop()
-    again = start_router(stack["root"] / "split.json", stack["root"] / "logs")
-    try:
+    with start_router(stack["supervisor"], stack["root"] / "split.json") as again:
         assert httpx.get(f"{again.url}/admin/split").json()["canary_percent"] == 35
         assert httpx.get(f"{again.url}/readyz").status_code == 200
-    finally:
-        again.stop()

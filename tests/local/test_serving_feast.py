@@ -12,6 +12,7 @@ import pytest
 from kubeloop.data import fraud
 from kubeloop.features.store import prepare_feature_store
 from kubeloop.local.servers import start_predictor
+from kubeloop.local.supervisor import Supervisor
 from kubeloop.model import ModelBundle
 from kubeloop.registry import ModelRegistry
 from kubeloop.training.quick import publish_quick_version
@@ -39,12 +40,10 @@ def stack(tmp_path_factory):
     prepare_feature_store(root / "store", data.accounts)
     registry = ModelRegistry(str(root / "registry"))
     publish_quick_version(registry, MODEL, seed=5)
-    server = start_predictor(
-        MODEL, "v1", registry.uri, root / "logs", feast_repo=str(root / "store")
-    )
     _, folder = registry.download(MODEL, "v1", root / "v1")
-    yield {"server": server, "accounts": data.accounts, "bundle": ModelBundle.load(folder)}
-    server.stop()
+    with Supervisor(root / "runtime") as sup:
+        server = start_predictor(sup, MODEL, "v1", registry.uri, feast_repo=root / "store")
+        yield {"server": server, "accounts": data.accounts, "bundle": ModelBundle.load(folder)}
 
 
 def _latest(accounts: pd.DataFrame, account_id: int) -> dict:

@@ -17,6 +17,8 @@ from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRe
 
 from kubeloop.local.ports import free_port
 from kubeloop.local.servers import start_predictor
+from kubeloop.local.supervisor import Supervisor
+from kubeloop.local.wait import wait_until
 from kubeloop.model import ModelBundle
 from kubeloop.registry import ModelRegistry
 from kubeloop.training.quick import publish_quick_version
@@ -49,16 +51,15 @@ def sink():
 
 @pytest.fixture(scope="module")
 def predictor(registry, sink, tmp_path_factory):
-    server = start_predictor(
-        MODEL,
-        "v1",
-        registry.uri,
-        tmp_path_factory.mktemp("logs"),
-        logger_url=sink.url,
-        extra=["--max-batch", "64", "--max-payload-bytes", "65536"],
-    )
-    yield server
-    server.stop()
+    with Supervisor(tmp_path_factory.mktemp("runtime")) as sup:
+        yield start_predictor(
+            sup,
+            MODEL,
+            "v1",
+            registry.uri,
+            logger_url=sink.url,
+            extra=["--max-batch", "64", "--max-payload-bytes", "65536"],
+        )
 
 
 @pytest.fixture(scope="module")
@@ -172,9 +173,8 @@ def test_v2_body_id_becomes_the_request_id_and_must_be_printable(predictor, sink
     assert resp.json()["id"] == "v2-id-1" and resp.headers["x-request-id"] == "v2-id-1"
     resp = httpx.post(url, json={"id": "a\r\nCe-Type: x", "inputs": inputs}, timeout=10)
     assert resp.status_code == 400 and "printable" in resp.json()["error"]
-    deadline = time.monotonic() + 10
-    while len(sink.by_id("v2-id-1")) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(sink.by_id("v2-id-1")) >= 2, timeout=10, interval=0.05,
+               what="both events of v2-id-1")  # fmt: skip
     assert len(sink.by_id("v2-id-1")) == 2
 
 
@@ -240,9 +240,8 @@ def test_malformed_json_oversized_payload_and_unknown_model(predictor):
 def test_payload_events_in_kserve_format(predictor, sink):
     resp = _predict(predictor.url, {"instances": [ROW]}, headers={"x-request-id": "evt-1"})
     assert resp.status_code == 200
-    deadline = time.monotonic() + 10
-    while len(sink.by_id("evt-1")) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(sink.by_id("evt-1")) >= 2, timeout=10, interval=0.05,
+               what="both events of evt-1")  # fmt: skip
     events = {e.headers["ce-type"]: e for e in sink.by_id("evt-1")}
     assert set(events) == {
         "org.kubeflow.serving.inference.request",
@@ -289,27 +288,20 @@ def _paired_p50_ms(url_a: str, url_b: str, n: int = 150) -> tuple[float, float]:
 def test_bad_receiver_never_slows_inference_and_drops_are_counted(
     predictor, registry, tmp_path, receiver
 ):
-    with EventSink(delay_s=30.0, keep=False) as slow:
+    with EventSink(delay_s=30.0, keep=False) as slow, Supervisor(tmp_path) as sup:
         url = f"http://127.0.0.1:{free_port()}/" if receiver == "dead" else slow.url
-        down = start_predictor(
-            MODEL, "v1", registry.uri, tmp_path, logger_url=url, extra=["--logger-queue-size", "64"]
+        down = start_predictor(sup, MODEL, "v1", registry.uri, logger_url=url,
+                               extra=["--logger-queue-size", "64"])  # fmt: skip
+        _paired_p50_ms(predictor.url, down.url, 20)  # warm-up
+        healthy, degraded = _paired_p50_ms(predictor.url, down.url)
+        assert degraded < healthy * 1.5 + 2.0, (healthy, degraded)
+        wait_until(
+            lambda: _metric(down.url, "kubeloop_payload_events_total", outcome="dropped") >= 200,
+            timeout=15,
+            what="200 payload events dropped",
         )
-        try:
-            _paired_p50_ms(predictor.url, down.url, 20)  # warm-up
-            healthy, degraded = _paired_p50_ms(predictor.url, down.url)
-            assert degraded < healthy * 1.5 + 2.0, (healthy, degraded)
-            dropped = 0.0
-            deadline = time.monotonic() + 15
-            while dropped < 200 and time.monotonic() < deadline:
-                time.sleep(0.2)
-                dropped = _metric(down.url, "kubeloop_payload_events_total", outcome="dropped")
-            assert dropped >= 200
-            assert _metric(down.url, "kubeloop_payload_events_total", outcome="sent") == 0
-            assert (
-                _metric(down.url, "kubeloop_inference_requests_total", status="server_error") == 0
-            )
-        finally:
-            down.stop()
+        assert _metric(down.url, "kubeloop_payload_events_total", outcome="sent") == 0
+        assert _metric(down.url, "kubeloop_inference_requests_total", status="server_error") == 0
 
 
 _json_values = st.recursive(

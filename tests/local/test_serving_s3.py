@@ -17,6 +17,8 @@ import pytest
 
 from kubeloop.local.ports import free_port
 from kubeloop.local.servers import start_predictor
+from kubeloop.local.supervisor import Supervisor
+from kubeloop.local.wait import wait_until
 from kubeloop.model import ModelBundle
 from kubeloop.registry import ChecksumMismatch, ModelRegistry, RegistryError
 from kubeloop.serving.predictor import FraudPredictor, PredictorConfig, parse_version_uri
@@ -86,8 +88,8 @@ def _tampered_version(registry: ModelRegistry, tmp_path) -> str:
 
 
 def test_predictor_subprocess_serves_a_version_from_s3(registry, bundle, s3_env, tmp_path):
-    server = start_predictor(MODEL, "v1", REGISTRY, tmp_path, env=s3_env)
-    try:
+    with Supervisor(tmp_path) as sup:
+        server = start_predictor(sup, MODEL, "v1", REGISTRY, env=s3_env)
         resp = httpx.post(
             f"{server.url}/v1/models/{MODEL}:predict", json={"instances": [ROW]}, timeout=10
         )
@@ -98,8 +100,6 @@ def test_predictor_subprocess_serves_a_version_from_s3(registry, bundle, s3_env,
         np.testing.assert_allclose(body["predictions"][0]["score"], scores[0], rtol=1e-6)
         assert body["predictions"][0]["label"] == classes[0]
         assert httpx.get(f"{server.url}/v2/models/{MODEL}/ready").status_code == 200
-    finally:
-        server.stop()
 
 
 def test_storage_uri_of_a_version_loads_in_process(registry):
@@ -121,15 +121,14 @@ def test_tampered_object_fails_load_with_a_checksum_error(registry, s3_env, tmp_
     assert not model.ready
     assert model._cache is None  # the partial download is removed
 
-    server = start_predictor(MODEL, version, REGISTRY, tmp_path, env=s3_env, wait=False)
-    try:
-        assert server.process.wait(60) == 1
+    with Supervisor(tmp_path / "runtime") as sup:
+        server = start_predictor(sup, MODEL, version, REGISTRY, env=s3_env, wait=False)
+        wait_until(lambda: not server.running(), timeout=60, what="the predictor to exit")
+        assert server.exit_status() == 1
         log = server.log_tail()
         assert "cannot load the model" in log and "sha256 does not match" in log, log
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"{server.url}/v2/health/ready", timeout=2)
-    finally:
-        server.stop()
 
 
 def test_missing_version_and_unreachable_endpoint_are_named(registry, s3_env, monkeypatch):

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from kubeloop.local.drift import payload_headers, payload_pair
 from kubeloop.monitoring import REJECT_REASONS
 from kubeloop.monitoring.config import DetectorSettings, DriftConfigError, check_alibi_license
 from kubeloop.monitoring.events import (
@@ -17,6 +16,7 @@ from kubeloop.monitoring.events import (
     validate_predictions,
 )
 from kubeloop.monitoring.reference import ReferenceError, feature_spec
+from tests.support.events import payload_headers, payload_pair
 
 NUMERIC = ["amount", "hour"]
 CATS = {"merchant_category": ["grocery", "online"]}

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import httpx
 
-from kubeloop.local.ports import free_port
 from kubeloop.local.prometheus import write_targets
 from kubeloop.local.supervisor import Supervisor
 from kubeloop.operators.reconciler.types import RunObservation, SetTraffic, SubmitRun
@@ -46,26 +45,16 @@ class LocalServing:
         return f"predictor-{self.model}-{version}"
 
     def ensure(self, version: str) -> None:
-        if self.sup.running(self._name(version)):
-            return
-        http, grpc = free_port(), free_port()
-        args = [
-            "-m", "kubeloop.serving.predictor",
-            "--model_name", self.model,
-            "--version", version,
-            "--registry-uri", self.registry_uri,
-            "--http_port", str(http),
-            "--grpc_port", str(grpc),
-            "--configure_logging", "false",
-        ]  # fmt: skip
-        if self.logger_url:
-            args += ["--logger-url", self.logger_url]
-        self.sup.start(
-            self._name(version),
-            args,
-            health_url=f"http://127.0.0.1:{http}/v1/models/{self.model}",
-            ports={"http": http, "grpc": grpc},
-            labels={"model": self.model, "version": version},
+        from kubeloop.local.servers import start_predictor
+
+        start_predictor(
+            self.sup,
+            self.model,
+            version,
+            self.registry_uri,
+            logger_url=self.logger_url,
+            name=self._name(version),
+            wait=False,
         )
 
     def url(self, version: str) -> str:
