@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -14,8 +15,14 @@ from kubeloop.operators.crd import (
     ModelDeploymentStatus,
 )
 from kubeloop.operators.observe import PrometheusError, PrometheusObserver
-from kubeloop.operators.reconciler.types import Observations, RegistryVersion, parse_time
-from kubeloop.operators.runs import RunSubmitter
+from kubeloop.operators.reconciler.types import (
+    Observations,
+    Phase,
+    RegistryVersion,
+    RunObservation,
+    RunState,
+    parse_time,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +66,18 @@ def gather(
     status: ModelDeploymentStatus,
     registry,
     observer: PrometheusObserver,
-    submitter: RunSubmitter,
+    run_status: Callable[[str], RunObservation],
     ready: frozenset[str],
+    watched: frozenset[str] | None,
     commands: dict[str, str],
 ) -> Observations:
     ok, reg_error, versions = registry_versions(registry, spec.model.name)
     # The analysis window: the canary step, or the watch after a promotion. A stable
     # version's metrics judge nothing, so they are read over a short fixed range rather
     # than one growing since the deployment (increase() over days on every poll).
-    start = {"Canary": status.step_started_at, "Watching": status.promoted_at}.get(status.phase)
+    start = {Phase.CANARY: status.step_started_at, Phase.WATCHING: status.promoted_at}.get(
+        status.phase
+    )
     started = parse_time(start)
     window = (now - started).total_seconds() if started else 300.0
     snapshot = observer.version_metrics(spec.model.name, window)
@@ -83,10 +93,11 @@ def gather(
         except PrometheusError as exc:
             snapshot = type(snapshot)(False, str(exc), {})
     run = None
-    if status.retraining.run_name and status.retraining.state in ("Submitted", "Running"):
+    active = (RunState.SUBMITTED, RunState.RUNNING)
+    if status.retraining.run_name and status.retraining.state in active:
         try:
-            run = submitter.status(status.retraining.run_name)
-            if run.state == "Succeeded" and run.registered_version is None and run.run_id:
+            run = run_status(status.retraining.run_name)
+            if run.state == RunState.SUCCEEDED and run.registered_version is None and run.run_id:
                 found = next((v for v in versions if v.run_id == run.run_id), None)
                 run = replace(run, registered_version=found.version if found else None)
         except Exception as exc:  # the run backend being down is transient: no verdict this pass
@@ -105,5 +116,6 @@ def gather(
         drift_reset_age_seconds=reset_age,
         run=run,
         ready_versions=ready,
+        watched_versions=watched,
         commands=commands,
     )

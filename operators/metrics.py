@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kubeloop.operators.reconciler.types import Decision
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 
@@ -26,12 +27,12 @@ class RolloutMetrics:
             registry=registry,
         )
 
-    def record(self, deployment: str, decision: str) -> None:
-        self.decisions.labels(deployment, decision).inc()
+    def record(self, deployment: str, decision: Decision) -> None:
+        self.decisions.labels(deployment, str(decision)).inc()
         outcome = {
-            "retrain": "submitted",
-            "retrained": "succeeded",
-            "retrain-failed": "failed",
+            Decision.RETRAIN: "submitted",
+            Decision.RETRAINED: "succeeded",
+            Decision.RETRAIN_FAILED: "failed",
         }.get(decision)
         if outcome:
             self.retraining_runs.labels(deployment, outcome).inc()

@@ -9,17 +9,17 @@ from __future__ import annotations
 import json
 from typing import Protocol
 
-from kubeloop.operators.reconciler.types import RunObservation, SubmitRun
+from kubeloop.operators.reconciler.types import RunObservation, RunState, SubmitRun
 
 KFP_STATES = {
-    "PENDING": "Pending",
-    "RUNNING": "Running",
-    "PAUSED": "Running",
-    "CANCELING": "Running",
-    "SUCCEEDED": "Succeeded",
-    "SKIPPED": "Succeeded",
-    "FAILED": "Failed",
-    "CANCELED": "Failed",
+    "PENDING": RunState.PENDING,
+    "RUNNING": RunState.RUNNING,
+    "PAUSED": RunState.RUNNING,
+    "CANCELING": RunState.RUNNING,
+    "SUCCEEDED": RunState.SUCCEEDED,
+    "SKIPPED": RunState.SUCCEEDED,
+    "FAILED": RunState.FAILED,
+    "CANCELED": RunState.FAILED,
 }
 
 
@@ -69,8 +69,8 @@ class KfpRunSubmitter:
     def status(self, run_name: str) -> RunObservation:
         found = self._find(run_name)
         if found is None:
-            return RunObservation(run_name, "NotFound")
-        state = KFP_STATES.get(str(found.state), "Running")
+            return RunObservation(run_name, RunState.NOT_FOUND)
+        state = KFP_STATES.get(str(found.state), RunState.RUNNING)
         message = getattr(found.error, "message", "") if found.error else ""
         # The registered version is looked up in the registry by run id (see gather()).
         return RunObservation(run_name, state, None, message or "", found.run_id)

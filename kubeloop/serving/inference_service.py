@@ -1,15 +1,18 @@
-"""KServe InferenceService manifests for a registry version, built with the kserve SDK.
+"""KServe InferenceServices for a registry version, built with the kserve SDK: the one
+builder for the operator's creates and patches, the example manifests and the tests.
 
 The predictor is kubeloop's own container (``python -m kubeloop.serving.predictor``).
-KServe's storage initializer downloads the version named by the ``STORAGE_URI``
-environment variable (the custom-container form of ``storageUri``) into ``/mnt/models``
-with the S3 credentials of the predictor's ServiceAccount; the predictor then verifies
-every file against the version's ``MANIFEST.json`` before it reports ready.
+KServe's storage initializer downloads the version into ``/mnt/models`` with the S3
+credentials of the predictor's ServiceAccount; the predictor then verifies every file
+against the version's ``MANIFEST.json`` before it reports ready. With ``runtime`` (the
+chart's ClusterServingRuntime ``kubeloop-predictor``, how the operator deploys) the
+predictor is a ``model`` of format ``kubeloop`` with a plain ``storageUri``; without, a
+custom container reads the ``STORAGE_URI`` environment variable.
 
 Canary rollouts follow KServe's model: apply the InferenceService with the candidate
-version and ``canaryTrafficPercent``; KServe keeps the last ready revision as stable.
-The ``logger`` sends KServe-format CloudEvents of every request/response to the drift
-service.
+version and ``canaryTrafficPercent``; KServe keeps the last ready revision as stable, so
+a patch back to the stable version at 100 % is also how a rollback lands. The ``logger``
+sends KServe-format CloudEvents of every request/response to the drift service.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from kubernetes.client import (
     V1EnvVar,
     V1HTTPGetAction,
     V1ObjectMeta,
+    V1OwnerReference,
     V1Probe,
     V1ResourceRequirements,
     V1SecurityContext,
@@ -44,7 +48,11 @@ from kubernetes.client import (
 from kubeloop.images import image
 from kubeloop.settings import ClusterSettings
 
+ISVC_GROUP, ISVC_VERSION, ISVC_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+VERSION_LABEL = "kubeloop.io/model-version"
 MODEL_MOUNT = "/mnt/models"
+# The chart's ClusterServingRuntime and the model format it serves.
+PREDICTOR_RUNTIME = "kubeloop-predictor"
 # The chart's names (kubeloop.settings.ClusterSettings defaults, one place for both).
 CHART_NAMES = ClusterSettings()
 DEFAULT_SERVICE_ACCOUNT = CHART_NAMES.storage_service_account
@@ -52,10 +60,6 @@ DEFAULT_SECRET = "kubeloop-s3-credentials"
 
 
 def storage_uri(registry_uri: str, model: str, version: str) -> str:
-    if not registry_uri.startswith("s3://"):
-        raise ValueError(
-            f"a cluster InferenceService needs an s3:// registry, got {registry_uri!r}"
-        )
     if not version.startswith("v") or not version[1:].isdigit():
         raise ValueError(f"version must be v<N> (resolve aliases first), got {version!r}")
     return f"{registry_uri.rstrip('/')}/{model}/versions/{version}"
@@ -65,12 +69,11 @@ def _to_dict(obj: Any) -> dict[str, Any]:
     return ApiClient().sanitize_for_serialization(obj)
 
 
-def inference_service(
+def predictor_spec(
     model: str,
     version: str,
     registry_uri: str,
     *,
-    namespace: str = "kubeloop",
     canary_percent: int | None = None,
     logger_url: str | None = None,
     service_account: str = DEFAULT_SERVICE_ACCOUNT,
@@ -82,16 +85,8 @@ def inference_service(
     max_replicas: int = 3,
     max_batch: int = 256,
     runtime: str | None = None,
-) -> dict[str, Any]:
-    """The ``serving.kserve.io/v1beta1`` InferenceService serving ``model``/``version``.
-
-    Its predictor runs as ``service_account`` (the chart's storage ServiceAccount by
-    default), whose S3 annotations and Secret the storage initializer downloads with.
-
-    By default the predictor is a custom container; with ``runtime`` (the chart installs
-    the ClusterServingRuntime ``kubeloop-predictor``) it is a ``model`` of format
-    ``kubeloop`` with a plain ``storageUri``, which is how the operator deploys.
-    """
+) -> V1beta1PredictorSpec:
+    """The predictor serving ``model``/``version`` (see ``inference_service``)."""
     if not service_account:
         raise ValueError("service_account must name the predictors' storage ServiceAccount")
     if canary_percent is not None and not 0 <= canary_percent <= 100:
@@ -100,9 +95,29 @@ def inference_service(
         raise ValueError(
             "gpus and min_replicas must be >= 0 and max_replicas >= max(min_replicas, 1)"
         )
+    uri = storage_uri(registry_uri, model, version)
     limits = {"cpu": cpu, "memory": memory}
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
+    # Requests equal limits: a GPU must be requested as much as it is limited.
+    resources = V1ResourceRequirements(requests=dict(limits), limits=limits)
+    common = {
+        "service_account_name": service_account,
+        "min_replicas": min_replicas,
+        "max_replicas": max_replicas,
+        "canary_traffic_percent": canary_percent,
+        "logger": V1beta1LoggerSpec(mode="all", url=logger_url) if logger_url else None,
+        "labels": {VERSION_LABEL: version},
+    }
+    if runtime:
+        model_spec = V1beta1ModelSpec(
+            name="kserve-container",  # KServe's own default; the SDK would send ""
+            model_format=V1beta1ModelFormat(name="kubeloop", version="1"),
+            runtime=runtime,
+            storage_uri=uri,
+            resources=resources,
+        )
+        return V1beta1PredictorSpec(model=model_spec, **common)
     container = V1Container(
         name="kserve-container",
         image=image_ref or image("predictor"),
@@ -119,15 +134,15 @@ def inference_service(
             "0.0.0.0",
             "--max-batch",
             str(max_batch),
-        ],
+        ],  # fmt: skip
         env=[
-            V1EnvVar(name="STORAGE_URI", value=storage_uri(registry_uri, model, version)),
+            V1EnvVar(name="STORAGE_URI", value=uri),
             V1EnvVar(name="KUBELOOP_MODEL_VERSION", value=version),
             V1EnvVar(name="HOME", value="/tmp"),  # the root filesystem is read-only
         ],
         volume_mounts=[V1VolumeMount(name="tmp", mount_path="/tmp")],
         ports=[V1ContainerPort(container_port=8080, protocol="TCP")],
-        resources=V1ResourceRequirements(requests={"cpu": cpu, "memory": memory}, limits=limits),
+        resources=resources,
         readiness_probe=V1Probe(
             http_get=V1HTTPGetAction(path=f"/v1/models/{model}", port=8080), period_seconds=5
         ),
@@ -138,46 +153,98 @@ def inference_service(
             capabilities=V1Capabilities(drop=["ALL"]),
         ),
     )
-    common = {
-        "service_account_name": service_account,
-        "min_replicas": min_replicas,
-        "max_replicas": max_replicas,
-        "canary_traffic_percent": canary_percent,
-        "logger": V1beta1LoggerSpec(mode="all", url=logger_url) if logger_url else None,
-        "labels": {"kubeloop.io/model-version": version},
-    }
-    if runtime:
-        model_spec = V1beta1ModelSpec(
-            name="kserve-container",
-            model_format=V1beta1ModelFormat(name="kubeloop", version="1"),
-            runtime=runtime,
-            storage_uri=storage_uri(registry_uri, model, version),
-            resources=container.resources,
-        )
-        predictor = V1beta1PredictorSpec(model=model_spec, **common)
-    else:
-        predictor = V1beta1PredictorSpec(
-            containers=[container],
-            volumes=[V1Volume(name="tmp", empty_dir=V1EmptyDirVolumeSource())],
-            **common,
-        )
+    return V1beta1PredictorSpec(
+        containers=[container],
+        volumes=[V1Volume(name="tmp", empty_dir=V1EmptyDirVolumeSource())],
+        **common,
+    )
+
+
+def inference_service(
+    model: str,
+    version: str,
+    registry_uri: str,
+    *,
+    name: str | None = None,
+    namespace: str = "kubeloop",
+    owner: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+    **predictor: Any,
+) -> dict[str, Any]:
+    """The ``serving.kserve.io/v1beta1`` InferenceService ``name`` (default: the model's
+    name) serving ``model``/``version``, as a plain dict for the API or a manifest.
+
+    Its predictor runs as ``service_account`` (the chart's storage ServiceAccount by
+    default), whose S3 annotations and Secret the storage initializer downloads with;
+    ``predictor`` takes ``predictor_spec``'s keywords. ``owner`` (``apiVersion``, ``kind``,
+    ``name``, ``uid``) makes the InferenceService garbage-collected with its owner.
+    """
+    name = name or model
+    metadata = V1ObjectMeta(
+        name=name,
+        namespace=namespace,
+        # The version is the predictor's label: patches touch only the predictor.
+        labels={
+            "app.kubernetes.io/name": model,
+            "app.kubernetes.io/part-of": "kubeloop",
+            "app.kubernetes.io/component": "predictor",
+            "app.kubernetes.io/managed-by": "kubeloop",
+            "kubeloop.io/deployment": name,
+        },
+        annotations=annotations or None,
+        owner_references=[V1OwnerReference(controller=True, **_snake(owner))] if owner else None,
+    )
     isvc = V1beta1InferenceService(
-        api_version="serving.kserve.io/v1beta1",
+        api_version=f"{ISVC_GROUP}/{ISVC_VERSION}",
         kind="InferenceService",
-        metadata=V1ObjectMeta(
-            name=model,
-            namespace=namespace,
-            labels={
-                "app.kubernetes.io/name": model,
-                "app.kubernetes.io/part-of": "kubeloop",
-                "app.kubernetes.io/component": "predictor",
-                "kubeloop.io/model-version": version,
-            },
-            annotations={"serving.kserve.io/deploymentMode": "Serverless"},
+        metadata=metadata,
+        spec=V1beta1InferenceServiceSpec(
+            predictor=predictor_spec(model, version, registry_uri, **predictor)
         ),
-        spec=V1beta1InferenceServiceSpec(predictor=predictor),
     )
     return _to_dict(isvc)
+
+
+def _snake(owner: dict[str, str]) -> dict[str, str]:
+    return {"api_version": owner["apiVersion"], **{k: owner[k] for k in ("kind", "name", "uid")}}
+
+
+def traffic_patch(
+    model: str,
+    registry_uri: str,
+    stable: str,
+    canary: str | None,
+    canary_percent: int,
+    **predictor: Any,
+) -> dict[str, Any]:
+    """A merge patch for the desired split: the canary's revision at ``canary_percent``, or
+    the stable version at 100 % (which is also how a rollback lands)."""
+    version, percent = (canary, canary_percent) if canary else (stable, 100)
+    spec = predictor_spec(model, version, registry_uri, canary_percent=percent, **predictor)
+    return {"spec": {"predictor": _to_dict(spec)}}
+
+
+def needs_patch(current: dict[str, Any], patch: dict[str, Any]) -> bool:
+    """True when applying the merge patch would change ``current``."""
+
+    def contains(have: Any, want: Any) -> bool:
+        if isinstance(want, dict):
+            return isinstance(have, dict) and all(contains(have.get(k), v) for k, v in want.items())
+        return have == want
+
+    return not contains(current, patch)
+
+
+def ready_versions(isvc: dict[str, Any] | None, stable: str | None) -> frozenset[str]:
+    """Versions serving once KServe reports the service Ready: the labelled (latest) revision,
+    and the stable one, which keeps the rest of the traffic during a canary."""
+    if not isvc:
+        return frozenset()
+    conditions = isvc.get("status", {}).get("conditions", [])
+    if not any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+        return frozenset()
+    latest = isvc.get("spec", {}).get("predictor", {}).get("labels", {}).get(VERSION_LABEL)
+    return frozenset(v for v in (latest, stable) if v)
 
 
 def s3_service_account(
@@ -236,7 +303,7 @@ def example_manifests() -> dict[str, str]:
             registry,
             canary_percent=10,
             logger_url=drift,
-            runtime="kubeloop-predictor",
+            runtime=PREDICTOR_RUNTIME,
         ),
         "manifests/serving/inferenceservice-gpu.yaml": inference_service(
             "fraud-detector", "v1", registry, logger_url=drift, gpus=1, cpu="2", memory="4Gi"

@@ -1,4 +1,6 @@
-"""One reconcile pass in a cluster: observe, run the pure core, apply its actions.
+"""One reconcile pass in a cluster: the resource and status through kopf, the shared loop
+(``operators/loop.py``), and the cluster's actuators: InferenceService create/patch, runs
+on KFP, Kubernetes Events.
 
 Called from the thin kopf registration in ``operators/cluster/main.py``; every client is
 passed in, so tests drive it against a recording HTTP server.
@@ -12,20 +14,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-from kubeloop.operators.cluster import inferenceservice as isvc
-from kubeloop.operators.crd import API_VERSION, KIND, ModelDeploymentStatus, parse_spec
-from kubeloop.operators.gather import commands_from_annotations, gather
+from kubeloop.operators.crd import (
+    API_VERSION,
+    KIND,
+    ModelDeploymentSpec,
+    ModelDeploymentStatus,
+    parse_spec,
+)
+from kubeloop.operators.drift_service import DriftServiceClient
+from kubeloop.operators.gather import commands_from_annotations
+from kubeloop.operators.loop import SharedActuators, reconcile_pass
 from kubeloop.operators.metrics import RolloutMetrics
 from kubeloop.operators.observe import PrometheusObserver
 from kubeloop.operators.reconciler.conditions import set_condition
-from kubeloop.operators.reconciler.core import reconcile
 from kubeloop.operators.reconciler.types import (
+    Decision,
     RecordDecision,
-    SetChampion,
+    RunObservation,
     SetTraffic,
     SubmitRun,
-    WatchDrift,
     iso,
 )
 from kubeloop.operators.runs import RunSubmitter
@@ -33,8 +40,10 @@ from kubeloop.operators.settings import OperatorSettings
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
+from kubeloop.serving import inference_service as isvc
+
 log = logging.getLogger(__name__)
-WARNING_DECISIONS = {"rollback", "retrain-failed"}
+WARNING_DECISIONS = {Decision.ROLLBACK, Decision.RETRAIN_FAILED}
 
 
 @dataclass
@@ -49,6 +58,12 @@ class ClusterDeps:
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     # Predictors' storage ServiceAccount (kubeloop.settings cluster.storage_service_account).
     storage_service_account: str = isvc.DEFAULT_SERVICE_ACCOUNT
+    # One client per operator process: it remembers the watched set between passes.
+    drift: DriftServiceClient | None = None
+
+    def __post_init__(self) -> None:
+        if self.drift is None:
+            self.drift = DriftServiceClient(self.settings.drift_service_url)
 
 
 def reconcile_resource(
@@ -81,33 +96,68 @@ def reconcile_resource(
         )
         return current.wire()
     registry = deps.registry_for(parsed.model.registry_uri)
-    live = _get_isvc(deps, name, namespace)
-    obs = gather(
-        now=now,
+    actuators = ClusterActuators(
+        deps, name, namespace, uid, parsed, registry, current.stable_version, now
+    )
+    result = reconcile_pass(
+        name=name,
         spec=parsed,
         status=current,
+        generation=generation,
+        now=now,
+        commands=commands_from_annotations(annotations),
         registry=registry,
         observer=deps.observer,
-        submitter=deps.submitter,
-        ready=isvc.ready_versions(live, current.stable_version),
-        commands=commands_from_annotations(annotations),
+        actuators=actuators,
+        metrics=deps.metrics,
     )
-    result = reconcile(name, parsed, current, obs, generation=generation)
-    for action in result.actions:
-        if isinstance(action, SetTraffic):
-            _apply_traffic(deps, name, namespace, uid, parsed, registry.uri, live, action)
-        elif isinstance(action, SubmitRun):
-            deps.submitter.submit(action)
-        elif isinstance(action, SetChampion):
-            registry.set_alias(parsed.model.name, "champion", action.version)
-        elif isinstance(action, WatchDrift):
-            _watch_drift(deps, parsed.model.name, action.version, registry.uri)
-        elif isinstance(action, RecordDecision):
-            _post_event(deps, name, namespace, uid, action, now)
-            deps.metrics.record(name, action.decision)
-    deps.metrics.canary_percent.labels(name).set(result.status.canary_percent)
     # Explicit nulls: a merge patch must clear fields that became empty (candidateVersion).
     return result.status.model_dump(by_alias=True, mode="json")
+
+
+class ClusterActuators(SharedActuators):
+    """The InferenceService (read once per pass), KFP runs and Events of one resource."""
+
+    def __init__(
+        self,
+        deps: ClusterDeps,
+        name: str,
+        namespace: str,
+        uid: str,
+        spec: ModelDeploymentSpec,
+        registry: Any,
+        stable: str | None,
+        now: datetime,
+    ) -> None:
+        super().__init__(spec.model.name, registry, deps.drift)
+        self.deps, self.name, self.namespace, self.uid = deps, name, namespace, uid
+        self.spec, self.stable, self.now = spec, stable, now
+        self.live = _get_isvc(deps, name, namespace)
+
+    def ready_versions(self, versions: frozenset[str]) -> frozenset[str]:
+        return isvc.ready_versions(self.live, self.stable) & versions
+
+    def run_status(self, run_name: str) -> RunObservation:
+        return self.deps.submitter.status(run_name)
+
+    def set_traffic(self, action: SetTraffic) -> None:
+        # KServe keeps the previous revision itself; keep_warm needs nothing here.
+        _apply_traffic(
+            self.deps,
+            self.name,
+            self.namespace,
+            self.uid,
+            self.spec,
+            self.registry.uri,
+            self.live,
+            action,
+        )
+
+    def submit_run(self, action: SubmitRun) -> None:
+        self.deps.submitter.submit(action)
+
+    def record_decision(self, action: RecordDecision) -> None:
+        _post_event(self.deps, self.name, self.namespace, self.uid, action, self.now)
 
 
 def _own_status(status: dict[str, Any] | None) -> dict[str, Any]:
@@ -129,39 +179,53 @@ def _get_isvc(deps: ClusterDeps, name: str, namespace: str) -> dict[str, Any] | 
         raise
 
 
+def predictor_options(spec: ModelDeploymentSpec, service_account: str) -> dict[str, Any]:
+    """``isvc.predictor_spec`` keywords for a ModelDeployment: the chart's serving runtime,
+    the spec's resources and replicas, its logger, the release's storage ServiceAccount."""
+    res = spec.serving.resources
+    return {
+        "runtime": isvc.PREDICTOR_RUNTIME,
+        "cpu": res.cpu,
+        "memory": res.memory,
+        "gpus": res.gpu or 0,
+        "min_replicas": spec.serving.replicas,
+        "max_replicas": spec.serving.max_replicas,
+        "logger_url": spec.serving.logger_url,
+        "service_account": service_account,
+    }
+
+
 def _apply_traffic(
     deps, name, namespace, uid, spec, registry_uri, live, action: SetTraffic
 ) -> None:
+    options = predictor_options(spec, deps.storage_service_account)
     if live is None:
         body = isvc.inference_service(
-            name, namespace, uid, spec, registry_uri, action.stable, deps.storage_service_account
+            spec.model.name,
+            action.stable,
+            registry_uri,
+            name=name,
+            namespace=namespace,
+            owner={"apiVersion": API_VERSION, "kind": KIND, "name": name, "uid": uid},
+            canary_percent=100,
+            **options,
         )
         deps.custom.create_namespaced_custom_object(
             isvc.ISVC_GROUP, isvc.ISVC_VERSION, namespace, isvc.ISVC_PLURAL, body
         )
         return
     patch = isvc.traffic_patch(
-        spec,
+        spec.model.name,
         registry_uri,
         action.stable,
         action.canary,
         action.canary_percent,
-        deps.storage_service_account,
+        **options,
     )
     if isvc.needs_patch(live, patch):
         deps.custom.patch_namespaced_custom_object(
             isvc.ISVC_GROUP, isvc.ISVC_VERSION, namespace, isvc.ISVC_PLURAL, name, patch
         )
-
-
-def _watch_drift(deps: ClusterDeps, model: str, version: str, registry_uri: str) -> None:
-    url = f"{deps.settings.drift_service_url.rstrip('/')}/v1/watch"
-    try:
-        httpx.post(
-            url, json={"model": model, "version": version, "registry_uri": registry_uri}, timeout=10
-        )
-    except httpx.HTTPError as exc:
-        log.warning("drift service at %s did not take %s/%s: %s", url, model, version, exc)
 
 
 def _post_event(deps, name, namespace, uid, decision: RecordDecision, now: datetime) -> None:
@@ -173,7 +237,7 @@ def _post_event(deps, name, namespace, uid, decision: RecordDecision, now: datet
         reason=decision.reason,
         message=decision.message[:1024],
         type="Warning" if decision.decision in WARNING_DECISIONS else "Normal",
-        action=decision.decision,
+        action=str(decision.decision),
         first_timestamp=now,
         last_timestamp=now,
         count=1,

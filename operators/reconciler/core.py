@@ -13,20 +13,23 @@ from dataclasses import dataclass
 from kubeloop.operators.crd import (
     HISTORY_LIMIT,
     ApprovalMode,
-    Decision,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     RetrainingStatus,
     VersionPolicy,
 )
+from kubeloop.operators.crd import Decision as HistoryEntry
 from kubeloop.operators.reconciler.analysis import analyse, watch_check
 from kubeloop.operators.reconciler.conditions import set_condition
 from kubeloop.operators.reconciler.retraining import plan_retraining, track_run
 from kubeloop.operators.reconciler.stats import Verdict
 from kubeloop.operators.reconciler.types import (
     Action,
+    Decision,
     Observations,
+    Phase,
     RecordDecision,
+    RunState,
     SetChampion,
     SetTraffic,
     WatchDrift,
@@ -34,7 +37,7 @@ from kubeloop.operators.reconciler.types import (
     parse_time,
 )
 
-PENDING, STABLE, CANARY, WATCHING = "Pending", "Stable", "Canary", "Watching"
+PENDING, STABLE, CANARY, WATCHING = Phase.PENDING, Phase.STABLE, Phase.CANARY, Phase.WATCHING
 
 # The drift service resets a version's detectors when the pass that made it stable asks it
 # to (WatchDrift), so a reset measured a little before that pass still belongs to it: the
@@ -77,7 +80,7 @@ class _Pass:
 
     def decide(
         self,
-        decision: str,
+        decision: Decision,
         reason: str,
         message: str,
         version: str | None,
@@ -85,16 +88,16 @@ class _Pass:
     ) -> None:
         evidence = evidence or {}
         # Drift notes interleave with rollout holds; they do not end a run of identical holds.
-        last = next((h for h in reversed(self.s.history) if h.decision != "drift"), None)
+        last = next((h for h in reversed(self.s.history) if h.decision != Decision.DRIFT), None)
         # Holds repeat every poll; only a change of decision, reason or version is history.
-        repeatable = decision in ("hold", "ignore")
+        repeatable = decision in (Decision.HOLD, Decision.IGNORE)
         if (
             repeatable
             and last
             and (last.decision, last.reason, last.version) == (decision, reason, version)
         ):
             return
-        entry = Decision(
+        entry = HistoryEntry(
             time=self.now,
             decision=decision,
             reason=reason,
@@ -147,10 +150,8 @@ def reconcile(
         if p.s.phase == STABLE and p.s.candidate_version is None:
             plan_retraining(p)
     if p.s.stable_version:
-        canary = p.s.candidate_version if p.s.phase == CANARY else None
-        p.actions.insert(
-            0, SetTraffic(p.s.stable_version, canary, p.s.canary_percent if canary else 0)
-        )
+        _drift_watches(p)
+        p.actions.insert(0, _traffic(p))
     _conditions(p)
     return Result(p.s, tuple(p.actions))
 
@@ -193,7 +194,7 @@ def _first_deploy(p: _Pass) -> None:
     # promotedAt: when the stable version took over; its drift evidence counts from then.
     p.s.promoted_at = p.now
     p.actions += [SetChampion(target), WatchDrift(target)]
-    p.decide("deploy", "FirstDeployment", f"serving {target}", target)
+    p.decide(Decision.DEPLOY, "FirstDeployment", f"serving {target}", target)
 
 
 def _start_canary(p: _Pass) -> None:
@@ -213,7 +214,9 @@ def _start_canary(p: _Pass) -> None:
     p.s.step_index = 0
     p.s.canary_percent = p.spec.rollout.steps[0]
     p.s.step_started_at = p.now
-    p.decide("canary", "NewCandidate", f"canary {target} at {p.s.canary_percent}%", target)
+    # Watched from its first pass, so its delayed labels feed the live-accuracy analysis.
+    p.actions.append(WatchDrift(target))
+    p.decide(Decision.CANARY, "NewCandidate", f"canary {target} at {p.s.canary_percent}%", target)
 
 
 # --- canary ------------------------------------------------------------------------------
@@ -222,7 +225,7 @@ def _canary_step(p: _Pass) -> None:
     cand, stable = p.s.candidate_version, p.s.stable_version
     if rollout.paused:
         p.progress = ("False", "Paused", f"rollout of {cand} paused at {p.s.canary_percent}%")
-        p.decide("hold", "Paused", p.progress[2], cand)
+        p.decide(Decision.HOLD, "Paused", p.progress[2], cand)
         return
     if cand not in p.obs.ready_versions:
         # Time in a step counts from when the candidate can take traffic.
@@ -232,13 +235,13 @@ def _canary_step(p: _Pass) -> None:
     if not p.obs.metrics_ok:
         msg = f"hold: metrics unavailable ({p.obs.metrics_error or 'Prometheus unreachable'})"
         p.progress = ("Unknown", "MetricsUnavailable", msg)
-        p.decide("hold", "MetricsUnavailable", msg, cand)
+        p.decide(Decision.HOLD, "MetricsUnavailable", msg, cand)
         return
     if cand not in p.obs.versions or stable not in p.obs.versions:
         missing = [v for v in (cand, stable) if v not in p.obs.versions]
         msg = f"hold: no metrics for {', '.join(missing)}"
         p.progress = ("Unknown", "MetricsMissing", msg)
-        p.decide("hold", "MetricsMissing", msg, cand)
+        p.decide(Decision.HOLD, "MetricsMissing", msg, cand)
         return
     elapsed = p.elapsed(p.s.step_started_at)
     result = analyse(
@@ -255,7 +258,7 @@ def _canary_step(p: _Pass) -> None:
         return
     if result.verdict == Verdict.INCONCLUSIVE:
         p.progress = ("True", result.reason, result.message)
-        p.decide("hold", result.reason, result.message, cand, evidence)
+        p.decide(Decision.HOLD, result.reason, result.message, cand, evidence)
         if elapsed > rollout.max_step_seconds:
             p.stalled = (
                 "True",
@@ -270,7 +273,7 @@ def _canary_step(p: _Pass) -> None:
         p.s.step_started_at = p.now
         p.progress = ("True", "CanaryStep", f"canary {cand} at {p.s.canary_percent}%")
         p.decide(
-            "step",
+            Decision.STEP,
             "AnalysisPassed",
             f"{cand} passed; canary to {p.s.canary_percent}%",
             cand,
@@ -280,7 +283,7 @@ def _canary_step(p: _Pass) -> None:
     if rollout.approval == ApprovalMode.MANUAL:
         msg = f"{cand} passed every step; waiting for `kubeloop rollout promote {p.name}`"
         p.progress = ("True", "AwaitingApproval", msg)
-        p.decide("hold", "AwaitingApproval", msg, cand, evidence)
+        p.decide(Decision.HOLD, "AwaitingApproval", msg, cand, evidence)
         return
     _promote(p, "AnalysisPassed", f"{cand} passed every step", evidence)
 
@@ -305,7 +308,7 @@ def _promote(p: _Pass, reason: str, message: str, evidence: dict) -> None:
     p.s.drift_since, p.s.drift = None, "None"
     p.actions += [SetChampion(cand), WatchDrift(cand)]
     p.progress = ("True", "Watching", f"watching {cand} for {p.spec.rollout.watch_window_seconds}s")
-    p.decide("promote", reason, message, cand, evidence)
+    p.decide(Decision.PROMOTE, reason, message, cand, evidence)
 
 
 def _reject_candidate(p: _Pass, reason: str, message: str, evidence: dict) -> None:
@@ -314,7 +317,7 @@ def _reject_candidate(p: _Pass, reason: str, message: str, evidence: dict) -> No
     p.s.candidate_version, p.s.canary_percent, p.s.step_index = None, 0, 0
     p.s.phase = STABLE
     p.progress = ("False", "RolledBack", f"{cand} rolled back: {message}")
-    p.decide("rollback", reason, f"{cand} rolled back: {message}", cand, evidence)
+    p.decide(Decision.ROLLBACK, reason, f"{cand} rolled back: {message}", cand, evidence)
 
 
 def _rollback_promotion(p: _Pass, reason: str, message: str, evidence: dict) -> None:
@@ -326,7 +329,9 @@ def _rollback_promotion(p: _Pass, reason: str, message: str, evidence: dict) -> 
     p.s.drift_since, p.s.drift = None, "None"
     p.actions += [SetChampion(previous), WatchDrift(previous)]
     p.progress = ("False", "RolledBack", f"{bad} rolled back to {previous}: {message}")
-    p.decide("rollback", reason, f"{bad} rolled back to {previous}: {message}", bad, evidence)
+    p.decide(
+        Decision.ROLLBACK, reason, f"{bad} rolled back to {previous}: {message}", bad, evidence
+    )
 
 
 def _watch(p: _Pass) -> None:
@@ -334,7 +339,7 @@ def _watch(p: _Pass) -> None:
     window = p.spec.rollout.watch_window_seconds
     if p.elapsed(p.s.promoted_at) >= window:
         p.s.phase = STABLE
-        p.decide("confirm", "WatchWindowPassed", f"{stable} held up for {window}s", stable)
+        p.decide(Decision.CONFIRM, "WatchWindowPassed", f"{stable} held up for {window}s", stable)
         return
     p.progress = ("True", "Watching", f"watching {stable} after promotion")
     if not p.obs.metrics_ok or stable not in p.obs.versions or not p.s.previous_version:
@@ -347,6 +352,38 @@ def _watch(p: _Pass) -> None:
     )
     if result.verdict == Verdict.FAIL:
         _rollback_promotion(p, result.reason, result.message, {"checks": result.evidence()})
+
+
+# --- serving and drift watches -----------------------------------------------------------
+def _traffic(p: _Pass) -> SetTraffic:
+    canary = p.s.candidate_version if p.s.phase == CANARY else None
+    # The previous version stays warm while the promotion is watched: rolling back to it
+    # must not wait for a predictor to start.
+    warm = p.s.phase == WATCHING and p.s.previous_version
+    return SetTraffic(
+        p.s.stable_version,
+        canary,
+        p.s.canary_percent if canary else 0,
+        frozenset({p.s.previous_version}) if warm else frozenset(),
+    )
+
+
+def _drift_watches(p: _Pass) -> None:
+    """The drift service watches the stable version (its drift is what retraining acts on)
+    and the canary (its delayed labels are the live-accuracy evidence; the service rejects
+    feedback for versions it does not watch). A version it does not watch now (never
+    watched, a watch that failed, or forgotten by a restart) is watched again; while the
+    watched set is unknown, only the watches a transition asks for are sent."""
+    watched = p.obs.watched_versions
+    if watched is None:
+        return
+    asked = {a.version for a in p.actions if isinstance(a, WatchDrift)}
+    wanted = [p.s.stable_version]
+    if p.s.phase == CANARY and p.s.candidate_version:
+        wanted.append(p.s.candidate_version)
+    for version in wanted:
+        if version not in watched and version not in asked:
+            p.actions.append(WatchDrift(version))
 
 
 # --- manual commands ---------------------------------------------------------------------
@@ -365,7 +402,7 @@ def _commands(p: _Pass) -> None:
             _rollback_promotion(p, "ManualRollback", "by an operator", {"manual": True})
         else:
             p.decide(
-                "ignore",
+                Decision.IGNORE,
                 "CommandNotApplicable",
                 f"{command} {version}: not the candidate or stable version",
                 version,
@@ -419,7 +456,7 @@ def _drift(p: _Pass) -> None:
     if p.s.drift_since is None:
         p.s.drift_since = p.now
         p.decide(
-            "drift",
+            Decision.DRIFT,
             "DriftDetected",
             f"drift on {p.s.stable_version}",
             p.s.stable_version,
@@ -440,9 +477,10 @@ def _conditions(p: _Pass) -> None:
         p.condition("Ready", "False", "NotReady", f"{s.stable_version} not ready yet")
     p.condition("Progressing", *p.progress)
     last_rollback = next(
-        (d for d in reversed(s.history) if d.decision in ("rollback", "promote")), None
+        (d for d in reversed(s.history) if d.decision in (Decision.ROLLBACK, Decision.PROMOTE)),
+        None,
     )
-    if last_rollback and last_rollback.decision == "rollback":
+    if last_rollback and last_rollback.decision == Decision.ROLLBACK:
         p.condition("Degraded", "True", last_rollback.reason, last_rollback.message)
     else:
         p.condition("Degraded", "False", "Healthy", "no rollback since the last promotion")
@@ -456,15 +494,15 @@ def _conditions(p: _Pass) -> None:
             "Drifting", "True", reason, f"drift on {s.stable_version} since {s.drift_since}"
         )
     r = s.retraining
-    active = r.state in ("Submitted", "Running")
+    active = r.state in (RunState.SUBMITTED, RunState.RUNNING)
     p.condition(
         "Retraining",
         "True" if active else "False",
         {
-            "Submitted": "RunSubmitted",
-            "Running": "RunRunning",
-            "Succeeded": "RunSucceeded",
-            "Failed": "RunFailed",
+            RunState.SUBMITTED: "RunSubmitted",
+            RunState.RUNNING: "RunRunning",
+            RunState.SUCCEEDED: "RunSucceeded",
+            RunState.FAILED: "RunFailed",
         }.get(r.state or "", "Idle"),
         f"{r.run_name} {r.state.lower()}" if r.run_name and r.state else "no retraining run",
     )

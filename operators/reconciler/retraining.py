@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubeloop.operators.reconciler.types import SubmitRun, parse_time
+from kubeloop.operators.reconciler.types import Decision, RunState, SubmitRun, parse_time
 
-ACTIVE = ("Submitted", "Running")
+ACTIVE = (RunState.SUBMITTED, RunState.RUNNING)
 
 
 def run_name(deployment: str, stable_version: str, attempt: int) -> str:
@@ -38,25 +38,26 @@ def track_run(p: Any) -> None:
     run = p.obs.run
     if run is None or run.name != r.run_name:
         return
-    if run.state == "NotFound":
+    if run.state == RunState.NOT_FOUND:
         p.actions.append(_submit_action(p, r.run_name))
-    elif run.state in ("Pending", "Running"):
-        r.state = "Running"
-    elif run.state == "Succeeded":
-        r.state, r.finished_at, r.registered_version = "Succeeded", p.now, run.registered_version
+    elif run.state in (RunState.PENDING, RunState.RUNNING):
+        r.state = RunState.RUNNING
+    elif run.state == RunState.SUCCEEDED:
+        r.state, r.finished_at = RunState.SUCCEEDED, p.now
+        r.registered_version = run.registered_version
         registered = run.registered_version or "no version (gate failed)"
         p.decide(
-            "retrained",
+            Decision.RETRAINED,
             "RunSucceeded",
             f"{r.run_name} registered {registered}",
             run.registered_version,
             {"run": r.run_name},
         )
-    elif run.state == "Failed":
-        r.state, r.finished_at = "Failed", p.now
+    elif run.state == RunState.FAILED:
+        r.state, r.finished_at = RunState.FAILED, p.now
         r.failures += 1
         p.decide(
-            "retrain-failed",
+            Decision.RETRAIN_FAILED,
             "RunFailed",
             f"{r.run_name} failed: {run.message}",
             r.for_version,
@@ -76,19 +77,19 @@ def plan_retraining(p: Any) -> None:
     if attempts >= spec.max_attempts:
         msg = f"drift on {stable} persists after {attempts} retraining runs (maxAttempts {spec.max_attempts})"
         p.stalled = ("True", "RetrainingExhausted", msg)
-        p.decide("hold", "RetrainingExhausted", msg, stable)
+        p.decide(Decision.HOLD, "RetrainingExhausted", msg, stable)
         return
     last = parse_time(r.submitted_at)
     if last is not None and (p.obs.now - last).total_seconds() < spec.cooldown_seconds:
         msg = f"drift on {stable}; retraining cooldown until {spec.cooldown_seconds}s after {r.submitted_at}"
-        p.decide("hold", "RetrainingCooldown", msg, stable)
+        p.decide(Decision.HOLD, "RetrainingCooldown", msg, stable)
         return
     finished = parse_time(r.finished_at)
-    if same_episode and r.state == "Failed" and failures and finished is not None:
+    if same_episode and r.state == RunState.FAILED and failures and finished is not None:
         delay = spec.backoff_seconds * 2 ** (failures - 1)
         if (p.obs.now - finished).total_seconds() < delay:
             p.decide(
-                "hold",
+                Decision.HOLD,
                 "RetrainingBackoff",
                 f"last run failed; retrying {delay}s after {r.finished_at}",
                 stable,
@@ -96,12 +97,12 @@ def plan_retraining(p: Any) -> None:
             return
     attempt = attempts + 1
     name = run_name(p.name, stable, attempt)
-    r.run_name, r.state, r.for_version = name, "Submitted", stable
+    r.run_name, r.state, r.for_version = name, RunState.SUBMITTED, stable
     r.attempts, r.failures = attempt, failures
     r.submitted_at, r.finished_at, r.registered_version = p.now, None, None
     p.actions.append(_submit_action(p, name))
     p.decide(
-        "retrain",
+        Decision.RETRAIN,
         "DriftSustained",
         f"drift on {stable} sustained; submitted {name}",
         stable,

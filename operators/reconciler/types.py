@@ -4,7 +4,46 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
+
+
+class Phase(StrEnum):
+    """``status.phase``: where the rollout of a ModelDeployment stands."""
+
+    PENDING = "Pending"
+    STABLE = "Stable"
+    CANARY = "Canary"
+    WATCHING = "Watching"
+
+
+class Decision(StrEnum):
+    """A decision's name in the status history, in Events (``action``) and metric labels."""
+
+    DEPLOY = "deploy"
+    CANARY = "canary"
+    STEP = "step"
+    HOLD = "hold"
+    IGNORE = "ignore"
+    PROMOTE = "promote"
+    CONFIRM = "confirm"
+    ROLLBACK = "rollback"
+    DRIFT = "drift"
+    RETRAIN = "retrain"
+    RETRAINED = "retrained"
+    RETRAIN_FAILED = "retrain-failed"
+
+
+class RunState(StrEnum):
+    """A retraining run as the run backend reports it (``NotFound``: it lost the run) and as
+    ``status.retraining.state`` records it (``Submitted`` until the backend reports it)."""
+
+    SUBMITTED = "Submitted"
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    NOT_FOUND = "NotFound"
 
 
 @dataclass(frozen=True)
@@ -37,7 +76,7 @@ class RegistryVersion:
 @dataclass(frozen=True)
 class RunObservation:
     name: str
-    state: str  # Pending, Running, Succeeded, Failed, NotFound
+    state: RunState  # Pending, Running, Succeeded, Failed or NotFound
     registered_version: str | None = None
     message: str = ""
     run_id: str | None = None
@@ -60,6 +99,9 @@ class Observations:
     drift_reset_age_seconds: float | None = None
     run: RunObservation | None = None
     ready_versions: frozenset[str] = frozenset()
+    # The versions of this model the drift service watches now (None: unknown, e.g. the
+    # service is unreachable). A restarted service has forgotten its watches.
+    watched_versions: frozenset[str] | None = None
     commands: dict[str, str] = field(default_factory=dict)  # promote/rollback -> version
 
     def __post_init__(self) -> None:
@@ -70,11 +112,14 @@ class Observations:
 # --- actions ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SetTraffic:
-    """Desired serving state: the stable version, the canary (if any) and its share."""
+    """Desired serving state: the stable version, the canary (if any) and its share, and
+    versions that take no traffic but stay warm (the previous version while Watching, so a
+    rollback of the promotion is instant where the runtime starts predictors itself)."""
 
     stable: str
     canary: str | None
     canary_percent: int
+    keep_warm: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -95,14 +140,16 @@ class SetChampion:
 
 @dataclass(frozen=True)
 class WatchDrift:
-    """Point the drift service at the (new) stable version's reference sample."""
+    """Have the drift service watch a version (reset its detectors on its reference sample):
+    the stable version when it takes over or the service lost it, the canary so its
+    delayed labels feed the live-accuracy analysis."""
 
     version: str
 
 
 @dataclass(frozen=True)
 class RecordDecision:
-    decision: str
+    decision: Decision
     reason: str
     message: str
     version: str | None

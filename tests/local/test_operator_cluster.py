@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from kubeloop.operators.cluster.handlers import ClusterDeps, reconcile_resource
 from kubeloop.operators.cluster.main import build_registry
+from kubeloop.operators.drift_service import DriftServiceClient
 from kubeloop.operators.metrics import RolloutMetrics
 from kubeloop.operators.observe import PrometheusObserver
 from kubeloop.operators.runs import KfpRunSubmitter
@@ -102,7 +103,11 @@ class ApiRecorder(BaseHTTPRequestHandler):
         if url.path == "/api/v1/namespaces/ml/events" and method == "POST":
             return self._send(201, body)
         if url.path == "/v1/watch":
+            st["watched"].add((body["model"], body["version"]))
             return self._send(200, {"watching": body})
+        if url.path == "/v1/status":
+            watched = [{"model": m, "version": v} for m, v in sorted(st["watched"])]
+            return self._send(200, {"watched": watched})
         if url.path.startswith(LEASE_PATH):
             return self._lease(method, url.path[len(LEASE_PATH) :].strip("/"), body)
         if url.path == "/apis/v2beta1/healthz":
@@ -174,7 +179,7 @@ class ApiRecorder(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def api():
-    state = {"requests": [], "isvc": None, "runs": []}
+    state = {"requests": [], "isvc": None, "runs": [], "watched": set()}
     handler = type("Recorder", (ApiRecorder,), {"state": state})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -248,6 +253,8 @@ def test_cluster_pass_sends_exact_creates_patches_runs_and_events(api, prometheu
         metrics=RolloutMetrics(prom_registry),
         now=lambda: clock["now"],
         storage_service_account="team-a-kubeloop-s3",
+        # Asked every pass here (the operator caches the watched set for a few seconds).
+        drift=DriftServiceClient(api["url"], status_ttl_seconds=0),
     )
     status: dict = {}
 
@@ -346,15 +353,24 @@ def test_cluster_pass_sends_exact_creates_patches_runs_and_events(api, prometheu
         "RunSucceeded",
         "NewCandidate",
     ]
+    # The canary is watched too: its delayed labels are the live-accuracy evidence.
+    assert [b["version"] for m, p, b in sent if p == "/v1/watch"] == ["v2"]
     assert (status["candidateVersion"], status["canaryPercent"], status["phase"]) == (
         "v2",
         10,
         "Canary",
     )
 
-    # 6. The same pass again: the InferenceService already matches, so no patch.
+    # 6. The same pass again: the InferenceService already matches, so no patch, and the
+    # drift service already watches both versions.
     sent = one_pass(401)
     assert not [b for m, p, b in sent if m == "PATCH"]
+    assert not [p for m, p, b in sent if p == "/v1/watch"]
+
+    # A restarted drift service has forgotten its watches: both versions are watched again.
+    api["watched"].clear()
+    sent = one_pass(401.5)
+    assert [b["version"] for m, p, b in sent if p == "/v1/watch"] == ["v1", "v2"]
 
     # 7. `kubeloop rollout rollback` (an annotation): the canary is dropped, traffic back to v1.
     sent = one_pass(402, {"kubeloop.io/rollback": "v2"})

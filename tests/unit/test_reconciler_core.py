@@ -18,6 +18,7 @@ from kubeloop.operators.reconciler.types import (
     SetTraffic,
     SubmitRun,
     VersionMetrics,
+    WatchDrift,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -166,6 +167,84 @@ def test_watch_rolls_back_degraded_promotion():
     # v2 is never canaried again.
     again = reconcile("fd", sp, result.status, obs(500, {"v1": healthy(100)}, reg=("v1", "v2")))
     assert again.status.candidate_version is None
+
+
+def promoted(sp=None) -> ModelDeploymentStatus:
+    sp = sp or spec(steps=[50, 100])
+    metrics = {"v2": healthy(5000), "v1": healthy(5000)}
+    return reconcile("fd", sp, in_canary(sp), obs(100, metrics, reg=("v1", "v2"))).status
+
+
+def watches(result) -> list[str]:
+    return [a.version for a in result.actions if isinstance(a, WatchDrift)]
+
+
+@pytest.mark.parametrize(
+    ("before", "reg", "watched", "expected"),
+    [
+        (lambda: None, ("v1",), None, ["v1"]),
+        (deployed, ("v1",), None, []),
+        (deployed, ("v1",), frozenset({"v1"}), []),
+        (deployed, ("v1",), frozenset(), ["v1"]),
+        (deployed, ("v1", "v2"), None, ["v2"]),
+        (deployed, ("v1", "v2"), frozenset({"v1"}), ["v2"]),
+        (in_canary, ("v1", "v2"), frozenset({"v1"}), ["v2"]),
+        (in_canary, ("v1", "v2"), frozenset({"v1", "v2"}), []),
+        (in_canary, ("v1", "v2"), frozenset({"v2"}), ["v1"]),
+        (in_canary, ("v1", "v2"), None, []),
+        (promoted, ("v1", "v2"), frozenset({"v2"}), []),
+        (promoted, ("v1", "v2"), frozenset({"v1"}), ["v2"]),
+    ],
+    ids=[
+        "first-deployment",
+        "stable-unknown-watched-set",
+        "stable-watched",
+        "stable-lost-after-restart",
+        "canary-starts-unknown-watched-set",
+        "canary-starts-once",
+        "canary-not-watched",
+        "canary-watched",
+        "stable-lost-during-canary",
+        "canary-unknown-watched-set",
+        "watching-previous-not-watched",
+        "promoted-lost-while-watching",
+    ],
+)
+def test_drift_service_watches_stable_and_canary(before, reg, watched, expected):
+    """The drift service watches the stable version and the canary; what it does not watch
+    now (a failed watch, a restart) is asked for again, and an unknown watched set sends
+    only the watches of a transition (deploy, canary start, promotion, rollback)."""
+    status = before()
+    result = reconcile(
+        "fd", spec(), status, obs(5, reg=reg, watched_versions=watched, ready=("v1", "v2"))
+    )
+    assert watches(result) == expected
+
+
+def test_promotion_watches_the_new_stable_version_once():
+    sp = spec(steps=[50, 100])
+    metrics = {"v2": healthy(5000), "v1": healthy(5000)}
+    result = reconcile(
+        "fd", sp, in_canary(sp), obs(100, metrics, reg=("v1", "v2"), watched_versions=frozenset())
+    )
+    assert result.status.phase == "Watching"
+    assert watches(result) == ["v2"]
+
+
+@pytest.mark.parametrize(
+    ("before", "t", "reg", "expected"),
+    [
+        (deployed, 5, ("v1",), SetTraffic("v1", None, 0)),
+        (in_canary, 5, ("v1", "v2"), SetTraffic("v1", "v2", 50)),
+        (promoted, 110, ("v1", "v2"), SetTraffic("v2", None, 0, frozenset({"v1"}))),
+        (promoted, 1000, ("v1", "v2"), SetTraffic("v2", None, 0)),
+    ],
+    ids=["stable", "canary", "watching-keeps-previous-warm", "confirmed-lets-previous-go"],
+)
+def test_traffic_keeps_the_previous_version_warm_while_watching(before, t, reg, expected):
+    sp = spec(steps=[50, 100])
+    result = reconcile("fd", sp, before(sp), obs(t, reg=reg))
+    assert result.actions[0] == expected
 
 
 def test_manual_approval_waits_for_promote_command():

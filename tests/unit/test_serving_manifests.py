@@ -64,7 +64,6 @@ def test_serialized_keys_are_fields_of_the_sdk_models():
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
-        ({"registry_uri": "/local/registry"}, "s3://"),
         ({"version": "champion"}, "v<N>"),
         ({"canary_percent": 101}, "0..100"),
         ({"gpus": -1}, "gpus"),
@@ -122,20 +121,44 @@ def test_service_account_is_required_and_serialized():
         inference_service("fraud-detector", "v1", REGISTRY, service_account="")
 
 
-def test_operator_inference_services_name_the_storage_service_account():
-    from kubeloop.operators.cluster.inferenceservice import inference_service as operator_isvc
-    from kubeloop.operators.cluster.inferenceservice import traffic_patch
+def test_operator_deploys_with_the_same_builder():
+    """The operator's create and patch come from this module's builder, with the chart's
+    runtime, the spec's resources and the release's storage ServiceAccount."""
+    from kubeloop.operators.cluster.handlers import predictor_options
     from kubeloop.operators.crd import parse_spec
+
+    from kubeloop.serving.inference_service import needs_patch, ready_versions, traffic_patch
 
     sample = yaml.safe_load((REPO_ROOT / "manifests/samples/fraud-detector.yaml").read_text())
     spec = parse_spec(sample["spec"])
-    body = operator_isvc("fraud-detector", "ml", "uid-1", spec, REGISTRY, "v1")
-    assert (
-        body["spec"]["predictor"]["serviceAccountName"] == ClusterSettings().storage_service_account
+    options = predictor_options(spec, ClusterSettings().storage_service_account)
+    owner = {"apiVersion": "kubeloop.io/v1alpha1", "kind": "ModelDeployment"}
+    body = inference_service(
+        "fraud-detector",
+        "v1",
+        REGISTRY,
+        name="fd",
+        namespace="ml",
+        owner={**owner, "name": "fd", "uid": "uid-1"},
+        canary_percent=100,
+        **options,
     )
-    patch = traffic_patch(spec, REGISTRY, "v1", "v2", 10, "team-a-s3")
-    assert patch["spec"]["predictor"]["serviceAccountName"] == "team-a-s3"
-    assert set(body["spec"]["predictor"]) <= set(V1beta1PredictorSpec.attribute_map.values())
+    predictor = body["spec"]["predictor"]
+    assert predictor["serviceAccountName"] == ClusterSettings().storage_service_account
+    assert predictor["model"]["runtime"] == "kubeloop-predictor"
+    assert predictor["canaryTrafficPercent"] == 100
+    assert body["metadata"]["ownerReferences"] == [
+        {**owner, "name": "fd", "uid": "uid-1", "controller": True}
+    ]
+    assert set(predictor) <= set(V1beta1PredictorSpec.attribute_map.values())
+    patch = traffic_patch("fraud-detector", REGISTRY, "v1", "v2", 10, **options)
+    assert patch["spec"]["predictor"]["model"]["storageUri"].endswith("/versions/v2")
+    assert needs_patch(body, patch) and not needs_patch(
+        body, traffic_patch("fraud-detector", REGISTRY, "v1", None, 0, **options)
+    )
+    ready = {**body, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    assert ready_versions(ready, "v1") == {"v1"}
+    assert ready_versions(body, "v1") == frozenset()
 
 
 def test_cluster_names_come_from_settings(monkeypatch):

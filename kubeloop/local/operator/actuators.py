@@ -1,17 +1,31 @@
-"""Local actuators: predictor processes per version, the router's split, retraining runs."""
+"""Local actuators: predictor processes per version, the router's split, retraining runs,
+decisions in the state folder (``LocalActuators`` is what the shared loop drives)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from kubeloop.local.prometheus import write_targets
 from kubeloop.local.supervisor import Supervisor
-from kubeloop.operators.reconciler.types import RunObservation, SetTraffic, SubmitRun
+from kubeloop.operators.drift_service import DriftServiceClient
+from kubeloop.operators.loop import SharedActuators
+from kubeloop.operators.reconciler.types import (
+    RecordDecision,
+    RunObservation,
+    RunState,
+    SetTraffic,
+    SubmitRun,
+)
+
+if TYPE_CHECKING:
+    from kubeloop.local.operator.driver import LocalStore
 
 # retraining.pipeline.name in the local runtime's form: an importable module:function
 RUNNER_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -70,8 +84,9 @@ class LocalServing:
         response = self.http.get(f"{self.router_url}/admin/split")
         return response.json() if response.status_code == 200 else None
 
-    def apply(self, action: SetTraffic, keep: set[str]) -> None:
-        """Starts what the split needs, switches the router once it is ready, stops the rest."""
+    def apply(self, action: SetTraffic) -> None:
+        """Starts what the split needs, switches the router once it is ready, stops the rest
+        (but the versions the core keeps warm)."""
         wanted = {action.stable} | ({action.canary} if action.canary else set())
         for version in wanted:
             self.ensure(version)
@@ -94,7 +109,10 @@ class LocalServing:
                 raise RuntimeError(f"router refused split {split}: {response.text}")
         for record in self.sup.list():
             version = record.labels.get("version")
-            if record.labels.get("model") == self.model and version not in wanted | keep:
+            if (
+                record.labels.get("model") == self.model
+                and version not in wanted | action.keep_warm
+            ):
                 self.sup.stop(record.name)
         self._write_targets()
 
@@ -146,14 +164,50 @@ class LocalRunSubmitter:
     def status(self, run_name: str) -> RunObservation:
         folder = self.runs_dir / run_name
         if not (folder / "params.json").exists():
-            return RunObservation(run_name, "NotFound")
+            return RunObservation(run_name, RunState.NOT_FOUND)
         result = folder / "result.json"
         if result.exists():
             data = json.loads(result.read_text())
             return RunObservation(
-                run_name, data["state"], data.get("version"), data.get("message", "")
+                run_name, RunState(data["state"]), data.get("version"), data.get("message", "")
             )
         if self.sup.running(f"run-{run_name}"):
-            return RunObservation(run_name, "Running")
+            return RunObservation(run_name, RunState.RUNNING)
         tail = self.sup.log_tail(f"run-{run_name}", 500)
-        return RunObservation(run_name, "Failed", None, f"run exited without a result: {tail}")
+        message = f"run exited without a result: {tail}"
+        return RunObservation(run_name, RunState.FAILED, None, message)
+
+
+class LocalActuators(SharedActuators):
+    """What one local pass acts on: predictors and the router (``LocalServing``), runs as
+    subprocesses (``LocalRunSubmitter``), decisions in ``<name>.events.jsonl``."""
+
+    def __init__(
+        self,
+        name: str,
+        model: str,
+        registry: Any,
+        drift: DriftServiceClient,
+        serving: LocalServing,
+        submitter: Any,
+        store: LocalStore,
+        now: datetime,
+    ) -> None:
+        super().__init__(model, registry, drift)
+        self.name, self.serving, self.submitter = name, serving, submitter
+        self.store, self.now = store, now
+
+    def ready_versions(self, versions: frozenset[str]) -> frozenset[str]:
+        return self.serving.ready_versions(set(versions))
+
+    def run_status(self, run_name: str) -> RunObservation:
+        return self.submitter.status(run_name)
+
+    def set_traffic(self, action: SetTraffic) -> None:
+        self.serving.apply(action)
+
+    def submit_run(self, action: SubmitRun) -> None:
+        self.submitter.submit(action)
+
+    def record_decision(self, action: RecordDecision) -> None:
+        self.store.record(self.name, action, self.now)

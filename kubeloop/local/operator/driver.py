@@ -3,12 +3,14 @@
 State lives under ``state_dir`` (``$KUBELOOP_HOME/runtime/operator``)::
 
     <name>.yaml            the applied ModelDeployment (``kubeloop rollout pause`` patches it)
-    <name>.status.json     status, spec hash and generation, pending drift watch (atomic writes)
+    <name>.status.json     status, spec hash and generation (atomic writes)
     <name>.commands.json   one-shot promote/rollback commands from ``kubeloop rollout``
     <name>.events.jsonl    every decision, as the cluster's Events would show it
 
 The status is written after every pass, and every action is idempotent (the split is a
-desired state, runs are keyed by name), so a killed operator resumes where it was.
+desired state, runs are keyed by name, a watch the drift service lost is asked for again
+by the pass that observes it lost), so a killed operator resumes where it was. The pass
+itself is the shared loop (``kubeloop.operators.loop``) over ``LocalActuators``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import hashlib
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -27,28 +28,20 @@ from typing import Any
 import httpx
 import yaml
 
-from kubeloop.local.operator.actuators import LocalRunSubmitter, LocalServing
+from kubeloop.local.operator.actuators import LocalActuators, LocalRunSubmitter, LocalServing
 from kubeloop.local.supervisor import Supervisor
 from kubeloop.operators.crd import ModelDeploymentStatus, parse_spec
-from kubeloop.operators.gather import gather
+from kubeloop.operators.drift_service import DriftServiceClient
+from kubeloop.operators.loop import reconcile_pass
 from kubeloop.operators.metrics import RolloutMetrics
 from kubeloop.operators.observe import PrometheusObserver
 from kubeloop.operators.reconciler.conditions import set_condition
-from kubeloop.operators.reconciler.core import Result, reconcile
-from kubeloop.operators.reconciler.types import (
-    RecordDecision,
-    SetChampion,
-    SetTraffic,
-    SubmitRun,
-    WatchDrift,
-    iso,
-)
+from kubeloop.operators.reconciler.core import Result
+from kubeloop.operators.reconciler.types import RecordDecision, iso
 from kubeloop.operators.settings import OperatorSettings
 from kubeloop.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
-# How often the driver asks the drift service which versions it still watches.
-REWATCH_CHECK_SECONDS = 10.0
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -137,7 +130,7 @@ class LocalOperator:
         )
         self.now = now
         self.http = httpx.Client(timeout=10)
-        self._watch_check: tuple[float, set[tuple[str, str]] | None] = (-1e9, None)
+        self.drift = DriftServiceClient(settings.drift_service_url, http=self.http)
         self.submitter_factory = submitter_factory or (
             lambda uri: LocalRunSubmitter(
                 self.sup, self.store.dir / "runs", uri, settings.local_runner
@@ -178,96 +171,37 @@ class LocalOperator:
             prometheus_root=self.settings.prometheus_root,
             http=self.http,
         )
-        submitter = self.submitter_factory(registry_uri)
-        known = {status.stable_version, status.candidate_version, status.previous_version}
-        obs = gather(
-            now=now,
+        actuators = LocalActuators(
+            name,
+            spec.model.name,
+            registry,
+            self.drift,
+            serving,
+            self.submitter_factory(registry_uri),
+            self.store,
+            now,
+        )
+        result = reconcile_pass(
+            name=name,
             spec=spec,
             status=status,
+            generation=generation,
+            now=now,
+            commands=self.store.commands(name),
             registry=registry,
             observer=self.observer,
-            submitter=submitter,
-            ready=serving.ready_versions({v for v in known if v}),
-            commands=self.store.commands(name),
+            actuators=actuators,
+            metrics=self.metrics,
         )
-        result = reconcile(name, spec, status, obs, generation=generation)
-        watch = state.get("watch_pending")
-        for action in result.actions:
-            if isinstance(action, SetTraffic):
-                keep = (
-                    {result.status.previous_version} if result.status.phase == "Watching" else set()
-                )
-                serving.apply(action, keep)
-            elif isinstance(action, SubmitRun):
-                submitter.submit(action)
-            elif isinstance(action, SetChampion):
-                registry.set_alias(spec.model.name, "champion", action.version)
-            elif isinstance(action, WatchDrift):
-                watch = action.version
-            elif isinstance(action, RecordDecision):
-                self.store.record(name, action, now)
-                self.metrics.record(name, action.decision)
-        watched_candidate = state.get("watched_candidate")
-        # A restarted drift service has forgotten its watches: watch the versions again.
-        lost = self._unwatched(spec.model.name, result.status.stable_version, watched_candidate)
-        if result.status.stable_version in lost and not watch:
-            log.warning("drift service no longer watches %s; watching it again", lost)
-            watch = result.status.stable_version
-        if watched_candidate in lost:
-            watched_candidate = None
-        if watch and self._watch_drift(spec.model.name, watch, registry_uri):
-            watch = None
-        # The canary is watched too, so its delayed labels feed the live-accuracy analysis.
-        candidate = result.status.candidate_version
-        if (
-            candidate
-            and candidate != watched_candidate
-            and self._watch_drift(spec.model.name, candidate, registry_uri)
-        ):
-            watched_candidate = candidate
-        self.metrics.canary_percent.labels(name).set(result.status.canary_percent)
         self.store.save_state(
             name,
             {
                 "status": result.status.model_dump(by_alias=True, mode="json"),
                 "generation": generation,
                 "spec_hash": spec_hash,
-                "watch_pending": watch,
-                "watched_candidate": watched_candidate,
             },
         )
         return result
-
-    def _unwatched(self, model: str, *versions: str | None) -> set[str]:
-        """Which of ``versions`` the drift service does not watch (checked at most every
-        ``REWATCH_CHECK_SECONDS``; an unreachable service answers nothing)."""
-        clock = time.monotonic()
-        if clock - self._watch_check[0] >= REWATCH_CHECK_SECONDS:
-            url = f"{self.settings.drift_service_url.rstrip('/')}/v1/status"
-            try:
-                body = self.http.get(url, timeout=5).json()
-                watched = {(w["model"], w["version"]) for w in body.get("watched", [])}
-            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-                log.debug("drift service status at %s unavailable: %s", url, exc)
-                watched = None
-            self._watch_check = (clock, watched)
-        watched = self._watch_check[1]
-        if watched is None:
-            return set()
-        return {v for v in versions if v and (model, v) not in watched}
-
-    def _watch_drift(self, model: str, version: str, registry_uri: str) -> bool:
-        url = f"{self.settings.drift_service_url.rstrip('/')}/v1/watch"
-        try:
-            response = self.http.post(
-                url,
-                json={"model": model, "version": version, "registry_uri": registry_uri},
-                timeout=10,
-            )
-            return response.status_code < 300
-        except httpx.HTTPError as exc:  # retried on the next pass
-            log.warning("drift service at %s unreachable: %s", url, exc)
-            return False
 
     def run_once(self) -> dict[str, Result | None]:
         out = {}

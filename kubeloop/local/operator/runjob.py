@@ -15,6 +15,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from kubeloop.operators.reconciler.types import RunState
+
 DEFAULT_RUNNER = "kubeloop.local.pipelines:run_training_pipeline"
 
 
@@ -36,10 +38,10 @@ def call_runner(spec: str, params: dict[str, Any]) -> dict[str, Any]:
         params = {k: v for k, v in params.items() if k in accepted}
     out = fn(**{k: _coerce(v) for k, v in params.items()})
     if hasattr(out, "succeeded"):  # kubeloop.local.pipelines.TrainingRunResult
-        state = "Succeeded" if out.succeeded else "Failed"
+        state = RunState.SUCCEEDED if out.succeeded else RunState.FAILED
         return {"state": state, "version": out.version, "message": out.error or ""}
     if hasattr(out, "version"):  # a published kubeloop.registry.ModelVersion
-        return {"state": "Succeeded", "version": out.version, "message": ""}
+        return {"state": RunState.SUCCEEDED, "version": out.version, "message": ""}
     raise TypeError(f"runner {spec} returned {type(out).__name__}, not a run result or version")
 
 
@@ -78,7 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = call_runner(args.runner, json.loads(args.params))
     except Exception as exc:
-        result = {"state": "Failed", "version": None, "message": f"{type(exc).__name__}: {exc}"}
+        result = {
+            "state": RunState.FAILED,
+            "version": None,
+            "message": f"{type(exc).__name__}: {exc}",
+        }
         traceback.print_exc()
     tmp = args.result.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))

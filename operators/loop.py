@@ -1,0 +1,123 @@
+"""One reconcile pass, the same in both runtimes: observe → ``reconcile()`` → dispatch.
+
+The drivers (``cluster/handlers.py`` over kopf and the API server, the local driver over
+state files) read the resource and write its status; what they act on differs only in
+their ``Actuators``. Registry and drift-service actions are the same everywhere and are
+written once in ``SharedActuators``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+from kubeloop.operators.crd import ModelDeploymentSpec, ModelDeploymentStatus
+from kubeloop.operators.drift_service import DriftServiceClient
+from kubeloop.operators.gather import gather
+from kubeloop.operators.metrics import RolloutMetrics
+from kubeloop.operators.observe import PrometheusObserver
+from kubeloop.operators.reconciler.core import Result, reconcile
+from kubeloop.operators.reconciler.types import (
+    Action,
+    RecordDecision,
+    RunObservation,
+    SetChampion,
+    SetTraffic,
+    SubmitRun,
+    WatchDrift,
+)
+
+
+class Actuators(Protocol):
+    """What one pass observes of, and does to, the runtime serving one ModelDeployment."""
+
+    def ready_versions(self, versions: frozenset[str]) -> frozenset[str]:
+        """Which of ``versions`` can take traffic now."""
+        ...
+
+    def watched_versions(self) -> frozenset[str] | None:
+        """The model's versions the drift service watches now (None: unknown)."""
+        ...
+
+    def run_status(self, run_name: str) -> RunObservation: ...
+
+    def set_traffic(self, action: SetTraffic) -> None: ...
+
+    def submit_run(self, action: SubmitRun) -> None:
+        """Idempotent by ``action.run_name``."""
+        ...
+
+    def set_champion(self, version: str) -> None: ...
+
+    def watch_drift(self, version: str) -> None:
+        """A failure is retried by a later pass, which still observes the version unwatched."""
+        ...
+
+    def record_decision(self, action: RecordDecision) -> None: ...
+
+
+class SharedActuators:
+    """The champion alias in the model registry and the drift service's watches: the same
+    clients in a cluster and locally."""
+
+    def __init__(self, model: str, registry: Any, drift: DriftServiceClient) -> None:
+        self.model, self.registry, self.drift = model, registry, drift
+
+    def set_champion(self, version: str) -> None:
+        self.registry.set_alias(self.model, "champion", version)
+
+    def watch_drift(self, version: str) -> None:
+        self.drift.watch(self.model, version, self.registry.uri)
+
+    def watched_versions(self) -> frozenset[str] | None:
+        return self.drift.watched(self.model)
+
+
+def dispatch(action: Action, actuators: Actuators) -> None:
+    if isinstance(action, SetTraffic):
+        actuators.set_traffic(action)
+    elif isinstance(action, SubmitRun):
+        actuators.submit_run(action)
+    elif isinstance(action, SetChampion):
+        actuators.set_champion(action.version)
+    elif isinstance(action, WatchDrift):
+        actuators.watch_drift(action.version)
+    elif isinstance(action, RecordDecision):
+        actuators.record_decision(action)
+
+
+def reconcile_pass(
+    *,
+    name: str,
+    spec: ModelDeploymentSpec,
+    status: ModelDeploymentStatus,
+    generation: int,
+    now: datetime,
+    commands: dict[str, str],
+    registry: Any,
+    observer: PrometheusObserver,
+    actuators: Actuators,
+    metrics: RolloutMetrics,
+) -> Result:
+    """Observes, decides and acts once; returns the new status and the actions taken."""
+    known = frozenset(
+        v for v in (status.stable_version, status.candidate_version, status.previous_version) if v
+    )
+    obs = gather(
+        now=now,
+        spec=spec,
+        status=status,
+        registry=registry,
+        observer=observer,
+        run_status=actuators.run_status,
+        ready=actuators.ready_versions(known),
+        watched=actuators.watched_versions() if status.stable_version else None,
+        commands=commands,
+    )
+    result = reconcile(name, spec, status, obs, generation=generation)
+    for action in result.actions:
+        dispatch(action, actuators)
+        if isinstance(action, RecordDecision):
+            metrics.record(name, action.decision)
+    metrics.canary_percent.labels(name).set(result.status.canary_percent)
+    return result
