@@ -100,9 +100,11 @@ def status(
     from rich.console import Console
     from rich.table import Table
 
+    from kubeloop.operators.reconciler.types import Phase
+
     console = Console()
     console.print(
-        f"[bold]{name}[/]  phase {st.get('phase', 'Pending')}  stable {st.get('stableVersion') or '-'}  "
+        f"[bold]{name}[/]  phase {st.get('phase', Phase.PENDING)}  stable {st.get('stableVersion') or '-'}  "
         f"candidate {st.get('candidateVersion') or '-'} @ {st.get('canaryPercent', 0)}%  "
         f"previous {st.get('previousVersion') or '-'}  drift {st.get('drift', '-')}"
     )

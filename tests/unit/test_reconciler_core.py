@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -454,6 +455,26 @@ def test_property_replaying_observations_is_idempotent(o):
     assert [x for x in again.actions if isinstance(x, SetTraffic)] == [
         x for x in a.actions if isinstance(x, SetTraffic)
     ]
+
+
+@FAST
+@given(
+    canary_observations(),
+    st.one_of(st.none(), st.sets(st.sampled_from(["v1", "v2", "v3"])).map(frozenset)),
+)
+def test_property_watches_only_serving_versions_once_each(o, watched):
+    """Each pass asks at most once per version, only for the versions serving after it,
+    and, with the watched set known, leaves none of them unwatched."""
+    sp = spec()
+    o = replace(o, watched_versions=watched)
+    result = reconcile("fd", sp, in_canary(sp), o)
+    asked = watches(result)
+    serving = {result.status.stable_version}
+    if result.status.phase == "Canary":
+        serving.add(result.status.candidate_version)
+    assert len(asked) == len(set(asked)) and set(asked) <= serving
+    if watched is not None:
+        assert serving <= watched | set(asked)
 
 
 @FAST
