@@ -1,8 +1,10 @@
 # Monitoring: the drift service's own environment and Debian's Prometheus (with promtool).
 #
 # alibi-detect 0.11.4 (the last Apache-2.0 release) needs numpy<2, Pillow<10 and
-# pydantic<2, which Feast and KServe cannot share, so the drift service lives in
-# .venv-drift. CPU torch goes first and pinned, as in the main environment.
+# pydantic<2, which Feast and KServe cannot share, so the drift service (kubeloop/drift,
+# `python -m kubeloop.drift`) runs from .venv-drift. CPU torch goes first and pinned, as
+# in the main environment. The rules and dashboards (kubeloop/monitoring) are generated
+# in the main environment; promtool checks them.
 
 DRIFT_VENV := .venv-drift
 DRIFT_STAMP := $(DRIFT_VENV)/.installed

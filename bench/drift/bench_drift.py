@@ -151,7 +151,7 @@ def delays(folder: Path, erts: list[int]) -> list[dict]:
     rows = []
     for ert in erts:
         for scenario in ("covariate", "concept", "label_shift"):
-            cmd = [str(drift_python()), "-m", "kubeloop.monitoring.calibration", "--mode", "delay",
+            cmd = [str(drift_python()), "-m", "kubeloop.drift.calibration", "--mode", "delay",
                    "--reference", str(paths["reference"]), "--schema", str(paths["schema"]),
                    "--stream", str(paths[scenario]), "--null", str(paths["null"]), "--warmup", "100",
                    "--settings", json.dumps({"ert": ert}), "--cache-dir", str(folder / "cache")]  # fmt: skip

@@ -1,6 +1,6 @@
 """Run-length and detection-delay measurements of the online detectors (drift environment).
 
-``python -m kubeloop.monitoring.calibration`` reads a reference sample, its schema and
+``python -m kubeloop.drift.calibration`` reads a reference sample, its schema and
 a stream (Parquet files written by the caller, e.g. a test in the main environment),
 builds the detectors exactly as the service does, and prints JSON:
 
@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kubeloop.monitoring.config import DetectorSettings
-from kubeloop.monitoring.monitor import VersionMonitor
-from kubeloop.monitoring.reference import (
+from kubeloop.drift.config import DetectorSettings
+from kubeloop.drift.monitor import VersionMonitor
+from kubeloop.drift.reference import (
     PREDICTION_COLUMN,
     SCORE_COLUMN,
     Reference,
@@ -144,7 +144,7 @@ def load(reference: Path, schema: Path) -> Reference:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
-        prog="kubeloop.monitoring.calibration", description=__doc__.splitlines()[0]
+        prog="kubeloop.drift.calibration", description=__doc__.splitlines()[0]
     )
     p.add_argument("--reference", type=Path, required=True)
     p.add_argument("--schema", type=Path, required=True)

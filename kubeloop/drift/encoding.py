@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from kubeloop.monitoring.reference import FeatureSpec
+from kubeloop.drift.reference import FeatureSpec
 
 
 @dataclass

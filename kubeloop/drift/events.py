@@ -2,7 +2,7 @@
 
 A request event carries the model input after feature enrichment (V1 ``instances``);
 its response event carries ``predictions``; both share ``Ce-Id``. Every problem raises
-:class:`EventRejected` with a reason from :data:`kubeloop.monitoring.REJECT_REASONS`,
+:class:`EventRejected` with a reason from :data:`kubeloop.contracts.payload_events.REJECT_REASONS`,
 before any state is touched.
 """
 
@@ -15,8 +15,22 @@ from typing import Any
 
 from cloudevents.http import from_http
 
-REQUEST_TYPE = "org.kubeflow.serving.inference.request"
-RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
+from kubeloop.contracts.payload_events import (
+    CONTENT_TYPE,
+    DEFAULT_ENDPOINT,
+    ENDPOINT,
+    HEADER_PREFIX,
+    ID,
+    INFERENCE_SERVICE,
+    MODEL_VERSION,
+    REQUEST_TYPE,
+    RESPONSE_TYPE,
+    SOURCE,
+    SPEC_VERSION,
+    SPECVERSION,
+    TYPE,
+    header,
+)
 
 
 class EventRejected(ValueError):
@@ -38,7 +52,10 @@ class PayloadEvent:
     data: Any
 
 
-_REQUIRED_BINARY = ("ce-id", "ce-source", "ce-type")
+# Header names as the receiver compares them (lower case; HTTP names are case-insensitive).
+_PREFIX = HEADER_PREFIX.lower()
+_CE_SPECVERSION = header(SPECVERSION).lower()
+_REQUIRED_BINARY = tuple(header(a).lower() for a in (ID, SOURCE, TYPE))
 
 
 def _binary_attributes(h: dict[str, str]) -> dict[str, str] | None:
@@ -49,12 +66,12 @@ def _binary_attributes(h: dict[str, str]) -> dict[str, str] | None:
     object), the largest part of the service's per-event cost. Anything else, and every
     malformed event, goes through ``from_http`` so its errors stay the library's.
     """
-    if h.get("ce-specversion") != "1.0" or not all(h.get(k) for k in _REQUIRED_BINARY):
+    if h.get(_CE_SPECVERSION) != SPEC_VERSION or not all(h.get(k) for k in _REQUIRED_BINARY):
         return None
-    content_type = h.get("content-type", "application/json")
-    if not content_type.startswith("application/json"):
+    content_type = h.get("content-type", CONTENT_TYPE)
+    if not content_type.startswith(CONTENT_TYPE):
         return None
-    return {k[3:]: v for k, v in h.items() if k.startswith("ce-")}
+    return {k[len(_PREFIX) :]: v for k, v in h.items() if k.startswith(_PREFIX)}
 
 
 def parse_cloudevent(headers: dict[str, str], body: bytes) -> PayloadEvent:
@@ -70,19 +87,17 @@ def parse_cloudevent(headers: dict[str, str], body: bytes) -> PayloadEvent:
             raise EventRejected("malformed_event", f"not a valid CloudEvent: {exc}", 400) from None
         attrs = event.get_attributes()
         data = event.get_data()
-    ce_type = attrs.get("type")
+    ce_type = attrs.get(TYPE)
     if ce_type == REQUEST_TYPE:
         kind = "request"
     elif ce_type == RESPONSE_TYPE:
         kind = "response"
     else:
         raise EventRejected("unsupported_type", f"unsupported CloudEvent type {ce_type!r}", 400)
-    model = attrs.get("inferenceservicename")
-    version = attrs.get("modelversion")
+    model = attrs.get(INFERENCE_SERVICE)
+    version = attrs.get(MODEL_VERSION)
     if not model or not version:
-        missing = [
-            n for n, v in (("inferenceservicename", model), ("modelversion", version)) if not v
-        ]
+        missing = [n for n, v in ((INFERENCE_SERVICE, model), (MODEL_VERSION, version)) if not v]
         raise EventRejected(
             "missing_attribute", f"CloudEvent lacks extension attribute(s) {missing}", 400
         )
@@ -92,11 +107,11 @@ def parse_cloudevent(headers: dict[str, str], body: bytes) -> PayloadEvent:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise EventRejected("invalid_json", f"event data is not JSON: {exc}", 400) from None
     return PayloadEvent(
-        id=str(attrs["id"]),
+        id=str(attrs[ID]),
         kind=kind,
         model=str(model),
         version=str(version),
-        endpoint=str(attrs.get("endpoint") or "default"),
+        endpoint=str(attrs.get(ENDPOINT) or DEFAULT_ENDPOINT),
         data=data,
     )
 

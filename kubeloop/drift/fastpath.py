@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kubeloop.monitoring.events import EventRejected
-from kubeloop.monitoring.worker import WorkerDown
+from kubeloop.contracts.payload_events import WORKER_DOWN
+from kubeloop.drift.events import EventRejected
+from kubeloop.drift.worker import WorkerDown
 
 
 class PayloadEventsFastPath:
@@ -33,7 +34,7 @@ class PayloadEventsFastPath:
             self.service.metrics.rejected.labels(reason=exc.reason).inc()
             status, payload = exc.status, {"error": str(exc), "reason": exc.reason}
         except WorkerDown as exc:
-            status, payload = 503, {"error": str(exc), "reason": "worker_down"}
+            status, payload = 503, {"error": str(exc), "reason": WORKER_DOWN}
         body = json.dumps(payload).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),

@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from kubeloop.monitoring import REJECT_REASONS
+from kubeloop.contracts.payload_events import REJECT_REASONS
 
 DETECTOR_LABELS = ("model", "version", "detector", "feature")
 VERSION_LABELS = ("model", "version")

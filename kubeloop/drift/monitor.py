@@ -1,7 +1,7 @@
 """The drift state of one watched model version: detectors, live quality, recent window.
 
 Pure of HTTP: the service validates events and hands paired rows to the detector
-worker process (``kubeloop.monitoring.worker``), which owns these objects and calls
+worker process (``kubeloop.drift.worker``), which owns these objects and calls
 ``observe``/``feedback`` from one thread and sends ``snapshot`` back to the service.
 """
 
@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kubeloop.monitoring.config import DetectorSettings
-from kubeloop.monitoring.detectors import OnlineDetector, build_detector
-from kubeloop.monitoring.encoding import Encoder
-from kubeloop.monitoring.reference import Reference
+from kubeloop.drift.config import DetectorSettings
+from kubeloop.drift.detectors import OnlineDetector, build_detector
+from kubeloop.drift.encoding import Encoder
+from kubeloop.drift.reference import Reference
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """The drift service: KServe payload CloudEvents in, ``kubeloop_*`` drift metrics out.
 
-Run: ``.venv-drift/bin/python -m kubeloop.monitoring.service --port 8090 --registry-uri var/registry``.
+Run: ``.venv-drift/bin/python -m kubeloop.drift --port 8090 --registry-uri var/registry``.
 
 HTTP handlers validate and pair events on the event loop (cheap, and every refusal
 is a 4xx with a counted reason before any state changes); paired rows go in batches,
-over a bounded queue, to a detector worker *process* (``kubeloop.monitoring.worker``),
+over a bounded queue, to a detector worker *process* (``kubeloop.drift.worker``),
 so parsing and detector updates use a core each and a slow detector step never blocks
 the logger. When the worker lags by more than the queue holds, batches are dropped and
 counted (``kubeloop_drift_dropped_total``); when it dies, ``/healthz`` and ``/readyz``
@@ -32,21 +32,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from kubeloop.monitoring.config import DriftConfigError, ServiceSettings, check_alibi_license
-from kubeloop.monitoring.events import (
+from kubeloop.contracts.payload_events import WORKER_DOWN
+from kubeloop.drift.config import DriftConfigError, ServiceSettings, check_alibi_license
+from kubeloop.drift.events import (
     EventRejected,
     parse_cloudevent,
     parse_feedback,
     validate_instances,
     validate_predictions,
 )
-from kubeloop.monitoring.fastpath import PayloadEventsFastPath
-from kubeloop.monitoring.metrics import DriftMetrics
-from kubeloop.monitoring.reference import Reference, ReferenceError, load_reference
-from kubeloop.monitoring.worker import DetectorWorker, WorkerDown
+from kubeloop.drift.fastpath import PayloadEventsFastPath
+from kubeloop.drift.metrics import DriftMetrics
+from kubeloop.drift.reference import Reference, ReferenceError, load_reference
+from kubeloop.drift.worker import DetectorWorker, WorkerDown
 from kubeloop.registry import RegistryError
 
-log = logging.getLogger("kubeloop.monitoring.service")
+log = logging.getLogger("kubeloop.drift.service")
 BATCH_ITEMS = 256  # paired rows per hand-off to the detector worker
 FLUSH_SECONDS = 0.005  # a partial batch waits this long while the worker keeps up
 QUEUE_BATCHES = 64  # batches the worker may lag behind before new ones are dropped
@@ -294,7 +295,7 @@ def create_app(settings: ServiceSettings) -> Starlette:
     svc = DriftService(settings)
 
     def unavailable(exc: WorkerDown) -> JSONResponse:
-        return JSONResponse({"error": str(exc), "reason": "worker_down"}, status_code=503)
+        return JSONResponse({"error": str(exc), "reason": WORKER_DOWN}, status_code=503)
 
     async def feedback(request: Request) -> Response:
         try:
@@ -381,7 +382,7 @@ def create_app(settings: ServiceSettings) -> Starlette:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="kubeloop.monitoring.service", description=__doc__.splitlines()[0]
+        prog="python -m kubeloop.drift", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)

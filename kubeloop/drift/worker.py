@@ -25,7 +25,7 @@ import time
 import traceback
 from typing import Any
 
-log = logging.getLogger("kubeloop.monitoring.worker")
+log = logging.getLogger("kubeloop.drift.worker")
 PUBLISH_EVERY_S = 0.05  # a busy worker sends snapshots at most this often (always when idle)
 
 
@@ -56,7 +56,7 @@ class _Worker:
         self.last_publish = 0.0
 
     def build(self, req: int, mon_id: int, reference: Any, settings: Any, cache_dir: Any) -> None:
-        from kubeloop.monitoring.monitor import VersionMonitor
+        from kubeloop.drift.monitor import VersionMonitor
 
         try:
             with self.build_lock:
@@ -144,7 +144,7 @@ def run_worker(inbox: Any, outbox: Any, log_level: int) -> None:
     import torch
 
     torch.set_num_threads(1)  # one core for the detectors; the other serves HTTP
-    from kubeloop.monitoring.detectors import _alibi
+    from kubeloop.drift.detectors import _alibi
 
     _alibi()  # import alibi-detect (seconds) now, not in the first watch
     try:

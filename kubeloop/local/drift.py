@@ -13,7 +13,7 @@ from kubeloop.local.ports import free_port
 from kubeloop.local.supervisor import Service, Supervisor
 
 DRIFT_VENV = REPO_ROOT / ".venv-drift"
-DRIFT_SERVICE_MODULE = "kubeloop.drift.service"  # run as `python -m DRIFT_SERVICE_MODULE`
+DRIFT_SERVICE_MODULE = "kubeloop.drift"  # run as `python -m DRIFT_SERVICE_MODULE`
 
 
 def drift_python() -> Path:

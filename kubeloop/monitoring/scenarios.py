@@ -4,7 +4,7 @@
 held-out later window (the reference sample and a stationary pool) and the
 post-onset rows of each drift scenario with it. ``write_river_scenario`` does the same
 with river's SEA generator, whose concept (the labelling threshold) changes while
-the inputs stay put. The drift environment's ``kubeloop.monitoring.calibration``
+the inputs stay put. The drift environment's ``kubeloop.drift.calibration``
 reads the files.
 """
 

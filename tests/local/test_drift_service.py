@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from cloudevents.http import CloudEvent, to_structured
 
+from kubeloop.contracts.payload_events import REJECT_REASONS
 from kubeloop.local.drift import start_drift_service
 from kubeloop.local.supervisor import Supervisor
 from kubeloop.local.wait import wait_until
-from kubeloop.monitoring import REJECT_REASONS
 from kubeloop.registry import ModelRegistry
 from kubeloop.training.quick import publish_quick_version
 from tests.support.events import payload_headers, payload_pair

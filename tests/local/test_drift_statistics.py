@@ -2,7 +2,7 @@
 
 Data are made here in the main environment (the fraud generator with a small trained
 model, and river's SEA concept-drift generator); the detectors run in the drift
-environment through ``python -m kubeloop.monitoring.calibration`` (alibi-detect cannot
+environment through ``python -m kubeloop.drift.calibration`` (alibi-detect cannot
 be imported here). Measured with ERT = 100 steps; each estimate pools 400 runs, so its 95%
 interval is about +-10% of the ERT, and the tests assert the +-20% band. Fixed seeds.
 """
@@ -24,7 +24,7 @@ SETTINGS = {"ert": ERT, "mmd_bootstraps": 1000}
 
 
 def calibrate(paths: dict, mode: str, detectors: str, stream: str, cache, **extra) -> dict:
-    cmd = [str(drift_python()), "-m", "kubeloop.monitoring.calibration", "--mode", mode,
+    cmd = [str(drift_python()), "-m", "kubeloop.drift.calibration", "--mode", mode,
            "--reference", str(paths["reference"]), "--schema", str(paths["schema"]),
            "--stream", str(paths[stream]), "--null", str(paths["null"]), "--detectors", detectors,
            "--settings", json.dumps({**SETTINGS, **extra.pop("settings", {})}), "--cache-dir", str(cache)]  # fmt: skip

@@ -446,15 +446,20 @@ def test_every_value_is_documented() -> None:
 
 def test_serving_runtime_is_the_one_the_operator_names(rendered) -> None:
     from kserve.models import V1alpha1ServingRuntimeSpec, V1alpha1SupportedModelFormat
-    from kubeloop.operators.cluster.inferenceservice import inference_service
+    from kubeloop.operators.cluster.handlers import predictor_options
     from kubeloop.operators.crd import parse_spec
+    from kubeloop.serving.inference_service import inference_service
 
     runtime = next(
         d for d in rendered["default-values.yaml"] if d["kind"] == "ClusterServingRuntime"
     )
     sample = yaml.safe_load((ROOT / "manifests/samples/fraud-detector.yaml").read_text())
     isvc = inference_service(
-        "fraud-detector", "ml", "uid-1", parse_spec(sample["spec"]), "s3://b/models", "v1"
+        "fraud-detector",
+        "v1",
+        "s3://b/models",
+        namespace="ml",
+        **predictor_options(parse_spec(sample["spec"]), "kubeloop-s3"),
     )
     model = isvc["spec"]["predictor"]["model"]
     assert runtime["metadata"]["name"] == model["runtime"]
@@ -513,7 +518,7 @@ def test_operator_environment_loads_into_its_settings(rendered, scenario: str, m
 def test_drift_service_accepts_the_chart_arguments(rendered) -> None:
     import ast
 
-    source = (ROOT / "kubeloop" / "monitoring" / "service.py").read_text()
+    source = (ROOT / "kubeloop" / "drift" / "service.py").read_text()
     flags = {
         arg.value
         for node in ast.walk(ast.parse(source))

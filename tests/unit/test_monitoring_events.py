@@ -6,16 +6,16 @@ import json
 
 import pytest
 
-from kubeloop.monitoring import REJECT_REASONS
-from kubeloop.monitoring.config import DetectorSettings, DriftConfigError, check_alibi_license
-from kubeloop.monitoring.events import (
+from kubeloop.contracts.payload_events import REJECT_REASONS
+from kubeloop.drift.config import DetectorSettings, DriftConfigError, check_alibi_license
+from kubeloop.drift.events import (
     EventRejected,
     parse_cloudevent,
     parse_feedback,
     validate_instances,
     validate_predictions,
 )
-from kubeloop.monitoring.reference import ReferenceError, feature_spec
+from kubeloop.drift.reference import ReferenceError, feature_spec
 from tests.support.events import payload_headers, payload_pair
 
 NUMERIC = ["amount", "hour"]
