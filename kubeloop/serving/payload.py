@@ -25,12 +25,27 @@ from urllib.parse import urlsplit
 import httptools
 import orjson
 
+from kubeloop.contracts.payload_events import (
+    CE_COMPONENT,
+    CE_ENDPOINT,
+    CE_ID,
+    CE_INFERENCE_SERVICE,
+    CE_MODEL_VERSION,
+    CE_NAMESPACE,
+    CE_SOURCE,
+    CE_SPECVERSION,
+    CE_TIME,
+    CE_TYPE,
+    COMPONENT_PREDICTOR,
+    CONTENT_TYPE,
+    DEFAULT_ENDPOINT,
+    REQUEST_TYPE,
+    RESPONSE_TYPE,
+    SPEC_VERSION,
+)
 from kubeloop.serving.metrics import PAYLOAD_EVENTS
 
 log = logging.getLogger(__name__)
-
-REQUEST_TYPE = "org.kubeflow.serving.inference.request"
-RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
 
 
 @dataclass(frozen=True)
@@ -39,25 +54,25 @@ class EventContext:
 
     model: str
     version: str
-    endpoint: str = "default"  # KServe's `endpoint` attribute: default or canary
+    endpoint: str = DEFAULT_ENDPOINT  # KServe's `endpoint` attribute: default or canary
     namespace: str = "default"
-    component: str = "predictor"
+    component: str = COMPONENT_PREDICTOR
     source: str = "http://localhost/kubeloop"
 
 
 def event_headers(ctx: EventContext, request_id: str, event_type: str, at: str) -> dict[str, str]:
     return {
-        "Ce-Specversion": "1.0",
-        "Ce-Id": request_id,
-        "Ce-Type": event_type,
-        "Ce-Source": ctx.source,
-        "Ce-Time": at,
-        "Ce-Inferenceservicename": ctx.model,
-        "Ce-Namespace": ctx.namespace,
-        "Ce-Component": ctx.component,
-        "Ce-Endpoint": ctx.endpoint,
-        "Ce-Modelversion": ctx.version,
-        "Content-Type": "application/json",
+        CE_SPECVERSION: SPEC_VERSION,
+        CE_ID: request_id,
+        CE_TYPE: event_type,
+        CE_SOURCE: ctx.source,
+        CE_TIME: at,
+        CE_INFERENCE_SERVICE: ctx.model,
+        CE_NAMESPACE: ctx.namespace,
+        CE_COMPONENT: ctx.component,
+        CE_ENDPOINT: ctx.endpoint,
+        CE_MODEL_VERSION: ctx.version,
+        "Content-Type": CONTENT_TYPE,
     }
 
 
@@ -79,7 +94,12 @@ def build_events(
 # The Content-Length header inside an HTTP/1.x head: how the test receivers frame the
 # pipelined requests this module writes.
 CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
-_PAIR = b"%sCe-Id: %s\r\nCe-Time: %s\r\nContent-Length: %d\r\n\r\n%s" * 2
+# One event's head after its fixed part: the per-pair Ce-Id and Ce-Time, then the body.
+_EVENT = b"%%s%s: %%s\r\n%s: %%s\r\nContent-Length: %%d\r\n\r\n%%s" % (
+    CE_ID.encode(),
+    CE_TIME.encode(),
+)
+_PAIR = _EVENT * 2
 
 
 class ResponseCounter:
@@ -261,7 +281,7 @@ class _PipelinedPoster:
             encoded = []
             for event_type in (REQUEST_TYPE, RESPONSE_TYPE):
                 headers = event_headers(ctx, "", event_type, "")
-                del headers["Ce-Id"], headers["Ce-Time"]
+                del headers[CE_ID], headers[CE_TIME]
                 lines = [f"POST {self.path} HTTP/1.1", f"Host: {self.host_header}"]
                 lines += [f"{k}: {v}" for k, v in headers.items()]
                 encoded.append(("\r\n".join(lines) + "\r\n").encode("latin-1"))

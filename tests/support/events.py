@@ -8,25 +8,42 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from kubeloop.serving.payload import REQUEST_TYPE, RESPONSE_TYPE
+from kubeloop.contracts.payload_events import (
+    CE_COMPONENT,
+    CE_ENDPOINT,
+    CE_ID,
+    CE_INFERENCE_SERVICE,
+    CE_MODEL_VERSION,
+    CE_NAMESPACE,
+    CE_SOURCE,
+    CE_SPECVERSION,
+    CE_TIME,
+    CE_TYPE,
+    COMPONENT_PREDICTOR,
+    CONTENT_TYPE,
+    DEFAULT_ENDPOINT,
+    REQUEST_TYPE,
+    RESPONSE_TYPE,
+    SPEC_VERSION,
+)
 
 
 def payload_headers(
-    kind: str, request_id: str, model: str, version: str, endpoint: str = "default"
+    kind: str, request_id: str, model: str, version: str, endpoint: str = DEFAULT_ENDPOINT
 ) -> dict[str, str]:
     """Binary-mode CloudEvent headers of a ``request`` or ``response`` event."""
     return {
-        "Content-Type": "application/json",
-        "Ce-Specversion": "1.0",
-        "Ce-Id": request_id,
-        "Ce-Type": REQUEST_TYPE if kind == "request" else RESPONSE_TYPE,
-        "Ce-Source": f"http://localhost/{model}/{endpoint}",
-        "Ce-Time": datetime.now(UTC).isoformat(),
-        "Ce-Inferenceservicename": model,
-        "Ce-Namespace": "default",
-        "Ce-Component": "predictor",
-        "Ce-Endpoint": endpoint,
-        "Ce-Modelversion": version,
+        "Content-Type": CONTENT_TYPE,
+        CE_SPECVERSION: SPEC_VERSION,
+        CE_ID: request_id,
+        CE_TYPE: REQUEST_TYPE if kind == "request" else RESPONSE_TYPE,
+        CE_SOURCE: f"http://localhost/{model}/{endpoint}",
+        CE_TIME: datetime.now(UTC).isoformat(),
+        CE_INFERENCE_SERVICE: model,
+        CE_NAMESPACE: "default",
+        CE_COMPONENT: COMPONENT_PREDICTOR,
+        CE_ENDPOINT: endpoint,
+        CE_MODEL_VERSION: version,
     }
 
 
