@@ -27,7 +27,7 @@ import psutil
 from kubeloop.generated import REPO_ROOT
 from kubeloop.local.drift import drift_python, start_drift_service
 from kubeloop.local.supervisor import Supervisor
-from kubeloop.monitoring.scenarios import write_fraud_scenarios
+from tests.support.drift_scenarios import write_fraud_scenarios
 from kubeloop.registry import ModelRegistry
 from kubeloop.training.quick import publish_quick_version
 

@@ -3,8 +3,7 @@
 ``rules`` and ``dashboards`` are the one source of the PrometheusRule, ServiceMonitors
 and Grafana dashboards under ``manifests/`` and the chart (registered in
 ``kubeloop.generated``); ``cli`` is ``kubeloop monitoring`` (starts the drift service
-and a local Prometheus by hand); ``scenarios`` writes the reference samples and drifted
-streams that the drift calibration reads. All run in the main environment. The drift
+and a local Prometheus by hand). All run in the main environment. The drift
 service itself, with its own environment, is ``kubeloop.drift``; the names both sides
 of the payload events agree on are in ``kubeloop.contracts.payload_events``.
 """

@@ -16,7 +16,7 @@ import pytest
 
 from kubeloop.generated import REPO_ROOT
 from kubeloop.local.drift import drift_python
-from kubeloop.monitoring.scenarios import write_fraud_scenarios, write_river_scenario
+from tests.support.drift_scenarios import write_fraud_scenarios, write_river_scenario
 
 pytestmark = pytest.mark.slow
 ERT = 100

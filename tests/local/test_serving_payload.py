@@ -6,10 +6,10 @@ import asyncio
 
 import orjson
 
+from kubeloop.local.ports import free_port
 from kubeloop.serving.metrics import PAYLOAD_EVENTS
 from kubeloop.serving.payload import REQUEST_TYPE, RESPONSE_TYPE, EventContext, PayloadLogger
-from kubeloop.serving.processes import free_port
-from kubeloop.serving.sink import EventSink, _CountingProtocol
+from tests.support.sink import EventSink, _CountingProtocol
 
 CTX = EventContext(model="payload-test", version="v7", endpoint="canary", namespace="ns")
 

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from kubeloop.generated import GENERATORS, REPO_ROOT
+from kubeloop.local.prometheus import scrape_config
 from kubeloop.monitoring import dashboards, rules
-from kubeloop.monitoring.prometheus import scrape_config
 
 CONTRACT = (REPO_ROOT / "docs" / "contracts.md").read_text()
 CONTRACT_NAMES = set(re.findall(r"`(kubeloop_[a-z_]+)`", CONTRACT))

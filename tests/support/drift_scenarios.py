@@ -1,4 +1,4 @@
-"""Reference samples and drifted streams for measuring the detectors (main environment).
+"""Reference samples and drifted streams for measuring the detectors (tests and benchmarks).
 
 ``write_fraud_scenarios`` trains a small model on stationary fraud data, scores a
 held-out later window (the reference sample and a stationary pool) and the
