@@ -16,6 +16,7 @@ from kubeloop.operators.drift_service import DriftServiceClient
 from kubeloop.operators.gather import gather
 from kubeloop.operators.metrics import RolloutMetrics
 from kubeloop.operators.observe import PrometheusObserver
+from kubeloop.operators.reconciler.conditions import set_condition
 from kubeloop.operators.reconciler.core import Result, reconcile
 from kubeloop.operators.reconciler.types import (
     Action,
@@ -25,6 +26,7 @@ from kubeloop.operators.reconciler.types import (
     SetTraffic,
     SubmitRun,
     WatchDrift,
+    iso,
 )
 
 
@@ -86,38 +88,63 @@ def dispatch(action: Action, actuators: Actuators) -> None:
         actuators.record_decision(action)
 
 
-def reconcile_pass(
-    *,
-    name: str,
-    spec: ModelDeploymentSpec,
-    status: ModelDeploymentStatus,
-    generation: int,
-    now: datetime,
-    commands: dict[str, str],
-    registry: Any,
-    observer: PrometheusObserver,
-    actuators: Actuators,
-    metrics: RolloutMetrics,
-) -> Result:
-    """Observes, decides and acts once; returns the new status and the actions taken."""
-    known = frozenset(
-        v for v in (status.stable_version, status.candidate_version, status.previous_version) if v
+class ReconcileLoop:
+    """The operator's loop over one ModelDeployment per call: the observer and the metrics
+    it keeps across passes, shared by every resource a driver reconciles."""
+
+    def __init__(self, observer: PrometheusObserver, metrics: RolloutMetrics) -> None:
+        self.observer, self.metrics = observer, metrics
+
+    def run(
+        self,
+        name: str,
+        spec: ModelDeploymentSpec,
+        status: ModelDeploymentStatus,
+        generation: int,
+        now: datetime,
+        commands: dict[str, str],
+        registry: Any,
+        actuators: Actuators,
+    ) -> Result:
+        """Observes, decides and acts once; returns the new status and the actions taken."""
+        known = frozenset(
+            v
+            for v in (status.stable_version, status.candidate_version, status.previous_version)
+            if v
+        )
+        obs = gather(
+            now=now,
+            spec=spec,
+            status=status,
+            registry=registry,
+            observer=self.observer,
+            run_status=actuators.run_status,
+            ready=actuators.ready_versions(known),
+            watched=actuators.watched_versions() if status.stable_version else None,
+            commands=commands,
+        )
+        result = reconcile(name, spec, status, obs, generation=generation)
+        for action in result.actions:
+            dispatch(action, actuators)
+            if isinstance(action, RecordDecision):
+                self.metrics.record(name, action.decision)
+        self.metrics.canary_percent.labels(name).set(result.status.canary_percent)
+        return result
+
+
+def stalled_on_invalid_spec(
+    status: ModelDeploymentStatus, error: Exception, *, now: datetime, generation: int
+) -> ModelDeploymentStatus:
+    """An invalid spec will not fix itself: the status says why (Stalled, InvalidSpec) and
+    the driver stops there, without retries, until the spec changes."""
+    status.observed_generation = generation
+    status.conditions = set_condition(
+        status.conditions,
+        "Stalled",
+        "True",
+        "InvalidSpec",
+        str(error),
+        now=iso(now),
+        generation=generation,
     )
-    obs = gather(
-        now=now,
-        spec=spec,
-        status=status,
-        registry=registry,
-        observer=observer,
-        run_status=actuators.run_status,
-        ready=actuators.ready_versions(known),
-        watched=actuators.watched_versions() if status.stable_version else None,
-        commands=commands,
-    )
-    result = reconcile(name, spec, status, obs, generation=generation)
-    for action in result.actions:
-        dispatch(action, actuators)
-        if isinstance(action, RecordDecision):
-            metrics.record(name, action.decision)
-    metrics.canary_percent.labels(name).set(result.status.canary_percent)
-    return result
+    return status

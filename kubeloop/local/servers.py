@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from kubeloop.local.ports import free_port
 from kubeloop.local.supervisor import Service, Supervisor
@@ -30,14 +31,13 @@ def start_predictor(
     feast_repo: str | Path | None = None,
     endpoint: str = "default",
     extra: Sequence[str] = (),
-    env: dict[str, str] | None = None,
     name: str | None = None,
     wait: bool = True,
-    timeout: float = 60.0,
-    launcher: Sequence[str] = (),
+    **options: Any,
 ) -> Service:
     """Starts ``kubeloop.serving.predictor`` for one registry version (labelled with its model
-    and version); with ``wait``, returns once ``/v1/models/<model>`` answers."""
+    and version); with ``wait``, returns once ``/v1/models/<model>`` answers. ``options``
+    (``env``, ``launcher``, ``timeout``) go to :meth:`Supervisor.start`."""
     http_port = http_port or free_port()
     grpc_port = grpc_port or free_port()
     args = [
@@ -61,10 +61,8 @@ def start_predictor(
         health_url=f"http://127.0.0.1:{http_port}/v1/models/{model_name}",
         ports={"http": http_port, "grpc": grpc_port},
         labels={"model": model_name, "version": version},
-        env=env,
-        launcher=launcher,
         wait=wait,
-        timeout=timeout,
+        **options,
     )
 
 
@@ -74,14 +72,13 @@ def start_router(
     port: int | None = None,
     *,
     logger_url: str | None = None,
-    env: dict[str, str] | None = None,
     name: str = "router",
     wait: bool = True,
-    timeout: float = 60.0,
-    launcher: Sequence[str] = (),
+    **options: Any,
 ) -> Service:
     """Starts ``kubeloop.router`` reading and keeping its split in ``split_file``;
-    with ``wait``, returns once ``/healthz`` answers (``/readyz`` waits for a split)."""
+    with ``wait``, returns once ``/healthz`` answers (``/readyz`` waits for a split).
+    ``options`` (``env``, ``launcher``, ``timeout``) go to :meth:`Supervisor.start`."""
     port = port or free_port()
     args = ["-m", "kubeloop.router", "--port", str(port), "--split-file", str(split_file)]
     if logger_url:
@@ -91,8 +88,6 @@ def start_router(
         args,
         health_url=f"http://127.0.0.1:{port}/healthz",
         ports={"http": port},
-        env=env,
-        launcher=launcher,
         wait=wait,
-        timeout=timeout,
+        **options,
     )

@@ -23,17 +23,15 @@ from kubeloop.operators.crd import (
 )
 from kubeloop.operators.drift_service import DriftServiceClient
 from kubeloop.operators.gather import commands_from_annotations
-from kubeloop.operators.loop import SharedActuators, reconcile_pass
+from kubeloop.operators.loop import ReconcileLoop, SharedActuators, stalled_on_invalid_spec
 from kubeloop.operators.metrics import RolloutMetrics
 from kubeloop.operators.observe import PrometheusObserver
-from kubeloop.operators.reconciler.conditions import set_condition
 from kubeloop.operators.reconciler.types import (
     Decision,
     RecordDecision,
     RunObservation,
     SetTraffic,
     SubmitRun,
-    iso,
 )
 from kubeloop.operators.runs import RunSubmitter
 from kubeloop.operators.settings import OperatorSettings
@@ -83,34 +81,15 @@ def reconcile_resource(
     try:
         parsed = parse_spec(spec)
     except ValueError as exc:
-        # An invalid spec will not fix itself: say why and stop, no retries.
-        current.observed_generation = generation
-        current.conditions = set_condition(
-            current.conditions,
-            "Stalled",
-            "True",
-            "InvalidSpec",
-            str(exc),
-            now=iso(now),
-            generation=generation,
-        )
+        current = stalled_on_invalid_spec(current, exc, now=now, generation=generation)
         return current.wire()
     registry = deps.registry_for(parsed.model.registry_uri)
     actuators = ClusterActuators(
         deps, name, namespace, uid, parsed, registry, current.stable_version, now
     )
-    result = reconcile_pass(
-        name=name,
-        spec=parsed,
-        status=current,
-        generation=generation,
-        now=now,
-        commands=commands_from_annotations(annotations),
-        registry=registry,
-        observer=deps.observer,
-        actuators=actuators,
-        metrics=deps.metrics,
-    )
+    loop = ReconcileLoop(deps.observer, deps.metrics)
+    commands = commands_from_annotations(annotations)
+    result = loop.run(name, parsed, current, generation, now, commands, registry, actuators)
     # Explicit nulls: a merge patch must clear fields that became empty (candidateVersion).
     return result.status.model_dump(by_alias=True, mode="json")
 

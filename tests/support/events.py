@@ -8,42 +8,25 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from kubeloop.contracts.payload_events import (
-    CE_COMPONENT,
-    CE_ENDPOINT,
-    CE_ID,
-    CE_INFERENCE_SERVICE,
-    CE_MODEL_VERSION,
-    CE_NAMESPACE,
-    CE_SOURCE,
-    CE_SPECVERSION,
-    CE_TIME,
-    CE_TYPE,
-    COMPONENT_PREDICTOR,
-    CONTENT_TYPE,
-    DEFAULT_ENDPOINT,
-    REQUEST_TYPE,
-    RESPONSE_TYPE,
-    SPEC_VERSION,
-)
+from kubeloop.contracts import payload_events as pe
 
 
 def payload_headers(
-    kind: str, request_id: str, model: str, version: str, endpoint: str = DEFAULT_ENDPOINT
+    kind: str, request_id: str, model: str, version: str, endpoint: str = pe.DEFAULT_ENDPOINT
 ) -> dict[str, str]:
     """Binary-mode CloudEvent headers of a ``request`` or ``response`` event."""
     return {
-        "Content-Type": CONTENT_TYPE,
-        CE_SPECVERSION: SPEC_VERSION,
-        CE_ID: request_id,
-        CE_TYPE: REQUEST_TYPE if kind == "request" else RESPONSE_TYPE,
-        CE_SOURCE: f"http://localhost/{model}/{endpoint}",
-        CE_TIME: datetime.now(UTC).isoformat(),
-        CE_INFERENCE_SERVICE: model,
-        CE_NAMESPACE: "default",
-        CE_COMPONENT: COMPONENT_PREDICTOR,
-        CE_ENDPOINT: endpoint,
-        CE_MODEL_VERSION: version,
+        "Content-Type": pe.CONTENT_TYPE,
+        pe.CE_SPECVERSION: pe.SPEC_VERSION,
+        pe.CE_ID: request_id,
+        pe.CE_TYPE: pe.REQUEST_TYPE if kind == "request" else pe.RESPONSE_TYPE,
+        pe.CE_SOURCE: f"http://localhost/{model}/{endpoint}",
+        pe.CE_TIME: datetime.now(UTC).isoformat(),
+        pe.CE_INFERENCE_SERVICE: model,
+        pe.CE_NAMESPACE: "default",
+        pe.CE_COMPONENT: pe.COMPONENT_PREDICTOR,
+        pe.CE_ENDPOINT: endpoint,
+        pe.CE_MODEL_VERSION: version,
     }
 
 

@@ -32,10 +32,9 @@ from kubeloop.local.operator.actuators import LocalActuators, LocalRunSubmitter,
 from kubeloop.local.supervisor import Supervisor
 from kubeloop.operators.crd import ModelDeploymentStatus, parse_spec
 from kubeloop.operators.drift_service import DriftServiceClient
-from kubeloop.operators.loop import reconcile_pass
+from kubeloop.operators.loop import ReconcileLoop, stalled_on_invalid_spec
 from kubeloop.operators.metrics import RolloutMetrics
 from kubeloop.operators.observe import PrometheusObserver
-from kubeloop.operators.reconciler.conditions import set_condition
 from kubeloop.operators.reconciler.core import Result
 from kubeloop.operators.reconciler.types import RecordDecision, iso
 from kubeloop.operators.settings import OperatorSettings
@@ -128,6 +127,7 @@ class LocalOperator:
             timeout=settings.prometheus_timeout_seconds,
             min_window_seconds=settings.min_window_seconds,
         )
+        self.loop = ReconcileLoop(self.observer, self.metrics)
         self.now = now
         self.http = httpx.Client(timeout=10)
         self.drift = DriftServiceClient(settings.drift_service_url, http=self.http)
@@ -147,15 +147,7 @@ class LocalOperator:
         try:
             spec = parse_spec(doc.get("spec") or {})
         except ValueError as exc:
-            status.conditions = set_condition(
-                status.conditions,
-                "Stalled",
-                "True",
-                "InvalidSpec",
-                str(exc),
-                now=iso(now),
-                generation=generation,
-            )
+            status = stalled_on_invalid_spec(status, exc, now=now, generation=generation)
             self.store.save_state(
                 name, {**state, "status": status.model_dump(by_alias=True, mode="json")}
             )
@@ -181,18 +173,8 @@ class LocalOperator:
             self.store,
             now,
         )
-        result = reconcile_pass(
-            name=name,
-            spec=spec,
-            status=status,
-            generation=generation,
-            now=now,
-            commands=self.store.commands(name),
-            registry=registry,
-            observer=self.observer,
-            actuators=actuators,
-            metrics=self.metrics,
-        )
+        commands = self.store.commands(name)
+        result = self.loop.run(name, spec, status, generation, now, commands, registry, actuators)
         self.store.save_state(
             name,
             {
