@@ -39,6 +39,10 @@ REASONS = (
     "unknown_category",
     "wrong_shape",
     "unknown_entity",
+    # caught at the HTTP edge (kubeloop.serving.rest), before the body reaches the model
+    "unknown_model",
+    "unsupported_media_type",
+    "body_timeout",
 )
 
 V2_DATATYPES = {
@@ -69,6 +73,18 @@ _V2_ACCEPTED = {
 }
 
 
+# V2 (Open Inference Protocol) request keys: anything else is refused, as V1 refuses
+# unknown fields, rather than silently ignored.
+V2_REQUEST_KEYS = frozenset({"id", "parameters", "inputs", "outputs"})
+V2_TENSOR_KEYS = frozenset({"name", "shape", "datatype", "parameters", "data"})
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_V2_INT_RANGES = {
+    f"{prefix}INT{bits}": (0, 2**bits - 1) if prefix else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    for prefix in ("", "U")
+    for bits in (8, 16, 32, 64)
+}
+
+
 class RequestRejected(InvalidInput):
     """A client mistake: kserve turns it into a 400 with ``{"error": message}``."""
 
@@ -78,10 +94,45 @@ class RequestRejected(InvalidInput):
         self.kind = reason  # the metric label; `reason` holds the message (kserve)
 
 
+DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
+PAYLOAD_BYTES_PER_ROW = 1024  # a V1 row is ~220 bytes of JSON; 4x headroom for ids, spacing
+
+
+def payload_limit_for(max_batch: int, max_payload_bytes: int | None = None) -> int:
+    """The body-size limit: as given, else 1 MiB or enough for ``max_batch`` rows."""
+    if max_payload_bytes is not None:
+        return max_payload_bytes
+    return max(DEFAULT_MAX_PAYLOAD_BYTES, max_batch * PAYLOAD_BYTES_PER_ROW)
+
+
 @dataclass(frozen=True)
 class Limits:
     max_batch: int = 256
-    max_payload_bytes: int = 1_048_576
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    max_request_id_chars: int = 128  # X-Request-Id or a V2 body's id (it becomes Ce-Id)
+    body_timeout_s: float = 30.0  # the whole body must arrive within this
+    thread_rows: int = 2048  # batches this large run validation and the forward pass off the loop
+
+
+def check_v2_body(body: Any) -> None:
+    """The shape of a V2 JSON body before kserve decodes it: an object with known keys."""
+    if not isinstance(body, dict):
+        raise RequestRejected("malformed_body", "V2 request body must be a JSON object")
+    extra = body.keys() - V2_REQUEST_KEYS
+    if extra:
+        raise RequestRejected("unknown_field", f"unknown top-level fields: {sorted(extra)}")
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list):
+        raise RequestRejected("malformed_body", "V2 request needs 'inputs', a list of tensors")
+    for k, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict):
+            raise RequestRejected("malformed_body", f"input {k} must be an object")
+        extra = tensor.keys() - V2_TENSOR_KEYS
+        if extra:
+            name = tensor.get("name", k)
+            raise RequestRejected(
+                "unknown_field", f"input {name!r}: unknown fields {sorted(extra)}"
+            )
 
 
 @dataclass
@@ -319,7 +370,10 @@ class InputValidator:
             n = shape[0]
             if datatype == "BYTES":
                 flat = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in flat]
-            columns[name] = [v.item() if isinstance(v, np.generic) else v for v in flat]
+            flat = [v.item() if isinstance(v, np.generic) else v for v in flat]
+            if datatype in _V2_INT_RANGES:
+                _check_int_tensor(name, datatype, flat)
+            columns[name] = flat
         if n is None or n == 0:
             raise RequestRejected("wrong_shape", "V2 inputs hold no rows")
         if n > self.limits.max_batch:
@@ -347,14 +401,41 @@ class InputValidator:
         ]
 
 
+def _check_int_tensor(name: str, datatype: str, values: list[Any]) -> None:
+    """An INT*/UINT* tensor holds integers in its datatype's range (12.5 is no INT64)."""
+    lo, hi = _V2_INT_RANGES[datatype]
+    if values and set(map(type, values)) == {int} and lo <= min(values) and max(values) <= hi:
+        return
+    for value in values:
+        if type(value) is not int:
+            raise RequestRejected(
+                "wrong_type",
+                f"input {name!r} has datatype {datatype} but holds {value!r}, not an integer",
+            )
+        if not lo <= value <= hi:
+            raise RequestRejected(
+                "out_of_range",
+                f"input {name!r} holds {value}, outside the {datatype} range [{lo}, {hi}]",
+            )
+
+
 _SMALL_BATCH = 2  # up to this many rows, checking row by row beats column passes
 _TYPES = {"float": float, "int": int, "bool": bool, "category": str, "string": str}
 _MISSING = object()
 
 
+def _bounds(spec: ColumnSpec) -> tuple[Any, Any]:
+    """The column's range; an int column never leaves int64 (the model and Feast's type)."""
+    if spec.dtype != "int":
+        return spec.min, spec.max
+    lo = INT64_MIN if spec.min is None else max(spec.min, INT64_MIN)
+    hi = INT64_MAX if spec.max is None else min(spec.max, INT64_MAX)
+    return lo, hi
+
+
 def _value_plan(spec: ColumnSpec) -> tuple:
     categories = frozenset(spec.categories) if spec.categories else None
-    return spec.name, _TYPES.get(spec.dtype), spec.min, spec.max, categories
+    return spec.name, _TYPES.get(spec.dtype), *_bounds(spec), categories
 
 
 def _values_ok(row: dict[str, Any], plan: list[tuple]) -> bool:
@@ -378,7 +459,7 @@ def _column_check(spec: ColumnSpec):
     False means "look closer": the row-by-row path then coerces (an int sent for a
     float) or names the offending value.
     """
-    name, lo, hi = spec.name, spec.min, spec.max
+    name, (lo, hi) = spec.name, _bounds(spec)
     if spec.dtype == "float":
         types = {float}
     elif spec.dtype == "int":
@@ -439,12 +520,10 @@ def check_value(spec: ColumnSpec, value: Any, i: int) -> Any:
                 value = int(value)
         else:
             value = float(value)
-        if (spec.min is not None and value < spec.min) or (
-            spec.max is not None and value > spec.max
-        ):
+        lo, hi = _bounds(spec)
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise RequestRejected(
-                "out_of_range",
-                f"instance {i}: {name!r}={value} is outside [{spec.min}, {spec.max}]",
+                "out_of_range", f"instance {i}: {name!r}={value} is outside [{lo}, {hi}]"
             )
         return value
     if spec.dtype == "bool":

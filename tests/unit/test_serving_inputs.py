@@ -11,9 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kubeloop.data.fraud import FRAUD_SCHEMA
-from kubeloop.serving.inputs import InputValidator, Limits, RequestRejected
-from kubeloop.serving.payload import REQUEST_TYPE, RESPONSE_TYPE, EventContext, build_events
 from kubeloop.router.split import SplitError, bucket, choose, parse_split
+from kubeloop.serving.inputs import (
+    InputValidator,
+    Limits,
+    RequestRejected,
+    check_v2_body,
+    payload_limit_for,
+)
+from kubeloop.serving.payload import REQUEST_TYPE, RESPONSE_TYPE, EventContext, build_events
 
 ROW = {
     "amount": 50.0,
@@ -174,6 +180,67 @@ def test_bad_v2_tensors_are_rejected(validator, mutate, reason):
     with pytest.raises(RequestRejected) as err:
         validator.v2_instances(mutate(_v2(ROW)))
     assert err.value.kind == reason
+
+
+@pytest.mark.parametrize(
+    ("tensor", "reason", "needles"),
+    [
+        (("amount", "INT64", [1], [12.5]), "wrong_type", ["amount", "INT64", "12.5"]),
+        (("account_id", "INT64", [1], [2**70]), "out_of_range", ["account_id", "INT64"]),
+        (("hour", "INT8", [1], [300]), "out_of_range", ["hour", "INT8", "300"]),
+        (("hour", "UINT32", [1], [-1]), "out_of_range", ["hour", "UINT32"]),
+        (("hour", "INT64", [1], [True]), "wrong_type", ["hour", "True"]),
+        (("hour", "INT64", [1], ["12"]), "wrong_type", ["hour", "'12'"]),
+    ],
+)
+def test_int_tensors_hold_integers_in_their_range(validator, tensor, reason, needles):
+    inputs = [t for t in _v2(ROW) if t[0] != tensor[0]] + [tensor]
+    with pytest.raises(RequestRejected) as err:
+        validator.v2_instances(inputs)
+    assert err.value.kind == reason
+    for needle in needles:
+        assert needle in str(err.value)
+
+
+def test_int_columns_stay_in_int64_on_v1(validator):
+    for value in (2**70, 1e30):
+        row = {**ROW, "account_id": value}
+        with pytest.raises(RequestRejected) as err:
+            validator.validate_v1({"instances": [row]})
+        assert err.value.kind == "out_of_range" and "account_id" in str(err.value)
+        with pytest.raises(RequestRejected):
+            validator.validate_v1({"instances": [row] * 3})  # the column path too
+
+
+_TENSOR = {"name": "amount", "shape": [1], "datatype": "FP64", "data": [1.0]}
+
+
+@pytest.mark.parametrize(
+    ("body", "reason", "needle"),
+    [
+        ([], "malformed_body", "JSON object"),
+        ({"inputs": None}, "malformed_body", "inputs"),
+        ({}, "malformed_body", "inputs"),
+        ({"inputs": [_TENSOR], "instances": []}, "unknown_field", "instances"),
+        ({"inputs": [{**_TENSOR, "colour": 1}]}, "unknown_field", "colour"),
+        ({"inputs": [1]}, "malformed_body", "input 0"),
+    ],
+)
+def test_v2_bodies_with_unknown_keys_are_rejected(body, reason, needle):
+    with pytest.raises(RequestRejected) as err:
+        check_v2_body(body)
+    assert err.value.kind == reason and needle in str(err.value)
+
+
+def test_v2_body_with_known_keys_passes():
+    check_v2_body({"id": "a", "parameters": {}, "inputs": [{**_TENSOR, "parameters": {}}],
+                   "outputs": [{"name": "score"}]})  # fmt: skip
+
+
+def test_payload_limit_follows_the_batch_limit():
+    assert payload_limit_for(256) == 1_048_576
+    assert payload_limit_for(100_000) >= 100_000 * 400  # a V1 row is ~220 bytes
+    assert payload_limit_for(100_000, 2_000) == 2_000
 
 
 def test_v2_metadata_describes_the_schema(validator):
