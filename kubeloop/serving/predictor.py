@@ -30,8 +30,9 @@ from kubeloop.registry import ChecksumMismatch, ModelRegistry, RegistryError
 from kubeloop.registry.registry import MANIFEST, sha256_bytes, version_checksum
 from kubeloop.serving import metrics as m
 from kubeloop.serving.forward import Forward
-from kubeloop.serving.inputs import InputValidator, Limits, RequestRejected
+from kubeloop.serving.inputs import InputValidator, Limits, RequestRejected, payload_limit_for
 from kubeloop.serving.payload import EventContext, PayloadLogger
+from kubeloop.serving.rest import CURRENT, Outcome
 
 
 def verify_folder(folder: Path) -> dict[str, Any]:
@@ -173,10 +174,24 @@ class FraudPredictor(Model):
             },
         ]
 
-    def reject(self, reason: str) -> None:
-        """Counts a client error caught outside the model (e.g. by the body-size limit)."""
+    def count_http(self, status: int, outcome: Outcome) -> None:
+        """Counts one REST inference request by its status, whoever answered it."""
+        if status < 400:
+            self._ok.inc()
+        elif status < 500:
+            self._client_error.inc()
+            if outcome.reason and not outcome.counted:
+                m.REQUEST_ERRORS.labels(self.name, self.version, outcome.reason).inc()
+        else:
+            self._server_error.inc()
+
+    def _rejected(self, reason: str) -> None:
         m.REQUEST_ERRORS.labels(self.name, self.version, reason).inc()
-        self._client_error.inc()
+        outcome = CURRENT.get()
+        if outcome is None:  # gRPC: no REST edge counts the request
+            self._client_error.inc()
+        else:
+            outcome.reason, outcome.counted = reason, True
 
     # --- the request path ---------------------------------------------------------------
     async def __call__(self, body, headers=None, verb=InferenceVerb.PREDICT):
@@ -184,15 +199,17 @@ class FraudPredictor(Model):
         try:
             result = await super().__call__(body, headers, verb)
         except RequestRejected as exc:
-            self.reject(exc.kind)
+            self._rejected(exc.kind)
             raise
         except InvalidInput:
-            self.reject("malformed_body")
+            self._rejected("malformed_body")
             raise
         except Exception:
-            self._server_error.inc()
+            if CURRENT.get() is None:
+                self._server_error.inc()
             raise
-        self._ok.inc()
+        if CURRENT.get() is None:
+            self._ok.inc()
         self._duration.observe(time.perf_counter() - start)
         return result
 
@@ -200,13 +217,19 @@ class FraudPredictor(Model):
         request_id = headers.get("x-request-id") if headers else None
         if isinstance(payload, InferRequest):
             if not request_id and payload.id:
-                request_id = _checked_id(payload.id)
-            instances = self.validator.v2_instances([_v2_input(i) for i in payload.inputs])
-            validated = self.validator.validate_instances(instances)
+                request_id = _checked_id(payload.id, self.config.limits.max_request_id_chars)
+            inputs = [_v2_input(i) for i in payload.inputs]
             v2 = True
+            rows = max((len(t[3]) for t in inputs), default=0)
         else:
-            validated = self.validator.validate_v1(payload)
             v2 = False
+            instances = payload.get("instances") if isinstance(payload, dict) else None
+            rows = len(instances) if isinstance(instances, list) else 0
+        if rows >= self.config.limits.thread_rows:
+            # A large batch is validated off the event loop, so health probes still answer.
+            validated = await asyncio.to_thread(self._validate, payload, inputs if v2 else None)
+        else:
+            validated = self._validate(payload, inputs if v2 else None)
         if validated.needs_lookup:
             if self.features is None:
                 raise RequestRejected(
@@ -222,12 +245,20 @@ class FraudPredictor(Model):
             v2=v2, request_id=request_id or self._new_id(), instances=validated.instances
         )
 
+    def _validate(self, payload, v2_inputs):
+        if v2_inputs is not None:
+            return self.validator.validate_instances(self.validator.v2_instances(v2_inputs))
+        return self.validator.validate_v1(payload)
+
     def _new_id(self) -> str:
         # Unique per process (random prefix) and cheaper than a uuid4 per request.
         return f"{self._id_prefix}-{next(self._ids):08x}"
 
-    def predict(self, payload: _Prepared, headers=None, response_headers=None):
-        scores, classes = self.forward.predict(payload.instances)
+    async def predict(self, payload: _Prepared, headers=None, response_headers=None):
+        if len(payload.instances) >= self.config.limits.thread_rows:
+            scores, classes = await asyncio.to_thread(self.forward.predict, payload.instances)
+        else:
+            scores, classes = self.forward.predict(payload.instances)
         return payload, scores, classes
 
     def postprocess(self, result, headers=None, response_headers=None):
@@ -268,12 +299,13 @@ class FraudPredictor(Model):
         )
 
 
-def _checked_id(value: Any) -> str:
-    """A V2 body's ``id``: it becomes a header (``Ce-Id``), so printable text only."""
+def _checked_id(value: Any, max_chars: int) -> str:
+    """A V2 body's ``id``: it becomes a header (``Ce-Id``), so printable ASCII only."""
     text = str(value)
-    if len(text) > 256 or not text.isprintable():
+    if len(text) > max_chars or not (text.isascii() and text.isprintable()):
         raise RequestRejected(
-            "malformed_body", "request 'id' must be printable text of at most 256 characters"
+            "malformed_body",
+            f"request 'id' must be 1 to {max_chars} printable ASCII characters",
         )
     return text
 
@@ -292,10 +324,15 @@ def _v2_input(inp) -> tuple[str, str, list[int], Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from kubeloop.serving.server import BoundModelServer, add_body_limit, predictor_parser
+    from kubeloop.serving.server import BoundModelServer, install_guard, predictor_parser
 
     args = predictor_parser().parse_args(argv)
-    limits = Limits(max_batch=args.max_batch, max_payload_bytes=args.max_payload_bytes)
+    limits = Limits(
+        max_batch=args.max_batch,
+        max_payload_bytes=payload_limit_for(args.max_batch, args.max_payload_bytes),
+        max_request_id_chars=args.max_request_id_chars,
+        body_timeout_s=args.body_timeout,
+    )
     model = FraudPredictor(
         PredictorConfig(
             model_name=args.model_name,
@@ -317,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(
             f"kubeloop predictor {args.model_name}: cannot load the model: {exc}"
         ) from None
-    add_body_limit(limits.max_payload_bytes, on_reject=lambda: model.reject("payload_too_large"))
+    install_guard(model.name, model.version, limits, on_outcome=model.count_http)
     BoundModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,

@@ -1,9 +1,10 @@
-"""kserve ModelServer wiring: bind address, payload-size limit, and a command line.
+"""kserve ModelServer wiring: bind address, the REST edge, and a command line.
 
 kserve's REST and gRPC servers listen on every interface; locally kubeloop binds them
-to ``--bind_host`` (127.0.0.1 by default; the container image passes 0.0.0.0). The
-body-size limit runs as ASGI middleware before kserve decodes anything, so an
-oversized payload costs no parsing and gets a 413 naming the limit.
+to ``--bind_host`` (127.0.0.1 by default; the container image passes 0.0.0.0). The REST
+edge (:class:`kubeloop.serving.rest.RequestGuard`: body size and time limits, header,
+media-type and V2 body checks, version routes, outcome counting) runs as ASGI
+middleware before kserve decodes anything.
 """
 
 from __future__ import annotations
@@ -11,84 +12,50 @@ from __future__ import annotations
 import argparse
 import warnings
 from collections.abc import Callable
-from typing import Any
 
-import orjson
-from fastapi.exceptions import FastAPIDeprecationWarning
+from fastapi.exceptions import FastAPIDeprecationWarning, RequestValidationError
 from kserve import ModelServer
 from kserve.model_server import FASTAPI_APP_IMPORT_STRING
 from kserve.model_server import app as kserve_app
 from kserve.model_server import parser as kserve_parser
 from kserve.protocol.grpc.server import GRPCServer
+from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.rest.server import RESTServer
 
 from kubeloop.serving.heap import freeze_startup_heap
+from kubeloop.serving.inputs import Limits
+from kubeloop.serving.rest import Outcome, RequestGuard, validation_error_handler
 
 
-class BodyLimitMiddleware:
-    """Refuses request bodies over ``max_bytes`` with 413, declared or streamed."""
+class _MetadataServicer(InferenceServicer):
+    """kserve's servicer, with model metadata the gRPC message can hold.
 
-    def __init__(self, app, max_bytes: int, on_reject: Callable[[], None] | None = None) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.on_reject = on_reject
+    The REST metadata's tensors carry ``parameters`` (an input's source, range and
+    categories); the protocol's ``TensorMetadata`` message has no such field, so
+    kserve's own ``ModelMetadata`` fails with INTERNAL. Here they are left out.
+    """
 
-    async def _reject(self, send, size: int | None) -> None:
-        if self.on_reject:
-            self.on_reject()
-        what = f"{size} bytes" if size is not None else "the request body"
-        body = orjson.dumps(
-            {"error": f"{what} exceeds the payload limit of {self.max_bytes} bytes"}
+    async def ModelMetadata(self, request, context):
+        from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+        metadata = await self._data_plane.model_metadata(model_name=request.name)
+        model = self._data_plane.model_registry.get_model(request.name)
+
+        def tensors(items):
+            return [
+                pb.ModelMetadataResponse.TensorMetadata(
+                    name=t["name"], datatype=t["datatype"], shape=t["shape"]
+                )
+                for t in items
+            ]
+
+        return pb.ModelMetadataResponse(
+            name=metadata["name"],
+            versions=[version] if (version := getattr(model, "version", "")) else [],
+            platform=metadata["platform"],
+            inputs=tensors(metadata["inputs"]),
+            outputs=tensors(metadata["outputs"]),
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
-            return await self.app(scope, receive, send)
-        declared = None
-        for key, value in scope["headers"]:
-            if key == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = None
-                break
-        if declared is not None:
-            if declared > self.max_bytes:
-                return await self._reject(send, declared)
-            return await self.app(scope, receive, send)
-        # No declared length (chunked): buffer up to the limit, then replay.
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                return await self._reject(send, None)
-            if not message.get("more_body", False):
-                break
-        body, replayed = b"".join(chunks), False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
 
 
 class _BoundGRPCServer(GRPCServer):
@@ -107,7 +74,6 @@ class _BoundGRPCServer(GRPCServer):
             ExceptionToStatusInterceptor,
             LoggingInterceptor,
         )
-        from kserve.protocol.grpc.servicer import InferenceServicer
 
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
@@ -121,7 +87,7 @@ class _BoundGRPCServer(GRPCServer):
                 if self._kwargs.get(key) is not None  # else gRPC's own default
             ],
         )
-        servicer = InferenceServicer(self._data_plane, self._model_repository_extension)
+        servicer = _MetadataServicer(self._data_plane, self._model_repository_extension)
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
         self._server.add_insecure_port(f"{self._host}:{self._port}")
         await self._server.start()
@@ -173,9 +139,17 @@ class BoundModelServer(ModelServer):
         asyncio.run(self._serve())
 
 
-def add_body_limit(max_bytes: int, on_reject: Callable[[], None] | None = None) -> None:
-    """Installs the size limit on kserve's FastAPI app (before the server starts)."""
-    kserve_app.add_middleware(BodyLimitMiddleware, max_bytes=max_bytes, on_reject=on_reject)
+def install_guard(
+    model_name: str,
+    version: str,
+    limits: Limits,
+    on_outcome: Callable[[int, Outcome], None] | None = None,
+) -> None:
+    """Installs the REST edge on kserve's FastAPI app (before the server starts)."""
+    kserve_app.add_middleware(
+        RequestGuard, model_name=model_name, version=version, limits=limits, on_outcome=on_outcome
+    )
+    kserve_app.add_exception_handler(RequestValidationError, validation_error_handler)
 
 
 def predictor_parser() -> argparse.ArgumentParser:
@@ -224,8 +198,22 @@ def predictor_parser() -> argparse.ArgumentParser:
         "--max-payload-bytes",
         dest="max_payload_bytes",
         type=int,
-        default=1_048_576,
-        help="largest request body",
+        default=None,
+        help="largest request body (default: 1 MiB, or 1 KiB per --max-batch row if more)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        dest="body_timeout",
+        type=float,
+        default=Limits.body_timeout_s,
+        help="seconds for a request body to arrive whole (else 408)",
+    )
+    parser.add_argument(
+        "--max-request-id-chars",
+        dest="max_request_id_chars",
+        type=int,
+        default=Limits.max_request_id_chars,
+        help="longest X-Request-Id (or V2 body id) accepted",
     )
     parser.add_argument(
         "--bind_host", "--bind-host", dest="bind_host", default="127.0.0.1", help="listen address"

@@ -1,0 +1,334 @@
+"""The REST edge in front of kserve's FastAPI app: one ASGI middleware, ``RequestGuard``.
+
+It answers what kserve would get wrong or not check, before kserve decodes anything,
+always with ``{"error": "<message naming the problem>"}``:
+
+- size: a body over ``max_payload_bytes`` (declared or streamed) gets 413;
+- time: a body that does not arrive whole within ``body_timeout_s`` gets 408 and the
+  connection is closed (a stalled upload would otherwise hold it forever);
+- headers: an ``X-Request-Id`` longer than ``max_request_id_chars`` or not printable
+  ASCII, and an ``Inference-Header-Content-Length`` that is not a length inside the
+  body, get 400;
+- media type: JSON routes take ``application/json`` (or ``+json``); a missing
+  Content-Type means JSON (what Open Inference Protocol clients send); anything else is
+  415, except V2's binary tensor extension (``Inference-Header-Content-Length``);
+- JSON: a UTF-8 byte order mark (RFC 8259 §8.1) gets 400 on V1 and V2 alike; V2 bodies
+  are checked for shape and unknown keys (:func:`kubeloop.serving.inputs.check_v2_body`);
+- versions: ``/v2/models/{m}/versions/{v}[/ready|/infer]`` is the unversioned route for
+  the served version and 404 for any other;
+- outcomes: every inference request is counted by status, whoever answered it (the
+  model, kserve, FastAPI or this guard), through ``on_outcome(status, reason)``;
+  ``reason`` is set when the model already counted its own rejection reason.
+
+An exception that escapes the app becomes a 500 here, so Starlette does not re-raise it
+to uvicorn, which would drop the keep-alive connection without ``Connection: close``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from kubeloop.serving.inputs import Limits, RequestRejected, check_v2_body
+
+log = logging.getLogger(__name__)
+
+BOM = b"\xef\xbb\xbf"
+_V1_PREDICT = re.compile(r"^/v1/models/([^/:]+):predict$")
+_V2_INFER = re.compile(r"^/v2/models/([^/]+)/infer$")
+_V2_VERSIONED = re.compile(r"^/v2/models/([^/]+)/versions/([^/]+)(/ready|/infer)?$")
+_PRINTABLE_ASCII = re.compile(rb"^[\x20-\x7e]+$")
+_STATUS_REASONS = {
+    400: "malformed_body",
+    404: "unknown_model",
+    408: "body_timeout",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Shared with the model for one HTTP request: it records the reason it counted."""
+
+    reason: str | None = None
+    counted: bool = False  # the model counted ``reason`` in kubeloop_request_errors_total
+
+
+CURRENT = contextvars.ContextVar[Outcome | None]("kubeloop_http_outcome", default=None)
+
+
+class _Answer(Exception):
+    """The guard answers the request itself."""
+
+    def __init__(self, status: int, reason: str, message: str, close: bool = False) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message, self.close = status, reason, message, close
+
+
+def _json_type(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
+
+
+class RequestGuard:
+    """ASGI middleware guarding the predictor's inference routes (see the module doc)."""
+
+    def __init__(
+        self,
+        app,
+        *,
+        model_name: str,
+        version: str,
+        limits: Limits,
+        on_outcome: Callable[[int, Outcome], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.model_name = model_name
+        self.version = version
+        self.limits = limits
+        self.on_outcome = on_outcome
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, method = scope["path"], scope["method"]
+        infer = None
+        if versioned := _V2_VERSIONED.match(path):
+            name, version, tail = versioned.groups()
+            if tail == "/infer" and method == "POST":
+                infer = "v2", name
+            if name != self.model_name or version != self.version:
+                if infer is None:
+                    return await _respond(send, 404, {"error": self._unknown(name, version)})
+                return await self._counted(scope, receive, send, infer, (name, version))
+            path = f"/v2/models/{name}{tail or ''}"
+            scope = {**scope, "path": path, "raw_path": path.encode()}
+        elif method == "POST":
+            if match := _V1_PREDICT.match(path):
+                infer = "v1", match.group(1)
+            elif match := _V2_INFER.match(path):
+                infer = "v2", match.group(1)
+        if infer is not None:
+            return await self._counted(scope, receive, send, infer, None)
+        if method in ("POST", "PUT", "PATCH"):
+            return await self._guarded(scope, receive, send, None, None)
+        return await self.app(scope, receive, send)
+
+    def _unknown(self, name: str, version: str) -> str:
+        if name == self.model_name:
+            return (
+                f"model {name!r} has no version {version!r} here; this predictor serves "
+                f"{self.model_name} {self.version}"
+            )
+        return f"model {name!r} is not served here"
+
+    async def _counted(self, scope, receive, send, infer, unknown) -> None:
+        """An inference request: answered (by whoever) and counted by its status."""
+        outcome = Outcome()
+        token = CURRENT.set(outcome)
+        status = 500
+
+        async def send_seen(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if unknown is not None:
+                outcome.reason = "unknown_model"
+                return await _respond(send_seen, 404, {"error": self._unknown(*unknown)})
+            await self._guarded(scope, receive, send_seen, infer, outcome)
+        finally:
+            CURRENT.reset(token)
+            if outcome.reason is None and 400 <= status < 500:
+                outcome.reason = _STATUS_REASONS.get(status, "malformed_body")
+            if self.on_outcome is not None:
+                self.on_outcome(status, outcome)
+
+    async def _guarded(self, scope, receive, send, infer, outcome: Outcome | None) -> None:
+        try:
+            headers = self._checked_headers(scope, infer)
+            declared = _declared_length(scope)
+            if declared is not None and declared > self.limits.max_payload_bytes:
+                raise _Answer(
+                    413,
+                    "payload_too_large",
+                    f"{declared} bytes exceeds the payload limit of "
+                    f"{self.limits.max_payload_bytes} bytes",
+                    close=True,
+                )
+            body = await self._read_body(receive)
+            if infer is not None:
+                self._check_body(body, headers, infer[0])
+        except _Answer as answer:
+            if outcome is not None:
+                outcome.reason = answer.reason
+            extra = [(b"connection", b"close")] if answer.close else []
+            return await _respond(send, answer.status, {"error": answer.message}, extra)
+        if headers is not scope["headers"]:
+            scope = {**scope, "headers": headers}
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        started = False
+
+        async def send_tracked(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, replay, send_tracked)
+        except Exception as exc:  # noqa: BLE001 - answered as a 500, keep-alive kept
+            log.exception("unhandled error answering %s %s", scope["method"], scope["path"])
+            if started:
+                raise
+            await _respond(send, 500, {"error": f"internal error ({type(exc).__name__})"})
+
+    def _checked_headers(self, scope, infer) -> list:
+        headers = scope["headers"]
+        content_type = length = None
+        for key, value in headers:
+            if key == b"x-request-id" and infer is not None:
+                if len(value) > self.limits.max_request_id_chars or not _PRINTABLE_ASCII.match(
+                    value
+                ):
+                    raise _Answer(
+                        400,
+                        "malformed_body",
+                        f"X-Request-Id must be 1 to {self.limits.max_request_id_chars} printable "
+                        "ASCII characters",
+                    )
+            elif key == b"content-type":
+                content_type = value
+            elif key == b"inference-header-content-length":
+                length = value
+        if infer is None:
+            return headers
+        if infer[0] == "v2" and length is not None:
+            if not length.isdigit():
+                raise _Answer(
+                    400,
+                    "malformed_body",
+                    "Inference-Header-Content-Length must be a byte count, got "
+                    f"{length[:32].decode('latin-1')!r}",
+                )
+            return headers  # the binary tensor extension: any content type
+        if content_type is None:
+            # No Content-Type: the body is JSON (kserve would take V2 bytes as binary).
+            return [*headers, (b"content-type", b"application/json")]
+        if not _json_type(content_type):
+            raise _Answer(
+                415,
+                "unsupported_media_type",
+                f"Content-Type {content_type[:64].decode('latin-1')!r} is not JSON; "
+                "send application/json",
+            )
+        return headers
+
+    async def _read_body(self, receive) -> bytes:
+        chunks, size, limit = [], 0, self.limits.max_payload_bytes
+        try:
+            async with asyncio.timeout(self.limits.body_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        raise _Answer(400, "malformed_body", "the client went away", close=True)
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise _Answer(
+                            413,
+                            "payload_too_large",
+                            f"the request body exceeds the payload limit of {limit} bytes",
+                            close=True,
+                        )
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise _Answer(
+                408,
+                "body_timeout",
+                f"the request body did not arrive within {self.limits.body_timeout_s:g} s",
+                close=True,
+            ) from None
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _check_body(self, body: bytes, headers: list, protocol: str) -> None:
+        length = next((v for k, v in headers if k == b"inference-header-content-length"), None)
+        if length is not None and protocol == "v2":
+            if int(length) > len(body):
+                raise _Answer(
+                    400,
+                    "malformed_body",
+                    f"Inference-Header-Content-Length {int(length)} exceeds the body's "
+                    f"{len(body)} bytes",
+                )
+            body = body[: int(length)]  # the JSON header; binary tensors follow
+        if body.startswith(BOM):
+            raise _Answer(
+                400, "malformed_body", "request body starts with a byte order mark; send plain JSON"
+            )
+        if protocol == "v2":
+            try:
+                check_v2_body(orjson.loads(body))
+            except orjson.JSONDecodeError as exc:
+                raise _Answer(
+                    400, "malformed_body", f"request body is not valid JSON: {exc}"
+                ) from None
+            except RequestRejected as exc:
+                raise _Answer(400, exc.kind, str(exc)) from None
+
+
+def _declared_length(scope) -> int | None:
+    """The request's Content-Length, when it declares a valid one."""
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+async def _respond(send, status: int, content: dict, extra: list | None = None) -> None:
+    body = orjson.dumps(content)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(extra or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def validation_error_handler(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 for a body it could not parse, as the documented 400 ``{"error"}``."""
+    problems = []
+    for error in exc.errors()[:3]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
+    return JSONResponse(status_code=400, content={"error": "; ".join(problems) or "invalid body"})
