@@ -19,6 +19,10 @@ def serve(
     ),
     feast_repo: Path = typer.Option(None, help="prepared Feast store for entity-key requests"),
     max_batch: int = typer.Option(256, help="most instances per request"),
+    max_payload_bytes: int = typer.Option(
+        None, help="largest request body (default: 1 MiB, or 1 KiB per --max-batch row if more)"
+    ),
+    body_timeout: float = typer.Option(30.0, help="seconds for a request body to arrive whole"),
 ) -> None:
     """Serve a registry version locally with kserve until interrupted."""
     from kubeloop.serving.predictor import main as predictor_main
@@ -32,7 +36,10 @@ def serve(
         "--http_port", str(port),
         "--grpc_port", str(grpc_port),
         "--max-batch", str(max_batch),
+        "--body-timeout", str(body_timeout),
     ]  # fmt: skip
+    if max_payload_bytes is not None:
+        args += ["--max-payload-bytes", str(max_payload_bytes)]
     if logger_url:
         args += ["--logger-url", logger_url]
     if feast_repo:

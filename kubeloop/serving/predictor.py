@@ -323,16 +323,21 @@ def _v2_input(inp) -> tuple[str, str, list[int], Any]:
     return str(inp.name), str(inp.datatype), [int(d) for d in inp.shape], values
 
 
-def main(argv: list[str] | None = None) -> None:
-    from kubeloop.serving.server import BoundModelServer, install_guard, predictor_parser
-
-    args = predictor_parser().parse_args(argv)
-    limits = Limits(
+def predictor_limits(args) -> Limits:
+    """The request limits from the command line; the body limit follows ``--max-batch``."""
+    return Limits(
         max_batch=args.max_batch,
         max_payload_bytes=payload_limit_for(args.max_batch, args.max_payload_bytes),
         max_request_id_chars=args.max_request_id_chars,
         body_timeout_s=args.body_timeout,
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    from kubeloop.serving.server import BoundModelServer, install_guard, predictor_parser
+
+    args = predictor_parser().parse_args(argv)
+    limits = predictor_limits(args)
     model = FraudPredictor(
         PredictorConfig(
             model_name=args.model_name,
