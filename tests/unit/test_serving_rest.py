@@ -16,7 +16,7 @@ V2_BODY = {"inputs": [{"name": "amount", "shape": [1], "datatype": "FP64", "data
 
 
 class StandIn:
-    """Answers 200 with what it saw; raises for paths ending in /boom."""
+    """Answers 200 with what it saw; raises for the model named ``boom``."""
 
     def __init__(self) -> None:
         self.seen: list[dict] = []
@@ -27,7 +27,7 @@ class StandIn:
             body = (await receive())["body"]
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         self.seen.append({"path": scope["path"], "headers": headers, "body": body})
-        if scope["path"].endswith("/boom"):
+        if "/boom" in scope["path"]:
             raise RuntimeError("boom")
         payload = orjson.dumps({"path": scope["path"]})
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -163,10 +163,12 @@ def test_streamed_body_over_the_limit_is_413():
     assert resp.status_code == 413 and outcomes == [(413, "payload_too_large")]
 
 
-def test_an_escaping_exception_is_a_500_json_answer():
-    guard, _, _ = _guard()
-    resp = _call(guard, "POST", "/v1/models/x/boom", content=b"{}", headers=JSON)
+def test_an_escaping_exception_is_a_counted_500_json_answer():
+    guard, _, outcomes = _guard()
+    resp = _call(guard, "POST", "/v1/models/boom:predict", content=b"{}", headers=JSON)
     assert resp.status_code == 500 and "RuntimeError" in resp.json()["error"]
+    assert "connection" not in resp.headers  # the keep-alive connection stays open
+    assert outcomes == [(500, None)]
 
 
 def test_stalled_body_gets_408_and_closes_the_connection():
