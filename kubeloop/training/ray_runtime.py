@@ -11,6 +11,7 @@ and tests then reuse it; ``stop_local_head()`` ends exactly the processes it sta
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -26,6 +27,16 @@ from kubeloop.local.wait import wait_until
 
 HEAD_FILE = "head.json"
 START_TIMEOUT_S = 120.0
+
+# Ray's APIs are unauthenticated (CVE-2023-48022), so the local head must listen on
+# loopback only. ``--node-ip-address=127.0.0.1`` alone does not do it: on Linux Ray
+# replaces a loopback node IP with the machine's routable one
+# (``services.resolve_ip_for_localhost``), and the GCS, raylet, object manager,
+# runtime-env agent and client server then bind to that IP or to every interface.
+# Ray's single-machine mode (its default on macOS and Windows) keeps 127.0.0.1 as the
+# node IP, and with it every component binds to loopback. The dashboard stays off
+# (``--include-dashboard=false``); its host would default to 127.0.0.1 anyway.
+LOOPBACK_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 class RayRuntimeError(RuntimeError):
@@ -105,7 +116,7 @@ def start_local_head(home: Path | None = None, num_cpus: int = 2) -> LocalHead:
         f"--temp-dir={temp_dir}",
     ]
     log = open(folder / "head.log", "ab")  # noqa: SIM115 - handed to the child process
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **LOOPBACK_ONLY_ENV}
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
     )
@@ -173,6 +184,28 @@ def stop_local_head(home: Path | None = None) -> bool:
     return alive
 
 
+def _is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _keep_loopback_node_ip() -> None:
+    """This process's Ray driver joins a loopback head as 127.0.0.1 (see LOOPBACK_ONLY_ENV).
+
+    Otherwise ``ray.init`` rewrites 127.0.0.1 to the machine's routable IP, which the
+    loopback-only head does not listen on. Ray reads the variable once, when
+    ``ray._private.ray_constants`` is first imported, so a process that imported Ray
+    before gets the same value set on that module.
+    """
+    os.environ.update(LOOPBACK_ONLY_ENV)
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def _train_env() -> dict[str, str]:
     """Ray Train settings for small local runs, unless the environment sets them.
 
@@ -199,6 +232,8 @@ def connect(home: Path | None = None, address: str | None = None) -> str:
         address = get_settings().ray_address
     if not address:
         address = start_local_head(home).address
+    if _is_loopback(address):
+        _keep_loopback_node_ip()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Worker processes inherit the driver's environment; keep Ray Train's own logs quiet.
     ray.init(
