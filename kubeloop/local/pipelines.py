@@ -16,7 +16,8 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,6 +28,9 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
 _END = re.compile(r"Task '([^']+)' finished with status (\w+)")
 _KEEP = re.compile(r"\[(train|kubeloop)\]")
+_TRACEBACK = "Traceback (most recent call last):"
+_QUALIFIED = re.compile(r"^(?:\w+\.)+(?=\w+(?::|$))")  # "kubeloop.data.sources." of an exception
+STAGE_LINES_KEPT = 2000  # of the running stage's output, enough for any traceback
 
 
 @dataclass
@@ -60,12 +64,40 @@ class TrainingRunResult:
         return next((s.name for s in self.stages if s.status not in ("SUCCESS",)), None)
 
 
+def stage_error(lines: Sequence[str]) -> str | None:
+    """The exception a stage's process ended with, read from its output: the message
+    after the last traceback (``SourceError: source ...: missing columns ['amount']``),
+    the exception's module path dropped. None when the output holds no traceback.
+    """
+    lines = list(lines)
+    starts = [i for i, line in enumerate(lines) if line.strip() == _TRACEBACK]
+    if not starts:
+        return None
+    indent = len(lines[starts[-1]]) - len(lines[starts[-1]].lstrip())
+    message: list[str] = []
+    for line in lines[starts[-1] + 1 :]:
+        if not message:  # frames and their source lines are indented below the header
+            if line.strip() and len(line) - len(line.lstrip()) <= indent:
+                message.append(line.strip())
+        elif line.strip():
+            message.append(line[indent:].rstrip() if line[:indent].isspace() else line.rstrip())
+        else:
+            break
+    if not message:
+        return None
+    message[0] = _QUALIFIED.sub("", message[0])
+    return "\n".join(message)
+
+
 class _StageTee(io.TextIOBase):
-    """Receives kfp.local's stdout: records stage timings, logs everything, echoes some."""
+    """Receives kfp.local's stdout: records stage timings, logs everything, echoes some,
+    and keeps each failed stage's own error message (``stage_errors``)."""
 
     def __init__(self, log: TextIO, console: TextIO, verbose: bool, on_line: Callable[[str], None]):
         self.log, self.console, self.verbose, self.on_line = log, console, verbose, on_line
         self.stages: dict[str, StageTiming] = {}
+        self.stage_errors: dict[str, str] = {}
+        self._stage_lines: deque[str] = deque(maxlen=STAGE_LINES_KEPT)
         self._buffer = ""
 
     def write(self, text: str) -> int:
@@ -93,18 +125,23 @@ class _StageTee(io.TextIOBase):
         now = time.perf_counter()
         if m := _START.search(plain):
             self.stages[m.group(1)] = StageTiming(m.group(1), now)
+            self._stage_lines.clear()
             self._echo(f"▶ {m.group(1)}")
         elif m := _END.search(plain):
             stage = self.stages.setdefault(m.group(1), StageTiming(m.group(1), now))
             stage.seconds, stage.status = now - stage.started, m.group(2)
+            if stage.status != "SUCCESS" and (error := stage_error(self._stage_lines)):
+                self.stage_errors[stage.name] = error
             self._echo(
                 f"{'✔' if stage.status == 'SUCCESS' else '✘'} {stage.name} "
                 f"{stage.status.lower()} in {stage.seconds:.1f}s"
             )
-        elif self.verbose:
-            self.console.write(line + "\n")
-        elif m := _KEEP.search(plain):
-            self._echo("    " + plain[m.start() :].strip())
+        else:
+            self._stage_lines.append(plain)
+            if self.verbose:
+                self.console.write(line + "\n")
+            elif m := _KEEP.search(plain):
+                self._echo("    " + plain[m.start() :].strip())
 
 
 @contextlib.contextmanager
@@ -261,6 +298,9 @@ def run_training_pipeline(
         log_file=final_log,
         wall_seconds=time.perf_counter() - started,
     )
+    if error is not None and result.failed_stage in tee.stage_errors:
+        # The stage's own message ("missing columns [...]"), not kfp's "Inner task failed".
+        result.error = tee.stage_errors[result.failed_stage]
     _summarise(result)
     if result.version:
         version = ModelRegistry(registry_uri).get(model_name, result.version)
@@ -275,7 +315,8 @@ def format_summary(result: TrainingRunResult) -> str:
         f"in {result.wall_seconds:.0f}s"
     ]
     if result.error:
-        lines.append(f"  failed stage: {result.failed_stage or '?'} — {result.error}")
+        error = result.error.replace("\n", "\n    ")
+        lines.append(f"  failed stage: {result.failed_stage or '?'} — {error}")
     if result.gate_passed is not None:
         lines.append(f"  gate: {'passed' if result.gate_passed else 'failed'}")
         lines += [f"    - {reason}" for reason in result.gate_reasons]

@@ -102,16 +102,36 @@ def test_compile_writes_ir(tmp_path):
     assert spec["pipelineInfo"]["name"] == "kubeloop-training"
 
 
+def _out_of_range_hour(data, folder):
+    data.transactions.loc[0:5, "hour"] = 42  # validation stops the run before training
+    data.write(folder)
+
+
+def _missing_amount(data, folder):
+    data.write(folder)
+    data.transactions.drop(columns=["amount"]).to_parquet(folder / "transactions.parquet")
+
+
 @pytest.mark.slow
-def test_run_local_reports_a_failed_stage(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("spoil", "stage", "message"),
+    [
+        (
+            _out_of_range_hour,
+            "validate",
+            "DataValidationError: data validation failed: schema (transactions) [hour]: "
+            "failed less_than_or_equal_to(23.0)",
+        ),
+        (_missing_amount, "ingest", "SourceError: source {src}: missing columns ['amount']"),
+    ],
+)
+def test_run_local_reports_a_failed_stage(spoil, stage, message, tmp_path, monkeypatch):
     from kubeloop.data.fraud import generate
     from kubeloop.settings import get_settings
 
     monkeypatch.setenv("KUBELOOP_HOME", str(tmp_path / "home"))
     get_settings.cache_clear()
-    data = generate("stationary", days=2, n_accounts=80, seed=3)
-    data.transactions.loc[0:5, "hour"] = 42  # validation stops the run before training
-    data.write(tmp_path / "bad")
+    spoil(generate("stationary", days=2, n_accounts=80, seed=3), tmp_path / "bad")
     try:
         result = runner.invoke(
             app, ["pipeline", "run", "training", "--local", "--source-uri", str(tmp_path / "bad")]
@@ -119,6 +139,11 @@ def test_run_local_reports_a_failed_stage(tmp_path, monkeypatch):
     finally:
         get_settings.cache_clear()
     assert result.exit_code == 1
-    assert "✔ ingest" in result.output and "✘ validate" in result.output
-    assert "FAILED" in result.output and "failed stage: validate" in result.output
+    assert f"✘ {stage}" in result.output
+    assert "FAILED" in result.output
+    # the stage's own message, not kfp's "Inner task failed"
+    assert f"failed stage: {stage} — {message.format(src=tmp_path / 'bad')}" in result.output
+    if stage == "validate":  # where the report of every check is
+        reports = list((tmp_path / "home" / "runs").glob("*/validate/report"))
+        assert len(reports) == 1 and f"validation: {reports[0]}" in result.output
     assert not (tmp_path / "home" / "registry").exists()
