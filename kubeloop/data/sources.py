@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +160,46 @@ def _examples(values: pd.Series, n: int = 3) -> list[Any]:
     return values.drop_duplicates().head(n).tolist()
 
 
+# Every ISO 8601 variant (``T`` or space, seconds and fractions optional, ``Z`` or an
+# offset) is one unambiguous format family, parsed with pandas' "ISO8601" parser.
+_ISO_8601 = re.compile(
+    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}(?::\d{2}(?::\d{2}(?:[.,]\d+)?)?)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)?",
+    re.IGNORECASE,
+)
+ISO_8601_FAMILY = "ISO 8601 (YYYY-MM-DD...)"
+
+
+def timestamp_format_family(text: str) -> str:
+    """The format family of one timestamp string: ISO 8601 in any variant, or else the
+    shape of its numbers and words (``04/03/2024 11:00`` → ``N/N/YYYY N:N``)."""
+    text = text.strip()
+    if _ISO_8601.fullmatch(text):
+        return ISO_8601_FAMILY
+    words = re.sub(r"[^\W\d_]+", "A", text)  # month names, AM/PM, zone names
+    return re.sub(r"\d+", lambda m: "YYYY" if len(m.group()) == 4 else "N", words)
+
+
+def _timestamp_format(series: pd.Series, name: str, label: str) -> str:
+    """The one format ``series`` (text) is parsed with; a column mixing format families
+    (``2024-03-04 10:00`` next to ``04/03/2024 11:00``) is refused, since reading each
+    value by its own guess silently swaps day and month in some of them."""
+    examples: dict[str, str] = {}
+    for value in series.dropna().drop_duplicates():
+        examples.setdefault(timestamp_format_family(value), value)
+    if len(examples) > 1:
+        shown = "; ".join(f"{family} e.g. {value!r}" for family, value in examples.items())
+        raise SourceError(
+            f"{label}: column {name!r} mixes timestamp formats ({shown}); write every value "
+            "in one format, preferably ISO 8601"
+        )
+    family, first = next(iter(examples.items()))
+    if family == ISO_8601_FAMILY:
+        return "ISO8601"
+    from pandas.tseries.api import guess_datetime_format
+
+    return guess_datetime_format(first) or "mixed"
+
+
 def _coerce_column(series: pd.Series, dtype: str, name: str, label: str) -> pd.Series:
     present = series.notna()
     if dtype in ("float", "int"):
@@ -199,6 +240,16 @@ def _coerce_column(series: pd.Series, dtype: str, name: str, label: str) -> pd.S
             raise SourceError(
                 f"{label}: column {name!r} is declared timestamp but holds {_examples(shown)}"
             )
+        if series[present].map(type).eq(str).all():  # text, as CSV and JSON give it
+            fmt = _timestamp_format(series[present], name, label)
+            parsed = pd.to_datetime(series, utc=True, errors="coerce", format=fmt)
+            bad = present & parsed.isna()
+            if bad.any():  # e.g. 25/03/2024 where the first value read as mm/dd/yyyy
+                raise SourceError(
+                    f"{label}: column {name!r} holds timestamps that do not follow the format "
+                    f"of its first value {series[present].iloc[0]!r} ({fmt}), "
+                    f"e.g. {_examples(series[bad])}"
+                )
         return parsed.astype("datetime64[us, UTC]")
     # category / string: text, with missing values kept missing
     return series.astype("string").astype(object).where(present, None)

@@ -141,6 +141,63 @@ def test_wrong_dtypes(sensor_csv, column, value, message):
         read_source(str(sensor_csv / "bad.csv"), str(sensor_csv / "schema.yaml"))
 
 
+def _with_times(sensor_csv, times: list[str]) -> str:
+    frame = _sensor_frame(len(times)).assign(ts=times)
+    frame.to_csv(sensor_csv / "times.csv", index=False)
+    return str(sensor_csv / "times.csv")
+
+
+def test_mixed_timestamp_formats_in_one_column_are_refused(sensor_csv):
+    # read value by value, 04/03/2024 would silently become April 3rd
+    path = _with_times(sensor_csv, ["2024-03-04 10:00", "04/03/2024 11:00", "2024-03-04 12:00"])
+    with pytest.raises(SourceError) as err:
+        read_source(path, str(sensor_csv / "schema.yaml"))
+    message = str(err.value)
+    assert "column 'ts' mixes timestamp formats" in message
+    assert "'2024-03-04 10:00'" in message and "'04/03/2024 11:00'" in message
+
+
+def test_iso_8601_variants_are_one_format(sensor_csv):
+    times = [
+        "2024-03-04 10:00",
+        "2024-03-04T10:30:00",
+        "2024-03-04T11:00:00.250Z",
+        "2024-03-04T13:00:00+02:00",
+        "2024-03-04 11:30:00+00:00",
+        "2024-03-05",
+    ]
+    ts = read_source(_with_times(sensor_csv, times), str(sensor_csv / "schema.yaml")).transactions[
+        "ts"
+    ]
+    assert ts.dt.strftime("%m-%d %H:%M:%S.%f").tolist() == [
+        "03-04 10:00:00.000000",
+        "03-04 10:30:00.000000",
+        "03-04 11:00:00.250000",
+        "03-04 11:00:00.000000",
+        "03-04 11:30:00.000000",
+        "03-05 00:00:00.000000",
+    ]
+
+
+def test_one_non_iso_format_is_read_consistently(sensor_csv):
+    ts = read_source(
+        _with_times(sensor_csv, ["03/04/2024 10:00", "03/05/2024 10:00", "12/31/2024 9:15"]),
+        str(sensor_csv / "schema.yaml"),
+    ).transactions["ts"]
+    assert ts.dt.strftime("%Y-%m-%d %H:%M").tolist() == [
+        "2024-03-04 10:00",
+        "2024-03-05 10:00",
+        "2024-12-31 09:15",
+    ]
+
+
+def test_day_first_value_after_month_first_ones_is_named(sensor_csv):
+    # same shape, but 25/03 cannot be month/day like the first value
+    path = _with_times(sensor_csv, ["03/04/2024 10:00", "25/03/2024 10:00"])
+    with pytest.raises(SourceError, match=r"do not follow the format of its first value .*25/03"):
+        read_source(path, str(sensor_csv / "schema.yaml"))
+
+
 def test_nan_only_column(sensor_csv):
     _sensor_frame().assign(temperature=float("nan")).to_parquet(sensor_csv / "bad.parquet")
     with pytest.raises(SourceError, match=r"columns \['temperature'\] hold only missing values"):
