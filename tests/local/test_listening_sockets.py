@@ -1,6 +1,6 @@
 """Everything kubeloop starts locally listens on loopback only.
 
-Ray's APIs, the predictor and the router are unauthenticated (for Ray see
+Ray's APIs, the predictor, the router and the drift service are unauthenticated (for Ray see
 CVE-2023-48022), so a socket bound to a routable address or to every interface would
 hand the machine to anyone on its network. These tests start the real processes and
 read their listening sockets with psutil.
@@ -17,6 +17,8 @@ import textwrap
 import psutil
 import pytest
 
+from kubeloop.local.drift import start_drift_service
+from kubeloop.local.prometheus import start_prometheus
 from kubeloop.local.servers import start_predictor, start_router
 from kubeloop.local.supervisor import Supervisor
 from kubeloop.registry import ModelRegistry
@@ -94,14 +96,18 @@ def test_local_ray_head_listens_on_loopback_only(ray_head, tmp_path):
     assert exposed(sockets) == [], f"Ray head sockets not on loopback: {exposed(sockets)}"
 
 
-def test_predictor_and_router_listen_on_loopback_only(tmp_path):
+def test_servers_listen_on_loopback_only(tmp_path):
+    """A predictor (kserve REST and gRPC), the router, the drift service and Prometheus."""
     registry = ModelRegistry(str(tmp_path / "registry"))
     publish_quick_version(registry, MODEL, seed=1, n_accounts=60, days=3.0)
-    split = tmp_path / "split.json"
     with Supervisor(tmp_path / "runtime") as sup:
-        predictor = start_predictor(sup, MODEL, "v1", registry.uri)
-        router = start_router(sup, split, registry_uri=registry.uri)
-        for service in (predictor, router):
+        services = [
+            start_predictor(sup, MODEL, "v1", registry.uri),
+            start_router(sup, tmp_path / "split.json", registry_uri=registry.uri),
+            start_drift_service(sup, registry.uri),
+            start_prometheus(sup, tmp_path / "prometheus"),
+        ]
+        for service in services:
             sockets = listening_sockets(service.pid)
             ports = {port for *_, port in sockets}
             assert set(service.ports.values()) <= ports, (service.name, sockets)
