@@ -49,6 +49,8 @@ class LocalHead:
     pid: int  # the ``ray start --block`` process (leader of its own process group)
     temp_dir: str
     started_at: float
+    # False for a head recorded by an older kubeloop, which listened on every interface
+    loopback_only: bool = False
 
 
 def ray_dir(home: Path | None = None) -> Path:
@@ -95,8 +97,10 @@ def read_head(home: Path | None = None) -> LocalHead | None:
 def start_local_head(home: Path | None = None, num_cpus: int = 2) -> LocalHead:
     """Returns the running local head, starting one (``ray start --head --block``) if needed."""
     head = read_head(home)
-    if head is not None:
+    if head is not None and head.loopback_only:
         return head
+    if head is not None:  # started before heads were loopback-only: replace it
+        _kill_group(head.pid)
     folder = ray_dir(home)
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -137,7 +141,13 @@ def start_local_head(home: Path | None = None, num_cpus: int = 2) -> LocalHead:
         raise RayRuntimeError(
             f"Ray head did not open {address} within {START_TIMEOUT_S:.0f}s"
         ) from None
-    head = LocalHead(address=address, pid=proc.pid, temp_dir=temp_dir, started_at=time.time())
+    head = LocalHead(
+        address=address,
+        pid=proc.pid,
+        temp_dir=temp_dir,
+        started_at=time.time(),
+        loopback_only=True,
+    )
     (folder / HEAD_FILE).write_text(json.dumps(asdict(head), indent=2))
     return head
 
