@@ -4,7 +4,10 @@
 the benchmarks use it). Each stage runs as a subprocess of this environment
 (``SubprocessRunner(use_venv=False)``); the pipeline root is ``$KUBELOOP_HOME/runs``.
 kfp.local's output is teed: the full log goes to ``runs/<run>.log`` and, unless
-``verbose``, only stage starts/ends and per-epoch lines reach the console.
+``verbose``, only stage starts/ends and per-epoch lines reach the console. When a stage
+fails, the exception its process ended with (read from its streamed output) becomes the
+run's ``error``, e.g. ingest's "missing columns ['amount']", validate's failed checks and
+report path.
 """
 
 from __future__ import annotations
