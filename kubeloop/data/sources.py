@@ -183,8 +183,12 @@ def _timestamp_format(series: pd.Series, name: str, label: str) -> str:
     """The one format ``series`` (text) is parsed with; a column mixing format families
     (``2024-03-04 10:00`` next to ``04/03/2024 11:00``) is refused, since reading each
     value by its own guess silently swaps day and month in some of them."""
-    examples: dict[str, str] = {}
-    for value in series.dropna().drop_duplicates():
+    values = series.dropna().drop_duplicates()
+    iso = values.str.strip().str.fullmatch(_ISO_8601)  # vectorised: the usual case
+    if iso.all():
+        return "ISO8601"
+    examples = {ISO_8601_FAMILY: values[iso].iloc[0]} if iso.any() else {}
+    for value in values[~iso]:
         examples.setdefault(timestamp_format_family(value), value)
     if len(examples) > 1:
         shown = "; ".join(f"{family} e.g. {value!r}" for family, value in examples.items())
@@ -192,12 +196,10 @@ def _timestamp_format(series: pd.Series, name: str, label: str) -> str:
             f"{label}: column {name!r} mixes timestamp formats ({shown}); write every value "
             "in one format, preferably ISO 8601"
         )
-    family, first = next(iter(examples.items()))
-    if family == ISO_8601_FAMILY:
-        return "ISO8601"
     from pandas.tseries.api import guess_datetime_format
 
-    return guess_datetime_format(first) or "mixed"
+    # one non-ISO format: the one pandas reads the first value with, for every value
+    return guess_datetime_format(values.iloc[0]) or "mixed"
 
 
 def _coerce_column(series: pd.Series, dtype: str, name: str, label: str) -> pd.Series:
