@@ -36,9 +36,11 @@ OPERATOR_REQUIREMENTS = "requirements/operator.txt"
 # for the features stage and the predictor image, which also runs the chart's Feast server.
 CLUSTER_EXTRAS = {"feast": "redis,aws"}
 # What `python -m kubeloop.operators.cluster` imports (kopf, the Kubernetes and KFP
-# clients, the registry's minio, settings): no torch, no ray.
+# clients, the kserve SDK's InferenceService models, the registry's minio, settings):
+# no torch, no ray.
 OPERATOR_DISTRIBUTIONS: tuple[str, ...] = (
     "kopf",
+    "kserve",
     "kubernetes",
     "kfp",
     "minio",
