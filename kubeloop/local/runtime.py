@@ -118,7 +118,11 @@ class LocalRuntime:
             wait=False,
         )
         start_router(
-            sup, self.home / "runtime" / "router-split.json", self.ports.router, wait=False
+            sup,
+            self.home / "runtime" / "router-split.json",
+            self.ports.router,
+            registry_uri=self.registry_uri,
+            wait=False,
         )
         for name in ("prometheus", "drift", "router"):
             sup.wait_healthy(name, timeout)

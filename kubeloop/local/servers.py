@@ -72,17 +72,20 @@ def start_router(
     port: int | None = None,
     *,
     logger_url: str | None = None,
+    registry_uri: str | Path | None = None,
     name: str = "router",
     wait: bool = True,
     **options: Any,
 ) -> Service:
-    """Starts ``kubeloop.router`` reading and keeping its split in ``split_file``;
-    with ``wait``, returns once ``/healthz`` answers (``/readyz`` waits for a split).
+    """Starts ``kubeloop.router`` reading and keeping its split in ``split_file`` (with
+    ``registry_uri``, refusing splits that name versions the registry lacks); with ``wait``, returns once ``/healthz`` answers (``/readyz`` waits for a split).
     ``options`` (``env``, ``launcher``, ``timeout``) go to :meth:`Supervisor.start`."""
     port = port or free_port()
     args = ["-m", "kubeloop.router", "--port", str(port), "--split-file", str(split_file)]
     if logger_url:
         args += ["--logger-url", logger_url]
+    if registry_uri:
+        args += ["--registry-uri", str(registry_uri)]
     return supervisor.start(
         name,
         args,

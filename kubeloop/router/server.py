@@ -5,9 +5,17 @@ request is routed by :func:`kubeloop.router.split.choose` (weighted, sticky by k
 or mirrored in shadow mode), forwarded over pooled keep-alive connections, counted
 per version and role, and logged as KServe-format CloudEvents tagged with the version
 that answered. ``GET/PUT /admin/split`` reads and atomically replaces the split, which
-is persisted to ``--split-file`` so a restart keeps it.
+is persisted to ``--split-file`` so a restart keeps it. With ``--registry-uri`` a split
+naming a version the registry lacks is refused (409) before it takes effect.
 
-    python -m kubeloop.router --port 8100 --split-file var/runtime/split.json
+Client mistakes get a 4xx ``{"error": ...}`` and never a 5xx: the admin body is capped
+(:data:`ADMIN_BODY_LIMIT`, 413 before the rest is read), the split is validated strictly,
+and a request the router cannot forward as sent is a 400. Every answer except probes and
+scrapes is counted in ``kubeloop_router_requests_total``: proxied ones under the version
+and role that answered, the router's own (admin API, refusals) under ``role="router"``.
+
+    python -m kubeloop.router --port 8100 --split-file var/runtime/split.json \
+        --registry-uri var/registry
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -30,10 +39,17 @@ from prometheus_client import (
     generate_latest,
 )
 
+from kubeloop.router.split import Split, SplitError, choose, load_split, parse_split, save_split
 from kubeloop.serving.heap import freeze_startup_heap
 from kubeloop.serving.metrics import LATENCY_BUCKETS
 from kubeloop.serving.payload import EventContext, PayloadLogger
-from kubeloop.router.split import Split, SplitError, choose, load_split, parse_split, save_split
+
+log = logging.getLogger("kubeloop.router")
+
+ADMIN_BODY_LIMIT = 64 * 1024
+"""Largest ``PUT /admin/split`` body in bytes (a split is a few hundred): larger is a 413."""
+ROUTER_ROLE = "router"
+"""The ``role`` label of answers the router gives itself (admin API, refusals, its own faults)."""
 
 ROUTER_REQUESTS = Counter(
     "kubeloop_router_requests_total",
@@ -67,6 +83,19 @@ def _json_response(status: int, body: Any, extra: list | None = None) -> tuple[i
     return status, [(b"content-type", b"application/json"), *(extra or [])], data
 
 
+class BodyTooLarge(Exception):
+    """A request body over its cap; raised before the rest of it is read."""
+
+
+def _too_large(limit: int) -> tuple[int, list, bytes]:
+    # Connection: close, so the server stops taking the upload instead of draining it.
+    return _json_response(
+        413,
+        {"error": f"request body is larger than {limit} bytes"},
+        [(b"connection", b"close")],
+    )
+
+
 class Router:
     def __init__(
         self,
@@ -76,8 +105,14 @@ class Router:
         entity: str = "account_id",
         timeout_s: float = 30.0,
         namespace: str = "default",
+        registry_uri: str | None = None,
     ) -> None:
         self.split_file = Path(split_file)
+        self.registry = None
+        if registry_uri:
+            from kubeloop.registry import ModelRegistry
+
+            self.registry = ModelRegistry(registry_uri)
         self.split: Split | None = load_split(self.split_file)
         self.entity = entity
         self.timeout_s = timeout_s
@@ -97,9 +132,21 @@ class Router:
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
-        body = await _read_body(receive)
+        try:
+            status, headers, data = await self._answer(scope, receive, path, method)
+        except Exception:  # a bug, never the client's fault: logged, counted, answered
+            log.exception("router failed on %s %s", method, path[:200])
+            status, headers, data = _json_response(
+                500, {"error": "internal router error; see the router's log"}
+            )
+            self._count_own(500)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
+    async def _answer(self, scope, receive, path: str, method: str) -> tuple[int, list, bytes]:
         if path == "/admin/split":
-            status, headers, data = await self._admin(method, body)
+            status, headers, data = await self._admin(scope, method, receive)
+            self._count_own(status)
         elif path in ("/healthz", "/livez"):
             status, headers, data = _json_response(200, {"status": "alive"})
         elif path == "/readyz":
@@ -112,9 +159,15 @@ class Router:
                 generate_latest(REGISTRY),
             )
         else:
-            status, headers, data = await self._proxy(scope, method, path, body)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": data})
+            status, headers, data = await self._proxy(
+                scope, method, path, await _read_body(receive)
+            )
+        return status, headers, data
+
+    def _count_own(self, status: int) -> None:
+        split = self.split
+        model = split.model if split is not None else ""
+        ROUTER_REQUESTS.labels(model, "", ROUTER_ROLE, str(status)).inc()
 
     async def _lifespan(self, receive, send) -> None:
         while True:
@@ -137,7 +190,7 @@ class Router:
             self._session = None
 
     # --- admin ---------------------------------------------------------------------------
-    async def _admin(self, method: str, body: bytes):
+    async def _admin(self, scope, method: str, receive):
         if method == "GET":
             if self.split is None:
                 return _json_response(404, {"error": "no split configured yet; PUT /admin/split"})
@@ -146,16 +199,50 @@ class Router:
             return _json_response(
                 405, {"error": f"{method} not allowed on /admin/split; use GET or PUT"}
             )
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return _json_response(400, {"error": "Content-Length is not a number"})
+            if int(declared) > ADMIN_BODY_LIMIT:
+                return _too_large(ADMIN_BODY_LIMIT)
+        try:
+            body = await _read_body(receive, ADMIN_BODY_LIMIT)
+        except BodyTooLarge:
+            return _too_large(ADMIN_BODY_LIMIT)
         try:
             split = parse_split(body)
         except SplitError as exc:
             return _json_response(400, {"error": str(exc)})
+        if self.registry is not None:
+            unknown = await asyncio.to_thread(self._unregistered, split)
+            if unknown:
+                return _json_response(
+                    409,
+                    {
+                        "error": f"model {split.model!r} has no version(s) {', '.join(unknown)} "
+                        f"in the registry {self.registry.uri}"
+                    },
+                )
         async with self._lock:
             # Persist first: the split in memory is never ahead of the one on disk.
             await asyncio.to_thread(save_split, self.split_file, split)
             self.split = split  # one reference swap: every request sees old or new, never a mix
             self._publish_gauges(split)
         return _json_response(200, split.model_dump())
+
+    def _unregistered(self, split: Split) -> list[str]:
+        """The split's versions that the registry does not hold (blocking: run in a thread)."""
+        from kubeloop.registry import VersionNotFound
+
+        unknown = []
+        for backend in (split.stable, split.canary):
+            if backend is None:
+                continue
+            try:
+                self.registry.get(split.model, backend.version)
+            except VersionNotFound:
+                unknown.append(backend.version)
+        return unknown
 
     def _publish_gauges(self, split: Split) -> None:
         current = {(split.model, split.stable.version, "stable")}
@@ -187,11 +274,13 @@ class Router:
             if isinstance(instances, list) and instances and isinstance(instances[0], dict):
                 value = instances[0].get(self.entity)
                 return None if value is None else str(value)
-            for tensor in parsed.get("inputs") or []:
+            inputs = parsed.get("inputs")
+            for tensor in inputs if isinstance(inputs, list) else ():
                 if (
                     isinstance(tensor, dict)
                     and tensor.get("name") == self.entity
-                    and tensor.get("data")
+                    and isinstance(tensor.get("data"), list)
+                    and tensor["data"]
                 ):
                     return str(tensor["data"][0])
         return None
@@ -199,6 +288,7 @@ class Router:
     async def _proxy(self, scope, method: str, path: str, body: bytes):
         split = self.split  # read once: the whole request uses one split
         if split is None:
+            self._count_own(503)
             return _json_response(503, {"error": "the router has no split yet; PUT /admin/split"})
         headers = dict(scope["headers"])
         parsed = None
@@ -211,8 +301,11 @@ class Router:
             k.decode(): v.decode("latin-1") for k, v in headers.items() if k in _FORWARDED
         }
         out_headers["x-request-id"] = request_id
+        # Forwarded as the client sent it (raw, still percent-encoded): decoding and
+        # re-encoding could turn an escaped "?" or "#" into a different request.
+        raw_path = scope.get("raw_path") or path.encode()
         query = scope.get("query_string", b"")
-        target = f"{path}?{query.decode('latin-1')}" if query else path
+        target = (raw_path + b"?" + query if query else raw_path).decode("latin-1")
         if route.mirror is not None:
             task = asyncio.create_task(
                 self._shadow(split, route.mirror, method, target, body, out_headers)
@@ -223,6 +316,10 @@ class Router:
         try:
             status, resp_headers, data = await self._forward(
                 route.backend.url, method, target, body, out_headers
+            )
+        except ValueError as exc:  # yarl/aiohttp refuse the URL or a header: the request's fault
+            status, resp_headers, data = _json_response(
+                400, {"error": f"request cannot be forwarded as sent: {str(exc)[:200]}"}
             )
         except Exception as exc:  # noqa: BLE001 - an unreachable predictor is a 502, never a crash
             status, resp_headers, data = _json_response(
@@ -254,10 +351,11 @@ class Router:
     async def _forward(
         self, base: str, method: str, target: str, body: bytes, headers: dict[str, str]
     ):
+        from yarl import URL
+
         session = self._session_get()
-        async with session.request(
-            method, base + target, data=body or None, headers=headers
-        ) as resp:
+        url = URL(base + target, encoded=True)
+        async with session.request(method, url, data=body or None, headers=headers) as resp:
             data = await resp.read()
             out = [
                 (k.encode(), resp.headers[k].encode("latin-1"))
@@ -280,13 +378,18 @@ class Router:
         )
 
 
-async def _read_body(receive) -> bytes:
-    chunks = []
+async def _read_body(receive, limit: int | None = None) -> bytes:
+    """The request body; past ``limit`` bytes raises :class:`BodyTooLarge` without reading on."""
+    chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             break
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise BodyTooLarge(size)
+        chunks.append(chunk)
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
@@ -310,9 +413,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--entity", default="account_id", help="stickiness key field when no X-Kubeloop-Key"
     )
+    parser.add_argument(
+        "--registry-uri",
+        dest="registry_uri",
+        default=None,
+        help="model registry: a split naming a version it lacks is refused (default: no check)",
+    )
     args = parser.parse_args(argv)
     router = Router(
-        args.split_file, logger_url=args.logger_url, entity=args.entity, namespace=args.namespace
+        args.split_file,
+        logger_url=args.logger_url,
+        entity=args.entity,
+        namespace=args.namespace,
+        registry_uri=args.registry_uri,
     )
     freeze_startup_heap()
     uvicorn.run(

@@ -18,9 +18,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 BUCKETS = 10_000
+MAX_REPORTED_ERRORS = 5  # an error message names at most this many problems
 
 
 class SplitError(ValueError):
@@ -28,7 +29,8 @@ class SplitError(ValueError):
 
 
 class Backend(BaseModel):
-    model_config = {"extra": "forbid"}
+    # Strict: the live split never coerces ("10" is not 10, "yes" is not true).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     version: str = Field(pattern=r"^v\d+$")
     url: str = Field(
@@ -37,12 +39,12 @@ class Backend(BaseModel):
 
 
 class Split(BaseModel):
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
     stable: Backend
     canary: Backend | None = None
-    canary_percent: float = Field(0.0, ge=0.0, le=100.0)
+    canary_percent: float = Field(0.0, ge=0.0, le=100.0, allow_inf_nan=False)
     shadow: bool = False
 
     @model_validator(mode="after")
@@ -68,11 +70,20 @@ def parse_split(data: bytes | str | dict) -> Split:
             return Split.model_validate(data)
         return Split.model_validate_json(data)
     except ValidationError as exc:
+        errors = exc.errors()
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<body>'}: {err['msg']}"
-            for err in exc.errors()
+            f"{'.'.join(_clip(p) for p in err['loc']) or '<body>'}: {err['msg']}"
+            for err in errors[:MAX_REPORTED_ERRORS]
         )
+        if len(errors) > MAX_REPORTED_ERRORS:
+            problems += f"; and {len(errors) - MAX_REPORTED_ERRORS} more"
         raise SplitError(f"invalid split: {problems}") from None
+
+
+def _clip(value: object, limit: int = 64) -> str:
+    """A field name as an error message may echo it: never more than ``limit`` characters."""
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def bucket(key: str) -> int:

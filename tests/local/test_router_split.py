@@ -38,7 +38,9 @@ def stack(tmp_path_factory):
     publish_quick_version(registry, MODEL, seed=12)
     with EventSink() as sink, Supervisor(root / "runtime") as sup:
         v1, v2 = (start_predictor(sup, MODEL, v, registry.uri, wait=False) for v in ("v1", "v2"))
-        router = start_router(sup, root / "split.json", logger_url=sink.url)
+        router = start_router(
+            sup, root / "split.json", logger_url=sink.url, registry_uri=registry.uri
+        )
         yield {"v1": v1.wait_healthy(), "v2": v2.wait_healthy(), "router": router, "sink": sink,
                "root": root, "supervisor": sup}  # fmt: skip
 
@@ -79,6 +81,89 @@ def test_no_split_yet_is_503_and_bad_split_is_400(stack):
     assert resp.status_code == 503 and "split" in resp.json()["error"]
     bad = _put(stack, {**_split(stack, 10), "canary_percent": 140})
     assert bad.status_code == 400 and "canary_percent" in bad.json()["error"]
+
+
+def _own_count(stack, code: str) -> float:
+    """Answers the router gave itself (``role="router"``) with this status code."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{stack['router'].url}/metrics").text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "kubeloop_router_requests_total"
+        and s.labels["role"] == "router"
+        and s.labels["code"] == code
+    )
+
+
+def _raw_put(url: str, head: str, chunks: list[bytes]) -> bytes:
+    """Sends a PUT /admin/split head and the given body chunks over a socket, then reads the
+    answer: a server that waits for the whole declared body would time out here."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
+        sock.sendall(f"PUT /admin/split HTTP/1.1\r\nHost: {parts.netloc}\r\n{head}\r\n".encode())
+        for chunk in chunks:
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break  # refused mid-upload: the answer is already on its way
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            answer += data
+    return answer
+
+
+def test_admin_body_is_capped_before_it_is_read(stack):
+    from kubeloop.router.server import ADMIN_BODY_LIMIT
+
+    url = stack["router"].url
+    before = _own_count(stack, "413")
+    # Declared 50 MB, 1 KB sent: refused from Content-Length alone.
+    answer = _raw_put(url, f"Content-Length: {50 * 2**20}\r\n", [b"x" * 1024])
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b'"error"' in answer
+    # Chunked (no length): refused once the cap is passed, the rest never sent.
+    chunk = b"x" * 16384
+    piece = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+    n = ADMIN_BODY_LIMIT // len(chunk) + 2
+    answer = _raw_put(url, "Transfer-Encoding: chunked\r\n", [piece] * n)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert _own_count(stack, "413") == before + 2
+    assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_split_fields_are_not_coerced(stack):
+    assert _put(stack, _split(stack, 10)).status_code == 200
+    for field, value in (("canary_percent", "10"), ("shadow", "yes"), ("shadow", 1)):
+        resp = _put(stack, {**_split(stack, 10), field: value})
+        assert resp.status_code == 400, (field, value, resp.text)
+        assert field in resp.json()["error"]
+    resp = _put(stack, {**_split(stack, 10), "stable": {"version": 1, "url": stack["v1"].url}})
+    assert resp.status_code == 400 and "stable.version" in resp.json()["error"]
+    assert httpx.get(f"{stack['router'].url}/admin/split").json() == _split(stack, 10)
+
+
+def test_a_split_naming_an_unregistered_version_is_refused(stack):
+    assert _put(stack, _split(stack, 10)).status_code == 200
+    before = _own_count(stack, "409")
+    for role in ("stable", "canary"):
+        split = _split(stack, 10)
+        split[role] = {**split[role], "version": "v9"}
+        resp = _put(stack, split)
+        assert resp.status_code == 409 and "v9" in resp.json()["error"], resp.text
+    assert _own_count(stack, "409") == before + 2
+    assert httpx.get(f"{stack['router'].url}/admin/split").json() == _split(stack, 10)
 
 
 def test_weighted_split_is_within_tolerance_and_sticky(stack):
