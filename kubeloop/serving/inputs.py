@@ -74,8 +74,11 @@ _V2_ACCEPTED = {
 
 
 # V2 (Open Inference Protocol) request keys: anything else is refused, as V1 refuses
-# unknown fields, rather than silently ignored.
-V2_REQUEST_KEYS = frozenset({"id", "parameters", "inputs", "outputs"})
+# unknown fields, rather than silently ignored. kserve's own client also sends
+# `model_name` (and its request model declares `model_version`).
+V2_REQUEST_KEYS = frozenset(
+    {"id", "parameters", "inputs", "outputs", "model_name", "model_version"}
+)
 V2_TENSOR_KEYS = frozenset({"name", "shape", "datatype", "parameters", "data"})
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _V2_INT_RANGES = {

@@ -235,6 +235,7 @@ def test_v2_bodies_with_unknown_keys_are_rejected(body, reason, needle):
 def test_v2_body_with_known_keys_passes():
     check_v2_body({"id": "a", "parameters": {}, "inputs": [{**_TENSOR, "parameters": {}}],
                    "outputs": [{"name": "score"}]})  # fmt: skip
+    check_v2_body({"model_name": "m", "inputs": [_TENSOR]})  # what kserve's client sends
 
 
 def test_payload_limit_follows_the_batch_limit():
