@@ -9,6 +9,7 @@ import time
 
 import httpx
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -58,7 +59,7 @@ def predictor(registry, sink, tmp_path_factory):
             "v1",
             registry.uri,
             logger_url=sink.url,
-            extra=["--max-batch", "64", "--max-payload-bytes", "65536"],
+            extra=["--max-batch", "64", "--max-payload-bytes", "65536", "--body-timeout", "2"],
         )
 
 
@@ -235,6 +236,176 @@ def test_malformed_json_oversized_payload_and_unknown_model(predictor):
         )
         assert resp.status_code == 400 and "error" in resp.json(), resp.text
     assert _metric(predictor.url, "kubeloop_request_errors_total", reason="payload_too_large") >= 2
+
+
+V1_PATH = f"/v1/models/{MODEL}:predict"
+V2_PATH = f"/v2/models/{MODEL}/infer"
+
+
+def _v2_inputs(row: dict = ROW, **changes) -> list[dict]:
+    tensors = {
+        k: {"name": k, "shape": [1], "datatype": V2_TYPES.get(k, "FP64"), "data": [v]}
+        for k, v in row.items()
+    }
+    for name, tensor in changes.items():
+        tensors[name] = {"name": name, "shape": [1], **tensor}
+    return list(tensors.values())
+
+
+def test_grpc_and_rest_model_metadata(predictor):
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    with grpc.insecure_channel(f"127.0.0.1:{predictor.ports['grpc']}") as channel:
+        meta = GRPCInferenceServiceStub(channel).ModelMetadata(
+            pb.ModelMetadataRequest(name=MODEL), timeout=10
+        )
+    assert {o.name for o in meta.outputs} == {"score", "label"}
+    assert set(ROW) <= {i.name for i in meta.inputs} and list(meta.versions) == ["v1"]
+    rest = httpx.get(f"{predictor.url}/v2/models/{MODEL}", timeout=10)
+    assert rest.status_code == 200 and {o["name"] for o in rest.json()["outputs"]} == {
+        "score",
+        "label",
+    }
+
+
+def test_v2_json_without_content_type_is_json(predictor):
+    body = orjson.dumps({"inputs": _v2_inputs()})
+    resp = httpx.post(predictor.url + V2_PATH, content=body, timeout=10)
+    assert "content-type" not in resp.request.headers
+    assert resp.status_code == 200, resp.text
+    assert {o["name"] for o in resp.json()["outputs"]} == {"score", "label"}
+
+
+def test_version_routes_answer_for_the_served_version_only(predictor):
+    base = f"{predictor.url}/v2/models/{MODEL}/versions"
+    plain = httpx.post(predictor.url + V2_PATH, json={"inputs": _v2_inputs()}, timeout=10)
+    versioned = httpx.post(f"{base}/v1/infer", json={"inputs": _v2_inputs()}, timeout=10)
+    assert versioned.status_code == 200, versioned.text
+    assert versioned.json()["outputs"] == plain.json()["outputs"]
+    assert httpx.get(f"{base}/v1/ready", timeout=10).status_code == 200
+    assert httpx.get(f"{base}/v1", timeout=10).json()["name"] == MODEL
+    for resp in (
+        httpx.post(f"{base}/v7/infer", json={"inputs": _v2_inputs()}, timeout=10),
+        httpx.get(f"{base}/v7/ready", timeout=10),
+        httpx.get(f"{base}/v7", timeout=10),
+    ):
+        assert resp.status_code == 404 and "'v7'" in resp.json()["error"], resp.text
+
+
+@pytest.mark.parametrize(
+    ("body", "needles"),
+    [
+        ({"inputs": _v2_inputs(), "instances": []}, ["instances"]),
+        ({"inputs": [{**_v2_inputs()[0], "colour": 1}, *_v2_inputs()[1:]]}, ["colour"]),
+        ({"inputs": _v2_inputs(amount={"datatype": "INT64", "data": [12.5]})},
+         ["amount", "INT64", "12.5"]),
+        ({"inputs": _v2_inputs({**ROW, "account_id": 0},
+                               account_id={"datatype": "INT64", "data": [2**70]})},
+         ["account_id", "INT64"]),
+        ({"inputs": None}, ["inputs"]),
+    ],
+)  # fmt: skip
+def test_v2_unknown_keys_and_bad_integers_are_400(predictor, body, needles):
+    import json  # orjson cannot write 2**70
+
+    resp = httpx.post(predictor.url + V2_PATH, content=json.dumps(body), timeout=10,
+                      headers={"content-type": "application/json"})  # fmt: skip
+    assert resp.status_code == 400, resp.text
+    for needle in needles:
+        assert needle in resp.json()["error"]
+
+
+def test_bad_inference_header_is_400_and_keeps_the_connection(predictor):
+    with httpx.Client(timeout=10) as client:
+        resp = client.post(predictor.url + V2_PATH, content=b"{}",
+                           headers={"inference-header-content-length": "abc"})  # fmt: skip
+        assert resp.status_code == 400, resp.text
+        assert "Inference-Header-Content-Length" in resp.json()["error"]
+        assert resp.headers.get("connection") != "close"
+        assert (
+            client.post(predictor.url + V2_PATH, json={"inputs": _v2_inputs()}).status_code == 200
+        )
+
+
+def test_every_error_outcome_is_counted(predictor):
+    before = _metric(predictor.url, "kubeloop_inference_requests_total", status="client_error")
+    json_type = {"content-type": "application/json"}
+    sends = [
+        (V1_PATH, b"{not json", json_type, 400),  # kserve's own decode error
+        (V2_PATH, b'{"inputs": [', json_type, 400),  # was FastAPI's 422
+        (V2_PATH, b'{"inputs": [{"name": "amount", "shape": "x", "datatype": 1}]}', json_type, 400),
+        (V2_PATH, orjson.dumps({"inputs": None}), json_type, 400),
+        (V1_PATH, b"\xef\xbb\xbf" + orjson.dumps({"instances": [ROW]}), json_type, 400),
+        (V2_PATH, b"\xef\xbb\xbf" + orjson.dumps({"inputs": _v2_inputs()}), json_type, 400),
+        (V1_PATH, orjson.dumps({"instances": [ROW]}), {"content-type": "text/plain"}, 415),
+        (V1_PATH, b"x" * 70_000, json_type, 413),
+        (f"/v2/models/{MODEL}/versions/v7/infer", b"{}", json_type, 404),
+    ]
+    for path, content, headers, status in sends:
+        resp = httpx.post(predictor.url + path, content=content, headers=headers, timeout=10)
+        assert resp.status_code == status, (path, resp.text)
+        assert "error" in resp.json() and "detail" not in resp.json()
+    after = _metric(predictor.url, "kubeloop_inference_requests_total", status="client_error")
+    assert after - before == len(sends)
+    for reason in (
+        "malformed_body",
+        "unsupported_media_type",
+        "payload_too_large",
+        "unknown_model",
+    ):
+        assert _metric(predictor.url, "kubeloop_request_errors_total", reason=reason) >= 1
+
+
+def test_request_id_is_capped(predictor):
+    ok = _predict(predictor.url, {"instances": [ROW]}, headers={"x-request-id": "r" * 128})
+    assert ok.status_code == 200 and ok.headers["x-request-id"] == "r" * 128
+    resp = _predict(predictor.url, {"instances": [ROW]}, headers={"x-request-id": "r" * 100_000})
+    assert resp.status_code == 400 and "X-Request-Id" in resp.json()["error"]
+    assert "x-request-id" not in resp.headers
+
+
+def test_stalled_body_gets_408_and_the_connection_closes(predictor):
+    import socket
+
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", predictor.ports["http"]), timeout=15) as sock:
+        sock.sendall(
+            f"POST {V1_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            'Content-Length: 500\r\n\r\n{"inst'.encode()
+        )
+        answer = b""
+        while chunk := sock.recv(65536):  # the server closes the connection after its answer
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"connection: close" in answer.lower() and b"2 s" in answer
+    assert time.monotonic() - start < 10
+
+
+def test_large_batch_keeps_health_probes_answering(registry, tmp_path):
+    """100k rows under a raised --max-batch (the body limit follows it); probes still answer."""
+    import concurrent.futures
+
+    with Supervisor(tmp_path) as sup:
+        big = start_predictor(sup, MODEL, "v1", registry.uri, extra=["--max-batch", "100000"])
+        body = orjson.dumps({"instances": [ROW] * 100_000})
+        assert len(body) > 1_048_576  # over the old fixed limit
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            batch = pool.submit(
+                httpx.post, big.url + V1_PATH, content=body, timeout=120,
+                headers={"content-type": "application/json"},
+            )  # fmt: skip
+            probes = []
+            while not batch.done():
+                start = time.perf_counter()
+                assert httpx.get(f"{big.url}/v2/health/live", timeout=10).status_code == 200
+                probes.append(time.perf_counter() - start)
+                time.sleep(0.05)
+            resp = batch.result()
+        assert resp.status_code == 200, resp.text[:300]
+        assert len(resp.json()["predictions"]) == 100_000
+        assert len(probes) >= 3 and max(probes) < 2.0, probes
 
 
 def test_payload_events_in_kserve_format(predictor, sink):
