@@ -52,6 +52,10 @@ ENDPOINTS: tuple[str, ...] = (DEFAULT_ENDPOINT, CANARY_ENDPOINT)
 CONTENT_TYPE = "application/json"
 """Binary mode's ``Content-Type`` (the event data is JSON)."""
 
+MAX_ATTRIBUTE_CHARS = 256
+"""The longest attribute value (``id`` included: the request id) the receiver accepts; every
+attribute value must also be printable. Longer is refused as ``attribute_too_long``."""
+
 
 def header(attribute: str) -> str:
     """The binary-mode header of a CloudEvents attribute: ``modelversion`` → ``Ce-Modelversion``."""
@@ -88,6 +92,8 @@ REJECT_REASONS: tuple[str, ...] = (
     "bad_feedback",
     "unknown_request_id",
     "duplicate_feedback",
+    "unsupported_specversion",
+    "attribute_too_long",
 )
 """The fixed set of ``reason`` label values of ``kubeloop_events_rejected_total``."""
 
@@ -120,6 +126,7 @@ __all__ = [
     "HEADER_PREFIX",
     "ID",
     "INFERENCE_SERVICE",
+    "MAX_ATTRIBUTE_CHARS",
     "MODEL_VERSION",
     "NAMESPACE",
     "REJECT_REASONS",

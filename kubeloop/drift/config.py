@@ -7,10 +7,13 @@ dataclasses validated by hand; every problem names the field.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from kubeloop.drift.events import clip
 
 ENV_PREFIX = "KUBELOOP_DRIFT_"
 
@@ -45,7 +48,7 @@ class DetectorSettings:
 
     def __post_init__(self) -> None:
         checks = {
-            "ert": self.ert > 1,
+            "ert": math.isfinite(self.ert) and self.ert > 1,
             "mmd_window": self.mmd_window >= 2,
             "mmd_every": self.mmd_every >= 1,
             "univariate_every": self.univariate_every >= 1,
@@ -60,7 +63,7 @@ class DetectorSettings:
             "univariate_bootstraps": self.univariate_bootstraps >= 100,
         }
         if bad := [name for name, ok in checks.items() if not ok]:
-            values = ", ".join(f"{n}={getattr(self, n)!r}" for n in bad)
+            values = ", ".join(f"{n}={clip(getattr(self, n))}" for n in bad)
             raise DriftConfigError(f"invalid drift detector setting(s): {values}")
 
     def with_overrides(self, overrides: dict[str, Any] | None) -> DetectorSettings:
@@ -69,8 +72,9 @@ class DetectorSettings:
         if not isinstance(overrides, dict):
             raise DriftConfigError("'detectors' must be an object of detector settings")
         known = {f.name: f for f in fields(self)}
-        if unknown := sorted(set(overrides) - set(known)):
-            raise DriftConfigError(f"unknown detector setting(s) {unknown}; known: {sorted(known)}")
+        if unknown := sorted(map(str, set(overrides) - set(known))):
+            named = ", ".join(clip(n) for n in unknown[:5])
+            raise DriftConfigError(f"unknown detector setting(s) {named}; known: {sorted(known)}")
         values = {}
         for name, value in overrides.items():
             values[name] = _coerce(name, value, type(getattr(self, name)))
@@ -96,9 +100,9 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
         if isinstance(value, bool):
             raise ValueError(value)
         return kind(value)
-    except (TypeError, ValueError, json.JSONDecodeError):
+    except (TypeError, ValueError, OverflowError, RecursionError):
         raise DriftConfigError(
-            f"drift setting {name}={value!r} is not a valid {kind.__name__}"
+            f"drift setting {name}={clip(value)} is not a valid {kind.__name__}"
         ) from None
 
 

@@ -3,7 +3,9 @@
 A request event carries the model input after feature enrichment (V1 ``instances``);
 its response event carries ``predictions``; both share ``Ce-Id``. Every problem raises
 :class:`EventRejected` with a reason from :data:`kubeloop.contracts.payload_events.REJECT_REASONS`,
-before any state is touched.
+before any state is touched. Only CloudEvents spec 1.0 is read, attribute values are
+bounded (:data:`~kubeloop.contracts.payload_events.MAX_ATTRIBUTE_CHARS`, printable), and
+an error message never echoes more than :data:`ECHO_CHARS` characters of any input.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from kubeloop.contracts.payload_events import (
     HEADER_PREFIX,
     ID,
     INFERENCE_SERVICE,
+    MAX_ATTRIBUTE_CHARS,
     MODEL_VERSION,
     REQUEST_TYPE,
     RESPONSE_TYPE,
@@ -32,11 +35,24 @@ from kubeloop.contracts.payload_events import (
     header,
 )
 
+ECHO_CHARS = 64
+"""The most characters of one input value (an id, a field name, a category) an error echoes."""
+MAX_MESSAGE_CHARS = 512
+"""The longest error message: a last bound, whatever a message is built from."""
+
+
+def clip(value: Any, limit: int = ECHO_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters: how error messages quote client input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 class EventRejected(ValueError):
     """A payload event or feedback that the service refuses; ``reason`` is a fixed enum."""
 
     def __init__(self, reason: str, message: str, status: int = 422) -> None:
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[: MAX_MESSAGE_CHARS - 3] + "..."
         super().__init__(message)
         self.reason = reason
         self.status = status
@@ -74,9 +90,45 @@ def _binary_attributes(h: dict[str, str]) -> dict[str, str] | None:
     return {k[len(_PREFIX) :]: v for k, v in h.items() if k.startswith(_PREFIX)}
 
 
+def _finite(number: int | float) -> bool:
+    """Finite as a float: a JSON integer past float range is not (detectors read floats)."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
+
+
+def _check_specversion(value: Any) -> None:
+    if value is not None and value != SPEC_VERSION:
+        raise EventRejected(
+            "unsupported_specversion",
+            f"CloudEvents specversion {clip(value)} is not supported; send {SPEC_VERSION}",
+            400,
+        )
+
+
+def _check_attributes(attrs: dict[str, Any]) -> None:
+    """Every attribute value short and printable (they are echoed, logged and used as keys)."""
+    for name, value in attrs.items():
+        text = value if isinstance(value, str) else str(value)
+        if len(name) > MAX_ATTRIBUTE_CHARS or len(text) > MAX_ATTRIBUTE_CHARS:
+            raise EventRejected(
+                "attribute_too_long",
+                f"CloudEvent attribute {clip(name)} is longer than {MAX_ATTRIBUTE_CHARS} characters",
+                400,
+            )
+        if not text.isprintable():
+            raise EventRejected(
+                "malformed_event",
+                f"CloudEvent attribute {clip(name)} has non-printable characters",
+                400,
+            )
+
+
 def parse_cloudevent(headers: dict[str, str], body: bytes) -> PayloadEvent:
     """Reads a binary- or structured-mode CloudEvent into a :class:`PayloadEvent`."""
     headers = {k.lower(): v for k, v in headers.items()}
+    _check_specversion(headers.get(_CE_SPECVERSION))  # binary mode, before the library reads it
     attrs = _binary_attributes(headers)
     if attrs is not None:
         data: Any = body
@@ -84,16 +136,20 @@ def parse_cloudevent(headers: dict[str, str], body: bytes) -> PayloadEvent:
         try:
             event = from_http(headers, body)
         except Exception as exc:  # cloudevents raises several unrelated types
-            raise EventRejected("malformed_event", f"not a valid CloudEvent: {exc}", 400) from None
+            raise EventRejected(
+                "malformed_event", f"not a valid CloudEvent: {str(exc)[:200]}", 400
+            ) from None
         attrs = event.get_attributes()
         data = event.get_data()
+        _check_specversion(attrs.get(SPECVERSION))  # structured mode
+    _check_attributes(attrs)
     ce_type = attrs.get(TYPE)
     if ce_type == REQUEST_TYPE:
         kind = "request"
     elif ce_type == RESPONSE_TYPE:
         kind = "response"
     else:
-        raise EventRejected("unsupported_type", f"unsupported CloudEvent type {ce_type!r}", 400)
+        raise EventRejected("unsupported_type", f"unsupported CloudEvent type {clip(ce_type)}", 400)
     model = attrs.get(INFERENCE_SERVICE)
     version = attrs.get(MODEL_VERSION)
     if not model or not version:
@@ -104,7 +160,7 @@ def parse_cloudevent(headers: dict[str, str], body: bytes) -> PayloadEvent:
     if isinstance(data, (bytes, bytearray, str)):
         try:
             data = json.loads(data) if data else None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8; too deeply nested
             raise EventRejected("invalid_json", f"event data is not JSON: {exc}", 400) from None
     return PayloadEvent(
         id=str(attrs[ID]),
@@ -145,7 +201,9 @@ def validate_instances(
         if missing := expected - keys:
             raise EventRejected("missing_field", f"instance {i} lacks feature(s) {sorted(missing)}")
         if extra := keys - expected - allowed_keys:
-            raise EventRejected("extra_field", f"instance {i} has unknown field(s) {sorted(extra)}")
+            named = ", ".join(clip(k) for k in sorted(extra)[:5])
+            more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
+            raise EventRejected("extra_field", f"instance {i} has unknown field(s) {named}{more}")
         for name in numeric:
             value = inst[name]
             if value is None:
@@ -155,8 +213,8 @@ def validate_instances(
                     "wrong_dtype",
                     f"instance {i} feature {name!r} must be a number, got {type(value).__name__}",
                 )
-            if not math.isfinite(value):
-                raise EventRejected("nan_value", f"instance {i} feature {name!r} is {value}")
+            if not _finite(value):
+                raise EventRejected("nan_value", f"instance {i} feature {name!r} is {clip(value)}")
         for name, cats in categorical.items():
             value = inst[name]
             if not isinstance(value, str):
@@ -166,7 +224,8 @@ def validate_instances(
                 )
             if value not in cats:
                 raise EventRejected(
-                    "unknown_category", f"instance {i} feature {name!r} has unknown value {value!r}"
+                    "unknown_category",
+                    f"instance {i} feature {name!r} has unknown value {clip(value)}",
                 )
     return data["instances"]
 
@@ -184,18 +243,16 @@ def validate_predictions(data: Any, n_instances: int) -> tuple[list[float], list
                 "bad_response", f"prediction {i} must be an object with 'score' and 'label'"
             )
         score, label = p["score"], p["label"]
-        if (
-            isinstance(score, bool)
-            or not isinstance(score, (int, float))
-            or not math.isfinite(score)
-        ):
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not _finite(score):
             raise EventRejected(
-                "bad_response", f"prediction {i} score {score!r} is not a finite number"
+                "bad_response", f"prediction {i} score {clip(score)} is not a finite number"
             )
         if not 0.0 <= score <= 1.0:
-            raise EventRejected("bad_response", f"prediction {i} score {score} is outside [0, 1]")
+            raise EventRejected(
+                "bad_response", f"prediction {i} score {clip(score)} is outside [0, 1]"
+            )
         if isinstance(label, bool) or label not in (0, 1):
-            raise EventRejected("bad_response", f"prediction {i} label {label!r} is not 0 or 1")
+            raise EventRejected("bad_response", f"prediction {i} label {clip(label)} is not 0 or 1")
         scores.append(float(score))
         labels.append(int(label))
     return scores, labels
@@ -205,7 +262,7 @@ def parse_feedback(body: bytes) -> list[tuple[str, list[int]]]:
     """``{"request_id", "labels"}`` or ``{"feedback": [...]}`` → ``[(request_id, labels)]``."""
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8; too deeply nested
         raise EventRejected("invalid_json", f"feedback is not JSON: {exc}", 400) from None
     items = data.get("feedback") if isinstance(data, dict) and "feedback" in data else [data]
     if not isinstance(items, list) or not items:

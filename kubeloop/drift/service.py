@@ -28,6 +28,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -36,6 +37,7 @@ from kubeloop.contracts.payload_events import WORKER_DOWN
 from kubeloop.drift.config import DriftConfigError, ServiceSettings, check_alibi_license
 from kubeloop.drift.events import (
     EventRejected,
+    clip,
     parse_cloudevent,
     parse_feedback,
     validate_instances,
@@ -43,6 +45,7 @@ from kubeloop.drift.events import (
 )
 from kubeloop.drift.fastpath import PayloadEventsFastPath
 from kubeloop.drift.metrics import DriftMetrics
+from kubeloop.drift.params import BadRequest, wait_timeout, watch_request
 from kubeloop.drift.reference import Reference, ReferenceError, load_reference
 from kubeloop.drift.worker import DetectorWorker, WorkerDown
 from kubeloop.registry import RegistryError
@@ -133,12 +136,12 @@ class DriftService:
         mon = self.monitors.get((event.model, event.version))
         if mon is None:
             raise EventRejected(
-                "unwatched_model", f"{event.model}/{event.version} is not watched", 404
+                "unwatched_model", f"{clip(event.model)}/{clip(event.version)} is not watched", 404
             )
         if event.kind == "request":
             if event.id in self.pending or event.id in self.answered:
                 raise EventRejected(
-                    "duplicate_event", f"request {event.id!r} was already received", 409
+                    "duplicate_event", f"request {clip(event.id)} was already received", 409
                 )
             spec = mon.reference.spec
             instances = validate_instances(event.data, spec.numeric, spec.categorical, spec.keys)
@@ -149,11 +152,11 @@ class DriftService:
         waiting = self.pending.get(event.id)
         if waiting is None:
             reason = "duplicate_event" if event.id in self.answered else "unpaired_response"
-            raise EventRejected(reason, f"response {event.id!r} has no pending request", 409)
+            raise EventRejected(reason, f"response {clip(event.id)} has no pending request", 409)
         req_id, instances = waiting
         if req_id != mon.id:
             raise EventRejected(
-                "unpaired_response", f"response {event.id!r} names another model version", 409
+                "unpaired_response", f"response {clip(event.id)} names another model version", 409
             )
         scores, labels = validate_predictions(event.data, len(instances))
         self._check_worker()
@@ -171,17 +174,17 @@ class DriftService:
             found = self.answered.get(request_id)
             if found is None:
                 raise EventRejected(
-                    "unknown_request_id", f"no answered request with id {request_id!r}", 404
+                    "unknown_request_id", f"no answered request with id {clip(request_id)}", 404
                 )
             mon_id, scores, preds = found
             if len(labels) != len(preds):
                 raise EventRejected(
                     "bad_feedback",
-                    f"request {request_id!r} had {len(preds)} instance(s), got {len(labels)} label(s)",
+                    f"request {clip(request_id)} had {len(preds)} instance(s), got {len(labels)} label(s)",
                 )
             if scores is None:
                 raise EventRejected(
-                    "duplicate_feedback", f"request {request_id!r} already has feedback", 409
+                    "duplicate_feedback", f"request {clip(request_id)} already has feedback", 409
                 )
             resolved.append((request_id, mon_id, labels, scores, preds))
         if len({r[0] for r in resolved}) != len(resolved):
@@ -308,24 +311,14 @@ def create_app(settings: ServiceSettings) -> Starlette:
     async def watch(request: Request) -> Response:
         try:
             body = json.loads(await request.body())
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8; too deeply nested
             return JSONResponse({"error": f"watch body is not JSON: {exc}"}, status_code=400)
-        if (
-            not isinstance(body, dict)
-            or not isinstance(body.get("model"), str)
-            or not body.get("version")
-        ):
-            return JSONResponse(
-                {"error": "watch needs string 'model' and 'version'"}, status_code=422
-            )
         try:
-            snap = await run_in_threadpool(
-                svc.watch,
-                body["model"],
-                str(body["version"]),
-                body.get("registry_uri"),
-                body.get("detectors"),
-            )
+            model, version, registry_uri, detectors = watch_request(body)
+        except BadRequest as exc:
+            return JSONResponse({"error": str(exc)}, status_code=422)
+        try:
+            snap = await run_in_threadpool(svc.watch, model, version, registry_uri, detectors)
         except DriftConfigError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
         except ReferenceError as exc:
@@ -335,19 +328,25 @@ def create_app(settings: ServiceSettings) -> Starlette:
         except WorkerDown as exc:
             return unavailable(exc)
         except Exception as exc:
-            log.exception("watching %s/%s failed", body["model"], body["version"])
+            log.exception("watching %s/%s failed", model, version)
             return JSONResponse({"error": f"detector set-up failed: {exc}"}, status_code=500)
         return JSONResponse(snap)
 
     async def status(request: Request) -> Response:
-        if request.query_params.get("wait") == "idle":
-            await run_in_threadpool(svc.wait_idle, float(request.query_params.get("timeout", "30")))
+        try:
+            timeout = wait_timeout(request.query_params)
+        except BadRequest as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        if timeout is not None:
+            await run_in_threadpool(svc.wait_idle, timeout)
         return JSONResponse(svc.status())
 
     async def report(request: Request) -> Response:
         key = (request.query_params.get("model", ""), request.query_params.get("version", ""))
         if key not in svc.monitors:
-            return JSONResponse({"error": f"{key[0]}/{key[1]} is not watched"}, status_code=404)
+            return JSONResponse(
+                {"error": f"{clip(key[0])}/{clip(key[1])} is not watched"}, status_code=404
+            )
         try:
             return JSONResponse(await run_in_threadpool(svc.report, key))
         except WorkerDown as exc:
@@ -357,6 +356,14 @@ def create_app(settings: ServiceSettings) -> Starlette:
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        # Starlette's own refusals (unknown path, wrong method) in the service's error shape.
+        return JSONResponse(
+            {"error": f"{request.method} {clip(request.url.path)}: {exc.detail}"},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
 
     async def healthz(request: Request) -> Response:
         if svc.worker.alive:
@@ -374,6 +381,7 @@ def create_app(settings: ServiceSettings) -> Starlette:
             Route("/readyz", healthz, methods=["GET"]),
         ],
         lifespan=_lifespan(svc),
+        exception_handlers={HTTPException: http_error},
     )
     app.add_middleware(PayloadEventsFastPath, service=svc)  # serves POST /
     app.state.service = svc

@@ -1,20 +1,25 @@
-"""Payload-event, feedback and settings validation of the drift service (pure logic)."""
+"""Payload-event, feedback, request-parameter and settings validation of the drift service
+(pure logic)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kubeloop.contracts.payload_events import REJECT_REASONS
+from kubeloop.contracts.payload_events import MAX_ATTRIBUTE_CHARS, REJECT_REASONS
 from kubeloop.drift.config import DetectorSettings, DriftConfigError, check_alibi_license
 from kubeloop.drift.events import (
+    MAX_MESSAGE_CHARS,
     EventRejected,
     parse_cloudevent,
     parse_feedback,
     validate_instances,
     validate_predictions,
 )
+from kubeloop.drift.params import BadRequest, wait_timeout, watch_request
 from kubeloop.drift.reference import ReferenceError, feature_spec
 from tests.support.events import payload_headers, payload_pair
 
@@ -177,3 +182,167 @@ def test_binary_fast_path_reads_what_cloudevents_reads():
     # Without a required attribute the event goes through cloudevents and is refused by it.
     no_source = {k: v for k, v in headers.items() if k != "Ce-Source"}
     assert reason(parse_cloudevent, no_source, body) == "malformed_event"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"Ce-Specversion": "0.3"}, "unsupported_specversion"),
+        ({"Ce-Specversion": "2.0"}, "unsupported_specversion"),
+        ({"Ce-Id": "x" * 60_000}, "attribute_too_long"),
+        ({"Ce-Id": "x" * 257}, "attribute_too_long"),
+        ({"Ce-Inferenceservicename": "m" * 300}, "attribute_too_long"),
+        ({"Ce-Id": "bad\x07id"}, "malformed_event"),
+    ],
+)
+def test_attributes_are_bounded_and_only_spec_1_0_is_read(change, expected):
+    headers = {**payload_headers("request", "x", "m", "v1"), **change}
+    body = json.dumps({"instances": [GOOD]}).encode()
+    assert reason(parse_cloudevent, headers, body) == expected
+    # The limit itself is accepted.
+    ok = {**payload_headers("request", "y" * MAX_ATTRIBUTE_CHARS, "m", "v1")}
+    assert parse_cloudevent(ok, body).id == "y" * MAX_ATTRIBUTE_CHARS
+
+
+def test_structured_mode_spec_0_3_is_refused():
+    body = json.dumps({
+        "specversion": "0.3", "id": "r1", "source": "s", "type": "org.kubeflow.serving.inference.request",
+        "inferenceservicename": "m", "modelversion": "v1", "data": {"instances": [GOOD]},
+    }).encode()  # fmt: skip
+    headers = {"content-type": "application/cloudevents+json"}
+    assert reason(parse_cloudevent, headers, body) == "unsupported_specversion"
+
+
+@pytest.mark.parametrize(
+    ("fn", "args"),
+    [
+        (parse_cloudevent, ({**payload_headers("request", "x", "m", "v1"), "Ce-Type": "t" * 200}, b"{}")),
+        (validate_instances, ({"instances": [{**GOOD, "merchant_category": "c" * 10**6}]}, NUMERIC, CATS)),
+        (validate_instances, ({"instances": [{**GOOD, "k" * 10**6: 1}]}, NUMERIC, CATS)),
+        (validate_instances, ({"instances": [{**GOOD, **{f"k{i}": 1 for i in range(10**4)}}]}, NUMERIC, CATS)),
+        (validate_predictions, ({"predictions": [{"score": "s" * 10**6, "label": 0}]}, 1)),
+        (validate_predictions, ({"predictions": [{"score": 0.1, "label": "l" * 10**6}]}, 1)),
+    ],
+)  # fmt: skip
+def test_error_messages_never_echo_unbounded_input(fn, args):
+    with pytest.raises(EventRejected) as exc:
+        fn(*args)
+    assert len(str(exc.value)) <= MAX_MESSAGE_CHARS
+
+
+def test_numbers_past_float_range_and_deep_nesting_are_refused_not_crashed():
+    assert reason(
+        validate_instances, {"instances": [{**GOOD, "amount": 10**400}]}, NUMERIC, CATS
+    ) == ("nan_value")
+    assert reason(validate_predictions, {"predictions": [{"score": 10**400, "label": 0}]}, 1) == (
+        "bad_response"
+    )
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert reason(parse_feedback, deep) == "invalid_json"
+    assert reason(parse_cloudevent, payload_headers("request", "x", "m", "v1"), deep) == (
+        "invalid_json"
+    )
+    assert reason(parse_feedback, b"\xff\xfe") == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({}, None),
+        ({"wait": "idle"}, 30.0),
+        ({"wait": "idle", "timeout": "2.5"}, 2.5),
+        ({"wait": "idle", "timeout": "abc"}, "timeout"),
+        ({"wait": "idle", "timeout": "nan"}, "timeout"),
+        ({"wait": "idle", "timeout": "inf"}, "timeout"),
+        ({"wait": "idle", "timeout": "-1"}, "timeout"),
+        ({"wait": "idle", "timeout": "1e9"}, "timeout"),
+        ({"wait": "busy"}, "wait"),
+    ],
+)
+def test_status_query_parameters(query, expected):
+    if expected is None or isinstance(expected, float):
+        assert wait_timeout(query) == expected
+    else:
+        with pytest.raises(BadRequest, match=f"'{expected}'"):
+            wait_timeout(query)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"model": "m", "version": "v1"}, ("m", "v1", None, None)),
+        ({"model": "m", "version": 3, "detectors": {"ert": 100}}, ("m", "3", None, {"ert": 100})),
+        ({"model": "m", "version": "latest", "registry_uri": "/r"}, ("m", "latest", "/r", None)),
+        ([], "object"),
+        ({"model": "../etc", "version": "v1"}, "model"),
+        ({"model": "m", "version": "v1/../../x"}, "version"),
+        ({"model": "m", "version": True}, "version"),
+        ({"model": "m" * 300, "version": "v1"}, "model"),
+        ({"model": "m", "version": "v1", "registry_uri": "a\x00b"}, "registry_uri"),
+        ({"model": "m", "version": "v1", "registry_uri": 5}, "registry_uri"),
+        ({"model": "m", "version": "v1", "detectors": [1]}, "detectors"),
+    ],
+)
+def test_watch_body(body, expected):
+    if isinstance(expected, tuple):
+        assert watch_request(body) == expected
+    else:
+        with pytest.raises(BadRequest, match=expected) as exc:
+            watch_request(body)
+        assert len(str(exc.value)) < 200
+
+
+def test_detector_settings_refuse_infinite_and_unbounded_values_by_name():
+    with pytest.raises(DriftConfigError, match="ert"):
+        DetectorSettings().with_overrides({"ert": float("inf")})
+    with pytest.raises(DriftConfigError, match="mmd_window") as exc:
+        DetectorSettings().with_overrides({"mmd_window": 1e400})
+    with pytest.raises(DriftConfigError, match="unknown detector setting") as exc:
+        DetectorSettings().with_overrides({"k" * 10**5: 1})
+    assert len(str(exc.value)) < 1000
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=300),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=300), inner, max_size=3),
+    max_leaves=10,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    change=st.dictionaries(
+        st.sampled_from(
+            [
+                "Ce-Id",
+                "Ce-Specversion",
+                "Ce-Type",
+                "Ce-Source",
+                "Ce-Modelversion",
+                "Ce-Inferenceservicename",
+                "Content-Type",
+                "Ce-Extra",
+            ]
+        ),  # fmt: skip
+        st.text(max_size=400),
+        max_size=3,
+    ),
+    data=_json,
+    n=st.integers(0, 2),
+)
+def test_any_event_is_parsed_or_refused_with_a_reason_and_a_short_message(change, data, n):
+    headers = {**payload_headers("request", "x", "m", "v1"), **change}
+    checks = (
+        lambda: parse_cloudevent(headers, json.dumps(data).encode()),
+        lambda: validate_instances(data, NUMERIC, CATS),
+        lambda: validate_instances({"instances": [data]}, NUMERIC, CATS),
+        lambda: validate_predictions(data, n),
+        lambda: validate_predictions({"predictions": [data]}, 1),
+        lambda: parse_feedback(json.dumps(data).encode()),
+    )
+    for check in checks:
+        try:
+            check()
+        except EventRejected as exc:
+            assert exc.reason in REJECT_REASONS and 400 <= exc.status < 500
+            assert len(str(exc)) <= MAX_MESSAGE_CHARS
