@@ -20,6 +20,7 @@ from kubeloop.local.supervisor import Supervisor
 from kubeloop.registry import ModelRegistry
 from kubeloop.training.quick import publish_quick_version
 from tests.support.events import payload_headers, payload_pair
+from tests.support.strategies import json_value
 
 pytestmark = pytest.mark.slow
 MODEL = "fraud-detector"
@@ -56,17 +57,6 @@ def service(tmp_path_factory):
 ascii_text = st.text(alphabet=string.printable.strip() + " ", max_size=30)
 header_text = ascii_text.map(str.strip)  # the client (h11) sends no value with outer whitespace
 long_text = st.text(alphabet=string.ascii_letters, min_size=250, max_size=400)
-json_value = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
 CE_HEADERS = (pe.CE_SPECVERSION, pe.CE_ID, pe.CE_TYPE, pe.CE_SOURCE, pe.CE_TIME,
               pe.CE_INFERENCE_SERVICE, pe.CE_MODEL_VERSION, pe.CE_ENDPOINT, "Content-Type")  # fmt: skip
 

@@ -17,20 +17,12 @@ from kubeloop.local.servers import start_predictor, start_router
 from kubeloop.local.supervisor import Supervisor
 from kubeloop.registry import ModelRegistry
 from kubeloop.training.quick import publish_quick_version
+from tests.support.fixtures import ROUTINE_TRANSACTION
+from tests.support.strategies import json_value
 
 pytestmark = pytest.mark.slow
 MODEL = "fraud-detector"
-ROW = {
-    "amount": 80.0,
-    "merchant_category": "online",
-    "hour": 21,
-    "distance_from_home_km": 12.0,
-    "is_foreign": 0,
-    "txn_count_1h": 2,
-    "account_age_days": 400.0,
-    "avg_amount_30d": 60.0,
-    "txn_count_24h": 3.0,
-}
+ROW = ROUTINE_TRANSACTION
 FUZZ = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -60,17 +52,6 @@ def stack(tmp_path_factory):
 
 # --- strategies ---------------------------------------------------------------------------
 ascii_text = st.text(alphabet=string.printable.strip() + " ", max_size=40)
-json_value = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
 SPLIT_PATHS = ("model", "stable", "stable.version", "stable.url", "canary", "canary.version",
                "canary.url", "canary_percent", "shadow", "surprise", "stable.surprise")  # fmt: skip
 

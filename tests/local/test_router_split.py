@@ -13,21 +13,12 @@ from kubeloop.local.supervisor import Supervisor
 from kubeloop.local.wait import wait_until
 from kubeloop.registry import ModelRegistry
 from kubeloop.training.quick import publish_quick_version
+from tests.support.fixtures import ROUTINE_TRANSACTION
 from tests.support.sink import EventSink
 
 pytestmark = pytest.mark.slow
 MODEL = "fraud-detector"
-ROW = {
-    "amount": 80.0,
-    "merchant_category": "online",
-    "hour": 21,
-    "distance_from_home_km": 12.0,
-    "is_foreign": 0,
-    "txn_count_1h": 2,
-    "account_age_days": 400.0,
-    "avg_amount_30d": 60.0,
-    "txn_count_24h": 3.0,
-}
+ROW = ROUTINE_TRANSACTION
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,19 @@ SAMPLE_TRANSACTION = {
     "txn_count_24h": 2.0,
 }
 
+# An everyday transaction (not suspicious), for routing and fuzz tests.
+ROUTINE_TRANSACTION = {
+    "amount": 80.0,
+    "merchant_category": "online",
+    "hour": 21,
+    "distance_from_home_km": 12.0,
+    "is_foreign": 0,
+    "txn_count_1h": 2,
+    "account_age_days": 400.0,
+    "avg_amount_30d": 60.0,
+    "txn_count_24h": 3.0,
+}
+
 
 def covariate_pools(seed: int, days: float = 7.0, accounts: int = 200) -> tuple[list, list]:
     """Instances (features and the entity key) from before and after the covariate onset of
