@@ -27,11 +27,11 @@ import psutil
 from kubeloop.generated import REPO_ROOT
 from kubeloop.local.drift import drift_python, start_drift_service
 from kubeloop.local.supervisor import Supervisor
-from tests.support.drift_scenarios import write_fraud_scenarios
 from kubeloop.registry import ModelRegistry
 from kubeloop.training.quick import publish_quick_version
 
 sys.path.insert(0, str(REPO_ROOT))  # for tests.support when run as a script
+from tests.support.drift_scenarios import write_fraud_scenarios  # noqa: E402
 from tests.support.events import payload_pair  # noqa: E402
 
 MODEL = "fraud-detector"

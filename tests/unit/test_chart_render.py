@@ -448,6 +448,7 @@ def test_serving_runtime_is_the_one_the_operator_names(rendered) -> None:
     from kserve.models import V1alpha1ServingRuntimeSpec, V1alpha1SupportedModelFormat
     from kubeloop.operators.cluster.handlers import predictor_options
     from kubeloop.operators.crd import parse_spec
+
     from kubeloop.serving.inference_service import inference_service
 
     runtime = next(

@@ -60,7 +60,10 @@ def test_the_check_sees_shipped_modules() -> None:
     ("source", "flagged"),
     [
         ("import pytest", ["pytest"]),
-        ("def f():\n    from tests.support.fixtures import RouterTraffic", ["tests.support.fixtures"]),
+        (
+            "def f():\n    from tests.support.fixtures import RouterTraffic",
+            ["tests.support.fixtures"],
+        ),
         ("from kubeloop.testing import x", ["kubeloop.testing"]),
         ("import hypothesis.strategies as st", ["hypothesis.strategies"]),
         ("from kubeloop.training.quick import train_bundle", []),
