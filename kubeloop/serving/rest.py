@@ -63,6 +63,8 @@ class Outcome:
 
     reason: str | None = None
     counted: bool = False  # the model counted ``reason`` in kubeloop_request_errors_total
+    status: int = 500  # the answer's status once it started (500 until then)
+    started: bool = False
 
 
 CURRENT = contextvars.ContextVar[Outcome | None]("kubeloop_http_outcome", default=None)
@@ -139,27 +141,22 @@ class RequestGuard:
         """An inference request: answered (by whoever) and counted by its status."""
         outcome = Outcome()
         token = CURRENT.set(outcome)
-        status = 500
-
-        async def send_seen(message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
         try:
             if unknown is not None:
-                outcome.reason = "unknown_model"
-                return await _respond(send_seen, 404, {"error": self._unknown(*unknown)})
-            await self._guarded(scope, receive, send_seen, infer, outcome)
+                outcome.reason, outcome.status = "unknown_model", 404
+                return await _respond(send, 404, {"error": self._unknown(*unknown)})
+            await self._guarded(scope, receive, send, infer, outcome)
         finally:
             CURRENT.reset(token)
+            status = outcome.status
             if outcome.reason is None and 400 <= status < 500:
                 outcome.reason = _STATUS_REASONS.get(status, "malformed_body")
             if self.on_outcome is not None:
                 self.on_outcome(status, outcome)
 
     async def _guarded(self, scope, receive, send, infer, outcome: Outcome | None) -> None:
+        # One send wrapper per request: it records the status the counting reads.
+        outcome = outcome if outcome is not None else Outcome()
         try:
             headers = self._checked_headers(scope, infer)
             declared = _declared_length(scope)
@@ -175,8 +172,7 @@ class RequestGuard:
             if infer is not None:
                 self._check_body(body, headers, infer[0])
         except _Answer as answer:
-            if outcome is not None:
-                outcome.reason = answer.reason
+            outcome.reason, outcome.status = answer.reason, answer.status
             extra = [(b"connection", b"close")] if answer.close else []
             return await _respond(send, answer.status, {"error": answer.message}, extra)
         if headers is not scope["headers"]:
@@ -190,19 +186,18 @@ class RequestGuard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        started = False
-
         async def send_tracked(message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start":
+                outcome.status, outcome.started = message["status"], True
             await send(message)
 
         try:
             await self.app(scope, replay, send_tracked)
         except Exception as exc:  # noqa: BLE001 - answered as a 500, keep-alive kept
             log.exception("unhandled error answering %s %s", scope["method"], scope["path"])
-            if started:
+            if outcome.started:
                 raise
+            outcome.status = 500
             await _respond(send, 500, {"error": f"internal error ({type(exc).__name__})"})
 
     def _checked_headers(self, scope, infer) -> list:
