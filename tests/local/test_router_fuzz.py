@@ -22,7 +22,7 @@ from tests.support.strategies import json_value
 
 pytestmark = pytest.mark.slow
 MODEL = "fraud-detector"
-ROW = ROUTINE_TRANSACTION
+
 FUZZ = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -103,13 +103,15 @@ def proxy_bodies(draw) -> dict:
     if kind == "json":
         return {"json": draw(json_value)}
     if kind == "v1":
-        row = dict(ROW)
-        for key in draw(st.lists(st.sampled_from([*ROW, "account_id", "x"]), max_size=3)):
+        row = dict(ROUTINE_TRANSACTION)
+        for key in draw(
+            st.lists(st.sampled_from([*ROUTINE_TRANSACTION, "account_id", "x"]), max_size=3)
+        ):
             row[key] = draw(json_value)
         return {"json": {"instances": draw(st.sampled_from([[row], [], row, [row, 5]]))}}
     inputs = [
         {"name": name, "shape": [1], "datatype": "BYTES" if isinstance(v, str) else "FP64",
-         "data": [v]} for name, v in ROW.items()
+         "data": [v]} for name, v in ROUTINE_TRANSACTION.items()
     ]  # fmt: skip
     for tensor in draw(st.lists(st.sampled_from(inputs), max_size=2)):
         tensor[draw(st.sampled_from(["data", "shape", "datatype", "name"]))] = draw(json_value)
@@ -159,7 +161,7 @@ def check_still_serving(stack) -> None:
     assert client.get("/healthz").status_code == 200
     assert client.put("/admin/split", json=stack["split"]).status_code == 200
     assert client.get("/readyz").status_code == 200
-    resp = client.post(f"/v1/models/{MODEL}:predict", json={"instances": [ROW]})
+    resp = client.post(f"/v1/models/{MODEL}:predict", json={"instances": [ROUTINE_TRANSACTION]})
     assert resp.status_code == 200 and resp.json()["model_version"] in ("v1", "v2"), resp.text
 
 

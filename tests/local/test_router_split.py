@@ -18,7 +18,6 @@ from tests.support.sink import EventSink
 
 pytestmark = pytest.mark.slow
 MODEL = "fraud-detector"
-ROW = ROUTINE_TRANSACTION
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +60,19 @@ async def _fire(url: str, n: int, keys=None, concurrency: int = 16) -> list[http
             headers = {"x-kubeloop-key": keys[i]} if keys else {}
             async with sem:
                 return await client.post(
-                    f"{url}/v1/models/{MODEL}:predict", json={"instances": [ROW]}, headers=headers
+                    f"{url}/v1/models/{MODEL}:predict",
+                    json={"instances": [ROUTINE_TRANSACTION]},
+                    headers=headers,
                 )
 
         return await asyncio.gather(*(one(i) for i in range(n)))
 
 
 def test_no_split_yet_is_503_and_bad_split_is_400(stack):
-    resp = httpx.post(f"{stack['router'].url}/v1/models/{MODEL}:predict", json={"instances": [ROW]})
+    resp = httpx.post(
+        f"{stack['router'].url}/v1/models/{MODEL}:predict",
+        json={"instances": [ROUTINE_TRANSACTION]},
+    )
     assert resp.status_code == 503 and "split" in resp.json()["error"]
     bad = _put(stack, {**_split(stack, 10), "canary_percent": 140})
     assert bad.status_code == 400 and "canary_percent" in bad.json()["error"]
@@ -189,7 +193,7 @@ def test_entity_id_is_the_default_stickiness_key(stack):
         versions = {
             httpx.post(
                 f"{stack['router'].url}/v1/models/{MODEL}:predict",
-                json={"instances": [{**ROW, "account_id": account}]},
+                json={"instances": [{**ROUTINE_TRANSACTION, "account_id": account}]},
             ).json()["model_version"]
             for _ in range(3)
         }
@@ -255,7 +259,7 @@ def test_router_logs_events_tagged_with_the_answering_version(stack):
     assert _put(stack, _split(stack, 100)).status_code == 200
     resp = httpx.post(
         f"{stack['router'].url}/v1/models/{MODEL}:predict",
-        json={"instances": [ROW]},
+        json={"instances": [ROUTINE_TRANSACTION]},
         headers={"x-request-id": "rt-1"},
     )
     assert resp.status_code == 200 and resp.headers["x-request-id"] == "rt-1"
