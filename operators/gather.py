@@ -6,7 +6,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
 
 from kubeloop.operators.crd import (
     PROMOTE_ANNOTATION,
@@ -27,13 +26,6 @@ from kubeloop.operators.reconciler.types import (
 log = logging.getLogger(__name__)
 
 
-def gate_passed(gate: dict[str, Any]) -> bool:
-    """A published version passed its gate unless its gate record says otherwise."""
-    if "passed" in gate:
-        return bool(gate["passed"])
-    return str(gate.get("decision", "pass")).lower() in ("pass", "passed", "true")
-
-
 def registry_versions(registry, model: str) -> tuple[bool, str, tuple[RegistryVersion, ...]]:
     try:
         versions = registry.list_versions(model)
@@ -43,7 +35,7 @@ def registry_versions(registry, model: str) -> tuple[bool, str, tuple[RegistryVe
         True,
         "",
         tuple(
-            RegistryVersion(v.version, gate_passed(v.gate), v.lineage.get("pipeline_run_id"))
+            RegistryVersion(v.version, v.gate_passed, v.lineage.get("pipeline_run_id"))
             for v in versions
         ),
     )

@@ -19,6 +19,14 @@ def _registry():
     return settings, ModelRegistry(settings.registry_uri)
 
 
+def gate_label(gate: dict) -> str:
+    """The gate column: the registry's one rule, marked when the version has no gate record."""
+    from kubeloop.registry import gate_passed
+
+    label = "passed" if gate_passed(gate) else "failed"
+    return label if gate else f"{label} (no record)"
+
+
 @app.command("list")
 def list_versions(
     model: str = typer.Option(None, help="model name (default: settings.model_name)"),
@@ -42,7 +50,7 @@ def list_versions(
             f"{m.get('roc_auc', float('nan')):.4f}",
             f"{m.get('pr_auc', float('nan')):.4f}",
             f"{m.get('ece', float('nan')):.4f}",
-            str(v.gate.get("decision", "-")),
+            gate_label(v.gate),
             str(v.lineage.get("data_hash", "-"))[:12],
             str(v.lineage.get("pipeline_run_id", "-")),
         )

@@ -5,6 +5,7 @@ from kubeloop.registry.registry import (
     ModelRegistry,
     ModelVersion,
     VersionNotFound,
+    gate_passed,
 )
 from kubeloop.registry.stores import LocalStore, RegistryError, S3Store, open_store
 
@@ -16,5 +17,6 @@ __all__ = [
     "RegistryError",
     "S3Store",
     "VersionNotFound",
+    "gate_passed",
     "open_store",
 ]

@@ -52,6 +52,22 @@ def version_checksum(files: dict[str, dict[str, Any]]) -> str:
     return sha256_bytes(lines.encode())
 
 
+_PASSING = ("pass", "passed", "true", "yes", "1")
+
+
+def gate_passed(gate: dict[str, Any]) -> bool:
+    """Whether a version passed its gate: the one rule everything that reads ``gate.json`` uses.
+
+    ``passed`` decides when present (a bool, or its text form); otherwise ``decision``
+    (``passed``/``failed``, as the gate stage writes it). A version published without
+    a gate record passed: publishing it was the decision (quick training, hand uploads).
+    """
+    value = gate.get("passed", gate.get("decision", True))
+    if isinstance(value, str):
+        return value.strip().lower() in _PASSING
+    return bool(value)
+
+
 @dataclass(frozen=True)
 class ModelVersion:
     model: str
@@ -67,6 +83,10 @@ class ModelVersion:
     @property
     def number(self) -> int:
         return int(self.version[1:])
+
+    @property
+    def gate_passed(self) -> bool:
+        return gate_passed(self.gate)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
