@@ -6,7 +6,8 @@ an ``X-Request-Id`` it chose, so the ground truth can follow ``label_delay`` sec
 later to the drift service's ``/v1/feedback`` under the same id (the predictor's
 payload events carry it as ``Ce-Id``). Labelled rows are also written to
 ``labelled.parquet`` (features, label, ``labelled_at``, ``sent_at``, account and
-transaction ids), the recent window that retraining runs learn from.
+transaction ids), the recent window that retraining runs learn from; with
+``labelled_path=None`` (no retraining to feed) they are not kept.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class TrafficReplayer:
         rate: float,
         batch: int,
         label_delay: float,
-        labelled_path: Path,
+        labelled_path: Path | None,
     ) -> None:
         self.stream = stream
         self.router_url = router_url.rstrip("/")
@@ -65,7 +66,7 @@ class TrafficReplayer:
         self.interval = batch / rate
         self.batch = batch
         self.label_delay = label_delay
-        self.labelled_path = Path(labelled_path)
+        self.labelled_path = Path(labelled_path) if labelled_path is not None else None
         self.answers: list[Answer] = []
         self.started_at: float | None = None
         self.onset_at: float | None = None  # wall time the first post-onset row was sent
@@ -183,6 +184,8 @@ class TrafficReplayer:
         stream = self.stream
         for answer in due:
             answer.labelled_at = now
+            if self.labelled_path is None:
+                continue
             for offset, label in enumerate(answer.labels):
                 i = answer.first_row + offset
                 row = dict(stream.instances[i])
@@ -196,7 +199,7 @@ class TrafficReplayer:
                 self._labelled.append(row)
 
     def _flush_labelled(self) -> None:
-        if not self._labelled:
+        if not self._labelled or self.labelled_path is None:
             return
         self.labelled_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.labelled_path.with_suffix(".tmp.parquet")
