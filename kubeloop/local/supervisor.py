@@ -4,6 +4,13 @@ Layout under ``root`` (``$KUBELOOP_HOME/runtime`` by default)::
 
     logs/<name>.log      stdout and stderr of the child
     procs/<name>.json    argv, pid, start time, health URL, ports (the state file)
+    procs/<name>.exit    a one-shot job's exit status, once it ended
+
+Long-running services are healthy while they run and answer their health URL; a
+one-shot job (``job=True``, a retraining run) is running, finished (exit status 0) or
+failed. A job's exit status is written by a ``sh`` wrapper that is its parent, so it
+is known to every later reader, whoever started the job and whether or not that
+process still runs (:meth:`Supervisor.state`).
 
 Children run in their own session, so they outlive the process that started them:
 a restarted operator (or ``kubeloop up`` run twice) adopts what is already running
@@ -23,6 +30,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 import httpx
@@ -45,6 +53,36 @@ class ProcessRecord:
     ports: dict[str, int] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     launcher: list[str] = field(default_factory=list)  # e.g. taskset -c 0; it execs argv
+    job: bool = False  # one-shot: ends by itself, its exit status is its result
+
+
+class ProcessState(StrEnum):
+    HEALTHY = "healthy"  # a service that runs and answers its health URL
+    UNHEALTHY = "unhealthy"  # a service that runs but does not answer
+    DOWN = "down"  # a service that does not run
+    RUNNING = "running"  # a job still at work
+    FINISHED = "finished"  # a job that exited with status 0
+    FAILED = "failed"  # a job that exited otherwise, or ended without an exit status
+
+    @property
+    def ok(self) -> bool:
+        return self in (ProcessState.HEALTHY, ProcessState.RUNNING, ProcessState.FINISHED)
+
+
+def process_state(job: bool, running: bool, healthy: bool, exit_status: int | None) -> ProcessState:
+    """What a process's record, liveness, health check and (for a job) exit status mean."""
+    if job:
+        if running:
+            return ProcessState.RUNNING
+        return ProcessState.FINISHED if exit_status == 0 else ProcessState.FAILED
+    if not running:
+        return ProcessState.DOWN
+    return ProcessState.HEALTHY if healthy else ProcessState.UNHEALTHY
+
+
+# A job's parent: runs the job, then writes its exit status to "$0" (atomically) and exits
+# with it. A signal to the process group ends both before anything is written.
+_JOB_WRAPPER = '"$@"; s=$?; echo $s > "$0.tmp" && mv "$0.tmp" "$0"; exit $s'
 
 
 @dataclass(frozen=True)
@@ -101,6 +139,28 @@ def _live_cmdline(pid: int) -> list[str] | None:
         return proc.cmdline()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
+
+
+def _process_runs(proc: psutil.Process) -> bool:
+    """Whether ``proc`` still runs (a zombie does not; a reused pid is another process)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _group_members(leader: int) -> list[psutil.Process]:
+    """The leader's descendants that are still in its process group."""
+    try:
+        descendants = psutil.Process(leader).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    members = []
+    for proc in descendants:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(proc.pid) == leader:
+                members.append(proc)
+    return members
 
 
 class Supervisor:
@@ -168,6 +228,26 @@ class Supervisor:
         child = self._children.get(pid)
         return child.poll() if child is not None else None
 
+    def _exit_path(self, name: str) -> Path:
+        return self._record_path(name).with_suffix(".exit")
+
+    def job_exit_status(self, name: str) -> int | None:
+        """A job's exit status once it ended (from ``procs/<name>.exit``), else None."""
+        try:
+            return int(self._exit_path(name).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def state(self, name: str) -> ProcessState | None:
+        """The state of ``name``: a service's health, a job's progress or result."""
+        record = self.get(name)
+        if record is None:
+            return None
+        running = self.running(name) is not None
+        healthy = running and not record.job and self.healthy(name)
+        exit_status = self.job_exit_status(name) if record.job and not running else None
+        return process_state(record.job, running, healthy, exit_status)
+
     def service(self, record: ProcessRecord) -> Service:
         return Service(self, record.name, record.pid, dict(record.ports))
 
@@ -183,14 +263,16 @@ class Supervisor:
         env: dict[str, str] | None = None,
         python: bool = True,
         launcher: Sequence[str] = (),
+        job: bool = False,
         wait: bool = False,
         timeout: float = 60.0,
     ) -> Service:
         """Starts ``name`` unless it already runs (then adopts the running process).
 
         ``python`` runs ``args`` with this interpreter; ``launcher`` prefixes the command
-        (``taskset -c 0``). With ``wait``, returns once healthy; a child that exits or
-        stays unhealthy for ``timeout`` seconds is stopped and the error raised.
+        (``taskset -c 0``). ``job`` marks a one-shot process whose exit status is kept.
+        With ``wait``, returns once healthy; a child that exits or stays unhealthy for
+        ``timeout`` seconds is stopped and the error raised.
         """
         self._started.setdefault(name, None)
         existing = self.running(name)
@@ -198,6 +280,10 @@ class Supervisor:
             service = self.service(existing)
         else:
             argv = [sys.executable, *args] if python else list(args)
+            launcher = list(launcher)
+            if job:
+                self._exit_path(name).unlink(missing_ok=True)
+                launcher = ["/bin/sh", "-c", _JOB_WRAPPER, str(self._exit_path(name)), *launcher]
             with open(self.log_path(name), "ab") as log:
                 proc = subprocess.Popen(
                     [*launcher, *argv],
@@ -209,7 +295,7 @@ class Supervisor:
                 )
             self._children[proc.pid] = proc
             record = ProcessRecord(name, argv, proc.pid, time.time(), health_url,
-                                   ports or {}, labels or {}, list(launcher))  # fmt: skip
+                                   ports or {}, labels or {}, launcher, job)  # fmt: skip
             tmp = self._record_path(name).with_suffix(".tmp")
             tmp.write_text(json.dumps(asdict(record), indent=2))
             tmp.replace(self._record_path(name))
@@ -253,15 +339,19 @@ class Supervisor:
         )
 
     def stop(self, name: str, timeout: float = 10.0) -> bool:
-        """SIGTERM the process group, SIGKILL after ``timeout``; removes the state file."""
+        """SIGTERM the process group, SIGKILL after ``timeout``; removes the state files."""
         record = self.running(name)
         if record is not None:
+            # The rest of its group (a job under its wrapper, a run's own subprocesses) is
+            # waited for too; other sessions it started (the operator's predictors) are not.
+            members = _group_members(record.pid)
             self._signal_group(record.pid, signal.SIGTERM)
             try:
-                self._wait_gone(record, timeout)
+                self._wait_gone(record, members, timeout)
             except TimeoutError:
                 self._signal_group(record.pid, signal.SIGKILL)
-                self._wait_gone(record, 5.0)
+                self._wait_gone(record, members, 5.0)
+        self._exit_path(name).unlink(missing_ok=True)
         self._record_path(name).unlink(missing_ok=True)
         return record is not None
 
@@ -275,9 +365,11 @@ class Supervisor:
             return self._children[pid].poll() is None
         return psutil.pid_exists(pid) and _live_cmdline(pid) is not None
 
-    def _wait_gone(self, record: ProcessRecord, timeout: float) -> None:
+    def _wait_gone(
+        self, record: ProcessRecord, members: list[psutil.Process], timeout: float
+    ) -> None:
         wait_until(
-            lambda: not self._alive(record.pid),
+            lambda: not self._alive(record.pid) and not any(map(_process_runs, members)),
             timeout=timeout,
             interval=0.05,
             what=f"{record.name} (pid {record.pid}) to exit",

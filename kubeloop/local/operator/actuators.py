@@ -159,6 +159,7 @@ class LocalRunSubmitter:
                 "--result", str((folder / "result.json").resolve()),
             ],
             labels={"run": run.run_name},
+            job=True,
         )  # fmt: skip
 
     def status(self, run_name: str) -> RunObservation:
