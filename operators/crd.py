@@ -85,6 +85,15 @@ class ApprovalMode(StrEnum):
     MANUAL = "Manual"
 
 
+class CheckName(StrEnum):
+    """The canary analysis' checks (``status.history[*].evidence.checks`` keys)."""
+
+    ERROR_RATE = "error_rate"
+    LATENCY_P99 = "latency_p99"
+    SCORE_DISTRIBUTION = "score_distribution"
+    LIVE_ACCURACY = "live_accuracy"
+
+
 class Analysis(_Model):
     """How a canary step is judged against the stable version (see docs/contracts.md metrics)."""
 
@@ -98,7 +107,11 @@ class Analysis(_Model):
         description="largest canary-minus-stable server error rate that still passes",
     )
     max_accuracy_drop: float = Field(
-        0.03, ge=0, le=1, description="largest stable-minus-canary live accuracy that still passes"
+        0.03,
+        gt=0,
+        le=1,
+        description="largest stable-minus-canary live accuracy that still passes; a canary "
+        "worse than stable with confidence 1 - alpha fails",
     )
     min_feedback: int = Field(
         100, ge=1, description="labelled predictions per version before live accuracy is judged"
@@ -117,6 +130,24 @@ class Analysis(_Model):
     latency_p99_slack_seconds: float = Field(
         0.01, ge=0, description="absolute p99 slack added to the relative tolerance"
     )
+    required_checks: list[CheckName] | None = Field(
+        None,
+        description="checks that must pass before a step, promotion or confirmation; a skipped "
+        "or inconclusive required check holds. Default: every check, live_accuracy whenever "
+        "labels flow for the stable version",
+    )
+    power: float = Field(
+        0.8,
+        ge=0.5,
+        lt=1,
+        description="power at which status.analysis estimates the time to detect an accuracy "
+        "drop of maxAccuracyDrop",
+    )
+
+
+class StepTimeoutAction(StrEnum):
+    ROLLBACK = "Rollback"
+    HOLD = "Hold"
 
 
 class Rollout(_Model):
@@ -128,7 +159,15 @@ class Rollout(_Model):
     )
     min_step_seconds: int = Field(60, ge=0, description="minimum time in each step")
     max_step_seconds: int = Field(
-        3600, ge=1, description="after this long without a verdict the rollout reports Stalled"
+        3600,
+        ge=1,
+        description="a step (or the watch after promotion, beyond its window) without a verdict "
+        "this long ends as onStepTimeout says",
+    )
+    on_step_timeout: StepTimeoutAction = Field(
+        StepTimeoutAction.ROLLBACK,
+        description="Rollback: a step that gathers no verdict by maxStepSeconds is rolled back; "
+        "Hold: it waits for `kubeloop rollout promote|rollback` (Stalled=True)",
     )
     analysis: Analysis = Analysis()
     approval: ApprovalMode = Field(
@@ -247,6 +286,34 @@ class RetrainingStatus(_Model):
     registered_version: str | None = None
 
 
+class AnalysisStatus(_Model):
+    """The evidence the current canary step or post-promotion watch is judged on."""
+
+    evidence_since: str | None = Field(
+        None,
+        description="start of the evidence window: the step's (or watch's) start, or the first "
+        "observed pass after a blind period (metrics or drift service unavailable, operator down)",
+    )
+    observed_seconds: float = Field(
+        0.0, ge=0, description="time of the step or watch window observed with evidence available"
+    )
+    last_observed_at: str | None = Field(
+        None, description="the last pass with evidence available (unset after a blind pass)"
+    )
+    blind_since: str | None = Field(
+        None, description="evidence unavailable since (metrics or drift service down)"
+    )
+    seconds_to_detect: float | None = Field(
+        None,
+        description="estimated time to detect an accuracy drop of maxAccuracyDrop at the "
+        "configured power, from the observed traffic and label rates (null: no labels flow)",
+    )
+    detectability: str = Field("", description="what seconds_to_detect means for this step")
+    warned: bool = Field(
+        False, description="a CannotDecideInTime warning was recorded for this window"
+    )
+
+
 class ModelDeploymentStatus(_Model):
     observed_generation: int = 0
     phase: str = "Pending"
@@ -258,6 +325,7 @@ class ModelDeploymentStatus(_Model):
     step_started_at: str | None = None
     promoted_at: str | None = None
     watch_baseline: dict[str, float] = Field(default_factory=dict)
+    analysis: AnalysisStatus = AnalysisStatus()
     rejected_versions: list[str] = Field(default_factory=list)
     drift_since: str | None = None
     drift: str = "None"

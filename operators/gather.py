@@ -62,14 +62,17 @@ def gather(
     ready: frozenset[str],
     watched: frozenset[str] | None,
     commands: dict[str, str],
+    max_pass_gap_seconds: float = 60.0,
 ) -> Observations:
     ok, reg_error, versions = registry_versions(registry, spec.model.name)
-    # The analysis window: the canary step, or the watch after a promotion. A stable
-    # version's metrics judge nothing, so they are read over a short fixed range rather
-    # than one growing since the deployment (increase() over days on every poll).
-    start = {Phase.CANARY: status.step_started_at, Phase.WATCHING: status.promoted_at}.get(
-        status.phase
-    )
+    # The analysis window: the canary step's or the watch's evidence (from its start, or
+    # from the first observed pass after a blind period). A stable version's metrics judge
+    # nothing, so they are read over a short fixed range rather than one growing since the
+    # deployment (increase() over days on every poll).
+    start = {
+        Phase.CANARY: status.analysis.evidence_since or status.step_started_at,
+        Phase.WATCHING: status.analysis.evidence_since or status.promoted_at,
+    }.get(status.phase)
     started = parse_time(start)
     window = (now - started).total_seconds() if started else 300.0
     snapshot = observer.version_metrics(spec.model.name, window)
@@ -110,4 +113,6 @@ def gather(
         ready_versions=ready,
         watched_versions=watched,
         commands=commands,
+        max_pass_gap_seconds=max_pass_gap_seconds,
+        min_window_seconds=observer.min_window,
     )

@@ -92,8 +92,13 @@ class ReconcileLoop:
     """The operator's loop over one ModelDeployment per call: the observer and the metrics
     it keeps across passes, shared by every resource a driver reconciles."""
 
-    def __init__(self, observer: PrometheusObserver, metrics: RolloutMetrics) -> None:
+    def __init__(
+        self, observer: PrometheusObserver, metrics: RolloutMetrics, *, poll_interval: float
+    ) -> None:
         self.observer, self.metrics = observer, metrics
+        # Passes further apart than this mean the operator was not running (a slow pass,
+        # e.g. one that starts a predictor, stays well inside it).
+        self.max_pass_gap = max(4.0 * poll_interval, 30.0)
 
     def run(
         self,
@@ -122,6 +127,7 @@ class ReconcileLoop:
             ready=actuators.ready_versions(known),
             watched=actuators.watched_versions() if status.stable_version else None,
             commands=commands,
+            max_pass_gap_seconds=self.max_pass_gap,
         )
         result = reconcile(name, spec, status, obs, generation=generation)
         for action in result.actions:

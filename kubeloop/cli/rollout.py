@@ -116,6 +116,17 @@ def status(
             c["type"], c["status"], c["reason"], c.get("message", ""), c["lastTransitionTime"]
         )
     console.print(conditions)
+    analysis = st.get("analysis") or {}
+    if st.get("phase") in (Phase.CANARY, Phase.WATCHING) and analysis:
+        seconds = analysis.get("secondsToDetect")
+        console.print(
+            f"evidence since {analysis.get('evidenceSince') or '-'}: "
+            f"{analysis.get('observedSeconds', 0):.0f}s observed"
+            + (f", blind since {analysis['blindSince']}" if analysis.get("blindSince") else "")
+        )
+        if analysis.get("detectability"):
+            when = f" (~{seconds:.0f}s)" if seconds is not None else ""
+            console.print(f"detectability{when}: {analysis['detectability']}")
     history = Table(title="recent decisions")
     for col in ("time", "decision", "version", "reason", "message"):
         history.add_column(col)

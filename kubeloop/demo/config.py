@@ -38,6 +38,10 @@ class LoopConfig:
     min_samples: int = 40
     min_feedback: int = 60
     min_step_seconds: int = 8
+    # A canary 3 accuracy points worse is caught at 25 % of 40 transactions/s in ~2-3 min
+    # (seconds_to_detect); a step with no verdict by then is rolled back.
+    max_accuracy_drop: float = 0.03
+    max_step_seconds: int = 240
     drift_duration_seconds: int = 3
     watch_window_seconds: int = 6
     poll_interval_seconds: float = 1.0

@@ -56,6 +56,7 @@ def deployment_manifest(config: LoopConfig, runtime: LocalRuntime, labelled: Pat
                 "steps": list(config.steps),
                 "minSamples": config.min_samples,
                 "minStepSeconds": config.min_step_seconds,
+                "maxStepSeconds": config.max_step_seconds,
                 "watchWindowSeconds": config.watch_window_seconds,
                 "analysis": {
                     # two shared cores: latency is noisy, judge it loosely
@@ -65,7 +66,7 @@ def deployment_manifest(config: LoopConfig, runtime: LocalRuntime, labelled: Pat
                     # a version retrained on shifted inputs (and here by another trainer than
                     # v1's pipeline) moves its scores by design; a broken one moves them more
                     "maxScoreShift": 0.5,
-                    "maxAccuracyDrop": 0.05,
+                    "maxAccuracyDrop": config.max_accuracy_drop,
                     "minFeedback": config.min_feedback,
                 },
             },

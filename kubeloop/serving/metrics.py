@@ -15,7 +15,13 @@ from prometheus_client import Counter, Histogram
 from kubeloop.serving.loopmetrics import LoopCounterFamily, LoopHistogramFamily
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+# Fine near 0 and 1, where most scores of a classifier pile up: the canary analysis can only
+# tell score distributions apart at the resolution of these edges.
+SCORE_BUCKETS = (
+    *(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05),
+    *(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    *(0.95, 0.975, 0.99, 0.995, 0.999, 1.0),
+)
 
 # Updated on every request from the predictor's event loop: lock-free families.
 INFERENCE_REQUESTS = LoopCounterFamily(

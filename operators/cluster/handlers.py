@@ -87,7 +87,9 @@ def reconcile_resource(
     actuators = ClusterActuators(
         deps, name, namespace, uid, parsed, registry, current.stable_version, now
     )
-    loop = ReconcileLoop(deps.observer, deps.metrics)
+    loop = ReconcileLoop(
+        deps.observer, deps.metrics, poll_interval=deps.settings.poll_interval_seconds
+    )
     commands = commands_from_annotations(annotations)
     result = loop.run(name, parsed, current, generation, now, commands, registry, actuators)
     # Explicit nulls: a merge patch must clear fields that became empty (candidateVersion).

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kubeloop.operators.crd import Analysis
+from kubeloop.operators.crd import Analysis, CheckName
 from kubeloop.operators.reconciler.stats import (
     CheckResult,
     Verdict,
     latency_p99,
     rate_increase,
     score_shift,
+    seconds_to_detect,
 )
 from kubeloop.operators.reconciler.types import VersionMetrics
 
@@ -26,6 +27,37 @@ class AnalysisResult:
         return {c.check: c.evidence() for c in self.checks}
 
 
+def required_checks(spec: Analysis, stable_labels: float) -> frozenset[str]:
+    """The checks a verdict needs: the spec's list, or every check by default, with live
+    accuracy whenever labels flow for the stable version."""
+    if spec.required_checks is not None:
+        return frozenset(str(c) for c in spec.required_checks)
+    required = {CheckName.ERROR_RATE, CheckName.LATENCY_P99, CheckName.SCORE_DISTRIBUTION}
+    if stable_labels > 0:
+        required.add(CheckName.LIVE_ACCURACY)
+    return frozenset(str(c) for c in required)
+
+
+def _live_accuracy(canary: VersionMetrics, stable: VersionMetrics, spec: Analysis) -> CheckResult:
+    if canary.feedback >= spec.min_feedback and stable.feedback >= spec.min_feedback:
+        return rate_increase(
+            CheckName.LIVE_ACCURACY,
+            canary.feedback_incorrect,
+            canary.feedback,
+            stable.feedback_incorrect,
+            stable.feedback,
+            tolerance=spec.max_accuracy_drop,
+            alpha=spec.alpha,
+            n_opt=spec.min_feedback,
+        )
+    return CheckResult(
+        CheckName.LIVE_ACCURACY,
+        Verdict.SKIPPED,
+        detail=f"labels for {int(canary.feedback)}/{int(stable.feedback)} predictions, "
+        f"{spec.min_feedback} needed for each",
+    )
+
+
 def analyse(
     canary: VersionMetrics,
     stable: VersionMetrics,
@@ -35,7 +67,8 @@ def analyse(
     elapsed_seconds: float,
     min_seconds: int,
 ) -> AnalysisResult:
-    """Judges one canary step. Below the minimum-sample gate the answer is always "hold"."""
+    """Judges one canary step on the evidence window. Below the minimum-sample gate, or
+    while a required check is skipped or inconclusive, the answer is "hold"."""
     counts = {"canary_requests": canary.requests, "stable_requests": stable.requests}
     if canary.requests < min_samples or stable.requests < min_samples:
         return AnalysisResult(
@@ -49,11 +82,11 @@ def analyse(
         return AnalysisResult(
             Verdict.INCONCLUSIVE,
             "StepTooYoung",
-            f"hold (not enough evidence): step running {elapsed_seconds:.0f}s of {min_seconds}s",
+            f"hold (not enough evidence): step observed {elapsed_seconds:.0f}s of {min_seconds}s",
         )
     checks = [
         rate_increase(
-            "error_rate",
+            CheckName.ERROR_RATE,
             canary.server_errors,
             canary.requests,
             stable.server_errors,
@@ -82,85 +115,113 @@ def analyse(
         )
     else:
         checks.append(
-            CheckResult("score_distribution", Verdict.INCONCLUSIVE, detail="no score histogram")
-        )
-    if canary.feedback >= spec.min_feedback and stable.feedback >= spec.min_feedback:
-        checks.append(
-            rate_increase(
-                "live_accuracy",
-                canary.feedback_incorrect,
-                canary.feedback,
-                stable.feedback_incorrect,
-                stable.feedback,
-                tolerance=spec.max_accuracy_drop,
-                alpha=spec.alpha,
-                n_opt=spec.min_feedback,
-            )
-        )
-    else:
-        checks.append(
             CheckResult(
-                "live_accuracy",
-                Verdict.SKIPPED,
-                detail=f"labels for {int(canary.feedback)}/{int(stable.feedback)} predictions, "
-                f"{spec.min_feedback} needed",
+                CheckName.SCORE_DISTRIBUTION, Verdict.INCONCLUSIVE, detail="no score histogram"
             )
         )
-    return combine(tuple(checks))
+    checks.append(_live_accuracy(canary, stable, spec))
+    return combine(tuple(checks), required_checks(spec, stable.feedback))
 
 
-def combine(checks: tuple[CheckResult, ...]) -> AnalysisResult:
+def combine(checks: tuple[CheckResult, ...], required: frozenset[str]) -> AnalysisResult:
+    """Any failed check fails; a required check that is skipped or inconclusive holds; the
+    verdict passes only when every required check passed."""
     failed = [c for c in checks if c.verdict == Verdict.FAIL]
     if failed:
         names = ", ".join(c.check for c in failed)
         return AnalysisResult(
             Verdict.FAIL, "AnalysisFailed", f"canary worse than stable on {names}", checks
         )
-    open_ = [c for c in checks if c.verdict == Verdict.INCONCLUSIVE]
+    passed = {str(c.check) for c in checks if c.verdict == Verdict.PASS}
+    open_ = sorted(required - passed)
     if open_:
-        names = ", ".join(c.check for c in open_)
-        return AnalysisResult(
-            Verdict.INCONCLUSIVE, "Inconclusive", f"hold (not enough evidence) on {names}", checks
+        details = "; ".join(
+            f"{c.check}: {c.detail or c.verdict}" for c in checks if str(c.check) in open_
         )
-    return AnalysisResult(Verdict.PASS, "AnalysisPassed", "every check passed", checks)
+        missing = [name for name in open_ if name not in {str(c.check) for c in checks}]
+        details = "; ".join(filter(None, [details, *(f"{m}: not measured" for m in missing)]))
+        return AnalysisResult(
+            Verdict.INCONCLUSIVE,
+            "Inconclusive",
+            f"hold (not enough evidence) on {', '.join(open_)} ({details})",
+            checks,
+        )
+    return AnalysisResult(
+        Verdict.PASS,
+        "AnalysisPassed",
+        f"every required check passed ({', '.join(sorted(required))})",
+        checks,
+    )
 
 
 def watch_check(
     promoted: VersionMetrics, baseline: dict[str, float], spec: Analysis, *, min_samples: int
 ) -> AnalysisResult:
-    """After promotion: the new stable against what the previous stable did in the last step."""
+    """After promotion: the new stable against what the previous stable did in the last step.
+    It passes only when every required check (error rate; live accuracy when labels flowed
+    for the previous stable) reached its minimum sample and passed."""
     if promoted.requests < min_samples or baseline.get("requests", 0) < min_samples:
         return AnalysisResult(
-            Verdict.INCONCLUSIVE, "NotEnoughEvidence", "watching: not enough evidence yet"
+            Verdict.INCONCLUSIVE,
+            "NotEnoughEvidence",
+            f"watching: {int(promoted.requests)} requests since the watch started, "
+            f"{min_samples} needed",
         )
-    checks = [
+    before = VersionMetrics(
+        requests=baseline["requests"],
+        server_errors=baseline.get("server_errors", 0.0),
+        feedback_correct=baseline.get("feedback", 0.0) - baseline.get("feedback_incorrect", 0.0),
+        feedback_incorrect=baseline.get("feedback_incorrect", 0.0),
+    )
+    checks = (
         rate_increase(
-            "error_rate",
+            CheckName.ERROR_RATE,
             promoted.server_errors,
             promoted.requests,
-            baseline.get("server_errors", 0.0),
-            baseline["requests"],
+            before.server_errors,
+            before.requests,
             tolerance=spec.max_error_rate_increase,
             alpha=spec.alpha,
             n_opt=min_samples,
-        )
-    ]
-    if promoted.feedback >= spec.min_feedback and baseline.get("feedback", 0) >= spec.min_feedback:
-        checks.append(
-            rate_increase(
-                "live_accuracy",
-                promoted.feedback_incorrect,
-                promoted.feedback,
-                baseline.get("feedback_incorrect", 0.0),
-                baseline["feedback"],
-                tolerance=spec.max_accuracy_drop,
-                alpha=spec.alpha,
-                n_opt=spec.min_feedback,
-            )
-        )
-    result = combine(tuple(checks))
+        ),
+        _live_accuracy(promoted, before, spec),
+    )
+    required = required_checks(spec, before.feedback) & {
+        CheckName.ERROR_RATE,
+        CheckName.LIVE_ACCURACY,
+    }
+    result = combine(checks, frozenset(str(c) for c in required))
     if result.verdict == Verdict.FAIL:
         return AnalysisResult(
             Verdict.FAIL, "PromotedVersionDegraded", result.message, result.checks
         )
     return result
+
+
+def detectability(
+    canary: VersionMetrics, stable: VersionMetrics, spec: Analysis, observed_seconds: float
+) -> tuple[float | None, str]:
+    """How long this step needs to catch an accuracy drop of ``maxAccuracyDrop`` at the
+    spec's power, from the traffic and label rates observed in the evidence window."""
+    if observed_seconds <= 0 or stable.requests <= 0 or stable.feedback <= 0:
+        return None, "no labels flow for the stable version: live accuracy is not judged"
+    # Labels arrive late: the share of requests labelled so far, per request, for both.
+    labelled = min(stable.feedback / stable.requests, 1.0)
+    canary_rate = canary.requests * labelled / observed_seconds
+    stable_rate = stable.requests * labelled / observed_seconds
+    if canary_rate <= 0:
+        return None, "no canary traffic yet"
+    seconds = seconds_to_detect(
+        drop=spec.max_accuracy_drop,
+        stable_rate=stable.feedback_incorrect / stable.feedback,
+        canary_per_second=canary_rate,
+        stable_per_second=stable_rate,
+        alpha=spec.alpha,
+        power=spec.power,
+        n_opt=spec.min_feedback,
+    )
+    drop = f"an accuracy drop of {spec.max_accuracy_drop:g}"
+    rates = f"{canary_rate:.1f} canary and {stable_rate:.1f} stable labels/s"
+    if seconds is None:
+        return None, f"{drop} cannot be detected at {rates}"
+    return seconds, f"{drop} is detected with power {spec.power:g} after ~{seconds:.0f}s at {rates}"

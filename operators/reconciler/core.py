@@ -8,18 +8,21 @@ state, a pipeline run has a deterministic name, the champion alias is a set).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from kubeloop.operators.crd import (
     HISTORY_LIMIT,
+    AnalysisStatus,
     ApprovalMode,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     RetrainingStatus,
+    StepTimeoutAction,
     VersionPolicy,
 )
 from kubeloop.operators.crd import Decision as HistoryEntry
-from kubeloop.operators.reconciler.analysis import analyse, watch_check
+from kubeloop.operators.reconciler.analysis import analyse, detectability, watch_check
 from kubeloop.operators.reconciler.conditions import set_condition
 from kubeloop.operators.reconciler.retraining import plan_retraining, track_run
 from kubeloop.operators.reconciler.stats import Verdict
@@ -32,6 +35,7 @@ from kubeloop.operators.reconciler.types import (
     RunState,
     SetChampion,
     SetTraffic,
+    VersionMetrics,
     WatchDrift,
     iso,
     parse_time,
@@ -214,9 +218,58 @@ def _start_canary(p: _Pass) -> None:
     p.s.step_index = 0
     p.s.canary_percent = p.spec.rollout.steps[0]
     p.s.step_started_at = p.now
+    _new_window(p)
     # Watched from its first pass, so its delayed labels feed the live-accuracy analysis.
     p.actions.append(WatchDrift(target))
     p.decide(Decision.CANARY, "NewCandidate", f"canary {target} at {p.s.canary_percent}%", target)
+
+
+# --- evidence windows --------------------------------------------------------------------
+def _new_window(p: _Pass) -> None:
+    """A canary step or a post-promotion watch starts: its evidence starts now."""
+    p.s.analysis = AnalysisStatus(
+        evidence_since=p.now, last_observed_at=p.now if _blind(p) is None else None
+    )
+
+
+def _blind(p: _Pass) -> tuple[str, str] | None:
+    """Why this pass cannot observe the evidence (reason, message), or None."""
+    if not p.obs.metrics_ok:
+        return "MetricsUnavailable", p.obs.metrics_error or "Prometheus unreachable"
+    if p.obs.watched_versions is None:
+        return "DriftServiceUnavailable", "the drift service (labels, detectors) is unreachable"
+    return None
+
+
+def _observe(p: _Pass, *, restart_time: bool) -> tuple[str, str] | None:
+    """Accounts this pass's time to the evidence window. Only time observed with evidence
+    available and the operator running counts: after a blind pass, or a gap between passes
+    longer than ``max_pass_gap_seconds`` (the operator was down), the window restarts (and,
+    with ``restart_time``, its observed time too). Returns ``(reason, message)`` when the
+    pass is blind or the window restarted in it (the metrics read cover the old window)."""
+    a = p.s.analysis
+    blind = _blind(p)
+    if blind is not None:
+        a.blind_since = a.blind_since or p.now
+        a.last_observed_at = None
+        return blind
+    last = parse_time(a.last_observed_at)
+    gap = (p.obs.now - last).total_seconds() if last else None
+    a.last_observed_at = p.now
+    if gap is not None and gap <= p.obs.max_pass_gap_seconds:
+        a.observed_seconds += max(gap, 0.0)
+        return None
+    cause = (
+        f"evidence was unavailable since {a.blind_since}"
+        if a.blind_since
+        else f"no pass for {gap:.0f}s (operator not running)"
+        if gap is not None
+        else "no observed pass yet"
+    )
+    a.evidence_since, a.blind_since = p.now, None
+    if restart_time:
+        a.observed_seconds = 0.0
+    return "EvidenceRestarted", f"{cause}; the evidence window restarts now"
 
 
 # --- canary ------------------------------------------------------------------------------
@@ -230,12 +283,15 @@ def _canary_step(p: _Pass) -> None:
     if cand not in p.obs.ready_versions:
         # Time in a step counts from when the candidate can take traffic.
         p.s.step_started_at = p.now
+        _new_window(p)
         p.progress = ("True", "CandidateNotReady", f"waiting for {cand} to become ready")
         return
-    if not p.obs.metrics_ok:
-        msg = f"hold: metrics unavailable ({p.obs.metrics_error or 'Prometheus unreachable'})"
-        p.progress = ("Unknown", "MetricsUnavailable", msg)
-        p.decide(Decision.HOLD, "MetricsUnavailable", msg, cand)
+    held = _observe(p, restart_time=True)
+    if held is not None:
+        reason, message = held
+        msg = f"hold: {message}"
+        p.progress = ("Unknown" if reason != "EvidenceRestarted" else "True", reason, msg)
+        p.decide(Decision.HOLD, reason, msg, cand)
         return
     if cand not in p.obs.versions or stable not in p.obs.versions:
         missing = [v for v in (cand, stable) if v not in p.obs.versions]
@@ -243,34 +299,44 @@ def _canary_step(p: _Pass) -> None:
         p.progress = ("Unknown", "MetricsMissing", msg)
         p.decide(Decision.HOLD, "MetricsMissing", msg, cand)
         return
-    elapsed = p.elapsed(p.s.step_started_at)
+    a = p.s.analysis
+    canary_m, stable_m = p.obs.versions[cand], p.obs.versions[stable]
     result = analyse(
-        p.obs.versions[cand],
-        p.obs.versions[stable],
+        canary_m,
+        stable_m,
         rollout.analysis,
         min_samples=rollout.min_samples,
-        elapsed_seconds=elapsed,
-        min_seconds=rollout.min_step_seconds,
+        elapsed_seconds=a.observed_seconds,
+        # The metrics' shortest range must not reach back before the evidence window.
+        min_seconds=max(rollout.min_step_seconds, int(math.ceil(p.obs.min_window_seconds))),
     )
-    evidence = {"step": p.s.canary_percent, "checks": result.evidence()}
+    a.seconds_to_detect, a.detectability = detectability(
+        canary_m, stable_m, rollout.analysis, a.observed_seconds
+    )
+    evidence = {
+        "step": p.s.canary_percent,
+        "observed_seconds": round(a.observed_seconds, 1),
+        "checks": result.evidence(),
+    }
     if result.verdict == Verdict.FAIL:
         _reject_candidate(p, result.reason, result.message, evidence)
         return
-    if result.verdict == Verdict.INCONCLUSIVE:
+    elapsed = p.elapsed(p.s.step_started_at)
+    timed_out = elapsed > rollout.max_step_seconds
+    if result.verdict == Verdict.INCONCLUSIVE or timed_out:
+        if timed_out:
+            _step_timed_out(p, elapsed, result.message, evidence)
+            return
         p.progress = ("True", result.reason, result.message)
         p.decide(Decision.HOLD, result.reason, result.message, cand, evidence)
-        if elapsed > rollout.max_step_seconds:
-            p.stalled = (
-                "True",
-                "StepTimedOut",
-                f"no verdict on {cand} after {elapsed:.0f}s at {p.s.canary_percent}%",
-            )
+        _warn_if_undecidable(p, stable_m)
         return
     next_index = p.s.step_index + 1
     if rollout.steps[next_index] < 100:
         p.s.step_index = next_index
         p.s.canary_percent = rollout.steps[next_index]
         p.s.step_started_at = p.now
+        _new_window(p)
         p.progress = ("True", "CanaryStep", f"canary {cand} at {p.s.canary_percent}%")
         p.decide(
             Decision.STEP,
@@ -286,6 +352,39 @@ def _canary_step(p: _Pass) -> None:
         p.decide(Decision.HOLD, "AwaitingApproval", msg, cand, evidence)
         return
     _promote(p, "AnalysisPassed", f"{cand} passed every step", evidence)
+
+
+def _step_timed_out(p: _Pass, elapsed: float, why: str, evidence: dict) -> None:
+    """No verdict by ``maxStepSeconds``: the spec's ``onStepTimeout`` decides."""
+    rollout = p.spec.rollout
+    cand = p.s.candidate_version
+    msg = f"no verdict on {cand} after {elapsed:.0f}s at {p.s.canary_percent}% ({why})"
+    if rollout.on_step_timeout == StepTimeoutAction.ROLLBACK:
+        _reject_candidate(p, "StepTimedOut", msg, evidence)
+        return
+    p.stalled = ("True", "StepTimedOut", msg)
+    waiting = f"{msg}; waiting for `kubeloop rollout promote|rollback {p.name}`"
+    p.progress = ("False", "StepTimedOut", waiting)
+    p.decide(Decision.HOLD, "StepTimedOut", waiting, cand, evidence)
+
+
+def _warn_if_undecidable(p: _Pass, stable: VersionMetrics) -> None:
+    """Once per evidence window: the configured analysis cannot reach a verdict on an
+    accuracy drop of the configured size before the step times out."""
+    a, rollout = p.s.analysis, p.spec.rollout
+    if a.warned or stable.feedback < rollout.analysis.min_feedback:
+        return
+    if a.seconds_to_detect is not None and a.seconds_to_detect <= rollout.max_step_seconds:
+        return
+    a.warned = True
+    msg = f"{a.detectability}; maxStepSeconds is {rollout.max_step_seconds}s"
+    p.decide(
+        Decision.HOLD,
+        "CannotDecideInTime",
+        msg,
+        p.s.candidate_version,
+        {"seconds_to_detect": a.seconds_to_detect, "step": p.s.canary_percent},
+    )
 
 
 def _promote(p: _Pass, reason: str, message: str, evidence: dict) -> None:
@@ -305,6 +404,7 @@ def _promote(p: _Pass, reason: str, message: str, evidence: dict) -> None:
     p.s.canary_percent, p.s.step_index = 0, 0
     p.s.promoted_at = p.s.step_started_at = p.now
     p.s.phase = WATCHING if p.spec.rollout.watch_window_seconds > 0 else STABLE
+    _new_window(p)
     p.s.drift_since, p.s.drift = None, "None"
     p.actions += [SetChampion(cand), WatchDrift(cand)]
     p.progress = ("True", "Watching", f"watching {cand} for {p.spec.rollout.watch_window_seconds}s")
@@ -335,23 +435,57 @@ def _rollback_promotion(p: _Pass, reason: str, message: str, evidence: dict) -> 
 
 
 def _watch(p: _Pass) -> None:
-    stable = p.s.stable_version
-    window = p.spec.rollout.watch_window_seconds
-    if p.elapsed(p.s.promoted_at) >= window:
-        p.s.phase = STABLE
-        p.decide(Decision.CONFIRM, "WatchWindowPassed", f"{stable} held up for {window}s", stable)
+    """After promotion: confirmed once the window was observed (time with evidence
+    available) and the required checks passed on the evidence window; rolled back when
+    the promoted version is worse than the previous stable was in its last step."""
+    stable, rollout = p.s.stable_version, p.spec.rollout
+    window = rollout.watch_window_seconds
+    a = p.s.analysis
+    held = _observe(p, restart_time=False)
+    observed = f"{a.observed_seconds:.0f}s of {window}s observed"
+    if held is not None:
+        reason, message = held
+        msg = f"watching {stable}: {message} ({observed})"
+        p.progress = ("Unknown" if reason != "EvidenceRestarted" else "True", reason, msg)
+        p.decide(Decision.HOLD, reason, msg, stable)
         return
-    p.progress = ("True", "Watching", f"watching {stable} after promotion")
-    if not p.obs.metrics_ok or stable not in p.obs.versions or not p.s.previous_version:
+    if stable not in p.obs.versions:
+        msg = f"watching {stable}: no metrics for it ({observed})"
+        p.progress = ("Unknown", "MetricsMissing", msg)
+        p.decide(Decision.HOLD, "MetricsMissing", msg, stable)
         return
     result = watch_check(
         p.obs.versions[stable],
         p.s.watch_baseline,
-        p.spec.rollout.analysis,
-        min_samples=p.spec.rollout.min_samples,
+        rollout.analysis,
+        min_samples=rollout.min_samples,
     )
+    evidence = {"observed_seconds": round(a.observed_seconds, 1), "checks": result.evidence()}
     if result.verdict == Verdict.FAIL:
-        _rollback_promotion(p, result.reason, result.message, {"checks": result.evidence()})
+        _rollback_promotion(p, result.reason, result.message, evidence)
+        return
+    if a.observed_seconds >= window and result.verdict == Verdict.PASS:
+        p.s.phase = STABLE
+        p.decide(
+            Decision.CONFIRM,
+            "WatchWindowPassed",
+            f"{stable} held up for {window}s observed",
+            stable,
+            evidence,
+        )
+        return
+    elapsed = p.elapsed(p.s.promoted_at)
+    if elapsed > window + rollout.max_step_seconds:
+        msg = f"no verdict on {stable} {elapsed:.0f}s after its promotion ({result.message})"
+        if rollout.on_step_timeout == StepTimeoutAction.ROLLBACK:
+            _rollback_promotion(p, "WatchTimedOut", msg, evidence)
+            return
+        p.stalled = ("True", "WatchTimedOut", msg)
+    p.progress = (
+        "True",
+        "Watching",
+        f"watching {stable} after promotion: {observed}; {result.message}",
+    )
 
 
 # --- serving and drift watches -----------------------------------------------------------

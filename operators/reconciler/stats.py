@@ -13,7 +13,12 @@ so the chance that any look ever gives a wrong verdict stays below ``alpha``:
   on the total-variation distance between the two versions' score distributions;
 * latency p99: a tolerance check, judged only past the minimum-sample gate.
 
-Each check answers pass, fail or inconclusive; inconclusive means "hold".
+Each check answers pass, fail or inconclusive; inconclusive means "hold". The rate checks
+are sequential tests with an indifference zone: *fail* once the canary is worse than
+stable with confidence ``1 - alpha``, *pass* once it is at most ``tolerance`` worse. A
+canary ``tolerance`` worse is rejected once the bound is narrower than ``tolerance``; an
+equal one passes then; either way a verdict comes once it is narrower than half of it.
+:func:`seconds_to_detect` turns that into the time a step needs at given traffic.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
+from statistics import NormalDist
 
 
 class Verdict(StrEnum):
@@ -84,8 +90,9 @@ def rate_increase(
 ) -> CheckResult:
     """Is the canary's event rate (errors, misclassifications) at most ``tolerance`` above stable's?
 
-    Fails when the whole confidence interval of canary-minus-stable lies above the
-    tolerance, passes when it lies at or below it, and is inconclusive otherwise.
+    Fails when the whole confidence interval of canary-minus-stable lies above zero (the
+    canary is worse), passes when it lies at or below the tolerance, and is inconclusive
+    otherwise.
     """
     if min(canary_events, canary_n, stable_events, stable_n) < 0:
         raise ValueError(f"{check}: counts must be non-negative")
@@ -100,13 +107,52 @@ def rate_increase(
         int(stable_n), _bernoulli_variance(stable_events, stable_n), alpha / 2, n_opt
     )
     lower, upper = diff - width, diff + width
-    if lower > tolerance:
+    if lower > 0:
         verdict = Verdict.FAIL
     elif upper <= tolerance:
         verdict = Verdict.PASS
     else:
         verdict = Verdict.INCONCLUSIVE
     return CheckResult(check, verdict, diff, lower, upper, tolerance)
+
+
+def seconds_to_detect(
+    *,
+    drop: float,
+    stable_rate: float,
+    canary_per_second: float,
+    stable_per_second: float,
+    alpha: float,
+    power: float,
+    n_opt: int,
+    horizon: float = 7 * 86400.0,
+) -> float | None:
+    """Seconds until :func:`rate_increase` fails, with probability ``power``, a canary whose
+    true event rate is ``drop`` above stable's, observing ``canary_per_second`` and
+    ``stable_per_second`` samples (labels) per second; ``None`` beyond ``horizon`` or with no
+    samples. Normal approximation of the estimate around its true value."""
+    if canary_per_second <= 0 or stable_per_second <= 0 or drop <= 0:
+        return None
+    p_s = min(max(stable_rate, 1e-4), 1.0 - 1e-4)
+    p_c = min(p_s + drop, 1.0 - 1e-4)
+    var_c, var_s = p_c * (1.0 - p_c), p_s * (1.0 - p_s)
+    z = NormalDist().inv_cdf(power)
+
+    def detected(t: float) -> bool:
+        n_c, n_s = canary_per_second * t, stable_per_second * t
+        if n_c < max(n_opt, 1) or n_s < max(n_opt, 1):  # below the minimum-sample gate
+            return False
+        width = asymptotic_cs_halfwidth(int(n_c), var_c, alpha / 2, n_opt)
+        width += asymptotic_cs_halfwidth(int(n_s), var_s, alpha / 2, n_opt)
+        return drop - width >= z * math.sqrt(var_c / n_c + var_s / n_s)
+
+    if not detected(horizon):
+        return None
+    lo, hi = 0.0, horizon
+    while hi - lo > max(0.01 * hi, 0.1):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if detected(mid) else (mid, hi)
+    return hi
 
 
 def bucket_counts(cumulative: Mapping[float, float]) -> list[float]:
@@ -122,10 +168,13 @@ def bucket_counts(cumulative: Mapping[float, float]) -> list[float]:
     return counts
 
 
-def _coarsen(a: Sequence[float], b: Sequence[float], min_share: float = 0.1) -> tuple[list, list]:
-    """Merges adjacent bins until each holds at least ``min_share`` of the pooled mass.
+def _coarsen(a: Sequence[float], b: Sequence[float], min_share: float = 0.05) -> tuple[list, list]:
+    """Merges adjacent bins until each holds at least ``min_share`` of the pooled mass
+    (quantile bins of the pooled distribution, at the histogram's resolution).
 
     Fewer bins tighten the multinomial bound; merging only loses resolution, never validity.
+    A remainder below ``min_share`` joins the last bin, unless that would leave one bin:
+    with one bin the distance is always 0, a check that cannot fail.
     """
     total = sum(a) + sum(b)
     out_a, out_b, acc_a, acc_b = [], [], 0.0, 0.0
@@ -136,11 +185,12 @@ def _coarsen(a: Sequence[float], b: Sequence[float], min_share: float = 0.1) -> 
             out_b.append(acc_b)
             acc_a = acc_b = 0.0
     if acc_a + acc_b > 0:
-        if out_a:
+        if len(out_a) >= 2:
             out_a[-1] += acc_a
             out_b[-1] += acc_b
         else:
-            out_a, out_b = [acc_a], [acc_b]
+            out_a.append(acc_a)
+            out_b.append(acc_b)
     return out_a, out_b
 
 
@@ -168,6 +218,13 @@ def score_shift(
     if na == 0 or nb == 0:
         return CheckResult(
             "score_distribution", Verdict.INCONCLUSIVE, threshold=tolerance, detail="no samples"
+        )
+    if len(a) < 2:
+        return CheckResult(
+            "score_distribution",
+            Verdict.INCONCLUSIVE,
+            threshold=tolerance,
+            detail="every score in one histogram bucket: the histogram cannot show a shift",
         )
     tv = 0.5 * sum(abs(x / na - y / nb) for x, y in zip(a, b, strict=True))
     width = 0.5 * (l1_halfwidth(na, len(a), alpha / 2) + l1_halfwidth(nb, len(b), alpha / 2))

@@ -103,6 +103,12 @@ class Observations:
     # service is unreachable). A restarted service has forgotten its watches.
     watched_versions: frozenset[str] | None = None
     commands: dict[str, str] = field(default_factory=dict)  # promote/rollback -> version
+    # A gap between two passes longer than this means the operator was not running: the
+    # time in between is not observed. The drivers derive it from their poll interval.
+    max_pass_gap_seconds: float = 60.0
+    # The shortest range the metrics queries use: a younger evidence window would count
+    # traffic from before it.
+    min_window_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.now.tzinfo is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from kubeloop.operators.crd import ModelDeploymentStatus, parse_spec
+from kubeloop.operators.crd import AnalysisStatus, ModelDeploymentStatus, parse_spec
 from kubeloop.operators.reconciler.core import WATCH_SLACK_SECONDS, drift_evidence, reconcile
 from kubeloop.operators.reconciler.types import (
     Observations,
@@ -59,6 +59,8 @@ def obs(
         drift_detail={"detectors": {"prediction": float(bool(drift))}} if drift is not None else {},
         drift_version=version,
         drift_reset_age_seconds=age,
+        watched_versions=frozenset({"v1", "v2"}),
+        max_pass_gap_seconds=1e6,
     )
 
 
@@ -135,6 +137,10 @@ def canary_v2(sp) -> ModelDeploymentStatus:
             "candidate_version": "v2",
             "canary_percent": 50,
             "step_started_at": iso(T0 + timedelta(seconds=60)),
+            "analysis": AnalysisStatus(
+                evidence_since=iso(T0 + timedelta(seconds=60)),
+                last_observed_at=iso(T0 + timedelta(seconds=60)),
+            ),
             "drift": "Sustained",
             "drift_since": iso(T0 + timedelta(seconds=10)),
         }  # fmt: skip

@@ -127,7 +127,9 @@ class LocalOperator:
             timeout=settings.prometheus_timeout_seconds,
             min_window_seconds=settings.min_window_seconds,
         )
-        self.loop = ReconcileLoop(self.observer, self.metrics)
+        self.loop = ReconcileLoop(
+            self.observer, self.metrics, poll_interval=settings.poll_interval_seconds
+        )
         self.now = now
         self.http = httpx.Client(timeout=10)
         self.drift = DriftServiceClient(settings.drift_service_url, http=self.http)
