@@ -133,7 +133,7 @@ class ReconcileLoop:
         for action in result.actions:
             dispatch(action, actuators)
             if isinstance(action, RecordDecision):
-                self.metrics.record(name, action.decision)
+                self.metrics.record(name, action.decision, action.reason)
         self.metrics.canary_percent.labels(name).set(result.status.canary_percent)
         return result
 

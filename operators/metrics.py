@@ -10,8 +10,8 @@ class RolloutMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.decisions = Counter(
             "kubeloop_rollout_decisions_total",
-            "Rollout decisions by ModelDeployment and decision.",
-            ["deployment", "decision"],
+            "Rollout decisions by ModelDeployment, decision and reason (e.g. hold StepTimedOut).",
+            ["deployment", "decision", "reason"],
             registry=registry,
         )
         self.canary_percent = Gauge(
@@ -27,8 +27,8 @@ class RolloutMetrics:
             registry=registry,
         )
 
-    def record(self, deployment: str, decision: Decision) -> None:
-        self.decisions.labels(deployment, str(decision)).inc()
+    def record(self, deployment: str, decision: Decision, reason: str) -> None:
+        self.decisions.labels(deployment, str(decision), reason).inc()
         outcome = {
             Decision.RETRAIN: "submitted",
             Decision.RETRAINED: "succeeded",

@@ -54,11 +54,15 @@ def bench_core(n: int = 2000) -> dict:
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     reg = (RegistryVersion("v1", True), RegistryVersion("v2", True))
     ready = frozenset({"v1", "v2"})
+    # v1 deployed first, then v2 registered: its canary is the step judged below.
     status = reconcile(
-        "fd", spec, None, Observations(now=t0, registry_versions=reg, ready_versions=ready)
+        "fd", spec, None, Observations(now=t0, registry_versions=reg[:1], ready_versions=ready)
     ).status
     status = reconcile(
-        "fd", spec, status, Observations(now=t0, registry_versions=reg, ready_versions=ready)
+        "fd",
+        spec,
+        status,
+        Observations(now=t0, registry_versions=reg, ready_versions=ready, watched_versions=ready),
     ).status
     buckets = {round(0.05 * i, 2): 5000 * min(1.0, 0.7 + 0.015 * i) for i in range(1, 21)}
     metrics = VersionMetrics(5000, 3, 0.02, buckets, 400, 20)
@@ -68,6 +72,9 @@ def bench_core(n: int = 2000) -> dict:
         registry_versions=reg,
         ready_versions=ready,
         drift_detected=False,
+        watched_versions=ready,
+        # one pass 600 s into the step, judged on its evidence (not an operator outage)
+        max_pass_gap_seconds=1e6,
     )
     times = []
     for _ in range(n):

@@ -389,8 +389,9 @@ def test_cluster_pass_sends_exact_creates_patches_runs_and_events(api, prometheu
     def sample(name, **labels):
         return prom_registry.get_sample_value(name, {"deployment": "fraud-detector", **labels})
 
-    assert sample("kubeloop_rollout_decisions_total", decision="retrain") == 1
-    assert sample("kubeloop_rollout_decisions_total", decision="rollback") == 1
+    decided = "kubeloop_rollout_decisions_total"
+    assert sample(decided, decision="retrain", reason="DriftSustained") == 1
+    assert sample(decided, decision="rollback", reason="ManualRollback") == 1
     assert sample("kubeloop_retraining_runs_total", outcome="submitted") == 1
     assert sample("kubeloop_retraining_runs_total", outcome="succeeded") == 1
     assert sample("kubeloop_rollout_canary_percent") == 0
