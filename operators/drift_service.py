@@ -1,5 +1,9 @@
 """The drift service's admin API as both drivers use it: ``POST /v1/watch`` and the watched
-list of ``GET /v1/status`` (docs/contracts.md)."""
+list of ``GET /v1/status`` (docs/contracts.md).
+
+Watching is asynchronous on the service's side (it answers 202 and arms the detectors in
+the background), so a watch costs the operator's pass one short request; a version being
+armed counts as watched, so the pass does not ask for it again."""
 
 from __future__ import annotations
 
@@ -13,6 +17,12 @@ log = logging.getLogger(__name__)
 # How long one answer of /v1/status stands for the watched set: the loop asks every pass,
 # the local one about twice a second, and a restart is noticed within this long.
 STATUS_TTL_SECONDS = 10.0
+# The service answers a watch once it has read the version's reference sample from the
+# registry; arming the detectors (seconds to minutes) happens after the answer.
+WATCH_TIMEOUT_SECONDS = 3.0
+STATUS_TIMEOUT_SECONDS = 3.0
+# States of a watched version that need no new watch; "failed" does (the next pass retries).
+WATCHING_STATES = frozenset({"arming", "armed"})
 
 
 class DriftServiceClient:
@@ -33,14 +43,21 @@ class DriftServiceClient:
         self._checked_at = -float("inf")
         self._watched: set[tuple[str, str]] | None = None
 
-    def watch(self, model: str, version: str, registry_uri: str) -> bool:
-        """True when the service took the watch; a failure is logged and retried by the
-        next pass (the version still shows as not watched)."""
+    def watch(self, model: str, version: str, registry_uri: str, *, reset: bool = False) -> bool:
+        """True when the service took the watch (it arms the detectors in the background);
+        a failure is logged and retried by the next pass (the version still shows as not
+        watched). A version armed or being armed on the same reference is left as it is,
+        unless ``reset`` asks for fresh detectors."""
         try:
             response = self.http.post(
                 f"{self.url}/v1/watch",
-                json={"model": model, "version": version, "registry_uri": registry_uri},
-                timeout=10,
+                json={
+                    "model": model,
+                    "version": version,
+                    "registry_uri": registry_uri,
+                    "reset": reset,
+                },
+                timeout=WATCH_TIMEOUT_SECONDS,
             )
         except httpx.HTTPError as exc:
             log.warning("drift service at %s did not take %s/%s: %s", self.url, model, version, exc)
@@ -59,15 +76,24 @@ class DriftServiceClient:
         return True
 
     def watched(self, model: str) -> frozenset[str] | None:
-        """The versions of ``model`` watched now; None when the service cannot say (it is
-        down, or answers without a watched list)."""
+        """The versions of ``model`` watched now, being armed included (a failed arming is
+        not: it is asked again); None when the service cannot say (it is down, or answers
+        without a watched list)."""
         now = self.clock()
         if now - self._checked_at >= self.ttl:
             self._checked_at = now
             try:
-                body = self.http.get(f"{self.url}/v1/status", timeout=5).raise_for_status().json()
-                self._watched = {(w["model"], w["version"]) for w in body["watched"]}
-            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                body = (
+                    self.http.get(f"{self.url}/v1/status", timeout=STATUS_TIMEOUT_SECONDS)
+                    .raise_for_status()
+                    .json()
+                )
+                self._watched = {
+                    (w["model"], w["version"])
+                    for w in body["watched"]
+                    if w.get("state", "armed") in WATCHING_STATES
+                }
+            except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
                 log.debug("drift service status at %s unavailable: %s", self.url, exc)
                 self._watched = None
         if self._watched is None:

@@ -69,7 +69,11 @@ class SharedActuators:
         self.registry.set_alias(self.model, "champion", version)
 
     def watch_drift(self, version: str) -> None:
-        self.drift.watch(self.model, version, self.registry.uri)
+        # The core asks for a watch when a version takes over or its canary starts (its
+        # detectors must start then: drift evidence counts from the reset after promotion)
+        # and when the service does not watch it (arming counts as watched), so every
+        # WatchDrift resets; the service does not restart an arming of the same reference.
+        self.drift.watch(self.model, version, self.registry.uri, reset=True)
 
     def watched_versions(self) -> frozenset[str] | None:
         return self.drift.watched(self.model)

@@ -113,7 +113,23 @@ class ServiceSettings:
     detectors: DetectorSettings = field(default_factory=DetectorSettings)
     pending_limit: int = 50_000  # requests waiting for their response
     feedback_limit: int = 200_000  # answered requests kept for delayed labels
+    # Versions tracked from their events before anyone watches them (an LRU), and the rows
+    # of instances and of labels each version holds for its detectors until they are armed.
+    unwatched_limit: int = 8
+    backlog_rows: int = 20_000
+    absent_ttl_seconds: float = 5.0  # how long "not in the registry" stands for a version
     allow_bsl_alibi: bool = False  # newer alibi-detect releases are Business Source licensed
+
+    def __post_init__(self) -> None:
+        checks = {
+            "unwatched_limit": self.unwatched_limit >= 1,
+            "backlog_rows": self.backlog_rows >= 0,
+            "absent_ttl_seconds": math.isfinite(self.absent_ttl_seconds)
+            and self.absent_ttl_seconds >= 0,
+        }
+        if bad := [name for name, ok in checks.items() if not ok]:
+            values = ", ".join(f"{n}={clip(getattr(self, n))}" for n in bad)
+            raise DriftConfigError(f"invalid drift service setting(s): {values}")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> ServiceSettings:
@@ -132,6 +148,10 @@ class ServiceSettings:
                 "allow_bsl_alibi", env.get(ENV_PREFIX + "ALLOW_BSL_ALIBI", "false"), bool
             ),
         }
+        for name, kind in (("unwatched_limit", int), ("backlog_rows", int),
+                           ("absent_ttl_seconds", float)):  # fmt: skip
+            if (raw := env.get(ENV_PREFIX + name.upper())) is not None:
+                values[name] = _coerce(name, raw, kind)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from kubeloop.contracts.payload_events import WORKER_DOWN
 from kubeloop.drift.events import EventRejected
+from kubeloop.drift.versions import LookUp
 from kubeloop.drift.worker import WorkerDown
 
 
@@ -28,8 +29,13 @@ class PayloadEventsFastPath:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        body = b"".join(chunks)
         try:
-            status, payload = 202, self.service.handle_event(headers, b"".join(chunks))
+            try:
+                status, payload = 202, self.service.handle_event(headers, body)
+            except LookUp as new:  # a version's first event: the registry is asked once
+                await self.service.look_up(new.key)
+                status, payload = 202, self.service.handle_event(headers, body, look_up=False)
         except EventRejected as exc:
             self.service.metrics.rejected.labels(reason=exc.reason).inc()
             status, payload = exc.status, {"error": str(exc), "reason": exc.reason}

@@ -50,7 +50,7 @@ class DriftMetrics:
         )
         self.feedback = Counter(
             "kubeloop_feedback",
-            "Labelled instances by outcome",
+            "Labelled instances by outcome, counted on arrival (before the detectors are armed too)",
             (*VERSION_LABELS, "outcome"),
             registry=r,
         )
@@ -70,7 +70,8 @@ class DriftMetrics:
             self.rejected.labels(reason=reason)
         self.dropped = Counter(
             "kubeloop_drift_dropped",
-            "Paired instances and labels dropped because the detector queue was full",
+            "Paired instances and labels the detectors never read: the detector queue or the "
+            "backlog of a version not armed yet was full",
             VERSION_LABELS,
             registry=r,
         )
@@ -86,34 +87,47 @@ class DriftMetrics:
         for kind in ("update", "exit"):
             self.worker_errors.labels(kind=kind)
 
-    def watch(self, model: str, version: str, reset_at: float) -> None:
-        """(Re)creates the version's series, so a new watch starts from zero."""
-        self.forget(model, version)
+    def track(self, model: str, version: str) -> None:
+        """Creates the version's counters at zero when the service starts tracking it, so
+        ``increase()`` counts its first labels too."""
         labels = {"model": model, "version": version}
-        self.since_reset.labels(**labels).set_function(lambda: time.time() - reset_at)
-        self.samples.labels(**labels)
         self.dropped.labels(**labels)
         for outcome in ("correct", "incorrect"):
             self.feedback.labels(**labels, outcome=outcome)
 
-    def forget(self, model: str, version: str) -> None:
-        for metric in (self.statistic, self.threshold, self.detected, self.since_reset, self.samples,
-                       self.feedback, self.accuracy, self.roc_auc, self.dropped):  # fmt: skip
+    def label(self, model: str, version: str, correct: int, incorrect: int) -> None:
+        """Labels accepted for the version, counted when they arrive (armed or not)."""
+        if correct:
+            self.feedback.labels(model=model, version=version, outcome="correct").inc(correct)
+        if incorrect:
+            self.feedback.labels(model=model, version=version, outcome="incorrect").inc(incorrect)
+
+    def watch(self, model: str, version: str, reset_at: float) -> None:
+        """(Re)creates the version's detector series once its detectors are armed, so a new
+        watch starts from zero; labels and drops keep counting across watches."""
+        self.forget(model, version)
+        labels = {"model": model, "version": version}
+        self.since_reset.labels(**labels).set_function(lambda: time.time() - reset_at)
+        self.samples.labels(**labels)
+        self.track(model, version)
+
+    def forget(self, model: str, version: str, *, counters: bool = False) -> None:
+        """Removes the version's detector series; with ``counters`` also its label and drop
+        counts (a version no longer tracked)."""
+        metrics = [self.statistic, self.threshold, self.detected, self.since_reset, self.samples,
+                   self.accuracy, self.roc_auc]  # fmt: skip
+        if counters:
+            metrics += [self.feedback, self.dropped]
+        for metric in metrics:
             for key in list(metric._metrics):  # noqa: SLF001 (prometheus_client has no prefix removal)
                 if key[:2] == (model, version):
                     metric.remove(*key)
 
-    def publish(
-        self, snapshot: dict[str, Any], new_samples: int = 0, correct: int = 0, incorrect: int = 0
-    ) -> None:
-        """Counts and gauges of one version from its worker snapshot."""
+    def publish(self, snapshot: dict[str, Any], new_samples: int = 0) -> None:
+        """Detector counts and gauges of one armed version from its worker snapshot."""
         labels = {"model": snapshot["model"], "version": snapshot["version"]}
         if new_samples:
             self.samples.labels(**labels).inc(new_samples)
-        if correct:
-            self.feedback.labels(**labels, outcome="correct").inc(correct)
-        if incorrect:
-            self.feedback.labels(**labels, outcome="incorrect").inc(incorrect)
         if (acc := snapshot.get("live_accuracy")) is not None:
             self.accuracy.labels(**labels).set(acc)
         if (auc := snapshot.get("live_roc_auc")) is not None:

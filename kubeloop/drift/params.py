@@ -22,13 +22,14 @@ class BadRequest(ValueError):
     """A request the service refuses with a 4xx; the message names the parameter."""
 
 
-def wait_timeout(params: Any) -> float | None:
-    """``GET /v1/status`` query: None (answer now) or seconds to wait for an idle queue."""
+def wait_timeout(params: Any, until: str = "idle") -> float | None:
+    """``GET /v1/status?wait=idle`` (``until="idle"``) and ``POST /v1/watch?wait=armed``
+    (``until="armed"``) queries: None (answer now) or seconds to wait at most."""
     wait = params.get("wait")
     if wait is None:
         return None
-    if wait != "idle":
-        raise BadRequest(f"query parameter 'wait' must be 'idle', got {clip(wait)}")
+    if wait != until:
+        raise BadRequest(f"query parameter 'wait' must be {until!r}, got {clip(wait)}")
     raw = params.get("timeout", "30")
     try:
         timeout = float(raw)
@@ -41,8 +42,8 @@ def wait_timeout(params: Any) -> float | None:
     return timeout
 
 
-def watch_request(body: Any) -> tuple[str, str, str | None, dict | None]:
-    """``POST /v1/watch`` body → (model, version, registry_uri, detector overrides)."""
+def watch_request(body: Any) -> tuple[str, str, str | None, dict | None, bool]:
+    """``POST /v1/watch`` body → (model, version, registry_uri, detector overrides, reset)."""
     if not isinstance(body, dict):
         raise BadRequest("watch body must be a JSON object")
     model, version = body.get("model"), body.get("version")
@@ -64,4 +65,7 @@ def watch_request(body: Any) -> tuple[str, str, str | None, dict | None]:
     detectors = body.get("detectors")
     if detectors is not None and not isinstance(detectors, dict):
         raise BadRequest("'detectors' must be an object of detector settings")
-    return model, version, registry_uri, detectors
+    reset = body.get("reset", False)
+    if not isinstance(reset, bool):
+        raise BadRequest(f"'reset' must be true or false, got {clip(reset)}")
+    return model, version, registry_uri, detectors, reset

@@ -158,6 +158,7 @@ class TrackedVersion:
             "version": self.version,
             "state": self.state,
             "state_seconds": round(now - self.since, 3),
+            "attempt": self.attempt,  # armings started (each builds fresh detectors)
             "backlog": self.backlog.view(),
         }
         if self.state == ARMED and self.snapshot is not None:

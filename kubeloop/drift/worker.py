@@ -52,7 +52,7 @@ class _Worker:
         self.inbox, self.outbox = inbox, outbox
         self.monitors: dict[int, Any] = {}
         self.build_lock = threading.Lock()  # one set-up at a time: it is CPU-bound
-        self.pending: dict[int, list[int]] = {}  # mon_id -> [samples, correct, incorrect]
+        self.pending: dict[int, int] = {}  # mon_id -> instances observed since the last update
         self.last_publish = 0.0
 
     def build(self, req: int, mon_id: int, reference: Any, settings: Any, cache_dir: Any) -> None:
@@ -73,16 +73,13 @@ class _Worker:
             mon = self.monitors.get(mon_id)
             if mon is None:  # forgotten (watched again) while the batch was queued
                 continue
-            counts = self.pending.setdefault(mon_id, [0, 0, 0])
+            self.pending.setdefault(mon_id, 0)
             try:
                 if instances:
                     mon.observe(instances, scores)
-                    counts[0] += len(instances)
+                    self.pending[mon_id] += len(instances)
                 if labels:
                     mon.feedback(labels, fb_scores, preds)
-                    incorrect = sum(int(p != y) for p, y in zip(preds, labels, strict=True))
-                    counts[1] += len(labels) - incorrect
-                    counts[2] += incorrect
             except Exception:  # a detector bug must not stop monitoring of every model
                 log.exception("detector update of %s/%s failed", mon.model, mon.version)
                 failed += 1
@@ -90,11 +87,10 @@ class _Worker:
 
     def updates(self) -> list[dict[str, Any]]:
         out = []
-        for mon_id, (samples, correct, incorrect) in self.pending.items():
+        for mon_id, samples in self.pending.items():
             mon = self.monitors.get(mon_id)
             if mon is not None:
-                out.append({"id": mon_id, "samples": samples, "correct": correct,
-                            "incorrect": incorrect, "snapshot": mon.snapshot()})  # fmt: skip
+                out.append({"id": mon_id, "samples": samples, "snapshot": mon.snapshot()})
         self.pending.clear()
         self.last_publish = time.monotonic()
         return out

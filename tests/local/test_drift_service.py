@@ -96,6 +96,17 @@ def send(client, frame, version="v1", start=0, n=50):
     return ids
 
 
+def watch(client, version="v1", **body) -> dict:
+    """Watches ``version`` afresh (``reset``) and waits until its detectors are armed."""
+    r = client.post(
+        "/v1/watch",
+        params={"wait": "armed", "timeout": "120"},
+        json={"model": MODEL, "version": version, "detectors": FAST, "reset": True, **body},
+    )
+    assert r.status_code == 200 and r.json()["state"] == "armed", r.text
+    return r.json()
+
+
 def status(client, version="v1"):
     st = client.get("/v1/status", params={"wait": "idle"}).json()
     return next(w for w in st["watched"] if w["version"] == version)
@@ -111,18 +122,14 @@ def rejected(client) -> dict[str, float]:
 
 
 def test_watch_builds_detectors_and_caches_thresholds(client, supervisor, registry, work):
-    r = client.post("/v1/watch", json={"model": MODEL, "version": "v1", "detectors": FAST})
-    assert r.status_code == 200, r.text
-    first = r.json()["detectors"]
+    first = watch(client)["detectors"]
     assert set(first) == {"mmd", "cvm", "fet", "prediction", "error_rate"}
     # A second process with the same cache directory loads every threshold table instead.
     with (
         start(supervisor, registry, work, name="drift-2") as other,
         httpx.Client(base_url=other.url, timeout=120) as c2,
     ):
-        again = c2.post(
-            "/v1/watch", json={"model": MODEL, "version": "v1", "detectors": FAST}
-        ).json()["detectors"]
+        again = watch(c2)["detectors"]
     assert all(d["cache_hit"] for d in again.values()), again
     assert sum(d["setup_seconds"] for d in again.values()) < sum(
         d["setup_seconds"] for d in first.values()
@@ -131,9 +138,7 @@ def test_watch_builds_detectors_and_caches_thresholds(client, supervisor, regist
 
 
 def test_events_feedback_and_metrics(client, reference):
-    client.post(
-        "/v1/watch", json={"model": MODEL, "version": "v1", "detectors": FAST}
-    ).raise_for_status()
+    watch(client, "v1")
     ids = send(client, reference, n=80)
     st = status(client)
     assert st["samples"] == 80
@@ -156,9 +161,7 @@ def test_events_feedback_and_metrics(client, reference):
 
 
 def test_structured_mode_is_accepted(client, reference):
-    client.post(
-        "/v1/watch", json={"model": MODEL, "version": "v1", "detectors": FAST}
-    ).raise_for_status()
+    watch(client, "v1")
     row = reference.iloc[0]
     inst = {k: row[k].item() if hasattr(row[k], "item") else row[k] for k in features(reference)}
     ext = {"inferenceservicename": MODEL, "modelversion": "v1", "endpoint": "default"}
@@ -174,9 +177,7 @@ def test_structured_mode_is_accepted(client, reference):
 
 
 def test_bad_input_is_rejected_with_a_reason_and_state_is_kept(client, reference):
-    client.post(
-        "/v1/watch", json={"model": MODEL, "version": "v1", "detectors": FAST}
-    ).raise_for_status()
+    watch(client, "v1")
     send(client, reference, n=5)
     before_samples, before = status(client)["samples"], rejected(client)
     row = reference.iloc[0]
@@ -234,9 +235,7 @@ def test_bad_input_is_rejected_with_a_reason_and_state_is_kept(client, reference
 
 
 def test_drift_is_flagged_and_a_new_watch_resets(client, reference):
-    client.post(
-        "/v1/watch", json={"model": MODEL, "version": "v1", "detectors": FAST}
-    ).raise_for_status()
+    watch(client, "v1")
     shifted = reference.copy()
     shifted["amount"] *= 6.0
     shifted["distance_from_home_km"] += 400.0
@@ -256,9 +255,7 @@ def test_drift_is_flagged_and_a_new_watch_resets(client, reference):
         report["drift"] and by_feature["amount"]["drift"] and by_feature["amount"]["q_value"] < 0.05
     )
     # Watching again (as for a retrained version) starts from a clean slate.
-    client.post(
-        "/v1/watch", json={"model": MODEL, "version": "v1", "detectors": FAST}
-    ).raise_for_status()
+    watch(client, "v1")
     st = status(client)
     assert st["samples"] == 0 and not any(d["detected"] for d in st["detectors"].values())
     assert (
@@ -269,9 +266,7 @@ def test_drift_is_flagged_and_a_new_watch_resets(client, reference):
 
 def test_two_versions_are_watched_independently(client, reference):
     for v in ("v1", "v2"):
-        client.post(
-            "/v1/watch", json={"model": MODEL, "version": v, "detectors": FAST}
-        ).raise_for_status()
+        watch(client, v)
     send(client, reference, version="v2", n=10)
     assert status(client, "v2")["samples"] == 10 and status(client, "v1")["samples"] == 0
 
@@ -300,9 +295,7 @@ def test_a_crashed_detector_worker_is_reported_and_shutdown_is_clean(
         start(supervisor, registry, work, name="drift-crash") as svc,
         httpx.Client(base_url=svc.url, timeout=120) as c,
     ):
-        c.post(
-            "/v1/watch", json={"model": MODEL, "version": "v1", "detectors": FAST}
-        ).raise_for_status()
+        watch(c, "v1")
         send(c, reference, n=5)
         worker = c.get("/v1/status", params={"wait": "idle"}).json()["worker"]
         assert worker["alive"] and worker["pid"] != svc.pid

@@ -257,6 +257,7 @@ def test_numbers_past_float_range_and_deep_nesting_are_refused_not_crashed():
         ({"wait": "idle", "timeout": "-1"}, "timeout"),
         ({"wait": "idle", "timeout": "1e9"}, "timeout"),
         ({"wait": "busy"}, "wait"),
+        ({"wait": "armed"}, "wait"),
     ],
 )
 def test_status_query_parameters(query, expected):
@@ -268,11 +269,32 @@ def test_status_query_parameters(query, expected):
 
 
 @pytest.mark.parametrize(
+    ("query", "expected"),
+    [({}, None), ({"wait": "armed", "timeout": "5"}, 5.0), ({"wait": "idle"}, "wait")],
+)
+def test_watch_query_parameters(query, expected):
+    if expected is None or isinstance(expected, float):
+        assert wait_timeout(query, "armed") == expected
+    else:
+        with pytest.raises(BadRequest, match=f"'{expected}'"):
+            wait_timeout(query, "armed")
+
+
+@pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ({"model": "m", "version": "v1"}, ("m", "v1", None, None)),
-        ({"model": "m", "version": 3, "detectors": {"ert": 100}}, ("m", "3", None, {"ert": 100})),
-        ({"model": "m", "version": "latest", "registry_uri": "/r"}, ("m", "latest", "/r", None)),
+        ({"model": "m", "version": "v1"}, ("m", "v1", None, None, False)),
+        (
+            {"model": "m", "version": 3, "detectors": {"ert": 100}},
+            ("m", "3", None, {"ert": 100}, False),
+        ),
+        (
+            {"model": "m", "version": "latest", "registry_uri": "/r"},
+            ("m", "latest", "/r", None, False),
+        ),
+        ({"model": "m", "version": "v2", "reset": True}, ("m", "v2", None, None, True)),
+        ({"model": "m", "version": "v2", "reset": "yes"}, "reset"),
+        ({"model": "m", "version": "v2", "reset": 1}, "reset"),
         ([], "object"),
         ({"model": "../etc", "version": "v1"}, "model"),
         ({"model": "m", "version": "v1/../../x"}, "version"),
