@@ -88,8 +88,9 @@ class DriftService:
         )
         self._by_id: dict[int, TrackedVersion] = {}  # the worker's monitor id -> its version
         self._next_id = 0
-        self.pending: OrderedDict[str, tuple[TrackedVersion, list[dict[str, Any]]]] = OrderedDict()
-        self.answered: OrderedDict[str, tuple[TrackedVersion, list[float] | None, list[int]]] = (
+        # By request id: the version's (key, serial) and what pairing and labels need.
+        self.pending: OrderedDict[str, tuple[tuple, int, list[dict[str, Any]]]] = OrderedDict()
+        self.answered: OrderedDict[str, tuple[tuple, int, list[float] | None, list[int]]] = (
             OrderedDict()
         )
         self.enqueued = 0
@@ -117,6 +118,9 @@ class DriftService:
             return f"the registry has no such version ({clip(str(exc))})"
         except ReferenceError as exc:
             return f"it has no usable reference sample ({clip(str(exc))})"
+        except Exception as exc:  # an unreadable sample; the registry itself failing
+            log.warning("looking up %s/%s failed: %s", *key, exc)
+            return f"its reference sample could not be read ({clip(str(exc))})"
 
     async def look_up(self, key: tuple[str, str]) -> None:
         """Tracks a version named by an event once the registry shows it exists; else
@@ -206,8 +210,9 @@ class DriftService:
         except Exception as exc:  # WorkerDown, a detector set-up error, a timeout
             log.error("arming %s/%s failed: %s", *tracked.key, exc)
             if tracked.attempt == attempt and not tracked.evicted:
-                self._retire(tracked.failed(f"detector set-up failed: {exc}", time.time()))
+                old = tracked.failed(f"detector set-up failed: {exc}", time.time())
                 self.metrics.forget(*tracked.key)
+                await self._retire(old)
             return
         if tracked.attempt != attempt:  # a newer watch is arming this version
             await run_in_threadpool(self.worker.forget, mon_id)
@@ -221,14 +226,14 @@ class DriftService:
             self._add((kind, mon_id, *payload))
         self.flush()
         log.info("watching %s/%s (set-up %.2fs)", *tracked.key, snap["setup_seconds"])
-        if old is not None:
-            self._retire(old)
+        await self._retire(old)
 
-    def _retire(self, mon_id: int | None) -> None:
+    async def _retire(self, mon_id: int | None) -> None:
+        """The worker drops a monitor no longer fed (off the loop: the queue may be full)."""
         if mon_id is not None:
             self._by_id.pop(mon_id, None)
             with contextlib.suppress(WorkerDown, queue.Full):
-                self.worker.forget(mon_id)
+                await run_in_threadpool(self.worker.forget, mon_id)
 
     async def wait_armed(self, tracked: TrackedVersion, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -258,7 +263,7 @@ class DriftService:
                 )
             spec = tracked.reference.spec
             instances = validate_instances(event.data, spec.numeric, spec.categorical, spec.keys)
-            self.pending[event.id] = (tracked, instances)
+            self.pending[event.id] = (tracked.key, tracked.serial, instances)
             if len(self.pending) > self.settings.pending_limit:
                 self.pending.popitem(last=False)
             return {"accepted": "request", "id": event.id}
@@ -266,15 +271,18 @@ class DriftService:
         if waiting is None:
             reason = "duplicate_event" if event.id in self.answered else "unpaired_response"
             raise EventRejected(reason, f"response {clip(event.id)} has no pending request", 409)
-        req_tracked, instances = waiting
-        if req_tracked is not tracked:
+        req_key, req_serial, instances = waiting
+        if (req_key, req_serial) != (tracked.key, tracked.serial):
             raise EventRejected(
-                "unpaired_response", f"response {clip(event.id)} names another model version", 409
+                "unpaired_response",
+                f"response {clip(event.id)} names another model version, or its request's "
+                "version is no longer tracked",
+                409,
             )
         scores, labels = validate_predictions(event.data, len(instances))
         self._check_worker()
         del self.pending[event.id]
-        self.answered[event.id] = (tracked, scores, labels)
+        self.answered[event.id] = (tracked.key, tracked.serial, scores, labels)
         if len(self.answered) > self.settings.feedback_limit:
             self.answered.popitem(last=False)
         self._feed(tracked, "observe", instances, scores)
@@ -291,7 +299,7 @@ class DriftService:
                 raise EventRejected(
                     "unknown_request_id", f"no answered request with id {clip(request_id)}", 404
                 )
-            tracked, scores, preds = found
+            key, serial, scores, preds = found
             if len(labels) != len(preds):
                 raise EventRejected(
                     "bad_feedback",
@@ -301,11 +309,12 @@ class DriftService:
                 raise EventRejected(
                     "duplicate_feedback", f"request {clip(request_id)} already has feedback", 409
                 )
-            if tracked.evicted:
+            tracked = self.versions.current(key, serial)
+            if tracked is None:
                 raise EventRejected(
                     "unwatched_model",
-                    f"request {clip(request_id)} was for {clip(tracked.model)}/"
-                    f"{clip(tracked.version)}, which is no longer tracked",
+                    f"request {clip(request_id)} was for {clip(key[0])}/{clip(key[1])}, "
+                    "which is no longer tracked",
                     404,
                 )
             resolved.append((request_id, tracked, labels, scores, preds))
@@ -315,7 +324,7 @@ class DriftService:
             )
         self._check_worker()
         for request_id, tracked, labels, scores, preds in resolved:
-            self.answered[request_id] = (tracked, None, preds)  # marks "labelled"
+            self.answered[request_id] = (tracked.key, tracked.serial, None, preds)  # "labelled"
             incorrect = sum(int(p != y) for p, y in zip(preds, labels, strict=True))
             self.metrics.label(*tracked.key, len(labels) - incorrect, incorrect)
             self._feed(tracked, "feedback", labels, scores, preds)

@@ -103,6 +103,9 @@ class TrackedVersion:
     reference: Any  # kubeloop.drift.reference.Reference: what events are validated against
     backlog: Backlog
     since: float  # when the state last changed (epoch seconds)
+    # Tells this tracking of the version from a later one: pending requests and answered
+    # ones keep (key, serial), not the object, so a forgotten version's memory is freed.
+    serial: int = 0
     state: str = UNWATCHED
     mon_id: int | None = None  # the worker's monitor fed now (armed) or last (arming again)
     snapshot: dict[str, Any] | None = None  # the armed monitor's latest snapshot
@@ -189,6 +192,15 @@ class VersionTable:
         self.versions: dict[tuple[str, str], TrackedVersion] = {}
         self._unwatched: OrderedDict[tuple[str, str], None] = OrderedDict()  # LRU, oldest first
         self._absent: OrderedDict[tuple[str, str], tuple[float, str]] = OrderedDict()
+        self._serial = 0
+
+    def _new(self, reference: Any, now: float) -> TrackedVersion:
+        self._serial += 1
+        tracked = TrackedVersion(
+            reference, Backlog(self.backlog_rows), since=now, serial=self._serial
+        )
+        self.versions[tracked.key] = tracked
+        return tracked
 
     def get(self, key: tuple[str, str]) -> TrackedVersion | None:
         """The tracked version (an unwatched one becomes the most recently used)."""
@@ -199,6 +211,11 @@ class VersionTable:
 
     def peek(self, key: tuple[str, str]) -> TrackedVersion | None:
         return self.versions.get(key)
+
+    def current(self, key: tuple[str, str], serial: int) -> TrackedVersion | None:
+        """The version as tracked when ``serial`` was handed out, if it still is."""
+        tracked = self.versions.get(key)
+        return tracked if tracked is not None and tracked.serial == serial else None
 
     def absent(self, key: tuple[str, str], now: float) -> str | None:
         """Why the version was found untrackable less than ``absent_ttl`` ago, or None."""
@@ -223,8 +240,7 @@ class VersionTable:
         if (tracked := self.versions.get(key)) is not None:
             return tracked, None
         self._absent.pop(key, None)
-        tracked = TrackedVersion(reference, Backlog(self.backlog_rows), since=now)
-        self.versions[key] = tracked
+        tracked = self._new(reference, now)
         self._unwatched[key] = None
         evicted = None
         if len(self._unwatched) > self.unwatched_limit:
@@ -239,10 +255,7 @@ class VersionTable:
         unwatched LRU (watched versions are the operator's choice, never evicted)."""
         key = (reference.model, reference.version)
         self._absent.pop(key, None)
-        tracked = self.versions.get(key)
-        if tracked is None:
-            tracked = TrackedVersion(reference, Backlog(self.backlog_rows), since=now)
-            self.versions[key] = tracked
+        tracked = self.versions.get(key) or self._new(reference, now)
         self._unwatched.pop(key, None)
         return tracked
 
@@ -253,7 +266,8 @@ class VersionTable:
         return [self.versions[k] for k in self._unwatched]
 
     def arming(self) -> bool:
-        return any(t.state == ARMING for t in self.versions.values())
+        # list(): read from other threads (the status wait) while the event loop may add.
+        return any(t.state == ARMING for t in list(self.versions.values()))
 
 
 __all__ = [
