@@ -38,9 +38,13 @@ MODEL = "fraud-detector"
 
 
 def _watch(url: str) -> dict:
-    r = httpx.post(url + "/v1/watch", json={"model": MODEL, "version": "v1"}, timeout=1800)
-    r.raise_for_status()
-    return r.json()
+    """Watches v1 and returns once its detectors are armed (a cold set-up takes minutes)."""
+    while True:  # each call waits up to 300 s; asked again, an arming watch is not restarted
+        r = httpx.post(url + "/v1/watch", json={"model": MODEL, "version": "v1"},
+                       params={"wait": "armed", "timeout": "300"}, timeout=330)  # fmt: skip
+        if r.status_code != 202:
+            r.raise_for_status()
+            return r.json()
 
 
 async def _send(

@@ -133,8 +133,9 @@ def bench_loop(trials: int, cache_dir: Path | None) -> dict:
         sup.wait_healthy(name, 90)
     # Calibrate v1's thresholds before the trials (the operator's watches then hit the cache).
     warm = httpx.post(
-        f"{drift_url}/v1/watch", json={"model": "fraud-detector", "version": "v1"}, timeout=600
-    )
+        f"{drift_url}/v1/watch", json={"model": "fraud-detector", "version": "v1"},
+        params={"wait": "armed", "timeout": "300"}, timeout=330,
+    )  # fmt: skip
     if warm.status_code != 200:
         raise RuntimeError(f"the drift service could not watch v1: {warm.text}")
     manifest = tmp / "md.yaml"

@@ -42,7 +42,9 @@ MODEL_VERSION = "modelversion"  # kubeloop's extension: the registry version, e.
 REQUIRED_ATTRIBUTES: tuple[str, ...] = (ID, SOURCE, TYPE, SPECVERSION)
 """What the CloudEvents spec requires of every event."""
 ROUTING_ATTRIBUTES: tuple[str, ...] = (INFERENCE_SERVICE, MODEL_VERSION)
-"""What the drift service needs beyond the spec to file an event under a watched version."""
+"""What the drift service needs beyond the spec to file an event under a model version: one
+it watches, or, before any watch, one its registry holds (named ``v<N>``, never an alias);
+an event naming neither is refused as ``unwatched_model``."""
 
 COMPONENT_PREDICTOR = "predictor"
 DEFAULT_ENDPOINT = "default"

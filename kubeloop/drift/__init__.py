@@ -15,6 +15,7 @@ wire contract both sides share, ``kubeloop.contracts.payload_events``.
 | ``service`` | the Starlette app and its command line |
 | ``fastpath`` | ``POST /`` (payload events) as plain ASGI |
 | ``events`` | CloudEvent parsing, instance/response/feedback validation |
+| ``versions`` | tracked versions, their watch state and the backlog kept until armed |
 | ``worker`` | the detector worker process |
 | ``monitor`` | one watched version: detectors, live accuracy, recent window, report |
 | ``detectors`` | alibi-detect online detectors with a threshold cache |

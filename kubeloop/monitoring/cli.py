@@ -30,11 +30,12 @@ def drift_service(
     ):
         for spec in watch:
             model, _, version = spec.partition(":")
-            typer.echo(
-                f"watching {model}/{version or 'latest'} (set-up may take a minute the first time)…"
-            )
             httpx.post(svc.url + "/v1/watch", json={"model": model, "version": version or "latest"},
-                       timeout=1800).raise_for_status()  # fmt: skip
+                       timeout=60).raise_for_status()  # fmt: skip
+            typer.echo(
+                f"watching {model}/{version or 'latest'}: detectors arming in the background "
+                "(a minute the first time; GET /v1/status shows when armed)"
+            )
         typer.echo(f"drift service on {svc.url} (log: {svc.log_path})")
         _wait(svc)
 

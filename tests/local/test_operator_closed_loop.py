@@ -125,7 +125,8 @@ def loop_env(tmp_path, request):
     for name in ("prometheus", "router", "drift"):
         sup.wait_healthy(name, 90)
     # Calibrate v1's thresholds now (cached, so the operator's own watch takes a moment).
-    warm = httpx.post(f"{drift_url}/v1/watch", json={"model": MODEL, "version": "v1"}, timeout=600)
+    warm = httpx.post(f"{drift_url}/v1/watch", json={"model": MODEL, "version": "v1"},
+                      params={"wait": "armed", "timeout": "300"}, timeout=330)  # fmt: skip
     assert warm.status_code == 200, warm.text
     env_all = {**os.environ, **env}
 
@@ -143,8 +144,9 @@ def loop_env(tmp_path, request):
         return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
     def watched() -> dict[str, dict]:
+        """Versions whose detectors are armed (arming ones have no detector state yet)."""
         body = httpx.get(f"{drift_url}/v1/status", timeout=10).json()
-        return {m["version"]: m for m in body["watched"]}
+        return {m["version"]: m for m in body["watched"] if m["state"] == "armed"}
 
     traffic = RouterTraffic(f"http://127.0.0.1:{router_port}", stationary, drifted, rate=20)
     try:

@@ -39,7 +39,7 @@ def stack(tmp_path_factory):
     with Supervisor(work / "runtime") as sup:
         drift = start_drift_service(sup, registry)
         httpx.post(drift.url + "/v1/watch", json={"model": MODEL, "version": "v1", "detectors": FAST},
-                   timeout=300).raise_for_status()  # fmt: skip
+                   params={"wait": "armed", "timeout": "300"}, timeout=330).raise_for_status()  # fmt: skip
         predictor = start_predictor(sup, MODEL, "v1", str(registry))
         split = work / "split.json"
         split.write_text(json.dumps({"model": MODEL, "stable": {"version": "v1", "url": predictor.url},
