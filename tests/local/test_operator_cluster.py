@@ -290,7 +290,13 @@ def test_cluster_pass_sends_exact_creates_patches_runs_and_events(api, prometheu
     assert predictor["serviceAccountName"] == "team-a-kubeloop-s3"
     assert predictor["model"]["resources"]["limits"] == {"cpu": "1", "memory": "2Gi"}
     assert body["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
-    assert sent[1][2] == {"model": "fraud-detector", "version": "v1", "registry_uri": registry.uri}
+    # A first deployment resets the version's detectors: its drift evidence starts there.
+    assert sent[1][2] == {
+        "model": "fraud-detector",
+        "version": "v1",
+        "registry_uri": registry.uri,
+        "reset": True,
+    }
     event = sent[2][2]
     assert (event["reason"], event["type"], event["action"]) == (
         "FirstDeployment",
