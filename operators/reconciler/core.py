@@ -504,8 +504,8 @@ def _traffic(p: _Pass) -> SetTraffic:
 
 def _drift_watches(p: _Pass) -> None:
     """The drift service watches the stable version (its drift is what retraining acts on)
-    and the canary (its delayed labels are the live-accuracy evidence; the service rejects
-    feedback for versions it does not watch). A version it does not watch now (never
+    and the canary (its detectors; its labels are counted from its first request, watched or
+    not, as the live-accuracy evidence). A version it does not watch now (never
     watched, a watch that failed, or forgotten by a restart) is watched again; while the
     watched set is unknown, only the watches a transition asks for are sent."""
     watched = p.obs.watched_versions
