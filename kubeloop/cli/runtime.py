@@ -2,8 +2,9 @@
 
 ``up`` starts Prometheus, the drift service, the router and the operator under one
 supervisor (state and logs in ``$KUBELOOP_HOME/runtime``) on the operator settings'
-ports, so ``kubeloop rollout apply|status`` talk to it; ``down`` stops all of them,
-including the predictors and retraining runs the operator started.
+ports, so ``kubeloop rollout apply|status`` talk to it, and a watchdog that restarts
+any of them that dies; ``down`` stops all of them, the watchdog first, including the
+predictors and retraining runs the operator started.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def up(
         [], "--apply", "-f", exists=True, dir_okay=False, help="ModelDeployment YAML to apply"
     ),
 ) -> None:
-    """Start the local runtime (Prometheus, drift service, router, operator) and leave it running."""
+    """Start the local runtime (Prometheus, drift service, router, operator) and keep it running."""
     runtime = _runtime()
     try:
         runtime.start(list(apply))
@@ -55,8 +56,9 @@ def up(
         runtime.stop()
         typer.echo(f"kubeloop up failed: {exc}", err=True)
         raise typer.Exit(1) from None
-    for name, healthy in runtime.status().items():
-        typer.echo(f"{name:<12} {'healthy' if healthy else 'NOT HEALTHY'}")
+    # Long-running parts by health (with their restarts), retraining runs by result.
+    for name, status in runtime.status().items():
+        typer.echo(f"{name:<12} {status}")
     for part in ("prometheus", "router", "drift"):
         typer.echo(f"{part:<12} {runtime.url(part)}")
     typer.echo(f"logs under {runtime.supervisor.logs}; stop with `kubeloop down`")

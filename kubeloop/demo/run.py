@@ -225,7 +225,7 @@ def run_demo(
         echo(f"kubeloop demo: scenario {config.scenario}, {config.rate:g} transactions/s, "
              f"seed {config.seed}; runtime state and logs under {home / 'runtime'}")  # fmt: skip
         runtime.start([])
-        echo("runtime up: " + ", ".join(f"{n} {'ok' if ok else 'DOWN'}" for n, ok in runtime.status().items()))  # fmt: skip
+        echo("runtime up: " + ", ".join(f"{n} {part}" for n, part in runtime.status().items()))  # fmt: skip
         from kubeloop.training.ray_runtime import read_head, stop_local_head
 
         ray_running = read_head() is not None

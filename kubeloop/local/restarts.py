@@ -51,10 +51,12 @@ class PartRestarts:
 
     def seen_running(self, pid: int, now: float) -> PartRestarts:
         """The part runs as ``pid``. A pid not seen before was started by someone else
-        (``kubeloop up`` again): a part given up is then watched afresh."""
+        (``kubeloop up`` again): a part given up then counts its exits afresh."""
         if pid == self.pid and self.phase is PartPhase.RUNNING:
             return self
-        return replace(self, phase=PartPhase.RUNNING, pid=pid, since=now, restart_at=None)
+        exits = 0 if self.phase is PartPhase.GAVE_UP else self.exits_in_a_row
+        return replace(self, phase=PartPhase.RUNNING, pid=pid, since=now, restart_at=None,
+                       exits_in_a_row=exits)  # fmt: skip
 
     def exited(self, policy: RestartPolicy, now: float, why: str) -> PartRestarts:
         """The part is gone (or a restart failed): back off, or give up."""

@@ -5,15 +5,27 @@ it before the next one needs it, and registers every scrape target with the loca
 Prometheus; the operator then starts predictor processes and retraining runs under the
 same supervisor folder, so ``stop()`` (``kubeloop down``) ends all of them. Logs go to
 ``<home>/runtime/logs/``.
+
+With ``keep_running`` (the default) it then starts the watchdog
+(``python -m kubeloop.local.watchdog``, ``watchdog.py``): a part that dies is restarted
+through the same launchers (``start_part``), with back-off, and given up after
+``restarts.max_restarts`` restarts in a row (``restarts.py``). The runtime's settings are
+kept in ``<home>/runtime/runtime.json`` for it. The operator's predictors and retraining
+runs are the operator's to restart, not the watchdog's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kubeloop.local.supervisor import Supervisor, SupervisorError
+from kubeloop.local.restarts import PartPhase, PartRestarts, RestartPolicy
+from kubeloop.local.supervisor import ProcessState, Service, Supervisor, SupervisorError
 
 # Detector set-up the demo can afford on two cores. One expected run time between false
 # alarms (ert, in detector steps) applies to every detector, and it must be long against
@@ -53,6 +65,37 @@ class RuntimePorts:
         return cls(free_port(), free_port(), free_port(), free_port())
 
 
+PARTS = ("prometheus", "drift", "router", "operator")  # the long-running parts, in start order
+WATCHDOG = "watchdog"  # the supervisor name of the process that restarts them
+
+
+@dataclass(frozen=True)
+class PartStatus:
+    """One process of the runtime as ``kubeloop up`` reports it."""
+
+    state: ProcessState
+    restarts: int = 0  # restarts the watchdog made
+    gave_up: bool = False
+    detail: str = ""  # why it was last restarted, or given up
+
+    @property
+    def ok(self) -> bool:
+        return self.state.ok and not self.gave_up
+
+    def __str__(self) -> str:
+        if self.gave_up:
+            return f"GAVE UP after {self.restarts} restart(s): {self.detail}"
+        text = {
+            ProcessState.HEALTHY: "healthy",
+            ProcessState.UNHEALTHY: "NOT HEALTHY",
+            ProcessState.DOWN: "DOWN",
+            ProcessState.RUNNING: "running",
+            ProcessState.FINISHED: "finished",
+            ProcessState.FAILED: "FAILED",
+        }[self.state]
+        return text + (f" (restarted {self.restarts}x)" if self.restarts else "")
+
+
 @dataclass
 class LocalRuntime:
     home: Path
@@ -61,13 +104,50 @@ class LocalRuntime:
     operator_env: dict[str, str] = field(default_factory=dict)
     drift_env: dict[str, str] = field(default_factory=dict)
     drift_cache: Path | None = None  # calibrated thresholds, keyed by reference digest
+    keep_running: bool = True  # start the watchdog that restarts parts that die
+    restarts: RestartPolicy = field(default_factory=RestartPolicy)
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).resolve()
         self.registry_uri = self.registry_uri or str(self.home / "registry")
-        self.supervisor = Supervisor(self.home / "runtime")
-        self.prometheus_root = self.home / "runtime" / "prometheus"
-        self.state_dir = self.home / "runtime" / "operator"
+        self.root = self.home / "runtime"
+        self.supervisor = Supervisor(self.root)
+        self.prometheus_root = self.root / "prometheus"
+        self.state_dir = self.root / "operator"
+        self.config_path = self.root / "runtime.json"
+        self.watchdog_state_path = self.root / "watchdog.json"
+
+    # --- settings kept for the watchdog ------------------------------------------------------
+    def save(self) -> None:
+        data = {
+            "home": str(self.home),
+            "ports": asdict(self.ports),
+            "registry_uri": self.registry_uri,
+            "operator_env": self.operator_env,
+            "drift_env": self.drift_env,
+            "drift_cache": str(self.drift_cache) if self.drift_cache else None,
+            "keep_running": self.keep_running,
+            "restarts": asdict(self.restarts),
+        }
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.config_path)
+
+    @classmethod
+    def load(cls, home: str | Path) -> LocalRuntime:
+        """The runtime as ``start()`` last saved it under ``home``."""
+        path = Path(home).resolve() / "runtime" / "runtime.json"
+        data = json.loads(path.read_text())
+        return cls(
+            Path(data["home"]),
+            RuntimePorts(**data["ports"]),
+            registry_uri=data["registry_uri"],
+            operator_env=data["operator_env"],
+            drift_env=data["drift_env"],
+            drift_cache=Path(data["drift_cache"]) if data["drift_cache"] else None,
+            keep_running=data["keep_running"],
+            restarts=RestartPolicy(**data["restarts"]),
+        )
 
     # --- addresses -------------------------------------------------------------------------
     def url(self, part: str) -> str:
@@ -95,51 +175,96 @@ class LocalRuntime:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self, manifests: list[Path] | None = None, timeout: float = 90.0) -> None:
-        """Starts Prometheus, the drift service, the router and the operator; waits until healthy."""
+        """Starts Prometheus, the drift service, the router and the operator; waits until
+        healthy; then (``keep_running``) the watchdog."""
+        from kubeloop.local.prometheus import write_targets
+
+        self.save()
+        for part, port in (
+            ("drift", self.ports.drift),
+            ("router", self.ports.router),
+            ("operator", self.ports.operator_metrics),
+        ):
+            write_targets(self.prometheus_root, part, [f"127.0.0.1:{port}"])
+        # Started together, then waited for: each takes seconds to come up.
+        for name in ("prometheus", "drift", "router"):
+            self.start_part(name)
+        for name in ("prometheus", "drift", "router"):
+            self.supervisor.wait_healthy(name, timeout)
+        self.start_operator(manifests or [])
+        if self.keep_running:
+            self.start_watchdog()
+
+    def start_part(
+        self, name: str, *, manifests: list[Path] = (), wait: bool = False, timeout: float = 60.0
+    ) -> Service:
+        """Starts one part through its launcher (adopting it when it runs). Starts are
+        serialised across processes (``kubeloop up`` and the watchdog), so a part is
+        never started twice."""
         from kubeloop.local.drift import start_drift_service
-        from kubeloop.local.prometheus import start_prometheus, write_targets
+        from kubeloop.local.prometheus import start_prometheus
         from kubeloop.local.servers import start_router
 
-        sup = self.supervisor
-        write_targets(self.prometheus_root, "drift", [f"127.0.0.1:{self.ports.drift}"])
-        write_targets(self.prometheus_root, "router", [f"127.0.0.1:{self.ports.router}"])
-        write_targets(
-            self.prometheus_root, "operator", [f"127.0.0.1:{self.ports.operator_metrics}"]
-        )
-        # Started together, then waited for: each takes seconds to come up.
-        start_prometheus(sup, self.prometheus_root, self.ports.prometheus, wait=False)
-        start_drift_service(
-            sup,
-            self.registry_uri,
-            self.ports.drift,
-            cache_dir=self.drift_cache or self.home / "runtime" / "drift-cache",
-            detectors=self.drift_env,
-            env={"KUBELOOP_HOME": str(self.home)},
-            wait=False,
-        )
-        start_router(
-            sup,
-            self.home / "runtime" / "router-split.json",
-            self.ports.router,
-            registry_uri=self.registry_uri,
-            wait=False,
-        )
-        for name in ("prometheus", "drift", "router"):
-            sup.wait_healthy(name, timeout)
-        self.start_operator(manifests or [])
+        with self._start_lock():
+            if name == "prometheus":
+                return start_prometheus(
+                    self.supervisor, self.prometheus_root, self.ports.prometheus, wait=False
+                )
+            if name == "drift":
+                return start_drift_service(
+                    self.supervisor,
+                    self.registry_uri,
+                    self.ports.drift,
+                    cache_dir=self.drift_cache or self.root / "drift-cache",
+                    detectors=self.drift_env,
+                    env={"KUBELOOP_HOME": str(self.home)},
+                    wait=False,
+                )
+            if name == "router":
+                return start_router(
+                    self.supervisor,
+                    self.root / "router-split.json",
+                    self.ports.router,
+                    registry_uri=self.registry_uri,
+                    wait=False,
+                )
+            if name == "operator":
+                args = ["-m", "kubeloop.local.operator"]
+                for manifest in manifests:
+                    args += ["--apply", str(Path(manifest).resolve())]
+                return self.supervisor.start(
+                    "operator",
+                    args,
+                    health_url=f"{self.url('operator')}/metrics",
+                    ports={"metrics": self.ports.operator_metrics},
+                    env={**os.environ, **self.env()},
+                )
+        raise SupervisorError(f"no part named {name!r}; the parts are {', '.join(PARTS)}")
 
-    def start_operator(self, manifests: list[Path]) -> None:
-        args = ["-m", "kubeloop.local.operator"]
-        for manifest in manifests:
-            args += ["--apply", str(Path(manifest).resolve())]
-        self.supervisor.start(
-            "operator",
-            args,
-            health_url=f"{self.url('operator')}/metrics",
-            ports={"metrics": self.ports.operator_metrics},
-            env={**os.environ, **self.env()},
-            wait=True,
+    def start_operator(self, manifests: list[Path], timeout: float = 60.0) -> None:
+        self.start_part("operator", manifests=manifests)
+        try:
+            self.supervisor.wait_healthy("operator", timeout)
+        except BaseException:
+            self.supervisor.stop("operator")
+            raise
+
+    def start_watchdog(self) -> Service:
+        """Starts (or adopts) the process that restarts parts that die."""
+        if self.supervisor.running(WATCHDOG) is None:
+            self.watchdog_state_path.unlink(missing_ok=True)  # a previous watchdog's counts
+        return self.supervisor.start(
+            WATCHDOG, ["-m", "kubeloop.local.watchdog", "--home", str(self.home)]
         )
+
+    @contextlib.contextmanager
+    def _start_lock(self) -> Iterator[None]:
+        with open(self.root / "start.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def apply(self, manifest: Path) -> str:
         """Hands a ModelDeployment to the running operator (it reads its state folder)."""
@@ -147,17 +272,41 @@ class LocalRuntime:
 
         return LocalStore(self.state_dir).apply(manifest)
 
-    def status(self) -> dict[str, bool]:
-        return {r.name: self.supervisor.healthy(r.name) for r in self.supervisor.list()}
+    def restart_states(self) -> dict[str, PartRestarts]:
+        """What the watchdog last wrote of each part (empty when it never ran)."""
+        try:
+            data = json.loads(self.watchdog_state_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {name: PartRestarts.from_dict(part) for name, part in data.get("parts", {}).items()}
+
+    def status(self) -> dict[str, PartStatus]:
+        """Every process under the runtime's supervisor: services by health, one-shot
+        jobs (retraining runs) by result, with the watchdog's restart count."""
+        restarts = self.restart_states()
+        out = {}
+        for record in self.supervisor.list():
+            state = self.supervisor.state(record.name)
+            if state is None:  # stopped meanwhile
+                continue
+            part = restarts.get(record.name, PartRestarts())
+            # Given up until something starts it again (the watchdog notices on its next look).
+            gave_up = part.phase is PartPhase.GAVE_UP and state is ProcessState.DOWN
+            out[record.name] = PartStatus(state, part.restarts, gave_up, part.last_exit)
+        return out
 
     def stop(self) -> list[str]:
-        """Stops the operator first (so it starts nothing new), then everything else."""
-        stopped = ["operator"] if self.supervisor.stop("operator") else []
+        """Stops the watchdog first (so it restarts nothing), then the operator (so it
+        starts nothing new), then everything else."""
+        stopped = [name for name in (WATCHDOG, "operator") if self.supervisor.stop(name)]
+        self.watchdog_state_path.unlink(missing_ok=True)
         return stopped + self.supervisor.stop_all()
 
 
 def check_started(runtime: LocalRuntime) -> None:
-    unhealthy = [name for name, ok in runtime.status().items() if not ok]
+    """Raises unless every long-running part is healthy (finished runs do not count)."""
+    status = runtime.status()
+    unhealthy = [name for name in (*PARTS, WATCHDOG) if name in status and not status[name].ok]
     if unhealthy:
         raise SupervisorError(
             f"not healthy: {', '.join(unhealthy)}; logs in {runtime.supervisor.logs}"

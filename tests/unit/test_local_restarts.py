@@ -48,8 +48,10 @@ def test_a_part_that_ran_long_enough_counts_afresh():
 def test_a_part_given_up_is_watched_again_once_something_else_starts_it():
     part = crash_loop(POLICY, 10).seen_running(999, 500.0)
     assert (part.phase, part.pid, part.since, part.restarts) == (PartPhase.RUNNING, 999, 500.0, 3)
-    assert part.exited(POLICY, 501.0, "x").phase is PartPhase.GAVE_UP  # still 4 in a row
-    assert part.exited(POLICY, 560.0, "x").phase is PartPhase.BACKOFF  # it ran 60 s
+    assert part.exits_in_a_row == 0  # a person started it: its exits count afresh
+    assert crash_loop(POLICY, 10).restarts == 3
+    again = part.exited(POLICY, 501.0, "x")
+    assert (again.phase, again.exits_in_a_row, again.restart_at) == (PartPhase.BACKOFF, 1, 502.0)
 
 
 def test_a_failed_restart_counts_as_an_exit():
