@@ -44,8 +44,8 @@ CHECKS = ["error_rate", "latency_p99", "score_distribution", "live_accuracy"]
 class ScenarioConfig:
     gaps: tuple[float, ...] = (0.02, 0.03, 0.05, 0.0)  # accuracy gaps; 0 is the equal candidate
     seed: int = 0
-    rate: float = 400.0  # instances per second through the router
-    batch: int = 25  # instances per request (the router splits requests)
+    rate: float = 600.0  # instances per second through the router
+    batch: int = 40  # instances per request (the router splits requests)
     label_delay_seconds: float = 2.0
     heldout_rows: int = 60_000
     gap_tolerance: float = 0.003
@@ -54,10 +54,10 @@ class ScenarioConfig:
     min_feedback: int = 200
     min_step_seconds: int = 5
     max_step_seconds: int = 180
-    watch_window_seconds: int = 10
+    watch_window_seconds: int = 8
     max_accuracy_drop: float = 0.03
     alpha: float = 0.05
-    outage_seconds: float = 12.0  # Prometheus down during a step
+    outage_seconds: float = 8.0  # Prometheus down during a step
     decision_timeout_seconds: float = 150.0
     outages: bool = True
 
@@ -98,6 +98,7 @@ class CandidateRun:
     served: int = 0  # predictions the candidate made until the decision
     labelled: int = 0  # of which labelled by then
     live_gap: float | None = None  # stable minus candidate accuracy on the labelled traffic
+    seconds_to_detect: float | None = None  # the operator's last estimate before the decision
 
     @property
     def decided_at(self) -> float | None:
@@ -112,8 +113,10 @@ class ScenarioResult:
     runs: list[CandidateRun] = field(default_factory=list)
     outages: list[Outage] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
-    traffic_sent: int = 0
+    traffic_sent: int = 0  # requests
     traffic_failed: int = 0
+    traffic_seconds: float = 0.0
+    traffic_errors: list[str] = field(default_factory=list)  # the last few, if any
     feedback_rejected: int = 0
     wall_seconds: float = 0.0
 
@@ -256,16 +259,23 @@ def kill_prometheus(runtime) -> float:
 
 
 def restart_prometheus(runtime) -> float:
-    """Starts Prometheus again on its port and data; returns the time it answered ready."""
-    from kubeloop.local.prometheus import start_prometheus
-
-    start_prometheus(runtime.supervisor, runtime.prometheus_root, runtime.ports.prometheus)
+    """Starts Prometheus again (its launcher, port and data); returns when it answered ready."""
+    runtime.start_part("prometheus")
+    runtime.supervisor.wait_healthy("prometheus", 60)
     return time.time()
 
 
 class _Watcher:
     def __init__(self, store, echo: Callable[[str], None]) -> None:
         self.store, self.echo, self.seen = store, echo, 0
+        # the operator's last estimate of the time to detect maxAccuracyDrop, per candidate
+        self.seconds_to_detect: dict[str, float] = {}
+
+    def note_status(self) -> None:
+        status = self.store.state(MODEL).get("status", {})
+        estimate = (status.get("analysis") or {}).get("secondsToDetect")
+        if status.get("candidateVersion") and estimate is not None:
+            self.seconds_to_detect[status["candidateVersion"]] = estimate
 
     def events(self) -> list[dict[str, Any]]:
         events = self.store.events(MODEL)
@@ -281,6 +291,7 @@ class _Watcher:
             found = next((e for e in self.events() if predicate(e)), None)
             if found is not None:
                 return found
+            self.note_status()
             time.sleep(0.2)
         status = self.store.state(MODEL).get("status", {})
         progressing = [c for c in status.get("conditions", []) if c["type"] == "Progressing"]
@@ -342,6 +353,9 @@ def run_scenario(
         },
         drift_env=PREDICTION_ONLY_DETECTORS,
         drift_cache=drift_cache,
+        # no watchdog: it would restart a killed Prometheus within a second, and the
+        # scenario chooses how long Prometheus stays down
+        keep_running=False,
     )
     registry = ModelRegistry(str(runtime.registry_uri))
     stable = publish_quick_version(registry, MODEL, seed=config.seed + 100, n_accounts=400)
@@ -403,7 +417,7 @@ def run_scenario(
             if run.decision["decision"] == "promote" and config.outages:
                 down = kill_prometheus(runtime)
                 echo(f"Prometheus killed in {run.version}'s watch window")
-                time.sleep(config.watch_window_seconds + 5)
+                time.sleep(config.watch_window_seconds + 4)
                 result.outages.append(
                     Outage("watch", run.version, down, restart_prometheus(runtime))
                 )
@@ -419,10 +433,13 @@ def run_scenario(
             time.sleep(config.label_delay_seconds + 0.5)  # labels of the last answers
             run.served, run.labelled = _serving_stats(replayer.answers, run.version, run.decided_at)
             run.live_gap = _live_gap(replayer.answers, stable.version, run.version)
+            run.seconds_to_detect = watcher.seconds_to_detect.get(run.version)
     finally:
         if replayer is not None:
             replayer.stop()
             result.traffic_sent, result.traffic_failed = replayer.sent, replayer.failed
+            result.traffic_seconds = time.time() - (replayer.started_at or time.time())
+            result.traffic_errors = list(replayer.errors)
             result.feedback_rejected = replayer.feedback_unwatched + replayer.feedback_failed
         result.events = watcher.events()
         runtime.stop()
