@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import psutil
 import pytest
 
 from kubeloop.local.ports import free_port
+from kubeloop.local.supervisor import Supervisor
 from kubeloop.local.wait import wait_until
 
 pytestmark = pytest.mark.slow
@@ -39,7 +41,7 @@ def test_up_starts_a_healthy_runtime_and_down_stops_all_of_it(tmp_path):
     try:
         up = kubeloop(["up"], env)
         assert up.returncode == 0, up.stdout + up.stderr
-        for name in ("prometheus", "drift", "router", "operator"):
+        for name in ("prometheus", "drift", "router", "operator", "watchdog"):
             assert f"{name:<12} healthy" in up.stdout, up.stdout
         # Prometheus scrapes the parts it was given (file discovery), the router waits for a split
         targets = wait_targets(
@@ -47,22 +49,53 @@ def test_up_starts_a_healthy_runtime_and_down_stops_all_of_it(tmp_path):
         )
         assert len(targets) == 3
         assert httpx.get(f"http://127.0.0.1:{ports['router']}/readyz").status_code == 503
+        # The operator and Prometheus, killed, come back on their own and answer again.
+        started = recorded_pids(home)
+        for name in ("operator", "prometheus"):
+            os.killpg(started[name], signal.SIGKILL)
+        for name, port, path in (("operator", ports["metrics"], "/metrics"),
+                                 ("prometheus", ports["prometheus"], "/-/ready")):  # fmt: skip
+            wait_until(
+                lambda name=name, url=f"http://127.0.0.1:{port}{path}": (
+                    recorded_pids(home).get(name) not in (None, started[name]) and answers(url)
+                ),
+                timeout=60, what=f"{name} restarted",
+            )  # fmt: skip
+        # A retraining run the operator started has finished: reported as such, not unhealthy.
+        Supervisor(home / "runtime").start("run-done", ["-c", "print('v2')"], job=True)
+        wait_until(lambda: Supervisor(home / "runtime").running("run-done") is None,
+                   timeout=30, what="the run to end")  # fmt: skip
         again = kubeloop(["up"], env)  # adopts what runs instead of starting twins
         assert again.returncode == 0, again.stdout + again.stderr
-        pids = {
-            p.stem: json.loads(p.read_text())["pid"]
-            for p in (home / "runtime" / "procs").glob("*.json")
-        }
-        assert set(pids) == {"prometheus", "drift", "router", "operator"}
+        assert f"{'run-done':<12} finished" in again.stdout and "NOT" not in again.stdout
+        assert f"{'operator':<12} healthy (restarted 1x)" in again.stdout, again.stdout
+        pids = recorded_pids(home)
+        assert set(pids) == {"prometheus", "drift", "router", "operator", "watchdog", "run-done"}
+        processes = [psutil.Process(pid) for name, pid in pids.items() if name != "run-done"]
     finally:
         down = kubeloop(["down"], env)
-    assert down.returncode == 0 and "stopped 4 process(es)" in down.stdout, (
+    assert down.returncode == 0 and "stopped 5 process(es)" in down.stdout, (
         down.stdout + down.stderr
     )
-    assert not list((home / "runtime" / "procs").glob("*.json"))
-    for pid in pids.values():  # gone, or a zombie nobody reaps (its parent, `up`, has exited)
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert down.stdout.startswith("stopped 5 process(es): watchdog, operator")
+    assert not list((home / "runtime" / "procs").glob("*"))
+    # gone, or a zombie nobody reaps (its parent, `up`, has exited)
+    assert not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert (home / "runtime" / "logs" / "drift.log").exists()
+
+
+def recorded_pids(home) -> dict[str, int]:
+    return {
+        p.stem: json.loads(p.read_text())["pid"]
+        for p in (home / "runtime" / "procs").glob("*.json")
+    }
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def wait_targets(port: int, wanted: set[int], timeout: float = 30) -> list[dict]:
