@@ -9,6 +9,8 @@ On a cluster, Kubernetes runs kubeloop's workloads; here, these modules do:
   router's split, retraining runs);
 - ``pipelines``: the training pipeline run by ``kfp.local``;
 - ``runtime``: ``LocalRuntime``, all of the above as ``kubeloop up`` / ``kubeloop demo`` run it;
+- ``watchdog`` and ``restarts``: the process that restarts a part that died, and its
+  back-off and give-up policy;
 - ``ports`` and ``wait``: a free loopback port, and waiting for a condition with a deadline.
 
 Nothing heavy is imported here.
