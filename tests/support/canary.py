@@ -155,9 +155,9 @@ def heldout_sample(seed: int, rows: int) -> tuple[pd.DataFrame, np.ndarray]:
 def threshold_for_gap(
     scores: np.ndarray, labels: np.ndarray, base_threshold: float, gap: float
 ) -> tuple[float, float]:
-    """The threshold below ``base_threshold`` whose accuracy is ``gap`` lower, by bisection on
-    log-threshold (lowering the threshold adds false positives: accuracy falls as it goes
-    down, once below the base). Returns the threshold and the gap it gives."""
+    """The threshold below ``base_threshold`` whose accuracy is ``gap`` lower, by bisection
+    over the sample's own scores (lowering the threshold adds false positives: below the
+    base, accuracy falls as it goes down). Returns the threshold and the gap it gives."""
     base = float(((scores >= base_threshold) == labels).mean())
 
     def gap_at(t: float) -> float:
@@ -165,16 +165,14 @@ def threshold_for_gap(
 
     if gap == 0:
         return base_threshold, 0.0
-    lo, hi = np.log(1e-6), np.log(base_threshold)  # gap_at(lo) is large, gap_at(hi) is 0
-    if gap_at(float(np.exp(lo))) < gap:
+    ranked = np.unique(scores[scores < base_threshold])  # candidate thresholds, ascending
+    if not len(ranked) or gap_at(float(ranked[0])) < gap:
         raise ValueError(f"no threshold gives a gap of {gap}: the sample has too few negatives")
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if gap_at(float(np.exp(mid))) > gap:
-            lo = mid
-        else:
-            hi = mid
-    t = float(np.exp(hi))
+    lo, hi = 0, len(ranked) - 1  # gap_at(ranked[lo]) >= gap
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if gap_at(float(ranked[mid])) >= gap else (lo, mid)
+    t = min((float(ranked[lo]), float(ranked[hi])), key=lambda t: abs(gap_at(t) - gap))
     return t, gap_at(t)
 
 
@@ -288,12 +286,18 @@ class _Watcher:
         self.seen = max(self.seen, len(events))
         return events
 
-    def wait(self, what: str, predicate, timeout: float) -> dict[str, Any]:
+    def wait(self, what: str, predicate, timeout: float, *, on_status: bool = False) -> dict:
+        """The first event matching ``predicate`` (with ``on_status``: the status, when it matches)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            found = next((e for e in self.events() if predicate(e)), None)
-            if found is not None:
-                return found
+            if on_status:
+                status = self.store.state(MODEL).get("status", {})
+                if predicate(status):
+                    return status
+            else:
+                found = next((e for e in self.events() if predicate(e)), None)
+                if found is not None:
+                    return found
             self.note_status()
             time.sleep(0.2)
         status = self.store.state(MODEL).get("status", {})
@@ -402,7 +406,15 @@ def run_scenario(
             run.canary_at = event_time(canary)
             equal = candidate.gap == 0
             if equal and config.outages:
-                time.sleep(config.min_step_seconds / 2)  # into the first step
+                watcher.wait(
+                    f"{run.version}'s first step observing evidence",
+                    lambda s, v=run.version: (
+                        s.get("candidateVersion") == v
+                        and (s.get("analysis") or {}).get("observedSeconds", 0) > 0
+                    ),
+                    config.decision_timeout_seconds,
+                    on_status=True,
+                )
                 down = kill_prometheus(runtime)
                 echo(f"Prometheus killed during {run.version}'s first step")
                 time.sleep(config.outage_seconds)
