@@ -134,7 +134,9 @@ def run(seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
             f"included); the equal candidate's includes a {config.outage_seconds:g} s "
             f"Prometheus outage in its first step, after which its evidence window restarts. "
             f"The live gap is measured on the labelled answers while the candidate served, "
-            f"against the stable version's over the same period.\n\n"
+            f"against the stable version's over the same period. The operator's estimate is "
+            f"`status.analysis.secondsToDetect` (time to catch a drop of maxAccuracyDrop at "
+            f"power 0.8), the last value before the decision.\n\n"
             f"Worse candidates rolled back before 50 % of the traffic: {len(rejected)} of "
             f"{len(worse)}. Prometheus outages (killed, restarted on the same data): "
             + "; ".join(outages)
