@@ -205,10 +205,11 @@ def detectability(
     spec's power, from the traffic and label rates observed in the evidence window."""
     if observed_seconds <= 0 or stable.requests <= 0 or stable.feedback <= 0:
         return None, "no labels flow for the stable version: live accuracy is not judged"
-    # Labels arrive late: the share of requests labelled so far, per request, for both.
-    labelled = min(stable.feedback / stable.requests, 1.0)
-    canary_rate = canary.requests * labelled / observed_seconds
-    stable_rate = stable.requests * labelled / observed_seconds
+    # Labels per request so far (instances per request times the share labelled yet; late
+    # labels make it low early on), from the stable version, applied to both.
+    per_request = stable.feedback / stable.requests
+    canary_rate = canary.requests * per_request / observed_seconds
+    stable_rate = stable.requests * per_request / observed_seconds
     if canary_rate <= 0:
         return None, "no canary traffic yet"
     seconds = seconds_to_detect(

@@ -310,9 +310,11 @@ def _canary_step(p: _Pass) -> None:
         # The metrics' shortest range must not reach back before the evidence window.
         min_seconds=max(rollout.min_step_seconds, int(math.ceil(p.obs.min_window_seconds))),
     )
-    a.seconds_to_detect, a.detectability = detectability(
-        canary_m, stable_m, rollout.analysis, a.observed_seconds
-    )
+    if result.reason not in ("NotEnoughEvidence", "StepTooYoung"):
+        # Rates over the whole evidence window (past the gates it is the metrics' range).
+        a.seconds_to_detect, a.detectability = detectability(
+            canary_m, stable_m, rollout.analysis, a.observed_seconds
+        )
     evidence = {
         "step": p.s.canary_percent,
         "observed_seconds": round(a.observed_seconds, 1),
@@ -329,7 +331,7 @@ def _canary_step(p: _Pass) -> None:
             return
         p.progress = ("True", result.reason, result.message)
         p.decide(Decision.HOLD, result.reason, result.message, cand, evidence)
-        _warn_if_undecidable(p, stable_m)
+        _warn_if_undecidable(p, canary_m, stable_m)
         return
     next_index = p.s.step_index + 1
     if rollout.steps[next_index] < 100:
@@ -368,11 +370,13 @@ def _step_timed_out(p: _Pass, elapsed: float, why: str, evidence: dict) -> None:
     p.decide(Decision.HOLD, "StepTimedOut", waiting, cand, evidence)
 
 
-def _warn_if_undecidable(p: _Pass, stable: VersionMetrics) -> None:
+def _warn_if_undecidable(p: _Pass, canary: VersionMetrics, stable: VersionMetrics) -> None:
     """Once per evidence window: the configured analysis cannot reach a verdict on an
     accuracy drop of the configured size before the step times out."""
     a, rollout = p.s.analysis, p.spec.rollout
-    if a.warned or stable.feedback < rollout.analysis.min_feedback:
+    if a.warned or not a.detectability:
+        return
+    if min(canary.feedback, stable.feedback) < rollout.analysis.min_feedback:
         return
     if a.seconds_to_detect is not None and a.seconds_to_detect <= rollout.max_step_seconds:
         return
