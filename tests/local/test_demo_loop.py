@@ -58,11 +58,11 @@ def nothing_left_running(home: Path) -> None:
 def test_covariate_drift_retrains_promotes_and_rolls_back_the_worse_candidate(
     tmp_path, drift_cache
 ):
-    config = LoopConfig(scenario="covariate", duration_seconds=240.0, **SHORT)
+    config = LoopConfig(scenario="covariate", duration_seconds=300.0, **SHORT)
     lines: list[str] = []
     summary = run_demo(
         config, home=tmp_path / "demo", report_dir=tmp_path / "report", echo=lines.append,
-        max_seconds=290, drift_cache=drift_cache,
+        max_seconds=350, drift_cache=drift_cache,
     )  # fmt: skip
     nothing_left_running(tmp_path / "demo")
     log = "\n".join(lines)
@@ -108,11 +108,11 @@ def test_stationary_traffic_retrains_nothing(tmp_path, drift_cache):
 
 def test_concept_drift_is_caught_by_the_error_rate_and_retrained_away(tmp_path, drift_cache):
     """P(y|x) changes and P(x) hardly: only the delayed labels show it."""
-    config = LoopConfig(scenario="concept", duration_seconds=200.0, bad_candidate=False, **SHORT)
+    config = LoopConfig(scenario="concept", duration_seconds=280.0, bad_candidate=False, **SHORT)
     lines: list[str] = []
     summary = run_demo(
         config, home=tmp_path / "demo", report_dir=tmp_path / "report", echo=lines.append,
-        max_seconds=260, drift_cache=drift_cache,
+        max_seconds=340, drift_cache=drift_cache,
     )  # fmt: skip
     nothing_left_running(tmp_path / "demo")
     log = "\n".join(lines)
