@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from kubeloop.demo.config import LoopConfig
 from kubeloop.operators.crd import Analysis, ModelDeploymentStatus, parse_spec
 from kubeloop.operators.reconciler.core import reconcile
 from kubeloop.operators.reconciler.stats import (
@@ -21,6 +20,8 @@ from kubeloop.operators.reconciler.types import (
     RegistryVersion,
     VersionMetrics,
 )
+
+from kubeloop.demo.config import LoopConfig
 from kubeloop.serving.metrics import SCORE_BUCKETS
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
