@@ -36,13 +36,15 @@ OPERATOR_REQUIREMENTS = "requirements/operator.txt"
 # for the features stage and the predictor image, which also runs the chart's Feast server.
 CLUSTER_EXTRAS = {"feast": "redis,aws"}
 # What `python -m kubeloop.operators.cluster` imports (kopf, the Kubernetes and KFP
-# clients, the kserve SDK's InferenceService models, the registry's minio, settings):
-# no torch, no ray.
+# clients, the kserve SDK's InferenceService models, the registry's minio, settings),
+# plus kfp-kubernetes: the chart's upload Job compiles the pipeline in this image.
+# No torch, no ray.
 OPERATOR_DISTRIBUTIONS: tuple[str, ...] = (
     "kopf",
     "kserve",
     "kubernetes",
     "kfp",
+    "kfp-kubernetes",
     "minio",
     "pydantic",
     "pydantic-settings",
@@ -55,12 +57,15 @@ _NAME_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 _SOURCE = "kubeloop.images, from pyproject.toml"
 
 
-def image(name: str) -> str:
+def image(name: str, registry: str = REGISTRY, tag: str = TAG) -> str:
     """Full reference of a kubeloop image, e.g. ``image("ingest")`` →
-    ``ghcr.io/kubeloop/kubeloop-ingest:0.1.0``."""
+    ``ghcr.io/kubeloop/kubeloop-ingest:0.1.0``; ``registry`` and ``tag`` name a release's
+    own copies (the chart's ``global.imageRegistry``)."""
     if not _NAME_RE.match(name):
         raise ValueError(f"image name must be lowercase words joined by '-', got {name!r}")
-    return f"{REGISTRY}/kubeloop-{name}:{TAG}"
+    if not registry or registry.endswith("/") or not tag:
+        raise ValueError(f"image registry and tag must be set, got {registry!r} and {tag!r}")
+    return f"{registry}/kubeloop-{name}:{tag}"
 
 
 def target(name: str) -> str:

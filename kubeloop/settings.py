@@ -62,12 +62,15 @@ class S3Settings(BaseModel):
     access_key: str | None = Field(None, description="access key (or AWS_ACCESS_KEY_ID)")
     secret_key: str | None = Field(None, description="secret key (or AWS_SECRET_ACCESS_KEY)")
     secure: bool = Field(False, description="use TLS")
-    region: str | None = None
+    region: str | None = Field(
+        None, description="region of the endpoint; empty means none (the chart's ConfigMap)"
+    )
 
     @model_validator(mode="after")
     def _credentials_from_aws_env(self) -> S3Settings:
         self.access_key = self.access_key or os.environ.get("AWS_ACCESS_KEY_ID")
         self.secret_key = self.secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
+        self.region = self.region or None
         return self
 
 

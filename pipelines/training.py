@@ -5,9 +5,14 @@ on more than their inputs do not use KFP's cache: ingest (a source such as an S3
 prefix or a live table moves between runs), gate and register (the registry's
 champion changes). Register records the KFP run id (``{{$.pipeline_job_uuid}}``), the
 key by which the operator finds the version a retraining run produced.
+
+Every task runs on the release's image of its stage and gets the S3 storage environment
+(:class:`~kubeloop.pipelines.cluster.PipelineCluster`); :func:`build_training_pipeline`
+builds the pipeline for given names, ``training_pipeline`` is it with the chart's defaults.
 """
 
 from kfp import dsl
+
 from kubeloop.components.evaluate.component import evaluate
 from kubeloop.components.features.component import features
 from kubeloop.components.gate.component import gate
@@ -15,8 +20,8 @@ from kubeloop.components.ingest.component import ingest
 from kubeloop.components.register.component import register
 from kubeloop.components.train.component import train
 from kubeloop.components.validate.component import validate
-
 from kubeloop.images import image
+from kubeloop.pipelines.cluster import PipelineCluster
 
 PIPELINE_NAME = "kubeloop-training"
 DEFAULT_SOURCE = "example://fraud/stationary?days=14&accounts=2000&seed=0"
@@ -64,82 +69,99 @@ def run_parameters(
     return json.dumps(parameters, sort_keys=True)
 
 
-@dsl.pipeline(
-    name=PIPELINE_NAME,
-    description="Trains, evaluates and gates a fraud model; registers it when it passes.",
-)
-def training_pipeline(
-    source_uri: str = DEFAULT_SOURCE,
-    schema_uri: str = "",
-    window_start: str = "",
-    window_end: str = "",
-    model_name: str = "fraud-detector",
-    registry_uri: str = "",
-    eval_fraction: float = 0.2,
-    num_workers: int = 1,
-    use_gpu: bool = False,
-    epochs: int = 8,
-    batch_size: int = 512,
-    learning_rate: float = 0.003,
-    hidden_units: int = 32,
-    seed: int = 7,
-) -> None:
-    ingest_task = ingest(
-        source_uri=source_uri,
-        schema_uri=schema_uri,
-        window_start=window_start,
-        window_end=window_end,
+def build_training_pipeline(cluster: PipelineCluster | None = None):
+    """The training pipeline for ``cluster`` (default: the chart's release ``kubeloop``)."""
+    cluster = cluster or PipelineCluster()
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Trains, evaluates and gates a fraud model; registers it when it passes.",
     )
-    ingest_task.set_caching_options(False)
-    validate_task = validate(dataset=ingest_task.outputs["dataset"])
-    features_task = features(
-        dataset=validate_task.outputs["validated"], eval_fraction=eval_fraction
-    )
-    train_task = train(
-        train_set=features_task.outputs["train_set"],
-        num_workers=num_workers,
-        use_gpu=use_gpu,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        hidden_units=hidden_units,
-        seed=seed,
-    )
-    evaluate_task = evaluate(
-        model=train_task.outputs["model"], eval_set=features_task.outputs["eval_set"]
-    )
-    gate_task = gate(
-        model=train_task.outputs["model"],
-        evaluation=evaluate_task.outputs["evaluation"],
-        eval_set=features_task.outputs["eval_set"],
-        model_name=model_name,
-        registry_uri=registry_uri,
-    )
-    gate_task.set_caching_options(False)
-    params_task = run_parameters(
-        source_uri=source_uri,
-        schema_uri=schema_uri,
-        window_start=window_start,
-        window_end=window_end,
-        model_name=model_name,
-        eval_fraction=eval_fraction,
-        num_workers=num_workers,
-        use_gpu=use_gpu,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        hidden_units=hidden_units,
-        seed=seed,
-    )
-    with dsl.If(gate_task.outputs["passed"] == True, name="gate-passed"):  # noqa: E712
-        register_task = register(
+    def training_pipeline(
+        source_uri: str = DEFAULT_SOURCE,
+        schema_uri: str = "",
+        window_start: str = "",
+        window_end: str = "",
+        model_name: str = "fraud-detector",
+        registry_uri: str = "",
+        eval_fraction: float = 0.2,
+        num_workers: int = 1,
+        use_gpu: bool = False,
+        epochs: int = 8,
+        batch_size: int = 512,
+        learning_rate: float = 0.003,
+        hidden_units: int = 32,
+        seed: int = 7,
+    ) -> None:
+        ingest_task = ingest(
+            source_uri=source_uri,
+            schema_uri=schema_uri,
+            window_start=window_start,
+            window_end=window_end,
+        )
+        ingest_task.set_caching_options(False)
+        cluster.apply(ingest_task, "ingest")
+        validate_task = validate(dataset=ingest_task.outputs["dataset"])
+        cluster.apply(validate_task, "validate")
+        features_task = features(
+            dataset=validate_task.outputs["validated"], eval_fraction=eval_fraction
+        )
+        cluster.apply(features_task, "features")
+        train_task = train(
+            train_set=features_task.outputs["train_set"],
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            hidden_units=hidden_units,
+            seed=seed,
+        )
+        cluster.apply(train_task, "train")
+        evaluate_task = evaluate(
+            model=train_task.outputs["model"], eval_set=features_task.outputs["eval_set"]
+        )
+        cluster.apply(evaluate_task, "evaluate")
+        gate_task = gate(
             model=train_task.outputs["model"],
             evaluation=evaluate_task.outputs["evaluation"],
-            decision=gate_task.outputs["decision"],
-            dataset=ingest_task.outputs["dataset"],
+            eval_set=features_task.outputs["eval_set"],
             model_name=model_name,
             registry_uri=registry_uri,
-            pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            parameters_json=params_task.output,
         )
-        register_task.set_caching_options(False)
+        gate_task.set_caching_options(False)
+        cluster.apply(gate_task, "gate")
+        params_task = run_parameters(
+            source_uri=source_uri,
+            schema_uri=schema_uri,
+            window_start=window_start,
+            window_end=window_end,
+            model_name=model_name,
+            eval_fraction=eval_fraction,
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            hidden_units=hidden_units,
+            seed=seed,
+        )
+        cluster.apply(params_task, "register")
+        with dsl.If(gate_task.outputs["passed"] == True, name="gate-passed"):  # noqa: E712
+            register_task = register(
+                model=train_task.outputs["model"],
+                evaluation=evaluate_task.outputs["evaluation"],
+                decision=gate_task.outputs["decision"],
+                dataset=ingest_task.outputs["dataset"],
+                model_name=model_name,
+                registry_uri=registry_uri,
+                pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                parameters_json=params_task.output,
+            )
+            register_task.set_caching_options(False)
+            cluster.apply(register_task, "register")
+
+    return training_pipeline
+
+
+training_pipeline = build_training_pipeline()

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from kubeloop.pipelines.cluster import ENV_VARS, PipelineCluster
+
 app = typer.Typer(help="Compile and run kubeloop's KFP pipelines.", no_args_is_help=True)
 
 PIPELINES = ("training",)
@@ -16,12 +18,46 @@ DEFAULT_EXPERIMENT = "kubeloop"
 @app.command("compile")
 def compile_pipelines(
     output: Path = typer.Option(None, help="folder for the IR YAML (default: pipelines/compiled)"),
+    image_registry: str = typer.Option(
+        None, envvar=ENV_VARS["image_registry"], help="registry of the stage images"
+    ),
+    image_tag: str = typer.Option(None, envvar=ENV_VARS["image_tag"], help="stage image tag"),
+    s3_secret: str = typer.Option(
+        None, envvar=ENV_VARS["s3_secret"], help="Secret with the S3 credentials"
+    ),
+    s3_access_key_key: str = typer.Option(
+        None, envvar=ENV_VARS["s3_access_key_key"], help="its key holding the access key"
+    ),
+    s3_secret_key_key: str = typer.Option(
+        None, envvar=ENV_VARS["s3_secret_key_key"], help="its key holding the secret key"
+    ),
+    storage_config_map: str = typer.Option(
+        None,
+        envvar=ENV_VARS["storage_config_map"],
+        help="ConfigMap with KUBELOOP_REGISTRY_URI and KUBELOOP_S3__* for the stages",
+    ),
 ) -> None:
-    """Compile every pipeline to KFP IR YAML (the files `make check-generated` verifies)."""
+    """Compile every pipeline to KFP IR YAML (the files `make check-generated` verifies).
+
+    Unset names keep the defaults of the chart's release `kubeloop`, which the committed
+    IR uses; a release's upload Job passes its own.
+    """
     from kubeloop.generated import REPO_ROOT
     from kubeloop.pipelines.compile import render
 
-    for rel, text in render().items():
+    given = {
+        "image_registry": image_registry,
+        "image_tag": image_tag,
+        "s3_secret": s3_secret,
+        "s3_access_key_key": s3_access_key_key,
+        "s3_secret_key_key": s3_secret_key_key,
+        "storage_config_map": storage_config_map,
+    }
+    try:
+        cluster = PipelineCluster(**{k: v for k, v in given.items() if v})
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    for rel, text in render(cluster).items():
         path = (output / Path(rel).name) if output else REPO_ROOT / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)

@@ -75,7 +75,9 @@ def test_run_host_submits_the_compiled_pipeline(kfp_api):
     assert len(runs) == 1
     body = json.loads(runs[0]["body"])
     assert body["experiment_id"] == "exp-1"
-    assert body["pipeline_spec"]["pipelineInfo"]["name"] == "kubeloop-training"
+    # With a platform spec (the storage environment) kfp sends both documents.
+    assert body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "kubeloop-training"
+    assert "kubernetes" in body["pipeline_spec"]["platform_spec"]["platforms"]
     params = body["runtime_config"]["parameters"]
     assert params["epochs"] == 3 and params["seed"] == 11
     assert params["source_uri"].startswith("example://fraud/")
@@ -98,8 +100,31 @@ def test_run_argument_errors(args, message):
 def test_compile_writes_ir(tmp_path):
     result = runner.invoke(app, ["pipeline", "compile", "--output", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    spec = yaml.safe_load((tmp_path / "training.yaml").read_text())
+    spec, platform = yaml.safe_load_all((tmp_path / "training.yaml").read_text())
     assert spec["pipelineInfo"]["name"] == "kubeloop-training"
+    assert "kubernetes" in platform["platforms"]
+
+
+def test_compile_takes_the_release_names(tmp_path):
+    result = runner.invoke(
+        app,
+        ["pipeline", "compile", "--output", str(tmp_path), "--s3-secret", "team-s3"],
+        env={"KUBELOOP_IMAGE_REGISTRY": "registry.example.com/ml"},
+    )
+    assert result.exit_code == 0, result.output
+    spec, platform = yaml.safe_load_all((tmp_path / "training.yaml").read_text())
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert all(ref.startswith("registry.example.com/ml/kubeloop-") for ref in images), images
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert {e["secretAsEnv"][0]["secretName"] for e in executors.values()} == {"team-s3"}
+
+
+def test_compile_refuses_an_unusable_name(tmp_path):
+    result = runner.invoke(
+        app, ["pipeline", "compile", "--output", str(tmp_path), "--s3-secret", "Bad_Name"]
+    )
+    assert result.exit_code != 0
+    assert "s3_secret" in result.output
 
 
 def _out_of_range_hour(data, folder):

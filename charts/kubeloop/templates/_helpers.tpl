@@ -187,6 +187,27 @@ Environment shared by every kubeloop container that reads the registry
 {{- end }}
 
 {{/*
+Names the compiled training pipeline refers to (pipelineUpload.*, defaulted from the
+release): the namespace its stage pods run in, the storage ConfigMap there, and the
+Secret with the S3 credentials and its keys.
+*/}}
+{{- define "kubeloop.pipeline.namespace" -}}
+{{- default .Values.prerequisites.kfpNamespace .Values.pipelineUpload.runNamespace }}
+{{- end }}
+
+{{- define "kubeloop.pipeline.storageConfigMap" -}}
+{{- include "kubeloop.componentName" (dict "root" . "component" "storage") }}
+{{- end }}
+
+{{- define "kubeloop.pipeline.s3Secret" -}}
+{{- if .Values.pipelineUpload.s3Secret }}
+{{- .Values.pipelineUpload.s3Secret }}
+{{- else }}
+{{- ternary (include "kubeloop.minio.secretName" .) .Values.registry.external.existingSecret .Values.minio.enabled }}
+{{- end }}
+{{- end }}
+
+{{/*
 True when the cluster serves the Prometheus Operator API, or detection is off.
 */}}
 {{- define "kubeloop.hasPrometheusOperator" -}}
