@@ -118,12 +118,14 @@ class ServiceSettings:
     unwatched_limit: int = 8
     backlog_rows: int = 20_000
     absent_ttl_seconds: float = 5.0  # how long "not in the registry" stands for a version
+    max_body_bytes: int = 8 * 1024 * 1024  # any request body; larger is a 413
     allow_bsl_alibi: bool = False  # newer alibi-detect releases are Business Source licensed
 
     def __post_init__(self) -> None:
         checks = {
             "unwatched_limit": self.unwatched_limit >= 1,
             "backlog_rows": self.backlog_rows >= 0,
+            "max_body_bytes": self.max_body_bytes >= 1,
             "absent_ttl_seconds": math.isfinite(self.absent_ttl_seconds)
             and self.absent_ttl_seconds >= 0,
         }
@@ -149,7 +151,7 @@ class ServiceSettings:
             ),
         }
         for name, kind in (("unwatched_limit", int), ("backlog_rows", int),
-                           ("absent_ttl_seconds", float)):  # fmt: skip
+                           ("absent_ttl_seconds", float), ("max_body_bytes", int)):  # fmt: skip
             if (raw := env.get(ENV_PREFIX + name.upper())) is not None:
                 values[name] = _coerce(name, raw, kind)
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -50,7 +50,7 @@ from kubeloop.drift.events import (
     validate_instances,
     validate_predictions,
 )
-from kubeloop.drift.fastpath import PayloadEventsFastPath
+from kubeloop.drift.fastpath import BodyLimit, PayloadEventsFastPath
 from kubeloop.drift.metrics import DriftMetrics
 from kubeloop.drift.params import BadRequest, wait_timeout, watch_request
 from kubeloop.drift.reference import Reference, ReferenceError, load_reference
@@ -540,6 +540,11 @@ def create_app(
         exception_handlers={HTTPException: http_error},
     )
     app.add_middleware(PayloadEventsFastPath, service=svc)  # serves POST /
+    app.add_middleware(  # outermost: every route's body is capped
+        BodyLimit,
+        limit=settings.max_body_bytes,
+        on_reject=lambda reason: svc.metrics.rejected.labels(reason=reason).inc(),
+    )
     app.state.service = svc
     return app
 
