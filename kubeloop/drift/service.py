@@ -113,7 +113,7 @@ class DriftService:
         if why := trackable(*key):
             return why
         try:
-            return load_reference(self.settings.registry_uri, *key)
+            return load_reference(self.settings.registry_uri, *key, self.settings.s3)
         except RegistryError as exc:  # VersionNotFound among them
             return f"the registry has no such version ({clip(str(exc))})"
         except ReferenceError as exc:
@@ -184,7 +184,11 @@ class DriftService:
         armed version (a version being armed gets fresh detectors anyway)."""
         settings = self.settings.detectors.with_overrides(overrides)
         reference = await run_in_threadpool(
-            load_reference, registry_uri or self.settings.registry_uri, model, version
+            load_reference,
+            registry_uri or self.settings.registry_uri,
+            model,
+            version,
+            self.settings.s3,
         )
         now = time.time()
         tracked = self.versions.watch(reference, now)
