@@ -15,7 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # "module:function" names, imported lazily; each function returns {relpath: text}.
 GENERATORS: list[str] = [
-    "kubeloop.operators.crd:render_crds",
+    "kubeloop.operators.crd_manifest:render_crds",
     "kubeloop.generated:deployment_copies",
     "kubeloop.pipelines.compile:render",
     "kubeloop.serving.inference_service:example_manifests",
@@ -32,8 +32,8 @@ GENERATED_HEADER = (
 # The Helm chart and the kustomize base ship copies of generated manifests, so both apply
 # the same CRDs, rules and dashboards as manifests/: (generator, source, destination).
 DEPLOYMENT_COPIES: list[tuple[str, str, str]] = [
-    ("kubeloop.operators.crd:render_crds", "manifests/crds/", "charts/kubeloop/crds/"),
-    ("kubeloop.operators.crd:render_crds", "manifests/crds/", "manifests/base/crds/"),
+    ("kubeloop.operators.crd_manifest:render_crds", "manifests/crds/", "charts/kubeloop/crds/"),
+    ("kubeloop.operators.crd_manifest:render_crds", "manifests/crds/", "manifests/base/crds/"),
     (
         "kubeloop.monitoring.rules:generate",
         "manifests/monitoring/prometheusrule.yaml",

@@ -96,6 +96,7 @@ REJECT_REASONS: tuple[str, ...] = (
     "duplicate_feedback",
     "unsupported_specversion",
     "attribute_too_long",
+    "payload_too_large",
 )
 """The fixed set of ``reason`` label values of ``kubeloop_events_rejected_total``."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -107,8 +108,35 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
 
 
 @dataclass(frozen=True)
+class S3Access:
+    """The S3 endpoint of an ``s3://`` registry, read from the same variables as
+    ``kubeloop.settings`` (``KUBELOOP_S3__*``, credentials also ``AWS_*``): this
+    environment has no pydantic 2 for the settings class itself."""
+
+    endpoint: str = "localhost:9000"
+    access_key: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
+    secure: bool = False
+    region: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> S3Access:
+        def get(name: str) -> str | None:
+            return env.get(f"KUBELOOP_S3__{name.upper()}")
+
+        return cls(
+            endpoint=get("endpoint") or cls.endpoint,
+            access_key=get("access_key") or env.get("AWS_ACCESS_KEY_ID"),
+            secret_key=get("secret_key") or env.get("AWS_SECRET_ACCESS_KEY"),
+            secure=_coerce("KUBELOOP_S3__SECURE", get("secure") or "false", bool),
+            region=get("region"),
+        )
+
+
+@dataclass(frozen=True)
 class ServiceSettings:
     registry_uri: str = "var/registry"
+    s3: S3Access = field(default_factory=S3Access)  # for an s3:// registry
     cache_dir: Path = Path("var/drift-cache")
     detectors: DetectorSettings = field(default_factory=DetectorSettings)
     pending_limit: int = 50_000  # requests waiting for their response
@@ -118,12 +146,14 @@ class ServiceSettings:
     unwatched_limit: int = 8
     backlog_rows: int = 20_000
     absent_ttl_seconds: float = 5.0  # how long "not in the registry" stands for a version
+    max_body_bytes: int = 8 * 1024 * 1024  # any request body; larger is a 413
     allow_bsl_alibi: bool = False  # newer alibi-detect releases are Business Source licensed
 
     def __post_init__(self) -> None:
         checks = {
             "unwatched_limit": self.unwatched_limit >= 1,
             "backlog_rows": self.backlog_rows >= 0,
+            "max_body_bytes": self.max_body_bytes >= 1,
             "absent_ttl_seconds": math.isfinite(self.absent_ttl_seconds)
             and self.absent_ttl_seconds >= 0,
         }
@@ -142,6 +172,7 @@ class ServiceSettings:
         }
         values: dict[str, Any] = {
             "registry_uri": env.get("KUBELOOP_REGISTRY_URI", str(home / "registry")),
+            "s3": S3Access.from_env(env),
             "cache_dir": Path(env.get(ENV_PREFIX + "CACHE_DIR", home / "drift-cache")),
             "detectors": DetectorSettings().with_overrides(detector_env),
             "allow_bsl_alibi": _coerce(
@@ -149,7 +180,7 @@ class ServiceSettings:
             ),
         }
         for name, kind in (("unwatched_limit", int), ("backlog_rows", int),
-                           ("absent_ttl_seconds", float)):  # fmt: skip
+                           ("absent_ttl_seconds", float), ("max_body_bytes", int)):  # fmt: skip
             if (raw := env.get(ENV_PREFIX + name.upper())) is not None:
                 values[name] = _coerce(name, raw, kind)
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -1,4 +1,5 @@
-"""The drift service's hot path: ``POST /`` (payload events) as plain ASGI."""
+"""The drift service's ASGI edge: the cap on request bodies (:class:`BodyLimit`) and the
+hot path, ``POST /`` (payload events), as plain ASGI."""
 
 from __future__ import annotations
 
@@ -45,4 +46,60 @@ class PayloadEventsFastPath:
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
+
+class _Overflow(Exception):
+    """The body passed the cap while the app was reading it."""
+
+
+class BodyLimit:
+    """ASGI middleware capping every request body at ``limit`` bytes, declared
+    (``Content-Length``) or streamed: over it is a 413 ``{"error", "reason":
+    "payload_too_large"}`` with ``Connection: close``, before the rest is read, counted
+    by ``on_reject``. Outermost, so no route ever holds an oversized body."""
+
+    def __init__(self, app: Any, limit: int, on_reject: Any) -> None:
+        self.app, self.limit, self.on_reject = app, limit, on_reject
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send)
+            return
+        size, started = 0, False
+
+        async def capped() -> dict:
+            nonlocal size
+            message = await receive()
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                raise _Overflow
+            return message
+
+        async def tracked(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, capped, tracked)
+        except _Overflow:
+            if started:
+                raise
+            await self._refuse(send)
+
+    async def _refuse(self, send: Any) -> None:
+        self.on_reject("payload_too_large")
+        body = json.dumps(
+            {"error": f"request body is larger than {self.limit} bytes",
+             "reason": "payload_too_large"}
+        ).encode()  # fmt: skip
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})  # fmt: skip
         await send({"type": "http.response.body", "body": body})

@@ -17,6 +17,7 @@ import pandas as pd
 
 from kubeloop.registry import ModelRegistry
 from kubeloop.registry.registry import VersionNotFound
+from kubeloop.registry.stores import open_store
 
 REFERENCE_FILE = "reference.parquet"
 SCHEMA_FILE = "schema.json"
@@ -126,9 +127,10 @@ def reference_from_bytes(model: str, version: str, parquet: bytes, schema_json: 
     return Reference(model=model, version=version, spec=spec, frame=frame, digest=digest)
 
 
-def load_reference(registry_uri: str, model: str, version: str) -> Reference:
-    """Reads ``reference.parquet`` and ``schema.json`` of ``model``/``version`` from the registry."""
-    registry = ModelRegistry(registry_uri)
+def load_reference(registry_uri: str, model: str, version: str, s3: object = None) -> Reference:
+    """Reads ``reference.parquet`` and ``schema.json`` of ``model``/``version`` from the
+    registry (``s3``: the endpoint and credentials of an ``s3://`` one)."""
+    registry = ModelRegistry(store=open_store(registry_uri, s3))
     resolved = registry.resolve(model, version)
     try:
         parquet = registry.read_file(model, resolved, REFERENCE_FILE)

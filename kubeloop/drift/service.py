@@ -50,7 +50,7 @@ from kubeloop.drift.events import (
     validate_instances,
     validate_predictions,
 )
-from kubeloop.drift.fastpath import PayloadEventsFastPath
+from kubeloop.drift.fastpath import BodyLimit, PayloadEventsFastPath
 from kubeloop.drift.metrics import DriftMetrics
 from kubeloop.drift.params import BadRequest, wait_timeout, watch_request
 from kubeloop.drift.reference import Reference, ReferenceError, load_reference
@@ -113,7 +113,7 @@ class DriftService:
         if why := trackable(*key):
             return why
         try:
-            return load_reference(self.settings.registry_uri, *key)
+            return load_reference(self.settings.registry_uri, *key, self.settings.s3)
         except RegistryError as exc:  # VersionNotFound among them
             return f"the registry has no such version ({clip(str(exc))})"
         except ReferenceError as exc:
@@ -184,7 +184,11 @@ class DriftService:
         armed version (a version being armed gets fresh detectors anyway)."""
         settings = self.settings.detectors.with_overrides(overrides)
         reference = await run_in_threadpool(
-            load_reference, registry_uri or self.settings.registry_uri, model, version
+            load_reference,
+            registry_uri or self.settings.registry_uri,
+            model,
+            version,
+            self.settings.s3,
         )
         now = time.time()
         tracked = self.versions.watch(reference, now)
@@ -540,6 +544,11 @@ def create_app(
         exception_handlers={HTTPException: http_error},
     )
     app.add_middleware(PayloadEventsFastPath, service=svc)  # serves POST /
+    app.add_middleware(  # outermost: every route's body is capped
+        BodyLimit,
+        limit=settings.max_body_bytes,
+        on_reject=lambda reason: svc.metrics.rejected.labels(reason=reason).inc(),
+    )
     app.state.service = svc
     return app
 

@@ -73,12 +73,15 @@ def start_router(
     *,
     logger_url: str | None = None,
     registry_uri: str | Path | None = None,
+    max_body_bytes: int | None = None,
     name: str = "router",
     wait: bool = True,
     **options: Any,
 ) -> Service:
     """Starts ``kubeloop.router`` reading and keeping its split in ``split_file`` (with
-    ``registry_uri``, refusing splits that name versions the registry lacks); with ``wait``, returns once ``/healthz`` answers (``/readyz`` waits for a split).
+    ``registry_uri``, refusing splits that name versions the registry lacks; with
+    ``max_body_bytes``, its cap on inference bodies); with ``wait``, returns once
+    ``/healthz`` answers (``/readyz`` waits for a split).
     ``options`` (``env``, ``launcher``, ``timeout``) go to :meth:`Supervisor.start`."""
     port = port or free_port()
     args = ["-m", "kubeloop.router", "--port", str(port), "--split-file", str(split_file)]
@@ -86,6 +89,8 @@ def start_router(
         args += ["--logger-url", logger_url]
     if registry_uri:
         args += ["--registry-uri", str(registry_uri)]
+    if max_body_bytes is not None:
+        args += ["--max-body-bytes", str(max_body_bytes)]
     return supervisor.start(
         name,
         args,

@@ -9,7 +9,8 @@ is persisted to ``--split-file`` so a restart keeps it. With ``--registry-uri`` 
 naming a version the registry lacks is refused (409) before it takes effect.
 
 Client mistakes get a 4xx ``{"error": ...}`` and never a 5xx: the admin body is capped
-(:data:`ADMIN_BODY_LIMIT`, 413 before the rest is read), the split is validated strictly,
+(:data:`ADMIN_BODY_LIMIT`, 413 before the rest is read), so is an inference body
+(``--max-body-bytes``, default :data:`PROXY_BODY_LIMIT`), the split is validated strictly,
 and a request the router cannot forward as sent is a 400. Every answer except probes and
 scrapes is counted in ``kubeloop_router_requests_total``: proxied ones under the version
 and role that answered, the router's own (admin API, refusals) under ``role="router"``.
@@ -48,6 +49,10 @@ log = logging.getLogger("kubeloop.router")
 
 ADMIN_BODY_LIMIT = 64 * 1024
 """Largest ``PUT /admin/split`` body in bytes (a split is a few hundred): larger is a 413."""
+PROXY_BODY_LIMIT = 16 * 1024 * 1024
+"""Default largest inference body the router forwards (``--max-body-bytes``): larger is a
+413 before the rest is read. Above the predictors' own default cap (1 MiB), which they
+answer themselves."""
 ROUTER_ROLE = "router"
 """The ``role`` label of answers the router gives itself (admin API, refusals, its own faults)."""
 
@@ -106,7 +111,11 @@ class Router:
         timeout_s: float = 30.0,
         namespace: str = "default",
         registry_uri: str | None = None,
+        max_body_bytes: int = PROXY_BODY_LIMIT,
     ) -> None:
+        if max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
+        self.max_body_bytes = max_body_bytes
         self.split_file = Path(split_file)
         self.registry = None
         if registry_uri:
@@ -159,10 +168,22 @@ class Router:
                 generate_latest(REGISTRY),
             )
         else:
-            status, headers, data = await self._proxy(
-                scope, method, path, await _read_body(receive)
-            )
+            body = await self._inference_body(scope, receive)
+            if body is None:  # over the cap: refused, counted as the router's own answer
+                self._count_own(413)
+                return _too_large(self.max_body_bytes)
+            status, headers, data = await self._proxy(scope, method, path, body)
         return status, headers, data
+
+    async def _inference_body(self, scope, receive) -> bytes | None:
+        """The body to forward, or None when it is over ``max_body_bytes`` (declared or read)."""
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            return None
+        try:
+            return await _read_body(receive, self.max_body_bytes)
+        except BodyTooLarge:
+            return None
 
     def _count_own(self, status: int) -> None:
         split = self.split
@@ -419,13 +440,23 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="model registry: a split naming a version it lacks is refused (default: no check)",
     )
+    parser.add_argument(
+        "--max-body-bytes",
+        dest="max_body_bytes",
+        type=int,
+        default=PROXY_BODY_LIMIT,
+        help=f"largest inference body forwarded; larger is a 413 (default {PROXY_BODY_LIMIT})",
+    )
     args = parser.parse_args(argv)
+    if args.max_body_bytes < 1:
+        parser.error(f"--max-body-bytes must be positive, got {args.max_body_bytes}")
     router = Router(
         args.split_file,
         logger_url=args.logger_url,
         entity=args.entity,
         namespace=args.namespace,
         registry_uri=args.registry_uri,
+        max_body_bytes=args.max_body_bytes,
     )
     freeze_startup_heap()
     uvicorn.run(

@@ -15,7 +15,8 @@ always with ``{"error": "<message naming the problem>"}``:
 - JSON: a UTF-8 byte order mark (RFC 8259 §8.1) gets 400 on V1 and V2 alike; V2 bodies
   are checked for shape and unknown keys (:func:`kubeloop.serving.inputs.check_v2_body`);
 - versions: ``/v2/models/{m}/versions/{v}[/ready|/infer]`` is the unversioned route for
-  the served version and 404 for any other;
+  the served version and 404 for any other; an unknown route (404) or method (405) is
+  answered ``{"error"}`` as well (:func:`http_error_handler`);
 - outcomes: every inference request is counted by status, whoever answered it (the
   model, kserve, FastAPI or this guard), through ``on_outcome(status, reason)``;
   ``reason`` is set when the model already counted its own rejection reason.
@@ -38,6 +39,7 @@ import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from kubeloop.serving.inputs import Limits, RequestRejected, check_v2_body
 
@@ -327,3 +329,13 @@ async def validation_error_handler(_request: Request, exc: RequestValidationErro
         where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
         problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
     return JSONResponse(status_code=400, content={"error": "; ".join(problems) or "invalid body"})
+
+
+async def http_error_handler(_request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own answers (404 no such route, 405 wrong method) as ``{"error"}`` too,
+    keeping their headers (``Allow`` on a 405)."""
+    return JSONResponse(
+        status_code=exc.status_code,
+        content={"error": f"{exc.detail}"},
+        headers=getattr(exc, "headers", None),
+    )

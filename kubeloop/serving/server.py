@@ -21,10 +21,16 @@ from kserve.model_server import parser as kserve_parser
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.rest.server import RESTServer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kubeloop.serving.heap import freeze_startup_heap
 from kubeloop.serving.inputs import Limits
-from kubeloop.serving.rest import Outcome, RequestGuard, validation_error_handler
+from kubeloop.serving.rest import (
+    Outcome,
+    RequestGuard,
+    http_error_handler,
+    validation_error_handler,
+)
 
 
 class _MetadataServicer(InferenceServicer):
@@ -150,6 +156,7 @@ def install_guard(
         RequestGuard, model_name=model_name, version=version, limits=limits, on_outcome=on_outcome
     )
     kserve_app.add_exception_handler(RequestValidationError, validation_error_handler)
+    kserve_app.add_exception_handler(StarletteHTTPException, http_error_handler)
 
 
 def predictor_parser() -> argparse.ArgumentParser:

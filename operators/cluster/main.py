@@ -171,6 +171,23 @@ def serve_health(
             self.end_headers()
             self.wfile.write(body)
 
+        def do_HEAD(self) -> None:  # noqa: N802
+            ok = self.path.split("?")[0] == "/healthz" and healthy()
+            self.send_response(200 if ok else (503 if self.path.startswith("/healthz") else 404))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def _not_allowed(self) -> None:
+            # A method the endpoint does not take is the client's mistake: 405, not 501.
+            body = b"method not allowed; use GET\n"
+            self.send_response(405)
+            self.send_header("Allow", "GET, HEAD")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed  # noqa: N815
+
         def log_message(self, *args: Any) -> None:
             pass
 

@@ -15,7 +15,8 @@ import time
 import uuid
 
 import pytest
-from kubeloop.operators.crd import GROUP, PLURAL, VERSION, crd_manifest
+from kubeloop.operators.crd import GROUP, PLURAL, VERSION
+from kubeloop.operators.crd_manifest import crd_manifest
 
 pytestmark = pytest.mark.k8s
 

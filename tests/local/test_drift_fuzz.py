@@ -15,11 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kubeloop.contracts import payload_events as pe
+from kubeloop.drift.config import ServiceSettings
 from kubeloop.local.drift import start_drift_service
 from kubeloop.local.supervisor import Supervisor
 from kubeloop.registry import ModelRegistry
 from kubeloop.training.quick import publish_quick_version
 from tests.support.events import payload_headers, payload_pair
+from tests.support.http import chunked, raw_request
 from tests.support.strategies import json_value
 
 pytestmark = pytest.mark.slow
@@ -175,6 +177,23 @@ def test_json_endpoints_answer_client_mistakes_with_4xx(service):
         check_answer(client.request(method, path, params=query))
 
     run()
+    check_still_ready(service)
+
+
+def test_bodies_over_the_cap_are_refused_before_they_are_read(service):
+    url = str(service["client"].base_url)
+    cap = ServiceSettings().max_body_bytes
+    declared = f"Content-Length: {cap + 1}\r\nContent-Type: application/json\r\n"
+    for request in ("POST /", "POST /v1/feedback", "POST /v1/watch"):
+        answer = raw_request(url, request, declared, [b"{"])
+        assert answer.startswith(b"HTTP/1.1 413"), (request, answer[:300])
+        assert b'"payload_too_large"' in answer
+    # No length declared: refused once the streamed body passes the cap.
+    answer = raw_request(url, "POST /", "Transfer-Encoding: chunked\r\n", chunked(cap // 2**20 + 2))
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    metrics = service["client"].get("/metrics").text
+    line = next(x for x in metrics.splitlines() if 'reason="payload_too_large"' in x)
+    assert float(line.rsplit(" ", 1)[1]) >= 4, line
     check_still_ready(service)
 
 

@@ -582,7 +582,7 @@ class DiscoveryOnly(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
-        from kubeloop.operators.crd import crd_manifest
+        from kubeloop.operators.crd_manifest import crd_manifest
 
         path = self.path.split("?")[0]
         self.paths.append(path)

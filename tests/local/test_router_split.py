@@ -14,6 +14,7 @@ from kubeloop.local.wait import wait_until
 from kubeloop.registry import ModelRegistry
 from kubeloop.training.quick import publish_quick_version
 from tests.support.fixtures import ROUTINE_TRANSACTION
+from tests.support.http import raw_request
 from tests.support.sink import EventSink
 
 pytestmark = pytest.mark.slow
@@ -93,30 +94,8 @@ def _own_count(stack, code: str) -> float:
     )
 
 
-def _raw_put(url: str, head: str, chunks: list[bytes]) -> bytes:
-    """Sends a PUT /admin/split head and the given body chunks over a socket, then reads the
-    answer: a server that waits for the whole declared body would time out here."""
-    import socket
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
-        sock.sendall(f"PUT /admin/split HTTP/1.1\r\nHost: {parts.netloc}\r\n{head}\r\n".encode())
-        for chunk in chunks:
-            try:
-                sock.sendall(chunk)
-            except (BrokenPipeError, ConnectionResetError):
-                break  # refused mid-upload: the answer is already on its way
-        answer = b""
-        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
-            try:
-                data = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not data:
-                break
-            answer += data
-    return answer
+def _raw_put(url: str, head: str, chunks: list[bytes], request: str = "PUT /admin/split") -> bytes:
+    return raw_request(url, request, head, chunks)
 
 
 def test_admin_body_is_capped_before_it_is_read(stack):
@@ -136,6 +115,27 @@ def test_admin_body_is_capped_before_it_is_read(stack):
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert _own_count(stack, "413") == before + 2
     assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_inference_body_is_capped_before_it_is_read(stack):
+    small = start_router(
+        stack["supervisor"], stack["root"] / "small-split.json", max_body_bytes=4096,
+        name="router-small",
+    )  # fmt: skip
+    infer = f"POST /v2/models/{MODEL}/infer"
+    before = _own_count({"router": small}, "413")
+    answer = _raw_put(small.url, f"Content-Length: {50 * 2**20}\r\n", [b"x" * 1024], infer)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"larger than 4096 bytes" in answer
+    piece = b"400\r\n" + b"x" * 1024 + b"\r\n"  # chunked, no length: 1 KiB pieces
+    answer = _raw_put(small.url, "Transfer-Encoding: chunked\r\n", [piece] * 8, infer)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert _own_count({"router": small}, "413") == before + 2
+    # Under the cap the body is taken (no split yet: 503, not 413).
+    assert httpx.post(f"{small.url}/v2/models/{MODEL}/infer", content=b"{}").status_code == 503
+    # The default cap (16 MiB) refuses a declared 50 MB body too.
+    answer = _raw_put(stack["router"].url, f"Content-Length: {50 * 2**20}\r\n", [b"x"], infer)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
 
 
 def test_split_fields_are_not_coerced(stack):

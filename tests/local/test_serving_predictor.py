@@ -329,6 +329,14 @@ def test_bad_inference_header_is_400_and_keeps_the_connection(predictor):
         )
 
 
+def test_unknown_routes_and_methods_answer_the_error_contract(predictor):
+    missing = httpx.get(predictor.url + "/v3/nowhere", timeout=10)
+    assert missing.status_code == 404 and set(missing.json()) == {"error"}, missing.text
+    wrong = httpx.delete(predictor.url + V2_PATH, timeout=10)
+    assert wrong.status_code == 405 and set(wrong.json()) == {"error"}, wrong.text
+    assert "POST" in wrong.headers["allow"]
+
+
 def test_every_error_outcome_is_counted(predictor):
     before = _metric(predictor.url, "kubeloop_inference_requests_total", status="client_error")
     json_type = {"content-type": "application/json"}

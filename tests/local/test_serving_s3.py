@@ -1,4 +1,5 @@
-"""The predictor loads a registry version from S3 (moto's S3 server on 127.0.0.1).
+"""The predictor and the drift service load a registry version from S3 (moto's S3 server
+on 127.0.0.1).
 
 The version is published through kubeloop's S3 store, the predictor runs as a real
 subprocess with the endpoint and credentials from ``KUBELOOP_S3__*`` settings, and a
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kubeloop.local.drift import start_drift_service
 from kubeloop.local.ports import free_port
 from kubeloop.local.servers import start_predictor
 from kubeloop.local.supervisor import Supervisor
@@ -154,3 +156,21 @@ def test_reload_replaces_the_downloaded_copy(registry):
     assert (first / "MANIFEST.json").exists()
     model.load()
     assert not first.exists() and Path(model._cache.name).exists()
+
+
+def test_drift_service_watches_a_version_from_s3(registry, s3_env, tmp_path):
+    """Its own environment reads the same ``KUBELOOP_S3__*`` settings (no pydantic 2 there)."""
+    with Supervisor(tmp_path / "runtime") as sup:
+        drift = start_drift_service(
+            sup, REGISTRY, env=s3_env, detectors={"mmd": "false", "univariate": "false"}
+        )
+        watched = httpx.post(
+            f"{drift.url}/v1/watch",
+            params={"wait": "armed", "timeout": "120"},
+            json={"model": MODEL, "version": "v1"},
+            timeout=150,
+        )
+        assert watched.status_code == 200, watched.text
+        assert watched.json()["state"] == "armed"
+        missing = httpx.post(f"{drift.url}/v1/watch", json={"model": MODEL, "version": "v9"})
+        assert missing.status_code == 404, missing.text

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kubeloop.operators.crd import GROUP, PLURAL, crd_manifest, parse_spec, render_crds
+from kubeloop.operators.crd import GROUP, PLURAL, parse_spec
+from kubeloop.operators.crd_manifest import crd_manifest, render_crds
 
 from kubeloop.generated import REPO_ROOT
 
@@ -25,7 +26,8 @@ def test_crd_is_a_valid_structural_customresourcedefinition():
     kubernetes_validate.validate(crd, "1.30", strict=True)
     version = crd["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
+    columns = version["additionalPrinterColumns"]
+    assert [c["name"] for c in columns if "priority" not in c] == [
         "Ready",
         "Stable",
         "Candidate",
@@ -33,7 +35,15 @@ def test_crd_is_a_valid_structural_customresourcedefinition():
         "Drift",
         "Age",
     ]
+    # `kubectl get -o wide` adds these
+    assert [c["name"] for c in columns if c.get("priority") == 1] == [
+        "Phase",
+        "Previous",
+        "Seconds To Detect",
+    ]
+    assert all(c.get("description") for c in columns)
     assert crd["spec"]["names"]["shortNames"] == ["mdep"]
+    assert crd["spec"]["names"]["categories"] == ["kubeloop"]
     text = yaml.safe_dump(crd)
     assert "$ref" not in text and "anyOf" not in text and "$defs" not in text
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
@@ -55,6 +65,43 @@ def test_every_schema_node_is_typed():
         assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), path
 
 
+def _root():
+    return crd_manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def test_every_property_has_a_description():
+    # what `kubectl explain modeldeployment.spec...` shows; the items of a list of scalars
+    # are described by the list
+    missing = [
+        path
+        for path, node in _walk(_root())
+        if path and not node.get("description")
+        if not (path.endswith("[]") and node.get("type") != "object")
+    ]
+    assert not missing, f"properties without a description: {missing}"
+
+
+def test_printer_columns_read_fields_of_the_schema():
+    crd = crd_manifest()
+    root = _root()
+    for column in crd["spec"]["versions"][0]["additionalPrinterColumns"]:
+        path = column["jsonPath"].split("[")[0].lstrip(".").split(".")
+        if path[0] == "metadata":
+            continue
+        node = root
+        for key in path:
+            node = node["properties"][key]
+        assert node["type"] in {column["type"], "array"}, column
+
+
+def test_conditions_are_a_list_map_keyed_by_type():
+    conditions = _root()["properties"]["status"]["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    # list-map keys must be required (or defaulted) in every item
+    assert "type" in conditions["items"]["required"]
+
+
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.name)
 def test_samples_validate(sample: Path):
     doc = yaml.safe_load(sample.read_text())
@@ -65,7 +112,10 @@ def test_samples_validate(sample: Path):
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"model": {"name": "fd", "versionPolicy": "Pinned"}}, "model.version is required"),
+        (
+            {"model": {"name": "fd", "versionPolicy": "Pinned"}},
+            "spec.model: Value error, version is required when versionPolicy is Pinned",
+        ),
         ({"model": {"name": "fd"}, "rollout": {"steps": [50, 25, 100]}}, "strictly increase"),
         ({"model": {"name": "fd"}, "rollout": {"steps": [100]}}, "at least one canary step"),
         ({"model": {"name": "fd"}, "rollout": {"minSamples": 0}}, "spec.rollout.minSamples"),
@@ -75,6 +125,11 @@ def test_samples_validate(sample: Path):
             "spec.retraining.dataWindow",
         ),
         ({"model": {"name": "fd"}, "rollout": {"stepz": [1]}}, "spec.rollout.stepz"),
+        ({"model": {"name": "fd"}, "rollout": {"steps": [50, 10, 400]}}, "spec.rollout.steps.2"),
+        (
+            {"model": {"name": "fd"}, "serving": {"replicas": 4, "maxReplicas": 3}},
+            "spec.serving: Value error, replicas must not exceed maxReplicas",
+        ),
     ],
 )
 def test_bad_spec_names_the_problem(spec, message):

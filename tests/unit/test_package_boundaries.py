@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ("kubeloop", "components", "pipelines", "operators")
 # Top-level modules that only tests may import.
-TEST_ONLY = ("pytest", "_pytest", "hypothesis", "tests", "moto")
+TEST_ONLY = ("pytest", "_pytest", "hypothesis", "tests", "moto", "celpy")
 
 
 def shipped_modules() -> list[Path]:

@@ -155,7 +155,7 @@ def _has_client_calls(source: str) -> bool:
 
 def kopf_grants() -> set[Grant]:
     from kubeloop.operators.cluster.main import build_registry
-    from kubeloop.operators.crd import crd_manifest
+    from kubeloop.operators.crd_manifest import crd_manifest
     from kubeloop.operators.settings import load_operator_settings
 
     registry = build_registry(load_operator_settings(), None)
