@@ -10,15 +10,15 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from kubeloop.generated import GENERATED_HEADER
 from kubeloop.pipelines.cluster import PipelineCluster
+
+from kubeloop.generated import GENERATED_HEADER
 
 COMPILED = {"training": "pipelines/compiled/training.yaml"}
 
 
 def compile_training(path: str | Path, cluster: PipelineCluster | None = None) -> Path:
     from kfp import compiler
-
     from kubeloop.pipelines.training import build_training_pipeline, training_pipeline
 
     pipeline = training_pipeline if cluster is None else build_training_pipeline(cluster)

@@ -12,7 +12,6 @@ builds the pipeline for given names, ``training_pipeline`` is it with the chart'
 """
 
 from kfp import dsl
-
 from kubeloop.components.evaluate.component import evaluate
 from kubeloop.components.features.component import features
 from kubeloop.components.gate.component import gate
@@ -20,8 +19,9 @@ from kubeloop.components.ingest.component import ingest
 from kubeloop.components.register.component import register
 from kubeloop.components.train.component import train
 from kubeloop.components.validate.component import validate
-from kubeloop.images import image
 from kubeloop.pipelines.cluster import PipelineCluster
+
+from kubeloop.images import image
 
 PIPELINE_NAME = "kubeloop-training"
 DEFAULT_SOURCE = "example://fraud/stationary?days=14&accounts=2000&seed=0"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import yaml
+from kubeloop.pipelines.compile import COMPILED, render
 
 from kubeloop.generated import check_all
-from kubeloop.pipelines.compile import COMPILED, render
 
 
 def test_generated_files_are_current():
@@ -76,6 +76,7 @@ def test_every_stage_gets_the_storage_environment_from_the_release():
 
 def test_the_storage_variables_are_kubeloop_settings():
     from kubeloop.pipelines.cluster import STORAGE_CONFIG_KEYS
+
     from kubeloop.settings import KubeloopSettings
 
     values = {
@@ -99,8 +100,9 @@ def test_the_storage_variables_are_kubeloop_settings():
 
 
 def test_a_release_compiles_with_its_image_registry_and_names():
-    from kubeloop.images import STAGES
     from kubeloop.pipelines.cluster import PipelineCluster
+
+    from kubeloop.images import STAGES
 
     cluster = PipelineCluster.from_env(
         {
