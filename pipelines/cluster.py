@@ -29,12 +29,13 @@ STORAGE_CONFIG_KEYS: tuple[str, ...] = (
 CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 # Environment variable of each PipelineCluster field (read by from_env: the chart's upload Job).
+# They carry names (of the Secret and of its fields), never credentials, and are named so.
 ENV_VARS = {
     "image_registry": "KUBELOOP_IMAGE_REGISTRY",
     "image_tag": "KUBELOOP_IMAGE_TAG",
-    "s3_secret": "KUBELOOP_PIPELINE_S3_SECRET",
-    "s3_access_key_key": "KUBELOOP_PIPELINE_S3_ACCESS_KEY_KEY",
-    "s3_secret_key_key": "KUBELOOP_PIPELINE_S3_SECRET_KEY_KEY",
+    "s3_secret": "KUBELOOP_PIPELINE_S3_CREDENTIALS",
+    "s3_access_key_key": "KUBELOOP_PIPELINE_S3_CREDENTIALS_USER_FIELD",
+    "s3_secret_key_key": "KUBELOOP_PIPELINE_S3_CREDENTIALS_PASSKEY_FIELD",
     "storage_config_map": "KUBELOOP_PIPELINE_STORAGE_CONFIG_MAP",
 }
 

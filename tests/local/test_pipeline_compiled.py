@@ -108,8 +108,8 @@ def test_a_release_compiles_with_its_image_registry_and_names():
         {
             "KUBELOOP_IMAGE_REGISTRY": "registry.example.com/ml",
             "KUBELOOP_IMAGE_TAG": "0.1.0-rc1",
-            "KUBELOOP_PIPELINE_S3_SECRET": "team-s3",
-            "KUBELOOP_PIPELINE_S3_ACCESS_KEY_KEY": "accesskey",
+            "KUBELOOP_PIPELINE_S3_CREDENTIALS": "team-s3",
+            "KUBELOOP_PIPELINE_S3_CREDENTIALS_USER_FIELD": "accesskey",
             "KUBELOOP_PIPELINE_STORAGE_CONFIG_MAP": "ml-storage",
         }
     )
