@@ -133,6 +133,43 @@ def test_local_kind_generates_its_minio_secret() -> None:
         if "valueFrom" in e
     }
     assert refs == {secret["metadata"]["name"]}, "kustomize must rewrite the Secret reference"
+    # The storage ServiceAccount predictors download with names the same (renamed) Secret.
+    storage_sa = next(
+        d for d in docs if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == "kubeloop-s3"
+    )
+    assert [s["name"] for s in storage_sa["secrets"]] == [secret["metadata"]["name"]]
+
+
+def _secret_references(doc: dict) -> set[str]:
+    """Names of the Secrets an object refers to (env, envFrom, volumes, ServiceAccount)."""
+    names: set[str] = set()
+    if doc["kind"] == "ServiceAccount":
+        names |= {s["name"] for s in doc.get("secrets", [])}
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key in ("secretKeyRef", "secretRef"):
+                if isinstance(node.get(key), dict) and "name" in node[key]:
+                    names.add(node[key]["name"])
+            if isinstance(node.get("secret"), dict) and "secretName" in node["secret"]:
+                names.add(node["secret"]["secretName"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(doc.get("spec", {}))
+    return names
+
+
+def test_local_kind_secret_references_all_resolve() -> None:
+    """Every Secret the local-kind overlay's objects name is one the overlay ships."""
+    docs = kustomize(ROOT / "manifests" / "overlays" / "local-kind")
+    shipped = {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
+    referenced = set().union(*(_secret_references(d) for d in docs))
+    assert referenced, "the overlay's workloads name no Secret at all"
+    assert referenced <= shipped, f"dangling Secret references: {sorted(referenced - shipped)}"
 
 
 def test_base_is_the_current_chart_rendering() -> None:
