@@ -492,6 +492,37 @@ def test_serving_runtime_is_skipped_without_kserve() -> None:
     assert "ClusterServingRuntime" not in {d["kind"] for d in docs}
 
 
+OPTIONAL_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ClusterServingRuntime"}
+FORCE_OPTIONAL = (
+    "--set", "monitoring.serviceMonitor.enabled=true",
+    "--set", "monitoring.prometheusRule.enabled=true",
+    "--set", "servingRuntime.enabled=true",
+)  # fmt: skip
+
+
+def test_forced_optional_objects_render_offline() -> None:
+    """`enabled: true` renders the CRD-served objects with no --api-versions (GitOps tools
+    render offline); `auto` (the default) leaves them out there; false leaves them out even
+    where the APIs are served."""
+    forced = render(*FORCE_OPTIONAL, api_versions=())
+    kinds = [d["kind"] for d in forced]
+    assert OPTIONAL_KINDS <= set(kinds)
+    assert kinds.count("ServiceMonitor") == 2
+    detected = render(*FORCE_OPTIONAL)
+    assert [d for d in forced if d["kind"] in OPTIONAL_KINDS] == [
+        d for d in detected if d["kind"] in OPTIONAL_KINDS
+    ], "forcing renders what detection would render"
+    assert not OPTIONAL_KINDS & {d["kind"] for d in render(api_versions=())}
+    off = render(
+        "--set", "monitoring.serviceMonitor.enabled=false",
+        "--set", "monitoring.prometheusRule.enabled=false",
+        "--set", "servingRuntime.enabled=false",
+    )  # fmt: skip
+    assert not OPTIONAL_KINDS & {d["kind"] for d in off}
+    proc = helm("template", "kl", str(CHART), "--set", "servingRuntime.enabled=yes", check=False)
+    assert proc.returncode != 0 and "/servingRuntime/enabled" in proc.stderr
+
+
 @pytest.mark.parametrize("scenario", ["default-values.yaml", "namespaced-values.yaml"])
 def test_operator_environment_loads_into_its_settings(rendered, scenario: str, monkeypatch) -> None:
     from kubeloop.operators.settings import OperatorSettings, load_operator_settings

@@ -192,3 +192,16 @@ True when the cluster serves the Prometheus Operator API, or detection is off.
 {{- define "kubeloop.hasPrometheusOperator" -}}
 {{- if or (not .Values.prerequisites.detect) (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1") }}true{{- end }}
 {{- end }}
+
+{{/*
+Whether an optional object served by a CRD is rendered: "true" when its `enabled` value is
+true (forced on, e.g. for GitOps tools that render offline without --api-versions), nothing
+when false, and with "auto" when the cluster serves its API (or prerequisites.detect is
+false). Call with (dict "root" $ "enabled" <value> "api" "<group/version>").
+*/}}
+{{- define "kubeloop.optionalEnabled" -}}
+{{- $mode := toString .enabled }}
+{{- if eq $mode "true" }}true
+{{- else if and (eq $mode "auto") (or (not .root.Values.prerequisites.detect) (.root.Capabilities.APIVersions.Has .api)) }}true
+{{- end }}
+{{- end }}
