@@ -244,6 +244,25 @@ def test_samples_validate_against_the_chart_crd(sample: Path) -> None:
         validate_against_crd(doc, schemas)
 
 
+@pytest.mark.parametrize(
+    "sample", sorted((ROOT / "manifests" / "samples").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_samples_name_no_release(sample: Path) -> None:
+    """Samples apply to any release: no namespace, bucket, drift service or S3 endpoint of
+    one; the operator fills registryUri and loggerUrl in from the release."""
+    text = "\n".join(
+        line for line in sample.read_text().splitlines() if not line.lstrip().startswith("#")
+    )
+    for doc in yaml.safe_load_all(text):
+        if not doc:
+            continue
+        assert "namespace" not in doc["metadata"]
+        assert "registryUri" not in doc["spec"]["model"]
+        assert "loggerUrl" not in doc["spec"].get("serving", {})
+    for release_specific in ("kubeloop-registry", "svc.cluster.local", "s3://", "kubeloop-drift"):
+        assert release_specific not in text, release_specific
+
+
 def test_crd_schema_rejects_a_bad_sample() -> None:
     schemas = crd_schemas()
     sample = yaml.safe_load((ROOT / "manifests" / "samples" / "fraud-detector.yaml").read_text())
