@@ -662,3 +662,44 @@ def test_predictor_storage_account_uses_the_registry_credentials(rendered, scena
     ref = env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]
     # KServe's storage initializer reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from it.
     assert sa["secrets"] == [{"name": ref["name"]}] and ref["key"] == "AWS_ACCESS_KEY_ID"
+
+
+def test_private_ca_bundle_reaches_every_s3_client(rendered) -> None:
+    """registry.caBundle mounts the bundle into each pod that reads S3 (and the upload Job
+    and the serving runtime), with SSL_CERT_FILE and AWS_CA_BUNDLE naming the mounted file."""
+    docs = rendered["private-ca-values.yaml"]
+    path = "/etc/kubeloop/ca/ca-bundle.pem"
+    pods = [d for d in docs if d["kind"] in WORKLOAD_KINDS and d["kind"] != "Pod"]
+    runtime = next(d for d in docs if d["kind"] == "ClusterServingRuntime")
+    specs = {f"{d['kind']}/{d['metadata']['name']}": pod_spec(d) for d in pods}
+    specs["ClusterServingRuntime"] = runtime["spec"]
+    names = {n.split("/", 1)[1].removeprefix("kl-kubeloop-") for n in specs if "/" in n}
+    assert {"operator", "drift", "feast", "pipeline-upload"} <= names, names
+    for name, spec in specs.items():
+        volume = next(v for v in spec["volumes"] if v["name"] == "s3-ca-bundle")
+        assert volume["configMap"] == {
+            "name": "corp-ca-bundle",
+            "items": [{"key": "ca-bundle.pem", "path": "ca-bundle.pem"}],
+        }, name
+        for c in spec["containers"]:
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            assert env.get("SSL_CERT_FILE") == env.get("AWS_CA_BUNDLE") == path, (name, c["name"])
+            mount = next(m for m in c["volumeMounts"] if m["name"] == "s3-ca-bundle")
+            assert path.startswith(mount["mountPath"] + "/") and mount["readOnly"], name
+    # A Secret works the same way; without caBundle nothing is mounted; not both at once.
+    with_secret = render("--set", "registry.caBundle.secretName=corp-ca")
+    operator = next(
+        d
+        for d in with_secret
+        if d["metadata"]["name"] == "kl-kubeloop-operator" and d["kind"] == "Deployment"
+    )
+    assert {"secretName": "corp-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]} in [
+        v.get("secret") for v in pod_spec(operator)["volumes"]
+    ]
+    assert "s3-ca-bundle" not in json.dumps(rendered["default-values.yaml"])
+    both = helm(
+        "template", "kl", str(CHART),
+        "--set", "registry.caBundle.secretName=a", "--set", "registry.caBundle.configMapName=b",
+        check=False,
+    )  # fmt: skip
+    assert both.returncode != 0 and "/registry/caBundle" in both.stderr
