@@ -107,7 +107,9 @@ class Serving(_Model):
     max_replicas: int = Field(3, ge=1, le=100, description="maximum replicas (autoscaling)")
     resources: Resources = Field(Resources(), description="compute per predictor replica")
     runtime_image: str | None = Field(None, description="predictor image (default: kubeloop's)")
-    logger_url: str | None = Field(None, description="payload logger sink (the drift service)")
+    logger_url: str | None = Field(
+        None, description="payload logger sink; default: the operator's drift service"
+    )
 
 
 class ApprovalMode(StrEnum):

@@ -160,9 +160,13 @@ def _get_isvc(deps: ClusterDeps, name: str, namespace: str) -> dict[str, Any] | 
         raise
 
 
-def predictor_options(spec: ModelDeploymentSpec, service_account: str) -> dict[str, Any]:
+def predictor_options(
+    spec: ModelDeploymentSpec, service_account: str, drift_service_url: str | None = None
+) -> dict[str, Any]:
     """``isvc.predictor_spec`` keywords for a ModelDeployment: the chart's serving runtime,
-    the spec's resources and replicas, its logger, the release's storage ServiceAccount."""
+    the spec's resources and replicas, its logger (default: the release's drift service,
+    the one the operator asks to watch the version, so specs need not name a release),
+    the release's storage ServiceAccount."""
     res = spec.serving.resources
     return {
         "runtime": isvc.PREDICTOR_RUNTIME,
@@ -171,7 +175,7 @@ def predictor_options(spec: ModelDeploymentSpec, service_account: str) -> dict[s
         "gpus": res.gpu or 0,
         "min_replicas": spec.serving.replicas,
         "max_replicas": spec.serving.max_replicas,
-        "logger_url": spec.serving.logger_url,
+        "logger_url": spec.serving.logger_url or drift_service_url,
         "service_account": service_account,
     }
 
@@ -179,7 +183,7 @@ def predictor_options(spec: ModelDeploymentSpec, service_account: str) -> dict[s
 def _apply_traffic(
     deps, name, namespace, uid, spec, registry_uri, live, action: SetTraffic
 ) -> None:
-    options = predictor_options(spec, deps.storage_service_account)
+    options = predictor_options(spec, deps.storage_service_account, deps.settings.drift_service_url)
     if live is None:
         body = isvc.inference_service(
             spec.model.name,

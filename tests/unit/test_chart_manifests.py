@@ -133,6 +133,43 @@ def test_local_kind_generates_its_minio_secret() -> None:
         if "valueFrom" in e
     }
     assert refs == {secret["metadata"]["name"]}, "kustomize must rewrite the Secret reference"
+    # The storage ServiceAccount predictors download with names the same (renamed) Secret.
+    storage_sa = next(
+        d for d in docs if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == "kubeloop-s3"
+    )
+    assert [s["name"] for s in storage_sa["secrets"]] == [secret["metadata"]["name"]]
+
+
+def _secret_references(doc: dict) -> set[str]:
+    """Names of the Secrets an object refers to (env, envFrom, volumes, ServiceAccount)."""
+    names: set[str] = set()
+    if doc["kind"] == "ServiceAccount":
+        names |= {s["name"] for s in doc.get("secrets", [])}
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key in ("secretKeyRef", "secretRef"):
+                if isinstance(node.get(key), dict) and "name" in node[key]:
+                    names.add(node[key]["name"])
+            if isinstance(node.get("secret"), dict) and "secretName" in node["secret"]:
+                names.add(node["secret"]["secretName"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(doc.get("spec", {}))
+    return names
+
+
+def test_local_kind_secret_references_all_resolve() -> None:
+    """Every Secret the local-kind overlay's objects name is one the overlay ships."""
+    docs = kustomize(ROOT / "manifests" / "overlays" / "local-kind")
+    shipped = {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
+    referenced = set().union(*(_secret_references(d) for d in docs))
+    assert referenced, "the overlay's workloads name no Secret at all"
+    assert referenced <= shipped, f"dangling Secret references: {sorted(referenced - shipped)}"
 
 
 def test_base_is_the_current_chart_rendering() -> None:
@@ -205,6 +242,25 @@ def test_samples_validate_against_the_chart_crd(sample: Path) -> None:
     assert docs
     for doc in docs:
         validate_against_crd(doc, schemas)
+
+
+@pytest.mark.parametrize(
+    "sample", sorted((ROOT / "manifests" / "samples").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_samples_name_no_release(sample: Path) -> None:
+    """Samples apply to any release: no namespace, bucket, drift service or S3 endpoint of
+    one; the operator fills registryUri and loggerUrl in from the release."""
+    text = "\n".join(
+        line for line in sample.read_text().splitlines() if not line.lstrip().startswith("#")
+    )
+    for doc in yaml.safe_load_all(text):
+        if not doc:
+            continue
+        assert "namespace" not in doc["metadata"]
+        assert "registryUri" not in doc["spec"]["model"]
+        assert "loggerUrl" not in doc["spec"].get("serving", {})
+    for release_specific in ("kubeloop-registry", "svc.cluster.local", "s3://", "kubeloop-drift"):
+        assert release_specific not in text, release_specific
 
 
 def test_crd_schema_rejects_a_bad_sample() -> None:

@@ -345,6 +345,46 @@ def test_every_pod_is_covered_by_a_network_policy(rendered) -> None:
             assert covered(labels), f"{doc['kind']}/{doc['metadata']['name']} has no NetworkPolicy"
 
 
+def test_notes_and_sample_follow_the_release() -> None:
+    """NOTES print the release's namespace, bucket and drift service, and the sample's
+    InferenceService logs to the drift service of the release that runs the operator."""
+    from kubeloop.operators.cluster.handlers import predictor_options
+    from kubeloop.operators.crd import parse_spec
+
+    notes = helm(
+        "install", "ml", str(CHART), "--dry-run=client", "-n", "team-a",
+        "--set", "registry.bucket=team-a-models",
+    ).stdout.split("NOTES:", 1)[1]  # fmt: skip
+    assert "kubectl -n team-a apply -f manifests/samples/fraud-detector.yaml" in notes
+    assert "s3://team-a-models/" in notes
+    assert "http://ml-kubeloop-drift.team-a.svc.cluster.local" in notes
+    assert "kubeloop-registry" not in notes and " -n kubeloop" not in notes
+    watched = helm(
+        "install", "ml", str(CHART), "--dry-run=client", "-n", "team-a",
+        "--set", "operator.watchNamespace=models",
+    ).stdout.split("NOTES:", 1)[1]  # fmt: skip
+    assert "kubectl -n models apply" in watched
+
+    docs = render("-f", str(CHART / "ci" / "default-values.yaml"))
+    operator = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-operator")
+    )
+    env = {
+        e["name"]: e.get("value")
+        for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    sample = yaml.safe_load((ROOT / "manifests/samples/fraud-detector.yaml").read_text())
+    options = predictor_options(
+        parse_spec(sample["spec"]), "kubeloop-s3", env["KUBELOOP_OPERATOR_DRIFT_SERVICE_URL"]
+    )
+    assert options["logger_url"] == f"http://kl-kubeloop-drift.{NAMESPACE}.svc.cluster.local"
+    # A spec's own loggerUrl still wins.
+    sample["spec"]["serving"]["loggerUrl"] = "http://elsewhere"
+    assert predictor_options(parse_spec(sample["spec"]), "sa", "http://drift")["logger_url"] == (
+        "http://elsewhere"
+    )
+
+
 def test_monitoring_is_skipped_when_the_api_is_absent() -> None:
     docs = render(api_versions=())
     kinds = {d["kind"] for d in docs}
@@ -492,6 +532,37 @@ def test_serving_runtime_is_skipped_without_kserve() -> None:
     assert "ClusterServingRuntime" not in {d["kind"] for d in docs}
 
 
+OPTIONAL_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ClusterServingRuntime"}
+FORCE_OPTIONAL = (
+    "--set", "monitoring.serviceMonitor.enabled=true",
+    "--set", "monitoring.prometheusRule.enabled=true",
+    "--set", "servingRuntime.enabled=true",
+)  # fmt: skip
+
+
+def test_forced_optional_objects_render_offline() -> None:
+    """`enabled: true` renders the CRD-served objects with no --api-versions (GitOps tools
+    render offline); `auto` (the default) leaves them out there; false leaves them out even
+    where the APIs are served."""
+    forced = render(*FORCE_OPTIONAL, api_versions=())
+    kinds = [d["kind"] for d in forced]
+    assert set(kinds) >= OPTIONAL_KINDS
+    assert kinds.count("ServiceMonitor") == 2
+    detected = render(*FORCE_OPTIONAL)
+    assert [d for d in forced if d["kind"] in OPTIONAL_KINDS] == [
+        d for d in detected if d["kind"] in OPTIONAL_KINDS
+    ], "forcing renders what detection would render"
+    assert not OPTIONAL_KINDS & {d["kind"] for d in render(api_versions=())}
+    off = render(
+        "--set", "monitoring.serviceMonitor.enabled=false",
+        "--set", "monitoring.prometheusRule.enabled=false",
+        "--set", "servingRuntime.enabled=false",
+    )  # fmt: skip
+    assert not OPTIONAL_KINDS & {d["kind"] for d in off}
+    proc = helm("template", "kl", str(CHART), "--set", "servingRuntime.enabled=yes", check=False)
+    assert proc.returncode != 0 and "/servingRuntime/enabled" in proc.stderr
+
+
 @pytest.mark.parametrize("scenario", ["default-values.yaml", "namespaced-values.yaml"])
 def test_operator_environment_loads_into_its_settings(rendered, scenario: str, monkeypatch) -> None:
     from kubeloop.operators.settings import OperatorSettings, load_operator_settings
@@ -591,3 +662,44 @@ def test_predictor_storage_account_uses_the_registry_credentials(rendered, scena
     ref = env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]
     # KServe's storage initializer reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from it.
     assert sa["secrets"] == [{"name": ref["name"]}] and ref["key"] == "AWS_ACCESS_KEY_ID"
+
+
+def test_private_ca_bundle_reaches_every_s3_client(rendered) -> None:
+    """registry.caBundle mounts the bundle into each pod that reads S3 (and the upload Job
+    and the serving runtime), with SSL_CERT_FILE and AWS_CA_BUNDLE naming the mounted file."""
+    docs = rendered["private-ca-values.yaml"]
+    path = "/etc/kubeloop/ca/ca-bundle.pem"
+    pods = [d for d in docs if d["kind"] in WORKLOAD_KINDS and d["kind"] != "Pod"]
+    runtime = next(d for d in docs if d["kind"] == "ClusterServingRuntime")
+    specs = {f"{d['kind']}/{d['metadata']['name']}": pod_spec(d) for d in pods}
+    specs["ClusterServingRuntime"] = runtime["spec"]
+    names = {n.split("/", 1)[1].removeprefix("kl-kubeloop-") for n in specs if "/" in n}
+    assert {"operator", "drift", "feast", "pipeline-upload"} <= names, names
+    for name, spec in specs.items():
+        volume = next(v for v in spec["volumes"] if v["name"] == "s3-ca-bundle")
+        assert volume["configMap"] == {
+            "name": "corp-ca-bundle",
+            "items": [{"key": "ca-bundle.pem", "path": "ca-bundle.pem"}],
+        }, name
+        for c in spec["containers"]:
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            assert env.get("SSL_CERT_FILE") == env.get("AWS_CA_BUNDLE") == path, (name, c["name"])
+            mount = next(m for m in c["volumeMounts"] if m["name"] == "s3-ca-bundle")
+            assert path.startswith(mount["mountPath"] + "/") and mount["readOnly"], name
+    # A Secret works the same way; without caBundle nothing is mounted; not both at once.
+    with_secret = render("--set", "registry.caBundle.secretName=corp-ca")
+    operator = next(
+        d
+        for d in with_secret
+        if d["metadata"]["name"] == "kl-kubeloop-operator" and d["kind"] == "Deployment"
+    )
+    assert {"secretName": "corp-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]} in [
+        v.get("secret") for v in pod_spec(operator)["volumes"]
+    ]
+    assert "s3-ca-bundle" not in json.dumps(rendered["default-values.yaml"])
+    both = helm(
+        "template", "kl", str(CHART),
+        "--set", "registry.caBundle.secretName=a", "--set", "registry.caBundle.configMapName=b",
+        check=False,
+    )  # fmt: skip
+    assert both.returncode != 0 and "/registry/caBundle" in both.stderr

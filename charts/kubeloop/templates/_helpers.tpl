@@ -153,6 +153,7 @@ Environment shared by every kubeloop container that reads the registry
 {{- define "kubeloop.registryEnv" -}}
 - name: KUBELOOP_REGISTRY_URI
   value: {{ include "kubeloop.registryUri" . | quote }}
+{{- include "kubeloop.caBundle.env" . }}
 - name: KUBELOOP_S3__ENDPOINT
   value: {{ include "kubeloop.s3.endpoint" . | quote }}
 - name: KUBELOOP_S3__SECURE
@@ -212,4 +213,63 @@ True when the cluster serves the Prometheus Operator API, or detection is off.
 */}}
 {{- define "kubeloop.hasPrometheusOperator" -}}
 {{- if or (not .Values.prerequisites.detect) (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1") }}true{{- end }}
+{{- end }}
+
+{{/*
+Whether an optional object served by a CRD is rendered: "true" when its `enabled` value is
+true (forced on, e.g. for GitOps tools that render offline without --api-versions), nothing
+when false, and with "auto" when the cluster serves its API (or prerequisites.detect is
+false). Call with (dict "root" $ "enabled" <value> "api" "<group/version>").
+*/}}
+{{- define "kubeloop.optionalEnabled" -}}
+{{- $mode := toString .enabled }}
+{{- if eq $mode "true" }}true
+{{- else if and (eq $mode "auto") (or (not .root.Values.prerequisites.detect) (.root.Capabilities.APIVersions.Has .api)) }}true
+{{- end }}
+{{- end }}
+
+{{/*
+The S3 endpoint's private CA bundle (registry.caBundle): a Secret or ConfigMap key mounted
+read-only at /etc/kubeloop/ca, with SSL_CERT_FILE (kubeloop's S3 client, urllib3, requests'
+certifi fallback) and AWS_CA_BUNDLE (boto3, KServe's storage code) pointing at it.
+*/}}
+{{- define "kubeloop.caBundle.enabled" -}}
+{{- if or .Values.registry.caBundle.secretName .Values.registry.caBundle.configMapName }}true{{- end }}
+{{- end }}
+
+{{- define "kubeloop.caBundle.path" -}}
+/etc/kubeloop/ca/{{ .Values.registry.caBundle.key }}
+{{- end }}
+
+{{- define "kubeloop.caBundle.env" -}}
+{{- if include "kubeloop.caBundle.enabled" . }}
+- name: SSL_CERT_FILE
+  value: {{ include "kubeloop.caBundle.path" . | quote }}
+- name: AWS_CA_BUNDLE
+  value: {{ include "kubeloop.caBundle.path" . | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "kubeloop.caBundle.volumeMount" -}}
+{{- if include "kubeloop.caBundle.enabled" . }}
+- name: s3-ca-bundle
+  mountPath: /etc/kubeloop/ca
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "kubeloop.caBundle.volume" -}}
+{{- if include "kubeloop.caBundle.enabled" . }}
+- name: s3-ca-bundle
+  {{- if .Values.registry.caBundle.secretName }}
+  secret:
+    secretName: {{ .Values.registry.caBundle.secretName }}
+  {{- else }}
+  configMap:
+    name: {{ .Values.registry.caBundle.configMapName }}
+  {{- end }}
+    items:
+      - key: {{ .Values.registry.caBundle.key }}
+        path: {{ .Values.registry.caBundle.key }}
+{{- end }}
 {{- end }}
