@@ -66,7 +66,9 @@ def test_covariate_drift_retrains_promotes_and_rolls_back_the_worse_candidate(
     )  # fmt: skip
     nothing_left_running(tmp_path / "demo")
     log = "\n".join(lines)
-    assert summary["drift_onset_seconds"] == pytest.approx(15.0, abs=1.0), log
+    # The scenario starts with the first row sent after 15 s of traffic: never before it,
+    # a little after when the replayer runs behind on a loaded machine.
+    assert 14.9 <= summary["drift_onset_seconds"] <= 20.0, log
     assert (
         summary["detection_delay_seconds"] is not None and summary["detection_delay_seconds"] > 0
     ), log
