@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from kubeloop.bodies import BodyTooLarge, declared_length, read_body
 from kubeloop.contracts.payload_events import WORKER_DOWN
 from kubeloop.drift.events import EventRejected
 from kubeloop.drift.versions import LookUp
@@ -24,13 +25,8 @@ class PayloadEventsFastPath:
         if scope["type"] != "http" or scope["path"] != "/" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        chunks, more = [], True
-        while more:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
+        body = await read_body(receive)  # already capped by BodyLimit, outside
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        body = b"".join(chunks)
         try:
             try:
                 status, payload = 202, self.service.handle_event(headers, body)
@@ -49,15 +45,11 @@ class PayloadEventsFastPath:
         await send({"type": "http.response.body", "body": body})
 
 
-class _Overflow(Exception):
-    """The body passed the cap while the app was reading it."""
-
-
 class BodyLimit:
     """ASGI middleware capping every request body at ``limit`` bytes, declared
     (``Content-Length``) or streamed: over it is a 413 ``{"error", "reason":
     "payload_too_large"}`` with ``Connection: close``, before the rest is read, counted
-    by ``on_reject``. Outermost, so no route ever holds an oversized body."""
+    by ``on_reject``. Outermost: it reads the body and hands it on whole."""
 
     def __init__(self, app: Any, limit: int, on_reject: Any) -> None:
         self.app, self.limit, self.on_reject = app, limit, on_reject
@@ -66,31 +58,24 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
+        declared = declared_length(scope)
+        try:
+            if declared is not None and declared > self.limit:
+                raise BodyTooLarge(declared)
+            body = await read_body(receive, self.limit)
+        except BodyTooLarge:
             await self._refuse(send)
             return
-        size, started = 0, False
+        replayed = False
 
-        async def capped() -> dict:
-            nonlocal size
-            message = await receive()
-            size += len(message.get("body", b""))
-            if size > self.limit:
-                raise _Overflow
-            return message
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
-        async def tracked(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, capped, tracked)
-        except _Overflow:
-            if started:
-                raise
-            await self._refuse(send)
+        await self.app(scope, replay, send)
 
     async def _refuse(self, send: Any) -> None:
         self.on_reject("payload_too_large")

@@ -40,6 +40,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from kubeloop.bodies import BodyTooLarge, declared_length, read_body
 from kubeloop.router.split import Split, SplitError, choose, load_split, parse_split, save_split
 from kubeloop.serving.heap import freeze_startup_heap
 from kubeloop.serving.metrics import LATENCY_BUCKETS
@@ -86,10 +87,6 @@ _RETURNED = (
 def _json_response(status: int, body: Any, extra: list | None = None) -> tuple[int, list, bytes]:
     data = orjson.dumps(body)
     return status, [(b"content-type", b"application/json"), *(extra or [])], data
-
-
-class BodyTooLarge(Exception):
-    """A request body over its cap; raised before the rest of it is read."""
 
 
 def _too_large(limit: int) -> tuple[int, list, bytes]:
@@ -177,11 +174,11 @@ class Router:
 
     async def _inference_body(self, scope, receive) -> bytes | None:
         """The body to forward, or None when it is over ``max_body_bytes`` (declared or read)."""
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+        declared = declared_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
             return None
         try:
-            return await _read_body(receive, self.max_body_bytes)
+            return await read_body(receive, self.max_body_bytes)
         except BodyTooLarge:
             return None
 
@@ -227,7 +224,7 @@ class Router:
             if int(declared) > ADMIN_BODY_LIMIT:
                 return _too_large(ADMIN_BODY_LIMIT)
         try:
-            body = await _read_body(receive, ADMIN_BODY_LIMIT)
+            body = await read_body(receive, ADMIN_BODY_LIMIT)
         except BodyTooLarge:
             return _too_large(ADMIN_BODY_LIMIT)
         try:
@@ -397,23 +394,6 @@ class Router:
         ROUTER_DURATION.labels(split.model, backend.version, "shadow").observe(
             time.perf_counter() - start
         )
-
-
-async def _read_body(receive, limit: int | None = None) -> bytes:
-    """The request body; past ``limit`` bytes raises :class:`BodyTooLarge` without reading on."""
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if limit is not None and size > limit:
-            raise BodyTooLarge(size)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,6 +41,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from kubeloop.bodies import declared_length
 from kubeloop.serving.inputs import Limits, RequestRejected, check_v2_body
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ class RequestGuard:
         outcome = outcome if outcome is not None else Outcome()
         try:
             headers = self._checked_headers(scope, infer)
-            declared = _declared_length(scope)
+            declared = declared_length(scope)
             if declared is not None and declared > self.limits.max_payload_bytes:
                 raise _Answer(
                     413,
@@ -296,14 +297,6 @@ class RequestGuard:
                 ) from None
             except RequestRejected as exc:
                 raise _Answer(400, exc.kind, str(exc)) from None
-
-
-def _declared_length(scope) -> int | None:
-    """The request's Content-Length, when it declares a valid one."""
-    for key, value in scope["headers"]:
-        if key == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
 
 
 async def _respond(send, status: int, content: dict, extra: list | None = None) -> None:
