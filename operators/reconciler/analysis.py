@@ -132,14 +132,15 @@ def combine(checks: tuple[CheckResult, ...], required: frozenset[str]) -> Analys
         return AnalysisResult(
             Verdict.FAIL, "AnalysisFailed", f"canary worse than stable on {names}", checks
         )
-    passed = {str(c.check) for c in checks if c.verdict == Verdict.PASS}
-    open_ = sorted(required - passed)
+    by_name = {str(c.check): c for c in checks}
+    open_ = sorted(n for n in required if n not in by_name or by_name[n].verdict != Verdict.PASS)
     if open_:
         details = "; ".join(
-            f"{c.check}: {c.detail or c.verdict}" for c in checks if str(c.check) in open_
+            f"{n}: {by_name[n].detail or by_name[n].verdict}"
+            if n in by_name
+            else f"{n}: not measured"
+            for n in open_
         )
-        missing = [name for name in open_ if name not in {str(c.check) for c in checks}]
-        details = "; ".join(filter(None, [details, *(f"{m}: not measured" for m in missing)]))
         return AnalysisResult(
             Verdict.INCONCLUSIVE,
             "Inconclusive",

@@ -324,11 +324,10 @@ def _canary_step(p: _Pass) -> None:
         _reject_candidate(p, result.reason, result.message, evidence)
         return
     elapsed = p.elapsed(p.s.step_started_at)
-    timed_out = elapsed > rollout.max_step_seconds
-    if result.verdict == Verdict.INCONCLUSIVE or timed_out:
-        if timed_out:
-            _step_timed_out(p, elapsed, result.message, evidence)
-            return
+    if elapsed > rollout.max_step_seconds:  # a verdict after the deadline does not count
+        _step_timed_out(p, elapsed, result.message, evidence)
+        return
+    if result.verdict == Verdict.INCONCLUSIVE:
         p.progress = ("True", result.reason, result.message)
         p.decide(Decision.HOLD, result.reason, result.message, cand, evidence)
         _warn_if_undecidable(p, canary_m, stable_m)
