@@ -20,6 +20,7 @@ from kubeloop.operators.reconciler.types import (
     RegistryVersion,
     RunObservation,
     RunState,
+    ServingMode,
     parse_time,
 )
 
@@ -63,6 +64,8 @@ def gather(
     watched: frozenset[str] | None,
     commands: dict[str, str],
     max_pass_gap_seconds: float = 60.0,
+    serving_mode: ServingMode | None = None,
+    storage_problem: str = "",
 ) -> Observations:
     ok, reg_error, versions = registry_versions(registry, spec.model.name)
     # The analysis window: the canary step's or the watch's evidence (from its start, or
@@ -115,4 +118,6 @@ def gather(
         commands=commands,
         max_pass_gap_seconds=max_pass_gap_seconds,
         min_window_seconds=observer.min_window,
+        serving_mode=serving_mode or ServingMode(),
+        storage_problem=storage_problem,
     )

@@ -22,6 +22,7 @@ from kubeloop.operators.reconciler.types import (
     Action,
     RecordDecision,
     RunObservation,
+    ServingMode,
     SetChampion,
     SetTraffic,
     SubmitRun,
@@ -39,6 +40,14 @@ class Actuators(Protocol):
 
     def watched_versions(self) -> frozenset[str] | None:
         """The model's versions the drift service watches now (None: unknown)."""
+        ...
+
+    def serving_mode(self) -> ServingMode:
+        """How the runtime serves this resource, and whether it can split traffic."""
+        ...
+
+    def storage_problem(self) -> str:
+        """What predictors here lack to load a model version ("" when nothing)."""
         ...
 
     def run_status(self, run_name: str) -> RunObservation: ...
@@ -132,6 +141,8 @@ class ReconcileLoop:
             watched=actuators.watched_versions() if status.stable_version else None,
             commands=commands,
             max_pass_gap_seconds=self.max_pass_gap,
+            serving_mode=actuators.serving_mode(),
+            storage_problem=actuators.storage_problem(),
         )
         result = reconcile(name, spec, status, obs, generation=generation)
         for action in result.actions:

@@ -21,6 +21,9 @@ class OperatorSettings(BaseSettings):
         30.0, gt=0, description="delay before retrying a transient failure"
     )
     namespace: str | None = Field(None, description="watch one namespace (default: all)")
+    kserve_namespace: str = Field(
+        "kserve", description="KServe's namespace (its inferenceservice-config ConfigMap)"
+    )
     kfp_host: str | None = Field(None, description="KFP API endpoint (cluster)")
     drift_service_url: str = Field(
         "http://127.0.0.1:8300", description="drift service (local runtime)"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from kubeloop.operators.cluster.kserve import MODE_ANNOTATION, KServeConfig, observed_mode
 from kubeloop.operators.crd import (
     API_VERSION,
     KIND,
@@ -30,6 +31,7 @@ from kubeloop.operators.reconciler.types import (
     Decision,
     RecordDecision,
     RunObservation,
+    ServingMode,
     SetTraffic,
     SubmitRun,
 )
@@ -58,10 +60,14 @@ class ClusterDeps:
     storage_service_account: str = isvc.DEFAULT_SERVICE_ACCOUNT
     # One client per operator process: it remembers the watched set between passes.
     drift: DriftServiceClient | None = None
+    # KServe's default deployment mode (its ConfigMap), cached between passes.
+    kserve: KServeConfig | None = None
 
     def __post_init__(self) -> None:
         if self.drift is None:
             self.drift = DriftServiceClient(self.settings.drift_service_url)
+        if self.kserve is None:
+            self.kserve = KServeConfig(self.core, self.settings.kserve_namespace)
 
 
 def reconcile_resource(
@@ -85,7 +91,7 @@ def reconcile_resource(
         return current.wire()
     registry = deps.registry_for(parsed.model.registry_uri)
     actuators = ClusterActuators(
-        deps, name, namespace, uid, parsed, registry, current.stable_version, now
+        deps, name, namespace, uid, parsed, registry, current.stable_version, now, annotations
     )
     loop = ReconcileLoop(
         deps.observer, deps.metrics, poll_interval=deps.settings.poll_interval_seconds
@@ -109,14 +115,51 @@ class ClusterActuators(SharedActuators):
         registry: Any,
         stable: str | None,
         now: datetime,
+        annotations: dict[str, str] | None = None,
     ) -> None:
         super().__init__(spec.model.name, registry, deps.drift)
         self.deps, self.name, self.namespace, self.uid = deps, name, namespace, uid
         self.spec, self.stable, self.now = spec, stable, now
+        # KServe's deployment mode, when the ModelDeployment asks for one: put on the
+        # InferenceService the operator creates (KServe fixes it from then on).
+        mode = (annotations or {}).get(MODE_ANNOTATION)
+        self.isvc_annotations = {MODE_ANNOTATION: mode} if mode else None
         self.live = _get_isvc(deps, name, namespace)
 
     def ready_versions(self, versions: frozenset[str]) -> frozenset[str]:
         return isvc.ready_versions(self.live, self.stable) & versions
+
+    def serving_mode(self) -> ServingMode:
+        annotation = (self.isvc_annotations or {}).get(MODE_ANNOTATION)
+        return observed_mode(self.live, annotation, self.deps.kserve.default_mode())
+
+    def storage_problem(self) -> str:
+        """The storage ServiceAccount predictors here download with, and the Secret it
+        names (only its name: the operator never reads Secrets)."""
+        account, ns = self.deps.storage_service_account, self.namespace
+        try:
+            sa = self.deps.core.read_namespaced_service_account(account, ns)
+        except ApiException as exc:
+            if exc.status == 404:
+                return (
+                    f"ServiceAccount {account} not found in namespace {ns}: predictors here "
+                    "could not download model versions; add the namespace to the chart's "
+                    "operator.watchNamespaces (it creates the ServiceAccount and its Secret) "
+                    "or create them (docs/install.md, Namespaces)"
+                )
+            if exc.status == 403:
+                return (
+                    f"the operator may not read ServiceAccount {account} in namespace {ns} "
+                    f"({exc.reason}): the namespace is not one the chart serves "
+                    "(operator.watchNamespaces)"
+                )
+            raise  # the API server being unavailable is transient: kopf retries the pass
+        if not sa.secrets:
+            return (
+                f"ServiceAccount {ns}/{account} names no Secret: predictors here have no S3 "
+                "credentials to download model versions with"
+            )
+        return ""
 
     def run_status(self, run_name: str) -> RunObservation:
         return self.deps.submitter.status(run_name)
@@ -132,6 +175,7 @@ class ClusterActuators(SharedActuators):
             self.registry.uri,
             self.live,
             action,
+            self.isvc_annotations,
         )
 
     def submit_run(self, action: SubmitRun) -> None:
@@ -181,7 +225,7 @@ def predictor_options(
 
 
 def _apply_traffic(
-    deps, name, namespace, uid, spec, registry_uri, live, action: SetTraffic
+    deps, name, namespace, uid, spec, registry_uri, live, action: SetTraffic, annotations=None
 ) -> None:
     options = predictor_options(spec, deps.storage_service_account, deps.settings.drift_service_url)
     if live is None:
@@ -192,6 +236,7 @@ def _apply_traffic(
             name=name,
             namespace=namespace,
             owner={"apiVersion": API_VERSION, "kind": KIND, "name": name, "uid": uid},
+            annotations=annotations,
             canary_percent=100,
             **options,
         )

@@ -138,6 +138,12 @@ def reconcile(
 ) -> Result:
     p = _Pass(name, spec, status or ModelDeploymentStatus(), obs, generation)
     p.s.observed_generation = generation
+    if obs.storage_problem:
+        # Any predictor created or changed now could not load its model: nothing is
+        # deployed, stepped or rolled back (commands wait) until the storage is there.
+        _storage_not_configured(p)
+        _conditions(p)
+        return Result(p.s, tuple(p.actions))
     _commands(p)
     if p.s.stable_version is None:
         _first_deploy(p)
@@ -146,6 +152,8 @@ def reconcile(
         # A canary that starts in this pass is judged from the next pass on.
         if p.s.phase == STABLE and p.s.candidate_version is None:
             _start_canary(p)
+        elif p.s.phase == STABLE:
+            _candidate_waiting(p)
         elif p.s.phase == CANARY:
             _canary_step(p)
         elif p.s.phase == WATCHING:
@@ -213,6 +221,10 @@ def _start_canary(p: _Pass) -> None:
         stable[1:]
     ):
         return
+    if not p.obs.serving_mode.splits_traffic:
+        p.s.candidate_version = target
+        _candidate_waiting(p)
+        return
     p.s.candidate_version = target
     p.s.phase = CANARY
     p.s.step_index = 0
@@ -222,6 +234,29 @@ def _start_canary(p: _Pass) -> None:
     # Watched from its first pass, so its delayed labels feed the live-accuracy analysis.
     p.actions.append(WatchDrift(target))
     p.decide(Decision.CANARY, "NewCandidate", f"canary {target} at {p.s.canary_percent}%", target)
+
+
+def _candidate_waiting(p: _Pass) -> None:
+    """A candidate the serving runtime cannot canary (no traffic split, e.g. KServe's
+    RawDeployment, where ``canaryTrafficPercent`` is ignored and the new version would take
+    all traffic at once): it takes no traffic and waits for a manual promotion, which
+    replaces the stable version at 100 % and is then watched like any promotion."""
+    cand, stable, mode = p.s.candidate_version, p.s.stable_version, p.obs.serving_mode
+    if mode.splits_traffic:  # the runtime splits now: the canary starts as usual
+        p.s.candidate_version = None
+        _start_canary(p)
+        return
+    p.s.phase, p.s.canary_percent, p.s.step_index = STABLE, 0, 0
+    newer = _target_version(p) if p.obs.registry_ok else None
+    if newer and newer not in (cand, stable) and newer not in p.s.rejected_versions:
+        p.s.candidate_version = cand = newer  # a newer version supersedes the waiting one
+    msg = (
+        f"{mode.name} (from {mode.source}) cannot split traffic, so no canary runs: {cand} "
+        f"takes no traffic until `kubeloop rollout promote {p.name}` replaces {stable} with "
+        f"it at 100 % (then watched for {p.spec.rollout.watch_window_seconds}s)"
+    )
+    p.progress = ("False", "CanaryNotSupported", msg)
+    p.decide(Decision.HOLD, "CanaryNotSupported", msg, cand)
 
 
 # --- evidence windows --------------------------------------------------------------------
@@ -276,6 +311,11 @@ def _observe(p: _Pass, *, restart_time: bool) -> tuple[str, str] | None:
 def _canary_step(p: _Pass) -> None:
     rollout = p.spec.rollout
     cand, stable = p.s.candidate_version, p.s.stable_version
+    if not p.obs.serving_mode.splits_traffic:
+        # The runtime stopped splitting (its mode changed): the canary gets no traffic and
+        # no verdict; it waits for a manual promotion instead.
+        _candidate_waiting(p)
+        return
     if rollout.paused:
         p.progress = ("False", "Paused", f"rollout of {cand} paused at {p.s.canary_percent}%")
         p.decide(Decision.HOLD, "Paused", p.progress[2], cand)
@@ -531,9 +571,12 @@ def _commands(p: _Pass) -> None:
         if not version or key in p.s.handled_commands:
             continue
         p.s.handled_commands = [*p.s.handled_commands, key][-10:]
-        if command == "promote" and p.s.phase == CANARY and p.s.candidate_version == version:
+        # A candidate waiting without a traffic split (phase Stable) is promoted or dropped
+        # the same way as a canary.
+        is_candidate = p.s.phase in (CANARY, STABLE) and p.s.candidate_version == version
+        if command == "promote" and is_candidate:
             _promote(p, "ManualPromotion", f"{version} promoted by an operator", {"manual": True})
-        elif command == "rollback" and p.s.phase == CANARY and p.s.candidate_version == version:
+        elif command == "rollback" and is_candidate:
             _reject_candidate(p, "ManualRollback", "by an operator", {"manual": True})
         elif command == "rollback" and p.s.stable_version == version and p.s.previous_version:
             _rollback_promotion(p, "ManualRollback", "by an operator", {"manual": True})
@@ -603,11 +646,29 @@ def _drift(p: _Pass) -> None:
     p.s.drift = "Sustained" if sustained else "Detected"
 
 
+# --- storage -----------------------------------------------------------------------------
+def _storage_not_configured(p: _Pass) -> None:
+    """The namespace lacks what predictors download model versions with: an administrator
+    has to add it, so the resource is Stalled until a pass sees it there."""
+    msg = p.obs.storage_problem
+    if p.s.stable_version is None:
+        p.s.phase = PENDING
+    p.progress = ("False", "StorageNotConfigured", msg)
+    p.stalled = ("True", "StorageNotConfigured", msg)
+    p.decide(
+        Decision.HOLD,
+        "StorageNotConfigured",
+        msg,
+        p.s.candidate_version or p.s.stable_version,
+    )
+
+
 # --- conditions --------------------------------------------------------------------------
 def _conditions(p: _Pass) -> None:
     s = p.s
     if s.stable_version is None:
-        p.condition("Ready", "False", "NoVersion", p.progress[2])
+        reason = "StorageNotConfigured" if p.obs.storage_problem else "NoVersion"
+        p.condition("Ready", "False", reason, p.progress[2])
     elif s.stable_version in p.obs.ready_versions:
         p.condition("Ready", "True", "Serving", f"{s.stable_version} serving")
     else:

@@ -83,6 +83,17 @@ class RunObservation:
 
 
 @dataclass(frozen=True)
+class ServingMode:
+    """How the runtime serves a ModelDeployment: the mode's name as the runtime reports it
+    (KServe's ``Serverless`` or ``RawDeployment``, the local router), where that was read,
+    and whether it can split traffic between two versions (what a canary needs)."""
+
+    name: str = "LocalRouter"
+    source: str = "the local runtime"
+    splits_traffic: bool = True
+
+
+@dataclass(frozen=True)
 class Observations:
     now: datetime
     metrics_ok: bool = True
@@ -109,6 +120,13 @@ class Observations:
     # The shortest range the metrics queries use: a younger evidence window would count
     # traffic from before it.
     min_window_seconds: float = 0.0
+    # The serving runtime's mode: without a traffic split no canary runs (a new version
+    # waits for a manual promotion instead).
+    serving_mode: ServingMode = field(default_factory=ServingMode)
+    # Why a predictor in this namespace could not load a model version (a missing storage
+    # ServiceAccount, ...); empty when nothing is missing. No predictor is created or
+    # changed while it is set.
+    storage_problem: str = ""
 
     def __post_init__(self) -> None:
         if self.now.tzinfo is None:

@@ -20,6 +20,7 @@ from kubeloop.operators.reconciler.types import (
     RecordDecision,
     RunObservation,
     RunState,
+    ServingMode,
     SetTraffic,
     SubmitRun,
 )
@@ -200,6 +201,13 @@ class LocalActuators(SharedActuators):
 
     def ready_versions(self, versions: frozenset[str]) -> frozenset[str]:
         return self.serving.ready_versions(set(versions))
+
+    def serving_mode(self) -> ServingMode:
+        # The local router splits traffic between predictor processes itself.
+        return ServingMode("LocalRouter", "the local runtime's router", splits_traffic=True)
+
+    def storage_problem(self) -> str:
+        return ""  # local predictors read the registry with the runtime's own settings
 
     def run_status(self, run_name: str) -> RunObservation:
         return self.submitter.status(run_name)
