@@ -33,6 +33,18 @@ from kubeloop.registry import ModelRegistry
 
 ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/ml/inferenceservices"
 LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/ml/leases"
+SA_PATH = "/api/v1/namespaces/ml/serviceaccounts/team-a-kubeloop-s3"
+KSERVE_CONFIG_PATH = "/api/v1/namespaces/kserve/configmaps/inferenceservice-config"
+
+
+def kserve_config(mode: str) -> dict:
+    """KServe's inferenceservice-config ConfigMap with ``mode`` as the default."""
+    return {
+        "metadata": {"name": "inferenceservice-config", "namespace": "kserve"},
+        "data": {"deploy": json.dumps({"defaultDeploymentMode": mode})},
+    }
+
+
 EXPORTER = textwrap.dedent(
     """
     import sys, time
@@ -91,6 +103,14 @@ class ApiRecorder(BaseHTTPRequestHandler):
             if method == "PATCH":
                 st["isvc"] = merge(st["isvc"], body)
                 return self._send(200, st["isvc"])
+        if method == "GET" and url.path.startswith("/api/v1/namespaces/"):
+            # ServiceAccounts and ConfigMaps the test put there (404 otherwise), or the
+            # status code it set for that path (403: RBAC refuses).
+            if url.path in st["objects"]:
+                found = st["objects"][url.path]
+                if isinstance(found, int):
+                    return self._send(found, {"kind": "Status", "code": found})
+                return self._send(200, found)
         if url.path == "/apis/kubeloop.io/v1alpha1/namespaces/ml/modeldeployments/fd":
             md = {
                 "metadata": {"name": "fd"},
@@ -179,7 +199,16 @@ class ApiRecorder(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def api():
-    state = {"requests": [], "isvc": None, "runs": [], "watched": set()}
+    state = {
+        "requests": [],
+        "isvc": None,
+        "runs": [],
+        "watched": set(),
+        "objects": {
+            SA_PATH: {"metadata": {"name": "team-a-kubeloop-s3"}, "secrets": [{"name": "s3"}]},
+            KSERVE_CONFIG_PATH: kserve_config("Serverless"),
+        },
+    }
     handler = type("Recorder", (ApiRecorder,), {"state": state})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -430,6 +459,146 @@ def test_invalid_spec_reports_stalled_without_touching_the_cluster(api, tmp_path
     assert stalled["reason"] == "InvalidSpec" and "spec.rollout.steps" in stalled["message"]
     assert status["observedGeneration"] == 3
     assert api["requests"] == []
+
+
+def _cluster_pass_runner(api, tmp_path, annotations=None):
+    """One ModelDeployment ``fraud-detector`` in namespace ``ml`` against the recording
+    server, a local registry with v1, and Prometheus down (these passes need no metrics)."""
+    import kfp
+    from kubernetes import client as k8s
+
+    registry = ModelRegistry(str(tmp_path / "registry"))
+    publish(registry, tmp_path / "v1", "seed")
+    api_client = k8s.ApiClient(k8s.Configuration(host=api["url"]))
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    deps = ClusterDeps(
+        settings=load_operator_settings(drift_service_url=api["url"]),
+        custom=k8s.CustomObjectsApi(api_client),
+        core=k8s.CoreV1Api(api_client),
+        observer=PrometheusObserver(f"http://127.0.0.1:{free_port()}", timeout=0.5),
+        submitter=KfpRunSubmitter(kfp.Client(host=api["url"])),
+        registry_for=lambda uri: registry,
+        metrics=RolloutMetrics(CollectorRegistry()),
+        now=lambda: t0,
+        storage_service_account="team-a-kubeloop-s3",
+        drift=DriftServiceClient(api["url"], status_ttl_seconds=0),
+    )
+    status: dict = {}
+
+    def one_pass(commands=None):
+        api["requests"].clear()
+        new = reconcile_resource(
+            name="fraud-detector",
+            namespace="ml",
+            uid="uid-1",
+            generation=1,
+            spec=SPEC,
+            status=status,
+            annotations={**(annotations or {}), **(commands or {})},
+            deps=deps,
+        )
+        status.clear()
+        status.update(new)
+        return [(m, p, b) for m, p, b in api["requests"] if m != "GET"]
+
+    return registry, status, one_pass
+
+
+def _condition(status, type_):
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+@pytest.mark.parametrize(
+    ("stored", "missing"),
+    [
+        (None, "ServiceAccount team-a-kubeloop-s3 not found in namespace ml"),
+        (
+            {"metadata": {"name": "team-a-kubeloop-s3"}},
+            "ServiceAccount ml/team-a-kubeloop-s3 names no Secret",
+        ),
+        (403, "may not read ServiceAccount team-a-kubeloop-s3 in namespace ml"),
+    ],
+)
+def test_namespace_without_storage_gets_no_inference_service(api, tmp_path, stored, missing):
+    if stored is None:
+        del api["objects"][SA_PATH]
+    else:
+        api["objects"][SA_PATH] = stored
+    _, status, one_pass = _cluster_pass_runner(api, tmp_path)
+    sent = one_pass()
+    assert not [p for m, p, b in sent if p.startswith(ISVC_PATH)]
+    assert [(p, b["reason"]) for m, p, b in sent] == [
+        ("/api/v1/namespaces/ml/events", "StorageNotConfigured")
+    ]
+    for type_ in ("Ready", "Stalled"):
+        cond = _condition(status, type_)
+        assert cond["reason"] == "StorageNotConfigured" and missing in cond["message"]
+    # The ServiceAccount is created (the chart, an administrator): the next pass deploys.
+    api["objects"][SA_PATH] = {
+        "metadata": {"name": "team-a-kubeloop-s3"},
+        "secrets": [{"name": "s3"}],
+    }
+    sent = one_pass()
+    assert [(m, p) for m, p, b in sent][:1] == [("POST", ISVC_PATH)]
+    assert _condition(status, "Stalled")["status"] == "False"
+
+
+@pytest.mark.parametrize(
+    ("config", "isvc_mode", "annotation", "splits"),
+    [
+        (kserve_config("Serverless"), None, None, True),
+        (kserve_config("RawDeployment"), None, None, False),
+        (kserve_config("Standard"), None, None, False),
+        (kserve_config("Knative"), None, None, True),
+        # KServe records the mode on the InferenceService: that wins over the ConfigMap.
+        (kserve_config("Serverless"), "RawDeployment", None, False),
+        (kserve_config("RawDeployment"), "Serverless", None, True),
+        # The ModelDeployment's annotation is put on the InferenceService it creates.
+        (kserve_config("Serverless"), None, "RawDeployment", False),
+        # Unreadable or malformed ConfigMap: no canary on an unknown mode.
+        (403, None, None, False),
+        ({"metadata": {}, "data": {"deploy": "{not json"}}, None, None, False),
+    ],
+)
+def test_canary_follows_the_kserve_deployment_mode(
+    api, tmp_path, config, isvc_mode, annotation, splits
+):
+    api["objects"][KSERVE_CONFIG_PATH] = config
+    md_annotations = {"serving.kserve.io/deploymentMode": annotation} if annotation else None
+    registry, status, one_pass = _cluster_pass_runner(api, tmp_path, md_annotations)
+    sent = one_pass()
+    created = next(b for m, p, b in sent if (m, p) == ("POST", ISVC_PATH))
+    assert (created["metadata"].get("annotations") or {}).get(
+        "serving.kserve.io/deploymentMode"
+    ) == annotation
+    api["isvc"]["status"] = {"conditions": [{"type": "Ready", "status": "True"}]}
+    if isvc_mode:
+        api["isvc"]["status"]["deploymentMode"] = isvc_mode
+    publish(registry, tmp_path / "v2", "run-2")
+    sent = one_pass()
+    patches = [b for m, p, b in sent if m == "PATCH"]
+    if splits:
+        assert [b["spec"]["predictor"]["canaryTrafficPercent"] for b in patches] == [10]
+        assert (status["phase"], status["canaryPercent"]) == ("Canary", 10)
+        return
+    # No canary: v2 never reaches the InferenceService (in RawDeployment KServe would ignore
+    # canaryTrafficPercent and send it all the traffic), and the status says why.
+    assert patches == []
+    assert (status["phase"], status["candidateVersion"], status["canaryPercent"]) == (
+        "Stable",
+        "v2",
+        0,
+    )
+    progressing = _condition(status, "Progressing")
+    assert progressing["reason"] == "CanaryNotSupported", progressing
+    # A manual promotion replaces v1 with v2 at 100 %.
+    sent = one_pass({"kubeloop.io/promote": "v2"})
+    patches = [b for m, p, b in sent if m == "PATCH"]
+    assert len(patches) == 1
+    predictor = patches[0]["spec"]["predictor"]
+    assert predictor["model"]["storageUri"].endswith("/versions/v2")
+    assert predictor["canaryTrafficPercent"] == 100
+    assert status["stableVersion"] == "v2" and status["phase"] == "Watching"
 
 
 def test_kopf_registry_registers_thin_handlers_with_timer_from_settings():
