@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Self
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+# A Kubernetes namespace name (RFC 1123 label).
+DnsLabel = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
 
 
 class OperatorSettings(BaseSettings):
@@ -20,7 +25,13 @@ class OperatorSettings(BaseSettings):
     retry_delay_seconds: float = Field(
         30.0, gt=0, description="delay before retrying a transient failure"
     )
-    namespace: str | None = Field(None, description="watch one namespace (default: all)")
+    namespaces: list[DnsLabel] = Field(
+        default_factory=list,
+        description="namespaces the cluster operator reconciles (JSON list); kopf watches these",
+    )
+    all_namespaces: bool = Field(
+        False, description="the cluster operator reconciles every namespace (explicit opt-in)"
+    )
     kserve_namespace: str = Field(
         "kserve", description="KServe's namespace (its inferenceservice-config ConfigMap)"
     )
@@ -44,6 +55,27 @@ class OperatorSettings(BaseSettings):
         8081, ge=0, le=65535, description="port of the operator's /metrics (0: off)"
     )
 
+    @model_validator(mode="after")
+    def _one_scope(self) -> Self:
+        if self.all_namespaces and self.namespaces:
+            raise ValueError(
+                "set either KUBELOOP_OPERATOR_NAMESPACES or KUBELOOP_OPERATOR_ALL_NAMESPACES, "
+                f"not both (namespaces {self.namespaces})"
+            )
+        return self
+
+    def watched_namespaces(self) -> list[str]:
+        """The namespaces kopf watches ([] with ``all_namespaces``: cluster-wide). A cluster
+        operator serves a chosen scope: the predictors' storage ServiceAccount exists only
+        where the chart put it."""
+        if not (self.all_namespaces or self.namespaces):
+            raise ValueError(
+                "invalid operator settings: KUBELOOP_OPERATOR_NAMESPACES (a JSON list, e.g. "
+                '["ml"]) or KUBELOOP_OPERATOR_ALL_NAMESPACES=true must say which namespaces '
+                "the operator reconciles"
+            )
+        return list(self.namespaces)
+
 
 def load_operator_settings(**overrides) -> OperatorSettings:
     """Validates settings; raises ``ValueError`` naming each bad field."""
@@ -52,6 +84,8 @@ def load_operator_settings(**overrides) -> OperatorSettings:
     except ValidationError as exc:
         problems = "; ".join(
             f"KUBELOOP_OPERATOR_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            if err["loc"]
+            else err["msg"].removeprefix("Value error, ")
             for err in exc.errors()
         )
         raise ValueError(f"invalid operator settings: {problems}") from None

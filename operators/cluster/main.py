@@ -206,11 +206,11 @@ def main() -> None:
     from prometheus_client import start_http_server
 
     settings = load_operator_settings()
+    namespaces = settings.watched_namespaces()  # a clear error before anything starts
     election = load_election_settings()
     deps = build_deps(settings)
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
-    namespaces = [settings.namespace] if settings.namespace else []
     registry = build_registry(settings, deps)
 
     kopf_thread = KopfThread(kopf_runner(registry, namespaces))

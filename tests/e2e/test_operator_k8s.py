@@ -8,6 +8,7 @@ s3://kubeloop-registry/models, with credentials in the usual AWS_* variables), a
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -57,11 +58,17 @@ def test_model_deployment_creates_inference_service_and_reports_status():
             raise
     namespace = f"kubeloop-e2e-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": namespace}})
+    # The predictors' storage ServiceAccount (the chart's, in every namespace it serves):
+    # without it the operator deploys nothing (StorageNotConfigured).
+    core.create_namespaced_service_account(
+        namespace,
+        {"metadata": {"name": "kubeloop-s3"}, "secrets": [{"name": "kubeloop-s3-credentials"}]},
+    )
     operator = subprocess.Popen(
         [sys.executable, "-m", "kubeloop.operators.cluster"],
         env={
             **os.environ,
-            "KUBELOOP_OPERATOR_NAMESPACE": namespace,
+            "KUBELOOP_OPERATOR_NAMESPACES": json.dumps([namespace]),
             "KUBELOOP_OPERATOR_METRICS_PORT": "0",
             # Leader election: this process is the one candidate, its Lease in the namespace.
             "POD_NAME": "e2e-operator",

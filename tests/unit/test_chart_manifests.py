@@ -79,6 +79,9 @@ def test_overlay_builds_and_validates(overlay: str) -> None:
     for doc in docs:
         if doc["kind"] in CLUSTER_SCOPED:
             assert "namespace" not in doc["metadata"], f"{doc['kind']} is cluster-scoped"
+        elif doc["metadata"]["name"].endswith("-kserve-config"):
+            # The operator's read of KServe's ConfigMap: a Role in KServe's namespace.
+            assert doc["metadata"].get("namespace") == "kserve", doc["metadata"]["name"]
         else:
             assert doc["metadata"].get("namespace") == "kubeloop", doc["metadata"]["name"]
         if doc["kind"] in CRD_KINDS:

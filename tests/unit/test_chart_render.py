@@ -243,10 +243,11 @@ def test_namespaced_operator_gets_a_role_and_no_cluster_wide_grant(rendered) -> 
         return {
             d["metadata"]["namespace"]
             for d in docs
-            if d["kind"] == kind and not d["metadata"]["name"].endswith("-leader-election")
+            if d["kind"] == kind
+            and not d["metadata"]["name"].endswith(("-leader-election", "-kserve-config"))
         }
 
-    assert watch_grants("Role") == watch_grants("RoleBinding") == {"ml-team-a"}
+    assert watch_grants("Role") == watch_grants("RoleBinding") == {"ml-team-a", "ml-team-b"}
     cluster_role = next(d for d in docs if d["kind"] == "ClusterRole")
     granted = {g for rule in cluster_role["rules"] for g in rule["apiGroups"]}
     assert granted == {"apiextensions.k8s.io"}, "namespaced operator gets only CRD discovery"
@@ -254,7 +255,8 @@ def test_namespaced_operator_gets_a_role_and_no_cluster_wide_grant(rendered) -> 
         d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("operator")
     )
     env = {e["name"]: e.get("value") for e in pod_spec(operator)["containers"][0]["env"]}
-    assert env["KUBELOOP_OPERATOR_NAMESPACE"] == "ml-team-a"
+    assert json.loads(env["KUBELOOP_OPERATOR_NAMESPACES"]) == ["ml-team-a", "ml-team-b"]
+    assert "KUBELOOP_OPERATOR_ALL_NAMESPACES" not in env
     assert operator["spec"]["replicas"] == 1
     assert operator["spec"]["strategy"]["type"] == "RollingUpdate"
 
@@ -288,12 +290,20 @@ def test_operator_replicas_elect_a_leader_on_a_lease(rendered) -> None:
         **{k[len("KUBELOOP_LEADER_") :].lower(): e["value"] for k, e in env.items() if k.startswith("KUBELOOP_LEADER_")},
     )  # fmt: skip
     assert loaded.lease_name == lease and loaded.timing().renew_deadline == 12
-    role = next(d for d in docs if d["kind"] == "Role")
+    role = next(
+        d
+        for d in docs
+        if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader-election")
+    )
     assert role["metadata"]["namespace"] == NAMESPACE
     by_verbs = {tuple(r["verbs"]): r.get("resourceNames") for r in role["rules"]}
     assert by_verbs == {("create",): None, ("get", "update"): [lease]}
     assert {g for r in role["rules"] for g in r["apiGroups"]} == {"coordination.k8s.io"}
-    binding = next(d for d in docs if d["kind"] == "RoleBinding")
+    binding = next(
+        d
+        for d in docs
+        if d["kind"] == "RoleBinding" and d["metadata"]["name"] == role["metadata"]["name"]
+    )
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"][0]["name"] == pod_spec(operator)["serviceAccountName"]
     pdb = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
@@ -305,7 +315,7 @@ def test_operator_replicas_elect_a_leader_on_a_lease(rendered) -> None:
 def test_operator_without_leader_election_recreates_and_has_no_lease_role() -> None:
     docs = render("--set", "operator.leaderElection.enabled=false")
     assert _operator(docs)["spec"]["strategy"] == {"type": "Recreate"}
-    assert not [d for d in docs if d["kind"] == "Role"]
+    assert not [d for d in docs if d["metadata"]["name"].endswith("-leader-election")]
 
 
 def test_drift_logger_url_is_the_drift_service(rendered) -> None:
@@ -361,7 +371,7 @@ def test_notes_and_sample_follow_the_release() -> None:
     assert "kubeloop-registry" not in notes and " -n kubeloop" not in notes
     watched = helm(
         "install", "ml", str(CHART), "--dry-run=client", "-n", "team-a",
-        "--set", "operator.watchNamespace=models",
+        "--set", "operator.watchNamespaces={models}",
     ).stdout.split("NOTES:", 1)[1]  # fmt: skip
     assert "kubectl -n models apply" in watched
 
@@ -413,7 +423,10 @@ def test_helm_test_pod_checks_operator_and_drift(rendered) -> None:
         ),
         (["--set", "podSecurityContext.runAsNonRoot=false"], "runAsNonRoot"),
         (["--set", "operator.image.pullPolicy=Sometimes"], "/operator/image/pullPolicy"),
-        (["--set", "operator.watchNamespace=Bad_NS"], "/operator/watchNamespace"),
+        (["--set", "operator.watchNamespaces={Bad_NS}"], "/operator/watchNamespaces/0"),
+        (["--set", "operator.watchNamespaces={a,a}"], "/operator/watchNamespaces"),
+        (["--set", "operator.watchNamespace=ml"], "additional properties 'watchNamespace'"),
+        (["--set", "operator.watchAllNamespaces=yes"], "/operator/watchAllNamespaces"),
         (["--set", "operator.replicas=11"], "/operator/replicas"),
         (
             ["--set", "operator.replicas=2", "--set", "operator.leaderElection.enabled=false"],
@@ -584,7 +597,11 @@ def test_operator_environment_loads_into_its_settings(rendered, scenario: str, m
     settings = load_operator_settings()
     assert settings.drift_service_url == ours["KUBELOOP_OPERATOR_DRIFT_SERVICE_URL"]
     assert settings.metrics_port == 8081 and settings.kfp_host.startswith("http://ml-pipeline.")
-    assert settings.namespace == ("ml-team-a" if scenario.startswith("namespaced") else None)
+    namespaced = scenario.startswith("namespaced")
+    assert settings.watched_namespaces() == (
+        ["ml-team-a", "ml-team-b"] if namespaced else [NAMESPACE]
+    )
+    assert settings.kserve_namespace == "kserve"
 
 
 def test_drift_service_accepts_the_chart_arguments(rendered) -> None:

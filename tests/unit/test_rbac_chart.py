@@ -58,10 +58,26 @@ CUSTOM_ARGS = {"namespaced": (0, 3), "cluster": (0, 2)}
 Grant = tuple[str, str, str]  # (apiGroup, resource, verb)
 # Leader election's Lease lives in the release namespace: its grants go to their own Role.
 ELECTION = {("coordination.k8s.io", "leases")}
+# KServe's inferenceservice-config ConfigMap: a Role in KServe's namespace.
+KSERVE_CONFIG = {("", "configmaps")}
 
 
 def election_grants(grants: set[Grant]) -> set[Grant]:
     return {g for g in grants if g[:2] in ELECTION}
+
+
+def kserve_grants(grants: set[Grant]) -> set[Grant]:
+    return {g for g in grants if g[:2] in KSERVE_CONFIG}
+
+
+def namespace_grants(grants: set[Grant]) -> set[Grant]:
+    """What the operator needs in each namespace it serves (ModelDeployments,
+    InferenceServices, Events, the storage ServiceAccount)."""
+    return {
+        g
+        for g in grants - election_grants(grants) - kserve_grants(grants)
+        if g[1] != "customresourcedefinitions"
+    }
 
 
 def _plural(kind: str) -> str:
@@ -247,14 +263,61 @@ def _leader_election_role(docs: list[dict]) -> dict:
     return roles[0]
 
 
-def test_cluster_wide_chart_rbac_is_exactly_what_the_code_uses() -> None:
+def _kserve_config_role(docs: list[dict], namespace: str = "kserve") -> dict:
+    roles = [
+        d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-kserve-config")
+    ]
+    assert len(roles) == 1, "one Role for KServe's ConfigMap"
+    assert roles[0]["metadata"]["namespace"] == namespace  # prerequisites.kserveNamespace
+    for rule in roles[0]["rules"]:
+        assert rule["resourceNames"] == ["inferenceservice-config"]
+    return roles[0]
+
+
+def _assert_exact(granted: set[Grant], wanted: set[Grant]) -> None:
+    assert not wanted - granted, f"used but not granted: {sorted(wanted - granted)}"
+    assert not granted - wanted, f"granted but never used: {sorted(granted - wanted)}"
+    assert not any("*" in part for grant in granted for part in grant)
+
+
+def test_default_chart_rbac_serves_the_release_namespace_only() -> None:
+    """The default scope is the release namespace: a Role there, the cluster-wide role only
+    for CRD discovery; every grant is one the code uses."""
     docs = _render()
+    used = derived_grants()
+    cluster = next(d for d in docs if d["kind"] == "ClusterRole")
+    served = [
+        d
+        for d in docs
+        if d["kind"] == "Role"
+        and not d["metadata"]["name"].endswith(("-leader-election", "-kserve-config"))
+    ]
+    assert [r["metadata"]["namespace"] for r in served] == ["kubeloop"]
+    _assert_exact(
+        _role_grants(cluster),
+        used - namespace_grants(used) - election_grants(used) - kserve_grants(used),
+    )
+    _assert_exact(_role_grants(served[0]), namespace_grants(used))
+    _assert_exact(_role_grants(_kserve_config_role(docs)), kserve_grants(used))
+    _assert_exact(_role_grants(_leader_election_role(docs)), election_grants(used))
+    assert ("", "serviceaccounts", "get") in namespace_grants(used)
+    assert not [g for g in used if g[1] == "secrets"], "the operator never reads Secrets"
+
+
+def test_cluster_wide_chart_rbac_is_exactly_what_the_code_uses() -> None:
+    docs = _render(
+        "--set",
+        "operator.watchAllNamespaces=true",
+        "--set",
+        "prerequisites.kserveNamespace=kserve-system",
+    )
     roles = [d for d in docs if d["kind"] in ("ClusterRole", "Role")]
-    assert sorted(r["kind"] for r in roles) == ["ClusterRole", "Role"]
+    assert sorted(r["kind"] for r in roles) == ["ClusterRole", "Role", "Role"]
     cluster = next(r for r in roles if r["kind"] == "ClusterRole")
     used = derived_grants()
+    _assert_exact(_role_grants(_kserve_config_role(docs, "kserve-system")), kserve_grants(used))
     for granted, wanted in (
-        (_role_grants(cluster), used - election_grants(used)),
+        (_role_grants(cluster), used - election_grants(used) - kserve_grants(used)),
         (_role_grants(_leader_election_role(docs)), election_grants(used)),
     ):
         assert not wanted - granted, f"used but not granted: {sorted(wanted - granted)}"
@@ -280,14 +343,15 @@ def test_lease_get_and_update_are_limited_to_the_operator_lease() -> None:
 
 
 def test_namespaced_chart_rbac_splits_cluster_and_namespace_grants() -> None:
-    docs = _render("--set", "operator.watchNamespace=ml-team-a")
+    docs = _render("--set", "operator.watchNamespaces={ml-team-a,ml-team-b}")
     cluster = _role_grants(next(d for d in docs if d["kind"] == "ClusterRole"))
-    role_doc = next(
-        d for d in docs if d["kind"] == "Role" and d["metadata"]["namespace"] == "ml-team-a"
-    )
-    namespaced = _role_grants(role_doc)
+    for ns in ("ml-team-b", "ml-team-a"):
+        role_doc = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["namespace"] == ns)
+        namespaced = _role_grants(role_doc)
+        assert namespaced == namespace_grants(derived_grants())
     election = _role_grants(_leader_election_role(docs))
-    assert cluster | namespaced | election == derived_grants()
+    kserve = _role_grants(_kserve_config_role(docs))
+    assert cluster | namespaced | election | kserve == derived_grants()
     assert election == election_grants(derived_grants())
     assert {g[1] for g in cluster} == {"customresourcedefinitions"}
     binding = next(
@@ -301,8 +365,17 @@ def test_kustomize_base_rbac_is_exactly_what_the_code_uses() -> None:
     source: its operator RBAC is the chart's, so it grants exactly the derived calls."""
     docs = [d for d in yaml.safe_load_all((ROOT / "manifests/base/kubeloop.yaml").read_text()) if d]
     cluster = next(d for d in docs if d["kind"] == "ClusterRole")
+    served = next(
+        d
+        for d in docs
+        if d["kind"] == "Role" and d["metadata"]["name"] == cluster["metadata"]["name"]
+    )
     used = derived_grants()
-    assert _role_grants(cluster) == used - election_grants(used)
+    assert _role_grants(cluster) | _role_grants(served) == (
+        used - election_grants(used) - kserve_grants(used)
+    )
+    assert _role_grants(served) == namespace_grants(used)
+    assert _role_grants(_kserve_config_role(docs)) == kserve_grants(used)
     assert _role_grants(_leader_election_role(docs)) == election_grants(used)
 
 

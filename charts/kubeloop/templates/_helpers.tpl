@@ -273,3 +273,24 @@ certifi fallback) and AWS_CA_BUNDLE (boto3, KServe's storage code) pointing at i
         path: {{ .Values.registry.caBundle.key }}
 {{- end }}
 {{- end }}
+
+{{/*
+Namespaces the operator serves (operator.watchNamespaces, default the release namespace),
+as a JSON list: its Roles and the predictors' storage ServiceAccount go to each. With
+operator.watchAllNamespaces the operator reconciles every namespace, and these are still
+the namespaces the chart puts the storage ServiceAccount in.
+*/}}
+{{- define "kubeloop.operator.namespaces" -}}
+{{- if .Values.operator.watchNamespaces }}
+{{- toJson (uniq .Values.operator.watchNamespaces) }}
+{{- else }}
+{{- toJson (list .Release.Namespace) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret the predictors' storage ServiceAccount names (the registry's S3 credentials).
+*/}}
+{{- define "kubeloop.storage.secretName" -}}
+{{- ternary (include "kubeloop.minio.secretName" .) .Values.registry.external.existingSecret .Values.minio.enabled }}
+{{- end }}
