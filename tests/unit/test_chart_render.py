@@ -720,3 +720,89 @@ def test_private_ca_bundle_reaches_every_s3_client(rendered) -> None:
         check=False,
     )  # fmt: skip
     assert both.returncode != 0 and "/registry/caBundle" in both.stderr
+
+
+def _storage_accounts(docs: list[dict]) -> dict[str, dict]:
+    return {
+        d["metadata"]["namespace"]: d
+        for d in docs
+        if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == "kubeloop-s3"
+    }
+
+
+def test_every_served_namespace_gets_the_storage_account_and_its_secret() -> None:
+    """The operator checks for the storage ServiceAccount where it deploys: the chart puts it
+    in each served namespace, naming a Secret that exists there (the generated MinIO
+    credentials are copied, byte for byte)."""
+    docs = render("--set", "operator.watchNamespaces={ml-a,ml-b}")
+    accounts = _storage_accounts(docs)
+    assert set(accounts) == {"ml-a", "ml-b"}  # the release namespace is not served
+    secrets = {
+        d["metadata"]["namespace"]: d
+        for d in docs
+        if d["kind"] == "Secret" and d["metadata"]["name"] == "kl-kubeloop-minio"
+    }
+    assert set(secrets) == {NAMESPACE, "ml-a", "ml-b"}
+    for ns, account in accounts.items():
+        assert account["secrets"] == [{"name": "kl-kubeloop-minio"}]
+        assert secrets[ns]["data"] == secrets[NAMESPACE]["data"]
+        assert account["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"] == (
+            f"kl-kubeloop-minio.{NAMESPACE}.svc.cluster.local:9000"
+        )
+    # Only the release namespace's Secret is kept on uninstall (it holds MinIO's password).
+    assert [ns for ns, d in secrets.items() if d["metadata"].get("annotations")] == [NAMESPACE]
+    podmonitor = next(d for d in docs if d["kind"] == "PodMonitor")
+    assert podmonitor["spec"]["namespaceSelector"] == {"matchNames": ["ml-a", "ml-b"]}
+    minio_policy = next(
+        d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("minio")
+    )
+    peers = [
+        p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for p in minio_policy["spec"]["ingress"][0]["from"]
+        if p.get("namespaceSelector", {}).get("matchLabels")
+    ]
+    assert {"ml-a", "ml-b"} <= set(peers)
+
+
+def test_an_existing_secret_is_named_never_copied(rendered) -> None:
+    docs = rendered["namespaced-values.yaml"]
+    assert {ns: a["secrets"] for ns, a in _storage_accounts(docs).items()} == {
+        "ml-team-a": [{"name": "kubeloop-minio-root"}],
+        "ml-team-b": [{"name": "kubeloop-minio-root"}],
+    }
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    notes = helm(
+        "install", "ml", str(CHART), "--dry-run=client", "-n", "kubeloop",
+        "-f", str(CHART / "ci" / "namespaced-values.yaml"),
+    ).stdout.split("NOTES:", 1)[1]  # fmt: skip
+    assert "reconciles ModelDeployments only in: ml-team-a, ml-team-b" in notes
+    assert 'Secret "kubeloop-minio-root"' in notes and "ml-team-a, ml-team-b too" in notes
+
+
+def test_all_namespaces_is_an_explicit_opt_in_with_storage_where_listed() -> None:
+    default = render()
+    assert set(_storage_accounts(default)) == {NAMESPACE}
+    assert not any(
+        e.get("name") == "KUBELOOP_OPERATOR_ALL_NAMESPACES"
+        for e in pod_spec(_operator(default))["containers"][0]["env"]
+    )
+    docs = render(
+        "--set", "operator.watchAllNamespaces=true", "--set", "operator.watchNamespaces={ml-a}"
+    )  # fmt: skip
+    env = {e["name"]: e.get("value") for e in pod_spec(_operator(docs))["containers"][0]["env"]}
+    assert env["KUBELOOP_OPERATOR_ALL_NAMESPACES"] == "true"
+    assert "KUBELOOP_OPERATOR_NAMESPACES" not in env
+    assert set(_storage_accounts(docs)) == {"ml-a"}
+    assert not [
+        d
+        for d in docs
+        if d["kind"] == "Role"
+        and not d["metadata"]["name"].endswith(("-leader-election", "-kserve-config"))
+    ]
+    podmonitor = next(d for d in docs if d["kind"] == "PodMonitor")
+    assert podmonitor["spec"]["namespaceSelector"] == {"any": True}
+    notes = helm(
+        "install", "ml", str(CHART), "--dry-run=client", "-n", "kubeloop",
+        "--set", "operator.watchAllNamespaces=true",
+    ).stdout.split("NOTES:", 1)[1]  # fmt: skip
+    assert "every namespace" in notes and "StorageNotConfigured" in notes
