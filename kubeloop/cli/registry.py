@@ -66,3 +66,37 @@ def show(
     settings, registry = _registry()
     v = registry.get(model or settings.model_name, version)
     typer.echo(json.dumps(v.to_dict(), indent=2))
+
+
+@app.command("ensure-bucket")
+def ensure_bucket(
+    bucket: str = typer.Option(
+        None, help="bucket name (default: the bucket of settings.registry_uri, an s3:// URI)"
+    ),
+) -> None:
+    """Create the registry's bucket on its S3 endpoint unless it exists (the chart's bucket
+    Job); fail naming the endpoint and the bucket when the credentials cannot reach it."""
+    from urllib.parse import urlparse
+
+    from kubeloop.registry.bucket import BucketError
+    from kubeloop.registry.bucket import ensure_bucket as ensure
+    from kubeloop.settings import get_settings
+
+    settings = get_settings()
+    if bucket is None:
+        uri = urlparse(settings.registry_uri)
+        if uri.scheme != "s3" or not uri.netloc:
+            typer.echo(
+                f"error: registry_uri {settings.registry_uri!r} is not s3://bucket/prefix; "
+                "pass --bucket",
+                err=True,
+            )
+            raise typer.Exit(2)
+        bucket = uri.netloc
+    endpoint = f"{'https' if settings.s3.secure else 'http'}://{settings.s3.endpoint}"
+    try:
+        created = ensure(bucket, settings.s3)
+    except BucketError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{'created' if created else 'found'} bucket {bucket!r} at {endpoint}")
