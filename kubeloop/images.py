@@ -37,8 +37,8 @@ OPERATOR_REQUIREMENTS = "requirements/operator.txt"
 CLUSTER_EXTRAS = {"feast": "redis,aws"}
 # What `python -m kubeloop.operators.cluster` imports (kopf, the Kubernetes and KFP
 # clients, the kserve SDK's InferenceService models, the registry's minio, settings),
-# plus kfp-kubernetes: the chart's upload Job compiles the pipeline in this image.
-# No torch, no ray.
+# plus kfp-kubernetes: the chart's upload Job compiles the pipeline in this image, and
+# typer and rich: its bucket Job runs `kubeloop registry ensure-bucket`. No torch, no ray.
 OPERATOR_DISTRIBUTIONS: tuple[str, ...] = (
     "kopf",
     "kserve",
@@ -51,6 +51,8 @@ OPERATOR_DISTRIBUTIONS: tuple[str, ...] = (
     "httpx",
     "prometheus-client",
     "pyyaml",
+    "typer",
+    "rich",
 )
 
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")

@@ -601,6 +601,30 @@ def test_canary_follows_the_kserve_deployment_mode(
     assert status["stableVersion"] == "v2" and status["phase"] == "Watching"
 
 
+def test_kserve_config_is_read_once_per_ttl(api):
+    """Every resource's pass asks for the mode; the ConfigMap is read once per TTL."""
+    from kubeloop.operators.cluster.kserve import KServeConfig
+    from kubernetes import client as k8s
+
+    core = k8s.CoreV1Api(k8s.ApiClient(k8s.Configuration(host=api["url"])))
+    clock = {"now": 0.0}
+    config = KServeConfig(core, "kserve", ttl_seconds=60, clock=lambda: clock["now"])
+
+    def reads():
+        return sum(1 for m, p, b in api["requests"] if p == KSERVE_CONFIG_PATH)
+
+    assert config.default_mode()[0] == "Serverless"
+    api["objects"][KSERVE_CONFIG_PATH] = kserve_config("RawDeployment")
+    clock["now"] = 59.0
+    assert config.default_mode()[0] == "Serverless" and reads() == 1
+    clock["now"] = 61.0
+    assert config.default_mode()[0] == "RawDeployment" and reads() == 2
+    api["objects"][KSERVE_CONFIG_PATH] = 403
+    clock["now"] = 200.0
+    mode, why = config.default_mode()
+    assert mode is None and "cannot read ConfigMap kserve/inferenceservice-config: 403" in why
+
+
 def test_kopf_registry_registers_thin_handlers_with_timer_from_settings():
     settings = load_operator_settings(poll_interval_seconds=7)
     registry = build_registry(settings, deps=None)

@@ -806,3 +806,56 @@ def test_all_namespaces_is_an_explicit_opt_in_with_storage_where_listed() -> Non
         "--set", "operator.watchAllNamespaces=true",
     ).stdout.split("NOTES:", 1)[1]  # fmt: skip
     assert "every namespace" in notes and "StorageNotConfigured" in notes
+
+
+@pytest.mark.parametrize("scenario", ["default-values.yaml", "external-s3-values.yaml"])
+def test_bucket_job_runs_the_preflight_against_the_release_endpoint(
+    rendered, scenario: str, monkeypatch
+) -> None:
+    """The bucket Job runs for MinIO and for an external endpoint alike: the kubeloop CLI's
+    ensure-bucket with the release's endpoint, credentials and bucket, which it reads back
+    through kubeloop's settings."""
+    from typer.testing import CliRunner
+
+    from kubeloop.cli.main import _register, app
+    from kubeloop.settings import get_settings
+
+    docs = rendered[scenario]
+    job = next(
+        d for d in docs if d["kind"] == "Job" and d["metadata"]["name"] == "kl-kubeloop-bucket"
+    )
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    container = pod_spec(job)["containers"][0]
+    assert container["command"] == [
+        "python", "-m", "kubeloop.cli.main", "registry", "ensure-bucket",
+    ]  # fmt: skip
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    env = {e["name"]: e for e in container["env"]}
+    external = scenario.startswith("external")
+    secret = "kubeloop-s3-credentials" if external else "kl-kubeloop-minio"
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": key}
+    values = {k: e["value"] for k, e in env.items() if "value" in e}
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+        assert settings.registry_uri == (
+            "s3://ml-models/kubeloop" if external else "s3://kubeloop-registry/models"
+        )
+        assert settings.s3.endpoint == (
+            "s3.eu-west-1.amazonaws.com"
+            if external
+            else f"kl-kubeloop-minio.{NAMESPACE}.svc.cluster.local:9000"
+        )
+        assert (settings.s3.secure, settings.s3.region) == (
+            (True, "eu-west-1") if external else (False, None)
+        )
+    finally:
+        get_settings.cache_clear()
+    _register()
+    assert CliRunner().invoke(app, ["registry", "ensure-bucket", "--help"]).exit_code == 0
+    assert job["spec"]["backoffLimit"] == (2 if external else 10)
+    off = render("--set", "registry.bucketJob.enabled=false")
+    assert not [d for d in off if d["kind"] == "Job" and d["metadata"]["name"].endswith("bucket")]

@@ -476,8 +476,9 @@ def test_requirement_files_follow_pyproject() -> None:
 
 def test_operator_imports_without_torch_or_ray() -> None:
     """The operator image holds neither torch nor ray: everything ``python -m
-    kubeloop.operators.cluster`` imports, at start-up and in ``main()``, loads with both
-    blocked, and every third-party module it loads comes with requirements/operator.txt."""
+    kubeloop.operators.cluster`` imports, at start-up and in ``main()``, and the ``kubeloop``
+    CLI the chart's bucket Job runs, loads with both blocked, and every third-party module
+    it loads comes with requirements/operator.txt."""
     program = textwrap.dedent(
         """
         import importlib, json, sys
@@ -500,8 +501,11 @@ def test_operator_imports_without_torch_or_ray() -> None:
             "kfp",
             "minio",
             "prometheus_client",
+            "kubeloop.registry.bucket",
         ):
             importlib.import_module(module)
+        # The chart's bucket Job runs `kubeloop registry ensure-bucket` in this image.
+        importlib.import_module("kubeloop.cli.main")._register()
         ours = [m.__file__ for m in list(sys.modules.values())
                 if (getattr(m, "__name__", "") or "").startswith("kubeloop")
                 and getattr(m, "__file__", None)]
