@@ -25,9 +25,20 @@ def docs() -> list[dict]:
     ]
 
 
-def one(kind: str) -> dict:
-    (doc,) = [d for d in docs() if d["kind"] == kind]
+def one(kind: str, suffix: str = "") -> dict:
+    """The one object of ``kind`` whose name is the operator's plus ``suffix`` (the Role
+    serving the release namespace, ``-leader-election``, ``-kserve-config``)."""
+    (doc,) = [d for d in docs() if d["kind"] == kind and d["metadata"]["name"] == OPERATOR + suffix]
     return doc
+
+
+def grants_of(role: dict) -> dict[tuple[str, str], set[str]]:
+    return {
+        (g, r): set(rule["verbs"])
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+    }
 
 
 def test_manifests_validate_against_kubernetes_schemas():
@@ -38,31 +49,46 @@ def test_manifests_validate_against_kubernetes_schemas():
         kubernetes_validate.validate(doc, "1.30", strict=True)
 
 
-def test_cluster_role_is_least_privilege():
-    grants = {
-        (g, r): set(rule["verbs"])
-        for rule in one("ClusterRole")["rules"]
-        for g in rule["apiGroups"]
-        for r in rule["resources"]
-    }
-    assert grants == {
+def test_roles_are_least_privilege():
+    """Cluster-wide only CRD discovery; the rest in the served (release) namespace; KServe's
+    one ConfigMap in KServe's namespace; no Secrets anywhere."""
+    assert grants_of(one("ClusterRole")) == {
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+    }
+    served = one("Role")
+    assert served["metadata"]["namespace"] == one("Deployment")["metadata"]["namespace"]
+    assert grants_of(served) == {
         ("kubeloop.io", "modeldeployments"): {"list", "watch", "patch"},
         ("kubeloop.io", "modeldeployments/status"): {"patch"},
         ("serving.kserve.io", "inferenceservices"): {"get", "create", "patch"},
         ("", "events"): {"create"},
+        ("", "serviceaccounts"): {"get"},
     }
-    assert not any("*" in v for verbs in grants.values() for v in verbs)
+    kserve = one("Role", "-kserve-config")
+    assert kserve["metadata"]["namespace"] == "kserve"
+    assert grants_of(kserve) == {("", "configmaps"): {"get"}}
+    assert [r["resourceNames"] for r in kserve["rules"]] == [["inferenceservice-config"]]
+    every = [grants_of(d) for d in docs() if d["kind"] in ("ClusterRole", "Role")]
+    assert not any("*" in v for grants in every for verbs in grants.values() for v in verbs)
+    assert not any(r == "secrets" for grants in every for _, r in grants)
 
 
 def test_bindings_give_the_roles_to_the_operator_service_account():
     account = one("ServiceAccount")["metadata"]
-    for kind, role in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
-        binding = one(kind)
+    for kind, role, suffix in (
+        ("ClusterRoleBinding", "ClusterRole", ""),
+        ("RoleBinding", "Role", ""),
+        ("RoleBinding", "Role", "-leader-election"),
+        ("RoleBinding", "Role", "-kserve-config"),
+    ):
+        binding = one(kind, suffix)
+        assert binding["metadata"].get("namespace") == one(role, suffix)["metadata"].get(
+            "namespace"
+        )
         assert binding["roleRef"] == {
             "apiGroup": "rbac.authorization.k8s.io",
             "kind": role,
-            "name": one(role)["metadata"]["name"],
+            "name": one(role, suffix)["metadata"]["name"],
         }
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
@@ -72,7 +98,7 @@ def test_bindings_give_the_roles_to_the_operator_service_account():
 
 
 def test_lease_role_grants_exactly_the_elector_calls():
-    role = one("Role")
+    role = one("Role", "-leader-election")
     assert role["metadata"]["namespace"] == one("Deployment")["metadata"]["namespace"]
     grants = {
         (g, r, v, tuple(rule.get("resourceNames", ())))
@@ -108,6 +134,7 @@ def test_handlers_use_only_granted_calls():
         "create_namespaced_custom_object": ("serving.kserve.io", "create"),
         "patch_namespaced_custom_object": ("serving.kserve.io", "patch"),
         "create_namespaced_event": ("", "create"),
+        "read_namespaced_service_account": ("", "get"),
     }
     calls = {name for name in used if f".{name}(" in source}
     assert calls == set(used)
