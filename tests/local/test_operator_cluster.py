@@ -103,14 +103,13 @@ class ApiRecorder(BaseHTTPRequestHandler):
             if method == "PATCH":
                 st["isvc"] = merge(st["isvc"], body)
                 return self._send(200, st["isvc"])
-        if method == "GET" and url.path.startswith("/api/v1/namespaces/"):
+        if method == "GET" and url.path in st["objects"]:
             # ServiceAccounts and ConfigMaps the test put there (404 otherwise), or the
             # status code it set for that path (403: RBAC refuses).
-            if url.path in st["objects"]:
-                found = st["objects"][url.path]
-                if isinstance(found, int):
-                    return self._send(found, {"kind": "Status", "code": found})
-                return self._send(200, found)
+            found = st["objects"][url.path]
+            if isinstance(found, int):
+                return self._send(found, {"kind": "Status", "code": found})
+            return self._send(200, found)
         if url.path == "/apis/kubeloop.io/v1alpha1/namespaces/ml/modeldeployments/fd":
             md = {
                 "metadata": {"name": "fd"},
