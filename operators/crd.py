@@ -49,13 +49,13 @@ class _Model(BaseModel):
         return self.model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
-# Kubernetes' formats (apimachinery validation): a quantity, a label key (optional DNS
-# subdomain prefix and a name), a label value, an object name (DNS subdomain).
+# Kubernetes' formats (apimachinery validation): a quantity, a label key (an optional
+# prefix of DNS labels and dots, and a name), a label value, an object name (DNS
+# subdomain). The label key's pattern is short on purpose: a CEL rule matches it against
+# every nodeSelector key, and the API server estimates that rule's cost as string length
+# times pattern length before it accepts the CRD.
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
-LABEL_KEY = (
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
-)
+LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
@@ -155,7 +155,7 @@ class Toleration(_Model):
     key: str | None = Field(
         None,
         max_length=316,
-        pattern=LABEL_KEY,
+        pattern=f"^({LABEL_KEY[1:-1]})?$",
         description="the taint key to tolerate; empty with operator Exists tolerates every taint",
     )
     operator: TolerationOperator = Field(

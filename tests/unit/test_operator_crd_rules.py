@@ -282,6 +282,7 @@ GOOD = [
                     {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
                     {"key": "dedicated", "value": "ml", "effect": "NoSchedule"},
                     {"operator": "Exists"},
+                    {"key": "", "operator": "Exists"},
                     {"key": "k", "effect": "NoExecute", "tolerationSeconds": 300},
                 ],
                 "runtimeClassName": "nvidia",
