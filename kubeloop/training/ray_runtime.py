@@ -13,6 +13,7 @@ and tests then reuse it; ``stop_local_head()`` ends exactly the processes it sta
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import json
 import os
@@ -231,7 +232,7 @@ def _train_env() -> dict[str, str]:
 
 
 RAY_CLIENT_SCHEME = "ray://"
-REACH_TIMEOUT_S = 5.0
+CLIENT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,10 @@ class RayTarget:
     """Where a training run's Ray lives, as recorded with the run."""
 
     address: str  # what ray.init joined (or the GCS of Ray initialised before in this process)
-    remote: bool  # a Ray cluster outside this pod or machine (e.g. the chart's RayCluster)
+    # A Ray cluster this process is not a node of: joined through Ray Client (the chart's
+    # RayCluster) or at another machine's address. Its workers share no disk with this
+    # process, so a run's checkpoints go to shared storage.
+    remote: bool
     # Why training runs on this machine's own Ray instead of a cluster ("" when it joined
     # the configured address).
     fallback: str = ""
@@ -312,11 +316,24 @@ def connect(home: Path | None = None, address: str | None = None) -> RayTarget:
         # Ray Train's helper actors look the cluster up by themselves; with another Ray
         # instance on the machine that lookup is ambiguous, so name ours explicitly.
         env_vars["RAY_ADDRESS"] = chosen
-    ray.init(
+    init = functools.partial(
+        ray.init,
         address=chosen,
         logging_level="WARNING",
         log_to_driver=True,
         configure_logging=True,
         runtime_env={"env_vars": env_vars},
     )
-    return RayTarget(address=chosen, remote=not _is_loopback(_host_port(chosen)), fallback=fallback)
+    for attempt in range(1, CLIENT_ATTEMPTS + 1):
+        try:
+            init()
+            break
+        except ConnectionAbortedError:
+            # Ray Client's server starts one server process per client; when that start
+            # fails it aborts the connection, and a new one usually gets a working server.
+            if not chosen.startswith(RAY_CLIENT_SCHEME) or attempt == CLIENT_ATTEMPTS:
+                raise
+            ray.shutdown()
+            time.sleep(2.0 * attempt)
+    remote = chosen.startswith(RAY_CLIENT_SCHEME) or not _is_loopback(_host_port(chosen))
+    return RayTarget(address=chosen, remote=remote, fallback=fallback)
