@@ -902,6 +902,8 @@ def test_gpu_ray_scenario_places_predictors_and_trains_on_a_ray_cluster(rendered
     assert len(f"{ray['metadata']['name']}-head-svc") <= 63
     compiled_with = PipelineCluster.from_env({k: v for k, v in job_env.items() if v})
     assert compiled_with.ray_address == address
+    # The Ray pods run the image the train task runs (Ray Client needs the same Ray and Python).
+    assert compiled_with.image("train") == train_image
 
     # Its NetworkPolicy: Ray pods reach each other; the run namespace reaches only the client port.
     policy = policies["kl-kubeloop-ray"]
@@ -914,6 +916,28 @@ def test_gpu_ray_scenario_places_predictors_and_trains_on_a_ray_cluster(rendered
     assert client["from"][0]["namespaceSelector"]["matchLabels"] == {
         "kubernetes.io/metadata.name": "kubeflow"
     }
+
+
+def test_ray_cluster_runs_the_train_task_image() -> None:
+    from kubeloop.pipelines.cluster import PipelineCluster
+
+    docs = render(
+        "--set", "pipelineUpload.enabled=true", "--set", "ray.cluster.enabled=true",
+        "--set", "pipelineUpload.imageTag=0.1.1", "--set", "global.imageRegistry=registry.example.com/ml",
+    )  # fmt: skip
+    (ray,) = [d for d in docs if d["kind"] == "RayCluster"]
+    job = next(d for d in docs if d["kind"] == "Job" and d["metadata"]["name"].endswith("pipeline-upload"))  # fmt: skip
+    env = {e["name"]: e.get("value") for e in pod_spec(job)["containers"][0]["env"]}
+    train = PipelineCluster.from_env({k: v for k, v in env.items() if v}).image("train")
+    assert train == "registry.example.com/ml/kubeloop-train:0.1.1"
+    head = ray["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    (worker,) = ray["spec"]["workerGroupSpecs"]
+    assert head["image"] == worker["template"]["spec"]["containers"][0]["image"] == train
+    pinned = render("--set", "ray.cluster.enabled=true", "--set", "ray.cluster.image.tag=0.2.0")
+    (ray,) = [d for d in pinned if d["kind"] == "RayCluster"]
+    assert ray["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"].endswith(
+        ":0.2.0"
+    )
 
 
 def test_ray_cluster_is_off_by_default_and_auto_follows_kuberay() -> None:
