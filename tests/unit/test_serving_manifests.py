@@ -345,3 +345,21 @@ def test_operator_settings_read_the_release_placement(monkeypatch):
     )
     with pytest.raises(ValueError, match="value must be empty when operator is Exists"):
         load_operator_settings()
+
+
+def test_gpu_sample_deploys_on_gpu_nodes_with_the_release_defaults_elsewhere():
+    from kubeloop.operators.cluster.handlers import predictor_options
+    from kubeloop.operators.crd import Placement, parse_spec
+
+    sample = yaml.safe_load((REPO_ROOT / "manifests/samples/fraud-detector-gpu.yaml").read_text())
+    release = Placement.model_validate({"priorityClassName": "ml-serving", "nodeSelector": {"pool": "cpu"}})  # fmt: skip
+    options = predictor_options(parse_spec(sample["spec"]), "kubeloop-s3", None, release)
+    predictor = inference_service("fraud-detector", "v1", REGISTRY, **options)["spec"]["predictor"]
+    assert predictor["model"]["resources"] == {
+        "limits": {"nvidia.com/gpu": "1"},
+        "requests": {"nvidia.com/gpu": "1"},
+    }
+    assert predictor["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert predictor["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert predictor["runtimeClassName"] == "nvidia"
+    assert predictor["priorityClassName"] == "ml-serving"
