@@ -964,3 +964,9 @@ def test_ray_cluster_is_off_by_default_and_auto_follows_kuberay() -> None:
         "--set", "ray.cluster.enabled=auto",
     ).stdout  # fmt: skip
     assert "no RayCluster was created" in notes and "ray.cluster.enabled=true" in notes
+    enabled = helm(
+        "install", "kl", str(CHART), "--dry-run=client", "-n", NAMESPACE,
+        "--set", "ray.cluster.enabled=true",
+    ).stdout.split("NOTES:", 1)[1]  # fmt: skip
+    assert f"ray://kl-kubeloop-ray-head-svc.{NAMESPACE}.svc.cluster.local:10001" in enabled
+    assert "--ray-address" in enabled  # without the upload Job, the user compiles it in
