@@ -434,6 +434,24 @@ def test_helm_test_pod_checks_operator_and_drift(rendered) -> None:
             "need minReplicas <= replicas <= maxReplicas, got 0, 9, 4",
         ),
         (["--set", "ray.cluster.worker.maxReplicas=0"], "/ray/cluster/worker/maxReplicas"),
+        (
+            [
+                "--set",
+                "ray.cluster.enabled=true",
+                "--set",
+                "ray.cluster.worker.resources.requests.nvidia\\.com/gpu=2",
+            ],
+            "ray.cluster.worker.resources: nvidia.com/gpu in requests must equal the one in limits",
+        ),
+        (
+            [
+                "--set",
+                "servingRuntime.enabled=true",
+                "--set",
+                "servingRuntime.resources.requests.nvidia\\.com/gpu=1",
+            ],
+            "servingRuntime.resources: nvidia.com/gpu in requests must equal the one in limits (Kubernetes does not overcommit GPUs), got 1 and none",
+        ),
         (["--set", "ray.cluster.clientPort=6379"], "/ray/cluster/clientPort"),
         (["--set", "ray.cluster.head.bogus=1"], "additional properties 'bogus' not allowed"),
         (
@@ -916,6 +934,13 @@ def test_gpu_ray_scenario_places_predictors_and_trains_on_a_ray_cluster(rendered
     assert client["from"][0]["namespaceSelector"]["matchLabels"] == {
         "kubernetes.io/metadata.name": "kubeflow"
     }
+
+
+def test_a_gpu_limit_alone_is_a_gpu_request_too() -> None:
+    # Kubernetes defaults an extended resource's request to its limit.
+    docs = render("--set", "servingRuntime.resources.limits.nvidia\\.com/gpu=1")
+    runtime = next(d for d in docs if d["kind"] == "ClusterServingRuntime")
+    assert runtime["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
 def test_ray_cluster_runs_the_train_task_image() -> None:

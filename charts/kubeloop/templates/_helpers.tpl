@@ -374,3 +374,17 @@ the object store's /dev/shm in memory.
 {{ . }}
 {{- end }}
 {{- end }}
+
+{{/*
+Fails when a resources block requests nvidia.com/gpu other than it limits: Kubernetes does
+not overcommit extended resources, so a GPU request needs an equal limit (a limit alone
+is fine: the request defaults to it). Call with (dict "resources" <block> "path" "<values path>").
+*/}}
+{{- define "kubeloop.checkGpu" -}}
+{{- $requests := .resources.requests | default dict }}
+{{- $request := get $requests "nvidia.com/gpu" }}
+{{- $limit := get (.resources.limits | default dict) "nvidia.com/gpu" }}
+{{- if and (hasKey $requests "nvidia.com/gpu") (ne (toString $request) (toString $limit)) }}
+{{- fail (printf "%s: nvidia.com/gpu in requests must equal the one in limits (Kubernetes does not overcommit GPUs), got %v and %v" .path $request ($limit | default "none")) }}
+{{- end }}
+{{- end }}
