@@ -270,7 +270,7 @@ def choose_address(
     returned reason says so, and the caller logs and records it.
     """
     if not configured:
-        return None, "no Ray cluster address is set (KUBELOOP_RAY_ADDRESS)"
+        return None, "KUBELOOP_RAY_ADDRESS names no Ray cluster"
     host_port = _host_port(configured)
     host, _, port = host_port.rpartition(":")
     if not host or not port.isdigit():

@@ -36,7 +36,7 @@ def test_a_reachable_cluster_is_joined(listening):
 def test_no_address_or_an_unreachable_cluster_falls_back_and_says_why():
     assert choose_address(None) == (
         None,
-        "no Ray cluster address is set (KUBELOOP_RAY_ADDRESS)",
+        "KUBELOOP_RAY_ADDRESS names no Ray cluster",
     )
     closed = f"ray://{_closed_port()}"
     assert choose_address(closed) == (None, f"the Ray cluster at {closed} is not reachable")
