@@ -799,7 +799,9 @@ def _check_secure_container(c: dict, where: str) -> None:
         assert {"cpu", "memory"} <= set(c["resources"][kind]), f"{where}: {kind}"
 
 
-def test_gpu_ray_scenario_places_predictors_and_trains_on_a_ray_cluster(rendered) -> None:
+def test_gpu_ray_scenario_places_predictors_and_trains_on_a_ray_cluster(
+    rendered, monkeypatch
+) -> None:
     """The production-shaped scenario (ci/gpu-ray-values.yaml): external S3, GPU predictors
     on the GPU node pool, a RayCluster with a GPU worker group that the train task joins,
     three operator replicas, NetworkPolicies. Everything Kubernetes knows is validated by
@@ -829,12 +831,10 @@ def test_gpu_ray_scenario_places_predictors_and_trains_on_a_ray_cluster(rendered
     limits = runtime["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == 1
     env = {e["name"]: e.get("value") for e in pod_spec(operator)["containers"][0]["env"]}
-    placement_json = env["KUBELOOP_OPERATOR_PREDICTOR_PLACEMENT"]
-    os.environ["KUBELOOP_OPERATOR_PREDICTOR_PLACEMENT"] = placement_json
-    try:
-        settings = load_operator_settings()
-    finally:
-        del os.environ["KUBELOOP_OPERATOR_PREDICTOR_PLACEMENT"]
+    monkeypatch.setenv(
+        "KUBELOOP_OPERATOR_PREDICTOR_PLACEMENT", env["KUBELOOP_OPERATOR_PREDICTOR_PLACEMENT"]
+    )
+    settings = load_operator_settings()
     sample = yaml.safe_load((ROOT / "manifests/samples/fraud-detector.yaml").read_text())
     isvc = inference_service(
         "fraud-detector", "v1", "s3://ml-models/kubeloop", namespace="ml",
