@@ -8,6 +8,7 @@ are camelCase on the wire (Kubernetes convention) and snake_case in Python.
 from __future__ import annotations
 
 import itertools
+import re
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Self
 
@@ -48,6 +49,17 @@ class _Model(BaseModel):
         return self.model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
+# Kubernetes' formats (apimachinery validation): a quantity, a label key (an optional
+# prefix of DNS labels and dots, and a name), a label value, an object name (DNS
+# subdomain). The label key's pattern is short on purpose: a CEL rule matches it against
+# every nodeSelector key, and the API server estimates that rule's cost as string length
+# times pattern length before it accepts the CRD.
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
+LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
 # --- spec --------------------------------------------------------------------------------
 class VersionPolicy(StrEnum):
     PINNED = "Pinned"
@@ -82,15 +94,162 @@ class ModelSource(_Model):
 
 
 class Resources(_Model):
-    """Compute for each predictor replica."""
+    """Compute for each predictor replica; an unset field keeps the release's default (the
+    chart's servingRuntime.resources, on the serving runtime's container)."""
 
-    cpu: str = Field("500m", description="CPU request and limit per replica")
-    memory: str = Field("1Gi", description="memory request and limit per replica")
-    gpu: int = Field(0, ge=0, description="nvidia.com/gpu per replica")
+    cpu: str | None = Field(
+        None,
+        pattern=QUANTITY,
+        description="CPU request and limit per replica (default: the release's)",
+    )
+    memory: str | None = Field(
+        None,
+        pattern=QUANTITY,
+        description="memory request and limit per replica (default: the release's)",
+    )
+    gpu: int | None = Field(
+        None,
+        ge=0,
+        le=16,
+        description="nvidia.com/gpu request and limit per replica (default: the release's, "
+        "none unless the chart sets one); place GPU predictors with nodeSelector, tolerations "
+        "or affinity",
+    )
 
 
-class Serving(_Model):
-    """The InferenceService's predictors: replicas, resources, image and payload logger."""
+class TaintEffect(StrEnum):
+    NO_SCHEDULE = "NoSchedule"
+    PREFER_NO_SCHEDULE = "PreferNoSchedule"
+    NO_EXECUTE = "NoExecute"
+
+
+class TolerationOperator(StrEnum):
+    EXISTS = "Exists"
+    EQUAL = "Equal"
+
+
+class Toleration(_Model):
+    """A core/v1 Toleration: the predictor may run on nodes with a matching taint."""
+
+    cel_rules = (
+        Rule(
+            "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            "value must be empty when operator is Exists",
+            lambda t: t.operator != TolerationOperator.EXISTS or not t.value,
+            field_path=".value",
+        ),
+        Rule(
+            "(has(self.key) && self.key != '') || self.operator == 'Exists'",
+            "an empty key needs operator Exists (it then tolerates every taint)",
+            lambda t: bool(t.key) or t.operator == TolerationOperator.EXISTS,
+            field_path=".operator",
+        ),
+        Rule(
+            "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            "tolerationSeconds needs effect NoExecute",
+            lambda t: t.toleration_seconds is None or t.effect == TaintEffect.NO_EXECUTE,
+            field_path=".tolerationSeconds",
+        ),
+    )
+
+    key: str | None = Field(
+        None,
+        max_length=316,
+        pattern=f"^({LABEL_KEY[1:-1]})?$",
+        description="the taint key to tolerate; empty with operator Exists tolerates every taint",
+    )
+    operator: TolerationOperator = Field(
+        TolerationOperator.EQUAL,
+        description="Equal matches the taint's value; Exists matches any value of the key",
+    )
+    value: str | None = Field(
+        None, max_length=63, pattern=LABEL_VALUE, description="the taint value (operator Equal)"
+    )
+    effect: TaintEffect | None = Field(
+        None, description="the taint effect to tolerate; empty tolerates every effect"
+    )
+    toleration_seconds: int | None = Field(
+        None,
+        ge=0,
+        description="with effect NoExecute: how long the predictor stays on a node after the "
+        "taint appears",
+    )
+
+
+class Affinity(_Model):
+    """A core/v1 Affinity for the predictor pods; each part is passed to the pod as written
+    and validated by the API server against the InferenceService's pod schema."""
+
+    node_affinity: dict[str, Any] | None = Field(
+        None, description="core/v1 NodeAffinity: nodes the predictor must or should run on"
+    )
+    pod_affinity: dict[str, Any] | None = Field(
+        None, description="core/v1 PodAffinity: pods the predictor should run next to"
+    )
+    pod_anti_affinity: dict[str, Any] | None = Field(
+        None, description="core/v1 PodAntiAffinity: pods the predictor should run apart from"
+    )
+
+
+MAX_TOLERATIONS = 32
+
+
+class Placement(_Model):
+    """Where the predictor pods run: node placement and scheduling classes. Each unset field
+    keeps the release's default (the chart's servingRuntime values)."""
+
+    node_selector: (
+        Annotated[
+            dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]],
+            Field(max_length=32),
+            Rules(
+                Rule(
+                    f"self.all(k, size(k) <= 316 && k.matches(r'{LABEL_KEY}'))",
+                    "keys must be label keys ([prefix/]name)",
+                    lambda labels: all(
+                        len(k) <= 316 and re.fullmatch(LABEL_KEY, k) for k in labels
+                    ),
+                )
+            ),
+        ]
+        | None
+    ) = Field(
+        None,
+        description="node labels the predictor's nodes must carry, e.g. "
+        "nvidia.com/gpu.present: 'true' (replaces the release's whole map)",
+    )
+    tolerations: list[Toleration] | None = Field(
+        None,
+        max_length=MAX_TOLERATIONS,
+        description="taints the predictor tolerates, e.g. the GPU nodes' nvidia.com/gpu "
+        "taint (replaces the release's list)",
+    )
+    affinity: Affinity | None = Field(
+        None, description="node and pod affinity rules (replaces the release's)"
+    )
+    runtime_class_name: str | None = Field(
+        None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="RuntimeClass of the predictor pods, e.g. nvidia where the GPU runtime is "
+        "not the node's default",
+    )
+    priority_class_name: str | None = Field(
+        None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="PriorityClass of the predictor pods",
+    )
+
+    def over(self, defaults: Placement) -> Placement:
+        """This placement, each unset field taken from ``defaults``."""
+        given = self.model_dump(exclude_none=True)
+        return defaults.model_copy(update={k: getattr(self, k) for k in given})
+
+
+class Serving(Placement):
+    """The InferenceService's predictors: replicas, resources, placement, image and payload
+    logger."""
 
     cel_rules = (
         Rule(
@@ -110,6 +269,11 @@ class Serving(_Model):
     logger_url: str | None = Field(
         None, description="payload logger sink; default: the operator's drift service"
     )
+
+    def placement(self) -> Placement:
+        return Placement.model_validate(
+            {k: getattr(self, k) for k in Placement.model_fields if getattr(self, k) is not None}
+        )
 
 
 class ApprovalMode(StrEnum):

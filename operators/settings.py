@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Self
 
+from kubeloop.operators.crd import Placement
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -49,6 +50,12 @@ class OperatorSettings(BaseSettings):
     prometheus_root: Path | None = Field(
         None,
         description="local runtime: the local Prometheus folder; predictors go to its targets/",
+    )
+    predictor_placement: Placement = Field(
+        Placement(),
+        description="the release's node placement of predictors (JSON: nodeSelector, "
+        "tolerations, affinity, runtimeClassName, priorityClassName), under each "
+        "ModelDeployment's own spec.serving values",
     )
     metrics_port: int = Field(
         8081, ge=0, le=65535, description="port of the operator's /metrics (0: off)"

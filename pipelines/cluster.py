@@ -3,7 +3,8 @@
 The stage pods read the registry through kubeloop's settings environment: the S3
 endpoint, TLS and region come from a ConfigMap, the credentials from a Secret, both
 named at compile time (kfp-kubernetes puts the references in the IR's platform spec).
-The defaults are what the Helm chart creates for the release ``kubeloop``; the chart's
+The train task joins the release's RayCluster when one is named (``ray_address``). The
+defaults are what the Helm chart creates for the release ``kubeloop``; the chart's
 upload Job compiles with its own names (``KUBELOOP_IMAGE_REGISTRY`` and the other
 variables of :meth:`PipelineCluster.from_env`).
 """
@@ -37,7 +38,12 @@ ENV_VARS = {
     "s3_access_key_key": "KUBELOOP_PIPELINE_S3_CREDENTIALS_USER_FIELD",
     "s3_secret_key_key": "KUBELOOP_PIPELINE_S3_CREDENTIALS_PASSKEY_FIELD",
     "storage_config_map": "KUBELOOP_PIPELINE_STORAGE_CONFIG_MAP",
+    "ray_address": "KUBELOOP_PIPELINE_RAY_ADDRESS",
 }
+# The train task's Ray address (kubeloop.settings ray_address).
+RAY_ADDRESS_ENV = "KUBELOOP_RAY_ADDRESS"
+# Ray Client to a cluster's head Service: ray://<host>:<port> (KubeRay's head serves 10001).
+_RAY_CLIENT = re.compile(r"^ray://[a-z0-9]([-a-z0-9.]*[a-z0-9])?:[0-9]{1,5}$")
 
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
@@ -53,6 +59,9 @@ class PipelineCluster:
     s3_access_key_key: str = "AWS_ACCESS_KEY_ID"
     s3_secret_key_key: str = "AWS_SECRET_ACCESS_KEY"
     storage_config_map: str = "kubeloop-storage"
+    # The release's RayCluster (ray://<head service>:10001); empty: the train task runs Ray
+    # in its own pod.
+    ray_address: str = ""
 
     def __post_init__(self) -> None:
         image("ingest", self.image_registry, self.image_tag)  # raises on an unusable pair
@@ -64,6 +73,11 @@ class PipelineCluster:
         for name in ("s3_access_key_key", "s3_secret_key_key"):
             if not _SECRET_KEY.match(getattr(self, name)):
                 raise ValueError(f"{name} must be a Secret data key, got {getattr(self, name)!r}")
+        if self.ray_address and not _RAY_CLIENT.match(self.ray_address):
+            raise ValueError(
+                f"ray_address must be a Ray Client address ray://<host>:<port>, "
+                f"got {self.ray_address!r}"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> PipelineCluster:
@@ -77,8 +91,12 @@ class PipelineCluster:
         return image(name, self.image_registry, self.image_tag)
 
     def apply(self, task, stage: str):
-        """Runs ``task`` on the release's image of ``stage`` with the storage environment."""
+        """Runs ``task`` on the release's image of ``stage`` with the storage environment;
+        the train task also gets the RayCluster's address."""
         from kfp import kubernetes
+
+        if stage == "train" and self.ray_address:
+            task.set_env_variable(RAY_ADDRESS_ENV, self.ray_address)
 
         task.container_spec.image = self.image(stage)
         kubernetes.use_config_map_as_env(

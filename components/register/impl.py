@@ -11,7 +11,7 @@ from typing import Any
 
 from kubeloop.components.evaluate.impl import EVALUATION_FILE, REFERENCE_FILE
 from kubeloop.components.gate.impl import GATE_FILE
-from kubeloop.components.train.impl import StageInputError
+from kubeloop.components.train.impl import RAY_FILE, StageInputError
 
 import kubeloop
 from kubeloop.model.network import MODEL_CONFIG_FILE, MODEL_FILE, PREPROCESSING_FILE, SCHEMA_FILE
@@ -91,6 +91,10 @@ def run_register(
             {"start": parameters.get("window_start", ""), "end": parameters.get("window_end", "")},
         ),
     }
+    ray_record = Path(model_dir) / RAY_FILE
+    if ray_record.exists():
+        # Where the model trained: the Ray cluster, or the train pod's own Ray and why.
+        lineage["training_ray"] = _read_json(ray_record, "model")
     registry = ModelRegistry(registry_uri or get_settings().registry_uri)
     with tempfile.TemporaryDirectory(prefix="kubeloop-register-") as tmp:
         folder = Path(tmp)

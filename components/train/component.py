@@ -29,9 +29,12 @@ def train(
         train_set: features-stage output folder with ``data.parquet``.
         model: output folder, a ``kubeloop.model.ModelBundle`` (``model.pt``, ``model.json``,
             ``preprocessing.json``, ``schema.json``) plus ``history.json`` (per-epoch metrics).
-        metrics: best-epoch validation metrics, chosen threshold, fit time.
-        num_workers: Ray Train workers (data-parallel).
-        use_gpu: give each worker a GPU.
+        metrics: best-epoch validation metrics, chosen threshold, fit time, and ray_cluster
+            (1: trained on the Ray cluster at KUBELOOP_RAY_ADDRESS; 0: in this pod, which
+            the log and the model's ray_fallback metadata explain).
+        num_workers: Ray Train workers (data-parallel); on a Ray cluster its autoscaler
+            adds the worker pods they need.
+        use_gpu: give each worker a GPU (on the cluster's GPU worker group).
         epochs: passes over the training part.
         batch_size: rows per optimiser step and worker.
         learning_rate: Adam learning rate.
@@ -57,5 +60,9 @@ def train(
     outcome = run_train(train_set.path, model.path, params)
     model.metadata["framework"] = "pytorch"
     model.metadata["threshold"] = outcome.bundle.config.threshold
+    # Where it trained: the Ray cluster's address, or this pod and why (recorded in KFP).
+    model.metadata["ray_address"] = outcome.ray.address
+    model.metadata["ray_cluster"] = outcome.ray.remote
+    model.metadata["ray_fallback"] = outcome.ray.fallback
     for name, value in outcome.metrics.items():
         metrics.log_metric(name, value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +15,9 @@ from kubeloop.training import TrainOutcome, TrainParams, train_model
 DATA_FILE = "data.parquet"
 SCHEMA_FILE = "schema.json"
 HISTORY_FILE = "history.json"
+# Where the run trained (a Ray cluster, or this pod's own Ray and why); the register stage
+# copies it into the version's lineage.
+RAY_FILE = "ray.json"
 
 
 class StageInputError(ValueError):
@@ -47,4 +51,6 @@ def run_train(train_set: str | Path, model_dir: str | Path, params: TrainParams)
     outcome = train_model(frame, schema, params)
     folder = outcome.bundle.save(model_dir)
     (folder / HISTORY_FILE).write_text(json.dumps(outcome.history, indent=2))
+    if outcome.ray is not None:
+        (folder / RAY_FILE).write_text(json.dumps(asdict(outcome.ray), indent=2))
     return outcome

@@ -36,6 +36,11 @@ def compile_pipelines(
         envvar=ENV_VARS["storage_config_map"],
         help="ConfigMap with KUBELOOP_REGISTRY_URI and KUBELOOP_S3__* for the stages",
     ),
+    ray_address: str = typer.Option(
+        None,
+        envvar=ENV_VARS["ray_address"],
+        help="Ray Client address the train task joins (ray://<head service>:10001)",
+    ),
 ) -> None:
     """Compile every pipeline to KFP IR YAML (the files `make check-generated` verifies).
 
@@ -52,6 +57,7 @@ def compile_pipelines(
         "s3_access_key_key": s3_access_key_key,
         "s3_secret_key_key": s3_secret_key_key,
         "storage_config_map": storage_config_map,
+        "ray_address": ray_address,
     }
     try:
         cluster = PipelineCluster(**{k: v for k, v in given.items() if v})

@@ -41,6 +41,7 @@ from kubernetes.client import (
     V1ResourceRequirements,
     V1SecurityContext,
     V1ServiceAccount,
+    V1Toleration,
     V1Volume,
     V1VolumeMount,
 )
@@ -51,6 +52,15 @@ from kubeloop.settings import ClusterSettings
 ISVC_GROUP, ISVC_VERSION, ISVC_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 VERSION_LABEL = "kubeloop.io/model-version"
 MODEL_MOUNT = "/mnt/models"
+# The predictor pod spec's node placement fields (wire names).
+PLACEMENT_FIELDS = (
+    "nodeSelector",
+    "tolerations",
+    "affinity",
+    "runtimeClassName",
+    "priorityClassName",
+)
+GPU_RESOURCE = "nvidia.com/gpu"  # the NVIDIA device plugin's extended resource
 # The chart's ClusterServingRuntime and the model format it serves.
 PREDICTOR_RUNTIME = "kubeloop-predictor"
 # The chart's names (kubeloop.settings.ClusterSettings defaults, one place for both).
@@ -78,15 +88,27 @@ def predictor_spec(
     logger_url: str | None = None,
     service_account: str = DEFAULT_SERVICE_ACCOUNT,
     image_ref: str | None = None,
-    cpu: str = "500m",
-    memory: str = "1Gi",
+    cpu: str | None = None,
+    memory: str | None = None,
     gpus: int = 0,
     min_replicas: int = 1,
     max_replicas: int = 3,
     max_batch: int = 256,
     runtime: str | None = None,
+    node_selector: dict[str, str] | None = None,
+    tolerations: list[dict[str, Any]] | None = None,
+    affinity: dict[str, Any] | None = None,
+    runtime_class_name: str | None = None,
+    priority_class_name: str | None = None,
 ) -> V1beta1PredictorSpec:
-    """The predictor serving ``model``/``version`` (see ``inference_service``)."""
+    """The predictor serving ``model``/``version`` (see ``inference_service``).
+
+    Compute: ``cpu`` and ``memory`` (requests equal limits) and ``gpus`` (``nvidia.com/gpu``).
+    With ``runtime``, an unset one keeps the serving runtime container's value (KServe merges
+    the two); the custom container defaults to 500m and 1Gi. Placement: ``node_selector``,
+    ``tolerations`` and ``affinity`` (core/v1 wire format, camelCase, as in a pod spec),
+    ``runtime_class_name`` and ``priority_class_name`` go on the predictor's pod spec.
+    """
     if not service_account:
         raise ValueError("service_account must name the predictors' storage ServiceAccount")
     if canary_percent is not None and not 0 <= canary_percent <= 100:
@@ -96,11 +118,13 @@ def predictor_spec(
             "gpus and min_replicas must be >= 0 and max_replicas >= max(min_replicas, 1)"
         )
     uri = storage_uri(registry_uri, model, version)
-    limits = {"cpu": cpu, "memory": memory}
+    if not runtime:
+        cpu, memory = cpu or "500m", memory or "1Gi"
+    limits = {k: v for k, v in (("cpu", cpu), ("memory", memory)) if v}
     if gpus:
-        limits["nvidia.com/gpu"] = str(gpus)
+        limits[GPU_RESOURCE] = str(gpus)
     # Requests equal limits: a GPU must be requested as much as it is limited.
-    resources = V1ResourceRequirements(requests=dict(limits), limits=limits)
+    resources = V1ResourceRequirements(requests=dict(limits), limits=limits) if limits else None
     common = {
         "service_account_name": service_account,
         "min_replicas": min_replicas,
@@ -108,6 +132,11 @@ def predictor_spec(
         "canary_traffic_percent": canary_percent,
         "logger": V1beta1LoggerSpec(mode="all", url=logger_url) if logger_url else None,
         "labels": {VERSION_LABEL: version},
+        "node_selector": node_selector or None,
+        "tolerations": [_toleration(t) for t in tolerations] if tolerations else None,
+        "affinity": affinity or None,
+        "runtime_class_name": runtime_class_name,
+        "priority_class_name": priority_class_name,
     }
     if runtime:
         model_spec = V1beta1ModelSpec(
@@ -158,6 +187,14 @@ def predictor_spec(
         volumes=[V1Volume(name="tmp", empty_dir=V1EmptyDirVolumeSource())],
         **common,
     )
+
+
+def _toleration(wire: dict[str, Any]) -> V1Toleration:
+    names = {camel: snake for snake, camel in V1Toleration.attribute_map.items()}
+    unknown = set(wire) - set(names)
+    if unknown:
+        raise ValueError(f"tolerations: unknown fields {sorted(unknown)}")
+    return V1Toleration(**{names[k]: v for k, v in wire.items()})
 
 
 def inference_service(
@@ -220,8 +257,11 @@ def traffic_patch(
     """A merge patch for the desired split: the canary's revision at ``canary_percent``, or
     the stable version at 100 % (which is also how a rollback lands)."""
     version, percent = (canary, canary_percent) if canary else (stable, 100)
-    spec = predictor_spec(model, version, registry_uri, canary_percent=percent, **predictor)
-    return {"spec": {"predictor": _to_dict(spec)}}
+    spec = _to_dict(
+        predictor_spec(model, version, registry_uri, canary_percent=percent, **predictor)
+    )
+    # A placement the spec no longer sets is removed (null in a merge patch).
+    return {"spec": {"predictor": {**dict.fromkeys(PLACEMENT_FIELDS), **spec}}}
 
 
 def needs_patch(current: dict[str, Any], patch: dict[str, Any]) -> bool:
@@ -306,7 +346,15 @@ def example_manifests() -> dict[str, str]:
             runtime=PREDICTOR_RUNTIME,
         ),
         "manifests/serving/inferenceservice-gpu.yaml": inference_service(
-            "fraud-detector", "v1", registry, logger_url=drift, gpus=1, cpu="2", memory="4Gi"
+            "fraud-detector",
+            "v1",
+            registry,
+            logger_url=drift,
+            gpus=1,
+            cpu="2",
+            memory="4Gi",
+            node_selector={"nvidia.com/gpu.present": "true"},
+            tolerations=[{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
         ),
     }
     return {path: header + yaml.safe_dump(doc, sort_keys=False) for path, doc in docs.items()}

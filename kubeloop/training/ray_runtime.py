@@ -2,15 +2,18 @@
 
 Starting Ray costs tens of seconds on a small machine, so local training never starts
 a private instance per run. ``connect()`` joins, in order: an already initialised Ray
-in this process, ``get_settings().ray_address`` (a real cluster, e.g. KubeRay), or the
-local head recorded in ``$KUBELOOP_HOME/ray/head.json`` — starting that head once with
-``ray start --head --block`` when it is not running. Successive pipeline stages, runs
+in this process, ``get_settings().ray_address`` when it answers (a real cluster, e.g. the
+chart's KubeRay RayCluster through Ray Client), or the local head recorded in
+``$KUBELOOP_HOME/ray/head.json`` — starting that head once with ``ray start --head
+--block`` when it is not running. The :class:`RayTarget` it returns says which, and why
+a configured cluster was skipped; the training run logs and records it. Successive pipeline stages, runs
 and tests then reuse it; ``stop_local_head()`` ends exactly the processes it started.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import json
 import os
@@ -19,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -227,32 +231,109 @@ def _train_env() -> dict[str, str]:
     return {k: os.environ.get(k, v) for k, v in defaults.items()}
 
 
-def connect(home: Path | None = None, address: str | None = None) -> str:
-    """Initialises Ray in this process against the configured or local instance.
+RAY_CLIENT_SCHEME = "ray://"
+CLIENT_ATTEMPTS = 3
 
-    Returns the address joined. Worker stdout (per-epoch lines) is forwarded here.
+
+@dataclass(frozen=True)
+class RayTarget:
+    """Where a training run's Ray lives, as recorded with the run."""
+
+    address: str  # what ray.init joined (or the GCS of Ray initialised before in this process)
+    # A Ray cluster this process is not a node of: joined through Ray Client (the chart's
+    # RayCluster) or at another machine's address. Its workers share no disk with this
+    # process, so a run's checkpoints go to shared storage.
+    remote: bool
+    # Why training runs on this machine's own Ray instead of a cluster ("" when it joined
+    # the configured address).
+    fallback: str = ""
+
+    def describe(self) -> str:
+        if self.remote:
+            return f"training on the Ray cluster at {self.address}"
+        why = f" ({self.fallback})" if self.fallback else ""
+        return f"training in this pod on its own Ray at {self.address}{why}"
+
+
+def _host_port(address: str) -> str:
+    return address.removeprefix(RAY_CLIENT_SCHEME).rstrip("/")
+
+
+def choose_address(
+    configured: str | None, reachable: Callable[[str], bool] = lambda a: _port_open(a, 2.0)
+) -> tuple[str | None, str]:
+    """The address to join and, when a configured cluster is skipped, why.
+
+    ``None`` means this machine's own Ray (the local head). A configured address whose
+    host does not resolve or whose port does not answer (no KubeRay operator, no
+    RayCluster, a NetworkPolicy) falls back to it rather than failing the run: the
+    returned reason says so, and the caller logs and records it.
+    """
+    if not configured:
+        return None, "KUBELOOP_RAY_ADDRESS names no Ray cluster"
+    host_port = _host_port(configured)
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayRuntimeError(
+            f"Ray address must be ray://host:port (Ray Client) or host:port, got {configured!r}"
+        )
+    if reachable(host_port):
+        return configured, ""
+    return None, f"the Ray cluster at {configured} is not reachable"
+
+
+def connect(home: Path | None = None, address: str | None = None) -> RayTarget:
+    """Initialises Ray in this process against the configured cluster or the local head.
+
+    ``address`` (default: ``get_settings().ray_address``) is a Ray Client address
+    (``ray://head:10001``, how a pipeline pod joins a KubeRay cluster) or a GCS
+    ``host:port``; when it is unset or unreachable, training falls back to this machine's
+    own Ray head (started once, then reused), and the returned target says why.
+    Worker stdout (per-epoch lines) is forwarded here.
     """
     import ray
 
     if ray.is_initialized():
-        return "existing"
+        from ray.util.client import ray as ray_client
+
+        if ray_client.is_connected():
+            return RayTarget(address="an existing Ray Client connection", remote=True)
+        gcs = ray.get_runtime_context().gcs_address
+        return RayTarget(address=gcs, remote=not _is_loopback(gcs))
     if address is None:
         from kubeloop.settings import get_settings
 
         address = get_settings().ray_address
-    if not address:
-        address = start_local_head(home).address
-    if _is_loopback(address):
+    chosen, fallback = choose_address(address)
+    if chosen is None:
+        chosen = start_local_head(home).address
+    if _is_loopback(_host_port(chosen)):
         _keep_loopback_node_ip()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Worker processes inherit the driver's environment; keep Ray Train's own logs quiet.
-    ray.init(
-        address=address,
+    env_vars = _train_env()
+    if not chosen.startswith(RAY_CLIENT_SCHEME):
+        # Ray Train's helper actors look the cluster up by themselves; with another Ray
+        # instance on the machine that lookup is ambiguous, so name ours explicitly.
+        env_vars["RAY_ADDRESS"] = chosen
+    init = functools.partial(
+        ray.init,
+        address=chosen,
         logging_level="WARNING",
         log_to_driver=True,
         configure_logging=True,
-        # Ray Train's helper actors look the cluster up by themselves; with another Ray
-        # instance on the machine that lookup is ambiguous, so name ours explicitly.
-        runtime_env={"env_vars": {"RAY_ADDRESS": address, **_train_env()}},
+        runtime_env={"env_vars": env_vars},
     )
-    return address
+    for attempt in range(1, CLIENT_ATTEMPTS + 1):
+        try:
+            init()
+            break
+        except ConnectionAbortedError:
+            # Ray Client's server starts one server process per client; when that start
+            # fails it aborts the connection, and a new one usually gets a working server.
+            if not chosen.startswith(RAY_CLIENT_SCHEME) or attempt == CLIENT_ATTEMPTS:
+                raise
+            ray.shutdown()
+            time.sleep(2.0 * attempt)
+    remote = chosen.startswith(RAY_CLIENT_SCHEME) or not _is_loopback(_host_port(chosen))
+    return RayTarget(address=chosen, remote=remote, fallback=fallback)

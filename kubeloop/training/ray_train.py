@@ -11,6 +11,7 @@ chosen on validation, and the result is a :class:`kubeloop.model.ModelBundle`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import tempfile
@@ -27,6 +28,7 @@ import torch
 from kubeloop.data.schema import DatasetSchema
 from kubeloop.model import ModelBundle, ModelConfig, Preprocessor, TabularClassifier
 from kubeloop.training import loop
+from kubeloop.training.ray_runtime import RayTarget
 
 CHECKPOINT_FILE = "model.pt"
 
@@ -61,6 +63,63 @@ class TrainOutcome:
     metrics: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
     fit_seconds: float = 0.0
+    ray: RayTarget | None = None  # where it trained, and why not on a configured cluster
+
+
+RUN_STORAGE_PREFIX = "ray-train"
+
+
+@dataclass(frozen=True)
+class RunStorage:
+    """Where Ray Train keeps a run's checkpoints until the best one is loaded.
+
+    On this machine's own Ray, a local folder. On a Ray cluster the workers and this
+    driver run on different machines, so Ray Train needs storage all of them reach: the
+    registry's S3 bucket (``<bucket>/<prefix>/ray-train/``), through the S3 settings'
+    endpoint and credentials.
+    """
+
+    path: str
+    filesystem: Any = None  # pyarrow.fs.FileSystem for remote storage
+    owned: bool = True  # removed by cleanup()
+
+    @classmethod
+    def for_target(cls, target: RayTarget, work_dir: str | Path | None = None) -> RunStorage:
+        if not target.remote:
+            if work_dir is not None:
+                return cls(path=str(Path(work_dir).resolve()), owned=False)
+            return cls(path=str(Path(tempfile.mkdtemp(prefix="kubeloop-train-")).resolve()))
+        from kubeloop.settings import get_settings
+
+        settings = get_settings()
+        uri = settings.registry_uri or ""
+        if not uri.startswith("s3://"):
+            raise TrainingResourceError(
+                f"training on the Ray cluster at {target.address} needs storage its nodes "
+                f"share: set registry_uri to s3://bucket/prefix (got {uri or 'a local path'!r})"
+            )
+        from pyarrow import fs
+
+        s3 = settings.s3
+        filesystem = fs.S3FileSystem(
+            access_key=s3.access_key,
+            secret_key=s3.secret_key,
+            endpoint_override=s3.endpoint,
+            scheme="https" if s3.secure else "http",
+            region=s3.region or "us-east-1",
+        )
+        base = uri.removeprefix("s3://").rstrip("/")
+        return cls(path=f"{base}/{RUN_STORAGE_PREFIX}", filesystem=filesystem)
+
+    def cleanup(self, run_name: str) -> None:
+        """Removes the run's checkpoints (the whole temporary folder when local)."""
+        if not self.owned:
+            return
+        if self.filesystem is None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        with contextlib.suppress(OSError):  # a folder left behind costs storage, not the run
+            self.filesystem.delete_dir(f"{self.path}/{run_name}")
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -163,8 +222,15 @@ def train_model(
         f"[train] {len(arrays['y_train'])} training rows, {len(arrays['y_val'])} validation rows, "
         f"{pre.n_outputs} inputs, pos_weight={pos_weight:.1f}, workers={params.num_workers}"
     )
-    connect()
-    _check_resources(params, ray.cluster_resources())
+    target = connect()
+    # Say where the run trains, and why when a configured Ray cluster was not used.
+    log(f"[train] {target.describe()}")
+    if target.remote:
+        # A cluster's autoscaler (KubeRay's worker group) adds the GPUs or CPUs the run's
+        # workers wait for, so what it has now is no limit.
+        log(f"[train] the cluster has {ray.cluster_resources()} now; workers wait for the rest")
+    else:
+        _check_resources(params, ray.cluster_resources())
     refs = {name: ray.put(value) for name, value in arrays.items()}
     config = {
         **refs,
@@ -175,16 +241,17 @@ def train_model(
         "epochs": params.epochs,
         "seed": params.seed,
     }
-    owns_dir = work_dir is None
-    storage = Path(work_dir or tempfile.mkdtemp(prefix="kubeloop-train-")).resolve()
+    storage = RunStorage.for_target(target, work_dir)
+    run_name = f"train-{int(time.time() * 1000)}"
     try:
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=config,
             scaling_config=ScalingConfig(num_workers=params.num_workers, use_gpu=params.use_gpu),
             run_config=RunConfig(
-                name=f"train-{int(time.time() * 1000)}",
-                storage_path=str(storage),
+                name=run_name,
+                storage_path=storage.path,
+                storage_filesystem=storage.filesystem,
                 # Every epoch's checkpoint is kept (they are small) so the history is complete.
                 checkpoint_config=CheckpointConfig(
                     num_to_keep=None,
@@ -215,8 +282,7 @@ def train_model(
         )
     finally:
         refs.clear()
-        if owns_dir:
-            shutil.rmtree(storage, ignore_errors=True)
+        storage.cleanup(run_name)
 
     network = TabularClassifier(model_config)
     network.load_state_dict(state)
@@ -238,6 +304,8 @@ def train_model(
         "train_rows": int(len(arrays["y_train"])),
         "validation_rows": int(len(arrays["y_val"])),
         "fit_seconds": fit_seconds,
+        # 1: trained on a Ray cluster; 0: in this pod (see TrainOutcome.ray for why).
+        "ray_cluster": 1.0 if target.remote else 0.0,
     }
     log(
         f"[train] best epoch {metrics['best_epoch']} (val_loss={metrics['val_loss']:.4f}, "
@@ -249,5 +317,9 @@ def train_model(
         for row in history
     ]
     return TrainOutcome(
-        bundle=bundle, metrics=metrics, history=clean_history, fit_seconds=fit_seconds
+        bundle=bundle,
+        metrics=metrics,
+        history=clean_history,
+        fit_seconds=fit_seconds,
+        ray=target,
     )

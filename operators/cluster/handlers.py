@@ -20,6 +20,7 @@ from kubeloop.operators.crd import (
     KIND,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
+    Placement,
     parse_spec,
 )
 from kubeloop.operators.drift_service import DriftServiceClient
@@ -205,13 +206,19 @@ def _get_isvc(deps: ClusterDeps, name: str, namespace: str) -> dict[str, Any] | 
 
 
 def predictor_options(
-    spec: ModelDeploymentSpec, service_account: str, drift_service_url: str | None = None
+    spec: ModelDeploymentSpec,
+    service_account: str,
+    drift_service_url: str | None = None,
+    placement_defaults: Placement | None = None,
 ) -> dict[str, Any]:
     """``isvc.predictor_spec`` keywords for a ModelDeployment: the chart's serving runtime,
-    the spec's resources and replicas, its logger (default: the release's drift service,
-    the one the operator asks to watch the version, so specs need not name a release),
-    the release's storage ServiceAccount."""
+    the spec's resources and replicas, its node placement over the release's defaults
+    (``placement_defaults``, the chart's servingRuntime values: each field the spec sets
+    wins), its logger (default: the release's drift service, the one the operator asks to
+    watch the version, so specs need not name a release), the release's storage
+    ServiceAccount. Unset resources keep the serving runtime's."""
     res = spec.serving.resources
+    placement = spec.serving.placement().over(placement_defaults or Placement())
     return {
         "runtime": isvc.PREDICTOR_RUNTIME,
         "cpu": res.cpu,
@@ -221,13 +228,30 @@ def predictor_options(
         "max_replicas": spec.serving.max_replicas,
         "logger_url": spec.serving.logger_url or drift_service_url,
         "service_account": service_account,
+        **_placement_options(placement),
+    }
+
+
+def _placement_options(placement: Placement) -> dict[str, Any]:
+    wire = placement.wire()  # camelCase, unset fields left out
+    return {
+        "node_selector": wire.get("nodeSelector"),
+        "tolerations": wire.get("tolerations"),
+        "affinity": wire.get("affinity"),
+        "runtime_class_name": wire.get("runtimeClassName"),
+        "priority_class_name": wire.get("priorityClassName"),
     }
 
 
 def _apply_traffic(
     deps, name, namespace, uid, spec, registry_uri, live, action: SetTraffic, annotations=None
 ) -> None:
-    options = predictor_options(spec, deps.storage_service_account, deps.settings.drift_service_url)
+    options = predictor_options(
+        spec,
+        deps.storage_service_account,
+        deps.settings.drift_service_url,
+        deps.settings.predictor_placement,
+    )
     if live is None:
         body = isvc.inference_service(
             spec.model.name,

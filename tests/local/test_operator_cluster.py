@@ -250,7 +250,10 @@ def publish(registry: ModelRegistry, folder, run_id: str) -> str:
 
 SPEC = {
     "model": {"name": "fraud-detector"},
-    "serving": {"resources": {"cpu": "1", "memory": "2Gi"}},
+    "serving": {
+        "resources": {"cpu": "1", "memory": "2Gi", "gpu": 1},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    },
     "monitoring": {"driftDurationSeconds": 60},
     "retraining": {
         "pipeline": {"name": "kubeloop-training", "version": "pv-7"},
@@ -272,7 +275,14 @@ def test_cluster_pass_sends_exact_creates_patches_runs_and_events(api, prometheu
     clock = {"now": t0}
     prom_registry = CollectorRegistry()
     deps = ClusterDeps(
-        settings=load_operator_settings(drift_service_url=api["url"]),
+        settings=load_operator_settings(
+            drift_service_url=api["url"],
+            # The release's placement (the chart's servingRuntime values), under the spec's.
+            predictor_placement={
+                "nodeSelector": {"nvidia.com/gpu.present": "true"},
+                "tolerations": [{"key": "dedicated", "value": "ml"}],
+            },
+        ),
         custom=k8s.CustomObjectsApi(api_client),
         core=k8s.CoreV1Api(api_client),
         observer=prometheus,
@@ -316,7 +326,13 @@ def test_cluster_pass_sends_exact_creates_patches_runs_and_events(api, prometheu
     assert predictor["labels"] == {"kubeloop.io/model-version": "v1"}
     # The storage initializer downloads with this ServiceAccount's S3 credentials.
     assert predictor["serviceAccountName"] == "team-a-kubeloop-s3"
-    assert predictor["model"]["resources"]["limits"] == {"cpu": "1", "memory": "2Gi"}
+    assert predictor["model"]["resources"]["limits"] == {
+        "cpu": "1",
+        "memory": "2Gi",
+        "nvidia.com/gpu": "1",
+    }
+    assert predictor["nodeSelector"] == {"nvidia.com/gpu.present": "true"}  # the release's
+    assert predictor["tolerations"] == SPEC["serving"]["tolerations"]  # the spec's wins
     assert body["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     # A first deployment resets the version's detectors: its drift evidence starts there.
     assert sent[1][2] == {
@@ -383,6 +399,9 @@ def test_cluster_pass_sends_exact_creates_patches_runs_and_events(api, prometheu
     assert patches[0]["spec"]["predictor"]["model"]["storageUri"].endswith(
         "/fraud-detector/versions/v2"
     )
+    # The placement travels with every patch; an unset field is removed (merge-patch null).
+    assert patches[0]["spec"]["predictor"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert patches[0]["spec"]["predictor"]["affinity"] is None
     assert [b["reason"] for m, p, b in sent if p.endswith("/events")] == [
         "RunSucceeded",
         "NewCandidate",

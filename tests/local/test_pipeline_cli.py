@@ -127,6 +127,17 @@ def test_compile_refuses_an_unusable_name(tmp_path):
     assert "s3_secret" in result.output
 
 
+def test_compile_takes_the_ray_cluster_address(tmp_path):
+    address = "ray://kl-kubeloop-ray-head-svc.ml.svc.cluster.local:10001"
+    args = ["pipeline", "compile", "--output", str(tmp_path), "--ray-address", address]
+    assert runner.invoke(app, args).exit_code == 0
+    pipeline = next(yaml.safe_load_all((tmp_path / "training.yaml").read_text()))
+    env = pipeline["deploymentSpec"]["executors"]["exec-train"]["container"]["env"]
+    assert env == [{"name": "KUBELOOP_RAY_ADDRESS", "value": address}]
+    refused = runner.invoke(app, [*args[:-1], "kl-kubeloop-ray-head-svc:6379"])
+    assert refused.exit_code != 0 and "ray_address must be a Ray Client address" in refused.output
+
+
 def _out_of_range_hour(data, folder):
     data.transactions.loc[0:5, "hour"] = 42  # validation stops the run before training
     data.write(folder)

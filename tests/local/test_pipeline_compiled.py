@@ -140,3 +140,38 @@ def test_the_committed_ir_runs_the_default_images():
     for executor in pipeline["deploymentSpec"]["executors"].values():
         ref = executor["container"]["image"]
         assert ref == image(ref.split("/kubeloop-")[1].split(":")[0])
+
+
+def test_the_train_task_joins_the_release_ray_cluster():
+    """With a RayCluster (the chart's upload Job sets KUBELOOP_PIPELINE_RAY_ADDRESS), only
+    the train task gets its Ray Client address, as the setting kubeloop reads; the
+    committed IR names none, so its train task runs Ray in its own pod."""
+    import pytest
+    from kubeloop.pipelines.cluster import RAY_ADDRESS_ENV, PipelineCluster
+
+    from kubeloop.settings import KubeloopSettings
+
+    address = "ray://ml-kubeloop-ray-head-svc.ml.svc.cluster.local:10001"
+    cluster = PipelineCluster.from_env({"KUBELOOP_PIPELINE_RAY_ADDRESS": address})
+    pipeline, _ = _documents(render(cluster)[COMPILED["training"]])
+    executors = _executors(pipeline)
+    env = {
+        task: {
+            e["name"]: e["value"]
+            for e in pipeline["deploymentSpec"]["executors"][ex]["container"].get("env", [])
+        }
+        for task, ex in executors.items()
+    }
+    assert env.pop("train") == {RAY_ADDRESS_ENV: address}
+    assert all(RAY_ADDRESS_ENV not in e for e in env.values())
+    assert KubeloopSettings(**{"ray_address": address}).ray_address == address
+    from unittest import mock
+
+    with mock.patch.dict("os.environ", {RAY_ADDRESS_ENV: address}):
+        assert KubeloopSettings().ray_address == address
+    committed, _ = _documents(render()[COMPILED["training"]])
+    assert not any(
+        e.get("container", {}).get("env") for e in committed["deploymentSpec"]["executors"].values()
+    )
+    with pytest.raises(ValueError, match="ray_address must be a Ray Client address"):
+        PipelineCluster(ray_address="kl-kubeloop-ray-head-svc:6379")

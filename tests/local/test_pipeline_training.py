@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -54,6 +55,12 @@ def test_first_run_registers_then_a_weaker_candidate_is_held(home, capsys):
     assert len(v1.lineage["data_hash"]) == 64 and v1.lineage["row_count"] > 1000
     assert v1.lineage["parameters"]["epochs"] == 3
     assert v1.lineage["source_uri"] == SMALL
+    # Where it trained: the session's Ray head, which KUBELOOP_RAY_ADDRESS names.
+    assert v1.lineage["training_ray"] == {
+        "address": os.environ["KUBELOOP_RAY_ADDRESS"],
+        "remote": False,
+        "fallback": "",
+    }
     assert v1.metrics["roc_auc"] == pytest.approx(first.metrics["roc_auc"])
     assert "reference.parquet" in v1.files
     assert first.reports["evaluation"].exists() and first.log_file.exists()

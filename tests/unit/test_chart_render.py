@@ -25,7 +25,9 @@ SCENARIOS = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
 NAMESPACE = "kubeloop"
 K8S_VERSION = "1.31.0"
 # Kinds served by CRDs, checked by the functions below rather than kubernetes-validate.
-CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ClusterServingRuntime"}
+CRD_KINDS = {
+    "ServiceMonitor", "PodMonitor", "PrometheusRule", "ClusterServingRuntime", "RayCluster"
+}  # fmt: skip
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job", "Pod"}
 
 
@@ -439,6 +441,61 @@ def test_helm_test_pod_checks_operator_and_drift(rendered) -> None:
         (["--set", "operator.metricsPort=8080"], "/operator/metricsPort"),
         (["--set", "drift.port=70000"], "/drift/port"),
         (["--set", "drift.resources.limits=null"], "missing property 'limits'"),
+        (["--set", "ray.cluster.enabled=yes"], "/ray/cluster/enabled"),
+        (
+            ["--set", "ray.cluster.enabled=true", "--set", "ray.cluster.worker.replicas=9"],
+            "need minReplicas <= replicas <= maxReplicas, got 0, 9, 4",
+        ),
+        (["--set", "ray.cluster.worker.maxReplicas=0"], "/ray/cluster/worker/maxReplicas"),
+        (
+            [
+                "--set",
+                "ray.cluster.enabled=true",
+                "--set",
+                "ray.cluster.worker.resources.requests.nvidia\\.com/gpu=2",
+            ],
+            "ray.cluster.worker.resources: nvidia.com/gpu in requests must equal the one in limits",
+        ),
+        (
+            [
+                "--set",
+                "servingRuntime.enabled=true",
+                "--set",
+                "servingRuntime.resources.requests.nvidia\\.com/gpu=1",
+            ],
+            "servingRuntime.resources: nvidia.com/gpu in requests must equal the one in limits (Kubernetes does not overcommit GPUs), got 1 and none",
+        ),
+        (["--set", "ray.cluster.clientPort=6379"], "/ray/cluster/clientPort"),
+        (["--set", "ray.cluster.head.bogus=1"], "additional properties 'bogus' not allowed"),
+        (
+            ["--set", "servingRuntime.resources.limits.nvidia\\.com/gpu=-1"],
+            "/servingRuntime/resources/limits/nvidia.com~1gpu",
+        ),
+        (
+            ["--set", "servingRuntime.resources.limits.amd\\.com/gpu=1"],
+            "additional properties 'amd.com/gpu' not allowed",
+        ),
+        (
+            ["--set", "servingRuntime.tolerations[0].operator=Sometimes"],
+            "/servingRuntime/tolerations/0/operator",
+        ),
+        (
+            [
+                "--set",
+                "servingRuntime.tolerations[0].operator=Exists",
+                "--set",
+                "servingRuntime.tolerations[0].value=x",
+            ],
+            "/servingRuntime/tolerations/0/value",
+        ),
+        (["--set", "servingRuntime.tolerations[0].value=x"], "/servingRuntime/tolerations/0"),
+        (["--set", "servingRuntime.nodeSelector.bad key=x"], "/servingRuntime/nodeSelector"),
+        (["--set", "servingRuntime.affinity.nodeAfinity.x=1"], "'nodeAfinity' not allowed"),
+        (["--set", "servingRuntime.runtimeClassName=NVIDIA"], "/servingRuntime/runtimeClassName"),
+        (
+            ["--set", "ray.cluster.worker.priorityClassName=Hi"],
+            "/ray/cluster/worker/priorityClassName",
+        ),
         (["--set", "minio.enabled=false"], "registry.external.endpoint is required"),
         (
             ["--set", "minio.enabled=false", "--set", "registry.external.endpoint=s3.example.com"],
@@ -859,3 +916,238 @@ def test_bucket_job_runs_the_preflight_against_the_release_endpoint(
     assert job["spec"]["backoffLimit"] == (2 if external else 10)
     off = render("--set", "registry.bucketJob.enabled=false")
     assert not [d for d in off if d["kind"] == "Job" and d["metadata"]["name"].endswith("bucket")]
+
+
+# KubeRay's RayCluster API (ray.io/v1, ray-project/kuberay ray-operator/apis/ray/v1/
+# raycluster_types.go): the fields the chart may set, and those the API requires.
+RAYCLUSTER_SPEC_FIELDS = {
+    "suspend", "managedBy", "autoscalerOptions", "headServiceAnnotations",
+    "enableInTreeAutoscaling", "gcsFaultToleranceOptions", "headGroupSpec", "rayVersion",
+    "workerGroupSpecs",
+}  # fmt: skip
+RAY_HEAD_FIELDS = {"template", "headService", "enableIngress", "rayStartParams", "serviceType"}
+RAY_WORKER_FIELDS = {
+    "suspend", "groupName", "replicas", "minReplicas", "maxReplicas", "idleTimeoutSeconds",
+    "rayStartParams", "template", "scaleStrategy", "numOfHosts",
+}  # fmt: skip
+RAY_AUTOSCALER_FIELDS = {
+    "resources", "image", "imagePullPolicy", "securityContext", "idleTimeoutSeconds",
+    "upscalingMode", "env", "envFrom", "volumeMounts",
+}  # fmt: skip
+PLACEMENT_KEYS = (
+    "nodeSelector",
+    "tolerations",
+    "affinity",
+    "runtimeClassName",
+    "priorityClassName",
+)
+
+
+def _as_pod(template: dict) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ray", **template.get("metadata", {})}, "spec": template["spec"]}  # fmt: skip
+
+
+def _check_secure_container(c: dict, where: str) -> None:
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False, where
+    assert sc["runAsNonRoot"] is True and sc["capabilities"]["drop"] == ["ALL"], where
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(c["resources"][kind]), f"{where}: {kind}"
+
+
+def test_gpu_ray_scenario_places_predictors_and_trains_on_a_ray_cluster(
+    rendered, monkeypatch
+) -> None:
+    """The production-shaped scenario (ci/gpu-ray-values.yaml): external S3, GPU predictors
+    on the GPU node pool, a RayCluster with a GPU worker group that the train task joins,
+    three operator replicas, NetworkPolicies. Everything Kubernetes knows is validated by
+    test_manifests_validate_against_kubernetes_schemas; the RayCluster is checked here
+    against KubeRay's API, its pod templates against core/v1."""
+    from kubeloop.operators.cluster.handlers import predictor_options
+    from kubeloop.operators.crd import parse_spec
+    from kubeloop.operators.settings import load_operator_settings
+    from kubeloop.pipelines.cluster import PipelineCluster
+
+    from kubeloop.images import image
+    from kubeloop.serving.inference_service import inference_service
+
+    docs = rendered["gpu-ray-values.yaml"]
+    values = yaml.safe_load((CHART / "ci" / "gpu-ray-values.yaml").read_text())
+    kinds = [d["kind"] for d in docs]
+    assert "StatefulSet" not in kinds  # external S3, no MinIO
+    operator = _operator(docs)
+    assert operator["spec"]["replicas"] == 3
+    assert any(d["kind"] == "PodDisruptionBudget" for d in docs)
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy"}
+    assert {"kl-kubeloop-operator", "kl-kubeloop-drift", "kl-kubeloop-ray"} <= set(policies)
+
+    # GPU predictors: the serving runtime's container asks for the GPU; the operator reads
+    # the node placement from its environment and puts it on the InferenceService.
+    runtime = next(d for d in docs if d["kind"] == "ClusterServingRuntime")
+    limits = runtime["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == 1
+    env = {e["name"]: e.get("value") for e in pod_spec(operator)["containers"][0]["env"]}
+    monkeypatch.setenv(
+        "KUBELOOP_OPERATOR_PREDICTOR_PLACEMENT", env["KUBELOOP_OPERATOR_PREDICTOR_PLACEMENT"]
+    )
+    settings = load_operator_settings()
+    sample = yaml.safe_load((ROOT / "manifests/samples/fraud-detector.yaml").read_text())
+    isvc = inference_service(
+        "fraud-detector", "v1", "s3://ml-models/kubeloop", namespace="ml",
+        **predictor_options(parse_spec(sample["spec"]), "kubeloop-s3", None, settings.predictor_placement),
+    )  # fmt: skip
+    predictor = isvc["spec"]["predictor"]
+    for key in PLACEMENT_KEYS:
+        assert predictor[key] == values["servingRuntime"][key], key
+    placed = {k: predictor[k] for k in PLACEMENT_KEYS}
+    kubernetes_validate.validate(
+        _as_pod({"spec": {"containers": [{"name": "c", "image": "i:1"}], **placed}}),
+        K8S_VERSION,
+        strict=True,
+    )
+
+    # The RayCluster, against KubeRay's v1 API.
+    (ray,) = [d for d in docs if d["kind"] == "RayCluster"]
+    assert ray["apiVersion"] == "ray.io/v1"
+    spec = ray["spec"]
+    assert set(spec) <= RAYCLUSTER_SPEC_FIELDS and "headGroupSpec" in spec
+    assert spec["rayVersion"] == "2.60.0"
+    import importlib.metadata
+
+    assert spec["rayVersion"] == importlib.metadata.version("ray"), "the image's Ray"
+    assert spec["enableInTreeAutoscaling"] is True
+    assert set(spec["autoscalerOptions"]) <= RAY_AUTOSCALER_FIELDS
+    assert spec["autoscalerOptions"]["idleTimeoutSeconds"] == 600
+    assert spec["autoscalerOptions"]["upscalingMode"] in {"Default", "Aggressive", "Conservative"}
+    _check_secure_container(
+        {
+            **spec["autoscalerOptions"],
+            "securityContext": spec["autoscalerOptions"]["securityContext"],
+        },
+        "autoscaler",
+    )
+    head = spec["headGroupSpec"]
+    assert set(head) <= RAY_HEAD_FIELDS and {"template", "rayStartParams"} <= set(head)
+    assert head["rayStartParams"]["num-cpus"] == "0"  # no training work on the head
+    (worker,) = spec["workerGroupSpecs"]
+    assert set(worker) <= RAY_WORKER_FIELDS
+    assert {"groupName", "minReplicas", "maxReplicas", "rayStartParams", "template"} <= set(worker)
+    assert worker["groupName"] == "gpu"
+    assert worker["minReplicas"] <= worker["replicas"] <= worker["maxReplicas"] == 8
+    train_image = image("train", "ghcr.io/kubeloop", "0.1.0")
+    for group, template in (("head", head["template"]), ("worker", worker["template"])):
+        params = (head if group == "head" else worker)["rayStartParams"]
+        assert all(isinstance(v, str) for v in params.values()), (
+            f"{group}: rayStartParams are strings"
+        )
+        kubernetes_validate.validate(_as_pod(template), K8S_VERSION, strict=True)
+        pod = template["spec"]
+        ray_container = pod["containers"][0]  # KubeRay runs Ray in the first container
+        assert ray_container["image"] == train_image, group
+        _check_secure_container(ray_container, group)
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        mounts = {m["mountPath"] for m in ray_container["volumeMounts"]}
+        assert {"/tmp", "/dev/shm"} <= mounts, group  # Ray's files and object store
+        ray_env = {e["name"]: e for e in ray_container["env"]}
+        assert ray_env["KUBELOOP_S3__ENDPOINT"]["value"] == "s3.eu-west-1.amazonaws.com"
+        assert ray_env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "kubeloop-s3-credentials"  # fmt: skip
+        assert template["metadata"]["labels"]["app.kubernetes.io/component"] == "ray"
+        gpus = ray_container["resources"]["limits"].get("nvidia.com/gpu")
+        if group == "head":
+            assert gpus is None and pod["nodeSelector"] == {"node-pool": "cpu"}
+        else:
+            assert gpus == 1 == ray_container["resources"]["requests"]["nvidia.com/gpu"]
+            for key in ("nodeSelector", "tolerations", "runtimeClassName", "priorityClassName"):
+                assert pod[key] == values["ray"]["cluster"]["worker"][key], key
+            assert pod["automountServiceAccountToken"] is False
+
+    # The train task joins the head's Ray Client port through KubeRay's head Service.
+    job = next(
+        d for d in docs if d["kind"] == "Job" and d["metadata"]["name"].endswith("pipeline-upload")
+    )
+    job_env = {e["name"]: e.get("value") for e in pod_spec(job)["containers"][0]["env"]}
+    client_port = next(
+        p["containerPort"] for p in head["template"]["spec"]["containers"][0]["ports"] if p["name"] == "client"
+    )  # fmt: skip
+    address = (
+        f"ray://{ray['metadata']['name']}-head-svc.{NAMESPACE}.svc.cluster.local:{client_port}"
+    )
+    assert job_env["KUBELOOP_PIPELINE_RAY_ADDRESS"] == address
+    assert len(f"{ray['metadata']['name']}-head-svc") <= 63
+    compiled_with = PipelineCluster.from_env({k: v for k, v in job_env.items() if v})
+    assert compiled_with.ray_address == address
+    # The Ray pods run the image the train task runs (Ray Client needs the same Ray and Python).
+    assert compiled_with.image("train") == train_image
+
+    # Its NetworkPolicy: Ray pods reach each other; the run namespace reaches only the client port.
+    policy = policies["kl-kubeloop-ray"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    for template in (head["template"], worker["template"]):
+        assert selector.items() <= template["metadata"]["labels"].items()
+    peers, client = policy["spec"]["ingress"]
+    assert peers["from"] == [{"podSelector": {"matchLabels": selector}}] and "ports" not in peers
+    assert client["ports"] == [{"port": client_port, "protocol": "TCP"}]
+    assert client["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "kubeflow"
+    }
+
+
+def test_a_gpu_limit_alone_is_a_gpu_request_too() -> None:
+    # Kubernetes defaults an extended resource's request to its limit.
+    docs = render("--set", "servingRuntime.resources.limits.nvidia\\.com/gpu=1")
+    runtime = next(d for d in docs if d["kind"] == "ClusterServingRuntime")
+    assert runtime["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_ray_cluster_runs_the_train_task_image() -> None:
+    from kubeloop.pipelines.cluster import PipelineCluster
+
+    docs = render(
+        "--set", "pipelineUpload.enabled=true", "--set", "ray.cluster.enabled=true",
+        "--set", "pipelineUpload.imageTag=0.1.1", "--set", "global.imageRegistry=registry.example.com/ml",
+    )  # fmt: skip
+    (ray,) = [d for d in docs if d["kind"] == "RayCluster"]
+    job = next(d for d in docs if d["kind"] == "Job" and d["metadata"]["name"].endswith("pipeline-upload"))  # fmt: skip
+    env = {e["name"]: e.get("value") for e in pod_spec(job)["containers"][0]["env"]}
+    train = PipelineCluster.from_env({k: v for k, v in env.items() if v}).image("train")
+    assert train == "registry.example.com/ml/kubeloop-train:0.1.1"
+    head = ray["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    (worker,) = ray["spec"]["workerGroupSpecs"]
+    assert head["image"] == worker["template"]["spec"]["containers"][0]["image"] == train
+    pinned = render("--set", "ray.cluster.enabled=true", "--set", "ray.cluster.image.tag=0.2.0")
+    (ray,) = [d for d in pinned if d["kind"] == "RayCluster"]
+    assert ray["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"].endswith(
+        ":0.2.0"
+    )
+
+
+def test_ray_cluster_is_off_by_default_and_auto_follows_kuberay() -> None:
+    """Off by default: no RayCluster, no address for the train task (it trains in its pod).
+    auto renders it where ray.io/v1 is served; true renders it offline too."""
+
+    def ray_parts(docs: list[dict]) -> tuple[list[dict], str | None]:
+        clusters = [d for d in docs if d["kind"] == "RayCluster"]
+        job = next(d for d in docs if d["kind"] == "Job" and d["metadata"]["name"].endswith("pipeline-upload"))  # fmt: skip
+        env = {e["name"]: e.get("value") for e in pod_spec(job)["containers"][0]["env"]}
+        return clusters, env.get("KUBELOOP_PIPELINE_RAY_ADDRESS")
+
+    upload = ("--set", "pipelineUpload.enabled=true")
+    assert ray_parts(render(*upload)) == ([], None)
+    assert ray_parts(render(*upload, "--set", "ray.cluster.enabled=auto")) == ([], None)
+    (cluster,), address = ray_parts(
+        render(*upload, "--set", "ray.cluster.enabled=auto", api_versions=("ray.io/v1",))
+    )
+    assert address.startswith(f"ray://{cluster['metadata']['name']}-head-svc.")
+    (forced,), _ = ray_parts(render(*upload, "--set", "ray.cluster.enabled=true", api_versions=()))
+    assert forced == cluster
+    notes = helm(
+        "install", "kl", str(CHART), "--dry-run=client", "-n", NAMESPACE,
+        "--set", "ray.cluster.enabled=auto",
+    ).stdout  # fmt: skip
+    assert "no RayCluster was created" in notes and "ray.cluster.enabled=true" in notes
+    enabled = helm(
+        "install", "kl", str(CHART), "--dry-run=client", "-n", NAMESPACE,
+        "--set", "ray.cluster.enabled=true",
+    ).stdout.split("NOTES:", 1)[1]  # fmt: skip
+    assert f"ray://kl-kubeloop-ray-head-svc.{NAMESPACE}.svc.cluster.local:10001" in enabled
+    assert "--ray-address" in enabled  # without the upload Job, the user compiles it in

@@ -187,6 +187,53 @@ BAD = [
         "must not name a detector twice",
         id="detector-twice",
     ),
+    pytest.param(
+        {"model": MODEL, "serving": {"nodeSelector": {"gpu type": "a100"}}},
+        "spec.serving.nodeSelector",
+        "keys must be label keys ([prefix/]name)",
+        id="node-selector-key-with-a-space",
+    ),
+    pytest.param(
+        {"model": MODEL, "serving": {"nodeSelector": {"example.com/": "x"}}},
+        "spec.serving.nodeSelector",
+        "keys must be label keys ([prefix/]name)",
+        id="node-selector-key-without-a-name",
+    ),
+    pytest.param(
+        {
+            "model": MODEL,
+            "serving": {
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "value": "x"}]
+            },
+        },
+        "spec.serving.tolerations[]",
+        "value must be empty when operator is Exists",
+        id="toleration-exists-with-a-value",
+    ),
+    pytest.param(
+        {"model": MODEL, "serving": {"tolerations": [{"value": "present"}]}},
+        "spec.serving.tolerations[]",
+        "an empty key needs operator Exists (it then tolerates every taint)",
+        id="toleration-equal-without-a-key",
+    ),
+    pytest.param(
+        {
+            "model": MODEL,
+            "serving": {
+                "tolerations": [
+                    {
+                        "key": "k",
+                        "operator": "Exists",
+                        "effect": "NoSchedule",
+                        "tolerationSeconds": 60,
+                    }
+                ]
+            },
+        },
+        "spec.serving.tolerations[]",
+        "tolerationSeconds needs effect NoExecute",
+        id="toleration-seconds-without-no-execute",
+    ),
 ]
 
 
@@ -224,6 +271,25 @@ GOOD = [
     pytest.param(
         {"model": MODEL, "monitoring": {"detectors": [{"name": "mmd"}, {"name": "cvm"}]}},
         id="detectors",
+    ),
+    pytest.param(
+        {
+            "model": MODEL,
+            "serving": {
+                "resources": {"gpu": 1},
+                "nodeSelector": {"nvidia.com/gpu.present": "true", "pool": "gpu"},
+                "tolerations": [
+                    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                    {"key": "dedicated", "value": "ml", "effect": "NoSchedule"},
+                    {"operator": "Exists"},
+                    {"key": "", "operator": "Exists"},
+                    {"key": "k", "effect": "NoExecute", "tolerationSeconds": 300},
+                ],
+                "runtimeClassName": "nvidia",
+                "priorityClassName": "ml-serving",
+            },
+        },
+        id="gpu-placement",
     ),
 ]
 

@@ -17,6 +17,7 @@ from kubernetes.client import V1Container
 
 from kubeloop.generated import GENERATORS, REPO_ROOT
 from kubeloop.serving.inference_service import (
+    PLACEMENT_FIELDS,
     example_manifests,
     inference_service,
     s3_service_account,
@@ -217,3 +218,148 @@ def test_settings_defaults_and_examples_match_the_chart():
     for rel, doc in examples.items():
         if doc["kind"] == "InferenceService":
             assert doc["spec"]["predictor"]["serviceAccountName"] == sa["metadata"]["name"], rel
+
+
+GPU_SPEC = {
+    "model": {"name": "fraud-detector"},
+    "serving": {
+        "resources": {"gpu": 1},
+        "nodeSelector": {"nvidia.com/gpu.present": "true"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {
+                                    "key": "nvidia.com/gpu.product",
+                                    "operator": "In",
+                                    "values": ["NVIDIA-A100-SXM4-80GB", "NVIDIA-H100-80GB-HBM3"],
+                                }
+                            ]
+                        }
+                    ]
+                }
+            }
+        },
+        "runtimeClassName": "nvidia",
+    },
+}
+
+
+def _gpu_options(**defaults):
+    from kubeloop.operators.cluster.handlers import predictor_options
+    from kubeloop.operators.crd import Placement, parse_spec
+
+    return predictor_options(
+        parse_spec(GPU_SPEC), "kubeloop-s3", "http://drift", Placement.model_validate(defaults)
+    )
+
+
+def test_gpu_predictor_gets_its_resources_and_node_placement():
+    """The spec's GPU and placement land on the predictor's pod spec in KServe's field
+    names; unset cpu and memory are left to the serving runtime's container."""
+    predictor = inference_service(
+        "fraud-detector", "v1", REGISTRY, **_gpu_options(priorityClassName="ml-serving")
+    )["spec"]["predictor"]
+    assert predictor["model"]["resources"] == {
+        "limits": {"nvidia.com/gpu": "1"},
+        "requests": {"nvidia.com/gpu": "1"},
+    }
+    assert predictor["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert predictor["tolerations"] == GPU_SPEC["serving"]["tolerations"]
+    assert predictor["affinity"] == GPU_SPEC["serving"]["affinity"]
+    assert predictor["runtimeClassName"] == "nvidia"
+    assert predictor["priorityClassName"] == "ml-serving"  # the release's default
+    assert set(predictor) <= set(V1beta1PredictorSpec.attribute_map.values())
+    # The placement is a valid core/v1 pod spec placement.
+    import kubernetes_validate
+
+    placement = {k: predictor[k] for k in PLACEMENT_FIELDS if k in predictor}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "i:1"}], **placement},
+    }
+    kubernetes_validate.validate(pod, "1.31.0", strict=True)
+
+
+def test_spec_placement_wins_over_the_release_defaults_field_by_field():
+    defaults = {
+        "nodeSelector": {"pool": "serving"},
+        "tolerations": [{"key": "dedicated", "value": "ml", "effect": "NoSchedule"}],
+        "runtimeClassName": "gvisor",
+        "priorityClassName": "ml-serving",
+    }
+    options = _gpu_options(**defaults)
+    # Set in the spec: the spec's whole value; unset: the release's.
+    assert options["node_selector"] == {"nvidia.com/gpu.present": "true"}
+    assert options["tolerations"] == GPU_SPEC["serving"]["tolerations"]
+    assert options["runtime_class_name"] == "nvidia"
+    assert options["priority_class_name"] == "ml-serving"
+    from kubeloop.operators.cluster.handlers import predictor_options
+    from kubeloop.operators.crd import Placement, parse_spec
+
+    plain = predictor_options(
+        parse_spec({"model": {"name": "fd"}}), "sa", None, Placement.model_validate(defaults)
+    )
+    assert plain["node_selector"] == {"pool": "serving"}
+    assert plain["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}]  # fmt: skip
+    assert plain["affinity"] is None and plain["gpus"] == 0
+    assert plain["cpu"] is None and plain["memory"] is None  # the runtime's resources apply
+    predictor = inference_service("fd", "v1", REGISTRY, **plain)["spec"]["predictor"]
+    assert "resources" not in predictor["model"] and "affinity" not in predictor
+
+
+def test_traffic_patch_removes_a_placement_the_spec_dropped():
+    from kubeloop.serving.inference_service import needs_patch, traffic_patch
+
+    placed = inference_service("fd", "v1", REGISTRY, runtime="kubeloop-predictor", **{
+        k: v for k, v in _gpu_options().items() if k != "runtime"
+    })  # fmt: skip
+    patch = traffic_patch("fd", REGISTRY, "v1", None, 0, runtime="kubeloop-predictor")
+    predictor = patch["spec"]["predictor"]
+    assert {k: predictor[k] for k in PLACEMENT_FIELDS} == dict.fromkeys(PLACEMENT_FIELDS)
+    assert needs_patch(placed, patch)
+    unplaced = inference_service(
+        "fd", "v1", REGISTRY, runtime="kubeloop-predictor", canary_percent=100
+    )
+    assert not needs_patch(unplaced, patch)
+
+
+def test_operator_settings_read_the_release_placement(monkeypatch):
+    from kubeloop.operators.settings import load_operator_settings
+
+    monkeypatch.setenv(
+        "KUBELOOP_OPERATOR_PREDICTOR_PLACEMENT",
+        '{"nodeSelector": {"pool": "gpu"}, "priorityClassName": "ml-serving"}',
+    )
+    placement = load_operator_settings().predictor_placement
+    assert placement.node_selector == {"pool": "gpu"}
+    assert placement.priority_class_name == "ml-serving"
+    monkeypatch.setenv(
+        "KUBELOOP_OPERATOR_PREDICTOR_PLACEMENT",
+        '{"tolerations": [{"operator": "Exists", "value": "x"}]}',
+    )
+    with pytest.raises(ValueError, match="value must be empty when operator is Exists"):
+        load_operator_settings()
+
+
+def test_gpu_sample_deploys_on_gpu_nodes_with_the_release_defaults_elsewhere():
+    from kubeloop.operators.cluster.handlers import predictor_options
+    from kubeloop.operators.crd import Placement, parse_spec
+
+    sample = yaml.safe_load((REPO_ROOT / "manifests/samples/fraud-detector-gpu.yaml").read_text())
+    release = Placement.model_validate({"priorityClassName": "ml-serving", "nodeSelector": {"pool": "cpu"}})  # fmt: skip
+    options = predictor_options(parse_spec(sample["spec"]), "kubeloop-s3", None, release)
+    predictor = inference_service("fraud-detector", "v1", REGISTRY, **options)["spec"]["predictor"]
+    assert predictor["model"]["resources"] == {
+        "limits": {"nvidia.com/gpu": "1"},
+        "requests": {"nvidia.com/gpu": "1"},
+    }
+    assert predictor["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert predictor["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert predictor["runtimeClassName"] == "nvidia"
+    assert predictor["priorityClassName"] == "ml-serving"

@@ -289,8 +289,123 @@ the namespaces the chart puts the storage ServiceAccount in.
 {{- end }}
 
 {{/*
+The release's node placement of the operator's predictors (servingRuntime.nodeSelector,
+tolerations, affinity, runtimeClassName, priorityClassName), as the JSON the operator
+reads from KUBELOOP_OPERATOR_PREDICTOR_PLACEMENT; only the keys that are set.
+*/}}
+{{- define "kubeloop.predictor.placement" -}}
+{{- $placement := dict }}
+{{- range $key := list "nodeSelector" "tolerations" "affinity" "runtimeClassName" "priorityClassName" }}
+{{- with get $.Values.servingRuntime $key }}
+{{- $_ := set $placement $key . }}
+{{- end }}
+{{- end }}
+{{- if $placement }}{{ toJson $placement }}{{ end }}
+{{- end }}
+
+{{/*
+Pod spec placement keys (nodeSelector, tolerations, affinity, runtimeClassName,
+priorityClassName) from a values block: call with the block, e.g. .Values.ray.cluster.head.
+*/}}
+{{- define "kubeloop.podPlacement" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .runtimeClassName }}
+runtimeClassName: {{ . }}
+{{- end }}
+{{- with .priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/*
 The Secret the predictors' storage ServiceAccount names (the registry's S3 credentials).
 */}}
 {{- define "kubeloop.storage.secretName" -}}
 {{- ternary (include "kubeloop.minio.secretName" .) .Values.registry.external.existingSecret .Values.minio.enabled }}
+{{- end }}
+
+{{/*
+The KubeRay RayCluster (ray.cluster.enabled: true, or auto where ray.io/v1 is served).
+Its name leaves room for KubeRay's head Service name, <name>-head-svc, within 63 characters.
+*/}}
+{{- define "kubeloop.ray.enabled" -}}
+{{- include "kubeloop.optionalEnabled" (dict "root" . "enabled" .Values.ray.cluster.enabled "api" "ray.io/v1") }}
+{{- end }}
+
+{{- define "kubeloop.ray.name" -}}
+{{- printf "%s-ray" (include "kubeloop.fullname" . | trunc 50 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "kubeloop.ray.headService" -}}
+{{- printf "%s-head-svc" (include "kubeloop.ray.name" .) }}
+{{- end }}
+
+{{/*
+The Ray Client address of the RayCluster's head, which the train stage joins
+(KUBELOOP_RAY_ADDRESS on the train task); empty without a RayCluster.
+*/}}
+{{- define "kubeloop.ray.address" -}}
+{{- if include "kubeloop.ray.enabled" . }}
+{{- printf "ray://%s.%s.svc.cluster.local:%d" (include "kubeloop.ray.headService" .) .Release.Namespace (int .Values.ray.cluster.clientPort) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Environment, mounts and volumes of every Ray pod: the registry's S3 settings and
+credentials (Ray Train's checkpoints), HOME and Ray's files under the writable /tmp, and
+the object store's /dev/shm in memory.
+*/}}
+{{- define "kubeloop.ray.env" -}}
+- name: HOME
+  value: /tmp
+- name: RAY_USAGE_STATS_ENABLED
+  value: "0"
+{{ include "kubeloop.registryEnv" . }}
+{{- end }}
+
+{{- define "kubeloop.ray.volumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: dshm
+  mountPath: /dev/shm
+{{- with include "kubeloop.caBundle.volumeMount" . }}
+{{ . }}
+{{- end }}
+{{- end }}
+
+{{- define "kubeloop.ray.volumes" -}}
+- name: tmp
+  emptyDir: {}
+- name: dshm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .Values.ray.cluster.shmSize }}
+{{- with include "kubeloop.caBundle.volume" . }}
+{{ . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Fails when a resources block requests nvidia.com/gpu other than it limits: Kubernetes does
+not overcommit extended resources, so a GPU request needs an equal limit (a limit alone
+is fine: the request defaults to it). Call with (dict "resources" <block> "path" "<values path>").
+*/}}
+{{- define "kubeloop.checkGpu" -}}
+{{- $requests := .resources.requests | default dict }}
+{{- $request := get $requests "nvidia.com/gpu" }}
+{{- $limit := get (.resources.limits | default dict) "nvidia.com/gpu" }}
+{{- if and (hasKey $requests "nvidia.com/gpu") (ne (toString $request) (toString $limit)) }}
+{{- fail (printf "%s: nvidia.com/gpu in requests must equal the one in limits (Kubernetes does not overcommit GPUs), got %v and %v" .path $request ($limit | default "none")) }}
+{{- end }}
 {{- end }}

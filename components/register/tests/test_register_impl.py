@@ -77,6 +77,26 @@ def test_publishes_a_complete_version_with_lineage(stage_inputs, tmp_path):
     assert registry.find_by_run_id("fraud-detector", "kubeloop-training-run-1").version == "v2"
 
 
+def test_lineage_records_where_the_model_trained(stage_inputs, tmp_path):
+    import shutil
+
+    from kubeloop.components.train.impl import RAY_FILE
+
+    shutil.copytree(stage_inputs, tmp_path / "inputs")
+    fallback = {
+        "address": "127.0.0.1:6379",
+        "remote": False,
+        "fallback": "the Ray cluster at ray://head.invalid:10001 is not reachable",
+    }
+    (tmp_path / "inputs" / "model" / RAY_FILE).write_text(json.dumps(fallback))
+    version = _register(tmp_path / "inputs", ModelRegistry(str(tmp_path / "registry")))
+    assert version.lineage["training_ray"] == fallback
+    assert RAY_FILE not in version.files  # a lineage fact, not a file of the version
+    # A model folder from before (no record) registers without it.
+    plain = _register(stage_inputs, ModelRegistry(str(tmp_path / "registry2")))
+    assert "training_ray" not in plain.lineage
+
+
 def test_refuses_a_failed_gate_and_writes_nothing(stage_inputs, tmp_path):
     registry = ModelRegistry(str(tmp_path / "registry"))
     with pytest.raises(GateFailed, match="the gate failed .*roc_auc 0.5 misses"):

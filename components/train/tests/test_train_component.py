@@ -30,3 +30,6 @@ def test_train_component_outputs_a_bundle(ray_head, tmp_path):
     bundle = ModelBundle.load(Path(model.path))
     assert 0.0 < bundle.config.threshold < 1.0
     assert model.metadata["framework"] == "pytorch"
+    # Where it trained, recorded with the artifact: the session's Ray head, as configured.
+    assert (model.metadata["ray_address"], model.metadata["ray_cluster"]) == (ray_head, False)
+    assert model.metadata["ray_fallback"] == ""

@@ -76,3 +76,43 @@ def test_unplaceable_workers_are_refused_not_waited_for():
         _check_resources(TrainParams(num_workers=3), {"CPU": 2.0})
     with pytest.raises(TrainingResourceError, match="use_gpu needs 1 GPUs .* has 0"):
         _check_resources(TrainParams(use_gpu=True), {"CPU": 2.0})
+
+
+@pytest.mark.slow
+def test_an_unreachable_ray_cluster_falls_back_to_this_pod_and_records_it(
+    ray_head, tmp_path, tmp_path_factory, monkeypatch, capsys
+):
+    """No KubeRay cluster answers at the configured address: the run trains on this
+    machine's Ray head instead, says so in its log, and records it in its metrics and in
+    the model folder the register stage copies into the version's lineage."""
+    import ray
+    from kubeloop.components.train.impl import RAY_FILE
+
+    from kubeloop.settings import get_settings
+
+    unreachable = "ray://kl-kubeloop-ray-head-svc.invalid:10001"
+    ray.shutdown()  # this process may have joined Ray before; connect() decides afresh
+    monkeypatch.setenv("KUBELOOP_RAY_ADDRESS", unreachable)
+    # The session's local head (the ray_head fixture) is the fallback, not a new one.
+    monkeypatch.setenv(
+        "KUBELOOP_HOME", str(tmp_path_factory.getbasetemp() / "kubeloop-ray-session")
+    )
+    get_settings.cache_clear()
+    try:
+        train, _ = split_frames(days=3, n_accounts=150)
+        outcome = run_train(
+            write_split(train, tmp_path / "train"), tmp_path / "model", TrainParams(epochs=1)
+        )
+    finally:
+        get_settings.cache_clear()
+    reason = f"the Ray cluster at {unreachable} is not reachable"
+    assert outcome.ray.remote is False and outcome.ray.fallback == reason
+    assert outcome.ray.address == ray_head
+    log = capsys.readouterr().out
+    assert f"[train] training in this pod on its own Ray at {ray_head} ({reason})" in log
+    assert outcome.metrics["ray_cluster"] == 0.0
+    assert json.loads((tmp_path / "model" / RAY_FILE).read_text()) == {
+        "address": ray_head,
+        "remote": False,
+        "fallback": reason,
+    }

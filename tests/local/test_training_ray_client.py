@@ -1,0 +1,108 @@
+"""Training through Ray Client, the way the train stage joins the chart's RayCluster: a
+Ray head on this machine with its client server, Ray Train's checkpoints in the
+registry's S3 bucket (moto's S3 server)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kubeloop.data.fraud import FRAUD_SCHEMA
+from kubeloop.local.ports import free_port
+from kubeloop.local.wait import wait_until
+from kubeloop.settings import get_settings
+from kubeloop.training import TrainParams, train_model
+from kubeloop.training.ray_runtime import LOOPBACK_ONLY_ENV, RayTarget, _kill_group, _port_open
+from kubeloop.training.ray_train import RUN_STORAGE_PREFIX
+from tests.support.training import split_frames
+
+BUCKET = "kubeloop-registry"
+PREFIX = "models"
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
+
+
+@pytest.fixture
+def ray_client_head(tmp_path: Path) -> Iterator[str]:
+    """A Ray head (loopback only) serving Ray Client on its own port, as KubeRay's head
+    serves 10001; stopped afterwards (only its own process group)."""
+    gcs, client = free_port(), free_port()
+    cmd = [
+        str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+        f"--port={gcs}", f"--ray-client-server-port={client}", "--node-ip-address=127.0.0.1",
+        "--num-cpus=2", "--disable-usage-stats", "--include-dashboard=false",
+        f"--temp-dir=/tmp/kubeloop-raycli-{os.getuid()}-{gcs}",
+    ]  # fmt: skip
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **LOOPBACK_ONLY_ENV}
+    with open(tmp_path / "head.log", "wb") as log:
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
+    try:
+        wait_until(
+            lambda: proc.poll() is None and _port_open(f"127.0.0.1:{client}"),
+            timeout=120,
+            interval=0.5,
+            what="the Ray Client server",
+        )
+        yield f"ray://127.0.0.1:{client}"
+    finally:
+        import ray
+
+        ray.shutdown()
+        _kill_group(proc.pid)
+
+
+@pytest.fixture
+def s3_registry(monkeypatch) -> Iterator[object]:
+    from minio import Minio
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        client = Minio(f"{host}:{port}", "kubeloop", "kubeloop-secret", secure=False)
+        client.make_bucket(BUCKET)
+        for key, value in {
+            "KUBELOOP_REGISTRY_URI": f"s3://{BUCKET}/{PREFIX}",
+            "KUBELOOP_S3__ENDPOINT": f"{host}:{port}",
+            "KUBELOOP_S3__ACCESS_KEY": "kubeloop",
+            "KUBELOOP_S3__SECRET_KEY": "kubeloop-secret",
+        }.items():
+            monkeypatch.setenv(key, value)
+        yield client
+    finally:
+        server.stop()
+
+
+def test_training_through_ray_client_keeps_checkpoints_in_the_registry_bucket(
+    ray_client_head, s3_registry, monkeypatch
+):
+    import ray
+
+    ray.shutdown()  # this process may have joined another Ray before
+    monkeypatch.setenv("KUBELOOP_RAY_ADDRESS", ray_client_head)
+    get_settings.cache_clear()
+    lines: list[str] = []
+    try:
+        train, _ = split_frames(days=3, n_accounts=150)
+        outcome = train_model(train, FRAUD_SCHEMA, TrainParams(epochs=2, seed=1), log=lines.append)
+    finally:
+        get_settings.cache_clear()
+    assert outcome.ray == RayTarget(address=ray_client_head, remote=True, fallback="")
+    assert f"[train] training on the Ray cluster at {ray_client_head}" in lines
+    assert outcome.metrics["ray_cluster"] == 1.0
+    # The best epoch's checkpoint came back from the bucket (the only storage the run had).
+    assert [row["epoch"] for row in outcome.history] == [1, 2]
+    assert outcome.metrics["best_epoch"] in (1, 2) and 0.0 < outcome.bundle.config.threshold < 1.0
+    # ... and the run's checkpoints were removed with it (pyarrow leaves the empty
+    # "directory" marker of ray-train/ itself).
+    prefix = f"{PREFIX}/{RUN_STORAGE_PREFIX}/"
+    left = [o.object_name for o in s3_registry.list_objects(BUCKET, prefix=prefix, recursive=True)]
+    assert left in ([], [prefix]), left
