@@ -1,7 +1,7 @@
 """``demo-report/index.html`` and ``summary.json`` from a run's record.
 
 Four plots (matplotlib, embedded as PNG): the timeline of what happened, live accuracy
-per version, the drift statistic against its threshold, and the traffic split. Every
+per version (with the drift service's label-free estimate beside it), the drift statistic against its threshold, and the traffic split. Every
 figure comes from the record of the run; nothing here is made up.
 """
 
@@ -100,10 +100,20 @@ def plot_accuracy(record: dict[str, Any], bin_seconds: float = 5.0):
         xs = [(b + 0.5) * bin_seconds for b, c in cells if c[1]]
         ys = [c[0] / c[1] for b, c in cells if c[1]]
         ax.plot(xs, ys, "-o", ms=3, label=version, color=_version_color(version))
+    estimates: dict[str, list[tuple[float, float]]] = {}
+    for s in record.get("samples", []):
+        for version, value in (s.get("estimated_accuracy") or {}).items():
+            estimates.setdefault(version, []).append((s["time"] - t0, value))
+    for version, points in sorted(estimates.items()):
+        ax.plot([p[0] for p in points], [p[1] for p in points], "--", lw=1.2,
+                color=_version_color(version), label=f"{version} estimated (no labels)")  # fmt: skip
     _onset(ax, record)
     ax.set_ylabel(f"accuracy ({bin_seconds:.0f} s bins)")
     ax.set_xlabel("seconds since traffic started (by prediction time)")
-    ax.set_title("Live accuracy per version, from the delayed labels")
+    ax.set_title(
+        "Live accuracy per version, from the delayed labels; dashed: estimated from the "
+        "scores before the labels came"
+    )
     ax.legend(loc="lower left")
     return fig
 

@@ -285,6 +285,8 @@ def run_demo(
         "first_version": first,
         "answers": _answers_record(replayer),
         "samples": recorder.samples,
+        # how many of a version's latest predictions its accuracy estimate reads
+        "estimate_rows": int(DEMO_DRIFT_DETECTORS["accuracy_window"]),
         "decisions": recorder.decisions(),
         "marks": recorder.marks,
         "bad_candidate": recorder.bad_candidate,

@@ -8,6 +8,7 @@ decisions. ``summarize`` turns it into ``summary.json``.
 
 from __future__ import annotations
 
+import bisect
 from datetime import datetime
 from typing import Any
 
@@ -121,6 +122,63 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
             answers, version=new_version, start=at_full or promoted["t"], end=bad_at
         )
     out["bad_candidate"] = _bad_candidate(record, answers)
+    out["accuracy_estimate_error"] = estimate_error(record, answers)
+    return out
+
+
+def estimate_pairs(
+    record: dict[str, Any], answers: list[dict]
+) -> list[tuple[float, str, float, float]]:
+    """``(time, version, estimated, labelled)`` per recorder sample and version: the drift
+    service's label-free estimate beside the accuracy the labels later gave the same
+    predictions (the version's latest ``estimate_rows`` sent before the sample). A pair
+    needs the whole window sent and a fifth of it labelled."""
+    rows = int(record.get("estimate_rows") or 0)
+    if rows <= 0:
+        return []
+    served: dict[str, list[dict]] = {}
+    for a in sorted(answers, key=lambda a: a["sent_at"]):
+        if a.get("version"):
+            served.setdefault(a["version"], []).append(a)
+    sent_at = {v: [a["sent_at"] for a in items] for v, items in served.items()}
+    pairs = []
+    for sample in record.get("samples", []):
+        for version, estimated in (sample.get("estimated_accuracy") or {}).items():
+            items = served.get(version)
+            if not items:
+                continue
+            n = correct = labelled = 0
+            for a in reversed(items[: bisect.bisect_right(sent_at[version], sample["time"])]):
+                n += a["n"]
+                if a.get("labelled"):
+                    labelled += a["n"]
+                    correct += a["correct"]
+                if n >= rows:
+                    break
+            if n >= rows and labelled * 5 >= rows:
+                pairs.append((sample["time"], version, estimated, correct / labelled))
+    return pairs
+
+
+def estimate_error(record: dict[str, Any], answers: list[dict]) -> dict[str, Any] | None:
+    """Mean absolute error and bias of the estimate against the labels, before and after
+    the onset (``None`` when no pair could be formed)."""
+    pairs = estimate_pairs(record, answers)
+    if not pairs:
+        return None
+    onset = record.get("onset_at") or float("inf")
+    out: dict[str, Any] = {}
+    for name, part in (
+        ("before_onset", [p for p in pairs if p[0] < onset]),
+        ("after_onset", [p for p in pairs if p[0] >= onset]),
+    ):
+        if part:
+            diffs = [est - acc for _, _, est, acc in part]
+            out[name] = {
+                "mean_abs_error": round(sum(map(abs, diffs)) / len(diffs), 4),
+                "bias": round(sum(diffs) / len(diffs), 4),
+                "points": len(diffs),
+            }
     return out
 
 

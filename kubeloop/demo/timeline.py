@@ -2,7 +2,9 @@
 
 Each sample reads the ModelDeployment's status (the operator's state file), the router's
 split (``GET /admin/split``) and the drift statistics and thresholds from Prometheus
-(``kubeloop_drift_statistic`` / ``kubeloop_drift_threshold``, as the dashboards do).
+(``kubeloop_drift_statistic`` / ``kubeloop_drift_threshold``, as the dashboards do) and
+the accuracy each version is estimated to have before its labels arrive
+(``kubeloop_estimated_accuracy``).
 The decisions come from the operator's event log at the end.
 """
 
@@ -98,6 +100,18 @@ class Recorder:
             )
         return out
 
+    def estimated_accuracy(self) -> dict[str, float]:
+        """Per version, the drift service's accuracy estimate from scores alone."""
+        try:
+            response = self._http.get(
+                f"{self.prometheus_url}/api/v1/query",
+                params={"query": f'kubeloop_estimated_accuracy{{model="{self.model}"}}'},
+            )
+            result = response.json()["data"]["result"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            return {}
+        return {version: value for (version, _), value in _series(result).items()}
+
     def sample(self) -> dict[str, Any]:
         status = self.status()
         split = self.split() or {}
@@ -112,6 +126,7 @@ class Recorder:
             "split_canary": canary.get("version"),
             "canary_percent": split.get("canary_percent", 0) if canary else 0,
             "drift": self.drift(),
+            "estimated_accuracy": self.estimated_accuracy(),
         }
 
     def _run(self) -> None:

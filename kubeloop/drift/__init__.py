@@ -18,6 +18,7 @@ wire contract both sides share, ``kubeloop.contracts.payload_events``.
 | ``versions`` | tracked versions, their watch state and the backlog kept until armed |
 | ``worker`` | the detector worker process |
 | ``monitor`` | one watched version: detectors, live accuracy, recent window, report |
+| ``estimate`` | accuracy estimated from scores before labels arrive (recalibrated confidence) |
 | ``detectors`` | alibi-detect online detectors with a threshold cache |
 | ``encoding`` | raw rows → what each detector reads |
 | ``reference`` | a registry version's reference sample and schema |

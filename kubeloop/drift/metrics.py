@@ -63,6 +63,13 @@ class DriftMetrics:
         self.roc_auc = Gauge(
             "kubeloop_live_roc_auc", "ROC-AUC over the feedback window", VERSION_LABELS, registry=r
         )
+        self.estimated_accuracy = Gauge(
+            "kubeloop_estimated_accuracy",
+            "Accuracy over the latest predictions estimated from their scores alone (recalibrated "
+            "on the version's reference sample), before their labels arrive",
+            VERSION_LABELS,
+            registry=r,
+        )
         self.rejected = Counter(
             "kubeloop_events_rejected", "Refused events by reason", ("reason",), registry=r
         )
@@ -115,7 +122,7 @@ class DriftMetrics:
         """Removes the version's detector series; with ``counters`` also its label and drop
         counts (a version no longer tracked)."""
         metrics = [self.statistic, self.threshold, self.detected, self.since_reset, self.samples,
-                   self.accuracy, self.roc_auc]  # fmt: skip
+                   self.accuracy, self.roc_auc, self.estimated_accuracy]  # fmt: skip
         if counters:
             metrics += [self.feedback, self.dropped]
         for metric in metrics:
@@ -132,6 +139,8 @@ class DriftMetrics:
             self.accuracy.labels(**labels).set(acc)
         if (auc := snapshot.get("live_roc_auc")) is not None:
             self.roc_auc.labels(**labels).set(auc)
+        if (est := snapshot.get("estimated_accuracy")) is not None:
+            self.estimated_accuracy.labels(**labels).set(est)
         for view in snapshot.get("features", []):
             dl = {**labels, "detector": view["detector"], "feature": view["feature"]}
             self.statistic.labels(**dl).set(view["statistic"])

@@ -19,6 +19,7 @@ import pandas as pd
 from kubeloop.drift.config import DetectorSettings
 from kubeloop.drift.detectors import OnlineDetector, build_detector
 from kubeloop.drift.encoding import Encoder
+from kubeloop.drift.estimate import ConfidenceEstimator
 from kubeloop.drift.reference import Reference
 
 
@@ -49,6 +50,10 @@ class VersionMonitor:
     quality: deque = field(
         default_factory=deque
     )  # (label, score, prediction) of the latest feedback
+    # Accuracy before labels: the recalibrated confidence of the latest predictions.
+    estimator: ConfidenceEstimator | None = None
+    estimator_error: str | None = None  # why there is no estimator (the reference's problem)
+    confidences: deque = field(default_factory=deque)
 
     @property
     def model(self) -> str:
@@ -105,6 +110,13 @@ class VersionMonitor:
                 "error_rate", "fet", errors, ["_all"], window_sizes=list(s.error_windows),
                 n_bootstraps=s.univariate_bootstraps, alternative="greater", **common,
             )  # fmt: skip
+        estimator, estimator_error = None, None
+        try:
+            estimator = ConfidenceEstimator.fit(
+                reference.scores, reference.labels, reference.predictions
+            )
+        except ValueError as exc:
+            estimator_error = f"no accuracy estimate for {reference.version}: {exc}"
         return cls(
             reference=reference,
             settings=settings,
@@ -113,6 +125,9 @@ class VersionMonitor:
             setup_seconds=time.perf_counter() - start,
             recent=deque(maxlen=s.report_window),
             quality=deque(maxlen=s.accuracy_window),
+            estimator=estimator,
+            estimator_error=estimator_error,
+            confidences=deque(maxlen=s.accuracy_window),
         )
 
     # --- updates (worker thread) ---------------------------------------------------------
@@ -129,6 +144,8 @@ class VersionMonitor:
             self.online["fet"].update(self.encoder.fet(frame))
         if "prediction" in self.online:
             self.online["prediction"].update(np.asarray(scores, dtype=np.float32)[:, None])
+        if self.estimator is not None:
+            self.confidences.extend(self.estimator.confidence(np.asarray(scores)).tolist())
 
     def feedback(self, labels: list[int], scores: list[float], predictions: list[int]) -> None:
         """Delayed ground truth for one answered request: live quality and the error-rate test."""
@@ -145,6 +162,10 @@ class VersionMonitor:
             return None
         q = np.asarray(self.quality, dtype=np.float64)
         return float((q[:, 0] == q[:, 2]).mean())
+
+    def estimated_accuracy(self) -> float | None:
+        """Accuracy over the latest ``accuracy_window`` predictions, from their scores alone."""
+        return float(np.mean(self.confidences)) if self.confidences else None
 
     def liveroc_auc(self) -> float | None:
         if not self.quality:
@@ -196,6 +217,14 @@ class VersionMonitor:
             "feedback": {"correct": self.feedback_correct, "incorrect": self.feedback_incorrect},
             "live_accuracy": self.live_accuracy(),
             "live_roc_auc": self.liveroc_auc(),
+            "estimated_accuracy": self.estimated_accuracy(),
+            "estimate": {
+                "predictions": len(self.confidences),
+                "reference_accuracy": None
+                if self.estimator is None
+                else self.estimator.reference_accuracy,
+                "error": self.estimator_error,
+            },
             "detectors": {
                 name: {
                     "steps": d.steps,

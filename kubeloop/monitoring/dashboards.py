@@ -134,7 +134,10 @@ def quality() -> dict:
     return _dashboard("kubeloop-quality", "kubeloop / quality", _layout([
         ("Live accuracy vs objective",
          [(f"kubeloop_live_accuracy{{{M}}}", "{{version}} accuracy"),
-          (f"kubeloop_live_accuracy{{{M}}} * 0 + {objective}", "objective")], {"unit": "percentunit"}),
+          (f"kubeloop_estimated_accuracy{{{M}}}", "{{version}} estimated from scores (no labels)"),
+          (f"kubeloop_live_accuracy{{{M}}} * 0 + {objective}", "objective")],
+         {"unit": "percentunit", "description": "the estimate leads: it needs no labels, and is "
+          "biased under label shift and concept drift"}),
         ("Live ROC-AUC", [(f"kubeloop_live_roc_auc{{{M}}}", "{{version}}")], {"unit": "percentunit"}),
         ("Feedback by outcome",
          [(f"sum by (version, outcome) (rate(kubeloop_feedback_total{{{M}}}[{RATE}]))", "{{version}} {{outcome}}")],

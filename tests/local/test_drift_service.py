@@ -143,6 +143,11 @@ def test_events_feedback_and_metrics(client, reference):
     st = status(client)
     assert st["samples"] == 80
     assert all(d["steps"] == 80 for n, d in st["detectors"].items() if n != "error_rate")
+    # Before any label: no live accuracy, but an estimate from the 80 predictions' scores.
+    assert st["live_accuracy"] is None
+    assert st["estimate"]["predictions"] == 80 and st["estimate"]["error"] is None
+    estimated = st["estimated_accuracy"]
+    assert 0.8 <= estimated <= 1.0
     fb = client.post(
         "/v1/feedback",
         json={"feedback": [{"request_id": rid, "labels": [y]} for rid, y in ids[:60]]},
@@ -151,10 +156,12 @@ def test_events_feedback_and_metrics(client, reference):
     st = status(client)
     assert st["feedback"]["correct"] + st["feedback"]["incorrect"] == 60
     assert 0.8 <= st["live_accuracy"] <= 1.0
+    assert abs(st["estimated_accuracy"] - st["live_accuracy"]) < 0.1
     metrics = client.get("/metrics").text
     for name in ("kubeloop_drift_statistic{", "kubeloop_drift_threshold{", "kubeloop_drift_detected{",
                  "kubeloop_drift_seconds_since_reset{", "kubeloop_drift_samples_total{", "kubeloop_feedback_total{",
-                 "kubeloop_live_accuracy{", "kubeloop_events_rejected_total{"):  # fmt: skip
+                 "kubeloop_live_accuracy{", "kubeloop_estimated_accuracy{",
+                 "kubeloop_events_rejected_total{"):  # fmt: skip
         assert name in metrics, name
     assert f'kubeloop_drift_samples_total{{model="{MODEL}",version="v1"}} 80.0' in metrics
     assert 'feature="amount"' in metrics and 'feature="merchant_category"' in metrics

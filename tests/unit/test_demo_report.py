@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from kubeloop.demo.config import LoopConfig
-from kubeloop.demo.report import split_steps, timeline_events, write_report
+from kubeloop.demo.report import plot_accuracy, split_steps, timeline_events, write_report
 from kubeloop.demo.retrain import corrupt_labels, recent_window, window_seconds
 from kubeloop.demo.summary import summarize
 
@@ -206,3 +206,45 @@ def test_summary_names_the_retrained_window_from_the_lineage():
     assert summarize(loop_record())["retrained_window"] is None
     record["lineage"]["v2"]["window"] = f"[{window['start']}, {window['end']})"  # the pipeline's
     assert summarize(record)["retrained_window"] == window
+
+
+def test_estimate_error_compares_the_estimate_with_what_the_labels_later_said():
+    record = loop_record()
+    record["estimate_rows"] = 20  # five answers of 4 predictions
+    for s in record["samples"]:
+        t = s["time"] - T0
+        # v1's estimate: right before the onset, 0.05 too high after it
+        s["estimated_accuracy"] = {"v1": 1.0 if t < 40 else 0.80}
+    err = summarize(record)["accuracy_estimate_error"]
+    before, after = err["before_onset"], err["after_onset"]
+    assert before["mean_abs_error"] == 0.0 and before["points"] > 30
+    # after the onset the labelled accuracy is 0.75 once the window holds only drifted rows
+    assert after["bias"] > 0 and 0.04 < after["mean_abs_error"] <= 0.25
+    # a window still being filled is no evidence: no pair before 5 answers were sent
+    assert before["points"] == len([t for t in range(0, 40) if t >= 4])
+
+
+def test_estimate_error_needs_labels_and_a_window():
+    record = loop_record()
+    for s in record["samples"]:
+        s["estimated_accuracy"] = {"v1": 0.9}
+    assert summarize(record)["accuracy_estimate_error"] is None  # no estimate_rows recorded
+    record["estimate_rows"] = 20
+    record["answers"] = [{**a, "labelled": False} for a in record["answers"]]
+    assert summarize(record)["accuracy_estimate_error"] is None
+
+
+def test_accuracy_plot_draws_the_estimate_beside_the_labels(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    record = loop_record()
+    record["estimate_rows"] = 20
+    for s in record["samples"]:
+        s["estimated_accuracy"] = {"v1": 0.95, **({"v2": 0.9} if s["time"] > T0 + 70 else {})}
+    lines = {line.get_label(): line for line in plot_accuracy(record).axes[0].get_lines()}
+    estimated = lines["v1 estimated (no labels)"]
+    assert set(estimated.get_ydata()) == {0.95} and len(estimated.get_xdata()) == 135
+    assert "v2 estimated (no labels)" in lines and "v1" in lines  # beside the labelled line
+    write_report(record, tmp_path)
+    assert json.loads((tmp_path / "summary.json").read_text())["accuracy_estimate_error"]
