@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from kubeloop.drift.config import DetectorSettings
-from kubeloop.drift.monitor import VersionMonitor
+from kubeloop.drift.monitor import VersionMonitor, class_columns
 from kubeloop.drift.reference import (
     PREDICTION_COLUMN,
     SCORE_COLUMN,
@@ -47,6 +47,7 @@ def detector_inputs(mon: VersionMonitor, frame: pd.DataFrame) -> dict[str, np.nd
         "error_rate": lambda: (frame[PREDICTION_COLUMN] != frame[label]).to_numpy(dtype=np.float32)[
             :, None
         ],
+        "predicted_class": lambda: class_columns(frame[PREDICTION_COLUMN].to_numpy()),
     }
     return {name: inputs[name]() for name in mon.online}
 
@@ -78,7 +79,7 @@ def run_lengths(mon: VersionMonitor, stream: pd.DataFrame, runs: int, seed: int)
     return out
 
 
-def summarise(ert: float, parts: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise(erts: dict[str, float], parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Pools the run lengths of several reference draws (``--repeats``).
 
     alibi-detect's Cramér–von Mises thresholds are simulated with a fresh reference per
@@ -88,6 +89,7 @@ def summarise(ert: float, parts: list[dict[str, Any]]) -> dict[str, Any]:
     """
     out = {}
     for name in parts[0]:
+        ert = erts[name]
         lengths = np.concatenate([np.asarray(p[name]["lengths"], dtype=np.float64) for p in parts])
         out[name] = {
             "ert": ert,
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--null", type=Path, help="stationary rows for the warm-up (delay mode)")
     p.add_argument("--mode", choices=["ert", "delay"], required=True)
-    p.add_argument("--detectors", default="mmd,cvm,fet,prediction,error_rate")
+    p.add_argument("--detectors", default="mmd,cvm,fet,prediction,error_rate,predicted_class")
     p.add_argument("--settings", default="{}", help="JSON detector-setting overrides")
     p.add_argument("--runs", type=int, default=100)
     p.add_argument(
@@ -168,7 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)  # as in the service's worker; threads only contend on small kernels
 
     wanted = set(args.detectors.split(","))
-    overrides = {k: k in wanted for k in ("mmd", "cvm", "fet", "prediction", "error_rate")}
+    overrides = {
+        k: k in wanted for k in ("mmd", "cvm", "fet", "prediction", "error_rate", "predicted_class")
+    }
     settings = DetectorSettings().with_overrides({**overrides, **json.loads(args.settings)})
     reference = load(args.reference, args.schema)
     start = time.perf_counter()
@@ -187,7 +191,11 @@ def main(argv: list[str] | None = None) -> None:
                 reference, replace(settings, seed=settings.seed + k), args.cache_dir
             )
             parts.append(run_lengths(again, stream, args.runs // args.repeats, args.seed + k))
-        result["detectors"] = summarise(settings.ert, parts)
+        # Each detector's own ERT (the label-shift charts' may differ from the shared one).
+        erts = {
+            name: float(getattr(d.detector, "ert", settings.ert)) for name, d in mon.online.items()
+        }
+        result["detectors"] = summarise(erts, parts)
     else:
         if args.null is None:
             p.error("--mode delay needs --null")

@@ -43,6 +43,11 @@ class DetectorSettings:
     prediction: bool = True
     error_rate: bool = True
     error_windows: tuple[int, ...] = (50, 150)
+    # Label shift: Bernoulli CUSUM charts on the share of positive predictions (both
+    # directions, odds x2), exact thresholds in milliseconds; ERT in predictions, by
+    # default ert x univariate_every.
+    predicted_class: bool = True
+    predicted_class_ert: float | None = None
     accuracy_window: int = 500
     report_window: int = 2000
     seed: int = 0
@@ -58,6 +63,8 @@ class DetectorSettings:
             "univariate_windows": len(self.univariate_windows) > 0
             and min(self.univariate_windows) >= 2,
             "error_windows": len(self.error_windows) > 0 and min(self.error_windows) >= 2,
+            "predicted_class_ert": self.predicted_class_ert is None
+            or (math.isfinite(self.predicted_class_ert) and self.predicted_class_ert > 1),
             "accuracy_window": self.accuracy_window >= 10,
             "report_window": self.report_window >= 50,
             "mmd_bootstraps": self.mmd_bootstraps >= 100,
@@ -78,7 +85,11 @@ class DetectorSettings:
             raise DriftConfigError(f"unknown detector setting(s) {named}; known: {sorted(known)}")
         values = {}
         for name, value in overrides.items():
-            values[name] = _coerce(name, value, type(getattr(self, name)))
+            current = getattr(self, name)
+            if current is None and value is None:  # an optional setting back to its default
+                values[name] = None
+                continue
+            values[name] = _coerce(name, value, float if current is None else type(current))
         return replace(self, **values)
 
     def to_dict(self) -> dict[str, Any]:

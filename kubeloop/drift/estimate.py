@@ -13,6 +13,9 @@ estimate can and cannot see: input shift with P(y|x) unchanged (covariate drift)
 it with the accuracy; a change of the class prior or of P(y|x) itself (label shift,
 concept drift) does not show in the scores, so there it is biased and the delayed labels
 are the evidence. Its measured error per scenario is in docs/benchmarks.md (``estimate``).
+
+``PriorShift`` estimates the class prior of the live traffic from the share of positive
+predictions (black-box shift estimation): the evidence the label-shift detector reports.
 """
 
 from __future__ import annotations
@@ -82,3 +85,39 @@ class ConfidenceEstimator:
         """Estimated accuracy over ``scores`` (``None`` for none)."""
         s = np.asarray(scores, dtype=np.float64).ravel()
         return float(self.confidence(s).mean()) if len(s) else None
+
+
+@dataclass(frozen=True)
+class PriorShift:
+    """Black-box shift estimation for two classes: the positive-class prior of the live
+    traffic from the share of predictions that are positive, through the reference's
+    confusion matrix (under label shift P(prediction | y) does not change, so the live
+    predicted-positive rate is ``tpr * prior + fpr * (1 - prior)``)."""
+
+    reference_prior: float  # share of positive labels in the reference sample
+    reference_predicted: float  # share of positive predictions there
+    tpr: float | None  # P(predicted positive | positive), None without positives
+    fpr: float | None  # P(predicted positive | negative), None without negatives
+
+    @classmethod
+    def fit(cls, labels: np.ndarray, predictions: np.ndarray) -> PriorShift:
+        y = np.asarray(labels, dtype=np.int64).ravel()
+        pred = np.asarray(predictions, dtype=np.int64).ravel()
+        if len(y) == 0 or len(y) != len(pred):
+            raise ValueError(
+                f"labels and predictions need equal, non-zero lengths: {len(y)}, {len(pred)}"
+            )
+        pos, neg = y == 1, y == 0
+        return cls(
+            reference_prior=float(pos.mean()),
+            reference_predicted=float((pred == 1).mean()),
+            tpr=float((pred[pos] == 1).mean()) if pos.any() else None,
+            fpr=float((pred[neg] == 1).mean()) if neg.any() else None,
+        )
+
+    def prior(self, predicted_rate: float) -> float | None:
+        """The positive prior that explains ``predicted_rate`` (clipped to [0, 1]); ``None``
+        when the reference cannot tell the classes apart (tpr - fpr < 0.05)."""
+        if self.tpr is None or self.fpr is None or self.tpr - self.fpr < 0.05:
+            return None
+        return float(np.clip((predicted_rate - self.fpr) / (self.tpr - self.fpr), 0.0, 1.0))

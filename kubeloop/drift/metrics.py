@@ -70,6 +70,14 @@ class DriftMetrics:
             VERSION_LABELS,
             registry=r,
         )
+        self.positive_rate = Gauge(
+            "kubeloop_positive_rate",
+            "Share of the positive class: in the reference's labels (reference) and predictions "
+            "(reference_predicted), in the latest predictions (predicted), and the prior "
+            "estimated from them through the reference's confusion matrix (estimated)",
+            (*VERSION_LABELS, "source"),
+            registry=r,
+        )
         self.rejected = Counter(
             "kubeloop_events_rejected", "Refused events by reason", ("reason",), registry=r
         )
@@ -122,7 +130,7 @@ class DriftMetrics:
         """Removes the version's detector series; with ``counters`` also its label and drop
         counts (a version no longer tracked)."""
         metrics = [self.statistic, self.threshold, self.detected, self.since_reset, self.samples,
-                   self.accuracy, self.roc_auc, self.estimated_accuracy]  # fmt: skip
+                   self.accuracy, self.roc_auc, self.estimated_accuracy, self.positive_rate]  # fmt: skip
         if counters:
             metrics += [self.feedback, self.dropped]
         for metric in metrics:
@@ -141,6 +149,9 @@ class DriftMetrics:
             self.roc_auc.labels(**labels).set(auc)
         if (est := snapshot.get("estimated_accuracy")) is not None:
             self.estimated_accuracy.labels(**labels).set(est)
+        for source, rate in (snapshot.get("positive_rate") or {}).items():
+            if rate is not None:
+                self.positive_rate.labels(**labels, source=source).set(rate)
         for view in snapshot.get("features", []):
             dl = {**labels, "detector": view["detector"], "feature": view["feature"]}
             self.statistic.labels(**dl).set(view["statistic"])

@@ -19,8 +19,15 @@ import pandas as pd
 from kubeloop.drift.config import DetectorSettings
 from kubeloop.drift.detectors import OnlineDetector, build_detector
 from kubeloop.drift.encoding import Encoder
-from kubeloop.drift.estimate import ConfidenceEstimator
+from kubeloop.drift.estimate import ConfidenceEstimator, PriorShift
 from kubeloop.drift.reference import Reference
+
+
+def class_columns(predictions: np.ndarray) -> np.ndarray:
+    """Predicted classes as the label-shift detector reads them: ``[positive, negative]``
+    indicator columns, so a one-sided test per column covers both directions."""
+    positive = (np.asarray(predictions).ravel() == 1).astype(np.float32)
+    return np.stack([positive, 1.0 - positive], axis=1)
 
 
 @dataclass
@@ -54,6 +61,9 @@ class VersionMonitor:
     estimator: ConfidenceEstimator | None = None
     estimator_error: str | None = None  # why there is no estimator (the reference's problem)
     confidences: deque = field(default_factory=deque)
+    # Label shift: the reference's confusion matrix and the latest predicted classes.
+    prior_shift: PriorShift | None = None
+    classes: deque = field(default_factory=deque)
 
     @property
     def model(self) -> str:
@@ -104,6 +114,18 @@ class VersionMonitor:
             online["prediction"] = build_detector(
                 "prediction", "cvm", scores, ["_all"], every=s.univariate_every, **uni, **common
             )
+        prior_shift = PriorShift.fit(reference.labels, reference.predictions)
+        if s.predicted_class and 0.0 < prior_shift.reference_predicted < 1.0:
+            # Both directions: a rise of the positive share, or of the negative one. Every
+            # prediction is read; by default the ERT in predictions is the per-feature
+            # detectors' (they read one in univariate_every).
+            online["predicted_class"] = build_detector(
+                "predicted_class", "cusum", class_columns(reference.predictions),
+                ["predicted_positive", "predicted_negative"],
+                window_sizes=[], n_bootstraps=0, reference_digest=reference.digest,
+                cache_dir=None, ert=s.predicted_class_ert or s.ert * s.univariate_every,
+                seed=s.seed,
+            )  # fmt: skip
         if s.error_rate:
             errors = (reference.predictions != reference.labels).astype(np.float32)[:, None]
             online["error_rate"] = build_detector(
@@ -128,11 +150,16 @@ class VersionMonitor:
             estimator=estimator,
             estimator_error=estimator_error,
             confidences=deque(maxlen=s.accuracy_window),
+            prior_shift=prior_shift,
+            classes=deque(maxlen=s.accuracy_window),
         )
 
     # --- updates (worker thread) ---------------------------------------------------------
-    def observe(self, instances: list[dict[str, Any]], scores: list[float]) -> None:
-        """Feeds validated instances and their predicted scores to the input and prediction detectors."""
+    def observe(
+        self, instances: list[dict[str, Any]], scores: list[float], predictions: list[int]
+    ) -> None:
+        """Feeds validated instances, their scores and predicted classes to the input,
+        prediction and label-shift detectors."""
         frame = pd.DataFrame.from_records(instances, columns=self.reference.spec.names)
         self.samples += len(frame)
         self.recent.extend(instances)
@@ -144,6 +171,9 @@ class VersionMonitor:
             self.online["fet"].update(self.encoder.fet(frame))
         if "prediction" in self.online:
             self.online["prediction"].update(np.asarray(scores, dtype=np.float32)[:, None])
+        if "predicted_class" in self.online:
+            self.online["predicted_class"].update(class_columns(np.asarray(predictions)))
+        self.classes.extend(predictions)
         if self.estimator is not None:
             self.confidences.extend(self.estimator.confidence(np.asarray(scores)).tolist())
 
@@ -166,6 +196,18 @@ class VersionMonitor:
     def estimated_accuracy(self) -> float | None:
         """Accuracy over the latest ``accuracy_window`` predictions, from their scores alone."""
         return float(np.mean(self.confidences)) if self.confidences else None
+
+    def positive_rates(self) -> dict[str, float | None]:
+        """The positive class's share: in the reference's labels and predictions, in the
+        latest predictions, and the prior estimated from those (label-shift evidence)."""
+        ps = self.prior_shift
+        predicted = float(np.mean(self.classes)) if self.classes else None
+        return {
+            "reference": None if ps is None else ps.reference_prior,
+            "reference_predicted": None if ps is None else ps.reference_predicted,
+            "predicted": predicted,
+            "estimated": None if ps is None or predicted is None else ps.prior(predicted),
+        }
 
     def liveroc_auc(self) -> float | None:
         if not self.quality:
@@ -218,6 +260,7 @@ class VersionMonitor:
             "live_accuracy": self.live_accuracy(),
             "live_roc_auc": self.liveroc_auc(),
             "estimated_accuracy": self.estimated_accuracy(),
+            "positive_rate": self.positive_rates(),
             "estimate": {
                 "predictions": len(self.confidences),
                 "reference_accuracy": None

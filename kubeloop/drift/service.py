@@ -289,7 +289,7 @@ class DriftService:
         self.answered[event.id] = (tracked.key, tracked.serial, scores, labels)
         if len(self.answered) > self.settings.feedback_limit:
             self.answered.popitem(last=False)
-        self._feed(tracked, "observe", instances, scores)
+        self._feed(tracked, "observe", instances, scores, labels)
         return {"accepted": "response", "id": event.id}
 
     def handle_feedback(self, body: bytes) -> dict[str, Any]:

@@ -30,18 +30,15 @@ PUBLISH_EVERY_S = 0.05  # a busy worker sends snapshots at most this often (alwa
 
 
 def _group(items: list[tuple]) -> dict[int, list]:
-    """Per monitor id: [instances, scores, labels, feedback scores, predictions]."""
+    """Per monitor id: [instances, scores, predicted classes, labels, feedback scores,
+    feedback predictions]."""
     batches: dict[int, list] = {}
     for item in items:
         kind, mon_id = item[0], item[1]
-        b = batches.setdefault(mon_id, [[], [], [], [], []])
-        if kind == "observe":
-            b[0].extend(item[2])
-            b[1].extend(item[3])
-        else:
-            b[2].extend(item[2])
-            b[3].extend(item[3])
-            b[4].extend(item[4])
+        b = batches.setdefault(mon_id, [[], [], [], [], [], []])
+        offset = 0 if kind == "observe" else 3
+        for i, values in enumerate(item[2:5]):
+            b[offset + i].extend(values)
     return batches
 
 
@@ -69,14 +66,15 @@ class _Worker:
 
     def process(self, items: list[tuple]) -> int:
         failed = 0
-        for mon_id, (instances, scores, labels, fb_scores, preds) in _group(items).items():
+        for mon_id, batch in _group(items).items():
+            instances, scores, classes, labels, fb_scores, preds = batch
             mon = self.monitors.get(mon_id)
             if mon is None:  # forgotten (watched again) while the batch was queued
                 continue
             self.pending.setdefault(mon_id, 0)
             try:
                 if instances:
-                    mon.observe(instances, scores)
+                    mon.observe(instances, scores, classes)
                     self.pending[mon_id] += len(instances)
                 if labels:
                     mon.feedback(labels, fb_scores, preds)

@@ -95,17 +95,27 @@ def test_fet_and_error_rate_run_lengths_match_the_ert(fraud, river, cache):
     assert_run_length_within_band("river error_rate", errors)
 
 
+def test_predicted_class_run_length_matches_the_ert(fraud, river, cache):
+    # Exact CUSUM thresholds given the reference's rate: one reference, 400 runs each; the
+    # river stream's classes are balanced, the fraud stream's positive share is 4 %.
+    for paths, label in ((fraud, "fraud"), (river, "river")):
+        r = calibrate(paths, "ert", "predicted_class", "null", cache, runs=400,
+                      settings={"univariate_every": 1})["predicted_class"]  # fmt: skip
+        assert r["ert"] == ERT  # predicted_class_ert defaults to ert x univariate_every
+        assert_run_length_within_band(f"{label} predicted_class", r)
+
+
 @pytest.mark.parametrize(
     ("scenario", "expected"),
     [
-        ("covariate", {"mmd", "cvm", "fet", "prediction"}),
+        ("covariate", {"mmd", "cvm", "fet", "prediction", "predicted_class"}),
         ("concept", {"error_rate"}),
-        ("label_shift", {"prediction"}),
+        ("label_shift", {"prediction", "predicted_class"}),
     ],
 )
 def test_injected_fraud_scenarios_are_detected(fraud, cache, scenario, expected):
-    r = calibrate(fraud, "delay", "mmd,cvm,fet,prediction,error_rate", scenario, cache, warmup=100,
-                  settings={"ert": 500, "mmd_every": 1, "univariate_every": 1})  # fmt: skip
+    r = calibrate(fraud, "delay", "mmd,cvm,fet,prediction,error_rate,predicted_class", scenario,
+                  cache, warmup=100, settings={"ert": 500, "mmd_every": 1, "univariate_every": 1})  # fmt: skip
     # "detected" means an alarm after the onset; an alarm in the 100-row warm-up is a false
     # alarm (expected for ~18% of detectors at ERT 500) and does not count as detection.
     detected = {name for name, d in r.items() if d["detected"]}
