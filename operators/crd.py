@@ -12,9 +12,10 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Self
 
-from kubeloop.operators.cel import Rule, Rules, add_validations, check
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+
+from kubeloop.operators.cel import Rule, Rules, add_validations, check
 
 GROUP = "kubeloop.io"
 VERSION = "v1alpha1"
@@ -433,6 +434,7 @@ class DetectorName(StrEnum):
     CHI2 = "chi2"
     PREDICTION = "prediction"
     ERROR_RATE = "error_rate"
+    PREDICTED_CLASS = "predicted_class"
 
 
 class Detector(_Model):
@@ -444,6 +446,26 @@ class Detector(_Model):
     )
     threshold: float | None = Field(
         None, gt=0, description="p-value or statistic threshold (offline detectors)"
+    )
+
+
+class LabelShiftAction(StrEnum):
+    """What label shift alone (only the predicted_class detector flags) leads to."""
+
+    RETRAIN = "Retrain"
+    ALERT = "Alert"
+
+
+class LabelShift(_Model):
+    """Label shift: the class prior moves while P(x|y) holds, seen as a change in the share
+    of positive predictions (the drift service's predicted_class detector)."""
+
+    action: LabelShiftAction = Field(
+        LabelShiftAction.RETRAIN,
+        description="Retrain: label shift counts as drift and, sustained, starts a retraining "
+        "run on the recent labelled window (which carries the new prior). Alert: it is recorded "
+        "(an alert decision with the estimated prior, Drifting=True with reason LabelShift) "
+        "and starts no run; drift flagged by any other detector still does",
     )
 
 
@@ -466,6 +488,9 @@ class Monitoring(_Model):
     )
     drift_duration_seconds: int = Field(
         120, ge=0, description="drift must persist this long before it triggers retraining"
+    )
+    label_shift: LabelShift = Field(
+        LabelShift(), description="what label shift alone leads to (retraining or an alert)"
     )
 
 
@@ -612,7 +637,7 @@ class ModelDeploymentStatus(_Model):
     drift_since: str | None = Field(None, description="drift on the stable version since")
     drift: str = Field(
         "None",
-        description="drift on the stable version: None, Detected, Sustained (for monitoring.driftDurationSeconds) or Unknown (no evidence)",
+        description="drift on the stable version: None, Detected, Sustained (for monitoring.driftDurationSeconds), LabelShift (label shift alone under monitoring.labelShift.action Alert: no retraining) or Unknown (no evidence)",
     )
     retraining: RetrainingStatus = Field(
         RetrainingStatus(), description="the latest retraining run"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
 from kubeloop.operators.reconciler.types import VersionMetrics
 
 
@@ -92,7 +93,15 @@ class PrometheusObserver:
         if not result:
             return None, {}
         flags = {r["metric"].get("detector", "_"): float(r["value"][1]) for r in result}
-        return any(v >= 1 for v in flags.values()), {"detectors": flags}
+        detail: dict[str, Any] = {"detectors": flags}
+        # Label-shift evidence: the positive class's share in the reference, in the latest
+        # predictions, and the prior estimated from them.
+        rates = self.query(f"kubeloop_positive_rate{_sel(model, version=version)}")
+        if rates:
+            detail["positive_rate"] = {
+                r["metric"].get("source", "_"): round(float(r["value"][1]), 4) for r in rates
+            }
+        return any(v >= 1 for v in flags.values()), detail
 
     def drift_reset_age(self, model: str, version: str) -> float | None:
         """Seconds since the drift service last reset ``version``'s detectors, as of now.

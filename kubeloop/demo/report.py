@@ -19,6 +19,7 @@ from kubeloop.demo.summary import epoch, summarize
 TIMELINE_DECISIONS = {
     "deploy": "deployed",
     "drift": "drift detected",
+    "alert": "alert (label shift)",
     "retrain": "run submitted",
     "retrained": "version registered",
     "canary": "canary started",

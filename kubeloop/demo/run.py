@@ -72,9 +72,18 @@ def deployment_manifest(config: LoopConfig, runtime: LocalRuntime, labelled: Pat
             },
             "monitoring": {
                 # what the drift service runs (DEMO_DRIFT_DETECTORS): the error rate of the
-                # delayed labels, the signal of covariate and concept drift alike
-                "detectors": [{"name": "error_rate", "ert": DEMO_ERT}],
+                # delayed labels, the signal of covariate and concept drift alike, and the
+                # share of positive predictions, the signal of label shift
+                "detectors": [
+                    {"name": "error_rate", "ert": DEMO_ERT},
+                    {
+                        "name": "predicted_class",
+                        "ert": int(DEMO_DRIFT_DETECTORS["predicted_class_ert"]),
+                    },
+                ],  # fmt: skip
                 "driftDurationSeconds": config.drift_duration_seconds,
+                # label shift, sustained, retrains on the fresh window (the new prior)
+                "labelShift": {"action": "Retrain"},
             },
             "retraining": {
                 "pipeline": {"name": RUNNERS[config.retrainer]},

@@ -146,6 +146,12 @@ def quality() -> dict:
          [(f"sum by (version) (rate(kubeloop_feedback_total{{{M}}}[{RATE}]))"
            f" / sum by (version) (rate(kubeloop_drift_samples_total{{{M}}}[{RATE}]))", "{{version}}")],
          {"unit": "percentunit"}),
+        ("Label shift: share of positive predictions and the estimated prior",
+         [(f'kubeloop_positive_rate{{{M},source="predicted"}}', "{{version}} predicted positives"),
+          (f'kubeloop_positive_rate{{{M},source="reference_predicted"}}', "{{version}} reference predictions"),
+          (f'kubeloop_positive_rate{{{M},source="estimated"}}', "{{version}} estimated prior"),
+          (f'kubeloop_positive_rate{{{M},source="reference"}}', "{{version}} reference prior")],
+         {"unit": "percentunit"}),
         ("Concept drift: error-rate statistic vs threshold",
          [(f'kubeloop_drift_statistic{{{M},detector="error_rate",feature="_all"}}', "{{version}} statistic"),
           (f'kubeloop_drift_threshold{{{M},detector="error_rate",feature="_all"}}', "{{version}} threshold")], {}),

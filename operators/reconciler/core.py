@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from kubeloop.operators.crd import (
     HISTORY_LIMIT,
     AnalysisStatus,
     ApprovalMode,
+    LabelShiftAction,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     RetrainingStatus,
@@ -624,6 +626,33 @@ def drift_evidence(
     return obs.drift_detected, "", ""
 
 
+LABEL_SHIFT_DETECTOR = "predicted_class"
+
+
+def label_shift_alone(detail: dict[str, Any]) -> bool:
+    """Only the predicted-class detector flags: the share of positive predictions moved
+    while no input, score or error-rate detector saw a change."""
+    flags = detail.get("detectors") or {}
+    flagged = {name for name, value in flags.items() if value >= 1}
+    return flagged == {LABEL_SHIFT_DETECTOR}
+
+
+def label_shift_message(version: str, detail: dict[str, Any]) -> str:
+    """The label-shift evidence in words: predicted positives and estimated prior against
+    the reference's (from the drift service's kubeloop_positive_rate)."""
+    rates = detail.get("positive_rate") or {}
+
+    def pct(key: str) -> str:
+        value = rates.get(key)
+        return "?" if value is None else f"{100 * value:.1f} %"
+
+    return (
+        f"label shift on {version}: positive predictions {pct('predicted')} "
+        f"(reference {pct('reference_predicted')}), positive class prior estimated "
+        f"{pct('estimated')} (reference {pct('reference')})"
+    )
+
+
 def _drift(p: _Pass) -> None:
     detected, reason, message = drift_evidence(p.s, p.obs)
     if detected is None:
@@ -633,14 +662,31 @@ def _drift(p: _Pass) -> None:
     if not detected:
         p.s.drift_since, p.s.drift = None, "None"
         return
-    if p.s.drift_since is None:
+    detail = p.obs.drift_detail
+    alone = label_shift_alone(detail)
+    if alone and p.spec.monitoring.label_shift.action == LabelShiftAction.ALERT:
+        if p.s.drift != "LabelShift":
+            p.s.drift_since = p.now
+            p.decide(
+                Decision.ALERT,
+                "LabelShift",
+                f"{label_shift_message(p.s.stable_version, detail)}; monitoring.labelShift."
+                "action is Alert: no retraining",
+                p.s.stable_version,
+                detail,
+            )
+        p.s.drift = "LabelShift"
+        return
+    if p.s.drift_since is None or p.s.drift == "LabelShift":
         p.s.drift_since = p.now
         p.decide(
             Decision.DRIFT,
-            "DriftDetected",
-            f"drift on {p.s.stable_version}",
+            "LabelShiftDetected" if alone else "DriftDetected",
+            label_shift_message(p.s.stable_version, detail)
+            if alone
+            else f"drift on {p.s.stable_version}",
             p.s.stable_version,
-            p.obs.drift_detail,
+            detail,
         )
     sustained = p.elapsed(p.s.drift_since) >= p.spec.monitoring.drift_duration_seconds
     p.s.drift = "Sustained" if sustained else "Detected"
@@ -687,9 +733,12 @@ def _conditions(p: _Pass) -> None:
     elif s.drift == "None":
         p.condition("Drifting", "False", "NoDrift", "no drift on the stable version")
     else:
-        reason = "DriftSustained" if s.drift == "Sustained" else "DriftDetected"
+        reason = {"Sustained": "DriftSustained", "LabelShift": "LabelShift"}.get(
+            s.drift, "DriftDetected"
+        )
+        kind = "label shift (alert only)" if s.drift == "LabelShift" else "drift"
         p.condition(
-            "Drifting", "True", reason, f"drift on {s.stable_version} since {s.drift_since}"
+            "Drifting", "True", reason, f"{kind} on {s.stable_version} since {s.drift_since}"
         )
     r = s.retraining
     active = r.state in (RunState.SUBMITTED, RunState.RUNNING)

@@ -32,6 +32,7 @@ class Decision(StrEnum):
     RETRAIN = "retrain"
     RETRAINED = "retrained"
     RETRAIN_FAILED = "retrain-failed"
+    ALERT = "alert"
 
 
 class RunState(StrEnum):

@@ -108,8 +108,9 @@ def test_stationary_traffic_retrains_nothing(tmp_path, drift_cache):
     assert summary["accuracy_before_drift"]["accuracy"] > 0.9
 
 
-def test_concept_drift_is_caught_by_the_error_rate_and_retrained_away(tmp_path, drift_cache):
-    """P(y|x) changes and P(x) hardly: only the delayed labels show it."""
+def test_concept_drift_is_caught_and_retrained_away(tmp_path, drift_cache):
+    """P(y|x) changes and P(x) hardly: the delayed labels show it (the error rate), and so
+    does the share of positive predictions (the new fraud looks benign to v1: 4 % → 1.4 %)."""
     config = LoopConfig(scenario="concept", duration_seconds=280.0, bad_candidate=False, **SHORT)
     lines: list[str] = []
     summary = run_demo(
@@ -120,7 +121,9 @@ def test_concept_drift_is_caught_by_the_error_rate_and_retrained_away(tmp_path, 
     log = "\n".join(lines)
     record = json.loads((tmp_path / "report" / "record.json").read_text())
     drift = [d for d in record["decisions"] if d["decision"] == "drift"]
-    assert drift and "error_rate" in json.dumps(drift[0].get("evidence", {})), log
+    assert drift, log
+    flagged = {k for k, v in drift[0]["evidence"]["detectors"].items() if v >= 1}
+    assert flagged and flagged <= {"error_rate", "predicted_class"}, drift[0]
     assert 0 < summary["detection_delay_seconds"] < 60, log
     assert summary["retrained_version"] == "v2" and summary["update_cycle_seconds"], log
     # learned from traffic after the drift was confirmed
@@ -128,3 +131,28 @@ def test_concept_drift_is_caught_by_the_error_rate_and_retrained_away(tmp_path, 
     before, during = summary["accuracy_before_drift"], summary["accuracy_during_drift"]
     assert during["accuracy"] < before["accuracy"], summary
     assert summary["accuracy_after_promotion"]["accuracy"] > during["accuracy"], summary
+
+
+def test_label_shift_is_caught_by_the_predicted_class_and_retrained(tmp_path, drift_cache):
+    """The fraud prior x3.5 with P(x|y) unchanged: the error rate hardly moves (2.5 % →
+    2.6 %), the share of positive predictions does; the estimated prior is the evidence."""
+    config = LoopConfig(scenario="label_shift", duration_seconds=280.0, bad_candidate=False,
+                        **SHORT)  # fmt: skip
+    lines: list[str] = []
+    summary = run_demo(
+        config, home=tmp_path / "demo", report_dir=tmp_path / "report", echo=lines.append,
+        max_seconds=340, drift_cache=drift_cache,
+    )  # fmt: skip
+    nothing_left_running(tmp_path / "demo")
+    log = "\n".join(lines)
+    record = json.loads((tmp_path / "report" / "record.json").read_text())
+    drift = [d for d in record["decisions"] if d["decision"] == "drift"]
+    assert drift, log
+    evidence = drift[0]["evidence"]
+    assert evidence["detectors"]["predicted_class"] >= 1, drift[0]
+    rates = evidence["positive_rate"]
+    assert rates["predicted"] > rates["reference_predicted"], rates
+    assert rates["estimated"] > 1.5 * rates["reference"], rates  # the prior rose
+    assert 0 < summary["detection_delay_seconds"] < 60, log
+    assert summary["retrained_version"] == "v2" and summary["update_cycle_seconds"], log
+    assert summary["accuracy_after_promotion"]["predictions"] > 0, summary

@@ -1,0 +1,111 @@
+"""Label shift alone (only the predicted_class detector flags): retraining by default, an
+alert with the estimated prior under monitoring.labelShift.action Alert."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from kubeloop.operators.crd import parse_spec
+from kubeloop.operators.reconciler.core import label_shift_alone, reconcile
+from kubeloop.operators.reconciler.types import Observations, RegistryVersion, SubmitRun
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+RATES = {"reference": 0.033, "reference_predicted": 0.04, "predicted": 0.093, "estimated": 0.105}
+
+
+def spec(action: str | None = None):
+    monitoring = {"driftDurationSeconds": 5}
+    if action:
+        monitoring["labelShift"] = {"action": action}
+    return parse_spec({"model": {"name": "fraud-detector"}, "monitoring": monitoring,
+                       "retraining": {"cooldownSeconds": 0}})  # fmt: skip
+
+
+def obs(t: float, **flags: float) -> Observations:
+    return Observations(
+        now=T0 + timedelta(seconds=t),
+        registry_versions=(RegistryVersion("v1", True),),
+        ready_versions=frozenset({"v1"}),
+        drift_detected=any(v >= 1 for v in flags.values()),
+        drift_detail={"detectors": {"error_rate": 0.0, **flags}, "positive_rate": RATES},
+        drift_version="v1",
+        watched_versions=frozenset({"v1"}),
+        max_pass_gap_seconds=1e6,
+    )
+
+
+def run(sp, passes):
+    status, decisions, actions = None, [], []
+    for o in passes:
+        result = reconcile("fd", sp, status, o)
+        status = result.status
+        decisions += result.decisions
+        actions += result.actions
+    return status, decisions, actions
+
+
+@pytest.mark.parametrize(
+    ("flags", "alone"),
+    [
+        ({"predicted_class": 1.0, "error_rate": 0.0}, True),
+        ({"predicted_class": 1.0, "error_rate": 1.0}, False),
+        ({"predicted_class": 0.0, "error_rate": 1.0}, False),
+        ({}, False),
+    ],
+)
+def test_label_shift_alone_means_only_the_predicted_class_detector(flags, alone):
+    assert label_shift_alone({"detectors": flags}) is alone
+
+
+def test_by_default_label_shift_is_drift_and_retrains_with_its_evidence():
+    status, decisions, actions = run(
+        spec(),
+        [obs(0, predicted_class=0.0), obs(1, predicted_class=1.0), obs(7, predicted_class=1.0)],
+    )
+    drift = [d for d in decisions if d.decision == "drift"]
+    assert [d.reason for d in drift] == ["LabelShiftDetected"]
+    assert "9.3 %" in drift[0].message and "10.5 %" in drift[0].message  # predicted, prior
+    assert drift[0].evidence["positive_rate"] == RATES
+    assert status.drift == "Sustained"
+    assert [a for a in actions if isinstance(a, SubmitRun)]
+
+
+def test_alert_records_the_shift_once_and_starts_no_run():
+    status, decisions, actions = run(
+        spec("Alert"),
+        [obs(0, predicted_class=0.0)] + [obs(t, predicted_class=1.0) for t in (1, 7, 30, 300)],
+    )
+    alerts = [d for d in decisions if d.decision == "alert"]
+    assert [(d.reason, d.version) for d in alerts] == [("LabelShift", "v1")]
+    assert "prior estimated 10.5 %" in alerts[0].message and "Alert" in alerts[0].message
+    assert not [d for d in decisions if d.decision in ("drift", "retrain")]
+    assert not [a for a in actions if isinstance(a, SubmitRun)]
+    assert status.drift == "LabelShift"
+    drifting = next(c for c in status.conditions if c.type == "Drifting")
+    assert (drifting.status, drifting.reason) == ("True", "LabelShift")
+
+
+def test_under_alert_another_detector_still_means_drift_and_retraining():
+    status, decisions, actions = run(
+        spec("Alert"),
+        [obs(0, predicted_class=0.0), obs(1, predicted_class=1.0),
+         obs(10, predicted_class=1.0, error_rate=1.0), obs(12, predicted_class=1.0, error_rate=1.0),
+         obs(16, predicted_class=1.0, error_rate=1.0)],
+    )  # fmt: skip
+    assert [d.decision for d in decisions if d.decision in ("alert", "drift")] == ["alert", "drift"]
+    # the drift episode starts when the other detector joins (t=10), not at the alert (t=1)
+    assert status.drift_since.startswith("2026-01-01T00:00:10")
+    assert status.drift == "Sustained"
+    assert [a for a in actions if isinstance(a, SubmitRun)]
+
+
+def test_the_alert_clears_with_the_flag():
+    status, _, _ = run(spec("Alert"), [obs(0, predicted_class=1.0), obs(5, predicted_class=0.0)])
+    assert status.drift == "None" and status.drift_since is None
+
+
+def test_an_unknown_action_is_refused_by_name():
+    with pytest.raises(ValueError, match="monitoring.labelShift.action"):
+        spec("Recalibrate")
