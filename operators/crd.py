@@ -12,10 +12,9 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Self
 
+from kubeloop.operators.cel import Rule, Rules, add_validations, check
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
-
-from kubeloop.operators.cel import Rule, Rules, add_validations, check
 
 GROUP = "kubeloop.io"
 VERSION = "v1alpha1"

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-
 from kubeloop.operators.reconciler.types import VersionMetrics
 
 

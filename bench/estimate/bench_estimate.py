@@ -21,8 +21,8 @@ import statistics
 
 import numpy as np
 import pandas as pd
-
 from kubeloop.components.evaluate.impl import reference_sample
+
 from kubeloop.data import fraud
 from kubeloop.drift.estimate import ConfidenceEstimator
 from kubeloop.features.join import point_in_time_join

@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from kubeloop.operators.crd import parse_spec
 from kubeloop.operators.reconciler.core import label_shift_alone, reconcile
 from kubeloop.operators.reconciler.types import Observations, RegistryVersion, SubmitRun
