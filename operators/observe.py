@@ -14,6 +14,9 @@ from typing import Any
 import httpx
 from kubeloop.operators.reconciler.types import VersionMetrics
 
+MOVED_FEATURES = 3
+MOVED_P_VALUE = 0.01  # a feature "moved" when its batch test's p-value is below this
+
 
 class PrometheusError(RuntimeError):
     """Prometheus could not be reached or refused a query."""
@@ -100,6 +103,15 @@ class PrometheusObserver:
             detail["positive_rate"] = {
                 r["metric"].get("source", "_"): round(float(r["value"][1]), 4) for r in rates
             }
+        # Drift explained: the inputs whose batch test against the reference is significant,
+        # most significant first (at most MOVED_FEATURES).
+        tests = self.query(f"kubeloop_feature_drift_p_value{_sel(model, version=version)}")
+        moved = sorted((float(r["value"][1]), r["metric"].get("feature", "_")) for r in tests)
+        detail["moved"] = [
+            {"feature": f, "p_value": float(f"{p:.3g}")}
+            for p, f in moved[:MOVED_FEATURES]
+            if p < MOVED_P_VALUE
+        ]
         return any(v >= 1 for v in flags.values()), detail
 
     def drift_reset_age(self, model: str, version: str) -> float | None:

@@ -229,7 +229,7 @@ def table_rows(result: dict) -> list[dict]:
 def delay_markdown(table: list[dict]) -> str:
     if not table:
         return ""
-    names = ("mmd", "cvm", "fet", "prediction", "error_rate")
+    names = ("mmd", "cvm", "fet", "prediction", "error_rate", "predicted_class")
     lines = [
         "Detection delay versus ERT (drifted instances read until the alarm; 100 stationary rows "
         "first, default sub-sampling; `None` = no alarm after the onset within the drifted rows):",

@@ -85,6 +85,28 @@ def _status_or_exit(target: _Target) -> dict[str, Any]:
         raise typer.Exit(1) from None
 
 
+def drift_explained(history: list[dict[str, Any]]) -> str:
+    """The latest drift or label-shift alert in words: the detectors that flagged, the
+    inputs that moved most, and the positive class's share (empty without one)."""
+    last = next((d for d in reversed(history) if d.get("decision") in ("drift", "alert")), None)
+    if last is None:
+        return ""
+    evidence = last.get("evidence") or {}
+    flagged = sorted(k for k, v in (evidence.get("detectors") or {}).items() if v >= 1)
+    parts = [f"drift evidence ({last.get('version', '?')}, {last.get('time', '')}): "
+             f"detectors {', '.join(flagged) or '-'}"]  # fmt: skip
+    if moved := evidence.get("moved"):
+        named = ", ".join(f"{m['feature']} (p {m['p_value']:.2g})" for m in moved)
+        parts.append(f"inputs that moved most: {named}")
+    rates = evidence.get("positive_rate") or {}
+    if rates.get("predicted") is not None and rates.get("reference_predicted") is not None:
+        parts.append(
+            f"positive predictions {rates['predicted']:.1%} "
+            f"(reference {rates['reference_predicted']:.1%})"
+        )
+    return "; ".join(parts)
+
+
 @app.command("status")
 def status(
     name: str = typer.Argument(..., help="ModelDeployment name"),
@@ -108,6 +130,8 @@ def status(
         f"candidate {st.get('candidateVersion') or '-'} @ {st.get('canaryPercent', 0)}%  "
         f"previous {st.get('previousVersion') or '-'}  drift {st.get('drift', '-')}"
     )
+    if explained := drift_explained(st.get("history") or []):
+        console.print(explained, soft_wrap=True, highlight=False)
     conditions = Table(title="conditions")
     for col in ("type", "status", "reason", "message", "since"):
         conditions.add_column(col)

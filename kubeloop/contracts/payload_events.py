@@ -103,7 +103,7 @@ REJECT_REASONS: tuple[str, ...] = (
 WORKER_DOWN = "worker_down"
 """The reason of a 503 when the detector worker has died (the service's fault: not counted)."""
 
-DETECTORS: tuple[str, ...] = ("mmd", "cvm", "fet", "prediction", "error_rate")
+DETECTORS: tuple[str, ...] = ("mmd", "cvm", "fet", "prediction", "error_rate", "predicted_class")
 """The ``detector`` label values of the ``kubeloop_drift_*`` series."""
 
 __all__ = [

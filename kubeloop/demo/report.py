@@ -1,8 +1,9 @@
 """``demo-report/index.html`` and ``summary.json`` from a run's record.
 
-Four plots (matplotlib, embedded as PNG): the timeline of what happened, live accuracy
-per version (with the drift service's label-free estimate beside it), the drift statistic against its threshold, and the traffic split. Every
-figure comes from the record of the run; nothing here is made up.
+Five plots (matplotlib, embedded as PNG): the timeline of what happened, live accuracy
+per version (with the drift service's label-free estimate beside it), the drift statistic
+against its threshold, which inputs moved (per-feature batch tests), and the traffic
+split. Every figure comes from the record of the run; nothing here is made up.
 """
 
 from __future__ import annotations
@@ -148,6 +149,39 @@ def plot_drift(record: dict[str, Any]):
     return fig
 
 
+MOVED_P_VALUE = 0.01  # the operator's line: an input "moved" below it (operators/observe.py)
+
+
+def plot_features(record: dict[str, Any], version: str | None = None, top: int = 6):
+    """Which inputs moved: -log10 of each feature's batch-test p-value over time for the
+    first stable version, the features that went furthest drawn."""
+    import math
+
+    import matplotlib.pyplot as plt
+
+    t0 = record["started_at"]
+    version = version or record.get("first_version")
+    series: dict[str, list[tuple[float, float]]] = {}
+    for s in record.get("samples", []):
+        for feature, p in ((s.get("feature_p_values") or {}).get(version) or {}).items():
+            series.setdefault(feature, []).append((s["time"] - t0, -math.log10(max(p, 1e-300))))
+    ranked = sorted(series, key=lambda f: max(v for _, v in series[f]), reverse=True)[:top]
+    fig, ax = plt.subplots(figsize=(11, 3.6))
+    for feature in ranked:
+        points = series[feature]
+        ax.plot([p[0] for p in points], [p[1] for p in points], label=feature)
+    ax.axhline(-math.log10(MOVED_P_VALUE), color="#888", ls="--", lw=1,
+               label=f"p = {MOVED_P_VALUE}")  # fmt: skip
+    _onset(ax, record)
+    ax.set_yscale("symlog", linthresh=10)
+    ax.set_ylabel("-log10 p (batch test vs reference)")
+    ax.set_xlabel("seconds since traffic started")
+    ax.set_title(f"Which inputs moved ({version}): KS / chi-square of the latest instances")
+    if ranked:
+        ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
 def split_steps(samples: list[dict[str, Any]], t0: float) -> list[tuple[float, str]]:
     """``(seconds, "v2 25 %")`` wherever the canary or its traffic percent changed."""
     steps, last = [], None
@@ -224,6 +258,7 @@ def render_html(record: dict[str, Any], summary: dict[str, Any]) -> str:
         ("Timeline", plot_timeline(record, events)),
         ("Live accuracy per version", plot_accuracy(record)),
         ("Drift statistic vs threshold", plot_drift(record)),
+        ("Which inputs moved", plot_features(record)),
         ("Traffic split over time", plot_split(record)),
     ]
     rows = "".join(

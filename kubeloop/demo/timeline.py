@@ -4,7 +4,8 @@ Each sample reads the ModelDeployment's status (the operator's state file), the 
 split (``GET /admin/split``) and the drift statistics and thresholds from Prometheus
 (``kubeloop_drift_statistic`` / ``kubeloop_drift_threshold``, as the dashboards do) and
 the accuracy each version is estimated to have before its labels arrive
-(``kubeloop_estimated_accuracy``).
+(``kubeloop_estimated_accuracy``), and which inputs moved
+(``kubeloop_feature_drift_p_value``).
 The decisions come from the operator's event log at the end.
 """
 
@@ -100,6 +101,23 @@ class Recorder:
             )
         return out
 
+    def feature_p_values(self) -> dict[str, dict[str, float]]:
+        """Per version and input feature, the p-value of the drift service's batch test of
+        the latest instances against the reference (which inputs moved)."""
+        try:
+            response = self._http.get(
+                f"{self.prometheus_url}/api/v1/query",
+                params={"query": f'kubeloop_feature_drift_p_value{{model="{self.model}"}}'},
+            )
+            result = response.json()["data"]["result"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            return {}
+        out: dict[str, dict[str, float]] = {}
+        for r in result:
+            version, feature = r["metric"].get("version", ""), r["metric"].get("feature", "")
+            out.setdefault(version, {})[feature] = float(r["value"][1])
+        return out
+
     def estimated_accuracy(self) -> dict[str, float]:
         """Per version, the drift service's accuracy estimate from scores alone."""
         try:
@@ -127,6 +145,7 @@ class Recorder:
             "canary_percent": split.get("canary_percent", 0) if canary else 0,
             "drift": self.drift(),
             "estimated_accuracy": self.estimated_accuracy(),
+            "feature_p_values": self.feature_p_values(),
         }
 
     def _run(self) -> None:

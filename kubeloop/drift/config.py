@@ -50,6 +50,10 @@ class DetectorSettings:
     predicted_class_ert: float | None = None
     accuracy_window: int = 500
     report_window: int = 2000
+    # Drift explained: batch KS / chi-square per feature on the latest explain_rows
+    # instances against the reference, every explain_every_seconds (no set-up to arm).
+    explain_rows: int = 300
+    explain_every_seconds: float = 5.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -67,6 +71,9 @@ class DetectorSettings:
             or (math.isfinite(self.predicted_class_ert) and self.predicted_class_ert > 1),
             "accuracy_window": self.accuracy_window >= 10,
             "report_window": self.report_window >= 50,
+            "explain_rows": 50 <= self.explain_rows <= self.report_window,
+            "explain_every_seconds": math.isfinite(self.explain_every_seconds)
+            and self.explain_every_seconds > 0,
             "mmd_bootstraps": self.mmd_bootstraps >= 100,
             "univariate_bootstraps": self.univariate_bootstraps >= 100,
         }

@@ -78,6 +78,20 @@ class DriftMetrics:
             (*VERSION_LABELS, "source"),
             registry=r,
         )
+        self.feature_p_value = Gauge(
+            "kubeloop_feature_drift_p_value",
+            "Per input feature, the p-value of the batch test (KS for numbers, chi-square for "
+            "categories) of the latest explain_rows instances against the reference: which "
+            "inputs moved",
+            (*VERSION_LABELS, "feature"),
+            registry=r,
+        )
+        self.feature_statistic = Gauge(
+            "kubeloop_feature_drift_statistic",
+            "Per input feature, the batch test's statistic (KS distance, chi-square)",
+            (*VERSION_LABELS, "feature"),
+            registry=r,
+        )
         self.rejected = Counter(
             "kubeloop_events_rejected", "Refused events by reason", ("reason",), registry=r
         )
@@ -130,7 +144,8 @@ class DriftMetrics:
         """Removes the version's detector series; with ``counters`` also its label and drop
         counts (a version no longer tracked)."""
         metrics = [self.statistic, self.threshold, self.detected, self.since_reset, self.samples,
-                   self.accuracy, self.roc_auc, self.estimated_accuracy, self.positive_rate]  # fmt: skip
+                   self.accuracy, self.roc_auc, self.estimated_accuracy, self.positive_rate,
+                   self.feature_p_value, self.feature_statistic]  # fmt: skip
         if counters:
             metrics += [self.feedback, self.dropped]
         for metric in metrics:
@@ -152,6 +167,9 @@ class DriftMetrics:
         for source, rate in (snapshot.get("positive_rate") or {}).items():
             if rate is not None:
                 self.positive_rate.labels(**labels, source=source).set(rate)
+        for f in (snapshot.get("explained") or {}).get("features", []):
+            self.feature_p_value.labels(**labels, feature=f["feature"]).set(f["p_value"])
+            self.feature_statistic.labels(**labels, feature=f["feature"]).set(f["statistic"])
         for view in snapshot.get("features", []):
             dl = {**labels, "detector": view["detector"], "feature": view["feature"]}
             self.statistic.labels(**dl).set(view["statistic"])

@@ -64,6 +64,9 @@ class VersionMonitor:
     # Label shift: the reference's confusion matrix and the latest predicted classes.
     prior_shift: PriorShift | None = None
     classes: deque = field(default_factory=deque)
+    # Drift explained: the cached batch test and when it ran (monotonic seconds).
+    _tabular: tuple[float, Any] | None = None
+    _explained: tuple[float, dict[str, Any]] | None = None
 
     @property
     def model(self) -> str:
@@ -280,16 +283,14 @@ class VersionMonitor:
                 for name, d in self.online.items()
             },
             "features": [v.__dict__ for v in self.views()],
+            "explained": self.explanation(),
         }
 
-    def report(self, p_val: float = 0.05) -> dict[str, Any]:
-        """Batch KS (numeric) / chi-square (categorical) tests of the recent window, FDR-corrected."""
+    def batch_test(self, rows: list[dict[str, Any]], p_val: float = 0.05) -> dict[str, Any]:
+        """Batch KS (numeric) / chi-square (categorical) tests of ``rows`` against the
+        reference (alibi-detect's ``TabularDrift``), FDR-corrected, per feature."""
         from alibi_detect.cd import TabularDrift
 
-        if len(self.recent) < 20:
-            raise ValueError(
-                f"{self.model}/{self.version} has {len(self.recent)} recent instances; need >= 20"
-            )
         spec = self.reference.spec
         names = spec.names
 
@@ -301,10 +302,13 @@ class VersionMonitor:
                 )
             return np.stack(cols, axis=1).astype(np.float32)
 
-        cat_idx = {len(spec.numeric) + i: None for i in range(len(spec.categorical))}
-        x_ref = encode(self.reference.frame)
-        x = encode(pd.DataFrame.from_records(list(self.recent), columns=names))
-        det = TabularDrift(x_ref, p_val=p_val, categories_per_feature=cat_idx, correction="fdr")
+        if self._tabular is None or self._tabular[0] != p_val:
+            cat_idx = {len(spec.numeric) + i: None for i in range(len(spec.categorical))}
+            x_ref = encode(self.reference.frame)
+            det = TabularDrift(x_ref, p_val=p_val, categories_per_feature=cat_idx, correction="fdr")
+            self._tabular = (p_val, det)
+        det = self._tabular[1]
+        x = encode(pd.DataFrame.from_records(rows, columns=names))
         out = det.predict(x, drift_type="batch", return_p_val=True, return_distance=True)["data"]
         p = np.asarray(out["p_val"], dtype=np.float64)
         order = np.argsort(p)
@@ -315,7 +319,7 @@ class VersionMonitor:
             "model": self.model,
             "version": self.version,
             "window": len(x),
-            "reference_rows": len(x_ref),
+            "reference_rows": len(self.reference.frame),
             "fdr": p_val,
             "drift": bool(out["is_drift"]),
             "features": [
@@ -332,3 +336,23 @@ class VersionMonitor:
                 )
             ],  # fmt: skip
         }
+
+    def report(self, p_val: float = 0.05) -> dict[str, Any]:
+        """The batch tests on the last ``report_window`` instances (``GET /v1/report``)."""
+        if len(self.recent) < 20:
+            raise ValueError(
+                f"{self.model}/{self.version} has {len(self.recent)} recent instances; need >= 20"
+            )
+        return self.batch_test(list(self.recent))
+
+    def explanation(self, now: float | None = None) -> dict[str, Any] | None:
+        """Which inputs moved: the batch tests on the latest ``explain_rows`` instances,
+        recomputed at most every ``explain_every_seconds`` (``None`` before enough rows)."""
+        s = self.settings
+        now = time.monotonic() if now is None else now
+        if len(self.recent) < min(s.explain_rows, 50):
+            return None
+        if self._explained is None or now - self._explained[0] >= s.explain_every_seconds:
+            rows = list(self.recent)[-s.explain_rows :]
+            self._explained = (now, self.batch_test(rows))
+        return self._explained[1]

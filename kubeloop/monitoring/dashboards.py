@@ -18,7 +18,11 @@ M = 'model="$model"'
 
 
 def _panel(pid: int, title: str, exprs: list[tuple[str, str]], *, unit: str = "short", x: int = 0, y: int = 0,
-           w: int = 12, h: int = 8, kind: str = "timeseries", description: str = "") -> dict:  # fmt: skip
+           w: int = 12, h: int = 8, kind: str = "timeseries", description: str = "",
+           log: bool = False) -> dict:  # fmt: skip
+    defaults: dict = {"unit": unit}
+    if log:  # a logarithmic y axis (p-values)
+        defaults["custom"] = {"scaleDistribution": {"type": "log", "log": 10}}
     return {
         "id": pid,
         "type": kind,
@@ -26,7 +30,7 @@ def _panel(pid: int, title: str, exprs: list[tuple[str, str]], *, unit: str = "s
         "description": description,
         "datasource": {"type": "prometheus", "uid": "${datasource}"},
         "gridPos": {"x": x, "y": y, "w": w, "h": h},
-        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
         "options": {"legend": {"displayMode": "table", "placement": "bottom"}},
         "targets": [
             {
@@ -120,6 +124,11 @@ def drift() -> dict:
         ("Per-feature statistic / threshold",
          [(f'kubeloop_drift_statistic{{{M},feature!="_all"}} / kubeloop_drift_threshold{{{M},feature!="_all"}}',
            "{{version}} {{detector}} {{feature}}")], {"w": 24, "description": "above 1 means beyond the ERT threshold"}),
+        ("Which inputs moved: per-feature batch-test p-value (latest instances vs reference)",
+         [(f"kubeloop_feature_drift_p_value{{{M}}}", "{{version}} {{feature}}")],
+         {"w": 24, "description": "KS (numbers) or chi-square (categories) of the latest "
+          "explain_rows instances; below 0.01 the operator names the input in its drift evidence",
+          "log": True}),
         ("Instances seen by the detectors",
          [(f"sum by (version) (rate(kubeloop_drift_samples_total{{{M}}}[{RATE}]))", "{{version}}")], {"unit": "reqps"}),
         ("Time since detectors were reset",

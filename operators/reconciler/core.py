@@ -647,10 +647,21 @@ def label_shift_message(version: str, detail: dict[str, Any]) -> str:
         return "?" if value is None else f"{100 * value:.1f} %"
 
     return (
-        f"label shift on {version}: positive predictions {pct('predicted')} "
+        f"the share of positive predictions moved on {version} (label shift, or drift the "
+        f"other detectors have not seen yet): positive predictions {pct('predicted')} "
         f"(reference {pct('reference_predicted')}), positive class prior estimated "
         f"{pct('estimated')} (reference {pct('reference')})"
     )
+
+
+def moved_message(detail: dict[str, Any]) -> str:
+    """The inputs that moved most (the drift service's batch tests), in words; empty when
+    none did."""
+    moved = detail.get("moved") or []
+    if not moved:
+        return ""
+    named = ", ".join(f"{m['feature']} (p {m['p_value']:.2g})" for m in moved)
+    return f"; inputs that moved most: {named}"
 
 
 def _drift(p: _Pass) -> None:
@@ -682,9 +693,12 @@ def _drift(p: _Pass) -> None:
         p.decide(
             Decision.DRIFT,
             "LabelShiftDetected" if alone else "DriftDetected",
-            label_shift_message(p.s.stable_version, detail)
-            if alone
-            else f"drift on {p.s.stable_version}",
+            (
+                label_shift_message(p.s.stable_version, detail)
+                if alone
+                else f"drift on {p.s.stable_version}"
+            )
+            + moved_message(detail),  # fmt: skip
             p.s.stable_version,
             detail,
         )

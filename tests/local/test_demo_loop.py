@@ -92,7 +92,7 @@ def test_covariate_drift_retrains_promotes_and_rolls_back_the_worse_candidate(
     report = tmp_path / "report"
     assert json.loads((report / "summary.json").read_text()) == summary
     page = (report / "index.html").read_text()
-    assert page.count("data:image/png;base64,") == 4 and "rolled back (v3)" in page
+    assert page.count("data:image/png;base64,") == 5 and "rolled back (v3)" in page
 
 
 @pytest.mark.skipif(os.environ.get("KUBELOOP_SKIP_STATIONARY_DEMO") == "1", reason="opted out")

@@ -27,6 +27,11 @@ EXPORTER = textwrap.dedent(
     since.labels("fd", "v1").set_function(lambda: time.time() - reset_at)
     start_http_server(int(sys.argv[1]), addr="127.0.0.1")
     drift.labels("fd", "v1", "mmd", "_all").set(1)
+    p_value = Gauge("kubeloop_feature_drift_p_value", "p", ["model", "version", "feature"])
+    for feature, p in (("amount", 1e-9), ("hour", 0.4), ("merchant_category", 0.003)):
+        p_value.labels("fd", "v1", feature).set(p)
+    rate = Gauge("kubeloop_positive_rate", "r", ["model", "version", "source"])
+    rate.labels("fd", "v1", "predicted").set(0.09)
     rng = random.Random(0)
     while True:
         for _ in range(20):
@@ -78,6 +83,12 @@ def test_observer_reads_per_version_metrics_and_drift(tmp_path):
         assert v2.score_buckets[0.5] == pytest.approx(0.0)
         detected, detail = observer.drift("fd", "v1")
         assert detected is True and detail["detectors"] == {"mmd": 1.0}
+        # the inputs that moved (p < 0.01), most significant first; hour did not
+        assert detail["moved"] == [
+            {"feature": "amount", "p_value": 1e-9},
+            {"feature": "merchant_category", "p_value": 0.003},
+        ]
+        assert detail["positive_rate"] == {"predicted": 0.09}
         assert observer.drift("fd", "v9") == (None, {})
         # Seconds since the reset as of now: the last scrape's value plus the scrape's age.
         started = time.monotonic()

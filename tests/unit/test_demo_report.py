@@ -9,7 +9,13 @@ import pandas as pd
 import pytest
 
 from kubeloop.demo.config import LoopConfig
-from kubeloop.demo.report import plot_accuracy, split_steps, timeline_events, write_report
+from kubeloop.demo.report import (
+    plot_accuracy,
+    plot_features,
+    split_steps,
+    timeline_events,
+    write_report,
+)
 from kubeloop.demo.retrain import corrupt_labels, recent_window, window_seconds
 from kubeloop.demo.summary import summarize
 
@@ -127,7 +133,7 @@ def test_slow_cycle_misses_the_goal():
 def test_report_writes_summary_and_four_embedded_plots(tmp_path):
     summary = write_report(loop_record(), tmp_path)
     page = (tmp_path / "index.html").read_text()
-    assert len(re.findall(r"src='data:image/png;base64,[A-Za-z0-9+/=]{1000,}'", page)) == 4
+    assert len(re.findall(r"src='data:image/png;base64,[A-Za-z0-9+/=]{1000,}'", page)) == 5
     for text in ("drift detected (v1)", "promoted (v2)", "rolled back (v3)", "Update cycle: 42 s"):
         assert text in page, text
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
@@ -248,3 +254,20 @@ def test_accuracy_plot_draws_the_estimate_beside_the_labels(tmp_path):
     assert "v2 estimated (no labels)" in lines and "v1" in lines  # beside the labelled line
     write_report(record, tmp_path)
     assert json.loads((tmp_path / "summary.json").read_text())["accuracy_estimate_error"]
+
+
+def test_feature_plot_draws_the_inputs_that_moved_furthest():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    record = loop_record()
+    for s in record["samples"]:
+        t = s["time"] - T0
+        moved = 1e-12 if t > 45 else 0.5  # amount moves after the onset
+        s["feature_p_values"] = {"v1": {"amount": moved, "hour": 0.6, "is_foreign": 0.3},
+                                 "v2": {"amount": 0.9}}  # fmt: skip
+    axes = plot_features(record, top=2).axes[0]
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    assert {"amount", "is_foreign"} <= set(lines) and "hour" not in lines  # the top 2
+    assert max(lines["amount"].get_ydata()) == pytest.approx(12.0)
+    assert "p = 0.01" in lines  # the operator's line

@@ -64,6 +64,26 @@ def test_promote_and_rollback_default_to_the_candidate(store):
     assert "candidate v2 @ 25%" in table.output
 
 
+def test_status_explains_the_latest_drift(store):
+    evidence = {
+        "detectors": {"error_rate": 1.0, "predicted_class": 1.0, "mmd": 0.0},
+        "moved": [{"feature": "amount", "p_value": 1e-9}],
+        "positive_rate": {"predicted": 0.186, "reference_predicted": 0.04},
+    }
+    history = [
+        {"time": "2026-01-01T00:00:00Z", "decision": "deploy", "reason": "Initial",
+         "message": "v1", "version": "v1"},
+        {"time": "2026-01-01T00:01:00Z", "decision": "drift", "reason": "DriftDetected",
+         "message": "drift on v1", "version": "v1", "evidence": evidence},
+    ]  # fmt: skip
+    store.save_state("fd", {"status": {"phase": "Stable", "stableVersion": "v1",
+                                       "drift": "Detected", "history": history}})  # fmt: skip
+    out = runner.invoke(app, ["rollout", "status", "fd"], terminal_width=300).output
+    assert "detectors error_rate, predicted_class" in out
+    assert "inputs that moved most: amount (p 1e-09)" in out
+    assert "positive predictions 18.6% (reference 4.0%)" in out
+
+
 def test_clear_errors(store, tmp_path):
     result = runner.invoke(app, ["rollout", "promote", "fd"])
     assert result.exit_code == 1 and "no candidate to promote" in result.output

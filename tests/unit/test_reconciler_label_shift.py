@@ -108,3 +108,15 @@ def test_the_alert_clears_with_the_flag():
 def test_an_unknown_action_is_refused_by_name():
     with pytest.raises(ValueError, match="monitoring.labelShift.action"):
         spec("Recalibrate")
+
+
+def test_the_drift_decision_names_the_inputs_that_moved_most():
+    moved = [{"feature": "amount", "p_value": 1e-9}, {"feature": "is_foreign", "p_value": 0.002}]
+    o = obs(1, error_rate=1.0)
+    o = type(o)(**{**o.__dict__, "drift_detail": {**o.drift_detail, "moved": moved}})
+    _, decisions, _ = run(spec(), [obs(0), o])
+    drift = [d for d in decisions if d.decision == "drift"]
+    assert drift[0].message == (
+        "drift on v1; inputs that moved most: amount (p 1e-09), is_foreign (p 0.002)"
+    )
+    assert drift[0].evidence["moved"] == moved
