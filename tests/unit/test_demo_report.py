@@ -181,7 +181,7 @@ def test_recent_window_and_corrupted_labels():
 def test_fresh_window_waits_for_traffic_labelled_after_the_run_started(tmp_path):
     import time
 
-    from kubeloop.demo.retrain import fresh_window
+    from kubeloop.demo.retrain import fresh_window  # imported first: the window starts at the call
 
     now = time.time()
     path = tmp_path / "labelled.parquet"
