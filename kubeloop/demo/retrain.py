@@ -44,9 +44,12 @@ def recent_window(frame: pd.DataFrame, seconds: float, now: float | None = None)
     return frame[frame["labelled_at"] >= now - seconds].reset_index(drop=True)
 
 
-def fresh_window(path: Path, seconds: float, *, timeout: float, poll: float = 1.0) -> pd.DataFrame:
-    """Waits until ``seconds`` of traffic labelled after now are in ``path``; returns those rows."""
-    start = time.time()
+def fresh_window(
+    path: Path, seconds: float, *, timeout: float, poll: float = 1.0, start: float | None = None
+) -> pd.DataFrame:
+    """Waits until ``seconds`` of traffic labelled after ``start`` (default: now) are in
+    ``path``; returns those rows."""
+    start = time.time() if start is None else start
 
     def fresh() -> tuple[pd.DataFrame] | None:  # a tuple: truthy even for an empty frame
         frame = pd.read_parquet(path) if path.exists() else pd.DataFrame()

@@ -181,16 +181,16 @@ def test_recent_window_and_corrupted_labels():
 def test_fresh_window_waits_for_traffic_labelled_after_the_run_started(tmp_path):
     import time
 
-    from kubeloop.demo.retrain import fresh_window  # imported first: the window starts at the call
+    from kubeloop.demo.retrain import fresh_window
 
     now = time.time()
     path = tmp_path / "labelled.parquet"
     pd.DataFrame({"labelled_at": [now - 30, now + 0.5, now + 1.0, now + 1.5],
                   "is_fraud": [0, 1, 0, 1]}).to_parquet(path)  # fmt: skip
-    rows = fresh_window(path, 1.2, timeout=5, poll=0.1)
+    rows = fresh_window(path, 1.2, timeout=5, poll=0.1, start=now)
     assert list(rows["labelled_at"]) == [now + 0.5, now + 1.0]
     with pytest.raises(TimeoutError, match="fresh labelled traffic"):
-        fresh_window(path, 2, timeout=0.2, poll=0.1)
+        fresh_window(path, 2, timeout=0.2, poll=0.1, start=now)
 
 
 def test_split_steps_label_each_canary_step():
