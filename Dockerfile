@@ -5,14 +5,21 @@
 #   drift            the drift service, in its own environment (alibi-detect needs numpy<2)
 #   operator         the kopf operator, without torch and ray
 # Build from the repository root, e.g.
-#   docker build --target train -t ghcr.io/kubeloop/kubeloop-train:0.1.0 .
-# or `make images` for all of them. Package-index settings come in as build secrets and
-# never land in a layer: --secret id=pipconf,src=<pip.conf> --secret id=cacert,src=<CA bundle>.
+#   podman build --target train -t ghcr.io/kubeloop/kubeloop-train:0.1.0 .
+# or `make images` for all of them. Package-index settings come in at build time only and
+# never land in a layer: --secret id=pipconf,src=<pip.conf> --secret id=cacert,src=<CA
+# bundle>, and a folder of local wheels (e.g. a torch build the index cannot serve) as
+# --build-context local-wheels=<folder>.
 
-# A locally built Debian-based Python 3.11 image can stand in (--build-arg BASE_IMAGE=...).
+# A locally built Debian-based Python 3.11 image can stand in (--build-arg BASE_IMAGE=...;
+# `make base-image` builds one where python:3.11-slim cannot be pulled).
 ARG BASE_IMAGE=python:3.11-slim
 
 # ---------------------------------------------------------------- build stages
+
+# Empty unless the build is given --build-context local-wheels=<folder>; pip looks there
+# first (find-links), through a bind mount, so the wheels never enter a layer.
+FROM scratch AS local-wheels
 
 FROM ${BASE_IMAGE} AS build-base
 # PIP_CONFIG_FILE is read only when the pipconf secret is mounted; PIP_CERT is the image's
@@ -21,6 +28,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_CONFIG_FILE=/run/secrets/pipconf \
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    PIP_FIND_LINKS=/run/wheels \
     PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /src
@@ -35,19 +43,26 @@ COPY components components
 COPY pipelines pipelines
 COPY operators operators
 RUN --mount=type=secret,id=pipconf --mount=type=secret,id=cacert,target=/etc/ssl/certs/ca-certificates.crt \
+    --mount=type=bind,from=local-wheels,target=/run/wheels \
     pip wheel --no-deps -w /wheels .
 
 # torch from its own index: cpu (PyPI's default build pulls gigabytes of CUDA) or a
-# CUDA variant such as cu126 for GPU nodes.
+# CUDA variant such as cu126 for GPU nodes. The local version (+cpu, +cu126) pins the
+# variant whichever source serves it; TORCH_INDEX_URL= (empty) leaves the choice to the
+# pip configuration and the local wheels, e.g. where download.pytorch.org is unreachable.
 FROM build-base AS deps-torch
+ARG TORCH_VERSION=2.13.0
 ARG TORCH_VARIANT=cpu
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
 RUN --mount=type=secret,id=pipconf --mount=type=secret,id=cacert,target=/etc/ssl/certs/ca-certificates.crt \
-    pip install --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" "torch==2.13.0"
+    --mount=type=bind,from=local-wheels,target=/run/wheels \
+    pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==${TORCH_VERSION}+${TORCH_VARIANT}"
 
 # The main environment, shared by the predictor and every pipeline stage.
 FROM deps-torch AS deps
 COPY requirements/runtime.txt requirements/
 RUN --mount=type=secret,id=pipconf --mount=type=secret,id=cacert,target=/etc/ssl/certs/ca-certificates.crt \
+    --mount=type=bind,from=local-wheels,target=/run/wheels \
     pip install -c requirements/constraints.txt -r requirements/runtime.txt
 
 FROM deps AS app
@@ -59,6 +74,7 @@ RUN pip install --no-deps /wheels/*.whl
 FROM deps-torch AS deps-drift
 COPY requirements/drift.txt requirements/
 RUN --mount=type=secret,id=pipconf --mount=type=secret,id=cacert,target=/etc/ssl/certs/ca-certificates.crt \
+    --mount=type=bind,from=local-wheels,target=/run/wheels \
     pip install -r requirements/drift.txt
 
 FROM deps-drift AS app-drift
@@ -69,6 +85,7 @@ RUN pip install --no-deps /wheels/*.whl
 FROM build-base AS deps-operator
 COPY requirements/operator.txt requirements/
 RUN --mount=type=secret,id=pipconf --mount=type=secret,id=cacert,target=/etc/ssl/certs/ca-certificates.crt \
+    --mount=type=bind,from=local-wheels,target=/run/wheels \
     pip install -c requirements/constraints.txt -r requirements/operator.txt
 
 FROM deps-operator AS app-operator
