@@ -34,8 +34,9 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 COPY requirements/constraints.txt requirements/
 
-# kubeloop itself as a wheel, installed --no-deps into each environment below: a source
-# edit rebuilds this stage and the small install layers, never the dependencies.
+# kubeloop itself as a wheel, installed --no-deps next to each environment below (under
+# /opt/kubeloop, laid out as from /): the final images copy the environment, then
+# kubeloop, so a source edit rebuilds a few small layers, never the dependencies.
 FROM build-base AS wheel
 COPY pyproject.toml setup.py README.md ./
 COPY kubeloop kubeloop
@@ -66,8 +67,8 @@ RUN --mount=type=secret,id=pipconf --mount=type=secret,id=cacert,target=/etc/ssl
     pip install -c requirements/constraints.txt -r requirements/runtime.txt
 
 FROM deps AS app
-COPY --from=wheel /wheels /wheels
-RUN pip install --no-deps /wheels/*.whl
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-deps --root /opt/kubeloop /wheels/*.whl
 
 # The drift service's environment: alibi-detect pins numpy<2, Pillow<10 and pydantic<2,
 # which Feast and KServe cannot share. Its MMD detector runs on torch.
@@ -78,8 +79,8 @@ RUN --mount=type=secret,id=pipconf --mount=type=secret,id=cacert,target=/etc/ssl
     pip install -r requirements/drift.txt
 
 FROM deps-drift AS app-drift
-COPY --from=wheel /wheels /wheels
-RUN pip install --no-deps /wheels/*.whl
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-deps --root /opt/kubeloop /wheels/*.whl
 
 # The operator's environment: only what it imports (requirements/operator.txt).
 FROM build-base AS deps-operator
@@ -89,8 +90,8 @@ RUN --mount=type=secret,id=pipconf --mount=type=secret,id=cacert,target=/etc/ssl
     pip install -c requirements/constraints.txt -r requirements/operator.txt
 
 FROM deps-operator AS app-operator
-COPY --from=wheel /wheels /wheels
-RUN pip install --no-deps /wheels/*.whl
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-deps --root /opt/kubeloop /wheels/*.whl
 
 # The Feast definitions for the features stage; the stage copies them per run.
 FROM build-base AS feature-repo
@@ -106,7 +107,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /app
 
 FROM runtime AS pipeline-stage
-COPY --from=app /opt/venv /opt/venv
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=app /opt/kubeloop/ /
 ENV KUBELOOP_HOME=/tmp/kubeloop
 USER 10001
 # KFP replaces the command with the component's own; by hand the image runs the CLI.
@@ -125,7 +127,8 @@ COPY --from=feature-repo --chown=10001:10001 /src/feature_repo /app/feature_repo
 ENV KUBELOOP_FEAST_REPO=/app/feature_repo
 
 FROM runtime AS predictor
-COPY --from=app /opt/venv /opt/venv
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=app /opt/kubeloop/ /
 USER 10001
 # 8080: REST (V1, V2, /metrics); 8081: gRPC (Open Inference Protocol). The
 # InferenceService adds `--model-dir /mnt/models`, filled by KServe's storage initializer.
@@ -133,7 +136,8 @@ EXPOSE 8080 8081
 ENTRYPOINT ["python", "-m", "kubeloop.serving.predictor", "--bind_host", "0.0.0.0"]
 
 FROM runtime AS drift
-COPY --from=app-drift /opt/venv /opt/venv
+COPY --from=deps-drift /opt/venv /opt/venv
+COPY --from=app-drift /opt/kubeloop/ /
 ENV NUMBA_CACHE_DIR=/tmp/numba \
     KUBELOOP_HOME=/var/lib/kubeloop
 # Thresholds are cached under $KUBELOOP_HOME/drift-cache: mount a volume there so a
@@ -145,7 +149,8 @@ EXPOSE 8090
 ENTRYPOINT ["python", "-m", "kubeloop.drift", "--host", "0.0.0.0", "--port", "8090"]
 
 FROM runtime AS operator
-COPY --from=app-operator /opt/venv /opt/venv
+COPY --from=deps-operator /opt/venv /opt/venv
+COPY --from=app-operator /opt/kubeloop/ /
 USER 10001
 # 8080: /healthz on every replica; 8081: /metrics (kubeloop_rollout_*).
 EXPOSE 8080 8081

@@ -88,3 +88,7 @@ images: ## build every image from the one Dockerfile (podman, buildah or docker)
 	  $(IMAGE_ENGINE) build --target $${t%%=*} -t $${t#*=} -f Dockerfile \
 	    --build-arg BASE_IMAGE=$$base $(IMAGE_BUILD_INPUTS) . || exit 1; \
 	done
+
+# The image tests (tests/containers) run the built images: `make test` builds them first;
+# a second run finds every layer cached.
+TEST_DEPS += container-runtime images

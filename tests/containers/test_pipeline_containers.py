@@ -38,9 +38,9 @@ def s3():
             "KUBELOOP_S3__ACCESS_KEY": "kubeloop",
             "KUBELOOP_S3__SECRET_KEY": "kubeloop-secret",
         }
-        Minio(env["KUBELOOP_S3__ENDPOINT"], "kubeloop", "kubeloop-secret", secure=False).make_bucket(
-            BUCKET
-        )
+        Minio(
+            env["KUBELOOP_S3__ENDPOINT"], "kubeloop", "kubeloop-secret", secure=False
+        ).make_bucket(BUCKET)
         yield env
     finally:
         server.stop()

@@ -335,15 +335,25 @@ def test_entrypoints(name: str) -> None:
 
 
 def test_pipeline_stages_and_predictor_share_one_environment() -> None:
-    def venv_source(name: str) -> str:
-        copies = [a for s in DF.chain(name) for a in s.args("COPY") if "/opt/venv" in a]
-        assert len(copies) == 1, (name, copies)
+    def copied_from(name: str, path: str) -> str:
+        copies = [a for s in DF.chain(name) for a in s.args("COPY") if a.split()[-2] == path]
+        assert len(copies) == 1, (name, path, copies)
         return re.search(r"--from=(\S+)", copies[0]).group(1)
 
-    shared = {venv_source(n) for n in (*images.STAGES, "predictor")}
-    assert shared == {"app"}
-    assert venv_source("drift") != "app" and venv_source("operator") != "app"
-    assert "deps" in {s.name for s in DF.closure("app")}
+    # The environment first, kubeloop (installed under /opt/kubeloop as from /) after it:
+    # a source edit leaves the environment's layer alone.
+    venvs = {n: copied_from(n, "/opt/venv") for n in images.IMAGES}
+    kubeloop = {n: copied_from(n, "/opt/kubeloop/") for n in images.IMAGES}
+    assert {venvs[n] for n in (*images.STAGES, "predictor")} == {"deps"}
+    assert {kubeloop[n] for n in (*images.STAGES, "predictor")} == {"app"}
+    assert venvs["drift"] == "deps-drift" and kubeloop["drift"] == "app-drift"
+    assert venvs["operator"] == "deps-operator" and kubeloop["operator"] == "app-operator"
+    for name in images.IMAGES:
+        copies = [a for s in DF.chain(name) for a in s.args("COPY") if "--from=" in a]
+        assert copies.index(next(a for a in copies if "/opt/venv" in a)) < copies.index(
+            next(a for a in copies if "/opt/kubeloop/" in a)
+        ), name
+        assert DF.stages[kubeloop[name]].base == venvs[name]
     # The requirement files are copied before any source, so a source edit keeps them.
     deps_chain = DF.chain("deps")
     assert not any(p in SOURCE_DIRS for s in deps_chain for p in copied_paths(s))
