@@ -75,19 +75,33 @@ if [ -z "$$base" ]; then \
 fi
 endef
 
+# What the images are built from: a newer file here (or other build arguments) rebuilds
+# them; otherwise `make images` only checks that every image is still there.
+IMAGE_SOURCES := Dockerfile .dockerignore pyproject.toml setup.py README.md requirements kubeloop components pipelines operators feature_repo
+IMAGES_STAMP = var/images/built$(IMAGE_TAG_SUFFIX)
+IMAGE_INSPECT = $(if $(filter buildah,$(notdir $(IMAGE_ENGINE))),$(IMAGE_ENGINE) inspect --type image,$(IMAGE_ENGINE) image inspect)
+
 images: ## build every image from the one Dockerfile (podman, buildah or docker); says so when no engine is present
 	@if [ -z "$(IMAGE_ENGINE)" ]; then \
 	  echo "images: no image engine here (no podman, no buildah, no running docker daemon): nothing built."; \
 	  echo "images: install one with \`make container-runtime\` (Debian) and run \`make images\` again."; \
 	  exit 0; \
 	fi; \
+	plan=$$($(PYTHON) -c "from kubeloop.images import build_plan; print(*(t + '=' + ','.join(refs) for t, refs in build_plan('$(IMAGE_TAG_SUFFIX)')))") || exit 1; \
 	$(RESOLVE_BASE); \
-	targets=$$($(PYTHON) -c "from kubeloop.images import IMAGES, image, target; print(*(f'{target(n)}={image(n)}$(IMAGE_TAG_SUFFIX)' for n in IMAGES))") || exit 1; \
-	for t in $$targets; do \
-	  echo "images: $(IMAGE_ENGINE) build --target $${t%%=*} -t $${t#*=} (base $$base)"; \
-	  $(IMAGE_ENGINE) build --target $${t%%=*} -t $${t#*=} -f Dockerfile \
+	inputs="base=$$base $(IMAGE_BUILD_INPUTS)"; \
+	if [ -f $(IMAGES_STAMP) ] && [ "$$(cat $(IMAGES_STAMP))" = "$$inputs" ] \
+	   && [ -z "$$(find $(IMAGE_SOURCES) -newer $(IMAGES_STAMP) -not -path '*/__pycache__/*' -not -path '*/tests/*' -not -path 'feature_repo/data/*' -print -quit)" ] \
+	   && $(IMAGE_INSPECT) $$(echo $$plan | sed 's/[^ ]*=//g; s/,/ /g') >/dev/null 2>&1; then \
+	  echo "images: up to date (nothing newer than $(IMAGES_STAMP))"; exit 0; \
+	fi; \
+	for step in $$plan; do \
+	  refs=$${step#*=}; \
+	  echo "images: $(IMAGE_ENGINE) build --target $${step%%=*} -t $${refs//,/ -t } (base $$base)"; \
+	  $(IMAGE_ENGINE) build --target $${step%%=*} -t $${refs//,/ -t } -f Dockerfile \
 	    --build-arg BASE_IMAGE=$$base $(IMAGE_BUILD_INPUTS) . || exit 1; \
-	done
+	done; \
+	mkdir -p $(dir $(IMAGES_STAMP)) && echo "$$inputs" > $(IMAGES_STAMP)
 
 # The image tests (tests/containers) run the built images: `make test` builds them first;
 # a second run finds every layer cached.

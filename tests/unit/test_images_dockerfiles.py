@@ -621,3 +621,20 @@ def test_make_images_says_when_no_engine_is_present() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "no image engine here" in proc.stdout and "nothing built" in proc.stdout
+
+
+def test_build_plan_builds_each_distinct_image_once() -> None:
+    """The bare stage targets are the pipeline-stage image under their names: one build
+    tagged with each; every other image is its own target."""
+    plan = images.build_plan()
+    refs = [ref for _, group in plan for ref in group]
+    assert sorted(refs) == sorted(images.image(n) for n in images.IMAGES)
+    assert len({t for t, _ in plan}) == len(plan)
+    for name in images.BARE_STAGES:
+        assert DF.stages[name].base == images.PIPELINE_STAGE, name
+        assert not DF.stages[name].instructions, f"{name} adds to the stage image"
+    for name in set(images.IMAGES) - set(images.BARE_STAGES):
+        stage = DF.stages[name]
+        assert stage.instructions or stage.base != images.PIPELINE_STAGE, name
+    cuda = images.build_plan("-cu126")
+    assert all(ref.endswith(":0.1.0-cu126") for _, group in cuda for ref in group)
