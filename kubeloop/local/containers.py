@@ -8,7 +8,8 @@ long as the context lasts. Podman reads the repository's ``containers.conf``
 (``mk/containers.conf``: runc, file limits) when ``$CONTAINERS_CONF`` is unset.
 
 :func:`stage_container_args` are the ``DockerRunner`` arguments that let the stage
-images run the pipeline as the subprocess runner does: the host's network (the S3
+images run the pipeline as the subprocess runner does: the component's command as the
+whole command line (the images' entrypoints are for running them by hand), the host's network (the S3
 endpoint and Ray on loopback), the caller's uid so outputs in the run folder are theirs,
 local paths the run reads or writes bound at the same place, and kubeloop's settings as
 ``KUBELOOP_*`` variables.
@@ -186,6 +187,9 @@ def stage_container_args(api: ContainerApi, settings, bind_paths: list[Path]) ->
     env["HOME"] = "/tmp"  # the caller's uid has no home in the image
     binds = sorted({str(Path(p).resolve()) for p in bind_paths})
     args: dict[str, Any] = {
+        # On a cluster the component's command replaces the image's ENTRYPOINT (a pod's
+        # command); kfp.local sends it as the CMD instead, so the entrypoint is cleared.
+        "entrypoint": [""],
         "network_mode": "host",
         "environment": env,
         "mounts": [Mount(target=p, source=p, type="bind") for p in binds],

@@ -55,6 +55,7 @@ def test_stage_container_args_bind_paths_in_place(tmp_path) -> None:
     api = ContainerApi("unix:///run/x.sock", "podman", rootless=False)
     args = stage_container_args(api, _settings(home=tmp_path), [registry, registry / "."])
     assert args["network_mode"] == "host"
+    assert args["entrypoint"] == [""]  # the component's command is the whole command line
     assert args["user"] == f"{os.getuid()}:{os.getgid()}"
     assert [(m["Source"], m["Target"], m["Type"]) for m in args["mounts"]] == [
         (str(registry), str(registry), "bind")
