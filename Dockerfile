@@ -67,8 +67,8 @@ RUN --mount=type=secret,id=pipconf --mount=type=secret,id=cacert,target=/etc/ssl
     pip install -c requirements/constraints.txt -r requirements/runtime.txt
 
 FROM deps AS app
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-deps --root /opt/kubeloop /wheels/*.whl
+COPY --from=wheel /wheels /wheels
+RUN pip install --no-deps --root /opt/kubeloop /wheels/*.whl
 
 # The drift service's environment: alibi-detect pins numpy<2, Pillow<10 and pydantic<2,
 # which Feast and KServe cannot share. Its MMD detector runs on torch.
@@ -79,8 +79,8 @@ RUN --mount=type=secret,id=pipconf --mount=type=secret,id=cacert,target=/etc/ssl
     pip install -r requirements/drift.txt
 
 FROM deps-drift AS app-drift
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-deps --root /opt/kubeloop /wheels/*.whl
+COPY --from=wheel /wheels /wheels
+RUN pip install --no-deps --root /opt/kubeloop /wheels/*.whl
 
 # The operator's environment: only what it imports (requirements/operator.txt).
 FROM build-base AS deps-operator
@@ -90,8 +90,8 @@ RUN --mount=type=secret,id=pipconf --mount=type=secret,id=cacert,target=/etc/ssl
     pip install -c requirements/constraints.txt -r requirements/operator.txt
 
 FROM deps-operator AS app-operator
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-deps --root /opt/kubeloop /wheels/*.whl
+COPY --from=wheel /wheels /wheels
+RUN pip install --no-deps --root /opt/kubeloop /wheels/*.whl
 
 # The Feast definitions for the features stage; the stage copies them per run.
 FROM build-base AS feature-repo
