@@ -98,8 +98,10 @@ images: ## build every image from the one Dockerfile (podman, buildah or docker)
 	for step in $$plan; do \
 	  refs=$${step#*=}; \
 	  echo "images: $(IMAGE_ENGINE) build --target $${step%%=*} -t $${refs//,/ -t } (base $$base)"; \
+	  SECONDS=0; \
 	  $(IMAGE_ENGINE) build --target $${step%%=*} -t $${refs//,/ -t } -f Dockerfile \
 	    --build-arg BASE_IMAGE=$$base $(IMAGE_BUILD_INPUTS) . || exit 1; \
+	  echo "images: built $${step%%=*} in $${SECONDS}s"; \
 	done; \
 	mkdir -p $(dir $(IMAGES_STAMP)) && echo "$$inputs" > $(IMAGES_STAMP)
 
