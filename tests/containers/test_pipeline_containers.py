@@ -6,9 +6,7 @@ that the host and the containers both reach."""
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
 
-from kubeloop.cli.main import app
 from kubeloop.images import STAGES, image
 from kubeloop.local.pipelines import run_training_pipeline
 from kubeloop.registry import ModelRegistry
@@ -86,11 +84,3 @@ def test_containerized_run_registers_what_the_subprocess_run_does(home, ray_head
     assert set(ctr.files) == set(sub.files)
     differing = {f for f in sub.files if ctr.files[f]["sha256"] != sub.files[f]["sha256"]}
     assert differing == {"lineage.json"}, differing
-
-
-def test_containers_option_needs_local_and_says_so():
-    result = CliRunner().invoke(
-        app, ["pipeline", "run", "training", "--host", "http://kfp:8888", "--containers"]
-    )
-    assert result.exit_code == 2
-    assert "--containers runs the stages here: use it with --local" in result.output

@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from kubeloop.cli import pipeline
 from kubeloop.local.containers import (
     FORWARDED_FIELDS,
     FORWARDED_SECTIONS,
@@ -76,3 +78,11 @@ def test_an_unreachable_docker_host_is_named(monkeypatch, tmp_path: Path) -> Non
         container_api(tmp_path),
     ):
         pass
+
+
+def test_containers_option_needs_local_and_says_so() -> None:
+    result = CliRunner().invoke(
+        pipeline.app, ["run", "training", "--host", "http://kfp:8888", "--containers"]
+    )
+    assert result.exit_code == 2
+    assert "--containers runs the stages here: use it with --local" in result.output
