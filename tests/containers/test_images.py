@@ -171,7 +171,11 @@ def test_drift_service_answers_health_and_takes_a_payload_event(docker_client, r
 
 
 def test_operator_without_a_cluster_exits_saying_so(docker_client) -> None:
-    container = docker_client.containers.run(image("operator"), detach=True, network_mode="none")
+    # Its namespaces set (the chart always sets them), so the missing cluster is what stops it.
+    container = docker_client.containers.run(
+        image("operator"), detach=True, network_mode="none",
+        environment={"KUBELOOP_OPERATOR_NAMESPACES": '["ml"]'},
+    )  # fmt: skip
     try:
         code = container.wait(timeout=120)["StatusCode"]
         logs = container.logs().decode()

@@ -17,7 +17,9 @@ def _start(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
         for k, v in os.environ.items()
         if not k.startswith(("KUBERNETES_", "KUBECONFIG", "KUBELOOP_", "POD_"))
     }
-    base.update(HOME=str(tmp_path), PYTHONPATH=str(ROOT), **env)  # no ~/.kube/config
+    # no ~/.kube/config; the served namespaces set, as the chart always sets them
+    base.update(HOME=str(tmp_path), PYTHONPATH=str(ROOT), KUBELOOP_OPERATOR_NAMESPACES='["ml"]')
+    base.update(env)
     return subprocess.run(
         [sys.executable, "-m", "kubeloop.operators.cluster"],
         cwd=tmp_path,
@@ -33,6 +35,12 @@ def test_without_a_cluster_it_exits_saying_so(tmp_path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert "kubeloop operator: no Kubernetes cluster to operate on: not in a pod" in proc.stderr
     assert "kubeconfig" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_no_namespaces_is_named_before_anything_starts(tmp_path) -> None:
+    proc = _start(tmp_path, KUBELOOP_OPERATOR_NAMESPACES="")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "KUBELOOP_OPERATOR_NAMESPACES" in proc.stderr, proc.stderr
 
 
 def test_a_broken_kubeconfig_is_named(tmp_path) -> None:
