@@ -29,7 +29,7 @@ $(INSTALL_STAMP): pyproject.toml setup.py requirements/constraints.txt
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
 	@# CPU torch first and pinned: any other spec pulls a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install -q -c requirements/constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -q -c requirements/constraints.txt -e ".[dev,containers]"
 	@touch $@
 
 install: $(INSTALL_STAMP) ## create .venv with kubeloop and its pinned dependencies

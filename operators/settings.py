@@ -85,8 +85,16 @@ class OperatorSettings(BaseSettings):
 
 def load_operator_settings(**overrides) -> OperatorSettings:
     """Validates settings; raises ``ValueError`` naming each bad field."""
+    from pydantic_settings import SettingsError
+
     try:
         return OperatorSettings(**overrides)
+    except SettingsError as exc:  # a value that is not JSON where JSON is expected
+        field = str(exc).split('field "', 1)[-1].split('"', 1)[0]
+        raise ValueError(
+            f"invalid operator settings: KUBELOOP_OPERATOR_{field.upper()} is not valid JSON "
+            f"({exc.__cause__ or exc})"
+        ) from None
     except ValidationError as exc:
         problems = "; ".join(
             f"KUBELOOP_OPERATOR_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"

@@ -97,6 +97,12 @@ def submit_to_cluster(
 def run(
     name: str = typer.Argument("training", help=f"pipeline to run: {', '.join(PIPELINES)}"),
     local: bool = typer.Option(False, "--local", help="run here with kfp.local (subprocesses)"),
+    containers: bool = typer.Option(
+        False,
+        "--containers",
+        help="with --local: each stage in its own container, from the stage images "
+        "(`make images`; Docker, or podman's Docker API)",
+    ),
     host: str = typer.Option(None, "--host", help="KFP API endpoint, e.g. http://ml-pipeline:8888"),
     source_uri: str = typer.Option(None, help="data source (default: the built-in fraud example)"),
     schema_uri: str = typer.Option("", help="schema of the source (default: next to the data)"),
@@ -121,6 +127,8 @@ def run(
         raise typer.BadParameter(f"unknown pipeline {name!r}; choose one of {', '.join(PIPELINES)}")
     if local == bool(host):
         raise typer.BadParameter("choose exactly one of --local or --host URL")
+    if containers and not local:
+        raise typer.BadParameter("--containers runs the stages here: use it with --local")
     from kubeloop.pipelines.training import DEFAULT_SOURCE
 
     arguments = _arguments(
@@ -143,9 +151,16 @@ def run(
         run_id = submit_to_cluster(host, arguments, run_name=run_name, experiment=experiment)
         typer.echo(json.dumps({"run_id": run_id, "host": host, "arguments": arguments}))
         return
+    from kubeloop.local.containers import ContainerEngineError
     from kubeloop.local.pipelines import format_summary, run_training_pipeline
 
-    result = run_training_pipeline(**arguments, verbose=verbose, echo=typer.echo)
+    try:
+        result = run_training_pipeline(
+            **arguments, verbose=verbose, echo=typer.echo, containers=containers
+        )
+    except ContainerEngineError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(format_summary(result))
     if not result.succeeded:
         raise typer.Exit(1)

@@ -51,6 +51,10 @@ def _value(metrics: dict[str, Any], name: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _fmt(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
+
+
 def _threshold_check(name: str, value: float | None, bound: float, minimum: bool) -> Check:
     op = ">=" if minimum else "<="
     if value is None:
@@ -66,11 +70,13 @@ def decide(
     champion: dict[str, Any] | None = None,
     *,
     tolerance: float = 0.01,
-    compare_metric: str = "roc_auc",
+    compare_metric: str = "window_accuracy",
     champion_version: str | None = None,
 ) -> GateDecision:
     """Passes only when every objective holds and the candidate is not worse than the
-    champion (on the same window) by more than ``tolerance`` in ``compare_metric``."""
+    champion (on the same window) by more than ``tolerance`` in ``compare_metric`` (by
+    default ``window_accuracy``: accuracy, each model at the threshold re-chosen on the
+    window, as the canary judges live accuracy). ROC-AUC and ECE of both are shown beside."""
     checks = [
         _threshold_check("roc_auc", _value(candidate, "roc_auc"), objectives.min_roc_auc, True),
         _threshold_check("pr_auc", _value(candidate, "pr_auc"), objectives.min_pr_auc, True),
@@ -89,13 +95,18 @@ def decide(
             lower = compare_metric in LOWER_IS_BETTER
             delta = (theirs - mine) if lower else (mine - theirs)  # > 0: candidate better
             ok = delta >= -tolerance
+            beside = [
+                f"{name} {_fmt(_value(candidate, name))} vs {_fmt(_value(champion, name))}"
+                for name in ("roc_auc", "ece")
+                if name != compare_metric
+            ]
             checks.append(
                 Check(
                     "champion",
                     ok,
                     f"{compare_metric} {mine:.4f} vs {who} {theirs:.4f} on the same window "
                     f"({'better by' if delta >= 0 else 'worse by'} {abs(delta):.4f}; "
-                    f"tolerance {tolerance:g})",
+                    f"tolerance {tolerance:g}); beside: {', '.join(beside)}",
                 )
             )
     return GateDecision(

@@ -1,7 +1,8 @@
 """Classification metrics of a scored evaluation window (pure functions, no I/O).
 
 Threshold-free ranking quality (ROC-AUC, PR-AUC), decisions at the model's own
-threshold (accuracy, precision, recall, F1, confusion matrix), calibration (expected
+threshold (accuracy, precision, recall, F1, confusion matrix) and at the threshold
+re-chosen on the window (``window_accuracy``, the gate's comparison), calibration (expected
 calibration error over equal-width bins and the reliability curve behind it), and the
 same metrics per slice (e.g. per merchant category) so a model that is good on average
 but bad for one segment is visible.
@@ -48,10 +49,16 @@ class Evaluation:
     roc_curve: dict[str, list[float]] = field(default_factory=dict)
     pr_curve: dict[str, list[float]] = field(default_factory=dict)
     slices: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Accuracy at the decision threshold re-chosen on this window (the one that maximizes
+    # accuracy here): what the canary's live-accuracy analysis compares, with the
+    # threshold each model would be given for this window.
+    window_accuracy: float = float("nan")
+    window_threshold: float = float("nan")
 
     def headline(self) -> dict[str, float]:
         """The scalar metrics (what goes to KFP ``Metrics`` and the registry)."""
-        keys = ("roc_auc", "pr_auc", "accuracy", "precision", "recall", "f1", "ece", "brier")
+        keys = ("roc_auc", "pr_auc", "accuracy", "window_accuracy", "precision", "recall", "f1",
+                "ece", "brier")  # fmt: skip
         out: dict[str, float] = {k: float(getattr(self, k)) for k in keys}
         out.update(threshold=self.threshold, eval_rows=self.rows, eval_positives=self.positives)
         return out
@@ -135,6 +142,28 @@ def _decisions(labels: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
     }
 
 
+def best_accuracy(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """``(accuracy, threshold)``: the highest accuracy any threshold reaches on the window
+    (predicting positive at scores >= threshold), and the midpoint threshold that reaches it
+    (above every score: all negative)."""
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=float)
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order]
+    # cutting after position k (k = 0..n): the k highest scores are called positive
+    cut = np.r_[True, s[1:] != s[:-1], True]  # ties stay on one side of the cut
+    correct = (1 - y).sum() + np.r_[0, np.cumsum(2 * y - 1)]
+    allowed = np.flatnonzero(cut)
+    k = int(allowed[np.argmax(correct[allowed])])
+    if k == 0:
+        threshold = float(s[0]) + 1e-9 if len(s) else 1.0
+    elif k == len(s):
+        threshold = float(s[-1])
+    else:
+        threshold = float((s[k - 1] + s[k]) / 2)
+    return float(correct[k] / len(y)), threshold
+
+
 def _downsample(
     xs: np.ndarray, ys: np.ndarray, limit: int = 200
 ) -> tuple[list[float], list[float]]:
@@ -195,6 +224,7 @@ def evaluate_scores(
     _, thr_l = _downsample(fpr, np.minimum(thresholds, 1.0))  # sklearn starts at +inf
     rec_l, prec_l = _downsample(recall[::-1], precision[::-1])
     dec = _decisions(labels, (scores >= threshold).astype(int))
+    window_accuracy, window_threshold = best_accuracy(labels, scores)
     return Evaluation(
         rows=len(labels),
         positives=int(labels.sum()),
@@ -215,4 +245,6 @@ def evaluate_scores(
             name: slice_metrics(labels, scores, threshold, values)
             for name, values in (slices or {}).items()
         },
+        window_accuracy=window_accuracy,
+        window_threshold=window_threshold,
     )

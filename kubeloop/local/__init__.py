@@ -7,7 +7,9 @@ On a cluster, Kubernetes runs kubeloop's workloads; here, these modules do:
   service (its own venv) and the predictor / router processes;
 - ``operator``: the operator's local driver and its actuators (predictor processes, the
   router's split, retraining runs);
-- ``pipelines``: the training pipeline run by ``kfp.local``;
+- ``pipelines``: the training pipeline run by ``kfp.local``, each stage a subprocess or,
+  through ``containers`` (a Docker-compatible API: Docker, or podman's service), a
+  container of its stage image;
 - ``runtime``: ``LocalRuntime``, all of the above as ``kubeloop up`` / ``kubeloop demo`` run it;
 - ``watchdog`` and ``restarts``: the process that restarts a part that died, and its
   back-off and give-up policy;

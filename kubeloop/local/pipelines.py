@@ -8,6 +8,10 @@ kfp.local's output is teed: the full log goes to ``runs/<run>.log`` and, unless
 fails, the exception its process ended with (read from its streamed output) becomes the
 run's ``error``, e.g. ingest's "missing columns ['amount']", validate's failed checks and
 report path.
+
+With ``containers=True`` every stage runs instead in its own container, from the stage
+image the cluster uses (``kfp.local.DockerRunner`` on a Docker-compatible API:
+:mod:`kubeloop.local.containers`); the images must have been built (``make images``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import sys
 import time
@@ -214,6 +219,50 @@ def _summarise(result: TrainingRunResult) -> None:
         result.reports["model"] = model
 
 
+@contextlib.contextmanager
+def _stage_runner(
+    containers: bool, settings: Any, runs: Path, params: dict[str, Any]
+) -> Iterator[Any]:
+    """kfp.local's runner: a subprocess of this environment, or each stage's image."""
+    from kfp import local
+
+    if not containers:
+        yield local.SubprocessRunner(use_venv=False)
+        return
+    from kubeloop.images import STAGES, image
+    from kubeloop.local.containers import (
+        ContainerEngineError,
+        container_api,
+        missing_images,
+        stage_container_args,
+    )
+
+    # Local paths a stage reads or writes besides the run folder (kfp.local binds that).
+    binds = [
+        Path(params[key])
+        for key in ("registry_uri", "source_uri", "schema_uri")
+        if params[key] and "://" not in params[key]
+    ]
+    if "://" not in params["registry_uri"]:
+        Path(params["registry_uri"]).mkdir(parents=True, exist_ok=True)
+    with container_api(settings.home) as api:
+        missing = missing_images(api, [image(stage) for stage in STAGES])
+        if missing:
+            raise ContainerEngineError(
+                f"the {api.engine} engine at {api.url} lacks the stage images "
+                f"{', '.join(missing)}: build them with `make images`"
+            )
+        saved = os.environ.get("DOCKER_HOST")
+        os.environ["DOCKER_HOST"] = api.url  # kfp.local calls docker.from_env()
+        try:
+            yield local.DockerRunner(**stage_container_args(api, settings, binds))
+        finally:
+            if saved is None:
+                os.environ.pop("DOCKER_HOST", None)
+            else:
+                os.environ["DOCKER_HOST"] = saved
+
+
 def run_training_pipeline(
     *,
     source_uri: str = DEFAULT_SOURCE,
@@ -232,8 +281,14 @@ def run_training_pipeline(
     seed: int | None = None,
     verbose: bool = False,
     echo: Callable[[str], None] = print,
+    containers: bool = False,
 ) -> TrainingRunResult:
-    """Runs the pipeline locally; unset training parameters come from settings."""
+    """Runs the pipeline locally; unset training parameters come from settings.
+
+    ``containers`` runs each stage in its stage image instead of a subprocess; raises
+    :class:`~kubeloop.local.containers.ContainerEngineError` when no engine can be
+    reached or a stage image is missing.
+    """
     from kfp import local
 
     from kubeloop.pipelines.training import training_pipeline
@@ -262,14 +317,21 @@ def run_training_pipeline(
         "hidden_units": hidden_units or t.hidden_units,
         "seed": t.seed if seed is None else seed,
     }
+    if containers:  # stage containers do not share this working directory
+        for key in ("source_uri", "schema_uri"):
+            if params[key] and "://" not in params[key]:
+                params[key] = str(Path(params[key]).resolve())
     runs = Path(settings.home).resolve() / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     before = {p.name for p in runs.iterdir()}
     log_path = runs / f".run-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6}.log"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(runs))
     started = time.perf_counter()
     error = None
-    with open(log_path, "w") as log:
+    with (
+        _stage_runner(containers, settings, runs, params) as runner,
+        open(log_path, "w") as log,
+    ):
+        local.init(runner=runner, pipeline_root=str(runs))
         tee = _StageTee(log, sys.stdout, verbose, echo)
         real_stdout, sys.stdout = sys.stdout, tee
         try:

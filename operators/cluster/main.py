@@ -68,20 +68,40 @@ def build_registry(settings: OperatorSettings, deps: ClusterDeps) -> kopf.Operat
     return registry
 
 
+class ClusterUnavailable(RuntimeError):
+    """Neither the pod's service account nor a kubeconfig names a cluster."""
+
+
+def load_cluster_config() -> None:
+    """Configures the Kubernetes client from the pod's service account, else the
+    kubeconfig; raises :class:`ClusterUnavailable` saying which were looked for."""
+    from kubernetes import config
+
+    try:
+        config.load_incluster_config()
+        return
+    except config.ConfigException as exc:
+        in_cluster = str(exc)
+    try:
+        config.load_kube_config()
+    except (config.ConfigException, OSError) as exc:
+        raise ClusterUnavailable(
+            "no Kubernetes cluster to operate on: not in a pod "
+            f"({in_cluster.rstrip('.')}) and no usable kubeconfig "
+            f"(${{KUBECONFIG}} or ~/.kube/config: {exc})"
+        ) from None
+
+
 def build_deps(settings: OperatorSettings) -> ClusterDeps:
     import kfp
     from kubeloop.operators.metrics import RolloutMetrics
     from kubeloop.operators.observe import PrometheusObserver
     from kubeloop.operators.runs import KfpRunSubmitter
-    from kubernetes import client, config
+    from kubernetes import client
 
     from kubeloop.registry import ModelRegistry
     from kubeloop.settings import get_settings
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
     return ClusterDeps(
         settings=settings,
         custom=client.CustomObjectsApi(),
@@ -205,9 +225,14 @@ def main() -> None:
     from kubernetes import client
     from prometheus_client import start_http_server
 
-    settings = load_operator_settings()
-    namespaces = settings.watched_namespaces()  # a clear error before anything starts
-    election = load_election_settings()
+    try:
+        settings = load_operator_settings()
+        namespaces = settings.watched_namespaces()  # a clear error before anything starts
+        load_cluster_config()
+        election = load_election_settings()
+    except (ValueError, ClusterUnavailable) as exc:
+        # A configuration problem, not a crash: say what is missing and exit non-zero.
+        raise SystemExit(f"kubeloop operator: {exc}") from None
     deps = build_deps(settings)
     if settings.metrics_port:
         start_http_server(settings.metrics_port)

@@ -45,7 +45,9 @@ def track_run(p: Any) -> None:
     elif run.state == RunState.SUCCEEDED:
         r.state, r.finished_at = RunState.SUCCEEDED, p.now
         r.registered_version = run.registered_version
-        registered = run.registered_version or "no version (gate failed)"
+        registered = run.registered_version or (
+            f"no version ({run.message})" if run.message else "no version (gate failed)"
+        )
         p.decide(
             Decision.RETRAINED,
             "RunSucceeded",

@@ -8,6 +8,7 @@ import pytest
 
 from kubeloop.evaluation.metrics import (
     EvaluationError,
+    best_accuracy,
     evaluate_scores,
     expected_calibration_error,
 )
@@ -86,3 +87,28 @@ def test_report_embeds_every_plot():
     html = render_html(evaluate_scores(labels, scores, 0.5, {"merchant_category": groups}))
     assert html.count("data:image/png;base64,") == 4  # ROC, PR, reliability, slices
     assert "Slices by merchant_category" in html and "Confusion matrix" in html
+
+
+def _brute_best(labels, scores):
+    best = 0.0
+    for t in [*sorted(set(scores)), max(scores) + 1]:
+        best = max(best, float(((np.asarray(scores) >= t).astype(int) == labels).mean()))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_window_accuracy_is_the_best_any_threshold_reaches(seed):
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(300) < 0.1).astype(int)
+    scores = np.round(np.clip(0.3 * labels + rng.normal(0.3, 0.2, 300), 0, 1), 2)  # with ties
+    acc, threshold = best_accuracy(labels, scores)
+    assert acc == pytest.approx(_brute_best(labels, scores))
+    assert float(((scores >= threshold).astype(int) == labels).mean()) == pytest.approx(acc)
+    ev = evaluate_scores(labels, scores, threshold=0.9)
+    assert ev.window_accuracy == pytest.approx(acc) and ev.window_accuracy >= ev.accuracy
+    assert ev.headline()["window_accuracy"] == pytest.approx(acc)
+
+
+def test_window_accuracy_when_calling_everything_negative_is_best():
+    acc, threshold = best_accuracy(np.array([0, 0, 0, 1]), np.array([0.9, 0.8, 0.7, 0.1]))
+    assert acc == 0.75 and threshold > 0.9

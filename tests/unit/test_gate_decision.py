@@ -32,7 +32,8 @@ GOOD = {"roc_auc": 0.90, "pr_auc": 0.50, "ece": 0.02, "accuracy": 0.97}
     ],
 )
 def test_gate_table(candidate, champion, tolerance, passed, failed_checks):
-    decision = decide(candidate, OBJ, champion, tolerance=tolerance, champion_version="v1")
+    decision = decide(candidate, OBJ, champion, tolerance=tolerance, champion_version="v1",
+                      compare_metric="roc_auc")  # fmt: skip
     assert decision.passed is passed
     assert [c.name for c in decision.checks if not c.passed] == failed_checks
     if passed:
@@ -48,10 +49,25 @@ def test_lower_is_better_metric_compares_the_other_way():
 
 
 def test_reasons_name_the_numbers_and_report_renders():
-    decision = decide({**GOOD, "roc_auc": 0.7}, OBJ, {"roc_auc": 0.93}, champion_version="v4")
+    decision = decide({**GOOD, "roc_auc": 0.7}, OBJ, {"roc_auc": 0.93}, champion_version="v4",
+                      compare_metric="roc_auc")  # fmt: skip
     text = "; ".join(decision.reasons)
     assert "roc_auc 0.7000 misses the objective >= 0.8" in text
     assert "champion v4 0.9300" in text
     assert decision.to_dict()["decision"] == "failed"
     md = render_markdown(decision, "fraud-detector")
     assert "FAILED" in md and "| champion | FAIL |" in md
+
+
+def test_by_default_the_champion_is_judged_as_the_canary_judges_accuracy():
+    """A candidate that ranks better but decides worse on the window fails, and the detail
+    shows ROC-AUC and ECE of both beside the compared accuracy."""
+    candidate = {**GOOD, "roc_auc": 0.95, "window_accuracy": 0.950}
+    champion = {"roc_auc": 0.90, "ece": 0.03, "window_accuracy": 0.975}
+    decision = decide(candidate, OBJ, champion, champion_version="v1")
+    assert not decision.passed
+    (detail,) = decision.reasons
+    assert "window_accuracy 0.9500 vs champion v1 0.9750" in detail
+    assert "roc_auc 0.9500 vs 0.9000" in detail and "ece 0.0200 vs 0.0300" in detail
+    within = decide({**candidate, "window_accuracy": 0.968}, OBJ, champion)
+    assert within.passed  # 0.007 worse: inside the default tolerance 0.01

@@ -117,6 +117,12 @@ def parse_dockerfile(text: str) -> Dockerfile:
     return Dockerfile(args, stages)
 
 
+def is_build_context(stage: Stage) -> bool:
+    """An empty ``FROM scratch`` stage: a named context a build may replace
+    (``--build-context NAME=folder``), mounted, never copied into a layer."""
+    return stage.base == "scratch" and not stage.instructions
+
+
 def copy_sources(stage: Stage) -> list[str]:
     """Stages (or images) a stage copies from or bind-mounts."""
     found = [m for a in stage.args("COPY") for m in re.findall(r"--from=(\S+)", a)]
@@ -163,7 +169,7 @@ def pip_targets(pip_args: list[str]) -> list[str]:
             skip = False
         elif arg in OPTIONS_WITH_VALUE:
             skip = True
-        elif not arg.startswith("-"):
+        elif not arg.startswith(("-", "$")):  # "$..." expands to options, e.g. ${X:+--opt "$X"}
             targets.append(arg)
     return targets
 
@@ -214,7 +220,7 @@ def posture_problems(df: Dockerfile, target: str) -> list[str]:
     chain = df.chain(target)
     # Root stages: FROM ${BASE_IMAGE} with a version-tagged default.
     for stage in df.closure(target):
-        if stage.base in df.stages:
+        if stage.base in df.stages or is_build_context(stage):
             continue
         if stage.base not in ("${BASE_IMAGE}", "$BASE_IMAGE"):
             problems.append(f"stage {stage.name} is FROM {stage.base}, not ${{BASE_IMAGE}}")
@@ -302,8 +308,16 @@ def test_every_image_has_a_target() -> None:
 def test_base_image_is_an_argument() -> None:
     assert DF.args["BASE_IMAGE"] == "python:3.11-slim"
     roots = {s.name for s in DF.stages.values() if s.base not in DF.stages}
-    assert roots == {"build-base", "runtime"}
-    assert all(DF.stages[r].base == "${BASE_IMAGE}" for r in roots)
+    assert roots == {"build-base", "runtime", "local-wheels"}
+    assert all(DF.stages[r].base == "${BASE_IMAGE}" for r in roots - {"local-wheels"})
+    # The local wheel folder: empty unless the build is given one, and only ever mounted.
+    assert is_build_context(DF.stages["local-wheels"])
+    for stage in DF.stages.values():
+        assert not any("local-wheels" in a for a in stage.args("COPY")), stage.name
+        for run in stage.args("RUN"):
+            if "id=pipconf" in run:  # a pip run that reaches an index
+                mounts, _ = run_mounts(run)
+                assert {"type": "bind", "from": "local-wheels", "target": "/run/wheels"} in mounts
 
 
 @pytest.mark.parametrize("name", images.IMAGES)
@@ -321,15 +335,25 @@ def test_entrypoints(name: str) -> None:
 
 
 def test_pipeline_stages_and_predictor_share_one_environment() -> None:
-    def venv_source(name: str) -> str:
-        copies = [a for s in DF.chain(name) for a in s.args("COPY") if "/opt/venv" in a]
-        assert len(copies) == 1, (name, copies)
+    def copied_from(name: str, path: str) -> str:
+        copies = [a for s in DF.chain(name) for a in s.args("COPY") if a.split()[-2] == path]
+        assert len(copies) == 1, (name, path, copies)
         return re.search(r"--from=(\S+)", copies[0]).group(1)
 
-    shared = {venv_source(n) for n in (*images.STAGES, "predictor")}
-    assert shared == {"app"}
-    assert venv_source("drift") != "app" and venv_source("operator") != "app"
-    assert "deps" in {s.name for s in DF.closure("app")}
+    # The environment first, kubeloop (installed under /opt/kubeloop as from /) after it:
+    # a source edit leaves the environment's layer alone.
+    venvs = {n: copied_from(n, "/opt/venv") for n in images.IMAGES}
+    kubeloop = {n: copied_from(n, "/opt/kubeloop/") for n in images.IMAGES}
+    assert {venvs[n] for n in (*images.STAGES, "predictor")} == {"deps"}
+    assert {kubeloop[n] for n in (*images.STAGES, "predictor")} == {"app"}
+    assert venvs["drift"] == "deps-drift" and kubeloop["drift"] == "app-drift"
+    assert venvs["operator"] == "deps-operator" and kubeloop["operator"] == "app-operator"
+    for name in images.IMAGES:
+        copies = [a for s in DF.chain(name) for a in s.args("COPY") if "--from=" in a]
+        assert copies.index(next(a for a in copies if "/opt/venv" in a)) < copies.index(
+            next(a for a in copies if "/opt/kubeloop/" in a)
+        ), name
+        assert DF.stages[kubeloop[name]].base == venvs[name]
     # The requirement files are copied before any source, so a source edit keeps them.
     deps_chain = DF.chain("deps")
     assert not any(p in SOURCE_DIRS for s in deps_chain for p in copied_paths(s))
@@ -356,17 +380,21 @@ def test_per_image_differences_are_kept() -> None:
 
 def test_torch_is_pinned_and_its_variant_a_build_argument() -> None:
     torch = DF.stages["deps-torch"]
-    assert "TORCH_VARIANT=cpu" in torch.args("ARG")
-    (run,) = torch.args("RUN")
-    ((_, pip_args),) = pip_commands(run)
-    assert option_values(pip_args, "--index-url") == [
-        "https://download.pytorch.org/whl/${TORCH_VARIANT}"
-    ]
     makefile = (ROOT / "Makefile").read_text()
     version = re.search(r"^TORCH_VERSION := (\S+)", makefile, re.M).group(1)
-    assert pip_targets(pip_args) == [f"torch=={version}"]
+    assert f"TORCH_VERSION={version}" in torch.args("ARG")
+    assert "TORCH_VARIANT=cpu" in torch.args("ARG")
+    assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}" in torch.args("ARG")
+    (run,) = torch.args("RUN")
+    ((_, pip_args),) = pip_commands(run)
+    # The variant's own index unless TORCH_INDEX_URL is empty (local wheels, a mirror).
+    assert '${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}' in run
+    assert pip_targets(pip_args) == ["torch==${TORCH_VERSION}+${TORCH_VARIANT}"]
     for name in (*images.STAGES, "predictor", "drift"):
         assert "deps-torch" in {s.name for s in DF.closure(name)}, name
+    containers_mk = (ROOT / "mk" / "containers.mk").read_text()
+    for arg in ("TORCH_VERSION", "TORCH_VARIANT", "TORCH_INDEX_URL"):
+        assert f"--build-arg {arg}=$({arg})" in containers_mk, arg
 
 
 def test_operator_never_installs_torch_or_ray() -> None:
@@ -599,28 +627,18 @@ def test_make_images_says_when_no_engine_is_present() -> None:
     assert "no image engine here" in proc.stdout and "nothing built" in proc.stdout
 
 
-def test_make_images_builds_every_target_with_args_and_secrets(tmp_path: Path) -> None:
-    """With an engine, `make images` runs `<engine> build --target T -t REF -f Dockerfile`
-    per image, passing BASE_IMAGE and the secrets (here a stand-in engine that records)."""
-    engine = tmp_path / "podman"
-    log = tmp_path / "calls"
-    engine.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
-    engine.chmod(0o755)
-    pipconf, cacert = tmp_path / "pip.conf", tmp_path / "ca.crt"
-    pipconf.write_text("[global]\n")
-    cacert.write_text("")
-    proc = subprocess.run(
-        ["make", "-s", "images", f"IMAGE_ENGINE={engine}", "BASE_IMAGE=local/python:3.11",
-         f"PIP_CONF={pipconf}", f"CA_BUNDLE={cacert}", f"PYTHON={sys.executable}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    calls = log.read_text().splitlines()
-    assert len(calls) == len(images.IMAGES)
-    for name, call in zip(images.IMAGES, calls, strict=True):
-        argv = call.split()
-        assert argv[:2] == ["build", "--target"] and argv[2] == images.target(name)
-        assert argv[argv.index("-t") + 1] == images.image(name)
-        assert argv[argv.index("-f") + 1] == "Dockerfile" and argv[-1] == "."
-        assert "BASE_IMAGE=local/python:3.11" in argv and "TORCH_VARIANT=cpu" in argv
-        assert f"id=pipconf,src={pipconf}" in argv and f"id=cacert,src={cacert}" in argv
+def test_build_plan_builds_each_distinct_image_once() -> None:
+    """The bare stage targets are the pipeline-stage image under their names: one build
+    tagged with each; every other image is its own target."""
+    plan = images.build_plan()
+    refs = [ref for _, group in plan for ref in group]
+    assert sorted(refs) == sorted(images.image(n) for n in images.IMAGES)
+    assert len({t for t, _ in plan}) == len(plan)
+    for name in images.BARE_STAGES:
+        assert DF.stages[name].base == images.PIPELINE_STAGE, name
+        assert not DF.stages[name].instructions, f"{name} adds to the stage image"
+    for name in set(images.IMAGES) - set(images.BARE_STAGES):
+        stage = DF.stages[name]
+        assert stage.instructions or stage.base != images.PIPELINE_STAGE, name
+    cuda = images.build_plan("-cu126")
+    assert all(ref.endswith(":0.1.0-cu126") for _, group in cuda for ref in group)

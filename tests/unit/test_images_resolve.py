@@ -39,10 +39,23 @@ def constraint_files(target: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(str(ROOT / c) for c in found))
 
 
+TORCH_VERSION = next(
+    a.partition("=")[2]
+    for a in DF.stages["deps-torch"].args("ARG")
+    if a.startswith("TORCH_VERSION=")
+)
+
+
+def on_pypi(requirement: str) -> str:
+    """The torch pin with the Dockerfile's default version and without its variant's
+    local tag (``+cpu``): PyPI serves the same version."""
+    return requirement.replace("${TORCH_VERSION}", TORCH_VERSION).replace("+${TORCH_VARIANT}", "")
+
+
 def requirement_set(target: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(requirements, constraint files) of every pip install building ``target``; the
     torch index is left out (PyPI serves the same version)."""
-    reqs = tuple(dict.fromkeys(installed_requirements(DF, target)))
+    reqs = tuple(dict.fromkeys(on_pypi(r) for r in installed_requirements(DF, target)))
     return reqs, constraint_files(target)
 
 

@@ -360,6 +360,21 @@ def test_failed_run_backs_off_then_gives_up_after_max_attempts():
     assert (stalled.status, stalled.reason) == ("True", "RetrainingExhausted")
 
 
+def test_a_run_the_gate_stopped_says_why_and_waits_for_the_cooldown():
+    sp = spec()
+    status = drifting(sp, drifting(sp, deployed(sp), 10).status, 80).status
+    why = "the gate kept the champion: window_accuracy 0.9400 vs champion v1 0.9700 ..."
+    kept = drifting(sp, status, 100, run=RunObservation("fd-v1-retrain-1", "Succeeded",
+                                                        message=why))  # fmt: skip
+    retrained = [d for d in kept.decisions if d.decision == "retrained"]
+    assert retrained[0].message == f"fd-v1-retrain-1 registered no version ({why})"
+    assert kept.status.phase == "Stable" and kept.status.candidate_version is None
+    # the drift persists: no new run before the cooldown (no retry storm)
+    soon = drifting(sp, kept.status, 200)
+    assert not [a for a in soon.actions if isinstance(a, SubmitRun)]
+    assert soon.status.history[-1].reason == "RetrainingCooldown"
+
+
 def test_lost_run_is_resubmitted_under_the_same_name():
     sp = spec()
     status = drifting(sp, drifting(sp, deployed(sp), 10).status, 80).status

@@ -39,7 +39,10 @@ def call_runner(spec: str, params: dict[str, Any]) -> dict[str, Any]:
     out = fn(**{k: _coerce(v) for k, v in params.items()})
     if hasattr(out, "succeeded"):  # kubeloop.local.pipelines.TrainingRunResult
         state = RunState.SUCCEEDED if out.succeeded else RunState.FAILED
-        return {"state": state, "version": out.version, "message": out.error or ""}
+        message = out.error or ""
+        if out.succeeded and out.gate_passed is False:  # the champion is still better
+            message = "the gate kept the champion: " + "; ".join(out.gate_reasons)
+        return {"state": state, "version": out.version, "message": message}
     if hasattr(out, "version"):  # a published kubeloop.registry.ModelVersion
         return {"state": RunState.SUCCEEDED, "version": out.version, "message": ""}
     raise TypeError(f"runner {spec} returned {type(out).__name__}, not a run result or version")
