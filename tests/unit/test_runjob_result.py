@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from kubeloop.operators.reconciler.types import RunState
+
 from kubeloop.local.operator.runjob import call_runner
 from kubeloop.local.pipelines import TrainingRunResult
-from kubeloop.operators.reconciler.types import RunState
 
 REASON = "window_accuracy 0.9400 vs champion v1 0.9700 on the same window (worse by 0.0300)"
 
