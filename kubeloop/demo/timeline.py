@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 
+from kubeloop.local.prometheus import PrometheusClient, PrometheusError
+
 
 def _series(result: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
     return {
@@ -35,7 +37,7 @@ class Recorder:
         self.model = model
         self.state_dir = Path(state_dir)
         self.router_url = router_url.rstrip("/")
-        self.prometheus_url = prometheus_url.rstrip("/")
+        self._prometheus = PrometheusClient(prometheus_url, timeout=2)
         self.samples: list[dict[str, Any]] = []
         self.marks: list[dict[str, Any]] = []  # events the demo itself knows (onset, offers)
         self.bad_candidate: dict[str, Any] | None = None
@@ -51,6 +53,7 @@ class Recorder:
         if self._thread.is_alive():
             self._thread.join(10)
         self._http.close()
+        self._prometheus.close()
 
     def mark(self, kind: str, message: str, **extra: Any) -> None:
         self.marks.append({"time": time.time(), "kind": kind, "message": message, **extra})
@@ -76,59 +79,49 @@ class Recorder:
             return None
         return response.json() if response.status_code == 200 else None
 
+    def _query(self, promql: str) -> list[dict[str, Any]]:
+        """An instant query's result; empty while Prometheus does not answer."""
+        try:
+            return self._prometheus.query(promql)
+        except (httpx.HTTPError, PrometheusError):
+            return []
+
+    def _by_version(self, metric: str, label: str = "") -> dict[str, Any]:
+        """``metric{model=...}`` per version, or per version and ``label``."""
+        out: dict[str, Any] = {}
+        for r in self._query(f'{metric}{{model="{self.model}"}}'):
+            version, value = r["metric"].get("version", ""), float(r["value"][1])
+            if label:
+                out.setdefault(version, {})[r["metric"].get(label, "")] = value
+            else:
+                out[version] = value
+        return out
+
     def drift(self) -> list[dict[str, Any]]:
         selector = f'{{model="{self.model}",feature="_all"}}'
-        out = []
-        try:
-            values = {}
-            for metric in ("statistic", "threshold", "detected"):
-                response = self._http.get(
-                    f"{self.prometheus_url}/api/v1/query",
-                    params={"query": f"kubeloop_drift_{metric}{selector}"},
-                )
-                values[metric] = _series(response.json()["data"]["result"])
-        except (httpx.HTTPError, ValueError, KeyError):
-            return []
-        for (version, detector), statistic in values["statistic"].items():
-            out.append(
-                {
-                    "version": version,
-                    "detector": detector,
-                    "statistic": statistic,
-                    "threshold": values["threshold"].get((version, detector)),
-                    "detected": bool(values["detected"].get((version, detector), 0)),
-                }
-            )
-        return out
+        values = {
+            metric: _series(self._query(f"kubeloop_drift_{metric}{selector}"))
+            for metric in ("statistic", "threshold", "detected")
+        }
+        return [
+            {
+                "version": version,
+                "detector": detector,
+                "statistic": statistic,
+                "threshold": values["threshold"].get((version, detector)),
+                "detected": bool(values["detected"].get((version, detector), 0)),
+            }
+            for (version, detector), statistic in values["statistic"].items()
+        ]
 
     def feature_p_values(self) -> dict[str, dict[str, float]]:
         """Per version and input feature, the p-value of the drift service's batch test of
         the latest instances against the reference (which inputs moved)."""
-        try:
-            response = self._http.get(
-                f"{self.prometheus_url}/api/v1/query",
-                params={"query": f'kubeloop_feature_drift_p_value{{model="{self.model}"}}'},
-            )
-            result = response.json()["data"]["result"]
-        except (httpx.HTTPError, ValueError, KeyError):
-            return {}
-        out: dict[str, dict[str, float]] = {}
-        for r in result:
-            version, feature = r["metric"].get("version", ""), r["metric"].get("feature", "")
-            out.setdefault(version, {})[feature] = float(r["value"][1])
-        return out
+        return self._by_version("kubeloop_feature_drift_p_value", "feature")
 
     def estimated_accuracy(self) -> dict[str, float]:
         """Per version, the drift service's accuracy estimate from scores alone."""
-        try:
-            response = self._http.get(
-                f"{self.prometheus_url}/api/v1/query",
-                params={"query": f'kubeloop_estimated_accuracy{{model="{self.model}"}}'},
-            )
-            result = response.json()["data"]["result"]
-        except (httpx.HTTPError, ValueError, KeyError):
-            return {}
-        return {version: value for (version, _), value in _series(result).items()}
+        return self._by_version("kubeloop_estimated_accuracy")
 
     def sample(self) -> dict[str, Any]:
         status = self.status()

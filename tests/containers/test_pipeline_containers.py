@@ -11,6 +11,7 @@ from kubeloop.images import STAGES, image
 from kubeloop.local.pipelines import run_training_pipeline
 from kubeloop.registry import ModelRegistry
 from kubeloop.settings import get_settings
+from tests.support.s3 import moto_s3
 
 pytestmark = [
     pytest.mark.containers,
@@ -25,24 +26,8 @@ MODEL = "fraud-detector"
 @pytest.fixture(scope="module")
 def s3():
     """A moto S3 server with the registry bucket, reached through the settings."""
-    from minio import Minio
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        env = {
-            "KUBELOOP_S3__ENDPOINT": f"{host}:{port}",
-            "KUBELOOP_S3__ACCESS_KEY": "kubeloop",
-            "KUBELOOP_S3__SECRET_KEY": "kubeloop-secret",
-        }
-        Minio(
-            env["KUBELOOP_S3__ENDPOINT"], "kubeloop", "kubeloop-secret", secure=False
-        ).make_bucket(BUCKET)
-        yield env
-    finally:
-        server.stop()
+    with moto_s3(BUCKET) as server:
+        yield server.env
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import pytest
 from minio import Minio
 
 from kubeloop.local.ports import free_port
+from kubeloop.local.wait import wait_until
 from kubeloop.registry.bucket import BucketError, ensure_bucket
 from kubeloop.settings import S3Settings
 
@@ -34,14 +35,12 @@ NOT_THEIRS = {
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         assert proc.poll() is None, f"moto server exited: {proc.stderr.read().decode()[-2000:]}"
         with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError("moto server did not start listening")
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(listening, timeout=timeout, what="moto server listening", interval=0.1)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from kubeloop.serving.predictor import FraudPredictor, PredictorConfig, parse_ve
 from kubeloop.settings import get_settings
 from kubeloop.training.quick import publish_quick_version
 from tests.support.fixtures import SAMPLE_TRANSACTION
+from tests.support.s3 import moto_s3
 
 pytestmark = pytest.mark.slow
 MODEL = "fraud-detector"
@@ -38,29 +39,12 @@ ROW = SAMPLE_TRANSACTION
 @pytest.fixture(scope="module")
 def s3_env():
     """A moto S3 server with the registry bucket; the settings that reach it."""
-    from minio import Minio
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        env = {
-            "KUBELOOP_S3__ENDPOINT": f"{host}:{port}",
-            "KUBELOOP_S3__ACCESS_KEY": "kubeloop",
-            "KUBELOOP_S3__SECRET_KEY": "kubeloop-secret",
-        }
-        Minio(
-            env["KUBELOOP_S3__ENDPOINT"], "kubeloop", "kubeloop-secret", secure=False
-        ).make_bucket(BUCKET)
-        with pytest.MonkeyPatch.context() as mp:
-            for key, value in env.items():
-                mp.setenv(key, value)
-            get_settings.cache_clear()
-            yield env
+    with moto_s3(BUCKET) as server, pytest.MonkeyPatch.context() as mp:
+        for key, value in server.env.items():
+            mp.setenv(key, value)
         get_settings.cache_clear()
-    finally:
-        server.stop()
+        yield server.env
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from kubeloop.settings import get_settings
 from kubeloop.training import TrainParams, train_model
 from kubeloop.training.ray_runtime import LOOPBACK_ONLY_ENV, RayTarget, _kill_group, _port_open
 from kubeloop.training.ray_train import RUN_STORAGE_PREFIX
+from tests.support.s3 import moto_s3
 from tests.support.training import split_frames
 
 BUCKET = "kubeloop-registry"
@@ -60,25 +61,11 @@ def ray_client_head(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def s3_registry(monkeypatch) -> Iterator[object]:
-    from minio import Minio
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        client = Minio(f"{host}:{port}", "kubeloop", "kubeloop-secret", secure=False)
-        client.make_bucket(BUCKET)
-        for key, value in {
-            "KUBELOOP_REGISTRY_URI": f"s3://{BUCKET}/{PREFIX}",
-            "KUBELOOP_S3__ENDPOINT": f"{host}:{port}",
-            "KUBELOOP_S3__ACCESS_KEY": "kubeloop",
-            "KUBELOOP_S3__SECRET_KEY": "kubeloop-secret",
-        }.items():
+    with moto_s3(BUCKET) as server:
+        monkeypatch.setenv("KUBELOOP_REGISTRY_URI", f"s3://{BUCKET}/{PREFIX}")
+        for key, value in server.env.items():
             monkeypatch.setenv(key, value)
-        yield client
-    finally:
-        server.stop()
+        yield server.client
 
 
 def test_training_through_ray_client_keeps_checkpoints_in_the_registry_bucket(

@@ -13,6 +13,7 @@ from kubeloop.components.ingest.impl import run_ingest
 from kubeloop.data.fraud import generate
 from kubeloop.data.sources import SourceError, read_source
 from kubeloop.settings import get_settings
+from tests.support.s3 import moto_s3
 
 pytestmark = pytest.mark.slow
 EXAMPLE = "example://fraud/stationary?days=2&accounts=80&seed=12"
@@ -30,16 +31,8 @@ SENSOR_SCHEMA = {
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    from minio import Minio
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"{host}:{port}"
-        client = Minio(endpoint, access_key="kubeloop", secret_key="kubeloop-secret", secure=False)
-        client.make_bucket("datasets")
+    with moto_s3("datasets") as server:
+        client = server.client
         folder = generate("stationary", days=2, n_accounts=80, seed=12).write(
             tmp_path_factory.mktemp("src")
         )
@@ -62,18 +55,15 @@ def s3(tmp_path_factory):
         schema = yaml.safe_dump(SENSOR_SCHEMA).encode()
         client.put_object("datasets", "sensors/readings.csv", io.BytesIO(csv), len(csv))
         client.put_object("datasets", "schemas/sensors.yaml", io.BytesIO(schema), len(schema))
-        yield endpoint
-    finally:
-        server.stop()
+        yield server
 
 
 @pytest.fixture
 def s3_settings(s3, monkeypatch):
-    monkeypatch.setenv("KUBELOOP_S3__ENDPOINT", s3)
-    monkeypatch.setenv("KUBELOOP_S3__ACCESS_KEY", "kubeloop")
-    monkeypatch.setenv("KUBELOOP_S3__SECRET_KEY", "kubeloop-secret")
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
     get_settings.cache_clear()
-    yield s3
+    yield s3.endpoint
     get_settings.cache_clear()
 
 
