@@ -55,17 +55,25 @@ def nothing_left_running(home: Path) -> None:
             assert str(home) not in cmdline, f"still running: {cmdline}"
 
 
+def run_scenario(tmp_path: Path, drift_cache: Path, config: LoopConfig, max_seconds: float):
+    """Runs the demo; returns its summary, its record, the first drift decision (or None)
+    and its console log, after checking that nothing it started is left running."""
+    lines: list[str] = []
+    summary = run_demo(
+        config, home=tmp_path / "demo", report_dir=tmp_path / "report", echo=lines.append,
+        max_seconds=max_seconds, drift_cache=drift_cache,
+    )  # fmt: skip
+    nothing_left_running(tmp_path / "demo")
+    record = json.loads((tmp_path / "report" / "record.json").read_text())
+    drift = next((d for d in record["decisions"] if d["decision"] == "drift"), None)
+    return summary, record, drift, "\n".join(lines)
+
+
 def test_covariate_drift_retrains_promotes_and_rolls_back_the_worse_candidate(
     tmp_path, drift_cache
 ):
     config = LoopConfig(scenario="covariate", duration_seconds=300.0, **SHORT)
-    lines: list[str] = []
-    summary = run_demo(
-        config, home=tmp_path / "demo", report_dir=tmp_path / "report", echo=lines.append,
-        max_seconds=350, drift_cache=drift_cache,
-    )  # fmt: skip
-    nothing_left_running(tmp_path / "demo")
-    log = "\n".join(lines)
+    summary, _, _, log = run_scenario(tmp_path, drift_cache, config, max_seconds=350)
     # The scenario starts with the first row sent after 15 s of traffic: never before it,
     # a little after when the replayer runs behind on a loaded machine.
     assert 14.9 <= summary["drift_onset_seconds"] <= 20.0, log
@@ -99,9 +107,8 @@ def test_covariate_drift_retrains_promotes_and_rolls_back_the_worse_candidate(
 def test_stationary_traffic_retrains_nothing(tmp_path, drift_cache):
     config = LoopConfig(scenario="stationary", duration_seconds=120.0, settle_seconds=35.0,
                         **{**SHORT, "onset_seconds": 10.0})  # fmt: skip
-    summary = run_demo(config, home=tmp_path / "demo", report_dir=tmp_path / "report",
-                       echo=lambda _: None, max_seconds=150, drift_cache=drift_cache)  # fmt: skip
-    nothing_left_running(tmp_path / "demo")
+    summary, _, drift, log = run_scenario(tmp_path, drift_cache, config, max_seconds=150)
+    assert drift is None, log
     assert summary["traffic"]["predictions"] > 1500
     assert summary["retraining_runs"] == 0 and summary["rollbacks"] == 0
     assert summary["update_cycle_seconds"] is None and summary["bad_candidate"] is None
@@ -112,18 +119,10 @@ def test_concept_drift_is_caught_and_retrained_away(tmp_path, drift_cache):
     """P(y|x) changes and P(x) hardly: the delayed labels show it (the error rate), and so
     does the share of positive predictions (the new fraud looks benign to v1: 4 % → 1.4 %)."""
     config = LoopConfig(scenario="concept", duration_seconds=280.0, bad_candidate=False, **SHORT)
-    lines: list[str] = []
-    summary = run_demo(
-        config, home=tmp_path / "demo", report_dir=tmp_path / "report", echo=lines.append,
-        max_seconds=340, drift_cache=drift_cache,
-    )  # fmt: skip
-    nothing_left_running(tmp_path / "demo")
-    log = "\n".join(lines)
-    record = json.loads((tmp_path / "report" / "record.json").read_text())
-    drift = [d for d in record["decisions"] if d["decision"] == "drift"]
+    summary, record, drift, log = run_scenario(tmp_path, drift_cache, config, max_seconds=340)
     assert drift, log
-    flagged = {k for k, v in drift[0]["evidence"]["detectors"].items() if v >= 1}
-    assert flagged and flagged <= {"error_rate", "predicted_class"}, drift[0]
+    flagged = {k for k, v in drift["evidence"]["detectors"].items() if v >= 1}
+    assert flagged and flagged <= {"error_rate", "predicted_class"}, drift
     assert 0 < summary["detection_delay_seconds"] < 60, log
     assert summary["retrained_version"] == "v2" and summary["update_cycle_seconds"], log
     # learned from traffic after the drift was confirmed
@@ -138,18 +137,10 @@ def test_label_shift_is_caught_by_the_predicted_class_and_retrained(tmp_path, dr
     2.6 %), the share of positive predictions does; the estimated prior is the evidence."""
     config = LoopConfig(scenario="label_shift", duration_seconds=280.0, bad_candidate=False,
                         **SHORT)  # fmt: skip
-    lines: list[str] = []
-    summary = run_demo(
-        config, home=tmp_path / "demo", report_dir=tmp_path / "report", echo=lines.append,
-        max_seconds=340, drift_cache=drift_cache,
-    )  # fmt: skip
-    nothing_left_running(tmp_path / "demo")
-    log = "\n".join(lines)
-    record = json.loads((tmp_path / "report" / "record.json").read_text())
-    drift = [d for d in record["decisions"] if d["decision"] == "drift"]
+    summary, _, drift, log = run_scenario(tmp_path, drift_cache, config, max_seconds=340)
     assert drift, log
-    evidence = drift[0]["evidence"]
-    assert evidence["detectors"]["predicted_class"] >= 1, drift[0]
+    evidence = drift["evidence"]
+    assert evidence["detectors"]["predicted_class"] >= 1, drift
     rates = evidence["positive_rate"]
     assert rates["predicted"] > rates["reference_predicted"], rates
     assert rates["estimated"] > 1.5 * rates["reference"], rates  # the prior rose

@@ -264,54 +264,18 @@ SPEC = {
 
 @pytest.mark.slow
 def test_cluster_pass_sends_exact_creates_patches_runs_and_events(api, prometheus, tmp_path):
-    import kfp
-    from kubernetes import client as k8s
-
-    registry = ModelRegistry(str(tmp_path / "registry"))
-    publish(registry, tmp_path / "v1", "seed")
-    conf = k8s.Configuration(host=api["url"])
-    api_client = k8s.ApiClient(conf)
-    t0 = datetime(2026, 3, 1, tzinfo=UTC)
-    clock = {"now": t0}
     prom_registry = CollectorRegistry()
-    deps = ClusterDeps(
-        settings=load_operator_settings(
-            drift_service_url=api["url"],
-            # The release's placement (the chart's servingRuntime values), under the spec's.
-            predictor_placement={
-                "nodeSelector": {"nvidia.com/gpu.present": "true"},
-                "tolerations": [{"key": "dedicated", "value": "ml"}],
-            },
-        ),
-        custom=k8s.CustomObjectsApi(api_client),
-        core=k8s.CoreV1Api(api_client),
-        observer=prometheus,
-        submitter=KfpRunSubmitter(kfp.Client(host=api["url"])),
-        registry_for=lambda uri: registry,
-        metrics=RolloutMetrics(prom_registry),
-        now=lambda: clock["now"],
-        storage_service_account="team-a-kubeloop-s3",
-        # Asked every pass here (the operator caches the watched set for a few seconds).
-        drift=DriftServiceClient(api["url"], status_ttl_seconds=0),
-    )
-    status: dict = {}
+    registry, status, run_pass = _cluster_pass_runner(
+        api, tmp_path, observer=prometheus, metrics=prom_registry,
+        # The release's placement (the chart's servingRuntime values), under the spec's.
+        predictor_placement={
+            "nodeSelector": {"nvidia.com/gpu.present": "true"},
+            "tolerations": [{"key": "dedicated", "value": "ml"}],
+        },
+    )  # fmt: skip
 
     def one_pass(at: float, annotations=None):
-        clock["now"] = t0 + timedelta(seconds=at)
-        api["requests"].clear()
-        new = reconcile_resource(
-            name="fraud-detector",
-            namespace="ml",
-            uid="uid-1",
-            generation=1,
-            spec=SPEC,
-            status=status,
-            annotations=annotations,
-            deps=deps,
-        )
-        status.clear()
-        status.update(new)
-        return [(m, p, b) for m, p, b in api["requests"] if m != "GET"]
+        return run_pass(annotations, at=at)
 
     # 1. First deployment: the InferenceService is created, the drift service told, an Event posted.
     sent = one_pass(0)
@@ -479,9 +443,14 @@ def test_invalid_spec_reports_stalled_without_touching_the_cluster(api, tmp_path
     assert api["requests"] == []
 
 
-def _cluster_pass_runner(api, tmp_path, annotations=None):
+def _cluster_pass_runner(
+    api, tmp_path, annotations=None, *, observer=None, metrics=None, **settings
+):
     """One ModelDeployment ``fraud-detector`` in namespace ``ml`` against the recording
-    server, a local registry with v1, and Prometheus down (these passes need no metrics)."""
+    server and a local registry with v1. Prometheus is down unless an ``observer`` is given;
+    ``settings`` are operator settings. Returns the registry, the resource's status and
+    ``one_pass(commands=None, at=None)``, which reconciles once (``at`` seconds after the
+    start) and returns the writes the pass sent."""
     import kfp
     from kubernetes import client as k8s
 
@@ -489,21 +458,25 @@ def _cluster_pass_runner(api, tmp_path, annotations=None):
     publish(registry, tmp_path / "v1", "seed")
     api_client = k8s.ApiClient(k8s.Configuration(host=api["url"]))
     t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    clock = {"now": t0}
     deps = ClusterDeps(
-        settings=load_operator_settings(drift_service_url=api["url"]),
+        settings=load_operator_settings(drift_service_url=api["url"], **settings),
         custom=k8s.CustomObjectsApi(api_client),
         core=k8s.CoreV1Api(api_client),
-        observer=PrometheusObserver(f"http://127.0.0.1:{free_port()}", timeout=0.5),
+        observer=observer or PrometheusObserver(f"http://127.0.0.1:{free_port()}", timeout=0.5),
         submitter=KfpRunSubmitter(kfp.Client(host=api["url"])),
         registry_for=lambda uri: registry,
-        metrics=RolloutMetrics(CollectorRegistry()),
-        now=lambda: t0,
+        metrics=RolloutMetrics(metrics or CollectorRegistry()),
+        now=lambda: clock["now"],
         storage_service_account="team-a-kubeloop-s3",
+        # Asked every pass here (the operator caches the watched set for a few seconds).
         drift=DriftServiceClient(api["url"], status_ttl_seconds=0),
     )
     status: dict = {}
 
-    def one_pass(commands=None):
+    def one_pass(commands=None, at=None):
+        if at is not None:
+            clock["now"] = t0 + timedelta(seconds=at)
         api["requests"].clear()
         new = reconcile_resource(
             name="fraud-detector",
