@@ -21,8 +21,6 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,49 +99,42 @@ def container_api(home: Path) -> Iterator[ContainerApi]:
 
 @contextlib.contextmanager
 def podman_service(podman: str, folder: Path) -> Iterator[ContainerApi]:
-    """``podman system service`` on ``folder/podman.sock`` until the context ends."""
+    """``podman system service`` on ``folder/podman.sock`` until the context ends (a
+    supervised process: its whole group is stopped)."""
+    from kubeloop.local.supervisor import Supervisor
+    from kubeloop.local.wait import wait_until
+
     folder.mkdir(parents=True, exist_ok=True)
     socket = folder / "podman.sock"
     socket.unlink(missing_ok=True)
     url = f"unix://{socket}"
-    env = dict(os.environ)
-    if "CONTAINERS_CONF" not in env and CONTAINERS_CONF.exists():
+    env = {}
+    if "CONTAINERS_CONF" not in os.environ and CONTAINERS_CONF.exists():
         env["CONTAINERS_CONF"] = str(CONTAINERS_CONF)
-    log = open(folder / "service.log", "ab")  # noqa: SIM115 (closed below)
-    process = subprocess.Popen(
-        [podman, "system", "service", "--time=0", url],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + SERVICE_START_SECONDS
-        info = None
-        while info is None:
-            if process.poll() is not None:
-                tail = (folder / "service.log").read_text(errors="replace")[-2000:]
+    with Supervisor(folder) as supervisor:
+        service = supervisor.start(
+            "podman-service", [podman, "system", "service", "--time=0", url], python=False,
+            env=env,
+        )  # fmt: skip
+
+        def answers() -> dict[str, Any] | None:
+            if not service.running():
                 raise ContainerEngineError(
-                    f"podman system service exited with {process.returncode}:\n{tail}"
+                    f"podman system service exited with {service.exit_status()}:\n"
+                    f"{service.log_tail()}"
                 )
-            if time.monotonic() > deadline:
-                raise ContainerEngineError(
-                    f"podman system service did not answer on {url} "
-                    f"within {SERVICE_START_SECONDS:g}s"
-                )
-            info = _answers(url) if socket.exists() else None
-            if info is None:
-                time.sleep(0.2)
-        yield _api(url, "podman", info)
-    finally:
-        process.terminate()
+            return _answers(url) if socket.exists() else None
+
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-        socket.unlink(missing_ok=True)
+            info = wait_until(
+                answers, timeout=SERVICE_START_SECONDS, what=f"podman system service on {url}"
+            )
+        except TimeoutError as exc:
+            raise ContainerEngineError(str(exc)) from None
+        try:
+            yield _api(url, "podman", info)
+        finally:
+            socket.unlink(missing_ok=True)
 
 
 def missing_images(api: ContainerApi, references: list[str]) -> list[str]:

@@ -98,8 +98,11 @@ def read_head(home: Path | None = None) -> LocalHead | None:
     return None
 
 
-def start_local_head(home: Path | None = None, num_cpus: int = 2) -> LocalHead:
-    """Returns the running local head, starting one (``ray start --head --block``) if needed."""
+def start_local_head(
+    home: Path | None = None, num_cpus: int = 2, ray_client_port: int | None = None
+) -> LocalHead:
+    """Returns the running local head, starting one (``ray start --head --block``) if needed;
+    with ``ray_client_port`` it also serves Ray Client there (as a KubeRay head serves 10001)."""
     head = read_head(home)
     if head is not None and head.loopback_only:
         return head
@@ -123,6 +126,8 @@ def start_local_head(home: Path | None = None, num_cpus: int = 2) -> LocalHead:
         "--include-dashboard=false",
         f"--temp-dir={temp_dir}",
     ]
+    if ray_client_port is not None:
+        cmd.append(f"--ray-client-server-port={ray_client_port}")
     log = open(folder / "head.log", "ab")  # noqa: SIM115 - handed to the child process
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **LOOPBACK_ONLY_ENV}
     proc = subprocess.Popen(
@@ -136,7 +141,9 @@ def start_local_head(home: Path | None = None, num_cpus: int = 2) -> LocalHead:
             raise RayRuntimeError(
                 f"ray start exited with {proc.returncode}; see {folder / 'head.log'}"
             )
-        return _port_open(address)
+        return _port_open(address) and (
+            ray_client_port is None or _port_open(f"127.0.0.1:{ray_client_port}")
+        )
 
     try:
         wait_until(head_up, timeout=START_TIMEOUT_S, interval=0.5, what=f"Ray head on {address}")

@@ -4,9 +4,6 @@ registry's S3 bucket (moto's S3 server)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,10 +11,9 @@ import pytest
 
 from kubeloop.data.fraud import FRAUD_SCHEMA
 from kubeloop.local.ports import free_port
-from kubeloop.local.wait import wait_until
 from kubeloop.settings import get_settings
 from kubeloop.training import TrainParams, train_model
-from kubeloop.training.ray_runtime import LOOPBACK_ONLY_ENV, RayTarget, _kill_group, _port_open
+from kubeloop.training.ray_runtime import RayTarget, start_local_head, stop_local_head
 from kubeloop.training.ray_train import RUN_STORAGE_PREFIX
 from tests.support.s3 import moto_s3
 from tests.support.training import split_frames
@@ -32,31 +28,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarn
 def ray_client_head(tmp_path: Path) -> Iterator[str]:
     """A Ray head (loopback only) serving Ray Client on its own port, as KubeRay's head
     serves 10001; stopped afterwards (only its own process group)."""
-    gcs, client = free_port(), free_port()
-    cmd = [
-        str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-        f"--port={gcs}", f"--ray-client-server-port={client}", "--node-ip-address=127.0.0.1",
-        "--num-cpus=2", "--disable-usage-stats", "--include-dashboard=false",
-        f"--temp-dir=/tmp/kubeloop-raycli-{os.getuid()}-{gcs}",
-    ]  # fmt: skip
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **LOOPBACK_ONLY_ENV}
-    with open(tmp_path / "head.log", "wb") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
-        )
+    client = free_port()
+    start_local_head(tmp_path, ray_client_port=client)
     try:
-        wait_until(
-            lambda: proc.poll() is None and _port_open(f"127.0.0.1:{client}"),
-            timeout=120,
-            interval=0.5,
-            what="the Ray Client server",
-        )
         yield f"ray://127.0.0.1:{client}"
     finally:
         import ray
 
         ray.shutdown()
-        _kill_group(proc.pid)
+        stop_local_head(tmp_path)
 
 
 @pytest.fixture
