@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kubeloop.demo.summary import epoch, summarize
+from kubeloop.operators.observe import MOVED_P_VALUE  # the operator's line: an input "moved"
 
 TIMELINE_DECISIONS = {
     "deploy": "deployed",
@@ -147,9 +148,6 @@ def plot_drift(record: dict[str, Any]):
     axes[0, 0].set_title("Drift statistic against its threshold (from Prometheus)")
     axes[-1, 0].set_xlabel("seconds since traffic started")
     return fig
-
-
-MOVED_P_VALUE = 0.01  # the operator's line: an input "moved" below it (operators/observe.py)
 
 
 def plot_features(record: dict[str, Any], version: str | None = None, top: int = 6):

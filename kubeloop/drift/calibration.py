@@ -192,9 +192,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             parts.append(run_lengths(again, stream, args.runs // args.repeats, args.seed + k))
         # Each detector's own ERT (the label-shift charts' may differ from the shared one).
-        erts = {
-            name: float(getattr(d.detector, "ert", settings.ert)) for name, d in mon.online.items()
-        }
+        erts = {name: float(d.detector.ert) for name, d in mon.online.items()}
         result["detectors"] = summarise(erts, parts)
     else:
         if args.null is None:

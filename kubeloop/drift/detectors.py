@@ -198,19 +198,9 @@ def build_detector(
     seed: int = 0,
     **extra: Any,
 ) -> OnlineDetector:
-    """Builds (or loads the thresholds of) one online detector of ``kind`` mmd|cvm|fet, or
-    a Bernoulli CUSUM (``cusum``: exact thresholds in milliseconds, nothing to cache)."""
+    """Builds (or loads the thresholds of) one online detector of ``kind`` mmd|cvm|fet."""
     import time
 
-    if kind == "cusum":
-        from kubeloop.drift.cusum import BernoulliCusum
-
-        start = time.perf_counter()
-        chart = BernoulliCusum(x_ref, ert=ert, **extra)
-        chart.cache_hit = False
-        return OnlineDetector(name=name, columns=columns, detector=chart,
-                              setup_seconds=time.perf_counter() - start, cache_hit=False,
-                              every=every)  # fmt: skip
     x_ref = np.ascontiguousarray(x_ref, dtype=np.float32)
     n_features = x_ref.shape[1]
     settings: dict[str, Any] = {

@@ -70,10 +70,7 @@ class ConfidenceEstimator:
 
     def positive_probability(self, scores: np.ndarray) -> np.ndarray:
         """The recalibrated P(y = 1 | score), linear between knots, flat beyond them."""
-        s = np.asarray(scores, dtype=np.float64).ravel()
-        if len(self.knots) == 1:
-            return np.full(s.shape, self.values[0])
-        return np.interp(s, self.knots, self.values)
+        return np.interp(np.asarray(scores, dtype=np.float64).ravel(), self.knots, self.values)
 
     def confidence(self, scores: np.ndarray) -> np.ndarray:
         """Per score, the probability that the version's prediction for it is right."""

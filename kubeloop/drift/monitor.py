@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from kubeloop.drift.config import DetectorSettings
+from kubeloop.drift.cusum import BernoulliCusum
 from kubeloop.drift.detectors import OnlineDetector, build_detector
 from kubeloop.drift.encoding import Encoder
 from kubeloop.drift.estimate import ConfidenceEstimator, PriorShift
@@ -48,6 +49,7 @@ class VersionMonitor:
     encoder: Encoder
     online: dict[str, OnlineDetector]
     setup_seconds: float
+    prior_shift: PriorShift  # the reference's confusion matrix: the label-shift evidence
     reset_at: float = field(default_factory=time.time)
     samples: int = 0
     feedback_correct: int = 0
@@ -62,11 +64,11 @@ class VersionMonitor:
     estimator_error: str | None = None  # why there is no estimator (the reference's problem)
     confidences: deque = field(default_factory=deque)
     # Label shift: the reference's confusion matrix and the latest predicted classes.
-    prior_shift: PriorShift | None = None
     classes: deque = field(default_factory=deque)
+    skipped: dict[str, str] = field(default_factory=dict)  # detector -> why it is not built
     # Drift explained: the cached batch test and when it ran (monotonic seconds).
     _tabular: tuple[float, Any] | None = None
-    _explained: tuple[float, dict[str, Any]] | None = None
+    _explained: tuple[float, int, dict[str, Any]] | None = None  # (when, samples, result)
 
     @property
     def model(self) -> str:
@@ -118,17 +120,22 @@ class VersionMonitor:
                 "prediction", "cvm", scores, ["_all"], every=s.univariate_every, **uni, **common
             )
         prior_shift = PriorShift.fit(reference.labels, reference.predictions)
-        if s.predicted_class and 0.0 < prior_shift.reference_predicted < 1.0:
+        skipped: dict[str, str] = {}  # detectors the reference cannot support, and why
+        if s.predicted_class:
             # Both directions: a rise of the positive share, or of the negative one. Every
             # prediction is read; by default the ERT in predictions is the per-feature
-            # detectors' (they read one in univariate_every).
-            online["predicted_class"] = build_detector(
-                "predicted_class", "cusum", class_columns(reference.predictions),
-                ["predicted_positive", "predicted_negative"],
-                window_sizes=[], n_bootstraps=0, reference_digest=reference.digest,
-                cache_dir=None, ert=s.predicted_class_ert or s.ert * s.univariate_every,
-                seed=s.seed,
-            )  # fmt: skip
+            # detectors' (they read one in univariate_every). Exact thresholds: no cache.
+            began = time.perf_counter()
+            try:
+                chart = BernoulliCusum(class_columns(reference.predictions),
+                                       ert=s.predicted_class_ert or s.ert * s.univariate_every)  # fmt: skip
+            except ValueError as exc:
+                skipped["predicted_class"] = str(exc)
+            else:
+                online["predicted_class"] = OnlineDetector(
+                    "predicted_class", ["predicted_positive", "predicted_negative"], chart,
+                    setup_seconds=time.perf_counter() - began, cache_hit=False,
+                )  # fmt: skip
         if s.error_rate:
             errors = (reference.predictions != reference.labels).astype(np.float32)[:, None]
             online["error_rate"] = build_detector(
@@ -155,6 +162,7 @@ class VersionMonitor:
             confidences=deque(maxlen=s.accuracy_window),
             prior_shift=prior_shift,
             classes=deque(maxlen=s.accuracy_window),
+            skipped=skipped,
         )
 
     # --- updates (worker thread) ---------------------------------------------------------
@@ -206,10 +214,10 @@ class VersionMonitor:
         ps = self.prior_shift
         predicted = float(np.mean(self.classes)) if self.classes else None
         return {
-            "reference": None if ps is None else ps.reference_prior,
-            "reference_predicted": None if ps is None else ps.reference_predicted,
+            "reference": ps.reference_prior,
+            "reference_predicted": ps.reference_predicted,
             "predicted": predicted,
-            "estimated": None if ps is None or predicted is None else ps.prior(predicted),
+            "estimated": None if predicted is None else ps.prior(predicted),
         }
 
     def liveroc_auc(self) -> float | None:
@@ -282,6 +290,7 @@ class VersionMonitor:
                 }
                 for name, d in self.online.items()
             },
+            "skipped_detectors": self.skipped,
             "features": [v.__dict__ for v in self.views()],
             "explained": self.explanation(),
         }
@@ -343,16 +352,18 @@ class VersionMonitor:
             raise ValueError(
                 f"{self.model}/{self.version} has {len(self.recent)} recent instances; need >= 20"
             )
-        return self.batch_test(list(self.recent))
+        return self.batch_test(list(self.recent), p_val)
 
     def explanation(self, now: float | None = None) -> dict[str, Any] | None:
         """Which inputs moved: the batch tests on the latest ``explain_rows`` instances,
-        recomputed at most every ``explain_every_seconds`` (``None`` before enough rows)."""
+        recomputed at most every ``explain_every_seconds`` and only when instances arrived
+        since (``None`` before 50 instances)."""
         s = self.settings
         now = time.monotonic() if now is None else now
-        if len(self.recent) < min(s.explain_rows, 50):
+        if len(self.recent) < 50:
             return None
-        if self._explained is None or now - self._explained[0] >= s.explain_every_seconds:
+        last = self._explained
+        if last is None or (self.samples != last[1] and now - last[0] >= s.explain_every_seconds):
             rows = list(self.recent)[-s.explain_rows :]
-            self._explained = (now, self.batch_test(rows))
-        return self._explained[1]
+            self._explained = (now, self.samples, self.batch_test(rows))
+        return self._explained[2]

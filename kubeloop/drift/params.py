@@ -42,6 +42,19 @@ def wait_timeout(params: Any, until: str = "idle") -> float | None:
     return timeout
 
 
+def report_fdr(params: Any) -> float:
+    """``GET /v1/report?fdr=`` : the false discovery rate of the batch tests (0.05 unless
+    given), a number strictly between 0 and 1."""
+    raw = params.get("fdr", "0.05")
+    try:
+        fdr = float(raw)
+    except ValueError:
+        fdr = math.nan
+    if not 0.0 < fdr < 1.0:  # NaN fails too
+        raise BadRequest(f"query parameter 'fdr' must be a number in (0, 1), got {clip(raw)}")
+    return fdr
+
+
 def watch_request(body: Any) -> tuple[str, str, str | None, dict | None, bool]:
     """``POST /v1/watch`` body → (model, version, registry_uri, detector overrides, reset)."""
     if not isinstance(body, dict):

@@ -52,7 +52,7 @@ from kubeloop.drift.events import (
 )
 from kubeloop.drift.fastpath import BodyLimit, PayloadEventsFastPath
 from kubeloop.drift.metrics import DriftMetrics
-from kubeloop.drift.params import BadRequest, wait_timeout, watch_request
+from kubeloop.drift.params import BadRequest, report_fdr, wait_timeout, watch_request
 from kubeloop.drift.reference import Reference, ReferenceError, load_reference
 from kubeloop.drift.versions import (
     ARMED,
@@ -497,6 +497,10 @@ def create_app(
 
     async def report(request: Request) -> Response:
         key = (request.query_params.get("model", ""), request.query_params.get("version", ""))
+        try:
+            fdr = report_fdr(request.query_params)
+        except BadRequest as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
         tracked = svc.versions.peek(key)
         if tracked is None or tracked.state == UNWATCHED:
             return JSONResponse(
@@ -508,7 +512,7 @@ def create_app(
                 status_code=409,
             )
         try:
-            return JSONResponse(await run_in_threadpool(svc.report, tracked))
+            return JSONResponse(await run_in_threadpool(svc.report, tracked, fdr))
         except WorkerDown as exc:
             return unavailable(exc)
         except ValueError as exc:

@@ -272,6 +272,12 @@ def test_drift_is_flagged_and_a_new_watch_resets(client, reference):
     assert (
         report["drift"] and by_feature["amount"]["drift"] and by_feature["amount"]["q_value"] < 0.05
     )
+    strict = client.get("/v1/report", params={"model": MODEL, "version": "v1", "fdr": "1e-12"})
+    strict = strict.json()
+    assert strict["fdr"] == 1e-12
+    assert all(f["drift"] == (f["q_value"] <= 1e-12) for f in strict["features"]), strict
+    bad = client.get("/v1/report", params={"model": MODEL, "version": "v1", "fdr": "2"})
+    assert bad.status_code == 400 and "fdr" in bad.json()["error"]
     # Watching again (as for a retrained version) starts from a clean slate.
     watch(client, "v1")
     st = status(client)

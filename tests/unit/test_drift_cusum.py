@@ -47,7 +47,7 @@ def test_the_threshold_is_the_smallest_reaching_the_target():
     assert run_length(0.05, 19, 1, h) >= 5000 > run_length(0.05, 19, 1, h - 1)
 
 
-@pytest.mark.parametrize("rate", [0.04, 0.5])
+@pytest.mark.parametrize("rate", [0.005, 0.04, 0.5, 0.985])
 def test_stationary_run_length_is_the_ert(rate):
     chart = BernoulliCusum(columns(rate), ert=200)
     lengths = simulate(chart, rate, runs=1500)
@@ -59,6 +59,35 @@ def test_a_shift_either_way_alarms_long_before_the_ert():
     chart = BernoulliCusum(columns(0.04), ert=1e6)
     assert simulate(chart, 0.093, runs=50).mean() < 1000  # the label-shift scenario's rise
     assert simulate(chart, 0.005, runs=50).mean() < 3000  # positives nearly vanish
+
+
+@pytest.mark.parametrize("rate", [0.002, 0.005, 0.04, 0.5, 0.96, 0.985, 0.998])
+def test_each_chart_drifts_down_in_control_and_up_after_the_shift(rate):
+    """The reference value lies strictly between the in-control rate and the shifted one,
+    for rare and common classes alike (rounded carelessly it flips sides near 0 and 1)."""
+    chart = BernoulliCusum(columns(rate, n=20000), ert=1000)
+    for column, p0 in enumerate(chart.rates):
+        odds = 2 * p0 / (1 - p0)
+        gamma = chart.down[column] / chart.scale[column]
+        assert p0 < gamma < odds / (1 + odds), (rate, column, gamma)
+
+
+def test_a_rate_too_extreme_for_a_chart_is_named():
+    with pytest.raises(ValueError, match="too extreme"):
+        BernoulliCusum(columns(0.0001, n=20000), ert=1000)
+
+
+def test_the_markov_chain_matches_a_dense_solve():
+    def dense(p, up, down, states):
+        q = np.zeros((states, states))
+        idx = np.arange(states)
+        inside = idx + up < states
+        q[idx[inside], idx[inside] + up] += p
+        q[idx, np.maximum(idx - down, 0)] += 1 - p
+        return float(np.linalg.solve(np.eye(states) - q, np.ones(states))[0])
+
+    for args in [(0.04, 50, 3, 101), (0.96, 1, 33, 56), (0.5, 1, 1, 30), (0.01, 99, 1, 400)]:
+        assert run_length(*args) == pytest.approx(dense(*args), rel=1e-9)
 
 
 def test_statistics_and_thresholds_are_per_column():

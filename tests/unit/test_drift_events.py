@@ -19,7 +19,7 @@ from kubeloop.drift.events import (
     validate_instances,
     validate_predictions,
 )
-from kubeloop.drift.params import BadRequest, wait_timeout, watch_request
+from kubeloop.drift.params import BadRequest, report_fdr, wait_timeout, watch_request
 from kubeloop.drift.reference import ReferenceError, feature_spec
 from tests.support.events import payload_headers, payload_pair
 
@@ -368,3 +368,16 @@ def test_any_event_is_parsed_or_refused_with_a_reason_and_a_short_message(change
         except EventRejected as exc:
             assert exc.reason in REJECT_REASONS and 400 <= exc.status < 500
             assert len(str(exc)) <= MAX_MESSAGE_CHARS
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"), [({}, 0.05), ({"fdr": "0.01"}, 0.01), ({"fdr": "1e-12"}, 1e-12)]
+)
+def test_report_fdr_defaults_to_five_percent(params, expected):
+    assert report_fdr(params) == expected
+
+
+@pytest.mark.parametrize("raw", ["0", "1", "-0.1", "nan", "inf", "lots"])
+def test_a_report_fdr_outside_zero_one_is_named(raw):
+    with pytest.raises(BadRequest, match="'fdr' must be a number in \\(0, 1\\)"):
+        report_fdr({"fdr": raw})

@@ -101,7 +101,11 @@ def test_under_alert_another_detector_still_means_drift_and_retraining():
 
 
 def test_the_alert_clears_with_the_flag():
-    status, _, _ = run(spec("Alert"), [obs(0, predicted_class=1.0), obs(5, predicted_class=0.0)])
+    alerted, _, _ = run(spec("Alert"), [obs(0), obs(1, predicted_class=1.0)])
+    assert alerted.drift == "LabelShift"
+    status, _, _ = run(
+        spec("Alert"), [obs(0), obs(1, predicted_class=1.0), obs(5, predicted_class=0.0)]
+    )
     assert status.drift == "None" and status.drift_since is None
 
 
