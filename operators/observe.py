@@ -96,6 +96,9 @@ class PrometheusObserver:
             return None, {}
         flags = {r["metric"].get("detector", "_"): float(r["value"][1]) for r in result}
         detail: dict[str, Any] = {"detectors": flags}
+        detected = any(v >= 1 for v in flags.values())
+        if not detected:  # the evidence below is read only for a drift decision
+            return False, detail
         # Label-shift evidence: the positive class's share in the reference, in the latest
         # predictions, and the prior estimated from them.
         rates = self.query(f"kubeloop_positive_rate{_sel(model, version=version)}")
@@ -112,7 +115,7 @@ class PrometheusObserver:
             for p, f in moved[:MOVED_FEATURES]
             if p < MOVED_P_VALUE
         ]
-        return any(v >= 1 for v in flags.values()), detail
+        return True, detail
 
     def drift_reset_age(self, model: str, version: str) -> float | None:
         """Seconds since the drift service last reset ``version``'s detectors, as of now.

@@ -88,6 +88,8 @@ def _status_or_exit(target: _Target) -> dict[str, Any]:
 def drift_explained(history: list[dict[str, Any]]) -> str:
     """The latest drift or label-shift alert in words: the detectors that flagged, the
     inputs that moved most, and the positive class's share (empty without one)."""
+    from kubeloop.operators.reconciler.core import moved_inputs, percent
+
     last = next((d for d in reversed(history) if d.get("decision") in ("drift", "alert")), None)
     if last is None:
         return ""
@@ -95,14 +97,13 @@ def drift_explained(history: list[dict[str, Any]]) -> str:
     flagged = sorted(k for k, v in (evidence.get("detectors") or {}).items() if v >= 1)
     parts = [f"drift evidence ({last.get('version', '?')}, {last.get('time', '')}): "
              f"detectors {', '.join(flagged) or '-'}"]  # fmt: skip
-    if moved := evidence.get("moved"):
-        named = ", ".join(f"{m['feature']} (p {m['p_value']:.2g})" for m in moved)
-        parts.append(f"inputs that moved most: {named}")
+    if moved := moved_inputs(evidence):
+        parts.append(f"inputs that moved most: {moved}")
     rates = evidence.get("positive_rate") or {}
     if rates.get("predicted") is not None and rates.get("reference_predicted") is not None:
         parts.append(
-            f"positive predictions {rates['predicted']:.1%} "
-            f"(reference {rates['reference_predicted']:.1%})"
+            f"positive predictions {percent(rates['predicted'])} "
+            f"(reference {percent(rates['reference_predicted'])})"
         )
     return "; ".join(parts)
 

@@ -211,17 +211,26 @@ def _first_deploy(p: _Pass) -> None:
     p.decide(Decision.DEPLOY, "FirstDeployment", f"serving {target}", target)
 
 
-def _start_canary(p: _Pass) -> None:
+def _next_candidate(p: _Pass) -> str | None:
+    """The version to roll out next: the target when it is in the registry, not the stable
+    version, not rejected and (LatestPassed) newer than the stable one."""
     if not p.obs.registry_ok:
-        return
+        return None
     target = _target_version(p)
     stable = p.s.stable_version
     known = {v.version for v in p.obs.registry_versions}
     if not target or target == stable or target not in known or target in p.s.rejected_versions:
-        return
+        return None
     if p.spec.model.version_policy == VersionPolicy.LATEST_PASSED and int(target[1:]) <= int(
         stable[1:]
     ):
+        return None
+    return target
+
+
+def _start_canary(p: _Pass) -> None:
+    target = _next_candidate(p)
+    if target is None:
         return
     if not p.obs.serving_mode.splits_traffic:
         p.s.candidate_version = target
@@ -249,8 +258,8 @@ def _candidate_waiting(p: _Pass) -> None:
         _start_canary(p)
         return
     p.s.phase, p.s.canary_percent, p.s.step_index = STABLE, 0, 0
-    newer = _target_version(p) if p.obs.registry_ok else None
-    if newer and newer not in (cand, stable) and newer not in p.s.rejected_versions:
+    newer = _next_candidate(p)
+    if newer and newer != cand:
         p.s.candidate_version = cand = newer  # a newer version supersedes the waiting one
     msg = (
         f"{mode.name} (from {mode.source}) cannot split traffic, so no canary runs: {cand} "
@@ -643,8 +652,7 @@ def label_shift_message(version: str, detail: dict[str, Any]) -> str:
     rates = detail.get("positive_rate") or {}
 
     def pct(key: str) -> str:
-        value = rates.get(key)
-        return "?" if value is None else f"{100 * value:.1f} %"
+        return percent(rates.get(key))
 
     return (
         f"the share of positive predictions moved on {version} (label shift, or drift the "
@@ -654,14 +662,19 @@ def label_shift_message(version: str, detail: dict[str, Any]) -> str:
     )
 
 
-def moved_message(detail: dict[str, Any]) -> str:
+def percent(value: float | None) -> str:
+    return "?" if value is None else f"{100 * value:.1f} %"
+
+
+def moved_inputs(detail: dict[str, Any]) -> str:
     """The inputs that moved most (the drift service's batch tests), in words; empty when
     none did."""
-    moved = detail.get("moved") or []
-    if not moved:
-        return ""
-    named = ", ".join(f"{m['feature']} (p {m['p_value']:.2g})" for m in moved)
-    return f"; inputs that moved most: {named}"
+    return ", ".join(f"{m['feature']} (p {m['p_value']:.2g})" for m in detail.get("moved") or [])
+
+
+def moved_message(detail: dict[str, Any]) -> str:
+    named = moved_inputs(detail)
+    return f"; inputs that moved most: {named}" if named else ""
 
 
 def _drift(p: _Pass) -> None:

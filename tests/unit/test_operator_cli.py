@@ -81,7 +81,7 @@ def test_status_explains_the_latest_drift(store):
     out = runner.invoke(app, ["rollout", "status", "fd"], terminal_width=300).output
     assert "detectors error_rate, predicted_class" in out
     assert "inputs that moved most: amount (p 1e-09)" in out
-    assert "positive predictions 18.6% (reference 4.0%)" in out
+    assert "positive predictions 18.6 % (reference 4.0 %)" in out
 
 
 def test_clear_errors(store, tmp_path):

@@ -363,7 +363,7 @@ def test_failed_run_backs_off_then_gives_up_after_max_attempts():
 def test_a_run_the_gate_stopped_says_why_and_waits_for_the_cooldown():
     sp = spec()
     status = drifting(sp, drifting(sp, deployed(sp), 10).status, 80).status
-    why = "the gate kept the champion: window_accuracy 0.9400 vs champion v1 0.9700 ..."
+    why = "the gate refused the candidate: window_accuracy 0.9400 vs champion v1 0.9700 ..."
     kept = drifting(sp, status, 100, run=RunObservation("fd-v1-retrain-1", "Succeeded",
                                                         message=why))  # fmt: skip
     retrained = [d for d in kept.decisions if d.decision == "retrained"]

@@ -104,6 +104,33 @@ def test_a_newer_version_replaces_the_waiting_one():
     assert traffic(result) == [SetTraffic("v1", None, 0)]
 
 
+def test_a_pinned_version_missing_from_the_registry_never_becomes_the_candidate():
+    """What the split runtime would not canary (not in the registry) must not wait either,
+    where a manual promotion would put it on all traffic."""
+
+    def pinned(version):
+        sp = spec()
+        return sp.model_copy(
+            update={"model": sp.model.model_copy(update={"version_policy": "Pinned",
+                                                         "version": version})}
+        )  # fmt: skip
+
+    waiting = reconcile("fd", pinned("v2"), deployed(),
+                        obs(1, reg=("v1", "v2"), serving_mode=RAW)).status  # fmt: skip
+    assert waiting.candidate_version == "v2"
+    result = reconcile("fd", pinned("v9"), waiting, obs(30, reg=("v1", "v2"), serving_mode=RAW))
+    assert result.status.candidate_version == "v2"  # v9 is not in the registry
+    promoted = reconcile(
+        "fd", pinned("v9"), result.status,
+        obs(40, reg=("v1", "v2"), serving_mode=RAW, commands={"promote": "v9"}),
+    )  # fmt: skip
+    assert promoted.status.stable_version == "v1"
+    assert all(t.stable == "v1" for t in traffic(promoted))
+    split = reconcile("fd", pinned("v9"), deployed(),
+                      obs(1, reg=("v1", "v2"), serving_mode=SERVERLESS))  # fmt: skip
+    assert split.status.candidate_version is None  # the same rule with a split
+
+
 def test_a_waiting_candidate_starts_its_canary_once_the_runtime_splits():
     sp = spec()
     status = reconcile("fd", sp, deployed(sp), obs(1, reg=("v1", "v2"), serving_mode=RAW)).status

@@ -23,5 +23,5 @@ def gate_passed(**_) -> TrainingRunResult:
 def test_a_run_the_gate_stopped_names_the_gate_reasons():
     out = call_runner(f"{__name__}:gate_kept_the_champion", {})
     assert out == {"state": RunState.SUCCEEDED, "version": None,
-                   "message": f"the gate kept the champion: {REASON}"}  # fmt: skip
+                   "message": f"the gate refused the candidate: {REASON}"}  # fmt: skip
     assert call_runner(f"{__name__}:gate_passed", {})["message"] == ""

@@ -40,8 +40,8 @@ def call_runner(spec: str, params: dict[str, Any]) -> dict[str, Any]:
     if hasattr(out, "succeeded"):  # kubeloop.local.pipelines.TrainingRunResult
         state = RunState.SUCCEEDED if out.succeeded else RunState.FAILED
         message = out.error or ""
-        if out.succeeded and out.gate_passed is False:  # the champion is still better
-            message = "the gate kept the champion: " + "; ".join(out.gate_reasons)
+        if out.succeeded and out.gate_passed is False:  # an objective or the champion
+            message = "the gate refused the candidate: " + "; ".join(out.gate_reasons)
         return {"state": state, "version": out.version, "message": message}
     if hasattr(out, "version"):  # a published kubeloop.registry.ModelVersion
         return {"state": RunState.SUCCEEDED, "version": out.version, "message": ""}
