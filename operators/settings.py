@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
 from kubeloop.operators.crd import Placement
-from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # A Kubernetes namespace name (RFC 1123 label).
 DnsLabel = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
@@ -25,7 +26,7 @@ class OperatorSettings(BaseSettings):
     retry_delay_seconds: float = Field(
         30.0, gt=0, description="delay before retrying a transient failure"
     )
-    namespaces: list[DnsLabel] = Field(
+    namespaces: Annotated[list[DnsLabel], NoDecode] = Field(
         default_factory=list,
         description="namespaces the cluster operator reconciles (JSON list); kopf watches these",
     )
@@ -51,7 +52,7 @@ class OperatorSettings(BaseSettings):
         None,
         description="local runtime: the local Prometheus folder; predictors go to its targets/",
     )
-    predictor_placement: Placement = Field(
+    predictor_placement: Annotated[Placement, NoDecode] = Field(
         Placement(),
         description="the release's node placement of predictors (JSON: nodeSelector, "
         "tolerations, affinity, runtimeClassName, priorityClassName), under each "
@@ -60,6 +61,17 @@ class OperatorSettings(BaseSettings):
     metrics_port: int = Field(
         8081, ge=0, le=65535, description="port of the operator's /metrics (0: off)"
     )
+
+    @field_validator("namespaces", "predictor_placement", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        """JSON values from the environment; not JSON is a validation error of the field."""
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"not valid JSON ({exc})") from None
 
     @model_validator(mode="after")
     def _one_scope(self) -> Self:
@@ -85,16 +97,8 @@ class OperatorSettings(BaseSettings):
 
 def load_operator_settings(**overrides) -> OperatorSettings:
     """Validates settings; raises ``ValueError`` naming each bad field."""
-    from pydantic_settings import SettingsError
-
     try:
         return OperatorSettings(**overrides)
-    except SettingsError as exc:  # a value that is not JSON where JSON is expected
-        field = str(exc).split('field "', 1)[-1].split('"', 1)[0]
-        raise ValueError(
-            f"invalid operator settings: KUBELOOP_OPERATOR_{field.upper()} is not valid JSON "
-            f"({exc.__cause__ or exc})"
-        ) from None
     except ValidationError as exc:
         problems = "; ".join(
             f"KUBELOOP_OPERATOR_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"

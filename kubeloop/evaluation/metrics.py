@@ -144,24 +144,22 @@ def _decisions(labels: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
 
 def best_accuracy(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     """``(accuracy, threshold)``: the highest accuracy any threshold reaches on the window
-    (predicting positive at scores >= threshold), and the midpoint threshold that reaches it
-    (above every score: all negative)."""
+    (predicting positive at scores >= threshold), and that threshold."""
+    from sklearn.metrics import roc_curve
+
     labels = np.asarray(labels).astype(int)
-    scores = np.asarray(scores, dtype=float)
-    order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], labels[order]
-    # cutting after position k (k = 0..n): the k highest scores are called positive
-    cut = np.r_[True, s[1:] != s[:-1], True]  # ties stay on one side of the cut
-    correct = (1 - y).sum() + np.r_[0, np.cumsum(2 * y - 1)]
-    allowed = np.flatnonzero(cut)
-    k = int(allowed[np.argmax(correct[allowed])])
-    if k == 0:
-        threshold = float(s[0]) + 1e-9 if len(s) else 1.0
-    elif k == len(s):
-        threshold = float(s[-1])
-    else:
-        threshold = float((s[k - 1] + s[k]) / 2)
-    return float(correct[k] / len(y)), threshold
+    return _best_on_roc(labels, *roc_curve(labels, np.asarray(scores, dtype=float)))
+
+
+def _best_on_roc(
+    labels: np.ndarray, fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray
+) -> tuple[float, float]:
+    """The best accuracy along a ROC curve (a linear function of its points, so a vertex
+    kept by ``drop_intermediate`` holds it) and its threshold (``inf``: all negative)."""
+    positives = int(labels.sum())
+    correct = tpr * positives + (1 - fpr) * (len(labels) - positives)
+    best = int(np.argmax(correct))
+    return float(correct[best] / len(labels)), float(thresholds[best])
 
 
 def _downsample(
@@ -224,7 +222,7 @@ def evaluate_scores(
     _, thr_l = _downsample(fpr, np.minimum(thresholds, 1.0))  # sklearn starts at +inf
     rec_l, prec_l = _downsample(recall[::-1], precision[::-1])
     dec = _decisions(labels, (scores >= threshold).astype(int))
-    window_accuracy, window_threshold = best_accuracy(labels, scores)
+    window_accuracy, window_threshold = _best_on_roc(labels, fpr, tpr, thresholds)
     return Evaluation(
         rows=len(labels),
         positives=int(labels.sum()),

@@ -35,3 +35,25 @@ def test_no_scope_is_refused_before_anything_starts():
 def test_bad_scopes_name_the_problem(overrides, message):
     with pytest.raises(ValueError, match=message):
         load_operator_settings(**overrides)
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("KUBELOOP_OPERATOR_NAMESPACES", ""),
+        ("KUBELOOP_OPERATOR_NAMESPACES", "ml,team-b"),
+        ("KUBELOOP_OPERATOR_PREDICTOR_PLACEMENT", "{nodeSelector: x}"),
+    ],
+)
+def test_a_variable_that_is_not_json_is_named(monkeypatch, variable, raw):
+    monkeypatch.setenv(variable, raw)
+    with pytest.raises(ValueError, match=f"{variable}: .*not valid JSON"):
+        load_operator_settings()
+
+
+def test_json_variables_are_read(monkeypatch):
+    monkeypatch.setenv("KUBELOOP_OPERATOR_NAMESPACES", '["ml", "team-b"]')
+    monkeypatch.setenv("KUBELOOP_OPERATOR_PREDICTOR_PLACEMENT", '{"runtimeClassName": "nvidia"}')
+    settings = load_operator_settings()
+    assert settings.watched_namespaces() == ["ml", "team-b"]
+    assert settings.predictor_placement.runtime_class_name == "nvidia"
