@@ -38,6 +38,10 @@ class ContainerEngineError(RuntimeError):
     """No container API can be reached, or the engine refused a request."""
 
 
+class NoContainerEngine(ContainerEngineError):
+    """No engine at all: no DOCKER_HOST, no Docker daemon, podman not installed."""
+
+
 @dataclass(frozen=True)
 class ContainerApi:
     """A reachable Docker Engine API: its ``DOCKER_HOST`` URL and who serves it."""
@@ -89,7 +93,7 @@ def container_api(home: Path) -> Iterator[ContainerApi]:
         return
     podman = shutil.which("podman")
     if podman is None:
-        raise ContainerEngineError(
+        raise NoContainerEngine(
             "no container engine: DOCKER_HOST is unset, no Docker daemon answers on "
             f"{DOCKER_SOCKET} and podman is not installed (`make container-runtime`)"
         )

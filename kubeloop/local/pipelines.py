@@ -219,10 +219,13 @@ def _summarise(result: TrainingRunResult) -> None:
         result.reports["model"] = model
 
 
+def _local_path(uri: str) -> bool:
+    """A path on this machine rather than a URI (``s3://``, ``example://``)."""
+    return bool(uri) and "://" not in uri
+
+
 @contextlib.contextmanager
-def _stage_runner(
-    containers: bool, settings: Any, runs: Path, params: dict[str, Any]
-) -> Iterator[Any]:
+def _stage_runner(containers: bool, settings: Any, params: dict[str, Any]) -> Iterator[Any]:
     """kfp.local's runner: a subprocess of this environment, or each stage's image."""
     from kfp import local
 
@@ -241,9 +244,9 @@ def _stage_runner(
     binds = [
         Path(params[key])
         for key in ("registry_uri", "source_uri", "schema_uri")
-        if params[key] and "://" not in params[key]
+        if _local_path(params[key])
     ]
-    if "://" not in params["registry_uri"]:
+    if _local_path(params["registry_uri"]):
         Path(params["registry_uri"]).mkdir(parents=True, exist_ok=True)
     with container_api(settings.home) as api:
         missing = missing_images(api, [image(stage) for stage in STAGES])
@@ -299,7 +302,7 @@ def run_training_pipeline(
     t = settings.training
     model_name = model_name or settings.model_name
     registry_uri = registry_uri or settings.registry_uri
-    if "://" not in registry_uri:  # stage subprocesses must not depend on the working directory
+    if _local_path(registry_uri):  # stage subprocesses must not depend on the working directory
         registry_uri = str(Path(registry_uri).resolve())
     params = {
         "source_uri": source_uri,
@@ -319,7 +322,7 @@ def run_training_pipeline(
     }
     if containers:  # stage containers do not share this working directory
         for key in ("source_uri", "schema_uri"):
-            if params[key] and "://" not in params[key]:
+            if _local_path(params[key]):
                 params[key] = str(Path(params[key]).resolve())
     runs = Path(settings.home).resolve() / "runs"
     runs.mkdir(parents=True, exist_ok=True)
@@ -328,7 +331,7 @@ def run_training_pipeline(
     started = time.perf_counter()
     error = None
     with (
-        _stage_runner(containers, settings, runs, params) as runner,
+        _stage_runner(containers, settings, params) as runner,
         open(log_path, "w") as log,
     ):
         local.init(runner=runner, pipeline_root=str(runs))

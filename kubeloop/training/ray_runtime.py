@@ -331,16 +331,26 @@ def connect(home: Path | None = None, address: str | None = None) -> RayTarget:
         configure_logging=True,
         runtime_env={"env_vars": env_vars},
     )
-    for attempt in range(1, CLIENT_ATTEMPTS + 1):
-        try:
-            init()
-            break
-        except ConnectionAbortedError:
-            # Ray Client's server starts one server process per client; when that start
-            # fails it aborts the connection, and a new one usually gets a working server.
-            if not chosen.startswith(RAY_CLIENT_SCHEME) or attempt == CLIENT_ATTEMPTS:
-                raise
-            ray.shutdown()
-            time.sleep(2.0 * attempt)
+    if chosen.startswith(RAY_CLIENT_SCHEME):
+        # Ray Client's server starts one server process per client; when that start fails
+        # it aborts the connection, and a new one usually gets a working server.
+        from tenacity import (
+            Retrying,
+            retry_if_exception_type,
+            stop_after_attempt,
+            wait_incrementing,
+        )
+
+        for attempt in Retrying(
+            stop=stop_after_attempt(CLIENT_ATTEMPTS),
+            wait=wait_incrementing(start=2.0, increment=2.0),
+            retry=retry_if_exception_type(ConnectionAbortedError),
+            before_sleep=lambda _: ray.shutdown(),
+            reraise=True,
+        ):
+            with attempt:
+                init()
+    else:
+        init()
     remote = chosen.startswith(RAY_CLIENT_SCHEME) or not _is_loopback(_host_port(chosen))
     return RayTarget(address=chosen, remote=remote, fallback=fallback)

@@ -11,7 +11,7 @@ import pytest
 from kubeloop.images import IMAGES, image
 from kubeloop.local.containers import (
     ContainerApi,
-    ContainerEngineError,
+    NoContainerEngine,
     container_api,
     missing_images,
 )
@@ -26,10 +26,8 @@ def engine(tmp_path_factory) -> Iterator[ContainerApi]:
             if missing:
                 pytest.fail(f"images not built: {', '.join(missing)}; run `make images`")
             yield api
-    except ContainerEngineError as exc:
-        if str(exc).startswith("no container engine"):
-            pytest.skip(str(exc))
-        raise
+    except NoContainerEngine as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")

@@ -357,24 +357,33 @@ def test_every_pod_is_covered_by_a_network_policy(rendered) -> None:
             assert covered(labels), f"{doc['kind']}/{doc['metadata']['name']} has no NetworkPolicy"
 
 
+def _notes(release: str, namespace: str, *args: str) -> str:
+    """The NOTES ``helm install --dry-run`` prints for the release (an empty string when
+    it prints none)."""
+    out = helm("install", release, str(CHART), "--dry-run=client", "-n", namespace, *args)
+    return out.stdout.split("NOTES:", 1)[-1] if "NOTES:" in out.stdout else ""
+
+
+def _upload_env(docs: list[dict]) -> dict[str, str | None]:
+    """The pipeline upload Job's environment (name -> value)."""
+    job = next(
+        d for d in docs if d["kind"] == "Job" and d["metadata"]["name"].endswith("pipeline-upload")
+    )
+    return {e["name"]: e.get("value") for e in pod_spec(job)["containers"][0]["env"]}
+
+
 def test_notes_and_sample_follow_the_release() -> None:
     """NOTES print the release's namespace, bucket and drift service, and the sample's
     InferenceService logs to the drift service of the release that runs the operator."""
     from kubeloop.operators.cluster.handlers import predictor_options
     from kubeloop.operators.crd import parse_spec
 
-    notes = helm(
-        "install", "ml", str(CHART), "--dry-run=client", "-n", "team-a",
-        "--set", "registry.bucket=team-a-models",
-    ).stdout.split("NOTES:", 1)[1]  # fmt: skip
+    notes = _notes("ml", "team-a", "--set", "registry.bucket=team-a-models")
     assert "kubectl -n team-a apply -f manifests/samples/fraud-detector.yaml" in notes
     assert "s3://team-a-models/" in notes
     assert "http://ml-kubeloop-drift.team-a.svc.cluster.local" in notes
     assert "kubeloop-registry" not in notes and " -n kubeloop" not in notes
-    watched = helm(
-        "install", "ml", str(CHART), "--dry-run=client", "-n", "team-a",
-        "--set", "operator.watchNamespaces={models}",
-    ).stdout.split("NOTES:", 1)[1]  # fmt: skip
+    watched = _notes("ml", "team-a", "--set", "operator.watchNamespaces={models}")
     assert "kubectl -n models apply" in watched
 
     docs = render("-f", str(CHART / "ci" / "default-values.yaml"))
@@ -828,10 +837,7 @@ def test_an_existing_secret_is_named_never_copied(rendered) -> None:
         "ml-team-b": [{"name": "kubeloop-minio-root"}],
     }
     assert not [d for d in docs if d["kind"] == "Secret"]
-    notes = helm(
-        "install", "ml", str(CHART), "--dry-run=client", "-n", "kubeloop",
-        "-f", str(CHART / "ci" / "namespaced-values.yaml"),
-    ).stdout.split("NOTES:", 1)[1]  # fmt: skip
+    notes = _notes("ml", "kubeloop", "-f", str(CHART / "ci" / "namespaced-values.yaml"))
     assert "reconciles ModelDeployments only in: ml-team-a, ml-team-b" in notes
     assert 'Secret "kubeloop-minio-root"' in notes and "ml-team-a, ml-team-b too" in notes
 
@@ -858,10 +864,7 @@ def test_all_namespaces_is_an_explicit_opt_in_with_storage_where_listed() -> Non
     ]
     podmonitor = next(d for d in docs if d["kind"] == "PodMonitor")
     assert podmonitor["spec"]["namespaceSelector"] == {"any": True}
-    notes = helm(
-        "install", "ml", str(CHART), "--dry-run=client", "-n", "kubeloop",
-        "--set", "operator.watchAllNamespaces=true",
-    ).stdout.split("NOTES:", 1)[1]  # fmt: skip
+    notes = _notes("ml", "kubeloop", "--set", "operator.watchAllNamespaces=true")
     assert "every namespace" in notes and "StorageNotConfigured" in notes
 
 
@@ -1019,13 +1022,7 @@ def test_gpu_ray_scenario_places_predictors_and_trains_on_a_ray_cluster(
     assert set(spec["autoscalerOptions"]) <= RAY_AUTOSCALER_FIELDS
     assert spec["autoscalerOptions"]["idleTimeoutSeconds"] == 600
     assert spec["autoscalerOptions"]["upscalingMode"] in {"Default", "Aggressive", "Conservative"}
-    _check_secure_container(
-        {
-            **spec["autoscalerOptions"],
-            "securityContext": spec["autoscalerOptions"]["securityContext"],
-        },
-        "autoscaler",
-    )
+    _check_secure_container(spec["autoscalerOptions"], "autoscaler")
     head = spec["headGroupSpec"]
     assert set(head) <= RAY_HEAD_FIELDS and {"template", "rayStartParams"} <= set(head)
     assert head["rayStartParams"]["num-cpus"] == "0"  # no training work on the head
@@ -1062,10 +1059,7 @@ def test_gpu_ray_scenario_places_predictors_and_trains_on_a_ray_cluster(
             assert pod["automountServiceAccountToken"] is False
 
     # The train task joins the head's Ray Client port through KubeRay's head Service.
-    job = next(
-        d for d in docs if d["kind"] == "Job" and d["metadata"]["name"].endswith("pipeline-upload")
-    )
-    job_env = {e["name"]: e.get("value") for e in pod_spec(job)["containers"][0]["env"]}
+    job_env = _upload_env(docs)
     client_port = next(
         p["containerPort"] for p in head["template"]["spec"]["containers"][0]["ports"] if p["name"] == "client"
     )  # fmt: skip
@@ -1092,11 +1086,14 @@ def test_gpu_ray_scenario_places_predictors_and_trains_on_a_ray_cluster(
     }
 
 
-def test_a_gpu_limit_alone_is_a_gpu_request_too() -> None:
-    # Kubernetes defaults an extended resource's request to its limit.
+def test_a_gpu_limit_alone_renders_without_a_request() -> None:
+    # Kubernetes defaults an extended resource's request to its limit, so the GPU check
+    # accepts a limit alone, and the chart adds no request of its own.
     docs = render("--set", "servingRuntime.resources.limits.nvidia\\.com/gpu=1")
     runtime = next(d for d in docs if d["kind"] == "ClusterServingRuntime")
-    assert runtime["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    resources = runtime["spec"]["containers"][0]["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == 1
+    assert "nvidia.com/gpu" not in resources.get("requests", {})
 
 
 def test_ray_cluster_runs_the_train_task_image() -> None:
@@ -1107,8 +1104,7 @@ def test_ray_cluster_runs_the_train_task_image() -> None:
         "--set", "pipelineUpload.imageTag=0.1.1", "--set", "global.imageRegistry=registry.example.com/ml",
     )  # fmt: skip
     (ray,) = [d for d in docs if d["kind"] == "RayCluster"]
-    job = next(d for d in docs if d["kind"] == "Job" and d["metadata"]["name"].endswith("pipeline-upload"))  # fmt: skip
-    env = {e["name"]: e.get("value") for e in pod_spec(job)["containers"][0]["env"]}
+    env = _upload_env(docs)
     train = PipelineCluster.from_env({k: v for k, v in env.items() if v}).image("train")
     assert train == "registry.example.com/ml/kubeloop-train:0.1.1"
     head = ray["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
@@ -1127,9 +1123,7 @@ def test_ray_cluster_is_off_by_default_and_auto_follows_kuberay() -> None:
 
     def ray_parts(docs: list[dict]) -> tuple[list[dict], str | None]:
         clusters = [d for d in docs if d["kind"] == "RayCluster"]
-        job = next(d for d in docs if d["kind"] == "Job" and d["metadata"]["name"].endswith("pipeline-upload"))  # fmt: skip
-        env = {e["name"]: e.get("value") for e in pod_spec(job)["containers"][0]["env"]}
-        return clusters, env.get("KUBELOOP_PIPELINE_RAY_ADDRESS")
+        return clusters, _upload_env(docs).get("KUBELOOP_PIPELINE_RAY_ADDRESS")
 
     upload = ("--set", "pipelineUpload.enabled=true")
     assert ray_parts(render(*upload)) == ([], None)
@@ -1140,14 +1134,8 @@ def test_ray_cluster_is_off_by_default_and_auto_follows_kuberay() -> None:
     assert address.startswith(f"ray://{cluster['metadata']['name']}-head-svc.")
     (forced,), _ = ray_parts(render(*upload, "--set", "ray.cluster.enabled=true", api_versions=()))
     assert forced == cluster
-    notes = helm(
-        "install", "kl", str(CHART), "--dry-run=client", "-n", NAMESPACE,
-        "--set", "ray.cluster.enabled=auto",
-    ).stdout  # fmt: skip
+    notes = _notes("kl", NAMESPACE, "--set", "ray.cluster.enabled=auto")
     assert "no RayCluster was created" in notes and "ray.cluster.enabled=true" in notes
-    enabled = helm(
-        "install", "kl", str(CHART), "--dry-run=client", "-n", NAMESPACE,
-        "--set", "ray.cluster.enabled=true",
-    ).stdout.split("NOTES:", 1)[1]  # fmt: skip
+    enabled = _notes("kl", NAMESPACE, "--set", "ray.cluster.enabled=true")
     assert f"ray://kl-kubeloop-ray-head-svc.{NAMESPACE}.svc.cluster.local:10001" in enabled
     assert "--ray-address" in enabled  # without the upload Job, the user compiles it in

@@ -204,7 +204,7 @@ Secret with the S3 credentials and its keys.
 {{- if .Values.pipelineUpload.s3Secret }}
 {{- .Values.pipelineUpload.s3Secret }}
 {{- else }}
-{{- ternary (include "kubeloop.minio.secretName" .) .Values.registry.external.existingSecret .Values.minio.enabled }}
+{{- include "kubeloop.storage.secretName" . }}
 {{- end }}
 {{- end }}
 
@@ -294,38 +294,22 @@ tolerations, affinity, runtimeClassName, priorityClassName), as the JSON the ope
 reads from KUBELOOP_OPERATOR_PREDICTOR_PLACEMENT; only the keys that are set.
 */}}
 {{- define "kubeloop.predictor.placement" -}}
-{{- $placement := dict }}
-{{- range $key := list "nodeSelector" "tolerations" "affinity" "runtimeClassName" "priorityClassName" }}
-{{- with get $.Values.servingRuntime $key }}
-{{- $_ := set $placement $key . }}
-{{- end }}
-{{- end }}
-{{- if $placement }}{{ toJson $placement }}{{ end }}
+{{- with include "kubeloop.podPlacement" .Values.servingRuntime }}{{ . | fromYaml | toJson }}{{ end }}
 {{- end }}
 
 {{/*
 Pod spec placement keys (nodeSelector, tolerations, affinity, runtimeClassName,
-priorityClassName) from a values block: call with the block, e.g. .Values.ray.cluster.head.
+priorityClassName) that a values block sets, as YAML: call with the block, e.g.
+.Values.ray.cluster.head. The one list of placement keys of the chart.
 */}}
 {{- define "kubeloop.podPlacement" -}}
-{{- with .nodeSelector }}
-nodeSelector:
-  {{- toYaml . | nindent 2 }}
+{{- $placement := dict }}
+{{- range $key := list "nodeSelector" "tolerations" "affinity" "runtimeClassName" "priorityClassName" }}
+{{- with get $ $key }}
+{{- $_ := set $placement $key . }}
 {{- end }}
-{{- with .tolerations }}
-tolerations:
-  {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .affinity }}
-affinity:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- with .runtimeClassName }}
-runtimeClassName: {{ . }}
-{{- end }}
-{{- with .priorityClassName }}
-priorityClassName: {{ . }}
-{{- end }}
+{{- if $placement }}{{ toYaml $placement }}{{ end }}
 {{- end }}
 
 {{/*
