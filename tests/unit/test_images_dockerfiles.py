@@ -627,6 +627,43 @@ def test_make_images_says_when_no_engine_is_present() -> None:
     assert "no image engine here" in proc.stdout and "nothing built" in proc.stdout
 
 
+def test_make_images_builds_each_plan_step_with_args_and_secrets(tmp_path: Path) -> None:
+    """With an engine, `make images` runs one `<engine> build --target T -t REF...` per
+    step of the build plan, with BASE_IMAGE, the torch arguments and the build secrets
+    (here a stand-in engine that records its calls and holds every image); a second run
+    with nothing newer builds nothing."""
+    engine = tmp_path / "podman"
+    log = tmp_path / "calls"
+    engine.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    engine.chmod(0o755)
+    pipconf, cacert = tmp_path / "pip.conf", tmp_path / "ca.crt"
+    pipconf.write_text("[global]\n")
+    cacert.write_text("")
+
+    def make_images() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["make", "-s", "images", f"IMAGE_ENGINE={engine}", "BASE_IMAGE=local/python:3.11",
+             f"PIP_CONF={pipconf}", f"CA_BUNDLE={cacert}", f"PYTHON={sys.executable}",
+             f"IMAGES_STAMP={tmp_path / 'stamp'}"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    proc = make_images()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    builds = [c.split() for c in log.read_text().splitlines() if c.startswith("build ")]
+    plan = images.build_plan()
+    assert len(builds) == len(plan)
+    for (target, refs), argv in zip(plan, builds, strict=True):
+        assert argv[:3] == ["build", "--target", target]
+        assert [argv[i + 1] for i, a in enumerate(argv) if a == "-t"] == list(refs)
+        assert argv[argv.index("-f") + 1] == "Dockerfile" and argv[-1] == "."
+        assert "BASE_IMAGE=local/python:3.11" in argv and "TORCH_VARIANT=cpu" in argv
+        assert f"id=pipconf,src={pipconf}" in argv and f"id=cacert,src={cacert}" in argv
+    again = make_images()
+    assert again.returncode == 0 and "images: up to date" in again.stdout, again.stdout
+    assert len([c for c in log.read_text().splitlines() if c.startswith("build ")]) == len(plan)
+
+
 def test_build_plan_builds_each_distinct_image_once() -> None:
     """The bare stage targets are the pipeline-stage image under their names: one build
     tagged with each; every other image is its own target."""
