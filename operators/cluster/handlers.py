@@ -9,8 +9,9 @@ passed in, so tests drive it against a recording HTTP server.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 WARNING_DECISIONS = {Decision.ROLLBACK, Decision.RETRAIN_FAILED}
 
 
+STORAGE_TTL_SECONDS = 60.0
+
+
 @dataclass
 class ClusterDeps:
     settings: OperatorSettings
@@ -63,6 +67,10 @@ class ClusterDeps:
     drift: DriftServiceClient | None = None
     # KServe's default deployment mode (its ConfigMap), cached between passes.
     kserve: KServeConfig | None = None
+    # Namespaces whose storage ServiceAccount was found, and when (monotonic): read again
+    # after STORAGE_TTL_SECONDS; a namespace with a problem is read every pass.
+    storage_found: dict[str, float] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
         if self.drift is None:
@@ -138,6 +146,9 @@ class ClusterActuators(SharedActuators):
         """The storage ServiceAccount predictors here download with, and the Secret it
         names (only its name: the operator never reads Secrets)."""
         account, ns = self.deps.storage_service_account, self.namespace
+        found_at = self.deps.storage_found.get(ns)
+        if found_at is not None and self.deps.clock() - found_at < STORAGE_TTL_SECONDS:
+            return ""
         try:
             sa = self.deps.core.read_namespaced_service_account(account, ns)
         except ApiException as exc:
@@ -160,6 +171,7 @@ class ClusterActuators(SharedActuators):
                 f"ServiceAccount {ns}/{account} names no Secret: predictors here have no S3 "
                 "credentials to download model versions with"
             )
+        self.deps.storage_found[ns] = self.deps.clock()
         return ""
 
     def run_status(self, run_name: str) -> RunObservation:

@@ -444,7 +444,7 @@ def test_invalid_spec_reports_stalled_without_touching_the_cluster(api, tmp_path
 
 
 def _cluster_pass_runner(
-    api, tmp_path, annotations=None, *, observer=None, metrics=None, **settings
+    api, tmp_path, annotations=None, *, observer=None, metrics=None, monotonic=None, **settings
 ):
     """One ModelDeployment ``fraud-detector`` in namespace ``ml`` against the recording
     server and a local registry with v1. Prometheus is down unless an ``observer`` is given;
@@ -471,6 +471,7 @@ def _cluster_pass_runner(
         storage_service_account="team-a-kubeloop-s3",
         # Asked every pass here (the operator caches the watched set for a few seconds).
         drift=DriftServiceClient(api["url"], status_ttl_seconds=0),
+        clock=monotonic or time.monotonic,
     )
     status: dict = {}
 
@@ -532,6 +533,26 @@ def test_namespace_without_storage_gets_no_inference_service(api, tmp_path, stor
     sent = one_pass()
     assert [(m, p) for m, p, b in sent][:1] == [("POST", ISVC_PATH)]
     assert _condition(status, "Stalled")["status"] == "False"
+
+
+def test_found_storage_is_read_again_only_after_its_ttl(api, tmp_path):
+    """A namespace whose storage ServiceAccount was found is not asked again every pass."""
+    from kubeloop.operators.cluster.handlers import STORAGE_TTL_SECONDS
+
+    clock = {"t": 0.0}
+    _, _, one_pass = _cluster_pass_runner(api, tmp_path, monotonic=lambda: clock["t"])
+
+    def reads() -> int:
+        return sum(1 for m, p, b in api["requests"] if (m, p) == ("GET", SA_PATH))
+
+    one_pass()
+    assert reads() == 1
+    clock["t"] = STORAGE_TTL_SECONDS - 1
+    one_pass()
+    assert reads() == 0
+    clock["t"] = STORAGE_TTL_SECONDS + 1
+    one_pass()
+    assert reads() == 1
 
 
 @pytest.mark.parametrize(

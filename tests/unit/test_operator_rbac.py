@@ -128,13 +128,17 @@ def test_lease_role_grants_exactly_the_elector_calls():
 
 
 def test_handlers_use_only_granted_calls():
-    source = (REPO_ROOT / "operators" / "cluster" / "handlers.py").read_text()
+    source = "\n".join(
+        (REPO_ROOT / "operators" / "cluster" / name).read_text()
+        for name in ("handlers.py", "kserve.py")
+    )
     used = {
         "get_namespaced_custom_object": ("serving.kserve.io", "get"),
         "create_namespaced_custom_object": ("serving.kserve.io", "create"),
         "patch_namespaced_custom_object": ("serving.kserve.io", "patch"),
         "create_namespaced_event": ("", "create"),
         "read_namespaced_service_account": ("", "get"),
+        "read_namespaced_config_map": ("", "get"),  # KServe's inferenceservice-config
     }
     calls = {name for name in used if f".{name}(" in source}
     assert calls == set(used)
