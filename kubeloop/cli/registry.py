@@ -76,24 +76,23 @@ def ensure_bucket(
 ) -> None:
     """Create the registry's bucket on its S3 endpoint unless it exists (the chart's bucket
     Job); fail naming the endpoint and the bucket when the credentials cannot reach it."""
-    from urllib.parse import urlparse
-
     from kubeloop.registry.bucket import BucketError
     from kubeloop.registry.bucket import ensure_bucket as ensure
+    from kubeloop.registry.stores import S3Store, endpoint_url, open_store
     from kubeloop.settings import get_settings
 
     settings = get_settings()
     if bucket is None:
-        uri = urlparse(settings.registry_uri)
-        if uri.scheme != "s3" or not uri.netloc:
+        store = open_store(settings.registry_uri, settings.s3)
+        if not isinstance(store, S3Store):
             typer.echo(
                 f"error: registry_uri {settings.registry_uri!r} is not s3://bucket/prefix; "
                 "pass --bucket",
                 err=True,
             )
             raise typer.Exit(2)
-        bucket = uri.netloc
-    endpoint = f"{'https' if settings.s3.secure else 'http'}://{settings.s3.endpoint}"
+        bucket = store.bucket
+    endpoint = endpoint_url(settings.s3)
     try:
         created = ensure(bucket, settings.s3)
     except BucketError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubeloop.registry.stores import RegistryError, _http_client
+from kubeloop.registry.stores import RegistryError, endpoint_url, minio_client
 
 # Error codes S3 (and MinIO) give for credentials it does not accept.
 REJECTED_CREDENTIALS = frozenset(
@@ -27,7 +27,6 @@ def ensure_bucket(bucket: str, s3: Any = None, *, client: Any = None) -> bool:
     """Makes sure ``bucket`` exists at ``s3.endpoint`` (kubeloop's ``S3Settings``; default
     the settings' own) and these credentials reach it. Returns True when it created the
     bucket, False when it was there; raises ``BucketError`` saying why not."""
-    from minio import Minio
     from minio.error import S3Error
     from urllib3.exceptions import HTTPError
 
@@ -35,20 +34,15 @@ def ensure_bucket(bucket: str, s3: Any = None, *, client: Any = None) -> bool:
         from kubeloop.settings import get_settings
 
         s3 = get_settings().s3
-    where = f"bucket {bucket!r} at {'https' if s3.secure else 'http'}://{s3.endpoint}"
+    where = f"bucket {bucket!r} at {endpoint_url(s3)}"
     if not s3.access_key or not s3.secret_key:
         raise BucketError(
             f"{where}: no credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
             "KUBELOOP_S3__ACCESS_KEY and KUBELOOP_S3__SECRET_KEY)"
         )
     try:
-        client = client or Minio(
-            s3.endpoint,
-            access_key=s3.access_key,
-            secret_key=s3.secret_key,
-            secure=s3.secure,
-            region=s3.region,
-            http_client=_http_client(),
+        client = client or minio_client(
+            s3.endpoint, s3.access_key, s3.secret_key, s3.secure, s3.region
         )
         try:
             if client.bucket_exists(bucket):

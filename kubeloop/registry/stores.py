@@ -94,7 +94,6 @@ class S3Store:
         region: str | None = None,
         client: object | None = None,
     ) -> None:
-        from minio import Minio
 
         parsed = urlparse(uri)
         if parsed.scheme != "s3" or not parsed.netloc:
@@ -103,14 +102,7 @@ class S3Store:
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
         self.endpoint = endpoint
-        self.client = client or Minio(
-            endpoint,
-            access_key=access_key,
-            secret_key=secret_key,
-            secure=secure,
-            region=region,
-            http_client=_http_client(),
-        )
+        self.client = client or minio_client(endpoint, access_key, secret_key, secure, region)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -171,6 +163,25 @@ class S3Store:
             self._call(
                 f"cannot delete {key}", self.client.remove_object, self.bucket, self._key(key)
             )
+
+
+def minio_client(
+    endpoint: str,
+    access_key: str | None,
+    secret_key: str | None,
+    secure: bool = False,
+    region: str | None = None,
+):
+    """The S3 client kubeloop uses: MinIO's, with bounded timeouts and retries."""
+    from minio import Minio
+
+    return Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure,
+                 region=region, http_client=_http_client())  # fmt: skip
+
+
+def endpoint_url(s3: object) -> str:
+    """``http(s)://host:port`` of an ``S3Settings``, as messages name it."""
+    return f"{'https' if s3.secure else 'http'}://{s3.endpoint}"
 
 
 def _http_client():
