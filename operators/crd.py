@@ -242,9 +242,10 @@ class Placement(_Model):
     )
 
     def over(self, defaults: Placement) -> Placement:
-        """This placement, each unset field taken from ``defaults``."""
-        given = self.model_dump(exclude_none=True)
-        return defaults.model_copy(update={k: getattr(self, k) for k in given})
+        """This placement (of a Placement or a Serving), each unset field taken from
+        ``defaults``."""
+        given = {k: getattr(self, k) for k in Placement.model_fields}
+        return defaults.model_copy(update={k: v for k, v in given.items() if v is not None})
 
 
 class Serving(Placement):
@@ -269,11 +270,6 @@ class Serving(Placement):
     logger_url: str | None = Field(
         None, description="payload logger sink; default: the operator's drift service"
     )
-
-    def placement(self) -> Placement:
-        return Placement.model_validate(
-            {k: getattr(self, k) for k in Placement.model_fields if getattr(self, k) is not None}
-        )
 
 
 class ApprovalMode(StrEnum):

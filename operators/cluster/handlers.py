@@ -230,7 +230,7 @@ def predictor_options(
     watch the version, so specs need not name a release), the release's storage
     ServiceAccount. Unset resources keep the serving runtime's."""
     res = spec.serving.resources
-    placement = spec.serving.placement().over(placement_defaults or Placement())
+    placement = spec.serving.over(placement_defaults or Placement())
     return {
         "runtime": isvc.PREDICTOR_RUNTIME,
         "cpu": res.cpu,
@@ -246,13 +246,7 @@ def predictor_options(
 
 def _placement_options(placement: Placement) -> dict[str, Any]:
     wire = placement.wire()  # camelCase, unset fields left out
-    return {
-        "node_selector": wire.get("nodeSelector"),
-        "tolerations": wire.get("tolerations"),
-        "affinity": wire.get("affinity"),
-        "runtime_class_name": wire.get("runtimeClassName"),
-        "priority_class_name": wire.get("priorityClassName"),
-    }
+    return {name: wire.get(field.alias) for name, field in Placement.model_fields.items()}
 
 
 def _apply_traffic(
