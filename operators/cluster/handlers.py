@@ -131,16 +131,14 @@ class ClusterActuators(SharedActuators):
         self.spec, self.stable, self.now = spec, stable, now
         # KServe's deployment mode, when the ModelDeployment asks for one: put on the
         # InferenceService the operator creates (KServe fixes it from then on).
-        mode = (annotations or {}).get(MODE_ANNOTATION)
-        self.isvc_annotations = {MODE_ANNOTATION: mode} if mode else None
+        self.requested_mode = (annotations or {}).get(MODE_ANNOTATION)
         self.live = _get_isvc(deps, name, namespace)
 
     def ready_versions(self, versions: frozenset[str]) -> frozenset[str]:
         return isvc.ready_versions(self.live, self.stable) & versions
 
     def serving_mode(self) -> ServingMode:
-        annotation = (self.isvc_annotations or {}).get(MODE_ANNOTATION)
-        return observed_mode(self.live, annotation, self.deps.kserve.default_mode())
+        return observed_mode(self.live, self.requested_mode, self.deps.kserve.default_mode())
 
     def storage_problem(self) -> str:
         """The storage ServiceAccount predictors here download with, and the Secret it
@@ -188,7 +186,7 @@ class ClusterActuators(SharedActuators):
             self.registry.uri,
             self.live,
             action,
-            self.isvc_annotations,
+            {MODE_ANNOTATION: self.requested_mode} if self.requested_mode else None,
         )
 
     def submit_run(self, action: SubmitRun) -> None:
