@@ -186,4 +186,3 @@ def test_the_cli_the_chart_runs(s3, tmp_path):
     assert f"error: bucket 'cli-registry' at http://{endpoint}: the endpoint rejected" in (
         wrong.stderr
     )
-
