@@ -72,8 +72,11 @@ def run_scenario(tmp_path: Path, drift_cache: Path, config: LoopConfig, max_seco
 def test_covariate_drift_retrains_promotes_and_rolls_back_the_worse_candidate(
     tmp_path, drift_cache
 ):
-    config = LoopConfig(scenario="covariate", duration_seconds=300.0, **SHORT)
-    summary, _, _, log = run_scenario(tmp_path, drift_cache, config, max_seconds=350)
+    # The run stops once the worse candidate is judged; the traffic is long enough for that
+    # to happen on a loaded machine too (promotion ~155 s in, then the watch, the offer and
+    # the canary's first step).
+    config = LoopConfig(scenario="covariate", duration_seconds=420.0, **SHORT)
+    summary, _, _, log = run_scenario(tmp_path, drift_cache, config, max_seconds=480)
     # The scenario starts with the first row sent after 15 s of traffic: never before it,
     # a little after when the replayer runs behind on a loaded machine.
     assert 14.9 <= summary["drift_onset_seconds"] <= 20.0, log
