@@ -171,6 +171,69 @@ def test_an_escaping_exception_is_a_counted_500_json_answer():
     assert outcomes == [(500, None)]
 
 
+def _post_scope() -> dict:
+    return {"type": "http", "method": "POST", "path": V1, "raw_path": V1.encode(),
+            "headers": [(b"content-type", b"application/json")], "query_string": b""}  # fmt: skip
+
+
+def test_only_the_stalled_body_of_concurrent_requests_times_out():
+    guard, app, outcomes = _guard(body_timeout_s=0.2)
+    answers: dict[str, list[dict]] = {"slow": [], "stalled": []}
+
+    def receiver(pause: float):
+        parts = [b'{"ins', b'tances": []}']
+
+        async def receive():
+            await asyncio.sleep(pause)
+            if len(parts) > 1:
+                return {"type": "http.request", "body": parts.pop(0), "more_body": True}
+            if parts:
+                return {"type": "http.request", "body": parts.pop(0), "more_body": False}
+            await asyncio.sleep(3600)
+
+        return receive
+
+    async def go():
+        async def request(name: str, pause: float):
+            async def send(message):
+                answers[name].append(message)
+
+            await guard(_post_scope(), receiver(pause), send)
+
+        # each chunk of "slow" comes after 0.08 s: slow, and whole within the limit
+        await asyncio.wait_for(
+            asyncio.gather(request("slow", 0.08), request("stalled", 3600)), timeout=5
+        )
+
+    asyncio.run(go())
+    assert answers["slow"][0]["status"] == 200 and app.seen[0]["body"] == b'{"instances": []}'
+    assert answers["stalled"][0]["status"] == 408
+    assert sorted(outcomes) == [(200, None), (408, "body_timeout")]
+    assert not guard._deadlines._reading  # nothing left armed
+
+
+def test_a_read_cancelled_by_someone_else_stays_cancelled():
+    """A cancellation that is not the deadline's (a shutdown) is not answered as a 408."""
+    guard, _, _ = _guard(body_timeout_s=5)
+    sent: list[dict] = []
+
+    async def go():
+        async def receive():
+            await asyncio.sleep(3600)
+
+        async def send(message):
+            sent.append(message)
+
+        task = asyncio.create_task(guard(_post_scope(), receive, send))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    assert sent == [] and not guard._deadlines._reading
+
+
 def test_stalled_body_gets_408_and_closes_the_connection():
     guard, app, outcomes = _guard(body_timeout_s=0.2)
     sent: list[dict] = []
