@@ -42,7 +42,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from kubeloop.bodies import declared_length
 from kubeloop.serving.inputs import Limits, RequestRejected, check_v2_body
 
 log = logging.getLogger(__name__)
@@ -104,10 +103,12 @@ class BodyDeadlines:
         self._reading: dict[asyncio.Task, float] = {}
         self._expired: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
+        self._armed = False  # a read began since the sweeper last woke
 
     def arm(self, task: asyncio.Task) -> None:
         loop = task.get_loop()
         self._reading[task] = loop.time() + self.timeout_s
+        self._armed = True
         sweeper = self._sweeper
         if sweeper is None or sweeper.done() or sweeper.get_loop() is not loop:
             self._sweeper = loop.create_task(self._sweep(loop))
@@ -123,8 +124,11 @@ class BodyDeadlines:
         return False
 
     async def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Sleeps first: a read is usually over before the sweeper first runs. It ends
+        # after an interval in which nothing was read, and the next read starts it again.
         interval = self.timeout_s / 4
-        while self._reading:
+        while True:
+            self._armed = False
             await asyncio.sleep(interval)
             now = loop.time()
             for task, deadline in list(self._reading.items()):
@@ -133,6 +137,8 @@ class BodyDeadlines:
                 elif deadline <= now and task not in self._expired:
                     self._expired.add(task)
                     task.cancel()
+            if not self._reading and not self._armed:
+                return
 
 
 class RequestGuard:
@@ -209,8 +215,7 @@ class RequestGuard:
         # One send wrapper per request: it records the status the counting reads.
         outcome = outcome if outcome is not None else Outcome()
         try:
-            headers = self._checked_headers(scope, infer)
-            declared = declared_length(scope)
+            headers, declared, binary = self._checked_headers(scope, infer)
             if declared is not None and declared > self.limits.max_payload_bytes:
                 raise _Answer(
                     413,
@@ -221,7 +226,7 @@ class RequestGuard:
                 )
             body = await self._read_body(receive)
             if infer is not None:
-                self._check_body(body, headers, infer[0])
+                self._check_body(body, binary, infer[0])
         except _Answer as answer:
             outcome.reason, outcome.status = answer.reason, answer.status
             extra = [(b"connection", b"close")] if answer.close else []
@@ -251,11 +256,19 @@ class RequestGuard:
             outcome.status = 500
             await _respond(send, 500, {"error": f"internal error ({type(exc).__name__})"})
 
-    def _checked_headers(self, scope, infer) -> list:
+    def _checked_headers(self, scope, infer) -> tuple[list, int | None, int | None]:
+        """In one pass over the headers: the headers kserve gets, the declared
+        Content-Length (None when absent or not a number) and, on V2, the binary tensor
+        extension's Inference-Header-Content-Length (the length of the JSON part)."""
         headers = scope["headers"]
-        content_type = length = None
+        content_type = length = declared = None
         for key, value in headers:
-            if key == b"x-request-id" and infer is not None:
+            if key == b"content-length":
+                if declared is None:
+                    declared = int(value) if value.isdigit() else -1
+            elif key == b"content-type":
+                content_type = value
+            elif key == b"x-request-id" and infer is not None:
                 if len(value) > self.limits.max_request_id_chars or not _PRINTABLE_ASCII.match(
                     value
                 ):
@@ -265,12 +278,11 @@ class RequestGuard:
                         f"X-Request-Id must be 1 to {self.limits.max_request_id_chars} printable "
                         "ASCII characters",
                     )
-            elif key == b"content-type":
-                content_type = value
-            elif key == b"inference-header-content-length":
+            elif key == b"inference-header-content-length" and length is None:
                 length = value
+        declared = None if declared == -1 else declared
         if infer is None:
-            return headers
+            return headers, declared, None
         if infer[0] == "v2" and length is not None:
             if not length.isdigit():
                 raise _Answer(
@@ -279,18 +291,18 @@ class RequestGuard:
                     "Inference-Header-Content-Length must be a byte count, got "
                     f"{length[:32].decode('latin-1')!r}",
                 )
-            return headers  # the binary tensor extension: any content type
+            return headers, declared, int(length)  # the binary extension: any content type
         if content_type is None:
             # No Content-Type: the body is JSON (kserve would take V2 bytes as binary).
-            return [*headers, (b"content-type", b"application/json")]
-        if not _json_type(content_type):
+            return [*headers, (b"content-type", b"application/json")], declared, None
+        if content_type != b"application/json" and not _json_type(content_type):
             raise _Answer(
                 415,
                 "unsupported_media_type",
                 f"Content-Type {content_type[:64].decode('latin-1')!r} is not JSON; "
                 "send application/json",
             )
-        return headers
+        return headers, declared, None
 
     async def _read_body(self, receive) -> bytes:
         task = asyncio.current_task()
@@ -328,17 +340,16 @@ class RequestGuard:
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _check_body(self, body: bytes, headers: list, protocol: str) -> None:
-        length = next((v for k, v in headers if k == b"inference-header-content-length"), None)
-        if length is not None and protocol == "v2":
-            if int(length) > len(body):
+    def _check_body(self, body: bytes, binary: int | None, protocol: str) -> None:
+        if binary is not None:  # V2 with binary tensors: only the JSON header is checked
+            if binary > len(body):
                 raise _Answer(
                     400,
                     "malformed_body",
-                    f"Inference-Header-Content-Length {int(length)} exceeds the body's "
+                    f"Inference-Header-Content-Length {binary} exceeds the body's "
                     f"{len(body)} bytes",
                 )
-            body = body[: int(length)]  # the JSON header; binary tensors follow
+            body = body[:binary]  # the JSON header; binary tensors follow
         if body.startswith(BOM):
             raise _Answer(
                 400, "malformed_body", "request body starts with a byte order mark; send plain JSON"
