@@ -24,6 +24,7 @@ import httpx
 import pandas as pd
 import psutil
 
+from kubeloop.drift.params import MAX_WAIT_SECONDS
 from kubeloop.generated import REPO_ROOT
 from kubeloop.local.drift import drift_python, start_drift_service
 from kubeloop.local.supervisor import Supervisor
@@ -35,6 +36,9 @@ from tests.support.drift_scenarios import write_fraud_scenarios  # noqa: E402
 from tests.support.events import payload_pair  # noqa: E402
 
 MODEL = "fraud-detector"
+
+
+UNCACHED = {"predicted_class"}  # detectors whose thresholds are computed, not cached
 
 
 def _watch(url: str) -> dict:
@@ -115,14 +119,22 @@ def throughput(
         t = time.perf_counter()
         snap = _watch(svc.url)
         out["setup_cached_s"] = time.perf_counter() - t
-        out["cache_hits"] = all(v["cache_hit"] for v in snap["detectors"].values())
+        # The predicted-class charts' thresholds are exact and take milliseconds: never cached.
+        out["cache_hits"] = all(
+            v["cache_hit"] for name, v in snap["detectors"].items() if name not in UNCACHED
+        )
         worker_pid = httpx.get(svc.url + "/v1/status").json()["worker"]["pid"]
         cpu_before = {"http": _cpu_seconds(svc.pid), "worker": _cpu_seconds(worker_pid)}
         start = time.perf_counter()
         send_s = asyncio.run(_send(svc.url, events, concurrency, feedback))
-        status = httpx.get(
-            svc.url + "/v1/status", params={"wait": "idle", "timeout": "600"}, timeout=700
-        ).json()
+        # The service waits at most MAX_WAIT_SECONDS per request (a longer timeout is a 400).
+        answer = httpx.get(
+            svc.url + "/v1/status",
+            params={"wait": "idle", "timeout": str(int(MAX_WAIT_SECONDS))},
+            timeout=MAX_WAIT_SECONDS + 30,
+        )
+        answer.raise_for_status()
+        status = answer.json()
         total_s = time.perf_counter() - start
         # CPU time per event of each service process: what one dedicated core each would
         # sustain, whatever else shares this machine's cores during the run.
