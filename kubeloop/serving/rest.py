@@ -42,6 +42,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from kubeloop.bodies import declared_length
 from kubeloop.serving.inputs import Limits, RequestRejected, check_v2_body
 
 log = logging.getLogger(__name__)
@@ -132,9 +133,7 @@ class BodyDeadlines:
             await asyncio.sleep(interval)
             now = loop.time()
             for task, deadline in list(self._reading.items()):
-                if task.get_loop() is not loop or task.done():
-                    self._reading.pop(task, None)  # from a loop that has ended
-                elif deadline <= now and task not in self._expired:
+                if deadline <= now and task not in self._expired:
                     self._expired.add(task)
                     task.cancel()
             if not self._reading and not self._armed:
@@ -215,7 +214,8 @@ class RequestGuard:
         # One send wrapper per request: it records the status the counting reads.
         outcome = outcome if outcome is not None else Outcome()
         try:
-            headers, declared, binary = self._checked_headers(scope, infer)
+            headers, binary = self._checked_headers(scope, infer)
+            declared = declared_length(scope)
             if declared is not None and declared > self.limits.max_payload_bytes:
                 raise _Answer(
                     413,
@@ -256,17 +256,13 @@ class RequestGuard:
             outcome.status = 500
             await _respond(send, 500, {"error": f"internal error ({type(exc).__name__})"})
 
-    def _checked_headers(self, scope, infer) -> tuple[list, int | None, int | None]:
-        """In one pass over the headers: the headers kserve gets, the declared
-        Content-Length (None when absent or not a number) and, on V2, the binary tensor
-        extension's Inference-Header-Content-Length (the length of the JSON part)."""
+    def _checked_headers(self, scope, infer) -> tuple[list, int | None]:
+        """The headers kserve gets and, on V2, the binary tensor extension's
+        Inference-Header-Content-Length (the length of the JSON part)."""
         headers = scope["headers"]
-        content_type = length = declared = None
+        content_type = length = None
         for key, value in headers:
-            if key == b"content-length":
-                if declared is None:
-                    declared = int(value) if value.isdigit() else -1
-            elif key == b"content-type":
+            if key == b"content-type":
                 content_type = value
             elif key == b"x-request-id" and infer is not None:
                 if len(value) > self.limits.max_request_id_chars or not _PRINTABLE_ASCII.match(
@@ -280,9 +276,8 @@ class RequestGuard:
                     )
             elif key == b"inference-header-content-length" and length is None:
                 length = value
-        declared = None if declared == -1 else declared
         if infer is None:
-            return headers, declared, None
+            return headers, None
         if infer[0] == "v2" and length is not None:
             if not length.isdigit():
                 raise _Answer(
@@ -291,18 +286,18 @@ class RequestGuard:
                     "Inference-Header-Content-Length must be a byte count, got "
                     f"{length[:32].decode('latin-1')!r}",
                 )
-            return headers, declared, int(length)  # the binary extension: any content type
+            return headers, int(length)  # the binary extension: any content type
         if content_type is None:
             # No Content-Type: the body is JSON (kserve would take V2 bytes as binary).
-            return [*headers, (b"content-type", b"application/json")], declared, None
-        if content_type != b"application/json" and not _json_type(content_type):
+            return [*headers, (b"content-type", b"application/json")], None
+        if not _json_type(content_type):
             raise _Answer(
                 415,
                 "unsupported_media_type",
                 f"Content-Type {content_type[:64].decode('latin-1')!r} is not JSON; "
                 "send application/json",
             )
-        return headers, declared, None
+        return headers, None
 
     async def _read_body(self, receive) -> bytes:
         task = asyncio.current_task()
