@@ -17,6 +17,7 @@ from typing import Any
 from kubeloop.drift.events import clip
 
 ENV_PREFIX = "KUBELOOP_DRIFT_"
+METHODS = ("cusum", "alibi")
 
 
 class DriftConfigError(ValueError):
@@ -28,6 +29,13 @@ class DetectorSettings:
     """What each watched version runs. Overridable per model in ``POST /v1/watch``."""
 
     ert: float = 500.0  # expected run time without drift, in detector steps
+    # How the input, score and error-rate detectors test: "cusum" (CUSUM charts on
+    # indicators of the reference's quantile bins and categories, exact thresholds in
+    # milliseconds) or "alibi" (alibi-detect's MMD, Cramér–von Mises and Fisher exact
+    # tests, thresholds simulated: seconds to minutes per version, cached on disk).
+    method: str = "cusum"
+    bins: int = 5  # quantile intervals per number (cusum)
+    odds_ratio: float = 2.0  # the rise in an indicator's odds each chart is tuned to (cusum)
     mmd: bool = True
     mmd_window: int = 20
     mmd_every: int = 8  # the multivariate detector reads one instance in mmd_every
@@ -43,6 +51,7 @@ class DetectorSettings:
     prediction: bool = True
     error_rate: bool = True
     error_windows: tuple[int, ...] = (50, 150)
+    error_rate_ert: float | None = None  # in labels; by default ert
     # Label shift: Bernoulli CUSUM charts on the share of positive predictions (both
     # directions, odds x2), exact thresholds in milliseconds; ERT in predictions, by
     # default ert x univariate_every.
@@ -59,6 +68,9 @@ class DetectorSettings:
     def __post_init__(self) -> None:
         checks = {
             "ert": math.isfinite(self.ert) and self.ert > 1,
+            "method": self.method in METHODS,
+            "bins": 2 <= self.bins <= 50,
+            "odds_ratio": math.isfinite(self.odds_ratio) and 1.05 <= self.odds_ratio <= 100,
             "mmd_window": self.mmd_window >= 2,
             "mmd_every": self.mmd_every >= 1,
             "univariate_every": self.univariate_every >= 1,
@@ -67,6 +79,8 @@ class DetectorSettings:
             "univariate_windows": len(self.univariate_windows) > 0
             and min(self.univariate_windows) >= 2,
             "error_windows": len(self.error_windows) > 0 and min(self.error_windows) >= 2,
+            "error_rate_ert": self.error_rate_ert is None
+            or (math.isfinite(self.error_rate_ert) and self.error_rate_ert > 1),
             "predicted_class_ert": self.predicted_class_ert is None
             or (math.isfinite(self.predicted_class_ert) and self.predicted_class_ert > 1),
             "accuracy_window": self.accuracy_window >= 10,

@@ -1,4 +1,5 @@
-"""Bernoulli CUSUM charts for a change in the share of a binary outcome (the predicted class).
+"""Bernoulli CUSUM charts for a change in the share of a binary outcome, and the detectors
+built on them (the predicted class; with ``kubeloop.drift.indicators``, every input).
 
 One chart per indicator column watches for that column's odds rising by ``odds_ratio``
 (two columns, positive and negative, cover both directions). The chart is Page's CUSUM
@@ -20,12 +21,17 @@ The class follows the slice of alibi-detect's online-detector interface that
 from __future__ import annotations
 
 import math
+from collections import Counter
 from fractions import Fraction
+from functools import lru_cache
 
 import numpy as np
 
+from kubeloop.drift.indicators import Indicators
+
 MAX_DENOMINATOR = 512  # the reference value k/m: the chart lives on integers in steps of 1/m
 MAX_STATES = 64 * MAX_DENOMINATOR  # a threshold beyond this is refused (an ERT far too long)
+MAX_TARGET = 1e13  # a chart's run length beyond this is past what the solve resolves
 
 
 def reference_value(p0: float, p1: float) -> float:
@@ -53,6 +59,20 @@ def reference_fraction(p0: float, p1: float) -> Fraction:
     )
 
 
+def reference_fractions(p0: float, p1: float, most: int = 4) -> list[Fraction]:
+    """Up to ``most`` admissible reference values (as ``reference_fraction``), the smallest
+    denominator first: larger denominators give finer steps, so a run length closer to
+    the target."""
+    first = reference_fraction(p0, p1)
+    gamma, out, limit = reference_value(p0, p1), [first], 2 * first.denominator
+    while limit <= MAX_DENOMINATOR and len(out) < most:
+        fraction = Fraction(gamma).limit_denominator(limit)
+        if p0 < fraction < p1 and abs(fraction - gamma) <= 0.1 * (p1 - p0) and fraction not in out:
+            out.append(fraction)
+        limit *= 2
+    return out
+
+
 def run_length(p: float, up: int, down: int, states: int) -> float:
     """Average run length from 0 of the integer chart ``S = max(0, S + up)`` w.p. ``p`` and
     ``max(0, S - down)`` otherwise, alarming when ``S >= states``: one banded solve of
@@ -66,27 +86,42 @@ def run_length(p: float, up: int, down: int, states: int) -> float:
     bands[0, idx[rise] + up] -= p  # i -> i + up, the upper band's top row
     fall = np.maximum(idx - down, 0)  # i -> max(i - down, 0)
     bands[up + idx - fall, fall] -= 1 - p
-    return float(solve_banded((down, up), bands, np.ones(states))[0])
+    ones = np.ones(states)
+    return float(solve_banded((down, up), bands, ones, overwrite_ab=True, check_finite=False)[0])
 
 
 def chart_threshold(p: float, up: int, down: int, target: float) -> int:
-    """The smallest number of states whose in-control run length is at least ``target``."""
-    hi = 8
-    while run_length(p, up, down, hi) < target:  # run_length grows with the states
-        if hi >= MAX_STATES:
+    """The smallest number of states whose in-control run length is at least ``target``.
+
+    The log of the run length is nearly linear in the states, so the search extrapolates
+    and then interpolates on it (a bisection step whenever that stalls): about five
+    solves instead of a doubling and a bisection's fifteen."""
+    goal = math.log(target)
+    lo, lo_v = 1, -math.log(p)  # one state: the first up-step alarms
+    if lo_v >= goal:
+        return 1
+    hi, hi_v, s, width = 0, 0.0, 8, math.inf
+    while not hi or hi - lo > 1:
+        if hi:
+            cut = lo + (goal - lo_v) * (hi - lo) / max(hi_v - lo_v, 1e-12)
+            s = (lo + hi) // 2 if hi - lo > width / 2 else int(round(cut))
+            s, width = min(max(s, lo + 1), hi - 1), hi - lo
+        arl = run_length(p, up, down, s)
+        v = math.log(arl) if 0 < arl < math.inf else math.inf  # beyond double precision: long
+        if v >= goal:
+            hi, hi_v = s, v
+        elif s >= MAX_STATES:
             raise ValueError(
                 f"a CUSUM at rate {p:.4g} cannot reach an expected run time of {target:.4g} "
                 f"within {MAX_STATES} states"
             )
-        hi = min(2 * hi, MAX_STATES)
-    lo = hi // 2 if hi > 8 else 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if run_length(p, up, down, mid) >= target:
-            hi = mid
         else:
-            lo = mid + 1
-    return lo
+            slope = (v - lo_v) / (s - lo)
+            lo, lo_v = s, v
+            if not hi:  # extrapolate, a little past the goal, at most fourfold
+                ahead = (goal - v) / slope if slope > 0 else math.inf
+                s = int(min(s + 1.1 * ahead + 1, 4 * s, MAX_STATES))
+    return hi
 
 
 class BernoulliCusum:
@@ -96,7 +131,7 @@ class BernoulliCusum:
     lie strictly between 0 and 1 (and not so close to either that no reference value
     separates it from the shifted rate). The charts share the ERT: each targets ``ert``
     times the number of charts, so that the first alarm of any comes after about ``ert``
-    steps.
+    steps (alarms of different charts are rare, brief excursions that do not coincide).
     """
 
     def __init__(self, x_ref: np.ndarray, ert: float, odds_ratio: float = 2.0) -> None:
@@ -108,27 +143,77 @@ class BernoulliCusum:
         x = x.reshape(len(x), -1)
         if not np.isin(x, (0.0, 1.0)).all():
             raise ValueError("a Bernoulli CUSUM reads 0/1 columns only")
-        rates = x.mean(axis=0)
-        if (rates <= 0).any() or (rates >= 1).any():
+        self._arm(x.mean(axis=0), ert, odds_ratio)
+
+    @classmethod
+    def for_rates(
+        cls, rates: np.ndarray, ert: float, odds_ratio: float = 2.0, counted_on: int = 0
+    ) -> BernoulliCusum:
+        """Charts for columns whose in-control rates were counted on ``counted_on`` reference
+        rows (``kubeloop.drift.indicators``), their thresholds set so that the union of the
+        charts alarms after ``ert`` steps on average over what those rates may truly be."""
+        chart = cls.__new__(cls)
+        chart._arm(np.asarray(rates, dtype=np.float64), ert, odds_ratio, True, counted_on)
+        return chart
+
+    def _arm(
+        self,
+        rates: np.ndarray,
+        ert: float,
+        odds_ratio: float,
+        union: bool = False,
+        counted_on: int = 0,
+    ) -> None:
+        if len(rates) == 0 or (rates <= 0).any() or (rates >= 1).any():
             raise ValueError(
                 f"each column's reference rate must lie strictly between 0 and 1, got {rates.tolist()}"
             )
         if not odds_ratio > 1:
             raise ValueError(f"odds_ratio must exceed 1, got {odds_ratio}")
         self.ert, self.rates = float(ert), rates
-        up, down, states = [], [], []
-        for p0 in rates:
-            odds = odds_ratio * p0 / (1 - p0)
-            gamma = reference_fraction(p0, odds / (1 + odds))
-            k, m = gamma.numerator, gamma.denominator
-            up.append(m - k)
-            down.append(k)
-            states.append(chart_threshold(p0, m - k, k, self.ert * len(rates)))
+        # Each chart targets ``share`` times the ERT, so that the first alarm of any comes
+        # after about the ERT: as many times as there are charts if their run lengths were
+        # exponential. With ``union``, corrected by the union's exact run length with the
+        # charts taken as independent (all start at 0, so a short ERT needs a smaller share),
+        # and by the alarm rate averaged over what each rate may truly be, given how many
+        # reference rows it was counted on (a rate counted on few rows is known loosely,
+        # and a chart tuned to a rate too low alarms far more often than one too high
+        # alarms too rarely). A chart and its complement (predicted_class) are far from
+        # independent: there each chart simply targets the ERT times the number of charts.
+        ratios = [detectable_odds_ratio(float(p), odds_ratio, counted_on) for p in rates]
+        share, best = float(len(rates)), None
+        for _ in range(4 if union else 1):
+            if share * self.ert > MAX_TARGET:
+                raise ValueError(
+                    f"no chart reaches an ERT of {self.ert:.4g} over {len(rates)} charts whose "
+                    f"rates ({np.round(rates, 4).tolist()[:8]}) were counted on only "
+                    f"{counted_on} reference rows: take a longer reference or a shorter ERT"
+                )
+            charts = [(float(p), *design(float(p), r, share * self.ert, union))
+                      for p, r in zip(rates, ratios, strict=True)]  # fmt: skip
+            if not union:
+                best = (0.0, charts)
+                break
+            runs = union_run_length(charts) if len(rates) > 1 else run_length(*charts[0])
+            if counted_on:
+                plugged = sum(1 / run_length(*c) for c in charts)
+                runs *= plugged / sum(alarm_rate(*c, counted_on) for c in charts)
+            miss = abs(math.log(runs / self.ert))
+            if best is None or miss < best[0]:
+                best = (miss, charts)
+            if miss < 0.05:  # the union's run length within 5 % of the ERT
+                break
+            share *= self.ert / runs
+        self.odds_ratios = np.asarray(ratios)
+        up = [c[1] for c in best[1]]
+        down = [c[2] for c in best[1]]
+        states = [c[3] for c in best[1]]
         self.up, self.down = np.asarray(up), np.asarray(down)
+        self.states = np.asarray(states, dtype=np.int64)
         self.scale = (self.up + self.down).astype(np.float64)
         # a sum above it alarms: the sums move in steps of 1/m, one step below the first
         # alarming value
-        self.threshold = (np.asarray(states, dtype=np.float64) - 1) / self.scale
+        self.threshold = (self.states - 1) / self.scale
         self.reset_state()
 
     def reset_state(self) -> None:
@@ -144,6 +229,27 @@ class BernoulliCusum:
         self.t += 1
         return self.sums / self.scale
 
+    def statistic(self) -> np.ndarray:
+        """Each chart's sum, in units of one 1 (what ``score`` returns)."""
+        return self.sums / self.scale
+
+    def run(self, hits: np.ndarray) -> int | None:
+        """Steps every chart through the rows of ``hits`` (rows x charts, 0/1) at once; returns
+        the index of the first row after which some chart alarms (or ``None``).
+
+        Page's recursion ``S_t = max(0, S_{t-1} + X_t)`` is ``C_t - min(-S_0, min_{s<=t} C_s)``
+        with ``C`` the cumulative increments: a few array operations per batch."""
+        if len(hits) == 0:
+            return None
+        hits = np.asarray(hits).reshape(len(hits), -1) >= 0.5
+        c = np.cumsum(np.where(hits, self.up, -self.down), axis=0)
+        floor = np.minimum(np.minimum.accumulate(c, axis=0), -self.sums)
+        sums = c - floor
+        alarms = np.flatnonzero((sums >= self.states).any(axis=1))
+        self.sums = sums[-1]
+        self.t += len(hits)
+        return int(alarms[0]) if len(alarms) else None
+
     def get_threshold(self, t: int) -> np.ndarray:  # noqa: ARG002 - the same at every step
         """Per chart: a sum above it alarms."""
         return self.threshold
@@ -155,4 +261,159 @@ class BernoulliCusum:
         data = {"is_drift": int((stat > threshold).any()), "time": self.t}
         if return_test_stat:
             data.update(test_stat=stat, threshold=threshold)
+        return {"data": data}
+
+
+@lru_cache(maxsize=4096)
+def design(p0: float, odds_ratio: float, target: float, closest: bool) -> tuple[int, int, int]:
+    """``(up, down, states)`` of the chart for rate ``p0`` rising ``odds_ratio``-fold.
+
+    Without ``closest``: the first admissible reference value and the smallest threshold
+    whose in-control run length reaches ``target``. With it: the run length closest to
+    ``target`` (in ratio, and at least 0.9 of it) over the admissible reference values
+    and the two thresholds around the target; the steps are integers, so the run length
+    moves in jumps, and one reference value alone can overshoot the target by half. One
+    state short is taken only when nearly there: a rare rate's chart can jump from
+    alarming on one hit (run length 1/p) to needing two (far beyond the target).
+    """
+    odds = odds_ratio * p0 / (1 - p0)
+    best: tuple[float, int, int, int] | None = None
+    for gamma in reference_fractions(p0, odds / (1 + odds), most=2 if closest else 1):
+        up, down = gamma.denominator - gamma.numerator, gamma.numerator
+        h = max(chart_threshold(p0, up, down, target), 2)
+        for states in {h, max(h - 1, 2)} if closest else {h}:
+            arl = run_length(p0, up, down, states)
+            miss = abs(math.log(arl / target))
+            if (best is None or miss < best[0]) and (arl >= 0.9 * target or states == h):
+                best = (miss, up, down, states)
+    assert best is not None
+    return best[1:]
+
+
+def detectable_odds_ratio(
+    p: float, odds_ratio: float, counted_on: int, margin: float = 4.0
+) -> float:
+    """``odds_ratio``, or more for a rate counted on few rows. A chart drifts down in
+    control only while the true rate stays below its reference value (about midway, in
+    log-odds, between the rate and the shifted one), and its run length grows the faster
+    with the threshold the further below it stays. The reference value is therefore put
+    ``margin`` times as far above the rate as the rate's 90th posterior percentile: a
+    shift smaller than what the reference can tell apart is not detectable anyway."""
+    if not counted_on:
+        return odds_ratio
+    from scipy.stats import beta
+
+    hits = p * counted_on
+    high = float(beta.ppf(0.9, hits + 0.5, counted_on - hits + 0.5))
+    spread = math.log(high / (1 - high)) - math.log(p / (1 - p))
+    return max(odds_ratio, round(math.exp(2 * margin * spread), 2))
+
+
+@lru_cache(maxsize=4096)
+def alarm_rate(p: float, up: int, down: int, states: int, counted_on: int) -> float:
+    """The in-control alarm rate (1 / run length) of a chart, averaged over the rate's
+    posterior given ``p`` counted on ``counted_on`` rows (Jeffreys prior, five nodes at
+    equally likely quantiles)."""
+    from scipy.stats import beta
+
+    hits = p * counted_on
+    nodes = beta.ppf((np.arange(5) + 0.5) / 5, hits + 0.5, counted_on - hits + 0.5)
+    return float(np.mean([1 / run_length(float(q), up, down, states) for q in nodes]))
+
+
+def survival(p: float, up: int, down: int, states: int) -> tuple[np.ndarray, float]:
+    """``P(run length > t)`` for ``t = 0, 1, ...`` from a chart at 0 in control, until the
+    ratio of successive values settles (the chart's quasi-stationary regime), and that
+    ratio: beyond the array, the survival falls geometrically by it."""
+    v = np.zeros(states)
+    v[0] = 1.0
+    out, ratio = [1.0], 0.0
+    for t in range(1, 1_000_000):
+        moved = np.zeros(states)
+        moved[up:] += p * v[: states - up] if states > up else 0.0
+        moved[0] += (1 - p) * v[: down + 1].sum()
+        moved[1 : max(states - down, 1)] += (1 - p) * v[down + 1 :]
+        v = moved
+        out.append(float(v.sum()))
+        if t % 64 == 0 and out[-2] < 1.0:  # not before any alarm was possible
+            now = out[-1] / out[-2] if out[-2] > 0 else 0.0
+            if out[-1] < 1e-300 or abs(now - ratio) <= 1e-6 * (1 - now):
+                ratio = now
+                break
+            ratio = now
+    return np.asarray(out), ratio
+
+
+def union_run_length(charts: list[tuple[float, int, int, int]]) -> float:
+    """Average run length until the first of several charts ``(p, up, down, states)``
+    alarms, all starting at 0, their steps taken as independent: the sum over ``t`` of
+    the product of their survivals (exact for the past, geometric beyond)."""
+    parts = [(survival(*c), n) for c, n in Counter(charts).items()]
+    horizon = max(len(s) for (s, _), _ in parts)
+    log_u, log_ratio = np.zeros(horizon), 0.0
+    for (s, ratio), n in parts:
+        tail = np.log(max(s[-1], 1e-300)) + np.log(max(ratio, 1e-300)) * np.arange(
+            1, horizon - len(s) + 1
+        )
+        log_u += n * np.concatenate([np.log(np.maximum(s, 1e-300)), tail])
+        log_ratio += n * np.log(max(ratio, 1e-300))
+    u, last = np.exp(log_u), math.exp(log_ratio)
+    return float(u.sum() + u[-1] * last / (1 - last)) if last < 1 else math.inf
+
+
+class ChartDetector:
+    """A detector of raw inputs: their indicators (fitted on the reference) under CUSUM charts.
+
+    Per input column it reports the largest of its charts' sums as a fraction of that
+    chart's alarm level, so the threshold is 1 for every column: above it, an alarm.
+    The interface is the slice of alibi-detect's that ``kubeloop.drift.detectors`` and the
+    calibration use, plus ``run`` for a batch of rows.
+    """
+
+    def __init__(self, indicators: Indicators, ert: float, odds_ratio: float = 2.0) -> None:
+        if len(indicators.rates) == 0:
+            raise ValueError(
+                "no input has a value or category common enough to chart: "
+                + "; ".join(sorted(set(indicators.dropped.values())))
+            )
+        self.indicators = indicators
+        self.charts = BernoulliCusum.for_rates(
+            indicators.rates, ert, odds_ratio, indicators.counted_on
+        )
+        self.ert = float(ert)
+        self._ones = np.ones(indicators.n_inputs)
+
+    @property
+    def t(self) -> int:
+        return self.charts.t
+
+    def reset_state(self) -> None:
+        self.charts.reset_state()
+
+    def _per_input(self, fraction: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.indicators.n_inputs)
+        np.maximum.at(out, self.indicators.owner, fraction)
+        return out
+
+    def run(self, x: np.ndarray) -> int | None:
+        """Rows of raw inputs at once: the index of the first row after which some chart
+        alarms, or ``None``."""
+        return self.charts.run(self.indicators.transform(x))
+
+    def statistic(self) -> np.ndarray:
+        """Per input column: its charts' largest sum as a fraction of their alarm levels."""
+        return self._per_input(self.charts.sums / (self.charts.states - 1))
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        self.run(np.atleast_2d(x))
+        return self.statistic()
+
+    def get_threshold(self, t: int) -> np.ndarray:  # noqa: ARG002 - the same at every step
+        return self._ones
+
+    def predict(self, x: np.ndarray, return_test_stat: bool = True) -> dict:
+        stat = self.score(x)
+        data = {"is_drift": int((stat > 1).any()), "time": self.t}
+        if return_test_stat:
+            data.update(test_stat=stat, threshold=self._ones)
         return {"data": data}

@@ -121,7 +121,8 @@ def _step(det: Any, row: np.ndarray) -> tuple[Any, Any, int]:
 
 @dataclass
 class OnlineDetector:
-    """One alibi-detect online detector over some columns, with its step counter."""
+    """One online detector over some columns (alibi-detect's, or a CUSUM detector of
+    ``kubeloop.drift.cusum``), with its step counter."""
 
     name: str
     columns: list[str]  # the feature label of each input column
@@ -139,6 +140,19 @@ class OnlineDetector:
     def update(self, rows: np.ndarray) -> None:
         """Feeds the rows (one instance each) the sub-sampling selects; latches detection."""
         det = self.detector
+        if hasattr(det, "run"):  # the CUSUM detectors step a whole batch at once
+            picked = rows[(-self.seen) % self.every :: self.every]
+            self.seen += len(rows)
+            if len(picked):
+                alarm = det.run(picked)
+                if alarm is not None and not self.detected:
+                    self.detected, self.detected_at_step = True, self.steps + alarm + 1
+                self.steps += len(picked)
+                self.statistic = np.atleast_2d(det.statistic())
+                self.threshold = np.atleast_1d(
+                    np.asarray(det.get_threshold(det.t), dtype=np.float64)
+                )
+            return
         for row in rows:
             self.seen += 1
             if (self.seen - 1) % self.every:

@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 
 from kubeloop.drift.config import DetectorSettings
-from kubeloop.drift.cusum import BernoulliCusum
+from kubeloop.drift.cusum import BernoulliCusum, ChartDetector
 from kubeloop.drift.detectors import OnlineDetector, build_detector
 from kubeloop.drift.encoding import Encoder
 from kubeloop.drift.estimate import ConfidenceEstimator, PriorShift
+from kubeloop.drift.indicators import Categories, Distance, QuantileBins
 from kubeloop.drift.reference import Reference
 
 
@@ -29,6 +30,47 @@ def class_columns(predictions: np.ndarray) -> np.ndarray:
     indicator columns, so a one-sided test per column covers both directions."""
     positive = (np.asarray(predictions).ravel() == 1).astype(np.float32)
     return np.stack([positive, 1.0 - positive], axis=1)
+
+
+def _alibi_detectors(
+    reference: Reference,
+    s: DetectorSettings,
+    encoder: Encoder,
+    errors: np.ndarray,
+    rows: Any,
+    common: dict[str, Any],
+) -> dict[str, OnlineDetector]:
+    """The input, score and error-rate detectors of ``method: alibi``: alibi-detect's online
+    MMD, Cramér–von Mises and Fisher exact tests, thresholds simulated (and cached)."""
+    frame, online = reference.frame, {}
+    if s.mmd:
+        online["mmd"] = build_detector(
+            "mmd", "mmd", encoder.mmd(rows(s.mmd_reference_rows)), ["_all"],
+            window_sizes=[s.mmd_window], n_bootstraps=s.mmd_bootstraps, every=s.mmd_every, **common,
+        )  # fmt: skip
+    uni = {"window_sizes": list(s.univariate_windows), "n_bootstraps": s.univariate_bootstraps}
+    if s.univariate and s.cvm and encoder.cvm_columns:
+        online["cvm"] = build_detector(
+            "cvm", "cvm", encoder.cvm(rows(s.cvm_reference_rows)), encoder.cvm_columns,
+            every=s.univariate_every, **uni, **common,
+        )  # fmt: skip
+    if s.univariate and s.fet and encoder.fet_columns:
+        online["fet"] = build_detector(
+            "fet", "fet", encoder.fet(frame), encoder.fet_columns,
+            every=s.univariate_every, alternative="greater", **uni, **common,
+        )  # fmt: skip
+    if s.prediction:
+        scores = rows(s.cvm_reference_rows)["prediction_score"].to_numpy()[:, None]
+        online["prediction"] = build_detector(
+            "prediction", "cvm", scores, ["_all"], every=s.univariate_every, **uni, **common
+        )
+    if s.error_rate:
+        online["error_rate"] = build_detector(
+            "error_rate", "fet", errors, ["_all"], window_sizes=list(s.error_windows),
+            n_bootstraps=s.univariate_bootstraps, alternative="greater",
+            **{**common, "ert": s.error_rate_ert or s.ert},
+        )  # fmt: skip
+    return online
 
 
 @dataclass
@@ -98,29 +140,38 @@ class VersionMonitor:
             return frame.iloc[np.sort(rng.permutation(len(frame))[: min(n, len(frame))])]
 
         online: dict[str, OnlineDetector] = {}
-        if s.mmd:
-            online["mmd"] = build_detector(
-                "mmd", "mmd", encoder.mmd(rows(s.mmd_reference_rows)), ["_all"],
-                window_sizes=[s.mmd_window], n_bootstraps=s.mmd_bootstraps, every=s.mmd_every, **common,
-            )  # fmt: skip
-        uni = {"window_sizes": list(s.univariate_windows), "n_bootstraps": s.univariate_bootstraps}
-        if s.univariate and s.cvm and encoder.cvm_columns:
-            online["cvm"] = build_detector(
-                "cvm", "cvm", encoder.cvm(rows(s.cvm_reference_rows)), encoder.cvm_columns,
-                every=s.univariate_every, **uni, **common,
-            )  # fmt: skip
-        if s.univariate and s.fet and encoder.fet_columns:
-            online["fet"] = build_detector(
-                "fet", "fet", encoder.fet(frame), encoder.fet_columns,
-                every=s.univariate_every, alternative="greater", **uni, **common,
-            )  # fmt: skip
-        if s.prediction:
-            scores = rows(s.cvm_reference_rows)["prediction_score"].to_numpy()[:, None]
-            online["prediction"] = build_detector(
-                "prediction", "cvm", scores, ["_all"], every=s.univariate_every, **uni, **common
-            )
-        prior_shift = PriorShift.fit(reference.labels, reference.predictions)
         skipped: dict[str, str] = {}  # detectors the reference cannot support, and why
+        errors = (reference.predictions != reference.labels).astype(np.float32)[:, None]
+        if s.method == "cusum":
+            enc = encoder
+            wanted = {
+                "mmd": (s.mmd, s.mmd_every, lambda: Distance.fit(enc.mmd(frame), s.bins)),
+                "cvm": (s.univariate and s.cvm and bool(enc.cvm_columns), s.univariate_every,
+                        lambda: QuantileBins.fit(enc.cvm(frame), s.bins)),
+                "fet": (s.univariate and s.fet and bool(enc.fet_columns), s.univariate_every,
+                        lambda: Categories.fit(enc.fet(frame), enc.fet_columns, spec.binary)),
+                "prediction": (s.prediction, s.univariate_every,
+                               lambda: QuantileBins.fit(reference.scores[:, None], s.bins)),
+                "error_rate": (s.error_rate, 1, lambda: Categories.fit(errors, ["_all"], set())),
+            }  # fmt: skip
+            columns = {"cvm": enc.cvm_columns, "fet": enc.fet_columns}
+            for name, (on, every, fit) in wanted.items():
+                if not on:
+                    continue
+                began = time.perf_counter()
+                ert = s.error_rate_ert or s.ert if name == "error_rate" else s.ert
+                try:
+                    chart = ChartDetector(fit(), ert=ert, odds_ratio=s.odds_ratio)
+                except ValueError as exc:
+                    skipped[name] = str(exc)
+                    continue
+                online[name] = OnlineDetector(
+                    name, columns.get(name, ["_all"]), chart,
+                    setup_seconds=time.perf_counter() - began, cache_hit=False, every=every,
+                )  # fmt: skip
+        else:
+            online.update(_alibi_detectors(reference, settings, encoder, errors, rows, common))
+        prior_shift = PriorShift.fit(reference.labels, reference.predictions)
         if s.predicted_class:
             # Both directions: a rise of the positive share, or of the negative one. Every
             # prediction is read; by default the ERT in predictions is the per-feature
@@ -136,12 +187,6 @@ class VersionMonitor:
                     "predicted_class", ["predicted_positive", "predicted_negative"], chart,
                     setup_seconds=time.perf_counter() - began, cache_hit=False,
                 )  # fmt: skip
-        if s.error_rate:
-            errors = (reference.predictions != reference.labels).astype(np.float32)[:, None]
-            online["error_rate"] = build_detector(
-                "error_rate", "fet", errors, ["_all"], window_sizes=list(s.error_windows),
-                n_bootstraps=s.univariate_bootstraps, alternative="greater", **common,
-            )  # fmt: skip
         estimator, estimator_error = None, None
         try:
             estimator = ConfidenceEstimator.fit(

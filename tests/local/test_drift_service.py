@@ -96,13 +96,14 @@ def send(client, frame, version="v1", start=0, n=50):
     return ids
 
 
-def watch(client, version="v1", **body) -> dict:
+def watch(client, version="v1", detectors=None, **body) -> dict:
     """Watches ``version`` afresh (``reset``) and waits until its detectors are armed."""
     r = client.post(
         "/v1/watch",
         params={"wait": "armed", "timeout": "120"},
-        json={"model": MODEL, "version": version, "detectors": FAST, "reset": True, **body},
-    )
+        json={"model": MODEL, "version": version, "detectors": detectors or FAST, "reset": True,
+              **body},
+    )  # fmt: skip
     assert r.status_code == 200 and r.json()["state"] == "armed", r.text
     return r.json()
 
@@ -121,15 +122,25 @@ def rejected(client) -> dict[str, float]:
     return out
 
 
-def test_watch_builds_detectors_and_caches_thresholds(client, supervisor, registry, work):
-    first = watch(client)["detectors"]
+def test_watch_builds_exact_detectors_without_a_cache(client, work):
+    """The default method: CUSUM charts with exact thresholds, nothing simulated or cached."""
+    armed = watch(client)["detectors"]
+    assert set(armed) == {"mmd", "cvm", "fet", "prediction", "error_rate", "predicted_class"}
+    assert not any(d["cache_hit"] for d in armed.values()), armed
+    cache = work / "drift-cache"
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_alibi_detectors_cache_their_thresholds(client, supervisor, registry, work):
+    alibi = {**FAST, "method": "alibi"}
+    first = watch(client, detectors=alibi)["detectors"]
     assert set(first) == {"mmd", "cvm", "fet", "prediction", "error_rate", "predicted_class"}
     # A second process with the same cache directory loads every threshold table instead.
     with (
         start(supervisor, registry, work, name="drift-2") as other,
         httpx.Client(base_url=other.url, timeout=120) as c2,
     ):
-        again = watch(c2)["detectors"]
+        again = watch(c2, detectors=alibi)["detectors"]
     # (the predicted-class CUSUM computes its exact thresholds each time: nothing to cache)
     assert all(d["cache_hit"] for n, d in again.items() if n != "predicted_class"), again
     assert sum(d["setup_seconds"] for d in again.values()) < sum(

@@ -16,11 +16,16 @@ import pytest
 
 from kubeloop.generated import REPO_ROOT
 from kubeloop.local.drift import drift_python
-from tests.support.drift_scenarios import write_fraud_scenarios, write_river_scenario
+from tests.support.drift_scenarios import (
+    write_awkward_scenario,
+    write_fraud_scenarios,
+    write_river_scenario,
+)
 
 pytestmark = pytest.mark.slow
 ERT = 100
 SETTINGS = {"ert": ERT, "mmd_bootstraps": 1000}
+ALIBI = {"method": "alibi"}  # the simulated thresholds; the default is exact CUSUM charts
 
 
 def calibrate(paths: dict, mode: str, detectors: str, stream: str, cache, **extra) -> dict:
@@ -69,8 +74,10 @@ def test_cvm_run_length_matches_the_ert_over_reference_draws(fraud, river, cache
     # target the ERT averaged over reference samples: the run length given one draw of 300
     # rows ranges from about 0.5 to 1.6 x ERT. 20 draws x 20 runs (the thresholds are
     # distribution-free, so one cached table serves every draw).
-    on_fraud = calibrate(fraud, "ert", "cvm,prediction", "null", cache, runs=400, repeats=20)
-    on_river = calibrate(river, "ert", "cvm,prediction", "null", cache, runs=400, repeats=20)
+    on_fraud = calibrate(fraud, "ert", "cvm,prediction", "null", cache, runs=400, repeats=20,
+                         settings=ALIBI)  # fmt: skip
+    on_river = calibrate(river, "ert", "cvm,prediction", "null", cache, runs=400, repeats=20,
+                         settings=ALIBI)  # fmt: skip
     for name, r in [*on_fraud.items(), *(("river " + k, v) for k, v in on_river.items())]:
         assert_run_length_within_band(name, r)
 
@@ -80,7 +87,7 @@ def test_mmd_run_length_matches_the_ert_over_reference_draws(fraud, cache):
     # one draw still ranges from about 0.6 to 1.4 x ERT: 10 draws x 40 runs. 500 reference rows
     # keep each draw's set-up short; the service default is 1,000.
     r = calibrate(fraud, "ert", "mmd", "null", cache, runs=400, repeats=10,
-                  settings={"mmd_reference_rows": 500})["mmd"]  # fmt: skip
+                  settings={"mmd_reference_rows": 500, **ALIBI})["mmd"]  # fmt: skip
     assert_run_length_within_band("mmd", r)
 
 
@@ -89,9 +96,10 @@ def test_fet_and_error_rate_run_lengths_match_the_ert(fraud, river, cache):
     # given the reference: one draw, 400 runs. FET on the 0/1 and one-hot columns needs
     # enough null streams that the per-column quantile survives to the largest window
     # (detectors._univariate_bootstraps).
-    fet = calibrate(fraud, "ert", "fet", "null", cache, runs=400)["fet"]
+    fet = calibrate(fraud, "ert", "fet", "null", cache, runs=400, settings=ALIBI)["fet"]
     assert_run_length_within_band("fet", fet)
-    errors = calibrate(river, "ert", "error_rate", "null", cache, runs=400)["error_rate"]
+    errors = calibrate(river, "ert", "error_rate", "null", cache, runs=400, settings=ALIBI)
+    errors = errors["error_rate"]
     assert_run_length_within_band("river error_rate", errors)
 
 
@@ -105,6 +113,39 @@ def test_predicted_class_run_length_matches_the_ert(fraud, river, cache):
         assert_run_length_within_band(f"{label} predicted_class", r)
 
 
+def test_cusum_run_lengths_match_the_ert(fraud, river, cache):
+    """The default method: exact CUSUM thresholds given the reference's rates (its quantile
+    bins, categories, distance bins, error rate), the union of a detector's charts set to
+    the ERT. One reference each, 400 runs per detector."""
+    on_fraud = calibrate(fraud, "ert", "mmd,cvm,fet,prediction", "null", cache, runs=400,
+                         settings={"univariate_every": 1})  # fmt: skip
+    on_river = calibrate(river, "ert", "mmd,cvm,prediction,error_rate", "null", cache, runs=400,
+                         settings={"univariate_every": 1})  # fmt: skip
+    for name, r in [*on_fraud.items(), *(("river " + k, v) for k, v in on_river.items())]:
+        assert_run_length_within_band(name, r)
+    # Not the fraud stream's error rate: under 2 %, its charts at an ERT this short run 54 or
+    # 220 steps and nothing between, and given this one draw (37 errors in 2,000) the rate is
+    # known to +-16 %. The awkward streams below pool reference draws of an error rate.
+
+
+def test_cusum_run_lengths_hold_on_awkward_streams_over_reference_draws(tmp_path, cache):
+    """Ties, integer counts, a number mostly exactly 0, a near-constant column, a rare flag and
+    a rare category, scores saturated at exactly 0 and 1, and an error rate of held-out
+    predictions. A threshold given one reference draw is as far off as the draw's rates are
+    from the truth (a two-sigma draw of the error rate runs 1.6 x ERT), so the run length is
+    pooled over 20 draws x 40 runs, as it is for the simulated Cramer-von Mises tables."""
+    ratios: dict[str, list[float]] = {}
+    for seed in range(20):
+        paths = write_awkward_scenario(tmp_path / f"draw-{seed}", seed=seed, rows=6000)
+        r = calibrate(paths, "ert", "mmd,cvm,fet,prediction,error_rate,predicted_class", "null",
+                      cache, runs=40, settings={"ert": 200, "univariate_every": 1})  # fmt: skip
+        for name, d in r.items():
+            ratios.setdefault(name, []).append(d["ratio"])
+    assert set(ratios) == {"mmd", "cvm", "fet", "prediction", "error_rate", "predicted_class"}
+    for name, per_draw in ratios.items():
+        assert 0.8 <= sum(per_draw) / len(per_draw) <= 1.2, (name, per_draw)
+
+
 @pytest.mark.parametrize(
     ("scenario", "expected"),
     [
@@ -113,18 +154,21 @@ def test_predicted_class_run_length_matches_the_ert(fraud, river, cache):
         ("label_shift", {"prediction", "predicted_class"}),
     ],
 )
-def test_injected_fraud_scenarios_are_detected(fraud, cache, scenario, expected):
+@pytest.mark.parametrize("method", ["cusum", "alibi"])
+def test_injected_fraud_scenarios_are_detected(fraud, cache, scenario, expected, method):
     r = calibrate(fraud, "delay", "mmd,cvm,fet,prediction,error_rate,predicted_class", scenario,
-                  cache, warmup=100, settings={"ert": 500, "mmd_every": 1, "univariate_every": 1})  # fmt: skip
+                  cache, warmup=100, settings={"ert": 500, "mmd_every": 1, "univariate_every": 1,
+                                               "method": method})  # fmt: skip
     # "detected" means an alarm after the onset; an alarm in the 100-row warm-up is a false
     # alarm (expected for ~18% of detectors at ERT 500) and does not count as detection.
     detected = {name for name, d in r.items() if d["detected"]}
     assert expected <= detected, r
 
 
-def test_river_sea_concept_drift_is_detected_by_the_error_rate(river, cache):
+@pytest.mark.parametrize("method", ["cusum", "alibi"])
+def test_river_sea_concept_drift_is_detected_by_the_error_rate(river, cache, method):
     r = calibrate(river, "delay", "cvm,prediction,error_rate", "sea_concept", cache, warmup=100,
-                  settings={"ert": 500, "univariate_every": 1})  # fmt: skip
+                  settings={"ert": 500, "univariate_every": 1, "method": method})  # fmt: skip
     # Far sooner than the ERT of 500: a real detection, not a chance alarm. Inputs and scores do
     # not change under a pure concept change, so cvm/prediction alarm only by chance (run length
     # around the ERT); their delays are printed, not asserted.

@@ -93,3 +93,43 @@ def write_river_scenario(folder: str | Path, *, seed: int = 0, rows: int = 6000)
     null = take(0, rows, seed + 1)
     drifted = {"sea_concept": take(2, rows, seed + 2)}
     return _write(Path(folder), reference, null, drifted, schema)
+
+
+def write_awkward_scenario(folder: str | Path, *, seed: int = 0, rows: int = 20000) -> dict:
+    """A stream of the shapes that break distribution assumptions, stationary: integer counts
+    with many ties, a number that is exactly 0 for most rows, a rare 0/1 flag, a near-constant
+    column, a category with a very rare value, and scores saturated at exactly 0 and 1. The
+    labels follow the scores, so the reference's error rate is that of held-out predictions."""
+    rng = np.random.default_rng(seed)
+
+    def take(n: int) -> pd.DataFrame:
+        score = rng.uniform(0, 1, n)
+        saturated = rng.random(n)
+        score[saturated < 0.35] = 0.0
+        score[saturated > 0.75] = 1.0
+        label = (rng.random(n) < np.clip(score, 0.04, 0.96)).astype(int)
+        return pd.DataFrame({
+            "visits": rng.poisson(0.4, n),
+            "discount": np.where(rng.random(n) < 0.6, 0.0, rng.exponential(5.0, n)),
+            "flag": (rng.random(n) < 0.02).astype(int),
+            "legacy": np.where(rng.random(n) < 0.997, 1.0, rng.uniform(0, 2, n)),
+            "channel": rng.choice(["web", "app", "store", "phone", "fax"], n,
+                                  p=[0.55, 0.3, 0.12, 0.027, 0.003]),
+            "y": label,
+            "prediction_score": score,
+            "prediction": (score >= 0.5).astype(int),
+        })  # fmt: skip
+
+    schema = {
+        "name": "awkward",
+        "columns": [
+            {"name": "visits", "dtype": "int", "role": "feature", "min": 0},
+            {"name": "discount", "dtype": "float", "role": "feature"},
+            {"name": "flag", "dtype": "int", "role": "feature", "min": 0, "max": 1},
+            {"name": "legacy", "dtype": "float", "role": "feature"},
+            {"name": "channel", "dtype": "category", "role": "feature",
+             "categories": ["web", "app", "store", "phone", "fax"]},
+            {"name": "y", "dtype": "int", "role": "label"},
+        ],
+    }  # fmt: skip
+    return _write(Path(folder), take(REFERENCE_ROWS), take(rows), {}, schema)
