@@ -185,11 +185,14 @@ def generate(
     base_fraud_rate: float = 0.03,
     label_delay_hours: float = 6.0,
     seed: int = 0,
+    population_seed: int | None = None,
 ) -> FraudData:
     """Generates transactions and daily account snapshots for one scenario.
 
     ``onset`` (or ``start + onset_fraction * days``) is when the drift begins; it is
-    ignored for ``stationary``. Amounts of data scale with ``n_accounts * days``.
+    ignored for ``stationary``. Amounts of data scale with ``n_accounts * days``. The
+    accounts are drawn from ``population_seed`` when given (else from ``seed``): the
+    same customers as another run's data, with transactions of their own.
     """
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
@@ -206,7 +209,9 @@ def generate(
         else t0 + timedelta(days=days * onset_fraction)
     )
 
-    accounts = _account_population(rng, n_accounts)
+    accounts = _account_population(
+        rng if population_seed is None else np.random.default_rng(population_seed), n_accounts
+    )
     n = int(rng.poisson(n_accounts * days * transactions_per_account_day))
     n = max(n, 1)
     weights = accounts["activity"].to_numpy() / accounts["activity"].sum()

@@ -51,6 +51,11 @@ class LoopConfig:
     watch_window_seconds: int = 6
     poll_interval_seconds: float = 1.0
 
+    @property
+    def v1_seed(self) -> int:
+        """The seed of v1's data, whose customers (account population) the traffic serves."""
+        return self.seed + 100
+
     def __post_init__(self) -> None:
         problems = []
         if self.scenario not in SCENARIOS:

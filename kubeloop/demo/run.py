@@ -28,7 +28,14 @@ from kubeloop.demo.retrain import LABELLED_FILE
 from kubeloop.demo.stream import build_stream
 from kubeloop.demo.timeline import Recorder
 from kubeloop.demo.traffic import TrafficReplayer
-from kubeloop.local.runtime import DEMO_DRIFT_DETECTORS, DEMO_ERT, LocalRuntime, RuntimePorts
+from kubeloop.local.runtime import (
+    DEMO_CLASS_ERT,
+    DEMO_DRIFT_DETECTORS,
+    DEMO_ERRORS_ERT,
+    DEMO_ERT,
+    LocalRuntime,
+    RuntimePorts,
+)
 from kubeloop.local.wait import wait_until
 
 MODEL = "fraud-detector"
@@ -71,15 +78,17 @@ def deployment_manifest(config: LoopConfig, runtime: LocalRuntime, labelled: Pat
                 },
             },
             "monitoring": {
-                # what the drift service runs (DEMO_DRIFT_DETECTORS): the error rate of the
-                # delayed labels, the signal of covariate and concept drift alike, and the
-                # share of positive predictions, the signal of label shift
+                # what the drift service runs (DEMO_DRIFT_DETECTORS): every family, the
+                # inputs and scores (covariate drift), the error rate of the delayed labels
+                # (covariate and concept drift) and the share of positive predictions
+                # (label shift)
                 "detectors": [
-                    {"name": "error_rate", "ert": DEMO_ERT},
-                    {
-                        "name": "predicted_class",
-                        "ert": int(DEMO_DRIFT_DETECTORS["predicted_class_ert"]),
-                    },
+                    *(
+                        {"name": name, "ert": DEMO_ERT}
+                        for name in ("mmd", "cvm", "fet", "prediction")
+                    ),
+                    {"name": "error_rate", "ert": DEMO_ERRORS_ERT},
+                    {"name": "predicted_class", "ert": DEMO_CLASS_ERT},
                 ],  # fmt: skip
                 "driftDurationSeconds": config.drift_duration_seconds,
                 # label shift, sustained, retrains on the fresh window (the new prior)
@@ -125,7 +134,7 @@ def train_first_version(config: LoopConfig, runtime: LocalRuntime, echo: Callabl
         from kubeloop.training.quick import publish_quick_version
 
         version = publish_quick_version(
-            ModelRegistry(str(runtime.registry_uri)), MODEL, seed=config.seed + 100,
+            ModelRegistry(str(runtime.registry_uri)), MODEL, seed=config.v1_seed,
             n_accounts=config.v1_accounts, days=config.v1_days,
         )  # fmt: skip
         return version.version
@@ -133,7 +142,7 @@ def train_first_version(config: LoopConfig, runtime: LocalRuntime, echo: Callabl
 
     source = (
         f"example://fraud/stationary?days={config.v1_days:g}&accounts={config.v1_accounts}"
-        f"&seed={config.seed + 100}"
+        f"&seed={config.v1_seed}"
     )
     result = run_training_pipeline(
         source_uri=source, model_name=MODEL, registry_uri=str(runtime.registry_uri),
@@ -251,10 +260,14 @@ def run_demo(
 
             retrain_head = True
             start_local_head(runtime.home)
+        # The customers v1 learned from (the account population of its data), with
+        # transactions of their own: a model serves the customer base it was trained on, and
+        # with a few hundred accounts another population's per-account features (account
+        # age, 30-day average amount) differ enough for the input detectors to see.
         stream = build_stream(
             config.scenario, rate=config.rate, onset_seconds=config.onset_seconds,
             duration_seconds=config.duration_seconds, seed=config.seed,
-            n_accounts=config.stream_accounts,
+            n_accounts=config.stream_accounts, population_seed=config.v1_seed,
         )  # fmt: skip
         manifest = home / f"{MODEL}.yaml"
         manifest.write_text(yaml.safe_dump(deployment_manifest(config, runtime, labelled)))

@@ -42,6 +42,9 @@ def _draw(frame: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.DataFrame
     return frame.iloc[rng.choice(len(frame), size=n, replace=n > len(frame))]
 
 
+WARMUP_DAYS = 1.0  # generated days before the first transaction sent
+
+
 def build_stream(
     scenario: str,
     *,
@@ -50,15 +53,21 @@ def build_stream(
     duration_seconds: float,
     seed: int = 0,
     n_accounts: int = 800,
+    population_seed: int | None = None,
 ) -> ReplayStream:
     from kubeloop.features.join import point_in_time_join
 
     total = int(np.ceil(rate * duration_seconds))
     before = int(round(rate * onset_seconds))
     days = max(4.0, 2.2 * total / (2.0 * n_accounts))  # about 2 transactions per account-day
-    data = fraud.generate(scenario, days=days, n_accounts=n_accounts, seed=seed, onset_fraction=0.5)
-    frame = point_in_time_join(data)
+    data = fraud.generate(scenario, days=days + WARMUP_DAYS, n_accounts=n_accounts, seed=seed,
+                          onset_fraction=0.5, population_seed=population_seed)  # fmt: skip
     start, end = pd.Timestamp(data.truth.start), pd.Timestamp(data.truth.end)
+    frame = point_in_time_join(data)
+    # The generator's accounts have no history before its start: on the first day their
+    # 24-hour transaction counts are all 0, which no model's reference sample shows.
+    frame = frame[frame["event_timestamp"] >= start + pd.Timedelta(days=WARMUP_DAYS)]
+    start = start + pd.Timedelta(days=WARMUP_DAYS)
     # stationary has no onset: split where the others would start, nothing changes there
     onset = pd.Timestamp(data.truth.onset) if data.truth.onset else start + (end - start) / 2
     rng = np.random.default_rng(seed)

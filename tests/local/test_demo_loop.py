@@ -136,14 +136,24 @@ def test_concept_drift_is_caught_and_retrained_away(tmp_path, drift_cache):
 
 
 def test_label_shift_is_caught_by_the_predicted_class_and_retrained(tmp_path, drift_cache):
-    """The fraud prior x3.5 with P(x|y) unchanged: the error rate hardly moves (2.5 % →
-    2.6 %), the share of positive predictions does; the estimated prior is the evidence."""
+    """The fraud prior x3.5 with P(x|y) unchanged: the share of positive predictions moves,
+    and the estimated prior is the evidence."""
     config = LoopConfig(scenario="label_shift", duration_seconds=280.0, bad_candidate=False,
                         **SHORT)  # fmt: skip
-    summary, _, drift, log = run_scenario(tmp_path, drift_cache, config, max_seconds=340)
+    summary, record, drift, log = run_scenario(tmp_path, drift_cache, config, max_seconds=340)
     assert drift, log
-    evidence = drift["evidence"]
-    assert evidence["detectors"]["predicted_class"] >= 1, drift
+    # The extra frauds that v1 misses raise its error rate too, so the error-rate detector may
+    # flag first; by the time the drift has lasted, the predicted-class detector has flagged.
+    judged = [d for d in record["decisions"] if d["decision"] in ("drift", "retrain")]
+    evidence = next(
+        (
+            d["evidence"]
+            for d in judged
+            if d["evidence"]["detectors"].get("predicted_class", 0) >= 1
+        ),
+        None,
+    )
+    assert evidence, judged
     rates = evidence["positive_rate"]
     assert rates["predicted"] > rates["reference_predicted"], rates
     assert rates["estimated"] > 1.5 * rates["reference"], rates  # the prior rose

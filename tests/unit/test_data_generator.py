@@ -92,6 +92,17 @@ def test_deterministic_by_seed():
     assert not a.transactions["amount"].equals(c.transactions["amount"])
 
 
+def test_a_population_seed_keeps_the_customers_and_draws_new_transactions():
+    trained = generate("stationary", days=2, n_accounts=50, seed=7)
+    served = generate("stationary", days=3, n_accounts=50, seed=1, population_seed=7)
+    first = trained.accounts.groupby("account_id")["account_age_days"].first()
+    again = served.accounts.groupby("account_id")["account_age_days"].first()
+    pd.testing.assert_series_equal(first, again)  # the same accounts, opened the same day
+    assert not trained.transactions["amount"].head(50).equals(served.transactions["amount"].head(50))
+    other = generate("stationary", days=3, n_accounts=50, seed=1)
+    assert not other.accounts.groupby("account_id")["account_age_days"].first().equals(first)
+
+
 def test_output_matches_schema_and_labels_arrive_after_events(runs):
     tx = runs["stationary"].transactions
     expected = [c.name for c in FRAUD_SCHEMA.source_columns]
