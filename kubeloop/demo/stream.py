@@ -11,6 +11,7 @@ window of traffic (a retraining window, a reference sample) would look drifted.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +43,7 @@ def _draw(frame: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.DataFrame
     return frame.iloc[rng.choice(len(frame), size=n, replace=n > len(frame))]
 
 
-WARMUP_DAYS = 1.0  # generated days before the first transaction sent
+WARMUP_DAYS = 1  # generated days before the first transaction sent
 
 
 def build_stream(
@@ -59,9 +60,12 @@ def build_stream(
 
     total = int(np.ceil(rate * duration_seconds))
     before = int(round(rate * onset_seconds))
-    days = max(4.0, 2.2 * total / (2.0 * n_accounts))  # about 2 transactions per account-day
+    days = max(4, math.ceil(2.2 * total / (2.0 * n_accounts)))  # ~2 transactions per account-day
+    # Whole days on each side of the onset: a partial day over-represents its early hours.
+    days += days % 2
     data = fraud.generate(scenario, days=days + WARMUP_DAYS, n_accounts=n_accounts, seed=seed,
-                          onset_fraction=0.5, population_seed=population_seed)  # fmt: skip
+                          onset_fraction=(WARMUP_DAYS + days / 2) / (WARMUP_DAYS + days),
+                          population_seed=population_seed)  # fmt: skip
     start, end = pd.Timestamp(data.truth.start), pd.Timestamp(data.truth.end)
     frame = point_in_time_join(data)
     # The generator's accounts have no history before its start: on the first day their
