@@ -13,14 +13,16 @@ dozen solves), so arming takes milliseconds for common rates (seconds for rates 
 a few per thousand of 0 or 1, whose charts need more states) and needs no simulation;
 the run length holds exactly when the live rate equals the reference's.
 
-The class follows the slice of alibi-detect's online-detector interface that
-``kubeloop.drift.detectors`` and the calibration use (``score``, ``get_threshold``, ``t``,
-``predict``, ``reset_state``), so it serves where an alibi-detect detector does.
+Both classes follow the slice of alibi-detect's online-detector interface that
+``kubeloop.drift.detectors`` and the calibration use (``OnlineSlice``: ``score``,
+``get_threshold``, ``t``, ``predict``, ``reset_state``), so they serve where an
+alibi-detect detector does, and step a batch of rows at once (``run``).
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections import Counter
 from fractions import Fraction
 from functools import lru_cache
@@ -40,37 +42,30 @@ def reference_value(p0: float, p1: float) -> float:
     return math.log((1 - p0) / (1 - p1)) / math.log(p1 * (1 - p0) / (p0 * (1 - p1)))
 
 
-def reference_fraction(p0: float, p1: float) -> Fraction:
-    """``gamma`` as a fraction ``k/m`` strictly between ``p0`` and ``p1`` (so the chart
-    drifts down in control and up out of control) and within a tenth of that interval of
-    ``gamma``, with the smallest denominator that allows it; at ``MAX_DENOMINATOR``, any
-    fraction strictly between them."""
-    gamma = reference_value(p0, p1)
-    limit = 8
-    while limit <= MAX_DENOMINATOR:
-        fraction = Fraction(gamma).limit_denominator(limit)
-        close = abs(fraction - gamma) <= 0.1 * (p1 - p0) or limit == MAX_DENOMINATOR
-        if p0 < fraction < p1 and close:
-            return fraction
-        limit *= 2
-    raise ValueError(
-        f"a rate of {p0:.4g} is too extreme for a CUSUM chart (no reference value between "
-        f"{p0:.4g} and {p1:.4g} with a denominator up to {MAX_DENOMINATOR})"
-    )
-
-
-def reference_fractions(p0: float, p1: float, most: int = 4) -> list[Fraction]:
-    """Up to ``most`` admissible reference values (as ``reference_fraction``), the smallest
-    denominator first: larger denominators give finer steps, so a run length closer to
-    the target."""
-    first = reference_fraction(p0, p1)
-    gamma, out, limit = reference_value(p0, p1), [first], 2 * first.denominator
+def reference_fractions(p0: float, p1: float, most: int = 1) -> list[Fraction]:
+    """Up to ``most`` values of ``gamma`` as a fraction ``k/m`` strictly between ``p0`` and
+    ``p1`` (so the chart drifts down in control and up out of control) and within a tenth
+    of that interval of ``gamma``, the smallest denominator first (larger ones give finer
+    steps, so a run length closer to a target); at ``MAX_DENOMINATOR``, any fraction
+    strictly between them."""
+    gamma, out, limit = reference_value(p0, p1), [], 8
     while limit <= MAX_DENOMINATOR and len(out) < most:
         fraction = Fraction(gamma).limit_denominator(limit)
-        if p0 < fraction < p1 and abs(fraction - gamma) <= 0.1 * (p1 - p0) and fraction not in out:
+        close = abs(fraction - gamma) <= 0.1 * (p1 - p0) or limit == MAX_DENOMINATOR
+        if p0 < fraction < p1 and close and fraction not in out:
             out.append(fraction)
         limit *= 2
+    if not out:
+        raise ValueError(
+            f"a rate of {p0:.4g} is too extreme for a CUSUM chart (no reference value between "
+            f"{p0:.4g} and {p1:.4g} with a denominator up to {MAX_DENOMINATOR})"
+        )
     return out
+
+
+def reference_fraction(p0: float, p1: float) -> Fraction:
+    """The admissible ``gamma`` with the smallest denominator (``reference_fractions``)."""
+    return reference_fractions(p0, p1)[0]
 
 
 def run_length(p: float, up: int, down: int, states: int) -> float:
@@ -124,7 +119,41 @@ def chart_threshold(p: float, up: int, down: int, target: float) -> int:
     return hi
 
 
-class BernoulliCusum:
+class OnlineSlice(ABC):
+    """The slice of alibi-detect's online-detector interface that ``kubeloop.drift.detectors``
+    and the calibration use, over a subclass's ``run`` (a batch of rows), ``statistic`` and
+    ``get_threshold``: a row steps as a batch of one."""
+
+    t: int
+
+    @abstractmethod
+    def run(self, x: np.ndarray) -> int | None:
+        """Steps with a batch of rows; the index of the first alarming row, or ``None``."""
+
+    @abstractmethod
+    def statistic(self) -> np.ndarray:
+        """The latest statistic per column."""
+
+    @abstractmethod
+    def get_threshold(self, t: int) -> np.ndarray:
+        """Per column: a statistic above it alarms."""
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """Steps with one row; returns the statistic after it."""
+        self.run(np.atleast_2d(x))
+        return self.statistic()
+
+    def predict(self, x: np.ndarray, return_test_stat: bool = True) -> dict:
+        """alibi-detect's result shape: ``{"data": {"is_drift", "test_stat", "threshold"}}``."""
+        stat = self.score(x)
+        threshold = self.get_threshold(self.t)
+        data = {"is_drift": int((stat > threshold).any()), "time": self.t}
+        if return_test_stat:
+            data.update(test_stat=stat, threshold=threshold)
+        return {"data": data}
+
+
+class BernoulliCusum(OnlineSlice):
     """CUSUM charts on 0/1 columns: each alarms when its column's odds rise ``odds_ratio``-fold.
 
     ``x_ref`` holds the reference rows (one 0/1 column per chart); each column's rate must
@@ -205,9 +234,7 @@ class BernoulliCusum:
                 break
             share *= self.ert / runs
         self.odds_ratios = np.asarray(ratios)
-        up = [c[1] for c in best[1]]
-        down = [c[2] for c in best[1]]
-        states = [c[3] for c in best[1]]
+        _, up, down, states = zip(*best[1], strict=True)
         self.up, self.down = np.asarray(up), np.asarray(down)
         self.states = np.asarray(states, dtype=np.int64)
         self.scale = (self.up + self.down).astype(np.float64)
@@ -220,17 +247,8 @@ class BernoulliCusum:
         self.t = 0
         self.sums = np.zeros(len(self.rates), dtype=np.int64)
 
-    def score(self, x: np.ndarray) -> np.ndarray:
-        """Steps every chart with one row; returns each chart's sum (in units of one 1)."""
-        row = np.asarray(x, dtype=np.float64).ravel()
-        hit = row >= 0.5
-        step = np.where(hit, self.up, -self.down)
-        self.sums = np.maximum(self.sums + step, 0)
-        self.t += 1
-        return self.sums / self.scale
-
     def statistic(self) -> np.ndarray:
-        """Each chart's sum, in units of one 1 (what ``score`` returns)."""
+        """Each chart's sum, in units of one 1."""
         return self.sums / self.scale
 
     def run(self, hits: np.ndarray) -> int | None:
@@ -253,15 +271,6 @@ class BernoulliCusum:
     def get_threshold(self, t: int) -> np.ndarray:  # noqa: ARG002 - the same at every step
         """Per chart: a sum above it alarms."""
         return self.threshold
-
-    def predict(self, x: np.ndarray, return_test_stat: bool = True) -> dict:
-        """alibi-detect's result shape: ``{"data": {"is_drift", "test_stat", "threshold"}}``."""
-        stat = self.score(x)
-        threshold = self.get_threshold(self.t)
-        data = {"is_drift": int((stat > threshold).any()), "time": self.t}
-        if return_test_stat:
-            data.update(test_stat=stat, threshold=threshold)
-        return {"data": data}
 
 
 @lru_cache(maxsize=4096)
@@ -361,13 +370,11 @@ def union_run_length(charts: list[tuple[float, int, int, int]]) -> float:
     return float(u.sum() + u[-1] * last / (1 - last)) if last < 1 else math.inf
 
 
-class ChartDetector:
+class ChartDetector(OnlineSlice):
     """A detector of raw inputs: their indicators (fitted on the reference) under CUSUM charts.
 
     Per input column it reports the largest of its charts' sums as a fraction of that
     chart's alarm level, so the threshold is 1 for every column: above it, an alarm.
-    The interface is the slice of alibi-detect's that ``kubeloop.drift.detectors`` and the
-    calibration use, plus ``run`` for a batch of rows.
     """
 
     def __init__(self, indicators: Indicators, ert: float, odds_ratio: float = 2.0) -> None:
@@ -404,16 +411,5 @@ class ChartDetector:
         """Per input column: its charts' largest sum as a fraction of their alarm levels."""
         return self._per_input(self.charts.sums / (self.charts.states - 1))
 
-    def score(self, x: np.ndarray) -> np.ndarray:
-        self.run(np.atleast_2d(x))
-        return self.statistic()
-
     def get_threshold(self, t: int) -> np.ndarray:  # noqa: ARG002 - the same at every step
         return self._ones
-
-    def predict(self, x: np.ndarray, return_test_stat: bool = True) -> dict:
-        stat = self.score(x)
-        data = {"is_drift": int((stat > 1).any()), "time": self.t}
-        if return_test_stat:
-            data.update(test_stat=stat, threshold=self._ones)
-        return {"data": data}

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from kubeloop.drift.cusum import OnlineSlice
+
 # Imported lazily: alibi-detect pulls torch and numba (about 3 s).
 _ALIBI: dict[str, Any] = {}
 
@@ -140,7 +142,7 @@ class OnlineDetector:
     def update(self, rows: np.ndarray) -> None:
         """Feeds the rows (one instance each) the sub-sampling selects; latches detection."""
         det = self.detector
-        if hasattr(det, "run"):  # the CUSUM detectors step a whole batch at once
+        if isinstance(det, OnlineSlice):  # the CUSUM detectors step a whole batch at once
             picked = rows[(-self.seen) % self.every :: self.every]
             self.seen += len(rows)
             if len(picked):

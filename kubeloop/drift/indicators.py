@@ -61,9 +61,7 @@ class QuantileBins(Indicators):
         rates, owner, edges, keep, dropped = [], [], [], [], {}
         for col in range(x.shape[1]):
             values = x[:, col]
-            e = _merged_edges(values, bins, min_rate)
-            counts = np.bincount(np.searchsorted(e, values, side="left"), minlength=len(e) + 1)
-            r = counts / len(values)
+            e, r = _merged_edges(values, bins, min_rate)
             ok = _usable(r, min_rate) if len(e) else np.zeros(1, dtype=bool)
             edges.append(e)
             keep.append(np.flatnonzero(ok))
@@ -84,25 +82,25 @@ class QuantileBins(Indicators):
         return _concat(blocks, len(x))
 
 
-def _merged_edges(values: np.ndarray, bins: int, min_rate: float) -> np.ndarray:
-    """Upper edges of up to ``bins`` intervals at the reference quantiles; an interval
-    rarer than ``min_rate`` (ties crowd the others) is merged into its neighbour."""
+def _merged_edges(values: np.ndarray, bins: int, min_rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """Upper edges of up to ``bins`` intervals at the reference quantiles, and each
+    interval's rate; an interval rarer than ``min_rate`` (ties crowd the others) is merged
+    into its neighbour."""
     finite = values[np.isfinite(values)]
     if len(finite) == 0:
-        return np.zeros(0)
+        return np.zeros(0), np.ones(1)
     edges = np.unique(np.quantile(finite, np.arange(1, bins) / bins, method="inverted_cdf"))
     edges = edges[edges < finite.max()]  # the top interval is what lies above the last edge
-    while len(edges):
+    while True:
         counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
         small = np.flatnonzero(counts / len(values) < min_rate)
-        if not len(small):
-            break
+        if not len(edges) or not len(small):
+            return edges, counts / len(values)
         i = small[np.argmin(counts[small])]
         # drop the edge between the small interval and its smaller neighbour
         left = counts[i - 1] if i > 0 else np.inf
         right = counts[i + 1] if i < len(edges) else np.inf
         edges = np.delete(edges, i - 1 if left <= right else i)
-    return edges
 
 
 @dataclass
@@ -151,9 +149,8 @@ class Categories(Indicators):
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         x = _matrix(x) >= 0.5
-        hits = [x[:, cols].any(axis=1) for cols in self.columns]
-        out = np.stack(hits, axis=1) if hits else np.zeros((len(x), 0), dtype=bool)
-        return out ^ self.complement[None, :]
+        hits = _concat([x[:, cols].any(axis=1, keepdims=True) for cols in self.columns], len(x))
+        return hits ^ self.complement[None, :]
 
 
 @dataclass

@@ -143,7 +143,7 @@ class VersionMonitor:
         skipped: dict[str, str] = {}  # detectors the reference cannot support, and why
         errors = (reference.predictions != reference.labels).astype(np.float32)[:, None]
         if s.method == "cusum":
-            enc = encoder
+            enc = encoder  # short, for the table below
             wanted = {
                 "mmd": (s.mmd, s.mmd_every, lambda: Distance.fit(enc.mmd(frame), s.bins)),
                 "cvm": (s.univariate and s.cvm and bool(enc.cvm_columns), s.univariate_every,
@@ -159,7 +159,7 @@ class VersionMonitor:
                 if not on:
                     continue
                 began = time.perf_counter()
-                ert = s.error_rate_ert or s.ert if name == "error_rate" else s.ert
+                ert = (s.error_rate_ert or s.ert) if name == "error_rate" else s.ert
                 try:
                     chart = ChartDetector(fit(), ert=ert, odds_ratio=s.odds_ratio)
                 except ValueError as exc:

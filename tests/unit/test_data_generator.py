@@ -98,7 +98,9 @@ def test_a_population_seed_keeps_the_customers_and_draws_new_transactions():
     first = trained.accounts.groupby("account_id")["account_age_days"].first()
     again = served.accounts.groupby("account_id")["account_age_days"].first()
     pd.testing.assert_series_equal(first, again)  # the same accounts, opened the same day
-    assert not trained.transactions["amount"].head(50).equals(served.transactions["amount"].head(50))
+    assert (
+        not trained.transactions["amount"].head(50).equals(served.transactions["amount"].head(50))
+    )
     other = generate("stationary", days=3, n_accounts=50, seed=1)
     assert not other.accounts.groupby("account_id")["account_age_days"].first().equals(first)
 
