@@ -27,6 +27,7 @@ import httpx
 import pandas as pd
 import psutil
 
+from kubeloop.bench.runner import markdown_table
 from kubeloop.drift.params import MAX_WAIT_SECONDS
 from kubeloop.generated import REPO_ROOT
 from kubeloop.local.drift import drift_python, start_drift_service
@@ -338,34 +339,23 @@ NAMES = ("mmd", "cvm", "fet", "prediction", "error_rate", "predicted_class")
 def delay_markdown(table: list[dict]) -> str:
     if not table:
         return ""
-    lines = [
+    rows = [{"method": r["method"], "ERT (steps)": r["ert"], "scenario": r["scenario"],
+             **{k: str(r.get(k, "–")) for k in NAMES}} for r in table]  # fmt: skip
+    return (
         "Detection delay versus ERT (drifted instances read until the alarm; 100 stationary rows "
-        "first, default sub-sampling; `None` = no alarm after the onset within the drifted rows):",
-        "",
-        "| method | ERT (steps) | scenario | " + " | ".join(NAMES) + " |",
-        "|---|---|---|" + "---|" * len(NAMES),
-    ]
-    for r in table:
-        lines.append(
-            f"| {r['method']} | {r['ert']} | {r['scenario']} | "
-            + " | ".join(str(r.get(k, "–")) for k in NAMES)
-            + " |"
-        )
-    return "\n".join(lines)
+        "first, default sub-sampling; `None` = no alarm after the onset within the drifted rows):"
+        "\n\n" + markdown_table(rows)
+    )
 
 
 def run_length_markdown(rows: list[dict]) -> str:
-    lines = [
+    table = [{"stream": r["stream"], "ERT": r["ert"], "reference draws": r["draws"],
+              "runs per detector": r["runs"], **{k: f"{r[k]:.2f}" if k in r else "–" for k in NAMES}}
+             for r in rows]  # fmt: skip
+    return (
         "Stationary run length over the ERT, method cusum (one step per instance; `–`: not "
-        "run on that stream):",
-        "",
-        "| stream | ERT | reference draws | runs per detector | " + " | ".join(NAMES) + " |",
-        "|---|---|---|---|" + "---|" * len(NAMES),
-    ]
-    for r in rows:
-        cells = " | ".join(f"{r[k]:.2f}" if k in r else "–" for k in NAMES)
-        lines.append(f"| {r['stream']} | {r['ert']} | {r['draws']} | {r['runs']} | {cells} |")
-    return "\n".join(lines)
+        "run on that stream):\n\n" + markdown_table(table)
+    )
 
 
 ALIBI_RUN_LENGTHS = (

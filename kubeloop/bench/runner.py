@@ -53,6 +53,16 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of ``rows``; the first row's keys are the columns."""
+    columns = list(rows[0])
+    return "\n".join([
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows),
+    ])  # fmt: skip
+
+
 def render_section(name: str, result: dict[str, Any]) -> str:
     for key in ("title", "table", "command"):
         if key not in result:
@@ -60,7 +70,6 @@ def render_section(name: str, result: dict[str, Any]) -> str:
     rows = result["table"]
     if not rows:
         raise BenchmarkError(f"benchmark {name!r}: empty table")
-    columns = list(rows[0])
     lines = [
         f"<!-- {name}:begin -->",
         f"## {result['title']}",
@@ -69,9 +78,7 @@ def render_section(name: str, result: dict[str, Any]) -> str:
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
         f"{platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}.",
         "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
-        *("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows),
+        markdown_table(rows),
     ]
     if result.get("notes"):
         lines += ["", result["notes"].strip()]
