@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(
             f"kubeloop predictor {args.model_name}: cannot load the model: {exc}"
         ) from None
-    install_guard(model.name, model.version, limits, on_outcome=model.count_http)
+    install_guard(model, limits, on_outcome=model.count_http)
     BoundModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,

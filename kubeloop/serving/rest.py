@@ -22,6 +22,15 @@ always with ``{"error": "<message naming the problem>"}``:
   model, kserve, FastAPI or this guard), through ``on_outcome(status, reason)``;
   ``reason`` is set when the model already counted its own rejection reason.
 
+Given the served ``model``, the guard also answers V1 predict (``POST
+/v1/models/{model}:predict`` with a JSON body) itself, the way kserve's V1 route does
+(readiness, ``orjson`` decoding, ``model(body, headers)``, its response headers, an
+``orjson`` body; errors through the app's own exception handlers, so the answers are
+kserve's) but without the FastAPI router, request object and dependency solving in
+between: those cost more CPU per request than the predictor's validation, metrics and
+payload events together (docs/benchmarks.md, serving). V1 bodies that are binary-mode
+CloudEvents (``Ce-*`` headers), V2 and everything else go through the app.
+
 An exception that escapes the app becomes a 500 here, so Starlette does not re-raise it
 to uvicorn, which would drop the keep-alive connection without ``Connection: close``.
 """
@@ -40,6 +49,7 @@ import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kserve.errors import InvalidInput, ModelNotReady
 from starlette.exceptions import HTTPException
 
 from kubeloop.bodies import declared_length
@@ -151,6 +161,8 @@ class RequestGuard:
         version: str,
         limits: Limits,
         on_outcome: Callable[[int, Outcome], None] | None = None,
+        model=None,
+        exception_handlers: dict | None = None,
     ) -> None:
         self.app = app
         self.model_name = model_name
@@ -158,6 +170,10 @@ class RequestGuard:
         self.limits = limits
         self.on_outcome = on_outcome
         self._deadlines = BodyDeadlines(limits.body_timeout_s)
+        # The served kserve Model (V1 predict answered here) and the app's exception
+        # handlers (a live view: kserve registers its own when its server starts).
+        self.model = model
+        self.exception_handlers = exception_handlers if exception_handlers is not None else {}
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -231,6 +247,17 @@ class RequestGuard:
             outcome.reason, outcome.status = answer.reason, answer.status
             extra = [(b"connection", b"close")] if answer.close else []
             return await _respond(send, answer.status, {"error": answer.message}, extra)
+        if infer is not None and self.model is not None and self._direct(infer, headers):
+            try:
+                return await self._predict_v1(scope, body, headers, send, outcome)
+            except Exception as exc:  # noqa: BLE001 - answered as a 500, keep-alive kept
+                log.exception("unhandled error answering %s %s", scope["method"], scope["path"])
+                if outcome.started:
+                    raise
+                outcome.status = 500
+                return await _respond(
+                    send, 500, {"error": f"internal error ({type(exc).__name__})"}
+                )
         if headers is not scope["headers"]:
             scope = {**scope, "headers": headers}
         replayed = False
@@ -255,6 +282,51 @@ class RequestGuard:
                 raise
             outcome.status = 500
             await _respond(send, 500, {"error": f"internal error ({type(exc).__name__})"})
+
+    def _direct(self, infer, headers: list) -> bool:
+        """V1 predict of the served model, not a binary-mode CloudEvent: answered here."""
+        if infer[0] != "v1" or infer[1] != self.model.name:
+            return False
+        return not any(key.startswith(b"ce-") for key, _ in headers)
+
+    async def _predict_v1(self, scope, body: bytes, headers: list, send, outcome) -> None:
+        """kserve's V1 predict route, without the router in between (see the module doc)."""
+        model = self.model
+        text = {key.decode("latin-1"): value.decode("latin-1") for key, value in headers}
+        try:
+            if not model.ready:
+                raise ModelNotReady(model.name)
+            try:
+                payload = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidInput(f"Unrecognized request format: {exc}") from None
+            result, response_headers = await model(payload, text)
+            content = orjson.dumps(result)
+        except Exception as exc:
+            handler = self._handler(exc)
+            if handler is None:
+                raise
+            response = await handler(None, exc)
+            outcome.status, outcome.started = response.status_code, True
+            return await response(scope, None, send)
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response_headers.items()]
+        raw += [
+            (b"content-length", b"%d" % len(content)),
+            (b"content-type", b"application/json"),
+        ]
+        outcome.status, outcome.started = 200, True
+        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        await send({"type": "http.response.body", "body": content})
+
+    def _handler(self, exc: Exception):
+        """The app's handler for ``exc`` (its closest class), as its exception middleware
+        would pick it; None for what only a 500 answers (``Exception`` itself)."""
+        for cls in type(exc).__mro__:
+            if cls is Exception:
+                return None
+            if (handler := self.exception_handlers.get(cls)) is not None:
+                return handler
+        return None
 
     def _checked_headers(self, scope, infer) -> tuple[list, int | None]:
         """The headers kserve gets and, on V2, the binary tensor extension's

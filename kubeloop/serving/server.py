@@ -146,14 +146,20 @@ class BoundModelServer(ModelServer):
 
 
 def install_guard(
-    model_name: str,
-    version: str,
+    model,
     limits: Limits,
     on_outcome: Callable[[int, Outcome], None] | None = None,
 ) -> None:
-    """Installs the REST edge on kserve's FastAPI app (before the server starts)."""
+    """Installs the REST edge on kserve's FastAPI app (before the server starts), for the
+    loaded kserve ``model``: the guard answers its V1 predict route itself."""
     kserve_app.add_middleware(
-        RequestGuard, model_name=model_name, version=version, limits=limits, on_outcome=on_outcome
+        RequestGuard,
+        model_name=model.name,
+        version=model.version,
+        limits=limits,
+        on_outcome=on_outcome,
+        model=model,
+        exception_handlers=kserve_app.exception_handlers,
     )
     kserve_app.add_exception_handler(RequestValidationError, validation_error_handler)
     kserve_app.add_exception_handler(StarletteHTTPException, http_error_handler)

@@ -7,6 +7,9 @@ import asyncio
 import httpx
 import orjson
 import pytest
+from kserve import Model
+from kserve import errors as kserve_errors
+from kserve.errors import InvalidInput, ModelNotReady
 
 from kubeloop.serving.inputs import Limits
 from kubeloop.serving.rest import BOM, RequestGuard
@@ -256,3 +259,103 @@ def test_stalled_body_gets_408_and_closes_the_connection():
     assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
     assert b"0.2 s" in sent[1]["body"]
     assert outcomes == [(408, "body_timeout")] and not app.seen
+
+
+class Echo(Model):
+    """A kserve Model whose V1 answers the guard gives itself: echoes the instances."""
+
+    def __init__(self) -> None:
+        super().__init__(MODEL, return_response_headers=True)
+        self.version = VERSION
+        self.ready = True
+        self.seen: list[dict] = []
+
+    def predict(self, payload, headers=None, response_headers=None):
+        self.seen.append(headers)
+        if payload.get("fail") == "input":
+            raise InvalidInput("instance 0 has no amount")
+        if payload.get("fail") == "bug":
+            raise RuntimeError("bug")
+        response_headers["x-request-id"] = headers.get("x-request-id", "new")
+        return {"predictions": payload["instances"]}
+
+
+def _direct_guard():
+    app, model, outcomes = StandIn(), Echo(), []
+    guard = RequestGuard(
+        app,
+        model_name=MODEL,
+        version=VERSION,
+        limits=Limits(max_payload_bytes=1000, body_timeout_s=0.3),
+        on_outcome=lambda status, outcome: outcomes.append((status, outcome.reason)),
+        model=model,
+        # kserve's own handlers, as its server registers them on the app
+        exception_handlers={
+            InvalidInput: kserve_errors.invalid_input_handler,
+            ModelNotReady: kserve_errors.model_not_ready_handler,
+            Exception: kserve_errors.generic_exception_handler,
+        },
+    )
+    return guard, app, model, outcomes
+
+
+def test_v1_predict_is_answered_by_the_model_without_the_app():
+    guard, app, model, outcomes = _direct_guard()
+    body = {"instances": [{"amount": 1.5}]}
+    resp = _call(guard, "POST", V1, json=body, headers={"x-request-id": "abc"})
+    assert resp.status_code == 200 and resp.json() == {"predictions": body["instances"]}
+    assert resp.headers["x-request-id"] == "abc"
+    assert resp.headers["content-type"] == "application/json"
+    assert int(resp.headers["content-length"]) == len(resp.content)
+    assert app.seen == [] and model.seen[0]["x-request-id"] == "abc"
+    assert outcomes == [(200, None)]
+
+
+def test_v1_without_content_type_reaches_the_model_as_json():
+    guard, _, model, _ = _direct_guard()
+    resp = _call(guard, "POST", V1, content=orjson.dumps({"instances": [{"amount": 2}]}))
+    assert resp.status_code == 200 and resp.json() == {"predictions": [{"amount": 2}]}
+    assert model.seen[0]["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "needle", "reason"),
+    [
+        (b"{not json", 400, "Unrecognized request format", "malformed_body"),
+        (orjson.dumps({"instances": [], "fail": "input"}), 400, "has no amount", "malformed_body"),
+        (
+            orjson.dumps({"instances": [], "fail": "bug"}),
+            500,
+            "internal error (RuntimeError)",
+            None,
+        ),
+    ],
+)
+def test_v1_errors_get_the_answers_of_the_app(content, status, needle, reason):
+    guard, app, _, outcomes = _direct_guard()
+    resp = _call(guard, "POST", V1, content=content, headers=JSON)
+    assert resp.status_code == status and needle in resp.json()["error"]
+    assert app.seen == [] and outcomes == [(status, reason)]
+
+
+def test_a_model_not_ready_is_503():
+    guard, app, model, outcomes = _direct_guard()
+    model.ready = False
+    resp = _call(guard, "POST", V1, json={"instances": []})
+    assert resp.status_code == 503 and "not ready" in resp.json()["error"]
+    assert app.seen == [] and outcomes == [(503, None)]
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/v1/models/other:predict", {}),
+        (V1, {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "s", "ce-type": "t"}),
+        (V2, {}),
+    ],
+)
+def test_other_models_cloudevents_and_v2_go_to_the_app(path, headers):
+    guard, app, model, _ = _direct_guard()
+    body = V2_BODY if path == V2 else {"instances": []}
+    resp = _call(guard, "POST", path, json=body, headers=headers)
+    assert resp.status_code == 200 and app.seen[0]["path"] == path and model.seen == []
