@@ -426,21 +426,21 @@ class DetectorName(StrEnum):
     MMD = "mmd"
     CVM = "cvm"
     FET = "fet"
-    CHI2 = "chi2"
     PREDICTION = "prediction"
     ERROR_RATE = "error_rate"
     PREDICTED_CLASS = "predicted_class"
 
 
 class Detector(_Model):
-    """One drift detector of the drift service."""
+    """One detector family of the drift service."""
 
     name: DetectorName = Field(..., description="the detector (its `detector` metric label)")
     ert: int | None = Field(
-        None, ge=1, description="expected run time between false alarms (online detectors)"
-    )
-    threshold: float | None = Field(
-        None, gt=0, description="p-value or statistic threshold (offline detectors)"
+        None,
+        ge=2,
+        description="expected run time between false alarms, in the detector's own steps (the "
+        "instances it reads; labels for error_rate, predictions for predicted_class); unset: "
+        "the drift service's setting",
     )
 
 
@@ -477,9 +477,11 @@ class Monitoring(_Model):
             )
         ),
     ] = Field(
-        default_factory=lambda: [Detector(name=DetectorName.MMD, ert=500)],
+        default_factory=list,
         max_length=len(DetectorName),
-        description="drift detectors the drift service runs on the stable version, each name once",
+        description="the detector families the drift service runs on the stable version and the "
+        "canary, each name once; a family not listed is off. Empty: the drift service's own set "
+        "and settings",
     )
     drift_duration_seconds: int = Field(
         120, ge=0, description="drift must persist this long before it triggers retraining"
@@ -487,6 +489,20 @@ class Monitoring(_Model):
     label_shift: LabelShift = Field(
         LabelShift(), description="what label shift alone leads to (retraining or an alert)"
     )
+
+    def drift_settings(self) -> dict[str, Any]:
+        """The drift service's detector settings (the overrides of ``POST /v1/watch``, see
+        kubeloop.drift.config.DetectorSettings) these detectors ask for: each family on or
+        off, and its own ERT where one is set. Empty when no detector is listed."""
+        if not self.detectors:
+            return {}
+        listed = {DetectorName(d.name): d for d in self.detectors}
+        settings: dict[str, Any] = {family.value: family in listed for family in DetectorName}
+        settings["univariate"] = settings["cvm"] or settings["fet"]  # their master switch
+        for family, detector in listed.items():
+            if detector.ert is not None:
+                settings[f"{family.value}_ert"] = detector.ert
+        return settings
 
 
 class PipelineRef(_Model):
@@ -636,6 +652,11 @@ class ModelDeploymentStatus(_Model):
     )
     retraining: RetrainingStatus = Field(
         RetrainingStatus(), description="the latest retraining run"
+    )
+    watched_detectors: str | None = Field(
+        None,
+        description="the detector settings (JSON) the drift service was last asked to watch the "
+        "stable version with; a change of spec.monitoring.detectors watches it again",
     )
     handled_commands: list[str] = Field(
         default_factory=list,

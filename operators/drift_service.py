@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -43,11 +44,20 @@ class DriftServiceClient:
         self._checked_at = -float("inf")
         self._watched: set[tuple[str, str]] | None = None
 
-    def watch(self, model: str, version: str, registry_uri: str, *, reset: bool = False) -> bool:
+    def watch(
+        self,
+        model: str,
+        version: str,
+        registry_uri: str,
+        *,
+        reset: bool = False,
+        detectors: dict[str, Any] | None = None,
+    ) -> bool:
         """True when the service took the watch (it arms the detectors in the background);
         a failure is logged and retried by the next pass (the version still shows as not
         watched). A version armed or being armed on the same reference is left as it is,
-        unless ``reset`` asks for fresh detectors."""
+        unless ``reset`` asks for fresh detectors. ``detectors`` override the service's
+        detector settings for this version (a different set re-arms it)."""
         try:
             response = self.http.post(
                 f"{self.url}/v1/watch",
@@ -56,6 +66,7 @@ class DriftServiceClient:
                     "version": version,
                     "registry_uri": registry_uri,
                     "reset": reset,
+                    **({"detectors": detectors} if detectors else {}),
                 },
                 timeout=WATCH_TIMEOUT_SECONDS,
             )

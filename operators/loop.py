@@ -60,7 +60,7 @@ class Actuators(Protocol):
 
     def set_champion(self, version: str) -> None: ...
 
-    def watch_drift(self, version: str) -> None:
+    def watch_drift(self, version: str, detectors: dict[str, Any]) -> None:
         """A failure is retried by a later pass, which still observes the version unwatched."""
         ...
 
@@ -77,12 +77,12 @@ class SharedActuators:
     def set_champion(self, version: str) -> None:
         self.registry.set_alias(self.model, "champion", version)
 
-    def watch_drift(self, version: str) -> None:
+    def watch_drift(self, version: str, detectors: dict[str, Any]) -> None:
         # The core asks for a watch when a version takes over or its canary starts (its
         # detectors must start then: drift evidence counts from the reset after promotion)
         # and when the service does not watch it (arming counts as watched), so every
         # WatchDrift resets; the service does not restart an arming of the same reference.
-        self.drift.watch(self.model, version, self.registry.uri, reset=True)
+        self.drift.watch(self.model, version, self.registry.uri, reset=True, detectors=detectors)
 
     def watched_versions(self) -> frozenset[str] | None:
         return self.drift.watched(self.model)
@@ -96,7 +96,7 @@ def dispatch(action: Action, actuators: Actuators) -> None:
     elif isinstance(action, SetChampion):
         actuators.set_champion(action.version)
     elif isinstance(action, WatchDrift):
-        actuators.watch_drift(action.version)
+        actuators.watch_drift(action.version, dict(action.detectors))
     elif isinstance(action, RecordDecision):
         actuators.record_decision(action)
 

@@ -24,6 +24,13 @@ class DriftConfigError(ValueError):
     """An invalid drift setting; the message names the field."""
 
 
+# Each detector family's own ERT setting (None: derived from ``ert``).
+FAMILY_ERTS = {
+    family: f"{family}_ert"
+    for family in ("mmd", "cvm", "fet", "prediction", "error_rate", "predicted_class")
+}
+
+
 @dataclass(frozen=True)
 class DetectorSettings:
     """What each watched version runs. Overridable per model in ``POST /v1/watch``."""
@@ -52,6 +59,12 @@ class DetectorSettings:
     error_rate: bool = True
     error_windows: tuple[int, ...] = (50, 150)
     error_rate_ert: float | None = None  # in labels; by default ert
+    # One family's own ERT (in its steps), by default ert: a ModelDeployment's
+    # spec.monitoring.detectors sets them per detector.
+    mmd_ert: float | None = None
+    cvm_ert: float | None = None
+    fet_ert: float | None = None
+    prediction_ert: float | None = None
     # Label shift: Bernoulli CUSUM charts on the share of positive predictions (both
     # directions, odds x2), exact thresholds in milliseconds; ERT in predictions, by
     # default ert x univariate_every.
@@ -79,10 +92,10 @@ class DetectorSettings:
             "univariate_windows": len(self.univariate_windows) > 0
             and min(self.univariate_windows) >= 2,
             "error_windows": len(self.error_windows) > 0 and min(self.error_windows) >= 2,
-            "error_rate_ert": self.error_rate_ert is None
-            or (math.isfinite(self.error_rate_ert) and self.error_rate_ert > 1),
-            "predicted_class_ert": self.predicted_class_ert is None
-            or (math.isfinite(self.predicted_class_ert) and self.predicted_class_ert > 1),
+            **{
+                name: (value := getattr(self, name)) is None or (math.isfinite(value) and value > 1)
+                for name in FAMILY_ERTS.values()
+            },
             "accuracy_window": self.accuracy_window >= 10,
             "report_window": self.report_window >= 50,
             "explain_rows": 50 <= self.explain_rows <= self.report_window,
@@ -94,6 +107,15 @@ class DetectorSettings:
         if bad := [name for name, ok in checks.items() if not ok]:
             values = ", ".join(f"{n}={clip(getattr(self, n))}" for n in bad)
             raise DriftConfigError(f"invalid drift detector setting(s): {values}")
+
+    def ert_of(self, family: str) -> float:
+        """A detector family's expected run time without drift, in its own steps: its own
+        setting, else ``ert`` (the predicted-class charts read every prediction, so their
+        default is ``ert`` x ``univariate_every``)."""
+        own = getattr(self, FAMILY_ERTS[family])
+        if own is not None:
+            return own
+        return self.ert * self.univariate_every if family == "predicted_class" else self.ert
 
     def with_overrides(self, overrides: dict[str, Any] | None) -> DetectorSettings:
         if not overrides:

@@ -46,29 +46,32 @@ def _alibi_detectors(
     if s.mmd:
         online["mmd"] = build_detector(
             "mmd", "mmd", encoder.mmd(rows(s.mmd_reference_rows)), ["_all"],
-            window_sizes=[s.mmd_window], n_bootstraps=s.mmd_bootstraps, every=s.mmd_every, **common,
+            window_sizes=[s.mmd_window], n_bootstraps=s.mmd_bootstraps, every=s.mmd_every,
+            **{**common, "ert": s.ert_of("mmd")},
         )  # fmt: skip
     uni = {"window_sizes": list(s.univariate_windows), "n_bootstraps": s.univariate_bootstraps}
     if s.univariate and s.cvm and encoder.cvm_columns:
         online["cvm"] = build_detector(
             "cvm", "cvm", encoder.cvm(rows(s.cvm_reference_rows)), encoder.cvm_columns,
-            every=s.univariate_every, **uni, **common,
+            every=s.univariate_every, **uni, **{**common, "ert": s.ert_of("cvm")},
         )  # fmt: skip
     if s.univariate and s.fet and encoder.fet_columns:
         online["fet"] = build_detector(
             "fet", "fet", encoder.fet(frame), encoder.fet_columns,
-            every=s.univariate_every, alternative="greater", **uni, **common,
+            every=s.univariate_every, alternative="greater", **uni,
+            **{**common, "ert": s.ert_of("fet")},
         )  # fmt: skip
     if s.prediction:
         scores = rows(s.cvm_reference_rows)["prediction_score"].to_numpy()[:, None]
         online["prediction"] = build_detector(
-            "prediction", "cvm", scores, ["_all"], every=s.univariate_every, **uni, **common
-        )
+            "prediction", "cvm", scores, ["_all"], every=s.univariate_every, **uni,
+            **{**common, "ert": s.ert_of("prediction")},
+        )  # fmt: skip
     if s.error_rate:
         online["error_rate"] = build_detector(
             "error_rate", "fet", errors, ["_all"], window_sizes=list(s.error_windows),
             n_bootstraps=s.univariate_bootstraps, alternative="greater",
-            **{**common, "ert": s.error_rate_ert or s.ert},
+            **{**common, "ert": s.ert_of("error_rate")},
         )  # fmt: skip
     return online
 
@@ -159,9 +162,8 @@ class VersionMonitor:
                 if not on:
                     continue
                 began = time.perf_counter()
-                ert = (s.error_rate_ert or s.ert) if name == "error_rate" else s.ert
                 try:
-                    chart = ChartDetector(fit(), ert=ert, odds_ratio=s.odds_ratio)
+                    chart = ChartDetector(fit(), ert=s.ert_of(name), odds_ratio=s.odds_ratio)
                 except ValueError as exc:
                     skipped[name] = str(exc)
                     continue
@@ -179,7 +181,7 @@ class VersionMonitor:
             began = time.perf_counter()
             try:
                 chart = BernoulliCusum(class_columns(reference.predictions),
-                                       ert=s.predicted_class_ert or s.ert * s.univariate_every)  # fmt: skip
+                                       ert=s.ert_of("predicted_class"))  # fmt: skip
             except ValueError as exc:
                 skipped["predicted_class"] = str(exc)
             else:
@@ -328,6 +330,7 @@ class VersionMonitor:
                 name: {
                     "steps": d.steps,
                     "every": d.every,
+                    "ert": float(d.detector.ert),
                     "detected": d.detected,
                     "detected_at_step": d.detected_at_step,
                     "setup_seconds": round(d.setup_seconds, 3),

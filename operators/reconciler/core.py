@@ -8,6 +8,7 @@ state, a pipeline run has a deterministic name, the champion alias is a set).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -207,7 +208,7 @@ def _first_deploy(p: _Pass) -> None:
     p.s.canary_percent = 0
     # promotedAt: when the stable version took over; its drift evidence counts from then.
     p.s.promoted_at = p.now
-    p.actions += [SetChampion(target), WatchDrift(target)]
+    p.actions += [SetChampion(target), _watching(p, target)]
     p.decide(Decision.DEPLOY, "FirstDeployment", f"serving {target}", target)
 
 
@@ -243,7 +244,7 @@ def _start_canary(p: _Pass) -> None:
     p.s.step_started_at = p.now
     _new_window(p)
     # Watched from its first pass, so its delayed labels feed the live-accuracy analysis.
-    p.actions.append(WatchDrift(target))
+    p.actions.append(_watching(p, target))
     p.decide(Decision.CANARY, "NewCandidate", f"canary {target} at {p.s.canary_percent}%", target)
 
 
@@ -460,7 +461,7 @@ def _promote(p: _Pass, reason: str, message: str, evidence: dict) -> None:
     p.s.phase = WATCHING if p.spec.rollout.watch_window_seconds > 0 else STABLE
     _new_window(p)
     p.s.drift_since, p.s.drift = None, "None"
-    p.actions += [SetChampion(cand), WatchDrift(cand)]
+    p.actions += [SetChampion(cand), _watching(p, cand)]
     p.progress = ("True", "Watching", f"watching {cand} for {p.spec.rollout.watch_window_seconds}s")
     p.decide(Decision.PROMOTE, reason, message, cand, evidence)
 
@@ -481,7 +482,7 @@ def _rollback_promotion(p: _Pass, reason: str, message: str, evidence: dict) -> 
     # promotedAt: when the stable version took over, here again (see _first_deploy).
     p.s.phase, p.s.promoted_at, p.s.watch_baseline = STABLE, p.now, {}
     p.s.drift_since, p.s.drift = None, "None"
-    p.actions += [SetChampion(previous), WatchDrift(previous)]
+    p.actions += [SetChampion(previous), _watching(p, previous)]
     p.progress = ("False", "RolledBack", f"{bad} rolled back to {previous}: {message}")
     p.decide(
         Decision.ROLLBACK, reason, f"{bad} rolled back to {previous}: {message}", bad, evidence
@@ -561,17 +562,36 @@ def _drift_watches(p: _Pass) -> None:
     and the canary (its detectors; its labels are counted from its first request, watched or
     not, as the live-accuracy evidence). A version it does not watch now (never
     watched, a watch that failed, or forgotten by a restart) is watched again; while the
-    watched set is unknown, only the watches a transition asks for are sent."""
+    watched set is unknown, only the watches a transition asks for are sent. The stable
+    version is also watched again when spec.monitoring.detectors changed since its watch."""
+    stable, settings = p.s.stable_version, _detector_key(p)
+    asked = {a.version for a in p.actions if isinstance(a, WatchDrift)}
+    if stable in asked:
+        p.s.watched_detectors = settings
     watched = p.obs.watched_versions
     if watched is None:
         return
-    asked = {a.version for a in p.actions if isinstance(a, WatchDrift)}
-    wanted = [p.s.stable_version]
+    wanted = [stable]
     if p.s.phase == CANARY and p.s.candidate_version:
         wanted.append(p.s.candidate_version)
     for version in wanted:
-        if version not in watched and version not in asked:
-            p.actions.append(WatchDrift(version))
+        if version not in asked and (version not in watched or (
+            version == stable and p.s.watched_detectors != settings
+        )):  # fmt: skip
+            p.actions.append(_watching(p, version))
+            if version == stable:
+                p.s.watched_detectors = settings
+
+
+def _detector_key(p: _Pass) -> str | None:
+    """The detector settings as the status records them (None: the service's own)."""
+    settings = p.spec.monitoring.drift_settings()
+    return json.dumps(settings, sort_keys=True) if settings else None
+
+
+def _watching(p: _Pass, version: str) -> WatchDrift:
+    """A watch of ``version`` with the detectors the spec asks for."""
+    return WatchDrift(version, tuple(sorted(p.spec.monitoring.drift_settings().items())))
 
 
 # --- manual commands ---------------------------------------------------------------------

@@ -167,9 +167,11 @@ class SetChampion:
 class WatchDrift:
     """Have the drift service watch a version (reset its detectors on its reference sample):
     the stable version when it takes over or the service lost it, the canary so its
-    delayed labels feed the live-accuracy analysis."""
+    delayed labels feed the live-accuracy analysis. ``detectors`` are the settings
+    spec.monitoring.detectors asks for (empty: the service's own)."""
 
     version: str
+    detectors: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)

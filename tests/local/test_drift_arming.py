@@ -234,7 +234,7 @@ def test_the_operators_watch_does_not_block_and_arming_counts_as_watched(supervi
         actuators = SharedActuators(MODEL, registry, drift)
         assert drift.watched(MODEL) == frozenset()
         start = time.monotonic()
-        actuators.watch_drift("v3")  # as the pass that starts a canary of v3
+        actuators.watch_drift("v3", {})  # as the pass that starts a canary of v3
         assert time.monotonic() - start < WATCH_TIMEOUT_SECONDS
         with httpx.Client(base_url=svc.url) as c:
             assert entry(c, "v3")["state"] == "arming"
@@ -245,7 +245,7 @@ def test_the_operators_watch_does_not_block_and_arming_counts_as_watched(supervi
             # A promotion's WatchDrift resets the armed version (its drift evidence starts
             # at the reset), without blocking the pass either.
             start = time.monotonic()
-            actuators.watch_drift("v3")
+            actuators.watch_drift("v3", {})
             assert time.monotonic() - start < WATCH_TIMEOUT_SECONDS
             again = armed(c, "v3")
             assert again["attempt"] == first["attempt"] + 1

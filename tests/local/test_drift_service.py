@@ -9,6 +9,7 @@ import httpx
 import pandas as pd
 import pytest
 from cloudevents.http import CloudEvent, to_structured
+from kubeloop.operators.crd import Monitoring
 
 from kubeloop.contracts.payload_events import REJECT_REASONS
 from kubeloop.local.drift import start_drift_service
@@ -129,6 +130,24 @@ def test_watch_builds_exact_detectors_without_a_cache(client, work):
     assert not any(d["cache_hit"] for d in armed.values()), armed
     cache = work / "drift-cache"
     assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_a_deployments_detectors_arm_what_it_lists_at_its_erts(client):
+    """What the operator sends for spec.monitoring.detectors: listed families only, each at
+    its own ERT (the others at the service's)."""
+    listed = Monitoring.model_validate(
+        {
+            "detectors": [
+                {"name": "cvm", "ert": 300},
+                {"name": "error_rate", "ert": 150},
+                {"name": "predicted_class"},
+            ]
+        }  # fmt: skip
+    )
+    armed = watch(client, detectors={**FAST, **listed.drift_settings()})["detectors"]
+    assert set(armed) == {"cvm", "error_rate", "predicted_class"}
+    assert (armed["cvm"]["ert"], armed["error_rate"]["ert"]) == (300, 150)
+    assert armed["predicted_class"]["ert"] == FAST["ert"] * FAST["univariate_every"]
 
 
 def test_alibi_detectors_cache_their_thresholds(client, supervisor, registry, work):
