@@ -284,6 +284,7 @@ class CheckName(StrEnum):
     LATENCY_P99 = "latency_p99"
     SCORE_DISTRIBUTION = "score_distribution"
     LIVE_ACCURACY = "live_accuracy"
+    ESTIMATED_ACCURACY = "estimated_accuracy"
 
 
 class Analysis(_Model):
@@ -340,6 +341,13 @@ class Analysis(_Model):
         description="checks that must pass before a step, promotion or confirmation; a skipped "
         "or inconclusive required check holds. Default: every check, live_accuracy whenever "
         "labels flow for the stable version",
+    )
+    early_evidence: bool = Field(
+        False,
+        description="before labels decide (live_accuracy skipped or inconclusive), hold a "
+        "canary whose accuracy estimated from its scores alone (kubeloop_estimated_accuracy) "
+        "is more than maxAccuracyDrop below the stable version's; never a rollback on it: a "
+        "step timed out on this hold alone waits for a command",
     )
     power: float = Field(
         0.8,

@@ -83,9 +83,12 @@ class PrometheusObserver:
             feedback = self.query(
                 f"sum by (version, outcome) (increase(kubeloop_feedback_total{m}[{w}]))"
             )
+            estimated = self.query(f"max by (version) (kubeloop_estimated_accuracy{m})")
         except PrometheusError as exc:
             return MetricsSnapshot(False, str(exc), {})
-        return MetricsSnapshot(True, "", assemble(requests, errors, p99, scores, feedback))
+        return MetricsSnapshot(
+            True, "", assemble(requests, errors, p99, scores, feedback, estimated)
+        )
 
     def drift(self, model: str, version: str) -> tuple[bool | None, dict[str, Any]]:
         """Whether any detector flags drift on ``version``; ``None`` when there is no signal."""
@@ -135,7 +138,7 @@ def _value(sample: dict[str, Any]) -> float:
     return float(sample["value"][1])
 
 
-def assemble(requests, errors, p99, scores, feedback) -> dict[str, VersionMetrics]:
+def assemble(requests, errors, p99, scores, feedback, estimated=()) -> dict[str, VersionMetrics]:
     """Turns instant-vector results into per-version metrics (pure, for testing)."""
     out: dict[str, dict[str, Any]] = {}
     for r in requests:
@@ -156,6 +159,10 @@ def assemble(requests, errors, p99, scores, feedback) -> dict[str, VersionMetric
             "feedback_correct" if r["metric"].get("outcome") == "correct" else "feedback_incorrect"
         )
         out.setdefault(r["metric"].get("version", ""), {})[key] = _value(r)
+    for r in estimated:
+        value = _value(r)
+        if math.isfinite(value):
+            out.setdefault(r["metric"].get("version", ""), {})["estimated_accuracy"] = value
     snapshot = {}
     for version, fields in out.items():
         if not version or "requests" not in fields:

@@ -22,6 +22,7 @@ class AnalysisResult:
     reason: str  # CamelCase, used as the decision and condition reason
     message: str
     checks: tuple[CheckResult, ...] = ()
+    open: tuple[str, ...] = ()  # the required checks that hold an inconclusive verdict
 
     def evidence(self) -> dict[str, object]:
         return {c.check: c.evidence() for c in self.checks}
@@ -55,6 +56,28 @@ def _live_accuracy(canary: VersionMetrics, stable: VersionMetrics, spec: Analysi
         Verdict.SKIPPED,
         detail=f"labels for {int(canary.feedback)}/{int(stable.feedback)} predictions, "
         f"{spec.min_feedback} needed for each",
+    )
+
+
+def _estimated_accuracy(
+    canary: VersionMetrics, stable: VersionMetrics, spec: Analysis
+) -> CheckResult:
+    """Early evidence: the accuracies estimated from scores alone. It passes or holds, and
+    never fails: an estimate is biased under label shift and concept drift."""
+    if canary.estimated_accuracy is None or stable.estimated_accuracy is None:
+        missing = "canary" if canary.estimated_accuracy is None else "stable"
+        return CheckResult(
+            CheckName.ESTIMATED_ACCURACY, Verdict.SKIPPED, detail=f"no estimate for the {missing}"
+        )
+    drop = stable.estimated_accuracy - canary.estimated_accuracy
+    lower = drop > spec.max_accuracy_drop
+    return CheckResult(
+        CheckName.ESTIMATED_ACCURACY,
+        Verdict.INCONCLUSIVE if lower else Verdict.PASS,
+        estimate=drop,
+        threshold=spec.max_accuracy_drop,
+        detail=f"estimated accuracy {canary.estimated_accuracy:.3f} against the stable's "
+        f"{stable.estimated_accuracy:.3f}" + (": lower, labels must decide" if lower else ""),
     )
 
 
@@ -119,8 +142,23 @@ def analyse(
                 CheckName.SCORE_DISTRIBUTION, Verdict.INCONCLUSIVE, detail="no score histogram"
             )
         )
-    checks.append(_live_accuracy(canary, stable, spec))
-    return combine(tuple(checks), required_checks(spec, stable.feedback))
+    live = _live_accuracy(canary, stable, spec)
+    checks.append(live)
+    required = required_checks(spec, stable.feedback)
+    if spec.early_evidence or CheckName.ESTIMATED_ACCURACY in required:
+        estimated = _estimated_accuracy(canary, stable, spec)
+        checks.append(estimated)
+        if live.verdict in (Verdict.PASS, Verdict.FAIL):  # the labels decided
+            required -= {CheckName.ESTIMATED_ACCURACY}
+        elif estimated.verdict != Verdict.SKIPPED:
+            required |= {CheckName.ESTIMATED_ACCURACY}
+    result = combine(tuple(checks), required)
+    if result.verdict == Verdict.INCONCLUSIVE and result.open == (CheckName.ESTIMATED_ACCURACY,):
+        return AnalysisResult(
+            Verdict.INCONCLUSIVE, "EstimatedAccuracyLower", result.message, result.checks,
+            result.open,
+        )  # fmt: skip
+    return result
 
 
 def combine(checks: tuple[CheckResult, ...], required: frozenset[str]) -> AnalysisResult:
@@ -146,6 +184,7 @@ def combine(checks: tuple[CheckResult, ...], required: frozenset[str]) -> Analys
             "Inconclusive",
             f"hold (not enough evidence) on {', '.join(open_)} ({details})",
             checks,
+            tuple(open_),
         )
     return AnalysisResult(
         Verdict.PASS,

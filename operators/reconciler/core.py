@@ -377,7 +377,9 @@ def _canary_step(p: _Pass) -> None:
         return
     elapsed = p.elapsed(p.s.step_started_at)
     if elapsed > rollout.max_step_seconds:  # a verdict after the deadline does not count
-        _step_timed_out(p, elapsed, result.message, evidence)
+        # Held by the score-based estimate alone: never a rollback on it.
+        estimate_only = result.reason == "EstimatedAccuracyLower"
+        _step_timed_out(p, elapsed, result.message, evidence, hold=estimate_only)
         return
     if result.verdict == Verdict.INCONCLUSIVE:
         p.progress = ("True", result.reason, result.message)
@@ -407,12 +409,15 @@ def _canary_step(p: _Pass) -> None:
     _promote(p, "AnalysisPassed", f"{cand} passed every step", evidence)
 
 
-def _step_timed_out(p: _Pass, elapsed: float, why: str, evidence: dict) -> None:
-    """No verdict by ``maxStepSeconds``: the spec's ``onStepTimeout`` decides."""
+def _step_timed_out(
+    p: _Pass, elapsed: float, why: str, evidence: dict, *, hold: bool = False
+) -> None:
+    """No verdict by ``maxStepSeconds``: the spec's ``onStepTimeout`` decides (``hold``:
+    it holds whatever the spec says)."""
     rollout = p.spec.rollout
     cand = p.s.candidate_version
     msg = f"no verdict on {cand} after {elapsed:.0f}s at {p.s.canary_percent}% ({why})"
-    if rollout.on_step_timeout == StepTimeoutAction.ROLLBACK:
+    if rollout.on_step_timeout == StepTimeoutAction.ROLLBACK and not hold:
         _reject_candidate(p, "StepTimedOut", msg, evidence)
         return
     p.stalled = ("True", "StepTimedOut", msg)

@@ -57,6 +57,8 @@ class VersionMetrics:
     score_buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
     feedback_correct: float = 0.0
     feedback_incorrect: float = 0.0
+    # Accuracy estimated from the latest scores alone (the drift service's gauge), no labels.
+    estimated_accuracy: float | None = None
 
     @property
     def feedback(self) -> float:

@@ -20,6 +20,7 @@ def test_assemble_groups_by_version_and_clamps_errors():
             sample(30, version="v1", outcome="correct"),
             sample(2, version="v1", outcome="incorrect"),
         ],
+        estimated=[sample(0.93, version="v1"), sample("NaN", version="v2")],
     )
     v1, v2 = out["v1"], out["v2"]
     assert (v1.requests, v1.server_errors, v1.latency_p99) == (100, 3, 0.02)
@@ -27,6 +28,7 @@ def test_assemble_groups_by_version_and_clamps_errors():
     assert (v1.feedback_correct, v1.feedback_incorrect, v1.feedback) == (30, 2, 32)
     assert v2.server_errors == 40  # extrapolated increase() never exceeds requests
     assert v2.latency_p99 is None  # NaN quantile (no data) is "unknown", not a number
+    assert (v1.estimated_accuracy, v2.estimated_accuracy) == (0.93, None)  # NaN: no estimate
 
 
 def test_versions_without_request_counts_are_left_out():

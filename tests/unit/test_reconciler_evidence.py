@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -292,3 +293,60 @@ def test_defaults_catch_a_three_point_drop_at_25_percent_of_the_demo_traffic():
             n_opt=analysis.min_feedback,
         )
         assert seconds is not None and seconds <= max_step
+
+
+def estimated(m: VersionMetrics, accuracy: float | None) -> VersionMetrics:
+    return replace(m, estimated_accuracy=accuracy)
+
+
+EARLY = {"earlyEvidence": True, "maxAccuracyDrop": 0.03}
+
+
+def test_early_evidence_holds_a_canary_whose_estimate_is_lower_until_labels_decide():
+    sp = spec(analysis=EARLY)
+    lower = {"v1": estimated(version(6000), 0.97), "v2": estimated(version(2000), 0.90)}
+    result, made = run(sp, canary(sp), [(t, {"versions": lower}) for t in range(5, 60, 5)])
+    assert not kinds(made) and result.status.canary_percent == 25
+    held = [a for _, a in made if a.reason == "EstimatedAccuracyLower"]
+    assert held and held[-1].evidence["checks"]["estimated_accuracy"]["verdict"] == "inconclusive"
+    # Labels arrive and say the canary is as good: they decide, the estimate no longer holds.
+    labelled = {
+        "v1": estimated(version(6000, labels=3000, wrong=30), 0.97),
+        "v2": estimated(version(2000, labels=1000, wrong=10), 0.90),
+    }
+    _, made = run(sp, result.status, [(65, {"versions": labelled})])
+    assert kinds(made) == ["step"]
+
+
+@pytest.mark.parametrize(
+    ("analysis", "canary_estimate"),
+    [
+        (EARLY, 0.95),  # within maxAccuracyDrop of the stable's 0.97
+        (EARLY, None),  # no estimate for the canary: nothing to hold on
+        ({"maxAccuracyDrop": 0.03}, 0.80),  # early evidence off (the default)
+    ],
+)
+def test_early_evidence_steps_when_the_estimate_is_close_missing_or_off(analysis, canary_estimate):
+    sp = spec(analysis=analysis)
+    versions = {
+        "v1": estimated(version(6000), 0.97),
+        "v2": estimated(version(2000), canary_estimate),
+    }
+    _, made = run(sp, canary(sp), [(t, {"versions": versions}) for t in range(5, 30, 5)])
+    assert kinds(made) == ["step"]
+
+
+def test_the_estimate_alone_never_rolls_back_even_at_the_step_deadline():
+    sp = spec(analysis=EARLY)  # onStepTimeout: Rollback (the default)
+    lower = {"v1": estimated(version(6000), 0.97), "v2": estimated(version(2000), 0.80)}
+    result, made = run(sp, canary(sp), [(t, {"versions": lower}) for t in range(5, 700, 5)])
+    assert not kinds(made) and result.status.candidate_version == "v2"
+    stalled = next(c for c in result.status.conditions if c.type == "Stalled")
+    assert (stalled.status, stalled.reason) == ("True", "StepTimedOut")
+    # Labels showing it worse still roll it back: the estimate never stands in their way.
+    worse = {
+        "v1": estimated(version(6000, labels=3000, wrong=30), 0.97),
+        "v2": estimated(version(2000, labels=1000, wrong=40), 0.80),
+    }
+    _, made = run(sp, result.status, [(705, {"versions": worse})])
+    assert kinds(made) == ["rollback"]
