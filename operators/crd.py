@@ -456,6 +456,7 @@ class LabelShiftAction(StrEnum):
     """What label shift alone (only the predicted_class detector flags) leads to."""
 
     RETRAIN = "Retrain"
+    RECALIBRATE = "Recalibrate"
     ALERT = "Alert"
 
 
@@ -466,7 +467,11 @@ class LabelShift(_Model):
     action: LabelShiftAction = Field(
         LabelShiftAction.RETRAIN,
         description="Retrain: label shift counts as drift and, sustained, starts a retraining "
-        "run on the recent labelled window (which carries the new prior). Alert: it is recorded "
+        "run on the recent labelled window (which carries the new prior). Recalibrate: it is "
+        "recorded as with Alert and, sustained, the stable version is published again as a new "
+        "version whose decision threshold is moved for the estimated prior (Bayes' rule with "
+        "P(x|y) fixed; its drift reference re-weighted to that prior), rolled out as a canary "
+        "like any new version; once per stable version, no run. Alert: it is recorded "
         "(an alert decision with the estimated prior, Drifting=True with reason LabelShift) "
         "and starts no run; drift flagged by any other detector still does",
     )
@@ -660,6 +665,11 @@ class ModelDeploymentStatus(_Model):
     )
     retraining: RetrainingStatus = Field(
         RetrainingStatus(), description="the latest retraining run"
+    )
+    recalibrated_for: str | None = Field(
+        None,
+        description="the stable version a label-shift recalibration was published for "
+        "(monitoring.labelShift.action Recalibrate: once per stable version)",
     )
     watched_detectors: str | None = Field(
         None,

@@ -8,6 +8,7 @@ written once in ``SharedActuators``.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -20,6 +21,7 @@ from kubeloop.operators.reconciler.conditions import set_condition
 from kubeloop.operators.reconciler.core import Result, reconcile
 from kubeloop.operators.reconciler.types import (
     Action,
+    Recalibrate,
     RecordDecision,
     RunObservation,
     ServingMode,
@@ -29,6 +31,10 @@ from kubeloop.operators.reconciler.types import (
     WatchDrift,
     iso,
 )
+
+from kubeloop.registry.recalibration import publish_recalibrated
+
+log = logging.getLogger(__name__)
 
 
 class Actuators(Protocol):
@@ -66,6 +72,10 @@ class Actuators(Protocol):
 
     def record_decision(self, action: RecordDecision) -> None: ...
 
+    def recalibrate(self, action: Recalibrate) -> None:
+        """Idempotent by ``action.name``."""
+        ...
+
 
 class SharedActuators:
     """The champion alias in the model registry and the drift service's watches: the same
@@ -87,6 +97,19 @@ class SharedActuators:
     def watched_versions(self) -> frozenset[str] | None:
         return self.drift.watched(self.model)
 
+    def recalibrate(self, action: Recalibrate) -> None:
+        version = publish_recalibrated(
+            self.registry,
+            self.model,
+            action.version,
+            name=action.name,
+            reference_prior=action.reference_prior,
+            target_prior=action.target_prior,
+        )
+        log.info(
+            "%s: published %s (%s)", action.name, version.version, version.gate.get("recalibration")
+        )
+
 
 def dispatch(action: Action, actuators: Actuators) -> None:
     if isinstance(action, SetTraffic):
@@ -99,6 +122,8 @@ def dispatch(action: Action, actuators: Actuators) -> None:
         actuators.watch_drift(action.version, dict(action.detectors))
     elif isinstance(action, RecordDecision):
         actuators.record_decision(action)
+    elif isinstance(action, Recalibrate):
+        actuators.recalibrate(action)
 
 
 class ReconcileLoop:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from kubeloop.registry import ModelRegistry
+from kubeloop.registry.recalibration import PRIOR_FILE
 from kubeloop.registry.registry import VersionNotFound
 from kubeloop.registry.stores import open_store
 
@@ -108,8 +109,12 @@ def feature_spec(schema: dict) -> FeatureSpec:
     )
 
 
-def reference_from_bytes(model: str, version: str, parquet: bytes, schema_json: bytes) -> Reference:
-    """Builds a :class:`Reference`, checking the columns docs/contracts.md promises."""
+def reference_from_bytes(
+    model: str, version: str, parquet: bytes, schema_json: bytes, prior_json: bytes | None = None
+) -> Reference:
+    """Builds a :class:`Reference`, checking the columns docs/contracts.md promises. A
+    version recalibrated for label shift (``prior.json``) gets its sample re-weighted to
+    the prior it is for (:func:`at_prior`)."""
     try:
         spec = feature_spec(json.loads(schema_json))
     except json.JSONDecodeError as exc:
@@ -119,11 +124,19 @@ def reference_from_bytes(model: str, version: str, parquet: bytes, schema_json: 
     if missing := [c for c in needed if c not in frame.columns]:
         raise ReferenceError(f"{model}/{version} reference.parquet lacks column(s) {missing}")
     frame = frame[needed].dropna().reset_index(drop=True)
+    if prior_json is not None:
+        try:
+            prior = json.loads(prior_json)
+            frame = at_prior(
+                frame, spec.label, float(prior["target_prior"]), float(prior["threshold"])
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ReferenceError(f"{model}/{version} {PRIOR_FILE} is unusable: {exc}") from None
     if len(frame) < 100:
         raise ReferenceError(
             f"{model}/{version} reference sample has {len(frame)} complete rows; need >= 100"
         )
-    digest = hashlib.sha256(parquet + b"\0" + schema_json).hexdigest()
+    digest = hashlib.sha256(parquet + b"\0" + schema_json + b"\0" + (prior_json or b"")).hexdigest()
     return Reference(model=model, version=version, spec=spec, frame=frame, digest=digest)
 
 
@@ -135,8 +148,36 @@ def load_reference(registry_uri: str, model: str, version: str, s3: object = Non
     try:
         parquet = registry.read_file(model, resolved, REFERENCE_FILE)
         schema_json = registry.read_file(model, resolved, SCHEMA_FILE)
+        prior_json = None
+        if PRIOR_FILE in registry.get(model, resolved).files:
+            prior_json = registry.read_file(model, resolved, PRIOR_FILE)
     except VersionNotFound:
         raise
     except Exception as exc:
         raise ReferenceError(f"{model}/{resolved} has no usable reference sample: {exc}") from exc
-    return reference_from_bytes(model, resolved, parquet, schema_json)
+    return reference_from_bytes(model, resolved, parquet, schema_json, prior_json)
+
+
+def at_prior(frame: pd.DataFrame, label: str, target: float, threshold: float) -> pd.DataFrame:
+    """The sample as the world of positive share ``target`` would draw it under label shift
+    (P(x|y) fixed): one class whole, the other subsampled (without replacement, seeded), and
+    the predictions those rows get at ``threshold``."""
+    if not 0.0 < target < 1.0 or not 0.0 < threshold < 1.0:
+        raise ValueError(f"target prior and threshold must be in (0, 1): {target}, {threshold}")
+    positive = frame[label].to_numpy() == 1
+    n1, n0 = int(positive.sum()), int((~positive).sum())
+    if n1 == 0 or n0 == 0:
+        raise ValueError("the reference sample has one class only")
+    keep1, keep0 = n1, n0
+    if n1 / (n1 + n0) < target:  # more positives: fewer negatives
+        keep0 = max(1, round(n1 * (1 - target) / target))
+    else:
+        keep1 = max(1, round(n0 * target / (1 - target)))
+    rng = np.random.default_rng(0)
+    rows = np.sort(np.concatenate([
+        rng.choice(np.flatnonzero(positive), size=min(keep1, n1), replace=False),
+        rng.choice(np.flatnonzero(~positive), size=min(keep0, n0), replace=False),
+    ]))  # fmt: skip
+    out = frame.iloc[rows].reset_index(drop=True)
+    out[PREDICTION_COLUMN] = (out[SCORE_COLUMN].to_numpy() >= threshold).astype(np.int64)
+    return out

@@ -34,6 +34,7 @@ from kubeloop.operators.reconciler.types import (
     Decision,
     Observations,
     Phase,
+    Recalibrate,
     RecordDecision,
     RunState,
     SetChampion,
@@ -713,18 +714,26 @@ def _drift(p: _Pass) -> None:
         return
     detail = p.obs.drift_detail
     alone = label_shift_alone(detail)
-    if alone and p.spec.monitoring.label_shift.action == LabelShiftAction.ALERT:
+    action = p.spec.monitoring.label_shift.action
+    if alone and action in (LabelShiftAction.ALERT, LabelShiftAction.RECALIBRATE):
         if p.s.drift != "LabelShift":
             p.s.drift_since = p.now
+            then = (
+                "no retraining"
+                if action == LabelShiftAction.ALERT
+                else "the threshold is recalibrated once it persists, no retraining"
+            )
             p.decide(
                 Decision.ALERT,
                 "LabelShift",
                 f"{label_shift_message(p.s.stable_version, detail)}; monitoring.labelShift."
-                "action is Alert: no retraining",
+                f"action is {action}: {then}",
                 p.s.stable_version,
                 detail,
             )
         p.s.drift = "LabelShift"
+        if action == LabelShiftAction.RECALIBRATE:
+            _recalibrate(p, detail)
         return
     if p.s.drift_since is None or p.s.drift == "LabelShift":
         p.s.drift_since = p.now
@@ -742,6 +751,41 @@ def _drift(p: _Pass) -> None:
         )
     sustained = p.elapsed(p.s.drift_since) >= p.spec.monitoring.drift_duration_seconds
     p.s.drift = "Sustained" if sustained else "Detected"
+
+
+def _recalibrate(p: _Pass, detail: dict[str, Any]) -> None:
+    """Label shift alone, sustained: the stable version is published again with its
+    threshold moved for the estimated prior, once per stable version (the new version then
+    rolls out as a canary, judged like any other)."""
+    stable = p.s.stable_version
+    if p.s.recalibrated_for == stable:
+        return
+    if p.elapsed(p.s.drift_since) < p.spec.monitoring.drift_duration_seconds:
+        return
+    rates = detail.get("positive_rate") or {}
+    reference, estimated = rates.get("reference"), rates.get("estimated")
+    if not all(isinstance(x, float | int) and 0 < x < 1 for x in (reference, estimated)):
+        p.decide(
+            Decision.HOLD,
+            "PriorUnknown",
+            f"label shift on {stable} persists, but the drift service gives no prior to "
+            "recalibrate for (reference or estimate missing, 0 or 1)",
+            stable,
+            detail,
+        )
+        return
+    name = f"{p.name}-{stable}-recalibrate"
+    p.s.recalibrated_for = stable
+    p.actions.append(Recalibrate(stable, name, float(reference), float(estimated)))
+    p.decide(
+        Decision.RECALIBRATE,
+        "LabelShiftSustained",
+        f"label shift on {stable} sustained: publishing {stable} again with its threshold "
+        f"moved for a positive prior of {percent(estimated)} (reference {percent(reference)}) "
+        f"as {name}",
+        stable,
+        {"recalibration": name, **detail},
+    )
 
 
 # --- storage -----------------------------------------------------------------------------

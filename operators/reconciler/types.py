@@ -33,6 +33,7 @@ class Decision(StrEnum):
     RETRAINED = "retrained"
     RETRAIN_FAILED = "retrain-failed"
     ALERT = "alert"
+    RECALIBRATE = "recalibrate"
 
 
 class RunState(StrEnum):
@@ -185,7 +186,19 @@ class RecordDecision:
     evidence: dict[str, Any]
 
 
-Action = SetTraffic | SubmitRun | SetChampion | WatchDrift | RecordDecision
+@dataclass(frozen=True)
+class Recalibrate:
+    """Publish ``version`` again with its decision threshold moved from the reference's
+    positive prior to the estimated one (label shift; kubeloop.registry.recalibration).
+    ``name`` is deterministic, so a replayed action publishes nothing twice."""
+
+    version: str
+    name: str
+    reference_prior: float
+    target_prior: float
+
+
+Action = SetTraffic | SubmitRun | SetChampion | WatchDrift | RecordDecision | Recalibrate
 
 
 def iso(t: datetime) -> str:

@@ -8,7 +8,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from kubeloop.operators.crd import parse_spec
 from kubeloop.operators.reconciler.core import label_shift_alone, reconcile
-from kubeloop.operators.reconciler.types import Observations, RegistryVersion, SubmitRun
+from kubeloop.operators.reconciler.types import (
+    Observations,
+    Recalibrate,
+    RegistryVersion,
+    SubmitRun,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 RATES = {"reference": 0.033, "reference_predicted": 0.04, "predicted": 0.093, "estimated": 0.105}
@@ -111,7 +116,7 @@ def test_the_alert_clears_with_the_flag():
 
 def test_an_unknown_action_is_refused_by_name():
     with pytest.raises(ValueError, match="monitoring.labelShift.action"):
-        spec("Recalibrate")
+        spec("Reweight")
 
 
 def test_the_drift_decision_names_the_inputs_that_moved_most():
@@ -124,3 +129,41 @@ def test_the_drift_decision_names_the_inputs_that_moved_most():
         "drift on v1; inputs that moved most: amount (p 1e-09), is_foreign (p 0.002)"
     )
     assert drift[0].evidence["moved"] == moved
+
+
+def test_recalibrate_publishes_the_stable_version_for_the_estimated_prior_once():
+    passes = [obs(0, predicted_class=0.0), obs(1, predicted_class=1.0), obs(3, predicted_class=1.0)]
+    passes += [obs(t, predicted_class=1.0) for t in (7, 30, 300)]
+    status, decisions, actions = run(spec("Recalibrate"), passes)
+    (action,) = [a for a in actions if isinstance(a, Recalibrate)]
+    assert action == Recalibrate("v1", "fd-v1-recalibrate", RATES["reference"], RATES["estimated"])
+    (made,) = [d for d in decisions if d.decision == "recalibrate"]
+    assert made.reason == "LabelShiftSustained" and "10.5 %" in made.message
+    assert made.evidence["recalibration"] == "fd-v1-recalibrate"
+    # Recorded as label shift, not as drift: no retraining run, once per stable version.
+    assert [d.reason for d in decisions if d.decision == "alert"] == ["LabelShift"]
+    assert not [a for a in actions if isinstance(a, SubmitRun)]
+    assert (status.drift, status.recalibrated_for) == ("LabelShift", "v1")
+
+
+def test_recalibrate_waits_for_drift_duration_and_needs_a_prior():
+    short = run(spec("Recalibrate"), [obs(0, predicted_class=0.0), obs(1, predicted_class=1.0),
+                                      obs(4, predicted_class=1.0)])  # fmt: skip
+    assert not [a for a in short[2] if isinstance(a, Recalibrate)]  # 3 s of the 5 s duration
+    unknown = obs(7, predicted_class=1.0)
+    unknown.drift_detail["positive_rate"] = {**RATES, "estimated": 0.0}
+    status, decisions, actions = run(
+        spec("Recalibrate"), [obs(0, predicted_class=0.0), obs(1, predicted_class=1.0), unknown]
+    )
+    assert not [a for a in actions if isinstance(a, Recalibrate)]
+    assert [d.reason for d in decisions if d.decision == "hold"] == ["PriorUnknown"]
+    assert status.recalibrated_for is None  # asked again once the service gives a prior
+
+
+def test_under_recalibrate_another_detector_still_means_drift_and_retraining():
+    status, _, actions = run(
+        spec("Recalibrate"),
+        [obs(0), obs(1, predicted_class=1.0, error_rate=1.0), obs(7, predicted_class=1.0, error_rate=1.0)],
+    )  # fmt: skip
+    assert status.drift == "Sustained" and [a for a in actions if isinstance(a, SubmitRun)]
+    assert not [a for a in actions if isinstance(a, Recalibrate)]
