@@ -9,6 +9,11 @@ and the worse candidate's time from canary to rollback. ``make bench`` collects 
 
     .venv/bin/python -m kubeloop.bench --only loop
     .venv/bin/python bench/loop/bench_loop.py --cases concept label_shift --write-docs
+
+A case is ``scenario[:retrainer]``; ``label_shift:recalibrate`` is a deployment that
+watches the share of positive predictions alone and answers label shift with
+``monitoring.labelShift.action: Recalibrate`` (no retraining: the stable version again,
+its threshold moved for the estimated prior).
 """
 
 from __future__ import annotations
@@ -24,6 +29,15 @@ from kubeloop.data.fraud import SCENARIOS
 from kubeloop.demo.config import RETRAINERS, LoopConfig
 from kubeloop.demo.run import run_demo
 from kubeloop.local.runtime import DEMO_CLASS_ERT, DEMO_ERRORS_ERT, DEMO_ERT
+
+# Cases beside the retrainers: their demo settings.
+VARIANTS = {
+    "recalibrate": {
+        "retrainer": "window",
+        "label_shift_action": "Recalibrate",
+        "detectors": ("predicted_class",),
+    },
+}
 
 # calibrated drift thresholds shared by the runs (v1 is the same model in each)
 CACHE = Path(tempfile.gettempdir()) / "kubeloop-bench-loop-drift-cache"
@@ -43,7 +57,11 @@ def row(seed: int, summary: dict, wall: float) -> dict:
     stationary = summary["scenario"] == "stationary"
     return {
         "scenario": summary["scenario"],
-        "retrainer": summary.get("retrainer", "window"),
+        "retrainer": (
+            "recalibrate"
+            if summary.get("label_shift_action") == "Recalibrate"
+            else summary.get("retrainer", "window")
+        ),
         "seed": seed,
         "detection delay s": _s(summary.get("detection_delay_seconds")),
         "flagged by": ", ".join(summary.get("detected_by") or []) or "–",
@@ -80,7 +98,8 @@ def run(
     for scenario, retrainer in cases:
         for seed in seeds:
             config = LoopConfig(
-                scenario=scenario, seed=seed, v1_trainer="quick", retrainer=retrainer,
+                scenario=scenario, seed=seed, v1_trainer="quick",
+                **VARIANTS.get(retrainer, {"retrainer": retrainer}),
                 duration_seconds=240.0 if scenario != "stationary" else 120.0,
                 settle_seconds=60.0,
             )  # fmt: skip
@@ -158,10 +177,10 @@ covariate drift, where P(y|x) is unchanged, v1 kept the better ROC-AUC (0.989 ag
 
 def _case(text: str) -> tuple[str, str]:
     scenario, _, retrainer = text.partition(":")
-    if scenario not in SCENARIOS or (retrainer or "window") not in RETRAINERS:
+    if scenario not in SCENARIOS or (retrainer or "window") not in (*RETRAINERS, *VARIANTS):
         raise argparse.ArgumentTypeError(
             f"{text!r}: want SCENARIO[:RETRAINER], scenario one of {', '.join(SCENARIOS)}, "
-            f"retrainer one of {', '.join(RETRAINERS)}"
+            f"retrainer one of {', '.join((*RETRAINERS, *VARIANTS))}"
         )
     return scenario, retrainer or "window"
 

@@ -9,6 +9,8 @@ from kubeloop.data.fraud import SCENARIOS
 
 TRAINERS = ("pipeline", "quick")
 RETRAINERS = ("window", "pipeline")
+LABEL_SHIFT_ACTIONS = ("Retrain", "Recalibrate", "Alert")  # monitoring.labelShift.action
+DETECTORS = ("mmd", "cvm", "fet", "prediction", "error_rate", "predicted_class")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,10 @@ class LoopConfig:
     settle_seconds: float = 20.0  # stationary: traffic after the would-be onset
     # pipeline: the kfp.local training pipeline on the window; window: plain torch on it
     retrainer: str = "window"
+    # What label shift alone leads to, and the detector families the deployment lists
+    # (empty: every family).
+    label_shift_action: str = "Retrain"
+    detectors: tuple[str, ...] = ()
     pipeline_epochs: int = 6
     pipeline_batch_size: int = 64
     # Two analysed canary steps (25 %, 50 %) before 100 %. At 20 requests/s a 25 % step
@@ -64,6 +70,13 @@ class LoopConfig:
             problems.append(f"v1_trainer {self.v1_trainer!r} is not one of {', '.join(TRAINERS)}")
         if self.retrainer not in RETRAINERS:
             problems.append(f"retrainer {self.retrainer!r} is not one of {', '.join(RETRAINERS)}")
+        if self.label_shift_action not in LABEL_SHIFT_ACTIONS:
+            problems.append(
+                f"label_shift_action {self.label_shift_action!r} is not one of "
+                f"{', '.join(LABEL_SHIFT_ACTIONS)}"
+            )
+        if unknown := sorted(set(self.detectors) - set(DETECTORS)):
+            problems.append(f"detectors {unknown} are not among {', '.join(DETECTORS)}")
         if list(self.steps) != sorted(set(self.steps)) or not self.steps or self.steps[-1] != 100:
             problems.append(f"steps must increase and end at 100, got {list(self.steps)}")
         if not self.rate > 0:

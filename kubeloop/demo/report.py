@@ -24,6 +24,7 @@ TIMELINE_DECISIONS = {
     "alert": "alert (label shift)",
     "retrain": "run submitted",
     "retrained": "version registered",
+    "recalibrate": "threshold recalibrated",
     "canary": "canary started",
     "step": "canary step",
     "promote": "promoted",

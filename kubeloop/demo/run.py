@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import yaml
 
-from kubeloop.demo.config import LoopConfig
+from kubeloop.demo.config import DETECTORS, LoopConfig
 from kubeloop.demo.report import TIMELINE_DECISIONS, write_report
 from kubeloop.demo.retrain import LABELLED_FILE
 from kubeloop.demo.stream import build_stream
@@ -40,6 +40,13 @@ from kubeloop.local.wait import wait_until
 
 MODEL = "fraud-detector"
 MARKER = ".kubeloop-demo"
+# Each family's ERT in the demo (DEMO_DRIFT_DETECTORS): inputs and scores in predictions,
+# the error rate in labels, the predicted class in predictions.
+DEMO_DETECTOR_ERTS = {
+    **dict.fromkeys(("mmd", "cvm", "fet", "prediction"), DEMO_ERT),
+    "error_rate": DEMO_ERRORS_ERT,
+    "predicted_class": DEMO_CLASS_ERT,
+}
 # The retraining runner per --retrainer: what the operator's local run job calls.
 RUNNERS = {
     "window": "kubeloop.demo.retrain:train_on_recent_window",
@@ -78,21 +85,18 @@ def deployment_manifest(config: LoopConfig, runtime: LocalRuntime, labelled: Pat
                 },
             },
             "monitoring": {
-                # what the drift service runs (DEMO_DRIFT_DETECTORS): every family, the
-                # inputs and scores (covariate drift), the error rate of the delayed labels
-                # (covariate and concept drift) and the share of positive predictions
-                # (label shift)
+                # what the drift service runs (DEMO_DRIFT_DETECTORS): by default every
+                # family, the inputs and scores (covariate drift), the error rate of the
+                # delayed labels (covariate and concept drift) and the share of positive
+                # predictions (label shift)
                 "detectors": [
-                    *(
-                        {"name": name, "ert": DEMO_ERT}
-                        for name in ("mmd", "cvm", "fet", "prediction")
-                    ),
-                    {"name": "error_rate", "ert": DEMO_ERRORS_ERT},
-                    {"name": "predicted_class", "ert": DEMO_CLASS_ERT},
-                ],  # fmt: skip
+                    {"name": name, "ert": DEMO_DETECTOR_ERTS[name]}
+                    for name in config.detectors or DETECTORS
+                ],
                 "driftDurationSeconds": config.drift_duration_seconds,
-                # label shift, sustained, retrains on the fresh window (the new prior)
-                "labelShift": {"action": "Retrain"},
+                # label shift, sustained, by default retrains on the fresh window (the new
+                # prior); Recalibrate moves the stable version's threshold for it instead
+                "labelShift": {"action": config.label_shift_action},
             },
             "retraining": {
                 "pipeline": {"name": RUNNERS[config.retrainer]},

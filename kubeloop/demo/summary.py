@@ -80,16 +80,32 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
         },
         "first_version": first_stable,
         "retrainer": record["config"].get("retrainer", "window"),
+        "label_shift_action": record["config"].get("label_shift_action", "Retrain"),
         "drift_onset_seconds": _rel(onset, t0),
         "retraining_runs": len(decisions_of(record, "retrain")),
         "rollbacks": len(decisions_of(record, "rollback")),
         "promotions": len(decisions_of(record, "promote")),
     }
     out["accuracy_before_drift"] = accuracy(answers, start=t0, end=onset)
-    detected = _first(decisions_of(record, "drift"), after=onset) if onset else None
+    # Drift, or label shift alone recorded as an alert (monitoring.labelShift.action
+    # Recalibrate or Alert).
+    flagged = decisions_of(record, "drift") + [
+        d for d in decisions_of(record, "alert") if d.get("reason") == "LabelShift"
+    ]
+    detected = _first(flagged, after=onset) if onset else None
     submitted = _first(decisions_of(record, "retrain"), after=onset) if onset else None
     retrained = _first(decisions_of(record, "retrained"), after=onset) if onset else None
     new_version = retrained.get("version") if retrained else None
+    recalibrated = _first(decisions_of(record, "recalibrate"), after=onset) if onset else None
+    if recalibrated and not new_version:  # the version the recalibration published
+        name = (recalibrated.get("evidence") or {}).get("recalibration")
+        new_version = next(
+            (v for v, lin in (record.get("lineage") or {}).items()
+             if lin.get("recalibration") == name),
+            None,
+        )  # fmt: skip
+        retrained = {**recalibrated, "version": new_version} if new_version else None
+    out["recalibrated"] = bool(recalibrated)
     promoted = _first(decisions_of(record, "promote", new_version)) if new_version else None
     at_full = None
     if new_version:
