@@ -141,8 +141,12 @@ def run(
             f"{' → '.join(f'{p} %' for p in config.steps)} (each analysed step needs "
             f"{config.min_samples} requests and {config.min_feedback} labelled predictions per "
             f"version, at least {config.min_step_seconds} s). Update cycle = drift onset → "
-            f"retrained version at 100 % of traffic; median: {'; '.join(medians)} (goal ≤ 120 s).\n\n"
-            + NOTES
+            f"retrained version at 100 % of traffic; median: {'; '.join(medians)} (goal ≤ 120 s). "
+            "Retrainer `recalibrate`: the deployment lists the predicted-class detector alone "
+            "and answers label shift with `monitoring.labelShift.action: Recalibrate`, so no "
+            "run trains: the stable version is published again with its threshold moved for "
+            "the estimated prior and rolled out as a canary (the cycle ends when it serves "
+            "100 %).\n\n" + NOTES
         ),
     }
 
