@@ -251,13 +251,7 @@ class RequestGuard:
             try:
                 return await self._predict_v1(scope, body, headers, send, outcome)
             except Exception as exc:  # noqa: BLE001 - answered as a 500, keep-alive kept
-                log.exception("unhandled error answering %s %s", scope["method"], scope["path"])
-                if outcome.started:
-                    raise
-                outcome.status = 500
-                return await _respond(
-                    send, 500, {"error": f"internal error ({type(exc).__name__})"}
-                )
+                return await _internal_error(scope, exc, outcome, send)
         if headers is not scope["headers"]:
             scope = {**scope, "headers": headers}
         replayed = False
@@ -277,11 +271,7 @@ class RequestGuard:
         try:
             await self.app(scope, replay, send_tracked)
         except Exception as exc:  # noqa: BLE001 - answered as a 500, keep-alive kept
-            log.exception("unhandled error answering %s %s", scope["method"], scope["path"])
-            if outcome.started:
-                raise
-            outcome.status = 500
-            await _respond(send, 500, {"error": f"internal error ({type(exc).__name__})"})
+            await _internal_error(scope, exc, outcome, send)
 
     def _direct(self, infer, headers: list) -> bool:
         """V1 predict of the served model, not a binary-mode CloudEvent: answered here."""
@@ -430,6 +420,16 @@ class RequestGuard:
                 ) from None
             except RequestRejected as exc:
                 raise _Answer(400, exc.kind, str(exc)) from None
+
+
+async def _internal_error(scope, exc: Exception, outcome: Outcome, send) -> None:
+    """An exception that escaped the app or the model: a 500 ``{"error"}``, unless the
+    answer had started (then it is re-raised: the connection cannot be saved)."""
+    log.exception("unhandled error answering %s %s", scope["method"], scope["path"])
+    if outcome.started:
+        raise exc
+    outcome.status = 500
+    await _respond(send, 500, {"error": f"internal error ({type(exc).__name__})"})
 
 
 async def _respond(send, status: int, content: dict, extra: list | None = None) -> None:
