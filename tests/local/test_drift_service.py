@@ -142,7 +142,7 @@ def test_a_deployments_detectors_arm_what_it_lists_at_its_erts(client):
                 {"name": "error_rate", "ert": 150},
                 {"name": "predicted_class"},
             ]
-        }  # fmt: skip
+        }
     )
     armed = watch(client, detectors={**FAST, **listed.drift_settings()})["detectors"]
     assert set(armed) == {"cvm", "error_rate", "predicted_class"}

@@ -50,7 +50,7 @@ def test_listed_families_are_on_with_their_erts_and_the_rest_off():
                 {"name": "error_rate", "ert": 300},
                 {"name": "predicted_class"},
             ]
-        }  # fmt: skip
+        }
     ).drift_settings()
     assert settings == {
         "mmd": False, "cvm": True, "fet": False, "univariate": True, "prediction": False,
