@@ -48,6 +48,11 @@ class OperatorSettings(BaseSettings):
         "kubeloop.local.pipelines:run_training_pipeline",
         description="module:function the local runtime calls for a retraining run",
     )
+    feast_store: Path | None = Field(
+        None,
+        description="local runtime: a prepared Feast repository whose online store predictors "
+        "enrich entity-key requests from (unset: callers send every feature)",
+    )
     prometheus_root: Path | None = Field(
         None,
         description="local runtime: the local Prometheus folder; predictors go to its targets/",

@@ -52,6 +52,12 @@ def demo(
     quick: bool = typer.Option(
         False, "--quick", help="train v1 with plain torch instead of the kfp.local pipeline"
     ),
+    online_features: bool = typer.Option(
+        True,
+        "--online-features/--no-online-features",
+        help="callers send the request features and the account, the predictors look the "
+        "account profile up in Feast's online store (off: callers send every feature)",
+    ),
     report_dir: Path = typer.Option(
         Path("demo-report"), help="where index.html and summary.json go"
     ),
@@ -84,7 +90,7 @@ def demo(
         config = LoopConfig(
             scenario=scenario, duration_seconds=duration, rate=rate, seed=seed,
             onset_seconds=onset, v1_trainer="quick" if quick else "pipeline",
-            retrainer=retrainer,
+            retrainer=retrainer, online_features=online_features,
         )  # fmt: skip
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
@@ -144,6 +150,10 @@ def _print_summary(console, summary: dict) -> None:
         window = summary["retrained_window"]
         console.print(f"  retrained on      {window.get('start')} .. {window.get('end')} "
                       f"({summary.get('retrained_by')})")  # fmt: skip
+    if store := summary.get("online_store"):
+        console.print(f"  online features   {store['writes']} days of account snapshots written "
+                      f"as the replay reached them, up to {store['written_until']} "
+                      f"({len(store['errors'])} failed)")  # fmt: skip
     if summary["scenario"] != "stationary" and summary.get("detection_delay_seconds") is None:
         after = summary["traffic"]["duration_seconds"] - (summary.get("drift_onset_seconds") or 0)
         console.print(f"  [yellow]no drift detected[/yellow] in {after:.0f} s of traffic after "

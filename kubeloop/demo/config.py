@@ -32,6 +32,10 @@ class LoopConfig:
     stream_accounts: int = 800
     bad_candidate: bool = True  # offer a worse candidate (corrupted labels) after promotion
     settle_seconds: float = 20.0  # stationary: traffic after the would-be onset
+    # Callers send the request features and the account; predictors look the account
+    # profile up in Feast's online store, kept at the replay's day (False: callers send
+    # every feature, no store).
+    online_features: bool = True
     # pipeline: the kfp.local training pipeline on the window; window: plain torch on it
     retrainer: str = "window"
     # What label shift alone leads to, and the detector families the deployment lists

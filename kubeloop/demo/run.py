@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import httpx
 import yaml
 
 from kubeloop.demo.config import DETECTORS, LoopConfig
+from kubeloop.demo.online import DemoOnlineStore
 from kubeloop.demo.report import TIMELINE_DECISIONS, write_report
 from kubeloop.demo.retrain import LABELLED_FILE
 from kubeloop.demo.stream import build_stream
@@ -223,14 +225,18 @@ def run_demo(
     home = Path(home).resolve()
     _fresh_home(home)
     labelled = home / "loop" / LABELLED_FILE
+    feast_store = home / "feast" / "online"
+    operator_env = {
+        "KUBELOOP_OPERATOR_POLL_INTERVAL_SECONDS": str(config.poll_interval_seconds),
+        "KUBELOOP_OPERATOR_MIN_WINDOW_SECONDS": "4",
+        "KUBELOOP_OPERATOR_LOCAL_RUNNER": RUNNERS[config.retrainer],
+    }
+    if config.online_features:
+        operator_env["KUBELOOP_OPERATOR_FEAST_STORE"] = str(feast_store)
     runtime = LocalRuntime(
         home,
         RuntimePorts.free(),
-        operator_env={
-            "KUBELOOP_OPERATOR_POLL_INTERVAL_SECONDS": str(config.poll_interval_seconds),
-            "KUBELOOP_OPERATOR_MIN_WINDOW_SECONDS": "4",
-            "KUBELOOP_OPERATOR_LOCAL_RUNNER": RUNNERS[config.retrainer],
-        },
+        operator_env=operator_env,
         drift_env=DEMO_DRIFT_DETECTORS,
         # calibrated thresholds survive the next run's fresh home
         drift_cache=Path(drift_cache) if drift_cache else home.parent / "drift-cache",
@@ -241,6 +247,8 @@ def run_demo(
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop cleanly on SIGTERM too
     replayer: TrafficReplayer | None = None
     recorder: Recorder | None = None
+    online: DemoOnlineStore | None = None
+    online_record: dict = {}
     ray_started = False
     retrain_head = False  # a Ray head under the runtime's home, for pipeline retraining runs
     try:
@@ -251,6 +259,22 @@ def run_demo(
         from kubeloop.training.ray_runtime import read_head, stop_local_head
 
         ray_running = read_head() is not None
+        # The customers v1 learned from (the account population of its data), with
+        # transactions of their own: a model serves the customer base it was trained on, and
+        # with a few hundred accounts another population's per-account features (account
+        # age, 30-day average amount) differ enough for the input detectors to see.
+        stream = build_stream(
+            config.scenario, rate=config.rate, onset_seconds=config.onset_seconds,
+            duration_seconds=config.duration_seconds, seed=config.seed,
+            n_accounts=config.stream_accounts, population_seed=config.v1_seed,
+        )  # fmt: skip
+        preparing = None
+        if config.online_features:
+            online = DemoOnlineStore(feast_store, stream)
+            # feast apply and the first materialization, while v1 trains
+            pool = ThreadPoolExecutor(1, thread_name_prefix="feast-prepare")
+            preparing = pool.submit(online.prepare)
+            pool.shutdown(wait=False)
         first = train_first_version(config, runtime, echo)
         ray_started = not ray_running and read_head() is not None
         if ray_started:
@@ -264,15 +288,11 @@ def run_demo(
 
             retrain_head = True
             start_local_head(runtime.home)
-        # The customers v1 learned from (the account population of its data), with
-        # transactions of their own: a model serves the customer base it was trained on, and
-        # with a few hundred accounts another population's per-account features (account
-        # age, 30-day average amount) differ enough for the input detectors to see.
-        stream = build_stream(
-            config.scenario, rate=config.rate, onset_seconds=config.onset_seconds,
-            duration_seconds=config.duration_seconds, seed=config.seed,
-            n_accounts=config.stream_accounts, population_seed=config.v1_seed,
-        )  # fmt: skip
+        if online is not None:
+            preparing.result()
+            online.start(runtime.prometheus_root)
+            echo(f"Feast online store ready at {online.first_day:%Y-%m-%d} (account profiles "
+                 "looked up by the predictors, one day of snapshots written as each day comes)")  # fmt: skip
         manifest = home / f"{MODEL}.yaml"
         manifest.write_text(yaml.safe_dump(deployment_manifest(config, runtime, labelled)))
         runtime.apply(manifest)
@@ -285,6 +305,7 @@ def run_demo(
         replayer = TrafficReplayer(
             stream, runtime.url("router"), runtime.url("drift"), MODEL, rate=config.rate,
             batch=config.batch, label_delay=config.label_delay_seconds, labelled_path=labelled,
+            online_features=online is not None, on_day=online.advance if online else None,
         )  # fmt: skip
         recorder.start()
         replayer.start()
@@ -294,6 +315,8 @@ def run_demo(
             replayer.stop()
         if recorder is not None:
             recorder.stop()
+        if online is not None:
+            online_record = online.close()
         stopped = runtime.stop()
         echo(f"runtime stopped ({len(stopped)} processes)")
         from kubeloop.training.ray_runtime import stop_local_head
@@ -318,6 +341,7 @@ def run_demo(
         "bad_candidate": recorder.bad_candidate,
         "scenario_description": stream.description,
         "lineage": _lineages(runtime, first),
+        "online_store": online_record,
     }
     summary = write_report(record, report_dir)
     echo(f"report: {Path(report_dir).resolve() / 'index.html'}")

@@ -1,12 +1,18 @@
 """Production traffic for the demo, laid out so the scenario starts at a known time.
 
-The example generator's transactions (with the account profile joined as of each event,
-as the feature store would serve it) are the production traffic. ``build_stream`` draws
-``onset_seconds × rate`` rows from before the scenario's onset and the rest from after
-it, so at a steady rate the drift reaches the router exactly ``onset_seconds`` into the
-traffic. Within each side the rows are drawn in random order: replaying days of events
-in minutes would otherwise sweep the hour of day every few seconds, and any short
-window of traffic (a retraining window, a reference sample) would look drifted.
+The example generator's transactions are the production traffic. ``build_stream`` draws
+``onset_seconds × rate`` rows from the days just before the scenario's onset and the rest
+from the days after it, so at a steady rate the drift reaches the router exactly
+``onset_seconds`` into the traffic. The days are replayed in order, one after another
+(the onset is at midnight), and within a day the rows come in random order: replaying
+a day of events in seconds would otherwise sweep the hour of day every few seconds, and
+any short window of traffic (a retraining window, a reference sample) would look drifted.
+
+A caller sends what a real caller knows: the transaction's request features and the
+account (``requests``); the account profile comes from Feast's online store, which holds
+the day's snapshot while the replay is in that day (``days`` and ``snapshots`` say which
+snapshot is due when). ``instances`` are the same rows with the profile joined
+point-in-time, as the offline store joins them for training.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from kubeloop.data import fraud
 
 @dataclass
 class ReplayStream:
-    instances: list[dict]  # what the caller sends: every feature, account profile included
+    instances: list[dict]  # every feature, the account profile joined point-in-time
     labels: np.ndarray  # ground truth, revealed after the label delay
     onset_index: int  # first row drawn from after the scenario's onset
     scenario: str
@@ -31,16 +37,30 @@ class ReplayStream:
     # training pipeline run on the labelled traffic needs as its dataset's key columns
     account_ids: np.ndarray | None = None
     transaction_ids: list[str] | None = None
+    # what a caller sends: the request features and the entity key (the predictor looks
+    # the profile up); the day (UTC midnight) each row belongs to; the account snapshots
+    requests: list[dict] | None = None
+    days: pd.Series | None = None  # datetime64[us, UTC] per row, nondecreasing
+    snapshots: pd.DataFrame | None = None
 
     def __len__(self) -> int:
         return len(self.instances)
 
 
-def _draw(frame: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.DataFrame:
+def _draw(frame: pd.DataFrame, n: int, rng: np.random.Generator, *, latest: bool) -> pd.DataFrame:
+    """``n`` rows from whole days of ``frame`` nearest the onset (its ``latest`` days, else
+    its earliest), the days in order and each day's rows shuffled."""
     if frame.empty:
         raise ValueError("the generated data has no rows on one side of the onset")
-    # without replacement while the side has rows enough; the demo's duration is a choice
-    return frame.iloc[rng.choice(len(frame), size=n, replace=n > len(frame))]
+    day = frame["event_timestamp"].dt.floor("D")
+    sizes = day.value_counts().sort_index(ascending=not latest)
+    # the fewest days nearest the onset that hold n rows; every day when they do not
+    days = list(sizes.index[: int(np.searchsorted(sizes.cumsum().to_numpy(), n)) + 1])
+    pool = frame[day.isin(days)]
+    # without replacement while the days hold rows enough; the demo's duration is a choice
+    chosen = pool.iloc[rng.choice(len(pool), size=n, replace=n > len(pool))]
+    order = np.lexsort((rng.random(n), chosen["event_timestamp"].dt.floor("D").to_numpy()))
+    return chosen.iloc[order]
 
 
 WARMUP_DAYS = 1  # generated days before the first transaction sent
@@ -75,18 +95,12 @@ def build_stream(
     # stationary has no onset: split where the others would start, nothing changes there
     onset = pd.Timestamp(data.truth.onset) if data.truth.onset else start + (end - start) / 2
     rng = np.random.default_rng(seed)
-    pre = _draw(frame[frame["event_timestamp"] < onset], before, rng)
-    post = _draw(frame[frame["event_timestamp"] >= onset], total - before, rng)
+    pre = _draw(frame[frame["event_timestamp"] < onset], before, rng, latest=True)
+    post = _draw(frame[frame["event_timestamp"] >= onset], total - before, rng, latest=False)
     rows = pd.concat([pre, post], ignore_index=True)
     schema = fraud.FRAUD_SCHEMA
-    # Every feature, already joined, and no entity key: the drift service refuses fields
-    # outside the schema's features in the payload events the predictor forwards.
-    columns = list(schema.feature_names)
-    instances = rows[columns].to_dict(orient="records")
-    for row in instances:  # numpy scalars do not serialise to JSON
-        for key, value in row.items():
-            if isinstance(value, np.generic):
-                row[key] = value.item()
+    instances = _records(rows[list(schema.feature_names)])
+    requests = _records(rows[[c.name for c in schema.request_features] + [schema.entity]])
     return ReplayStream(
         instances=instances,
         labels=rows[schema.label].to_numpy(dtype=int),
@@ -95,4 +109,16 @@ def build_stream(
         description=data.truth.description,
         account_ids=rows[schema.entity].to_numpy(dtype=np.int64),
         transaction_ids=rows["transaction_id"].astype(str).tolist(),
+        requests=requests,
+        days=rows["event_timestamp"].dt.floor("D"),
+        snapshots=data.accounts,
     )
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    records = frame.to_dict(orient="records")
+    for row in records:  # numpy scalars do not serialise to JSON
+        for key, value in row.items():
+            if isinstance(value, np.generic):
+                row[key] = value.item()
+    return records

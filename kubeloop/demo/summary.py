@@ -76,6 +76,7 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
             "requests": len(answers),
             "predictions": sum(a["n"] for a in answers),
             "server_errors": sum(1 for a in answers if a["status"] >= 500 or a["status"] == 0),
+            "client_errors": sum(1 for a in answers if 400 <= a["status"] < 500),
             "duration_seconds": round(max((a["sent_at"] for a in answers), default=t0) - t0, 2),
         },
         "first_version": first_stable,
@@ -85,6 +86,9 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
         "retraining_runs": len(decisions_of(record, "retrain")),
         "rollbacks": len(decisions_of(record, "rollback")),
         "promotions": len(decisions_of(record, "promote")),
+        # the Feast online store the predictors enriched requests from (None: callers sent
+        # every feature): days of snapshots written during the run, the newest, failures
+        "online_store": record.get("online_store") or None,
     }
     out["accuracy_before_drift"] = accuracy(answers, start=t0, end=onset)
     # Drift, or label shift alone recorded as an alert (monitoring.labelShift.action

@@ -8,6 +8,10 @@ payload events carry it as ``Ce-Id``). Labelled rows are also written to
 ``labelled.parquet`` (features, label, ``labelled_at``, ``sent_at``, account and
 transaction ids), the recent window that retraining runs learn from; with
 ``labelled_path=None`` (no retraining to feed) they are not kept.
+
+With ``online_features`` the requests carry the request features and the account only
+(the predictor enriches them from Feast's online store), and ``on_day`` hears of each
+new day of the replay before its first request, so the store can be brought to it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,8 +63,15 @@ class TrafficReplayer:
         batch: int,
         label_delay: float,
         labelled_path: Path | None,
+        online_features: bool = False,
+        on_day: Callable[[pd.Timestamp], None] | None = None,
     ) -> None:
+        if online_features and stream.requests is None:
+            raise ValueError("online_features needs the stream's entity-key requests")
         self.stream = stream
+        self.sent_rows = stream.requests if online_features else stream.instances
+        self.on_day = on_day if stream.days is not None else None
+        self._day: pd.Timestamp | None = None
         self.router_url = router_url.rstrip("/")
         self.drift_url = drift_url.rstrip("/")
         self.model = model
@@ -134,13 +146,16 @@ class TrafficReplayer:
         self._next_row = rows.stop
         if self.onset_at is None and rows.stop > self.stream.onset_index:
             self.onset_at = time.time()
+        if self.on_day is not None and (day := self.stream.days.iloc[first]) != self._day:
+            self._day = day
+            self.on_day(day)
         request_id = uuid.uuid4().hex
         sent_at = time.time()
         answer = Answer(sent_at, request_id, first, None, None, 0)
         try:
             response = client.post(
                 f"{self.router_url}/v1/models/{self.model}:predict",
-                json={"instances": [self.stream.instances[i] for i in rows]},
+                json={"instances": [self.sent_rows[i] for i in rows]},
                 headers={"X-Request-Id": request_id, "X-Kubeloop-Key": request_id},
             )
             answer.status = response.status_code

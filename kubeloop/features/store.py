@@ -61,10 +61,16 @@ def _load_definitions(workdir: Path) -> list:
 
 
 def prepare_feature_store(
-    workdir: str | Path, account_features: pd.DataFrame, *, repo: Path | None = None
+    workdir: str | Path,
+    account_features: pd.DataFrame,
+    *,
+    repo: Path | None = None,
+    materialize_until: pd.Timestamp | None = None,
 ):
     """Copies the definitions into ``workdir``, writes the snapshots, applies, and
-    materializes the snapshots' whole time range into the SQLite online store.
+    materializes the snapshots' whole time range into the SQLite online store (with
+    ``materialize_until``, only the snapshots stamped at or before it: the rest are
+    written later, as their day comes; see :mod:`kubeloop.features.feeder`).
 
     Returns the ready :class:`feast.FeatureStore`.
     """
@@ -84,7 +90,12 @@ def prepare_feature_store(
     # materialize_incremental would skip rows older than now - ttl on its first run;
     # an explicit range covers historical data too (end is exclusive, hence the +1s).
     start = account_features[ENTITY_TIMESTAMP].min().to_pydatetime()
-    end = (account_features[ENTITY_TIMESTAMP].max() + timedelta(seconds=1)).to_pydatetime()
+    last = account_features[ENTITY_TIMESTAMP].max()
+    if materialize_until is not None:
+        last = min(last, pd.Timestamp(materialize_until))
+    if last < account_features[ENTITY_TIMESTAMP].min():
+        raise FeatureStoreError(f"no account snapshot is stamped at or before {last}")
+    end = (last + timedelta(seconds=1)).to_pydatetime()
     store.materialize(start_date=start, end_date=end)
     return store
 

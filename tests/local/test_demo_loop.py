@@ -77,6 +77,11 @@ def test_covariate_drift_retrains_promotes_and_rolls_back_the_worse_candidate(
     # the canary's first step).
     config = LoopConfig(scenario="covariate", duration_seconds=420.0, **SHORT)
     summary, _, _, log = run_scenario(tmp_path, drift_cache, config, max_seconds=480)
+    # Callers sent the request features and the account; the predictors looked the profile
+    # up in the online store (a missing feature is a 400), which took each day as it came.
+    store = summary["online_store"]
+    assert store and store["writes"] >= 2 and store["errors"] == [], store
+    assert summary["traffic"]["client_errors"] == 0, log
     # The scenario starts with the first row sent after 15 s of traffic: never before it,
     # a little after when the replayer runs behind on a loaded machine.
     assert 14.9 <= summary["drift_onset_seconds"] <= 20.0, log

@@ -45,6 +45,7 @@ class LocalServing:
         router_url: str,
         *,
         logger_url: str | None = None,
+        feast_repo: Path | None = None,
         prometheus_root: Path | None = None,
         http: httpx.Client | None = None,
     ) -> None:
@@ -53,6 +54,7 @@ class LocalServing:
         self.registry_uri = registry_uri
         self.router_url = router_url.rstrip("/")
         self.logger_url = logger_url
+        self.feast_repo = feast_repo  # the online store entity-key requests are enriched from
         self.prometheus_root = prometheus_root
         self.http = http or httpx.Client(timeout=5)
 
@@ -68,6 +70,7 @@ class LocalServing:
             version,
             self.registry_uri,
             logger_url=self.logger_url,
+            feast_repo=self.feast_repo,
             name=self._name(version),
             wait=False,
         )

@@ -162,6 +162,7 @@ class LocalOperator:
             registry_uri,
             self.settings.router_url,
             logger_url=spec.serving.logger_url,
+            feast_repo=self.settings.feast_store,
             prometheus_root=self.settings.prometheus_root,
             http=self.http,
         )
