@@ -2,8 +2,9 @@
 
 (a) a plain ``kserve.Model`` doing the same forward pass (and ``a-bundle``, the same on
 a pandas DataFrame through ``ModelBundle.predict``); (b) kubeloop's predictor with
-validation, metrics and payload logging to a real receiver; (c) (b) behind the local
-router. Servers under test are pinned to CPU 0, the router, wrk and the event receiver
+validation, metrics and payload logging to a real receiver; (b-feast) the same predictor
+answering entity-key requests (request features and the account) by looking the account
+profile up in a real Feast online store (SQLite); (c) (b) behind the local router. Servers under test are pinned to CPU 0, the router, wrk and the event receiver
 to CPU 1 (when ``taskset`` and two CPUs exist), so they do not steal each other's time.
 The goal ((b) keeps 90% of (a)) is judged co-scheduled: (a) and (b) loaded at once on the
 same CPU, with a second (a) as the control (see :func:`measure_coscheduled`).
@@ -58,6 +59,10 @@ BODY = {
         }
     ]
 }
+# What a caller knows: the request features and the account (the profile comes from Feast).
+PROFILE = ("account_age_days", "avg_amount_30d", "txn_count_24h")
+FEAST_BODY = {"instances": [{k: v for k, v in BODY["instances"][0].items() if k not in PROFILE}]}
+FEAST_GOAL_MS = 2.0  # enrichment adds at most this to the predictor's p99 (concurrency 1)
 CONCURRENCY = (1, 8, 32)
 LUA = """
 wrk.method = "POST"
@@ -127,7 +132,11 @@ def _median_row(name: str, rows: list[dict]) -> dict:
 
 
 def measure_interleaved(
-    targets: dict[str, tuple[str, dict[str, int]]], duration: int, rounds: int, script: Path
+    targets: dict[str, tuple[str, dict[str, int]]],
+    duration: int,
+    rounds: int,
+    script: Path,
+    scripts: dict[str, Path] | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """For each concurrency, runs every config in turn, ``rounds`` times; keeps medians.
 
@@ -136,8 +145,9 @@ def measure_interleaved(
     medians, each round's (b)/(a) ratios are kept: a pair measured seconds apart shares
     the machine's load, so the median of the paired ratios is the steadiest comparison.
     """
-    for url, _ in targets.values():
-        wrk(url, 8, 2, script)  # warm-up
+    scripts = scripts or {}
+    for name, (url, _) in targets.items():
+        wrk(url, 8, 2, scripts.get(name, script))  # warm-up
     results, paired = [], []
     names = list(targets)
     for c in CONCURRENCY:
@@ -146,7 +156,7 @@ def measure_interleaved(
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
                 url, pids = targets[name]
-                samples[name].append(wrk(url, c, duration, script, pids))
+                samples[name].append(wrk(url, c, duration, scripts.get(name, script), pids))
         for name in targets:
             row = _median_row(name, samples[name])
             cpu = " ".join(
@@ -175,6 +185,11 @@ def measure_interleaved(
                 x["cpu_ms_per_req_server"] / y["cpu_ms_per_req_server"]
                 for x, y in zip(a, ctl, strict=True)
             )
+        if "b-feast" in samples:  # what the online lookup adds, round by round
+            for q in ("p50", "p99"):
+                row[f"feast_added_{q}_ms"] = statistics.median(
+                    y[f"{q}_ms"] - x[f"{q}_ms"] for x, y in zip(b, samples["b-feast"], strict=True)
+                )
         paired.append(row)
         print(f"  (b)/(a) c={c}: req/s {statistics.median(rps):.2f}, CPU capacity {statistics.median(cpu):.2f}", flush=True)  # fmt: skip
     return results, paired
@@ -245,6 +260,9 @@ def run(duration: int, rounds: int, co_duration: int = 4, co_rounds: int = 5) ->
         _, folder = registry.download(MODEL, "v1", tmp / "v1")
         script = tmp / "post.lua"
         script.write_text(LUA % json.dumps(BODY))
+        feast_script = tmp / "post-entity.lua"
+        feast_script.write_text(LUA % json.dumps(FEAST_BODY))
+        feast_store = _feast_store(tmp / "feast", FEAST_BODY["instances"][0]["account_id"])
         sink_port = free_port()
         # Stopped on the way out, before the folder goes.
         with Supervisor(tmp / "runtime") as sup:
@@ -277,13 +295,19 @@ def run(duration: int, rounds: int, co_duration: int = 4, co_rounds: int = 5) ->
                 wait=False,
                 launcher=_pin(0),
             )
+            enriching = start_predictor(
+                sup, MODEL, "v1", registry.uri, logger_url=f"http://127.0.0.1:{sink_port}/",
+                feast_repo=feast_store, name="predictor-feast", wait=False, launcher=_pin(0),
+            )  # fmt: skip
             split = tmp / "split.json"
             split.write_text(
                 json.dumps({"model": MODEL, "stable": {"version": "v1", "url": predictor.url}})
             )
             router = start_router(sup, split, wait=False, launcher=_pin(1))
-            for server in (*plain_procs.values(), predictor, router):
+            for server in (*plain_procs.values(), predictor, enriching, router):
                 server.wait_healthy()
+            answer = httpx.post(enriching.url + f"/v1/models/{MODEL}:predict", json=FEAST_BODY)
+            assert answer.status_code == 200, answer.text
             wait_until(
                 lambda: httpx.get(f"{router.url}/readyz").status_code == 200,
                 timeout=30,
@@ -299,11 +323,14 @@ def run(duration: int, rounds: int, co_duration: int = 4, co_rounds: int = 5) ->
                     for name, plain in plain_procs.items()
                 },
                 "b-kubeloop": (predictor.url + path, {"server": predictor.pid}),
+                "b-feast": (enriching.url + path, {"server": enriching.pid}),
                 "c-router": (router.url + path, {"server": predictor.pid, "router": router.pid}),
             }
             load_before = os.getloadavg()
             control = targets["a-plain-2"]
-            results, paired = measure_interleaved(targets, duration, rounds, script)
+            results, paired = measure_interleaved(
+                targets, duration, rounds, script, {"b-feast": feast_script}
+            )
             coscheduled = measure_coscheduled(
                 (targets["a-plain"][0], targets["a-plain"][1]["server"]),
                 {
@@ -327,7 +354,11 @@ def run(duration: int, rounds: int, co_duration: int = 4, co_rounds: int = 5) ->
                 )
                 for outcome in ("sent", "dropped")
             }
+            lookup = _histogram(
+                httpx.get(f"{enriching.url}/metrics").text, "kubeloop_feast_lookup_seconds"
+            )
     return {
+        "feast_lookup": lookup,
         "results": results,
         "paired": paired,
         "coscheduled": coscheduled,
@@ -340,6 +371,25 @@ def run(duration: int, rounds: int, co_duration: int = 4, co_rounds: int = 5) ->
         "rounds": rounds,
         "pinned": bool(_pin(0)),
     }
+
+
+def _feast_store(folder: Path, account: int) -> Path:
+    """A real Feast repository (SQLite online store) holding ``account`` among 800."""
+    from kubeloop.data import fraud
+    from kubeloop.features.store import prepare_feature_store
+
+    data = fraud.generate("stationary", days=3, n_accounts=800, seed=1)
+    if account not in set(data.accounts["account_id"]):
+        raise SystemExit(f"the bench's account {account} is not among the generated accounts")
+    prepare_feature_store(folder, data.accounts)
+    return folder
+
+
+def _histogram(text: str, name: str) -> dict:
+    """Count and mean (ms) of a Prometheus histogram in ``/metrics`` text."""
+    total = {k: sum(float(m.group(1)) for m in re.finditer(rf"^{name}_{k}{{[^}}]*}} (\S+)$", text, re.M))
+             for k in ("sum", "count")}  # fmt: skip
+    return {"count": total["count"], "mean_ms": 1000 * total["sum"] / max(total["count"], 1)}
 
 
 GOAL = 0.90  # (b) keeps at least this share of (a)'s throughput
@@ -439,6 +489,7 @@ def render(report: dict, command: str) -> str:
             f"| {c} | {cell(ctl, 'rps_ratio')} | {cell(ctl, 'cpu_ratio')} | {cell(edge, 'rps_ratio')} "
             f"| {cell(b, 'rps_ratio')} | {cell(b, 'cpu_ratio')} | {b['rps_ratio'] / edge['rps_ratio']:.3f} |"
         )
+    lines += _feast_lines(report, rows, paired)
     ev = report["payload_events"]
     verdict = (
         f"met: at concurrency {', '.join(map(str, CONCURRENCY))} both co-scheduled medians are ≥ {GOAL:.2f}."
@@ -462,6 +513,38 @@ def render(report: dict, command: str) -> str:
         "once cancels that drift, as the control row shows, and is what the goal is judged on.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _feast_lines(report: dict, rows: dict, paired: dict) -> list[str]:
+    if not any("feast_added_p99_ms" in paired[c] for c in CONCURRENCY):
+        return []
+    lookup = report.get("feast_lookup", {})
+    added = paired[1]["feast_added_p99_ms"]
+    verdict = "met" if added <= FEAST_GOAL_MS else "not met"
+    lines = [
+        "",
+        "Online enrichment: (b-feast) is (b) answering entity-key requests (the request features and "
+        "`account_id`), the account profile looked up in a real Feast online store (SQLite, 800 "
+        "accounts) with one `get_online_features` call per request, read as plain columns. Added "
+        "latency is (b-feast) − (b), the median over the interleaved rounds of each round's difference.",
+        "",
+        "| concurrency | (b) p50 / p99 ms | (b-feast) p50 / p99 ms | added p50 ms | added p99 ms | (b-feast)/(b) req/s |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in CONCURRENCY:
+        b, f, p = rows[("b-kubeloop", c)], rows[("b-feast", c)], paired[c]
+        lines.append(
+            f"| {c} | {b['p50_ms']:.2f} / {b['p99_ms']:.2f} | {f['p50_ms']:.2f} / {f['p99_ms']:.2f} "
+            f"| {p['feast_added_p50_ms']:+.2f} | {p['feast_added_p99_ms']:+.2f} | {f['rps'] / b['rps']:.2f} |"
+        )
+    lines += [
+        "",
+        f"The lookup itself (`kubeloop_feast_lookup_seconds`): {lookup.get('count', 0):.0f} lookups, "
+        f"mean {lookup.get('mean_ms', float('nan')):.2f} ms. Goal: enrichment adds ≤ {FEAST_GOAL_MS:.0f} ms "
+        f"to the p99 at concurrency 1: {added:+.2f} ms, {verdict}. At higher concurrency the added time "
+        "queues behind the single event loop (the lookup runs in a worker thread, but the CPU is one).",
+    ]
+    return lines
 
 
 def _control(paired_row: dict) -> str:

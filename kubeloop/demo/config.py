@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from kubeloop.contracts.payload_events import DETECTORS
 from kubeloop.data.fraud import SCENARIOS
 
 TRAINERS = ("pipeline", "quick")
 RETRAINERS = ("window", "pipeline")
 LABEL_SHIFT_ACTIONS = ("Retrain", "Recalibrate", "Alert")  # monitoring.labelShift.action
-DETECTORS = ("mmd", "cvm", "fet", "prediction", "error_rate", "predicted_class")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ from typing import Any
 import httpx
 import yaml
 
-from kubeloop.demo.config import DETECTORS, LoopConfig
+from kubeloop.contracts.payload_events import DETECTORS
+from kubeloop.demo.config import LoopConfig
 from kubeloop.demo.online import DemoOnlineStore
 from kubeloop.demo.report import TIMELINE_DECISIONS, write_report
 from kubeloop.demo.retrain import LABELLED_FILE

@@ -146,16 +146,16 @@ def load_reference(registry_uri: str, model: str, version: str, s3: object = Non
     registry = ModelRegistry(store=open_store(registry_uri, s3))
     resolved = registry.resolve(model, version)
     try:
-        parquet = registry.read_file(model, resolved, REFERENCE_FILE)
-        schema_json = registry.read_file(model, resolved, SCHEMA_FILE)
-        prior_json = None
-        if PRIOR_FILE in registry.get(model, resolved).files:
-            prior_json = registry.read_file(model, resolved, PRIOR_FILE)
+        manifest = registry.get(model, resolved)  # read once, for every file below
+        names = [REFERENCE_FILE, SCHEMA_FILE, *[PRIOR_FILE] * (PRIOR_FILE in manifest.files)]
+        files = registry.read_files(manifest, names)
     except VersionNotFound:
         raise
     except Exception as exc:
         raise ReferenceError(f"{model}/{resolved} has no usable reference sample: {exc}") from exc
-    return reference_from_bytes(model, resolved, parquet, schema_json, prior_json)
+    return reference_from_bytes(
+        model, resolved, files[REFERENCE_FILE], files[SCHEMA_FILE], files.get(PRIOR_FILE)
+    )
 
 
 def at_prior(frame: pd.DataFrame, label: str, target: float, threshold: float) -> pd.DataFrame:

@@ -145,23 +145,28 @@ class ModelRegistry:
         return self._read_manifest(model, self.resolve(model, ref))
 
     def read_file(self, model: str, ref: str, name: str) -> bytes:
-        version = self.get(model, ref)
-        if name not in version.files:
-            raise RegistryError(f"{model}/{version.version} has no file {name!r}")
-        data = self.store.get(f"{model}/versions/{version.version}/{name}")
-        if sha256_bytes(data) != version.files[name]["sha256"]:
-            raise ChecksumMismatch(
-                f"{model}/{version.version}/{name}: sha256 does not match the manifest"
-            )
-        return data
+        return self.read_files(self.get(model, ref), [name])[name]
+
+    def read_files(self, version: ModelVersion, names: list[str]) -> dict[str, bytes]:
+        """Files of a version whose manifest is already read, each checked against it."""
+        out = {}
+        for name in names:
+            if name not in version.files:
+                raise RegistryError(f"{version.model}/{version.version} has no file {name!r}")
+            data = self.store.get(f"{version.model}/versions/{version.version}/{name}")
+            if sha256_bytes(data) != version.files[name]["sha256"]:
+                raise ChecksumMismatch(
+                    f"{version.model}/{version.version}/{name}: sha256 does not match the manifest"
+                )
+            out[name] = data
+        return out
 
     def download(self, model: str, ref: str, dest: str | Path) -> tuple[ModelVersion, Path]:
         """Copies a version's files into ``dest`` after verifying every checksum."""
         version = self.get(model, ref)
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
-        for name in version.files:
-            data = self.read_file(model, version.version, name)
+        for name, data in self.read_files(version, list(version.files)).items():
             target = dest / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)

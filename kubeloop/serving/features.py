@@ -33,10 +33,10 @@ class OnlineFeatureLookup:
     def lookup(self, entity_ids: list[Any]) -> dict[Any, dict[str, Any]]:
         """Feature values by entity key; raises ``RequestRejected`` for unknown keys."""
         keys = list(dict.fromkeys(entity_ids))
-        frame = self.online.get(keys)
         found: dict[Any, dict[str, Any]] = {}
         missing = []
-        for key, values in zip(keys, frame[self.names].to_dict("records"), strict=True):
+        for key, row in zip(keys, self.online.get(keys), strict=True):
+            values = {name: row[name] for name in self.names}
             if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values.values()):
                 missing.append(key)
             found[key] = {k: float(v) if v is not None else None for k, v in values.items()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import httpx
 import numpy as np
@@ -55,7 +55,7 @@ def test_the_store_holds_the_first_day_then_each_day_as_it_comes(store):
     snapshots, first = store["snapshots"], store["first"]
     online = OnlineFeatures(store["root"] / "store")
     account = int(snapshots["account_id"].iloc[0])
-    assert online.get([account])[VIEW].iloc[0].to_dict() == _profile(snapshots, account, first)
+    assert {k: online.get([account])[0][k] for k in VIEW} == _profile(snapshots, account, first)
 
     registry = ModelRegistry(str(store["root"] / "registry"))
     publish_quick_version(registry, MODEL, seed=3)
@@ -106,7 +106,7 @@ def test_a_failed_write_is_counted_and_leaves_the_store_as_it_was(store):
     assert feeder.written_until == first  # the next advance retries the same day
     assert _samples(feeder)[("kubeloop_online_store_writes_total", "error")] == 1
     online = OnlineFeatures(root / "broken")
-    assert online.get([account])[VIEW].iloc[0].to_dict() == _profile(snapshots, account, first)
+    assert {k: online.get([account])[0][k] for k in VIEW} == _profile(snapshots, account, first)
 
 
 def _samples(feeder: SnapshotFeeder) -> dict:

@@ -102,3 +102,9 @@ def test_a_status_from_before_the_field_does_not_rewatch_on_the_default():
         stable_version="v1", phase="Stable", promoted_at=iso(T0), observed_generation=1
     )
     assert watches(reconcile("fd", spec(), old, obs(100))) == []
+
+
+def test_the_crd_names_the_detector_families_of_the_contract():
+    from kubeloop.contracts.payload_events import DETECTORS
+
+    assert {d.value for d in DetectorName} == set(DETECTORS)
