@@ -2,11 +2,18 @@
 
 A submitter must be idempotent by run name: ``submit`` of a name that already exists does
 nothing, so a replayed decision or a restarted operator never starts a second run.
+
+``spec.retraining.dataWindow`` travels as the run parameter ``data_window``: local runners
+read it themselves; the compiled training pipeline declares ``window_start`` and
+``window_end`` instead, so the KFP submitter turns it into those bounds at submission
+(:func:`pipeline_parameters`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from kubeloop.operators.reconciler.types import RunObservation, RunState, SubmitRun
@@ -23,6 +30,28 @@ KFP_STATES = {
 }
 
 
+DATA_WINDOW = "data_window"
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def pipeline_parameters(parameters: dict[str, str], now: datetime) -> dict[str, str]:
+    """The run's parameters as the training pipeline declares them: ``data_window`` (e.g.
+    ``7d``) becomes ``window_start`` = now − window and ``window_end`` = now (exclusive),
+    ISO 8601 in UTC, unless the spec's parameters set a bound themselves."""
+    out = dict(parameters)
+    window = out.pop(DATA_WINDOW, None)
+    if window is None:
+        return out
+    amount, unit = window[:-1], window[-1:]
+    if not amount.isdigit() or unit not in _UNIT_SECONDS:
+        raise ValueError(f"data_window must look like 40s, 10m, 2h or 7d, got {window!r}")
+    end = now.astimezone(UTC)
+    start = end - timedelta(seconds=int(amount) * _UNIT_SECONDS[unit])
+    out.setdefault("window_start", start.isoformat())
+    out.setdefault("window_end", end.isoformat())
+    return out
+
+
 class RunSubmitter(Protocol):
     def submit(self, run: SubmitRun) -> None: ...
 
@@ -32,8 +61,9 @@ class RunSubmitter(Protocol):
 class KfpRunSubmitter:
     """Submits runs of a pinned pipeline version with ``kfp.Client``."""
 
-    def __init__(self, client) -> None:
+    def __init__(self, client, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.client = client
+        self.now = now
 
     def _experiment_id(self, name: str) -> str:
         try:
@@ -61,7 +91,7 @@ class KfpRunSubmitter:
         self.client.run_pipeline(
             experiment_id=self._experiment_id(run.experiment),
             job_name=run.run_name,
-            params=dict(run.parameters),
+            params=pipeline_parameters(dict(run.parameters), self.now()),
             pipeline_id=pipeline_id,
             version_id=run.pipeline_version,
         )

@@ -71,6 +71,9 @@ def row(seed: int, summary: dict, wall: float) -> dict:
         "during drift": _acc(summary, "accuracy_during_drift"),
         "after promotion": _acc(summary, "accuracy_after_promotion"),
         "retraining runs": summary["retraining_runs"],
+        # days of account snapshots the feeder wrote to the online store while it ran
+        "online store days": (summary.get("online_store") or {}).get("writes", "off"),
+        "requests refused (4xx)": summary["traffic"].get("client_errors", "–"),
         "worse candidate rolled back": "–"
         if stationary or not bad
         else ("yes" if bad.get("rolled_back") else "no"),
@@ -152,6 +155,14 @@ def run(
 
 
 NOTES = """\
+Callers send what real callers send: the request features and `account_id`. Each version's
+predictor looks the account profile up in Feast's online store (SQLite, the embedded
+default), prepared with `feast apply` and materialized up to the replay's first day while
+v1 trains; the replay goes day by day (about 38 s of traffic per day of events, rows
+shuffled within a day) and a snapshot feeder writes each new day's account snapshots into
+the store as the replay reaches it (column "online store days"), exporting the store's age.
+A request the store cannot enrich is refused (400), counted in "requests refused (4xx)".
+
 Why these detectors: every family is on (`method: cusum`: CUSUM charts with exact
 thresholds, armed in a second or two per version, see the drift service section). The
 input and score detectors (mmd, cvm, fet, prediction) read every prediction at an ERT of

@@ -338,9 +338,12 @@ def test_cluster_pass_sends_exact_creates_patches_runs_and_events(api, prometheu
         "pipeline_id": "pipe-1",
         "pipeline_version_id": "pv-7",
     }
+    # spec.retraining.dataWindow (7d) as the bounds the compiled pipeline declares
+    end = datetime(2026, 3, 1, tzinfo=UTC) + timedelta(seconds=100)
     assert runs[0]["runtime_config"]["parameters"] == {
         "model_name": "fraud-detector",
-        "data_window": "7d",
+        "window_start": (end - timedelta(days=7)).isoformat(),
+        "window_end": end.isoformat(),
         "epochs": "3",
     }
     assert [b["reason"] for m, p, b in sent if p.endswith("/events")] == ["DriftSustained"]
@@ -464,7 +467,7 @@ def _cluster_pass_runner(
         custom=k8s.CustomObjectsApi(api_client),
         core=k8s.CoreV1Api(api_client),
         observer=observer or PrometheusObserver(f"http://127.0.0.1:{free_port()}", timeout=0.5),
-        submitter=KfpRunSubmitter(kfp.Client(host=api["url"])),
+        submitter=KfpRunSubmitter(kfp.Client(host=api["url"]), now=lambda: clock["now"]),
         registry_for=lambda uri: registry,
         metrics=RolloutMetrics(metrics or CollectorRegistry()),
         now=lambda: clock["now"],
