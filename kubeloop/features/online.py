@@ -1,7 +1,12 @@
-"""Online feature lookups for serving: one batched Feast call per request.
+"""Online feature lookups for serving: one batched online-store read per feature view.
 
-The response is read as plain columns (``to_dict``): building a DataFrame from it
-(``to_df``) costs about as much again as the lookup itself (bench/serving, Feast).
+The lookup reads through the Feast online store's own interface
+(``OnlineStore.online_read``: SQLite here, Redis on a cluster, as ``feature_store.yaml``
+configures) with the feature service's views and features resolved once, at start.
+``FeatureStore.get_online_features`` resolves feature references, builds request and
+response protos and converts the response on every call: about 1.7 ms of CPU per
+request on this machine against a few hundredths of a millisecond for the read itself
+(bench/serving, ``b-feast``). The values and the order are the same.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ class OnlineFeatures:
         entity: str = "account_id",
     ):
         from feast import FeatureStore
+        from feast.infra.online_stores.helpers import get_online_store_from_config
 
         store_dir = Path(store_dir)
         if not (store_dir / "feature_store.yaml").exists():
@@ -33,18 +39,37 @@ class OnlineFeatures:
         self.store = FeatureStore(repo_path=str(store_dir))
         self.service = self.store.get_feature_service(feature_service)
         self.entity = entity
-        self.feature_names = [
-            f.name for proj in self.service.feature_view_projections for f in proj.features
-        ]
+        self._online = get_online_store_from_config(self.store.config.online_store)
+        self._views = []  # (feature view, its features the service projects)
+        value_types = set()
+        for projection in self.service.feature_view_projections:
+            view = self.store.get_feature_view(projection.name)
+            value_types |= {
+                c.dtype.to_value_type() for c in view.entity_columns if c.name == entity
+            }
+            self._views.append((view, [f.name for f in projection.features]))
+        if len(value_types) != 1:
+            raise ValueError(
+                f"feature service {feature_service!r} is not keyed by {entity!r} alone"
+            )
+        self._value_type = value_types.pop()
+        self.feature_names = [name for _, names in self._views for name in names]
 
     def get(self, account_ids: list[int]) -> list[dict[str, Any]]:
         """One row per requested id, in order: the entity key and every feature (None when unknown)."""
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
+
         if not account_ids:
             return []
-        rows = [{self.entity: int(a)} for a in account_ids]
-        columns = self.store.get_online_features(features=self.service, entity_rows=rows).to_dict()
-        names = [self.entity, *self.feature_names]
-        return [
-            dict(zip(names, values, strict=True))
-            for values in zip(*(columns[n] for n in names), strict=True)
-        ]
+        ids = [int(a) for a in account_ids]
+        values = python_values_to_proto_values(ids, self._value_type)
+        keys = [EntityKey(join_keys=[self.entity], entity_values=[v]) for v in values]
+        rows: list[dict[str, Any]] = [{self.entity: a} for a in ids]
+        for view, names in self._views:
+            found = self._online.online_read(self.store.config, view, keys, names)
+            for row, (_, features) in zip(rows, found, strict=True):
+                for name in names:
+                    value = (features or {}).get(name)
+                    row[name] = None if value is None else feast_value_type_to_python_type(value)
+        return rows

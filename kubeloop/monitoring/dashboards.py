@@ -111,6 +111,14 @@ def model_overview() -> dict:
         ("Median predicted score",
          [(f"histogram_quantile(0.5, sum by (version, le) (rate(kubeloop_prediction_score_bucket{{{M}}}[{RATE}])))",
            "{{version}}")], {"unit": "percentunit"}),
+        ("Feast online lookup p50 / p99",
+         [(f"histogram_quantile(0.5, sum by (le) (rate(kubeloop_feast_lookup_seconds_bucket{{{M}}}[{RATE}])))", "p50"),
+          (f"histogram_quantile(0.99, sum by (le) (rate(kubeloop_feast_lookup_seconds_bucket{{{M}}}[{RATE}])))", "p99")],
+         {"unit": "s", "description": "one batched lookup per entity-key request"}),
+        ("Online store age (since the last snapshot write)",
+         [("max by (feature_view) (kubeloop_online_store_age_seconds)", "{{feature_view}}")],
+         {"unit": "s", "description": "seconds since the snapshot feeder last wrote the feature "
+          "view's snapshots to the online store"}),
     ]))  # fmt: skip
 
 
