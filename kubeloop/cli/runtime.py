@@ -47,9 +47,22 @@ def up(
     apply: list[Path] = typer.Option(
         [], "--apply", "-f", exists=True, dir_okay=False, help="ModelDeployment YAML to apply"
     ),
+    feast_store: Path = typer.Option(
+        None,
+        exists=True,
+        file_okay=False,
+        help="a prepared Feast repository (feature_store.yaml, applied and materialized): "
+        "every predictor enriches entity-key requests from its online store",
+    ),
 ) -> None:
     """Start the local runtime (Prometheus, drift service, router, operator) and keep it running."""
     runtime = _runtime()
+    if feast_store is not None:
+        if not (feast_store / "feature_store.yaml").exists():
+            raise typer.BadParameter(
+                f"{feast_store} holds no feature_store.yaml", param_hint="--feast-store"
+            )
+        runtime.operator_env["KUBELOOP_OPERATOR_FEAST_STORE"] = str(feast_store.resolve())
     try:
         runtime.start(list(apply))
     except Exception as exc:

@@ -101,3 +101,9 @@ def test_clear_errors(store, tmp_path):
     )
     result = runner.invoke(app, ["rollout", "apply", "-f", str(bad)])
     assert result.exit_code == 1 and "spec.rollout.steps" in result.output
+
+
+def test_up_refuses_a_feast_store_that_is_not_a_repository(tmp_path):
+    _register()
+    result = runner.invoke(app, ["up", "--feast-store", str(tmp_path)])
+    assert result.exit_code == 2 and "feature_store.yaml" in result.output, result.output
