@@ -12,10 +12,10 @@ from kubeloop.components.train.impl import read_split
 from kubeloop.evaluation.metrics import Evaluation, evaluate_scores
 from kubeloop.evaluation.report import render_html
 from kubeloop.model import ModelBundle
+from kubeloop.model.publish import reference_sample
 
 EVALUATION_FILE = "evaluation.json"
 REFERENCE_FILE = "reference.parquet"
-REFERENCE_ROWS = 2000
 SLICE_COLUMNS = ("merchant_category",)
 
 
@@ -32,21 +32,6 @@ def score_window(bundle: ModelBundle, frame: pd.DataFrame) -> Evaluation:
     return evaluate_scores(
         frame[bundle.schema.label].to_numpy(), scores, bundle.config.threshold, slices
     )
-
-
-def reference_sample(
-    bundle: ModelBundle, frame: pd.DataFrame, rows: int = REFERENCE_ROWS
-) -> pd.DataFrame:
-    """Up to ``rows`` raw feature rows with ``prediction_score``, ``prediction`` and the label
-    (the drift service's reference); an even sample over the window, in time order."""
-    schema = bundle.schema
-    step = max(len(frame) // rows, 1)
-    sample = frame.iloc[::step].head(rows)
-    scores, classes = bundle.predict(sample)
-    out = sample[[*schema.feature_names, schema.label]].reset_index(drop=True).copy()
-    out["prediction_score"] = scores
-    out["prediction"] = classes
-    return out
 
 
 def run_evaluate(

@@ -3,13 +3,22 @@
 The definitions in ``feature_repo/`` are copied into a working folder (one per run,
 under ``get_settings().feast_dir``) together with the account snapshots, so parallel
 runs and tests never share a registry or an online store.
+
+``feast apply`` only depends on the definitions: with a registry and online store on
+local files (the embedded default) it runs once per content of the definitions, into a
+template folder under ``feast_dir/applied/``, and each run copies the applied registry
+and the empty online store from there instead of applying again. A registry or online
+store elsewhere (the cluster's S3 registry and Redis) is applied every time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
 import shutil
 import sys
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -81,12 +90,17 @@ def prepare_feature_store(
     repo = repo or feature_repo_dir()
     workdir = Path(workdir).resolve()
     (workdir / ACCOUNT_FEATURES_PATH).parent.mkdir(parents=True, exist_ok=True)
+    template = _applied_template(repo)
     for name in _REPO_FILES:
         if (repo / name).exists():
             shutil.copy2(repo / name, workdir / name)
     account_features.to_parquet(workdir / ACCOUNT_FEATURES_PATH, index=False)
+    if template is not None:
+        for name in _local_state(repo):
+            shutil.copy2(template / name, workdir / name)
     store = FeatureStore(repo_path=str(workdir))
-    store.apply(_load_definitions(workdir))
+    if template is None:
+        store.apply(_load_definitions(workdir))
     # materialize_incremental would skip rows older than now - ttl on its first run;
     # an explicit range covers historical data too (end is exclusive, hence the +1s).
     start = account_features[ENTITY_TIMESTAMP].min().to_pydatetime()
@@ -98,6 +112,54 @@ def prepare_feature_store(
     end = (last + timedelta(seconds=1)).to_pydatetime()
     store.materialize(start_date=start, end_date=end)
     return store
+
+
+def _local_state(repo: Path) -> list[str] | None:
+    """The registry and online store files ``feature_store.yaml`` keeps in the repository
+    folder, or None when either lives elsewhere."""
+    import yaml
+
+    config = yaml.safe_load((repo / "feature_store.yaml").read_text()) or {}
+    registry = config.get("registry")
+    registry = registry.get("path") if isinstance(registry, dict) else registry
+    online = config.get("online_store") or {}
+    if not isinstance(registry, str) or "://" in registry or Path(registry).is_absolute():
+        return None
+    if not isinstance(online, dict) or online.get("type") != "sqlite":
+        return None
+    path = online.get("path", "data/online_store.db")
+    return None if Path(path).is_absolute() else [registry, path]
+
+
+def _applied_template(repo: Path) -> Path | None:
+    """A folder holding the definitions applied once (registry and empty online store),
+    keyed by their content; None when the state is not local files (apply every time)."""
+    from kubeloop.settings import get_settings
+
+    state = _local_state(repo)
+    if state is None:
+        return None
+    digest = hashlib.sha256()
+    for name in _REPO_FILES:
+        if (repo / name).exists():
+            digest.update(name.encode() + b"\0" + (repo / name).read_bytes())
+    root = Path(get_settings().feast_dir) / "applied"
+    template = root / digest.hexdigest()[:16]
+    if all((template / name).exists() for name in state):
+        return template
+    root.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=".applying-", dir=root))
+    for name in _REPO_FILES:
+        if (repo / name).exists():
+            shutil.copy2(repo / name, building / name)
+    from feast import FeatureStore
+
+    FeatureStore(repo_path=str(building)).apply(_load_definitions(building))
+    try:  # another process may have built the same template meanwhile: keep one
+        os.rename(building, template)
+    except OSError:
+        shutil.rmtree(building, ignore_errors=True)
+    return template
 
 
 def training_frame(store, entity_df: pd.DataFrame, feature_service: str) -> pd.DataFrame:

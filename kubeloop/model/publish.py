@@ -7,12 +7,32 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from kubeloop.model.network import ModelBundle
 from kubeloop.registry import ModelRegistry, ModelVersion
 
 REFERENCE_FILE = "reference.parquet"
+REFERENCE_ROWS = 2000
+
+
+def reference_sample(
+    bundle: ModelBundle, frame: pd.DataFrame, rows: int = REFERENCE_ROWS
+) -> pd.DataFrame:
+    """Up to ``rows`` raw feature rows with ``prediction_score``, ``prediction`` and the label
+    (the drift service's reference): an even sample over the whole window, in time order.
+    Its first rows would cover the window's first hours only, so the hour of day and any
+    other daily cycle would differ from traffic at every other time."""
+    schema = bundle.schema
+    # evenly spaced over all of it (every k-th row, then the first rows, would stop short)
+    index = np.unique(np.linspace(0, len(frame) - 1, num=min(rows, len(frame))).round())
+    sample = frame.iloc[index.astype(int)]
+    scores, classes = bundle.predict(sample)
+    out = sample[[*schema.feature_names, schema.label]].reset_index(drop=True).copy()
+    out["prediction_score"] = scores
+    out["prediction"] = classes
+    return out
 
 
 def publish_bundle(

@@ -19,10 +19,9 @@ from kubeloop.data import fraud
 from kubeloop.evaluation.metrics import roc_auc
 from kubeloop.features.join import point_in_time_join
 from kubeloop.model import ModelBundle, ModelConfig, Preprocessor, TabularClassifier
-from kubeloop.model.publish import publish_bundle
+from kubeloop.model.publish import publish_bundle, reference_sample
 from kubeloop.registry import ModelRegistry, ModelVersion
 
-REFERENCE_ROWS = 2000
 """Rows of the evaluation window kept as the version's drift reference sample."""
 
 
@@ -65,7 +64,9 @@ def publish_quick_version(
     the next version with metrics, lineage and a reference sample from the evaluation part."""
     data = fraud.generate(scenario, days=days, n_accounts=n_accounts, seed=seed)
     frame = point_in_time_join(data)
-    cut = frame["event_timestamp"].quantile(0.7)
+    # At a midnight: an evaluation window of whole days holds every hour of the day alike,
+    # as the traffic does that the drift service compares its reference sample with.
+    cut = frame["event_timestamp"].quantile(0.7).floor("D")
     train, evaluation = (
         frame[frame["event_timestamp"] < cut],
         frame[frame["event_timestamp"] >= cut],
@@ -112,9 +113,7 @@ def train_and_publish(
         "eval_rows": len(evaluation),
         "train_rows": len(train),
     }
-    reference = evaluation[[*schema.feature_names, schema.label]].head(REFERENCE_ROWS).copy()
-    reference["prediction_score"] = scores[: len(reference)]
-    reference["prediction"] = classes[: len(reference)]
+    reference = reference_sample(bundle, evaluation)  # evaluation is in time order
     if min_accuracy is None:
         gate = {"passed": True, "reasons": "quick training publishes without a gate"}
     else:

@@ -6,10 +6,11 @@ import json
 
 import pandas as pd
 import pytest
-from kubeloop.components.evaluate.impl import REFERENCE_ROWS, run_evaluate
+from kubeloop.components.evaluate.impl import run_evaluate
 from kubeloop.components.train.impl import StageInputError
 
 from kubeloop.data.fraud import FRAUD_SCHEMA
+from kubeloop.model.publish import REFERENCE_ROWS
 from tests.support.training import saved_bundle, split_frames, write_split
 
 
