@@ -529,13 +529,25 @@ class PipelineRef(_Model):
     experiment: str = Field("kubeloop", description="KFP experiment")
 
 
+DATA_WINDOW = r"^[0-9]+[smhd]$"  # spec.retraining.dataWindow: 40s, 10m, 2h, 7d
+_WINDOW_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def window_seconds(window: str) -> int:
+    """Seconds of a data window written as ``spec.retraining.dataWindow`` is (``7d``)."""
+    window = str(window)
+    if not re.match(DATA_WINDOW, window):
+        raise ValueError(f"data_window must look like 40s, 10m, 2h or 7d, got {window!r}")
+    return int(window[:-1]) * _WINDOW_UNIT_SECONDS[window[-1]]
+
+
 class Retraining(_Model):
     """Drift-triggered retraining: the pipeline run, its data window, pacing and give-up."""
 
     enabled: bool = Field(True, description="submit a retraining run when drift is sustained")
     pipeline: PipelineRef = Field(PipelineRef(), description="the training pipeline to run")
     parameters: dict[str, str] = Field(default_factory=dict, description="pipeline parameters")
-    data_window: str = Field("7d", pattern=r"^[0-9]+[smhd]$", description="training data window")
+    data_window: str = Field("7d", pattern=DATA_WINDOW, description="training data window")
     cooldown_seconds: int = Field(3600, ge=0, description="minimum time between retraining runs")
     max_attempts: int = Field(3, ge=1, description="runs per stable version before giving up")
     backoff_seconds: int = Field(

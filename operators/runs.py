@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from kubeloop.operators.crd import window_seconds
 from kubeloop.operators.reconciler.types import RunObservation, RunState, SubmitRun
 
 KFP_STATES = {
@@ -31,7 +32,6 @@ KFP_STATES = {
 
 
 DATA_WINDOW = "data_window"
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def pipeline_parameters(parameters: dict[str, str], now: datetime) -> dict[str, str]:
@@ -42,11 +42,8 @@ def pipeline_parameters(parameters: dict[str, str], now: datetime) -> dict[str, 
     window = out.pop(DATA_WINDOW, None)
     if window is None:
         return out
-    amount, unit = window[:-1], window[-1:]
-    if not amount.isdigit() or unit not in _UNIT_SECONDS:
-        raise ValueError(f"data_window must look like 40s, 10m, 2h or 7d, got {window!r}")
     end = now.astimezone(UTC)
-    start = end - timedelta(seconds=int(amount) * _UNIT_SECONDS[unit])
+    start = end - timedelta(seconds=window_seconds(window))
     out.setdefault("window_start", start.isoformat())
     out.setdefault("window_end", end.isoformat())
     return out

@@ -343,20 +343,20 @@ def run(duration: int, rounds: int, co_duration: int = 4, co_rounds: int = 5) ->
                 script,
             )
             load_after = os.getloadavg()
-            text = httpx.get(f"{predictor.url}/metrics").text
+            served = _samples(httpx.get(f"{predictor.url}/metrics").text)
             events = {
                 outcome: sum(
-                    float(m.group(1))
-                    for m in re.finditer(
-                        rf'kubeloop_payload_events_total{{[^}}]*outcome="{outcome}"[^}}]*}} (\S+)',
-                        text,
-                    )
+                    v for name, labels, v in served
+                    if name == "kubeloop_payload_events_total" and labels.get("outcome") == outcome
                 )
                 for outcome in ("sent", "dropped")
-            }
-            lookup = _histogram(
-                httpx.get(f"{enriching.url}/metrics").text, "kubeloop_feast_lookup_seconds"
-            )
+            }  # fmt: skip
+            enriched = _samples(httpx.get(f"{enriching.url}/metrics").text)
+            count, total = (
+                sum(v for name, _, v in enriched if name == f"kubeloop_feast_lookup_seconds_{k}")
+                for k in ("count", "sum")
+            )  # fmt: skip
+            lookup = {"count": count, "mean_ms": 1000 * total / max(count, 1)}
     return {
         "feast_lookup": lookup,
         "results": results,
@@ -385,11 +385,13 @@ def _feast_store(folder: Path, account: int) -> Path:
     return folder
 
 
-def _histogram(text: str, name: str) -> dict:
-    """Count and mean (ms) of a Prometheus histogram in ``/metrics`` text."""
-    total = {k: sum(float(m.group(1)) for m in re.finditer(rf"^{name}_{k}{{[^}}]*}} (\S+)$", text, re.M))
-             for k in ("sum", "count")}  # fmt: skip
-    return {"count": total["count"], "mean_ms": 1000 * total["sum"] / max(total["count"], 1)}
+def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of a ``/metrics`` page, parsed by prometheus-client: (name, labels, value)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [
+        (s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples
+    ]
 
 
 GOAL = 0.90  # (b) keeps at least this share of (a)'s throughput

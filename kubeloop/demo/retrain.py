@@ -14,7 +14,6 @@ are corrupted too, and must be caught by the canary analysis on live traffic.
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -22,18 +21,10 @@ from typing import Any
 import pandas as pd
 
 from kubeloop.local.wait import wait_until
+from kubeloop.operators.crd import window_seconds
 
 LABELLED_FILE = "labelled.parquet"
 MIN_ROWS = 200
-_WINDOW = re.compile(r"^([0-9]+)([smhd])$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def window_seconds(window: str) -> int:
-    match = _WINDOW.match(str(window))
-    if not match:
-        raise ValueError(f"data_window must look like 40s, 10m, 2h or 7d, got {window!r}")
-    return int(match.group(1)) * _UNIT[match.group(2)]
 
 
 def recent_window(frame: pd.DataFrame, seconds: float, now: float | None = None) -> pd.DataFrame:

@@ -47,20 +47,22 @@ class ReplayStream:
         return len(self.instances)
 
 
+DAY = "_day"  # the UTC midnight of each row's event time
+
+
 def _draw(frame: pd.DataFrame, n: int, rng: np.random.Generator, *, latest: bool) -> pd.DataFrame:
     """``n`` rows from whole days of ``frame`` nearest the onset (its ``latest`` days, else
     its earliest), the days in order and each day's rows shuffled."""
     if frame.empty:
         raise ValueError("the generated data has no rows on one side of the onset")
-    day = frame["event_timestamp"].dt.floor("D")
-    sizes = day.value_counts().sort_index(ascending=not latest)
+    sizes = frame[DAY].value_counts().sort_index(ascending=not latest)
     # the fewest days nearest the onset that hold n rows; every day when they do not
     days = list(sizes.index[: int(np.searchsorted(sizes.cumsum().to_numpy(), n)) + 1])
-    pool = frame[day.isin(days)]
+    pool = frame[frame[DAY].isin(days)]
     # without replacement while the days hold rows enough; the demo's duration is a choice
     chosen = pool.iloc[rng.choice(len(pool), size=n, replace=n > len(pool))]
-    order = np.lexsort((rng.random(n), chosen["event_timestamp"].dt.floor("D").to_numpy()))
-    return chosen.iloc[order]
+    # days in order, each day's rows shuffled (a random tie-break under a stable sort)
+    return chosen.assign(_draw=rng.random(n)).sort_values([DAY, "_draw"]).drop(columns="_draw")
 
 
 WARMUP_DAYS = 1  # generated days before the first transaction sent
@@ -91,6 +93,7 @@ def build_stream(
     # The generator's accounts have no history before its start: on the first day their
     # 24-hour transaction counts are all 0, which no model's reference sample shows.
     frame = frame[frame["event_timestamp"] >= start + pd.Timedelta(days=WARMUP_DAYS)]
+    frame = frame.assign(**{DAY: frame["event_timestamp"].dt.floor("D")})
     start = start + pd.Timedelta(days=WARMUP_DAYS)
     # stationary has no onset: split where the others would start, nothing changes there
     onset = pd.Timestamp(data.truth.onset) if data.truth.onset else start + (end - start) / 2
@@ -110,7 +113,7 @@ def build_stream(
         account_ids=rows[schema.entity].to_numpy(dtype=np.int64),
         transaction_ids=rows["transaction_id"].astype(str).tolist(),
         requests=requests,
-        days=rows["event_timestamp"].dt.floor("D"),
+        days=rows[DAY],
         snapshots=data.accounts,
     )
 

@@ -30,6 +30,8 @@ class OnlineFeatures:
     ):
         from feast import FeatureStore
         from feast.infra.online_stores.helpers import get_online_store_from_config
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
 
         store_dir = Path(store_dir)
         if not (store_dir / "feature_store.yaml").exists():
@@ -54,22 +56,22 @@ class OnlineFeatures:
             )
         self._value_type = value_types.pop()
         self.feature_names = [name for _, names in self._views for name in names]
+        # resolved here, not per request: get() runs on the predictor's request path
+        self._entity_key, self._to_proto = EntityKey, python_values_to_proto_values
+        self._to_python = feast_value_type_to_python_type
 
     def get(self, account_ids: list[int]) -> list[dict[str, Any]]:
         """One row per requested id, in order: the entity key and every feature (None when unknown)."""
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
-
         if not account_ids:
             return []
         ids = [int(a) for a in account_ids]
-        values = python_values_to_proto_values(ids, self._value_type)
-        keys = [EntityKey(join_keys=[self.entity], entity_values=[v]) for v in values]
+        values = self._to_proto(ids, self._value_type)
+        keys = [self._entity_key(join_keys=[self.entity], entity_values=[v]) for v in values]
         rows: list[dict[str, Any]] = [{self.entity: a} for a in ids]
         for view, names in self._views:
             found = self._online.online_read(self.store.config, view, keys, names)
             for row, (_, features) in zip(rows, found, strict=True):
                 for name in names:
                     value = (features or {}).get(name)
-                    row[name] = None if value is None else feast_value_type_to_python_type(value)
+                    row[name] = None if value is None else self._to_python(value)
         return rows

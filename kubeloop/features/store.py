@@ -87,30 +87,29 @@ def prepare_feature_store(
 
     if account_features.empty:
         raise FeatureStoreError("account features are empty: nothing to apply or materialize")
-    repo = repo or feature_repo_dir()
-    workdir = Path(workdir).resolve()
-    (workdir / ACCOUNT_FEATURES_PATH).parent.mkdir(parents=True, exist_ok=True)
-    template = _applied_template(repo)
-    for name in _REPO_FILES:
-        if (repo / name).exists():
-            shutil.copy2(repo / name, workdir / name)
-    account_features.to_parquet(workdir / ACCOUNT_FEATURES_PATH, index=False)
-    if template is not None:
-        for name in _local_state(repo):
-            shutil.copy2(template / name, workdir / name)
-    store = FeatureStore(repo_path=str(workdir))
-    if template is None:
-        store.apply(_load_definitions(workdir))
     # materialize_incremental would skip rows older than now - ttl on its first run;
     # an explicit range covers historical data too (end is exclusive, hence the +1s).
-    start = account_features[ENTITY_TIMESTAMP].min().to_pydatetime()
+    start = account_features[ENTITY_TIMESTAMP].min()
     last = account_features[ENTITY_TIMESTAMP].max()
     if materialize_until is not None:
         last = min(last, pd.Timestamp(materialize_until))
-    if last < account_features[ENTITY_TIMESTAMP].min():
+    if last < start:  # refused before anything is written
         raise FeatureStoreError(f"no account snapshot is stamped at or before {last}")
+    repo = repo or feature_repo_dir()
+    workdir = Path(workdir).resolve()
+    (workdir / ACCOUNT_FEATURES_PATH).parent.mkdir(parents=True, exist_ok=True)
+    _copy_definitions(repo, workdir)
+    account_features.to_parquet(workdir / ACCOUNT_FEATURES_PATH, index=False)
+    applied = _applied_template(repo)
+    if applied is not None:
+        template, state = applied
+        for name in state:
+            shutil.copy2(template / name, workdir / name)
+    store = FeatureStore(repo_path=str(workdir))
+    if applied is None:
+        store.apply(_load_definitions(workdir))
     end = (last + timedelta(seconds=1)).to_pydatetime()
-    store.materialize(start_date=start, end_date=end)
+    store.materialize(start_date=start.to_pydatetime(), end_date=end)
     return store
 
 
@@ -131,9 +130,16 @@ def _local_state(repo: Path) -> list[str] | None:
     return None if Path(path).is_absolute() else [registry, path]
 
 
-def _applied_template(repo: Path) -> Path | None:
+def _copy_definitions(repo: Path, folder: Path) -> None:
+    for name in _REPO_FILES:
+        if (repo / name).exists():
+            shutil.copy2(repo / name, folder / name)
+
+
+def _applied_template(repo: Path) -> tuple[Path, list[str]] | None:
     """A folder holding the definitions applied once (registry and empty online store),
-    keyed by their content; None when the state is not local files (apply every time)."""
+    keyed by their content, and those state files; None when the state is not local
+    files (apply every time)."""
     from kubeloop.settings import get_settings
 
     state = _local_state(repo)
@@ -146,12 +152,10 @@ def _applied_template(repo: Path) -> Path | None:
     root = Path(get_settings().feast_dir) / "applied"
     template = root / digest.hexdigest()[:16]
     if all((template / name).exists() for name in state):
-        return template
+        return template, state
     root.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=".applying-", dir=root))
-    for name in _REPO_FILES:
-        if (repo / name).exists():
-            shutil.copy2(repo / name, building / name)
+    _copy_definitions(repo, building)
     from feast import FeatureStore
 
     FeatureStore(repo_path=str(building)).apply(_load_definitions(building))
@@ -159,7 +163,7 @@ def _applied_template(repo: Path) -> Path | None:
         os.rename(building, template)
     except OSError:
         shutil.rmtree(building, ignore_errors=True)
-    return template
+    return template, state
 
 
 def training_frame(store, entity_df: pd.DataFrame, feature_service: str) -> pd.DataFrame:
