@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from kubeloop.features.feast_import import load_feast
 from kubeloop.features.store import ENTITY_TIMESTAMP
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class SnapshotFeeder:
         written_until: pd.Timestamp,
         metrics: FeederMetrics | None = None,
     ) -> None:
+        load_feast()
         from feast import FeatureStore
 
         if ENTITY_TIMESTAMP not in snapshots.columns:

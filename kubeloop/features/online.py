@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from kubeloop.features.feast_import import load_feast
+
 
 class OnlineFeatures:
     """Reads a feature service's values for a batch of accounts from a prepared store.
@@ -28,6 +30,7 @@ class OnlineFeatures:
         feature_service: str = "fraud_model_v1",
         entity: str = "account_id",
     ):
+        load_feast()
         from feast import FeatureStore
         from feast.infra.online_stores.helpers import get_online_store_from_config
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey

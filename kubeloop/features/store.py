@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from kubeloop.features.feast_import import load_feast
+
 ACCOUNT_FEATURES_PATH = Path("data") / "account_features.parquet"
 DEFINITIONS = "definitions.py"
 _REPO_FILES = (DEFINITIONS, "feature_store.yaml", ".feastignore")
@@ -53,6 +55,7 @@ def feature_repo_dir() -> Path:
 
 def _load_definitions(workdir: Path) -> list:
     """Every Feast object defined in the working copy's ``definitions.py``."""
+    load_feast()
     from feast import Entity, FeatureService, FeatureView, Project
     from feast.data_source import DataSource
 
@@ -83,6 +86,7 @@ def prepare_feature_store(
 
     Returns the ready :class:`feast.FeatureStore`.
     """
+    load_feast()
     from feast import FeatureStore
 
     if account_features.empty:
@@ -156,6 +160,7 @@ def _applied_template(repo: Path) -> tuple[Path, list[str]] | None:
     root.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=".applying-", dir=root))
     _copy_definitions(repo, building)
+    load_feast()
     from feast import FeatureStore
 
     FeatureStore(repo_path=str(building)).apply(_load_definitions(building))
