@@ -53,6 +53,13 @@ class OperatorSettings(BaseSettings):
         description="local runtime: a prepared Feast repository whose online store predictors "
         "enrich entity-key requests from (unset: callers send every feature)",
     )
+    feast_config_map: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
+        description="cluster: the ConfigMap (feature_store.yaml) predictors enrich entity-key "
+        "requests with, mounted into every InferenceService of the ModelDeployment's "
+        "namespace (the chart sets it when feast.enabled; unset: callers send every feature)",
+    )
     prometheus_root: Path | None = Field(
         None,
         description="local runtime: the local Prometheus folder; predictors go to its targets/",

@@ -11,8 +11,14 @@ custom container reads the ``STORAGE_URI`` environment variable.
 
 Canary rollouts follow KServe's model: apply the InferenceService with the candidate
 version and ``canaryTrafficPercent``; KServe keeps the last ready revision as stable, so
-a patch back to the stable version at 100 % is also how a rollback lands. The ``logger``
-sends KServe-format CloudEvents of every request/response to the drift service.
+a patch back to the stable version at 100 % is also how a rollback lands.
+
+Payload events come from the predictor itself (``--logger-url``), not from KServe's
+``logger``: KServe's agent logs the request as the caller sent it, without the features
+the predictor looks up in Feast and without the registry version (``Ce-Modelversion``)
+the drift service files events under. With ``feast_config_map`` (the chart's Feast
+ConfigMap, ``feature_store.yaml``) the predictor enriches entity-key requests from the
+online store that file names.
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ from typing import Any
 from kserve import (
     V1beta1InferenceService,
     V1beta1InferenceServiceSpec,
-    V1beta1LoggerSpec,
     V1beta1ModelFormat,
     V1beta1ModelSpec,
     V1beta1PredictorSpec,
@@ -30,6 +35,7 @@ from kserve import (
 from kubernetes.client import (
     ApiClient,
     V1Capabilities,
+    V1ConfigMapVolumeSource,
     V1Container,
     V1ContainerPort,
     V1EmptyDirVolumeSource,
@@ -52,6 +58,8 @@ from kubeloop.settings import ClusterSettings
 ISVC_GROUP, ISVC_VERSION, ISVC_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 VERSION_LABEL = "kubeloop.io/model-version"
 MODEL_MOUNT = "/mnt/models"
+FEAST_MOUNT = "/etc/kubeloop/feast"  # the Feast ConfigMap: feature_store.yaml
+FEAST_VOLUME = "feast-config"
 # The predictor pod spec's node placement fields (wire names).
 PLACEMENT_FIELDS = (
     "nodeSelector",
@@ -100,6 +108,7 @@ def predictor_spec(
     affinity: dict[str, Any] | None = None,
     runtime_class_name: str | None = None,
     priority_class_name: str | None = None,
+    feast_config_map: str | None = None,
 ) -> V1beta1PredictorSpec:
     """The predictor serving ``model``/``version`` (see ``inference_service``).
 
@@ -108,6 +117,8 @@ def predictor_spec(
     the two); the custom container defaults to 500m and 1Gi. Placement: ``node_selector``,
     ``tolerations`` and ``affinity`` (core/v1 wire format, camelCase, as in a pod spec),
     ``runtime_class_name`` and ``priority_class_name`` go on the predictor's pod spec.
+    ``logger_url`` receives the predictor's payload events; ``feast_config_map`` names the
+    ConfigMap whose ``feature_store.yaml`` the predictor enriches requests with.
     """
     if not service_account:
         raise ValueError("service_account must name the predictors' storage ServiceAccount")
@@ -130,7 +141,6 @@ def predictor_spec(
         "min_replicas": min_replicas,
         "max_replicas": max_replicas,
         "canary_traffic_percent": canary_percent,
-        "logger": V1beta1LoggerSpec(mode="all", url=logger_url) if logger_url else None,
         "labels": {VERSION_LABEL: version},
         "node_selector": node_selector or None,
         "tolerations": [_toleration(t) for t in tolerations] if tolerations else None,
@@ -138,6 +148,14 @@ def predictor_spec(
         "runtime_class_name": runtime_class_name,
         "priority_class_name": priority_class_name,
     }
+    args = ["--logger-url", logger_url] if logger_url else []
+    mounts, volumes = [], []
+    if feast_config_map:
+        args += ["--feast-repo", FEAST_MOUNT]
+        mounts.append(V1VolumeMount(name=FEAST_VOLUME, mount_path=FEAST_MOUNT, read_only=True))
+        volumes.append(
+            V1Volume(name=FEAST_VOLUME, config_map=V1ConfigMapVolumeSource(name=feast_config_map))
+        )
     if runtime:
         model_spec = V1beta1ModelSpec(
             name="kserve-container",  # KServe's own default; the SDK would send ""
@@ -145,8 +163,10 @@ def predictor_spec(
             runtime=runtime,
             storage_uri=uri,
             resources=resources,
+            args=args or None,  # KServe appends them to the runtime's
+            volume_mounts=mounts or None,
         )
-        return V1beta1PredictorSpec(model=model_spec, **common)
+        return V1beta1PredictorSpec(model=model_spec, volumes=volumes or None, **common)
     container = V1Container(
         name="kserve-container",
         image=image_ref or image("predictor"),
@@ -163,13 +183,14 @@ def predictor_spec(
             "0.0.0.0",
             "--max-batch",
             str(max_batch),
+            *args,
         ],  # fmt: skip
         env=[
             V1EnvVar(name="STORAGE_URI", value=uri),
             V1EnvVar(name="KUBELOOP_MODEL_VERSION", value=version),
             V1EnvVar(name="HOME", value="/tmp"),  # the root filesystem is read-only
         ],
-        volume_mounts=[V1VolumeMount(name="tmp", mount_path="/tmp")],
+        volume_mounts=[V1VolumeMount(name="tmp", mount_path="/tmp"), *mounts],
         ports=[V1ContainerPort(container_port=8080, protocol="TCP")],
         resources=resources,
         readiness_probe=V1Probe(
@@ -184,7 +205,7 @@ def predictor_spec(
     )
     return V1beta1PredictorSpec(
         containers=[container],
-        volumes=[V1Volume(name="tmp", empty_dir=V1EmptyDirVolumeSource())],
+        volumes=[V1Volume(name="tmp", empty_dir=V1EmptyDirVolumeSource()), *volumes],
         **common,
     )
 
@@ -260,8 +281,9 @@ def traffic_patch(
     spec = _to_dict(
         predictor_spec(model, version, registry_uri, canary_percent=percent, **predictor)
     )
-    # A placement the spec no longer sets is removed (null in a merge patch).
-    return {"spec": {"predictor": {**dict.fromkeys(PLACEMENT_FIELDS), **spec}}}
+    # A placement the spec no longer sets is removed (null in a merge patch), and so is
+    # KServe's logger, which InferenceServices of earlier kubeloop releases carried.
+    return {"spec": {"predictor": {**dict.fromkeys((*PLACEMENT_FIELDS, "logger")), **spec}}}
 
 
 def needs_patch(current: dict[str, Any], patch: dict[str, Any]) -> bool:

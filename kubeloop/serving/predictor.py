@@ -137,7 +137,10 @@ class FraudPredictor(Model):
 
             self.features = OnlineFeatureLookup(cfg.feast_repo, schema)
         self.forward = Forward(self.bundle)
-        name, v = cfg.model_name, self.version
+        # Metrics and payload events name the registry's model (what the operator and the
+        # drift service key on), not the served name: on a cluster that is the
+        # InferenceService's, which is the ModelDeployment's.
+        name, v = manifest.get("model") or cfg.model_name, self.version
         self._ok = m.INFERENCE_REQUESTS.labels(name, v, "ok")
         self._client_error = m.INFERENCE_REQUESTS.labels(name, v, "client_error")
         self._server_error = m.INFERENCE_REQUESTS.labels(name, v, "server_error")

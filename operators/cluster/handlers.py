@@ -220,13 +220,15 @@ def predictor_options(
     service_account: str,
     drift_service_url: str | None = None,
     placement_defaults: Placement | None = None,
+    feast_config_map: str | None = None,
 ) -> dict[str, Any]:
     """``isvc.predictor_spec`` keywords for a ModelDeployment: the chart's serving runtime,
     the spec's resources and replicas, its node placement over the release's defaults
     (``placement_defaults``, the chart's servingRuntime values: each field the spec sets
     wins), its logger (default: the release's drift service, the one the operator asks to
     watch the version, so specs need not name a release), the release's storage
-    ServiceAccount. Unset resources keep the serving runtime's."""
+    ServiceAccount, the release's Feast ConfigMap (``feast_config_map``) to enrich
+    entity-key requests from. Unset resources keep the serving runtime's."""
     res = spec.serving.resources
     placement = spec.serving.over(placement_defaults or Placement())
     return {
@@ -238,6 +240,7 @@ def predictor_options(
         "max_replicas": spec.serving.max_replicas,
         "logger_url": spec.serving.logger_url or drift_service_url,
         "service_account": service_account,
+        "feast_config_map": feast_config_map,
         **_placement_options(placement),
     }
 
@@ -255,6 +258,7 @@ def _apply_traffic(
         deps.storage_service_account,
         deps.settings.drift_service_url,
         deps.settings.predictor_placement,
+        deps.settings.feast_config_map,
     )
     if live is None:
         body = isvc.inference_service(

@@ -668,6 +668,52 @@ def test_operator_environment_loads_into_its_settings(rendered, scenario: str, m
         ["ml-team-a", "ml-team-b"] if namespaced else [NAMESPACE]
     )
     assert settings.kserve_namespace == "kserve"
+    # feast.enabled (the namespaced scenario): predictors mount the release's Feast config.
+    assert settings.feast_config_map == ("kl-kubeloop-feast" if namespaced else None)
+
+
+def test_predictors_in_every_served_namespace_read_the_feast_config(rendered) -> None:
+    """With feast.enabled each served namespace has the feature_store.yaml ConfigMap the
+    operator mounts into its InferenceServices, and the serving runtime carries what reading
+    it takes: the S3 endpoint of Feast's registry (FEAST_S3_ENDPOINT_URL) and credentials
+    from Secrets named as in the release (copied into served namespaces, as for storage)."""
+    from kubeloop.operators.cluster.handlers import predictor_options
+    from kubeloop.operators.crd import parse_spec
+
+    from kubeloop.serving.inference_service import inference_service
+
+    docs = rendered["namespaced-values.yaml"]
+    maps = {
+        d["metadata"]["namespace"]: d["data"]["feature_store.yaml"]
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "kl-kubeloop-feast"
+    }
+    assert set(maps) == {NAMESPACE, "ml-team-a", "ml-team-b"} and len(set(maps.values())) == 1
+    server = next(
+        d
+        for d in docs
+        if d["kind"] == "Deployment" and d["metadata"]["name"] == "kl-kubeloop-feast"
+    )
+    runtime = next(d for d in docs if d["kind"] == "ClusterServingRuntime")
+    envs = [pod_spec(server)["containers"][0]["env"], runtime["spec"]["containers"][0]["env"]]
+    for env in envs:
+        named = {e["name"]: e for e in env}
+        assert named["FEAST_S3_ENDPOINT_URL"]["value"] == (
+            f"http://kl-kubeloop-minio.{NAMESPACE}.svc.cluster.local:9000"
+        )
+        assert (
+            named["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "kubeloop-minio-root"
+        )
+    sample = yaml.safe_load((ROOT / "manifests/samples/fraud-detector.yaml").read_text())
+    options = predictor_options(
+        parse_spec(sample["spec"]), "kubeloop-s3", "http://drift/", None, "kl-kubeloop-feast"
+    )
+    isvc = inference_service("fraud-detector", "v1", "s3://r/m", namespace="ml-team-a", **options)
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["args"] == ["--logger-url", "http://drift/", "--feast-repo", "/etc/kubeloop/feast"]
+    assert isvc["spec"]["predictor"]["volumes"] == [
+        {"name": "feast-config", "configMap": {"name": "kl-kubeloop-feast"}}
+    ]
 
 
 def test_drift_service_accepts_the_chart_arguments(rendered) -> None:

@@ -9,7 +9,6 @@ import pytest
 import yaml
 from kserve import (
     V1beta1InferenceService,
-    V1beta1LoggerSpec,
     V1beta1ModelSpec,
     V1beta1PredictorSpec,
 )
@@ -34,9 +33,11 @@ def test_inference_service_fields():
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"
     predictor = isvc["spec"]["predictor"]
     assert predictor["canaryTrafficPercent"] == 20
-    assert predictor["logger"] == {"mode": "all", "url": "http://drift/"}
+    # The predictor logs its own (enriched, versioned) events; KServe's logger is not used.
+    assert "logger" not in predictor
     assert predictor["serviceAccountName"] == "kubeloop-s3"
     container = predictor["containers"][0]
+    assert container["args"][container["args"].index("--logger-url") + 1] == "http://drift/"
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["STORAGE_URI"] == "s3://models/registry/fraud-detector/versions/v4"
     assert container["args"][container["args"].index("--model-dir") + 1] == "/mnt/models"
@@ -48,6 +49,7 @@ def test_gpu_and_no_canary():
     isvc = inference_service("fraud-detector", "v1", REGISTRY, gpus=2)
     predictor = isvc["spec"]["predictor"]
     assert "canaryTrafficPercent" not in predictor and "logger" not in predictor
+    assert "--logger-url" not in predictor["containers"][0]["args"]
     assert predictor["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
 
 
@@ -58,7 +60,6 @@ def test_serialized_keys_are_fields_of_the_sdk_models():
     predictor = isvc["spec"]["predictor"]
     assert set(isvc) <= set(V1beta1InferenceService.attribute_map.values())
     assert set(predictor) <= set(V1beta1PredictorSpec.attribute_map.values())
-    assert set(predictor["logger"]) <= set(V1beta1LoggerSpec.attribute_map.values())
     assert set(predictor["containers"][0]) <= set(V1Container.attribute_map.values())
 
 
@@ -111,6 +112,27 @@ def test_serving_runtime_form_matches_the_chart_runtime():
         and predictor["labels"]["kubeloop.io/model-version"] == "v3"
     )
     assert set(predictor["model"]) <= set(V1beta1ModelSpec.attribute_map.values())
+
+
+@pytest.mark.parametrize("runtime", [None, "kubeloop-predictor"])
+def test_feast_config_map_is_mounted_and_named_to_the_predictor(runtime):
+    isvc = inference_service(
+        "fraud-detector", "v3", REGISTRY, runtime=runtime, logger_url="http://drift/",
+        feast_config_map="kl-kubeloop-feast",
+    )  # fmt: skip
+    predictor = isvc["spec"]["predictor"]
+    container = predictor["model"] if runtime else predictor["containers"][0]
+    args = container["args"]
+    assert args[args.index("--feast-repo") + 1] == "/etc/kubeloop/feast"
+    assert args[args.index("--logger-url") + 1] == "http://drift/"
+    assert {"name": "feast-config", "mountPath": "/etc/kubeloop/feast", "readOnly": True} in (
+        container["volumeMounts"]
+    )
+    assert {"name": "feast-config", "configMap": {"name": "kl-kubeloop-feast"}} in (
+        predictor["volumes"]
+    )
+    plain = inference_service("fraud-detector", "v3", REGISTRY, runtime=runtime)["spec"]
+    assert "--feast-repo" not in str(plain) and "feast-config" not in str(plain)
 
 
 def test_service_account_is_required_and_serialized():

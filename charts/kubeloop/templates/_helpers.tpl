@@ -315,6 +315,25 @@ priorityClassName) that a values block sets, as YAML: call with the block, e.g.
 {{/*
 The Secret the predictors' storage ServiceAccount names (the registry's S3 credentials).
 */}}
+{{/*
+What reads the Feast repository (feature_store.yaml) needs: its registry file on S3 (Feast's
+S3 registry takes the endpoint from FEAST_S3_ENDPOINT_URL, the credentials from AWS_*),
+then the release's extra Feast variables (online store credentials). Secrets are referred
+to by name, in the reading pod's own namespace.
+*/}}
+{{- define "kubeloop.feast.env" -}}
+- name: FEAST_S3_ENDPOINT_URL
+  value: {{ printf "%s://%s" (ternary "http" (ternary "https" "http" .Values.registry.external.secure) .Values.minio.enabled) (include "kubeloop.s3.endpoint" .) | quote }}
+{{ include "kubeloop.registryEnv" . }}
+{{- with .Values.feast.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "kubeloop.feast.configMapName" -}}
+{{- default (include "kubeloop.componentName" (dict "root" . "component" "feast")) .Values.feast.existingConfigMap }}
+{{- end }}
+
 {{- define "kubeloop.storage.secretName" -}}
 {{- ternary (include "kubeloop.minio.secretName" .) .Values.registry.external.existingSecret .Values.minio.enabled }}
 {{- end }}
