@@ -456,6 +456,7 @@ class LabelShiftAction(StrEnum):
     """What label shift alone (only the predicted_class detector flags) leads to."""
 
     RETRAIN = "Retrain"
+    RETRAIN_REWEIGHTED = "RetrainReweighted"
     RECALIBRATE = "Recalibrate"
     ALERT = "Alert"
 
@@ -467,7 +468,11 @@ class LabelShift(_Model):
     action: LabelShiftAction = Field(
         LabelShiftAction.RETRAIN,
         description="Retrain: label shift counts as drift and, sustained, starts a retraining "
-        "run on the recent labelled window (which carries the new prior). Recalibrate: it is "
+        "run on the recent labelled window (which carries the new prior). RetrainReweighted: "
+        "as Retrain, and the run trains with the classes re-weighted to the positive prior "
+        "the drift service estimates (pipeline parameter target_positive_rate; its threshold "
+        "chosen on validation re-weighted alike), for windows whose labels mostly predate "
+        "the shift. Recalibrate: it is "
         "recorded as with Alert and, sustained, the stable version is published again as a new "
         "version whose decision threshold is moved for the estimated prior (Bayes' rule with "
         "P(x|y) fixed; its drift reference re-weighted to that prior), rolled out as a canary "

@@ -42,6 +42,7 @@ def run_parameters(
     learning_rate: float,
     hidden_units: int,
     seed: int,
+    target_positive_rate: float,
 ) -> str:
     """Serialises the run's parameters as JSON for the registry's lineage.
 
@@ -59,6 +60,7 @@ def run_parameters(
         learning_rate: Adam learning rate.
         hidden_units: hidden layer width.
         seed: training seed.
+        target_positive_rate: the class prior training re-weighted to (0: none).
 
     Returns:
         The parameters as a JSON object.
@@ -92,6 +94,7 @@ def build_training_pipeline(cluster: PipelineCluster | None = None):
         learning_rate: float = 0.003,
         hidden_units: int = 32,
         seed: int = 7,
+        target_positive_rate: float = 0.0,
     ) -> None:
         ingest_task = ingest(
             source_uri=source_uri,
@@ -116,6 +119,7 @@ def build_training_pipeline(cluster: PipelineCluster | None = None):
             learning_rate=learning_rate,
             hidden_units=hidden_units,
             seed=seed,
+            target_positive_rate=target_positive_rate,
         )
         cluster.apply(train_task, "train")
         evaluate_task = evaluate(
@@ -145,6 +149,7 @@ def build_training_pipeline(cluster: PipelineCluster | None = None):
             learning_rate=learning_rate,
             hidden_units=hidden_units,
             seed=seed,
+            target_positive_rate=target_positive_rate,
         )
         cluster.apply(params_task, "register")
         with dsl.If(gate_task.outputs["passed"] == True, name="gate-passed"):  # noqa: E712

@@ -22,6 +22,7 @@ def train(
     hidden_units: int = 32,
     seed: int = 7,
     validation_fraction: float = 0.2,
+    target_positive_rate: float = 0.0,
 ):
     """Trains the fraud classifier with Ray Train (``TorchTrainer``).
 
@@ -42,6 +43,9 @@ def train(
         seed: seed of weights and shuffling.
         validation_fraction: latest share of the timeline held out to pick the best epoch
             and the decision threshold.
+        target_positive_rate: label shift: train with the classes re-weighted as if the
+            positive rate were this (the prior the drift service estimates), and choose
+            the threshold on the validation part re-weighted the same way; 0 = as is.
     """
     from kubeloop.components.train.impl import run_train
 
@@ -56,6 +60,7 @@ def train(
         hidden_units=hidden_units,
         seed=seed,
         validation_fraction=validation_fraction,
+        target_positive_rate=target_positive_rate,
     )
     outcome = run_train(train_set.path, model.path, params)
     model.metadata["framework"] = "pytorch"

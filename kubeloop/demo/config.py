@@ -10,7 +10,12 @@ from kubeloop.data.fraud import SCENARIOS
 
 TRAINERS = ("pipeline", "quick")
 RETRAINERS = ("window", "pipeline")
-LABEL_SHIFT_ACTIONS = ("Retrain", "Recalibrate", "Alert")  # monitoring.labelShift.action
+LABEL_SHIFT_ACTIONS = (
+    "Retrain",
+    "RetrainReweighted",
+    "Recalibrate",
+    "Alert",
+)  # monitoring.labelShift.action
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,7 @@ def train_on_recent_window(
     quality: str = "good",
     run_name: str = "",
     steps: int = 300,
+    target_positive_rate: float = 0.0,
     **_: Any,
 ):
     from kubeloop.data import fraud
@@ -125,6 +126,7 @@ def train_on_recent_window(
             "window": window,
             "seed": int(seed),
             "quality": quality,
+            **({"target_positive_rate": target_positive_rate} if target_positive_rate else {}),
         },
         "code_version": "kubeloop.demo",
         "source_uri": str(path),
@@ -139,4 +141,5 @@ def train_on_recent_window(
         steps=int(steps),
         lineage=lineage,
         min_accuracy=0.5,
+        target_positive_rate=float(target_positive_rate),
     )

@@ -55,6 +55,7 @@ def retrain_with_pipeline(
     run_name: str = "",
     epochs: int = 6,
     batch_size: int = 64,
+    target_positive_rate: float = 0.0,
     **_: Any,
 ):
     """Runs the training pipeline on the window; returns its ``TrainingRunResult``.
@@ -79,7 +80,7 @@ def retrain_with_pipeline(
     result = run_training_pipeline(
         source_uri=str(source), window_start=bounds["start"], window_end=end,
         model_name=model_name, registry_uri=registry_uri, epochs=int(epochs), seed=int(seed),
-        batch_size=int(batch_size),
+        batch_size=int(batch_size), target_positive_rate=float(target_positive_rate),
     )  # fmt: skip
     print(format_summary(result))
     return result

@@ -282,6 +282,7 @@ def run_training_pipeline(
     learning_rate: float | None = None,
     hidden_units: int | None = None,
     seed: int | None = None,
+    target_positive_rate: float = 0.0,
     verbose: bool = False,
     echo: Callable[[str], None] = print,
     containers: bool = False,
@@ -319,6 +320,7 @@ def run_training_pipeline(
         "learning_rate": learning_rate or t.learning_rate,
         "hidden_units": hidden_units or t.hidden_units,
         "seed": t.seed if seed is None else seed,
+        "target_positive_rate": float(target_positive_rate),
     }
     if containers:  # stage containers do not share this working directory
         for key in ("source_uri", "schema_uri"):

@@ -21,14 +21,22 @@ from kubeloop.features.join import point_in_time_join
 from kubeloop.model import ModelBundle, ModelConfig, Preprocessor, TabularClassifier
 from kubeloop.model.publish import publish_bundle, reference_sample
 from kubeloop.registry import ModelRegistry, ModelVersion
+from kubeloop.training.loop import reweighting
 
 """Rows of the evaluation window kept as the version's drift reference sample."""
 
 
 def train_bundle(
-    frame: pd.DataFrame, *, seed: int = 0, steps: int = 300, hidden_units: int = 16
+    frame: pd.DataFrame,
+    *,
+    seed: int = 0,
+    steps: int = 300,
+    hidden_units: int = 16,
+    target_positive_rate: float = 0.0,
 ) -> ModelBundle:
-    """Fits the preprocessor and trains the network with plain torch (full-batch Adam)."""
+    """Fits the preprocessor and trains the network with plain torch (full-batch Adam);
+    with ``target_positive_rate`` the classes are re-weighted to that prior
+    (:func:`kubeloop.training.loop.reweighting`)."""
     schema = fraud.FRAUD_SCHEMA
     torch.manual_seed(seed)
     pre = Preprocessor.fit(frame, schema)
@@ -39,6 +47,7 @@ def train_bundle(
     optimiser = torch.optim.Adam(network.parameters(), lr=1e-2)
     # Fraud is rare: weigh positives up (square root of the class ratio, a mild weight).
     pos_weight = torch.tensor(max(float((1 - y).sum() / max(y.sum(), 1.0)), 1.0) ** 0.5)
+    shift = reweighting(y.numpy(), target_positive_rate)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     network.train()
     for _ in range(steps):
@@ -46,6 +55,9 @@ def train_bundle(
         loss = loss_fn(network(x), y)
         loss.backward()
         optimiser.step()
+    if shift is not None:  # the classes re-weighted to the target prior (see Reweighting)
+        with torch.no_grad():
+            network.net[-1].bias += shift.logit_offset
     network.eval()
     return ModelBundle(schema=schema, preprocessor=pre, config=config, network=network)
 
@@ -100,10 +112,11 @@ def train_and_publish(
     steps: int,
     lineage: dict,
     min_accuracy: float | None = None,
+    target_positive_rate: float = 0.0,
 ) -> ModelVersion:
     """Trains on ``train``, scores ``evaluation`` (metrics and the reference sample) and
     publishes the version; with ``min_accuracy`` the gate checks the offline accuracy."""
-    bundle = train_bundle(train, seed=seed, steps=steps)
+    bundle = train_bundle(train, seed=seed, steps=steps, target_positive_rate=target_positive_rate)
     schema = bundle.schema
     scores, classes = bundle.predict(evaluation)
     labels = evaluation[schema.label].to_numpy()

@@ -48,6 +48,8 @@ class TrainParams:
     seed: int = 7
     validation_fraction: float = 0.2
     dropout: float = 0.1
+    # Label shift: train as if the positive rate were this (0: the training data's own).
+    target_positive_rate: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("num_workers", "epochs", "batch_size", "hidden_units"):
@@ -215,6 +217,7 @@ def train_model(
 
     pre, valid, arrays = prepare_arrays(frame, schema, params.validation_fraction)
     pos_weight = loop.positive_weight(arrays["y_train"])
+    shift = loop.reweighting(arrays["y_train"], params.target_positive_rate)
     model_config = ModelConfig(
         n_inputs=pre.n_outputs, hidden_units=params.hidden_units, dropout=params.dropout
     )
@@ -222,6 +225,12 @@ def train_model(
         f"[train] {len(arrays['y_train'])} training rows, {len(arrays['y_val'])} validation rows, "
         f"{pre.n_outputs} inputs, pos_weight={pos_weight:.1f}, workers={params.num_workers}"
     )
+    if shift is not None:
+        log(
+            f"[train] classes re-weighted from a positive rate of {shift.training_rate:.4f} to "
+            f"{shift.target_rate:.4f} (positives x{shift.positive:.3f}, negatives "
+            f"x{shift.negative:.3f})"
+        )
     target = connect()
     # Say where the run trains, and why when a configured Ray cluster was not used.
     log(f"[train] {target.describe()}")
@@ -286,13 +295,18 @@ def train_model(
 
     network = TabularClassifier(model_config)
     network.load_state_dict(state)
-    # Undo pos_weight's inflation of the odds so scores are calibrated probabilities.
+    # Undo pos_weight's inflation of the odds so scores are calibrated probabilities (at
+    # the target prior when the classes are re-weighted to one).
     with torch.no_grad():
-        network.net[-1].bias += loop.prior_correction(pos_weight)
+        network.net[-1].bias += loop.prior_correction(pos_weight) + (
+            shift.logit_offset if shift else 0.0
+        )
     network.eval()
     bundle = ModelBundle(schema=schema, preprocessor=pre, config=model_config, network=network)
     val_scores = bundle.predict_proba(valid)
-    threshold = loop.best_threshold(arrays["y_val"], val_scores)
+    threshold = loop.best_threshold(
+        arrays["y_val"], val_scores, shift.weights(arrays["y_val"]) if shift else None
+    )
     bundle = replace(bundle, config=replace(model_config, threshold=threshold))
     metrics = {
         "best_epoch": int(best_metrics["epoch"]),
@@ -301,6 +315,11 @@ def train_model(
         "val_pr_auc": float(best_metrics["val_pr_auc"]),
         "threshold": threshold,
         "pos_weight": pos_weight,
+        **(
+            {"target_positive_rate": shift.target_rate, "class_weight_ratio": shift.ratio}
+            if shift
+            else {}
+        ),
         "train_rows": int(len(arrays["y_train"])),
         "validation_rows": int(len(arrays["y_val"])),
         "fit_seconds": fit_seconds,

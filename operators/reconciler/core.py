@@ -85,6 +85,8 @@ class _Pass:
         self.progress: tuple[str, str, str] = ("False", "Idle", "no rollout in progress")
         self.stalled: tuple[str, str, str] = ("False", "Progressing", "")
         self.drift_unknown: tuple[str, str] = ("MetricsUnavailable", "no drift metrics")
+        # Label shift alone under RetrainReweighted: the prior a retraining run re-weights to.
+        self.reweight_to: float | None = None
 
     def decide(
         self,
@@ -735,6 +737,10 @@ def _drift(p: _Pass) -> None:
         if action == LabelShiftAction.RECALIBRATE:
             _recalibrate(p, detail)
         return
+    if alone and action == LabelShiftAction.RETRAIN_REWEIGHTED:
+        estimated = (detail.get("positive_rate") or {}).get("estimated")
+        if isinstance(estimated, float | int) and 0 < estimated < 1:
+            p.reweight_to = float(estimated)
     if p.s.drift_since is None or p.s.drift == "LabelShift":
         p.s.drift_since = p.now
         p.decide(

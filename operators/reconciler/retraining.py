@@ -21,6 +21,8 @@ def _submit_action(p: Any, name: str) -> SubmitRun:
         "data_window": retraining.data_window,
         **retraining.parameters,
     }
+    if p.reweight_to is not None:  # label shift alone, monitoring.labelShift RetrainReweighted
+        parameters["target_positive_rate"] = f"{p.reweight_to:.6g}"
     return SubmitRun(
         run_name=name,
         pipeline=retraining.pipeline.name,
@@ -103,10 +105,15 @@ def plan_retraining(p: Any) -> None:
     r.attempts, r.failures = attempt, failures
     r.submitted_at, r.finished_at, r.registered_version = p.now, None, None
     p.actions.append(_submit_action(p, name))
+    reweighted = (
+        f", its classes re-weighted to a positive prior of {p.reweight_to:.2%}"
+        if p.reweight_to is not None
+        else ""
+    )
     p.decide(
         Decision.RETRAIN,
         "DriftSustained",
-        f"drift on {stable} sustained; submitted {name}",
+        f"drift on {stable} sustained; submitted {name}{reweighted}",
         stable,
         {"run": name, **p.obs.drift_detail},
     )

@@ -167,3 +167,36 @@ def test_under_recalibrate_another_detector_still_means_drift_and_retraining():
     )  # fmt: skip
     assert status.drift == "Sustained" and [a for a in actions if isinstance(a, SubmitRun)]
     assert not [a for a in actions if isinstance(a, Recalibrate)]
+
+
+def test_retrain_reweighted_submits_the_run_with_the_estimated_prior():
+    status, decisions, actions = run(
+        spec("RetrainReweighted"),
+        [obs(0, predicted_class=0.0), obs(1, predicted_class=1.0), obs(7, predicted_class=1.0)],
+    )
+    [submit] = [a for a in actions if isinstance(a, SubmitRun)]
+    assert submit.parameters["target_positive_rate"] == "0.105"
+    [retrain] = [d for d in decisions if d.decision == "retrain"]
+    assert "re-weighted to a positive prior of 10.50%" in retrain.message
+    assert retrain.evidence["positive_rate"] == RATES
+    # Parameters are strings on the wire; the local runner's coercion makes it a float.
+    from kubeloop.local.operator.runjob import _coerce
+
+    assert _coerce(submit.parameters["target_positive_rate"]) == pytest.approx(0.105)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {"predicted_class": 1.0, "error_rate": 1.0},  # not label shift alone: plain drift
+        {"predicted_class": 1.0},  # alone, but no usable prior estimate (below)
+    ],
+)
+def test_retrain_reweighted_without_label_shift_alone_or_a_prior_trains_unweighted(
+    flags, monkeypatch
+):
+    if len(flags) == 1:
+        monkeypatch.setitem(RATES, "estimated", None)
+    _, _, actions = run(spec("RetrainReweighted"), [obs(0), obs(1, **flags), obs(7, **flags)])
+    [submit] = [a for a in actions if isinstance(a, SubmitRun)]
+    assert "target_positive_rate" not in submit.parameters

@@ -11,7 +11,13 @@ from kubeloop.components.train.impl import StageInputError, read_split, run_trai
 from kubeloop.data.fraud import FRAUD_SCHEMA
 from kubeloop.model import ModelBundle
 from kubeloop.training import TrainingDataError, TrainParams
-from kubeloop.training.loop import best_threshold, positive_weight, prior_correction, time_split
+from kubeloop.training.loop import (
+    best_threshold,
+    positive_weight,
+    prior_correction,
+    reweighting,
+    time_split,
+)
 from tests.support.training import split_frames, write_split  # noqa: F401
 
 
@@ -35,6 +41,28 @@ def test_weights_and_threshold():
     assert prior_correction(3.0) == pytest.approx(-np.log(3.0))
     y = np.array([0, 0, 0, 1, 1])
     assert best_threshold(y, np.array([0.1, 0.2, 0.3, 0.8, 0.9])) == pytest.approx(0.8)
+
+
+def test_reweighting_to_another_class_prior():
+    y = np.array([1, 0, 0, 0, 0, 0, 0, 0, 0, 0], dtype=np.float32)  # p = 0.1
+    shift = reweighting(y, 0.5)
+    assert (shift.positive, shift.negative) == pytest.approx((5.0, 0.5 / 0.9))
+    assert shift.ratio == pytest.approx(9.0)  # the odds 1/9 become 1/1
+    # Re-weighted, the labels have the target rate.
+    weights = shift.weights(y)
+    assert float(np.sum(weights * y) / np.sum(weights)) == pytest.approx(0.5)
+    assert reweighting(y, 0.0) is None
+    with pytest.raises(TrainingDataError, match=r"target_positive_rate must be in \(0, 1\)"):
+        reweighting(y, 1.0)
+    with pytest.raises(TrainingDataError, match="both classes"):
+        reweighting(np.zeros(4), 0.3)
+    assert shift.logit_offset == pytest.approx(np.log(9.0))
+    # A threshold chosen on validation re-weighted to a lower prior is higher: negatives
+    # count more, so a false alarm costs more recall.
+    y = np.array([0, 0, 0, 0, 1, 0, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.9])
+    assert best_threshold(y, scores) == pytest.approx(0.5)
+    assert best_threshold(y, scores, reweighting(y, 0.1).weights(y)) == pytest.approx(0.7)
 
 
 def test_bad_inputs_are_named(tmp_path):
@@ -66,6 +94,31 @@ def test_ray_train_writes_a_bundle_that_ranks_fraud(ray_head, tmp_path):
     # The prior correction keeps scores near the base rate rather than pos_weight-inflated.
     assert abs(scores.mean() - evaluation["is_fraud"].mean()) < 0.05
     assert len(json.loads((tmp_path / "model" / "history.json").read_text())) == 3
+
+
+@pytest.mark.slow
+def test_ray_train_reweighted_to_a_shifted_prior(ray_head, tmp_path):
+    """Label shift: trained with the classes re-weighted to a prior several times the
+    data's, the model ranks as well and scores as if positives were that common."""
+    train, evaluation = split_frames()
+    base = float(train["is_fraud"].mean())
+    target = min(0.5, 5 * base)
+    outcome = run_train(
+        write_split(train, tmp_path / "train"),
+        tmp_path / "model",
+        TrainParams(epochs=3, seed=3, target_positive_rate=target),
+    )
+    assert outcome.metrics["target_positive_rate"] == pytest.approx(target)
+    p = float(outcome.bundle.config.threshold)  # chosen on re-weighted validation
+    assert 0 < p < 1
+    scores, _ = ModelBundle.load(tmp_path / "model").predict(evaluation)
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(evaluation["is_fraud"], scores) > 0.85
+    # Unweighted, the mean score stays near the base rate (the test above); re-weighted
+    # it is near the target prior.
+    assert scores.mean() > 2 * evaluation["is_fraud"].mean()
+    assert scores.mean() == pytest.approx(target, abs=0.5 * target)
 
 
 def test_unplaceable_workers_are_refused_not_waited_for():
