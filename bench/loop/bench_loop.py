@@ -13,7 +13,8 @@ and the worse candidate's time from canary to rollback. ``make bench`` collects 
 A case is ``scenario[:retrainer]``; ``label_shift:recalibrate`` is a deployment that
 watches the share of positive predictions alone and answers label shift with
 ``monitoring.labelShift.action: Recalibrate`` (no retraining: the stable version again,
-its threshold moved for the estimated prior).
+its threshold moved for the estimated prior); ``label_shift:reweighted`` answers it with
+``RetrainReweighted`` (the window retrainer, its classes re-weighted to that prior).
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ VARIANTS = {
         "label_shift_action": "Recalibrate",
         "detectors": ("predicted_class",),
     },
+    "reweighted": {
+        "retrainer": "window",
+        "label_shift_action": "RetrainReweighted",
+        "detectors": ("predicted_class",),
+    },
 }
 
 # calibrated drift thresholds shared by the runs (v1 is the same model in each)
@@ -57,10 +63,13 @@ def row(seed: int, summary: dict, wall: float) -> dict:
     stationary = summary["scenario"] == "stationary"
     return {
         "scenario": summary["scenario"],
-        "retrainer": (
-            "recalibrate"
-            if summary.get("label_shift_action") == "Recalibrate"
-            else summary.get("retrainer", "window")
+        "retrainer": next(
+            (
+                name
+                for name, v in VARIANTS.items()
+                if v["label_shift_action"] == summary.get("label_shift_action")
+            ),
+            summary.get("retrainer", "window"),
         ),
         "seed": seed,
         "detection delay s": _s(summary.get("detection_delay_seconds")),
@@ -149,7 +158,9 @@ def run(
             "and answers label shift with `monitoring.labelShift.action: Recalibrate`, so no "
             "run trains: the stable version is published again with its threshold moved for "
             "the estimated prior and rolled out as a canary (the cycle ends when it serves "
-            "100 %).\n\n" + NOTES
+            "100 %). Retrainer `reweighted`: the same detector alone, answered with "
+            "`RetrainReweighted`: the window retrainer trains with the classes re-weighted to "
+            "the estimated prior.\n\n" + NOTES
         ),
     }
 
