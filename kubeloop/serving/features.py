@@ -1,7 +1,7 @@
 """Feast online features for entity-key requests (the KServe transformer pattern).
 
 One batched online lookup per request (:class:`kubeloop.features.online.OnlineFeatures`,
-a single ``get_online_features`` call) for the unique entity keys in it. An entity the
+one online-store read per feature view) for the unique entity keys in it. An entity the
 online store does not know is a client error (``unknown_entity``).
 """
 
