@@ -542,11 +542,14 @@ def _feast_lines(report: dict, rows: dict, paired: dict) -> list[str]:
         )
     lines += [
         "",
-        f"The lookup as the predictor times it (`kubeloop_feast_lookup_seconds`, the worker-thread "
-        f"hop included, over every round and concurrency): {lookup.get('count', 0):.0f} lookups, "
+        f"The lookup as the predictor times it (`kubeloop_feast_lookup_seconds`, over every round "
+        f"and concurrency): {lookup.get('count', 0):.0f} lookups, "
         f"mean {lookup.get('mean_ms', float('nan')):.2f} ms. Goal: enrichment adds ≤ {FEAST_GOAL_MS:.0f} ms "
-        f"to the p99 at concurrency 1: {added:+.2f} ms, {verdict}. At higher concurrency the added time "
-        "queues behind the single event loop (the lookup runs in a worker thread, but the CPU is one).",
+        f"to the p99 at concurrency 1: {added:+.2f} ms, {verdict}. The SQLite store is read on the "
+        "event loop (a network store, Redis, in a worker thread): with the lookup in a worker thread "
+        "the same bench measured +1.11 / +8.6 / +16.5 ms p99 at concurrency 1 / 8 / 32 (2026-12-03, "
+        "before the change). At higher concurrency the added time queues behind the single event "
+        "loop on one CPU.",
     ]
     return lines
 

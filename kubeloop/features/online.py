@@ -45,6 +45,8 @@ class OnlineFeatures:
         self.service = self.store.get_feature_service(feature_service)
         self.entity = entity
         self._online = get_online_store_from_config(self.store.config.online_store)
+        # A file on this machine (SQLite): a read costs hundredths of a millisecond.
+        self.local = self.store.config.online_store.type == "sqlite"
         self._views = []  # (feature view, its features the service projects)
         value_types = set()
         for projection in self.service.feature_view_projections:

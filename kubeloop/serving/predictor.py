@@ -240,9 +240,12 @@ class FraudPredictor(Model):
                     "this predictor has no online store configured; send every feature-view feature",
                 )
             start = time.perf_counter()
-            await asyncio.to_thread(
-                self.features.enrich, validated.instances, validated.needs_lookup
-            )
+            if self.features.inline and rows < self.config.limits.thread_rows:
+                self.features.enrich(validated.instances, validated.needs_lookup)
+            else:
+                await asyncio.to_thread(
+                    self.features.enrich, validated.instances, validated.needs_lookup
+                )
             self._feast.observe(time.perf_counter() - start)
         return _Prepared(
             v2=v2, request_id=request_id or self._new_id(), instances=validated.instances
