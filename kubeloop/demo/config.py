@@ -7,15 +7,11 @@ from typing import Any
 
 from kubeloop.contracts.payload_events import DETECTORS
 from kubeloop.data.fraud import SCENARIOS
+from kubeloop.operators.crd import LabelShiftAction
 
 TRAINERS = ("pipeline", "quick")
 RETRAINERS = ("window", "pipeline")
-LABEL_SHIFT_ACTIONS = (
-    "Retrain",
-    "RetrainReweighted",
-    "Recalibrate",
-    "Alert",
-)  # monitoring.labelShift.action
+LABEL_SHIFT_ACTIONS = tuple(LabelShiftAction)  # monitoring.labelShift.action
 
 
 @dataclass(frozen=True)

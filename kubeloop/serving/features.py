@@ -25,9 +25,6 @@ class OnlineFeatureLookup:
             store_dir, feature_service=schema.feature_service, entity=schema.entity
         )
         self.entity = schema.entity
-        # Read on the event loop: cheaper than a hop to a worker thread when the store is
-        # a local file; a network store (Redis) is read off the loop.
-        self.inline = self.online.local
         self.names = [c.name for c in schema.view_features]
         missing = set(self.names) - set(self.online.feature_names)
         if missing:

@@ -240,7 +240,9 @@ class FraudPredictor(Model):
                     "this predictor has no online store configured; send every feature-view feature",
                 )
             start = time.perf_counter()
-            if self.features.inline and rows < self.config.limits.thread_rows:
+            # A local file (SQLite) is read on the event loop, cheaper than a hop to a worker
+            # thread; a network store (Redis) and large batches are read off the loop.
+            if self.features.online.local and rows < self.config.limits.thread_rows:
                 self.features.enrich(validated.instances, validated.needs_lookup)
             else:
                 await asyncio.to_thread(

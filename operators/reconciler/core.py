@@ -738,9 +738,7 @@ def _drift(p: _Pass) -> None:
             _recalibrate(p, detail)
         return
     if alone and action == LabelShiftAction.RETRAIN_REWEIGHTED:
-        estimated = (detail.get("positive_rate") or {}).get("estimated")
-        if isinstance(estimated, float | int) and 0 < estimated < 1:
-            p.reweight_to = float(estimated)
+        p.reweight_to = _prior(detail, "estimated")
     if p.s.drift_since is None or p.s.drift == "LabelShift":
         p.s.drift_since = p.now
         p.decide(
@@ -759,6 +757,13 @@ def _drift(p: _Pass) -> None:
     p.s.drift = "Sustained" if sustained else "Detected"
 
 
+def _prior(detail: dict[str, Any], source: str) -> float | None:
+    """A positive class prior of the drift evidence (``kubeloop_positive_rate`` by
+    source) that a threshold or a re-weighting can use: strictly between 0 and 1."""
+    value = (detail.get("positive_rate") or {}).get(source)
+    return float(value) if isinstance(value, float | int) and 0 < value < 1 else None
+
+
 def _recalibrate(p: _Pass, detail: dict[str, Any]) -> None:
     """Label shift alone, sustained: the stable version is published again with its
     threshold moved for the estimated prior, once per stable version (the new version then
@@ -768,9 +773,8 @@ def _recalibrate(p: _Pass, detail: dict[str, Any]) -> None:
         return
     if p.elapsed(p.s.drift_since) < p.spec.monitoring.drift_duration_seconds:
         return
-    rates = detail.get("positive_rate") or {}
-    reference, estimated = rates.get("reference"), rates.get("estimated")
-    if not all(isinstance(x, float | int) and 0 < x < 1 for x in (reference, estimated)):
+    reference, estimated = _prior(detail, "reference"), _prior(detail, "estimated")
+    if reference is None or estimated is None:
         p.decide(
             Decision.HOLD,
             "PriorUnknown",
