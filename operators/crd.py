@@ -553,6 +553,14 @@ class Retraining(_Model):
     pipeline: PipelineRef = Field(PipelineRef(), description="the training pipeline to run")
     parameters: dict[str, str] = Field(default_factory=dict, description="pipeline parameters")
     data_window: str = Field("7d", pattern=DATA_WINDOW, description="training data window")
+    replay_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="share of the training rows replayed from the stable version's data (its "
+        "registered reference sample) beside the data window, so a retrained model keeps what "
+        "did not change; runs get replay_fraction and replay_version; 0: the window alone",
+    )
     cooldown_seconds: int = Field(3600, ge=0, description="minimum time between retraining runs")
     max_attempts: int = Field(3, ge=1, description="runs per stable version before giving up")
     backoff_seconds: int = Field(

@@ -39,6 +39,9 @@ class LoopConfig:
     online_features: bool = True
     # pipeline: the kfp.local training pipeline on the window; window: plain torch on it
     retrainer: str = "window"
+    # spec.retraining.replayFraction: the share of a window run's training rows replayed
+    # from the stable version's data (a few hundred window rows hold a dozen frauds)
+    replay_fraction: float = 0.6
     # What label shift alone leads to, and the detector families the deployment lists
     # (empty: every family).
     label_shift_action: str = "Retrain"
@@ -101,6 +104,8 @@ class LoopConfig:
             problems.append(f"label_delay_seconds must be ≥ 0, got {self.label_delay_seconds}")
         if self.data_window_seconds < 5:
             problems.append(f"data_window_seconds must be ≥ 5, got {self.data_window_seconds}")
+        if not 0.0 <= self.replay_fraction < 1.0:
+            problems.append(f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
         if problems:
             raise ValueError("invalid demo configuration: " + "; ".join(problems))
 

@@ -7,7 +7,9 @@ traffic replayer keeps the labelled traffic in ``labelled.parquet`` (features, l
 with ``window="fresh"`` it waits for ``data_window`` of traffic labelled after it started,
 so a run started by drift learns from the drifted traffic only. It holds out the latest
 30 % for evaluation and the reference sample and publishes a complete registry version.
-``quality="corrupt"`` inverts the labels first (as a broken label join would) — a
+With ``replay_fraction`` that share of the training rows is replayed from the
+champion's data (``replay_version``'s reference sample, :mod:`kubeloop.training.replay`);
+evaluation stays on the window. ``quality="corrupt"`` inverts the labels first (as a broken label join would) — a
 deliberately worse candidate that passes the offline gate, because its evaluation labels
 are corrupted too, and must be caught by the canary analysis on live traffic.
 """
@@ -102,11 +104,14 @@ def train_on_recent_window(
     run_name: str = "",
     steps: int = 300,
     target_positive_rate: float = 0.0,
+    replay_fraction: float = 0.0,
+    replay_version: str = "",
     **_: Any,
 ):
     from kubeloop.data import fraud
     from kubeloop.registry import ModelRegistry
     from kubeloop.training.quick import train_and_publish
+    from kubeloop.training.replay import load_replay
 
     if quality not in ("good", "corrupt"):
         raise ValueError(f"quality must be good or corrupt, got {quality!r}")
@@ -116,6 +121,17 @@ def train_on_recent_window(
     if quality == "corrupt":
         frame = corrupt_labels(frame, schema.label)
     cut = int(len(frame) * 0.7)
+    registry = ModelRegistry(registry_uri)
+    train = frame.iloc[:cut][[*schema.feature_names, schema.label]]
+    replay = None
+    if float(replay_fraction) > 0:
+        replay = load_replay(
+            registry, model_name, replay_version, schema,
+            window_rows=cut, fraction=float(replay_fraction), seed=int(seed),
+        )  # fmt: skip
+        train = pd.concat([replay.rows, train], ignore_index=True)
+        print(f"replaying {len(replay.rows)} rows of {model_name} {replay_version}'s data "
+              f"beside {cut} window rows")  # fmt: skip
     lineage = {
         "data_hash": f"labelled-traffic-{len(frame)}-{float(frame['labelled_at'].max()):.3f}",
         "row_count": len(frame),
@@ -131,11 +147,12 @@ def train_on_recent_window(
         "code_version": "kubeloop.demo",
         "source_uri": str(path),
         "window": window_bounds(frame),
+        **({"replay": replay.lineage()} if replay is not None else {}),
     }
     return train_and_publish(
-        ModelRegistry(registry_uri),
+        registry,
         model_name,
-        frame.iloc[:cut],
+        train,
         frame.iloc[cut:],
         seed=int(seed),
         steps=int(steps),

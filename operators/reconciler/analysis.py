@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kubeloop.operators.crd import Analysis, CheckName
 from kubeloop.operators.reconciler.stats import (
@@ -89,9 +89,14 @@ def analyse(
     min_samples: int,
     elapsed_seconds: float,
     min_seconds: int,
+    stable_drifting: bool = False,
 ) -> AnalysisResult:
     """Judges one canary step on the evidence window. Below the minimum-sample gate, or
-    while a required check is skipped or inconclusive, the answer is "hold"."""
+    while a required check is skipped or inconclusive, the answer is "hold".
+
+    ``stable_drifting``: drift is flagged on the stable version, so its own scores moved
+    with the inputs and are no reference for the canary's (:func:`labels_decide_scores`).
+    """
     counts = {"canary_requests": canary.requests, "stable_requests": stable.requests}
     if canary.requests < min_samples or stable.requests < min_samples:
         return AnalysisResult(
@@ -145,6 +150,8 @@ def analyse(
     live = _live_accuracy(canary, stable, spec)
     checks.append(live)
     required = required_checks(spec, stable.feedback)
+    if stable_drifting and CheckName.LIVE_ACCURACY in required:
+        checks, required = labels_decide_scores(checks, live, required)
     if spec.early_evidence or CheckName.ESTIMATED_ACCURACY in required:
         estimated = _estimated_accuracy(canary, stable, spec)
         checks.append(estimated)
@@ -159,6 +166,32 @@ def analyse(
             result.open,
         )  # fmt: skip
     return result
+
+
+def labels_decide_scores(
+    checks: list[CheckResult], live: CheckResult, required: frozenset[str]
+) -> tuple[list[CheckResult], frozenset[str]]:
+    """The score-distribution check while the stable version drifts and labels flow.
+
+    Under drift the stable version's scores move with its inputs (on covariate drift a
+    model far from its training data spreads its scores out), and a version retrained for
+    the new inputs scores them differently by design: a large distance between the two
+    is no evidence against the canary. So the shift cannot fail the step on its own: it
+    holds until live accuracy decides, and once live accuracy passes it is not required.
+    """
+    out = []
+    for check in checks:
+        if check.check == CheckName.SCORE_DISTRIBUTION and check.verdict == Verdict.FAIL:
+            check = replace(
+                check,
+                verdict=Verdict.INCONCLUSIVE,
+                detail=f"{check.detail}; the stable version is drifting, so its scores are no "
+                "reference: live accuracy decides",
+            )
+        out.append(check)
+    if live.verdict == Verdict.PASS:
+        required = required - {str(CheckName.SCORE_DISTRIBUTION)}
+    return out, required
 
 
 def combine(checks: tuple[CheckResult, ...], required: frozenset[str]) -> AnalysisResult:

@@ -52,6 +52,8 @@ PENDING, STABLE, CANARY, WATCHING = Phase.PENDING, Phase.STABLE, Phase.CANARY, P
 # age is read from Prometheus a query later than ``obs.now``. A watch from before (the
 # canary's, or the one before a rollback) is older by at least a canary step.
 WATCH_SLACK_SECONDS = 2.0
+# status.drift values that flag drift on the stable version (its scores moved with it)
+DRIFTING = frozenset({"Detected", "Sustained", "LabelShift"})
 
 
 @dataclass(frozen=True)
@@ -364,6 +366,7 @@ def _canary_step(p: _Pass) -> None:
         elapsed_seconds=a.observed_seconds,
         # The metrics' shortest range must not reach back before the evidence window.
         min_seconds=max(rollout.min_step_seconds, int(math.ceil(p.obs.min_window_seconds))),
+        stable_drifting=p.s.drift in DRIFTING,
     )
     if result.reason not in ("NotEnoughEvidence", "StepTooYoung"):
         # Rates over the whole evidence window (past the gates it is the metrics' range).

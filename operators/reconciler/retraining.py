@@ -21,6 +21,9 @@ def _submit_action(p: Any, name: str) -> SubmitRun:
         "data_window": retraining.data_window,
         **retraining.parameters,
     }
+    if retraining.replay_fraction > 0 and p.s.stable_version:
+        parameters["replay_fraction"] = f"{retraining.replay_fraction:.6g}"
+        parameters["replay_version"] = p.s.stable_version
     if p.reweight_to is not None:  # label shift alone, monitoring.labelShift RetrainReweighted
         parameters["target_positive_rate"] = f"{p.reweight_to:.6g}"
     return SubmitRun(

@@ -99,3 +99,43 @@ def test_config_refuses_unknown_retrainer_and_bad_steps():
     with pytest.raises(ValueError, match="steps must increase and end at 100"):
         LoopConfig(steps=(50, 25, 100))
     assert LoopConfig().steps == (25, 50, 100)
+
+
+def test_window_runner_replays_the_champions_data_and_names_it_in_the_lineage(tmp_path):
+    from kubeloop.registry import ModelRegistry
+    from kubeloop.training.quick import publish_quick_version
+
+    registry = ModelRegistry(str(tmp_path / "registry"))
+    champion = publish_quick_version(registry, seed=0, n_accounts=60, days=4.0, steps=30)
+    labelled_traffic(tmp_path / "labelled.parquet", n=800)
+    version = train_on_recent_window(
+        "fraud-detector", str(tmp_path / "registry"), str(tmp_path / "labelled.parquet"),
+        data_window="60s", steps=50, run_name="test-replay",
+        replay_fraction="0.6", replay_version=champion.version,
+    )  # fmt: skip
+    replay = version.lineage["replay"]
+    window_rows = int(version.lineage["row_count"] * 0.7)
+    assert replay["version"] == champion.version and replay["fraction"] == 0.6
+    assert replay["rows"] == min(round(window_rows * 1.5), replay["available"])
+    assert version.metrics["train_rows"] == window_rows + replay["rows"]
+    # evaluation stays on the recent window
+    assert version.metrics["eval_rows"] == version.lineage["row_count"] - window_rows
+
+
+def test_window_runner_names_a_champion_without_a_reference_sample(tmp_path):
+    from kubeloop.training.replay import ReplayError
+
+    labelled_traffic(tmp_path / "labelled.parquet", n=800)
+    with pytest.raises(ReplayError, match="replay_version"):
+        train_on_recent_window(
+            "fraud-detector", str(tmp_path / "registry"), str(tmp_path / "labelled.parquet"),
+            data_window="60s", steps=5, replay_fraction=0.5,
+        )  # fmt: skip
+    with pytest.raises(ReplayError, match=r"fraud-detector/v7 has no readable reference"):
+        train_on_recent_window(
+            "fraud-detector", str(tmp_path / "registry"), str(tmp_path / "labelled.parquet"),
+            data_window="60s", steps=5, replay_fraction=0.5, replay_version="v7",
+        )  # fmt: skip
+    assert not (tmp_path / "registry" / "fraud-detector" / "versions").exists() or not list(
+        (tmp_path / "registry" / "fraud-detector" / "versions").iterdir()
+    )

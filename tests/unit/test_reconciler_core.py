@@ -544,3 +544,40 @@ def test_histograms_with_a_missing_bucket_are_compared_on_shared_buckets():
         "fd", spec(), in_canary(), obs(100, {"v2": canary, "v1": partial}, reg=("v1", "v2"))
     )
     assert result.status.history[-1].decision == "step"
+
+
+def labelled(n: float, wrong: float, shift: float = 0.0, labels: float = 5000) -> VersionMetrics:
+    return replace(
+        healthy(n, shift=shift), feedback_correct=labels - wrong, feedback_incorrect=wrong
+    )
+
+
+@pytest.mark.parametrize(
+    ("canary", "drifting", "expected"),
+    [
+        # scores far from the stable's, accuracy no worse (here: better)
+        (labelled(5000, 50, shift=3.0), False, ("rollback", "AnalysisFailed")),
+        (labelled(5000, 50, shift=3.0), True, ("step", "AnalysisPassed")),
+        # the labels have not decided yet: the shift holds instead of failing
+        (labelled(5000, 8, shift=3.0, labels=110), True, ("hold", "Inconclusive")),
+        # worse on the labels: fails under drift too
+        (labelled(5000, 900, shift=3.0), True, ("rollback", "AnalysisFailed")),
+    ],
+    ids=["no-drift", "drift-labels-pass", "drift-labels-open", "drift-labels-fail"],
+)
+def test_under_drift_on_the_stable_labels_decide_a_score_shift(canary, drifting, expected):
+    status = in_canary()
+    if drifting:
+        status = status.model_copy(
+            update={"drift": "Sustained", "drift_since": "2026-01-01T00:00:00Z"}
+        )
+    stable = labelled(5000, 350)
+    result = reconcile(
+        "fd", spec(), status, obs(100, {"v2": canary, "v1": stable}, reg=("v1", "v2"),
+                                  drift=drifting, drift_version="v1"),
+    )  # fmt: skip
+    last = [h for h in result.status.history if h.version == "v2"][-1]
+    assert (last.decision, last.reason) == expected
+    score = last.evidence["checks"]["score_distribution"]
+    if drifting and expected[0] != "rollback":
+        assert score["verdict"] == "inconclusive" and "live accuracy decides" in score["detail"]

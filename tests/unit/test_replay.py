@@ -1,0 +1,109 @@
+"""Replay of the champion's data beside a retraining window: how many rows, which, and the
+run parameters the operator sends for spec.retraining.replayFraction."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+from kubeloop.operators.crd import parse_spec
+from kubeloop.operators.reconciler.core import reconcile
+from kubeloop.operators.reconciler.types import Observations, RegistryVersion, SubmitRun
+
+from kubeloop.data.fraud import FRAUD_SCHEMA
+from kubeloop.training.replay import ReplayError, draw, replay_count, replay_rows
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("window", "fraction", "expected"),
+    [(560, 0.0, 0), (560, 0.5, 560), (300, 0.6, 450), (0, 0.5, 0)],
+)
+def test_replay_rows_make_up_the_fraction_of_the_training_rows(window, fraction, expected):
+    count = replay_count(window, fraction)
+    assert count == expected
+    if window:
+        assert count / (count + window) == pytest.approx(fraction, abs=1e-3)
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0, 1.5])
+def test_a_fraction_outside_zero_to_one_is_refused(fraction):
+    with pytest.raises(ReplayError, match="replay fraction must be in"):
+        replay_count(100, fraction)
+
+
+def reference(n: int) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({name: rng.normal(size=n) for name in FRAUD_SCHEMA.feature_names})
+    frame[FRAUD_SCHEMA.label] = (np.arange(n) % 10 == 0).astype(int)
+    frame["prediction_score"] = rng.uniform(size=n)
+    frame["row"] = np.arange(n)
+    return frame
+
+
+def test_draw_is_seeded_without_replacement_in_order_and_capped_by_the_sample():
+    sample = reference(100)
+    a, b, c = draw(sample, 30, seed=1), draw(sample, 30, seed=1), draw(sample, 30, seed=2)
+    assert a.equals(b) and not a.equals(c)
+    assert a["row"].is_unique and a["row"].is_monotonic_increasing and len(a) == 30
+    assert len(draw(sample, 500, seed=1)) == 100
+
+
+def test_replay_rows_keep_the_features_and_label_only():
+    rows = replay_rows(reference(1000), FRAUD_SCHEMA, window_rows=200, fraction=0.5, seed=0)
+    assert list(rows.columns) == [*FRAUD_SCHEMA.feature_names, FRAUD_SCHEMA.label]
+    assert len(rows) == 200
+    with pytest.raises(ReplayError, match=r"lacks column\(s\) \['amount'\]"):
+        replay_rows(reference(10).drop(columns=["amount"]), FRAUD_SCHEMA, 10, 0.5, 0)
+
+
+def spec(fraction: float | None):
+    retraining = {"cooldownSeconds": 0, "parameters": {"window": "fresh"}}
+    if fraction is not None:
+        retraining["replayFraction"] = fraction
+    return parse_spec({"model": {"name": "fraud-detector"},
+                       "monitoring": {"driftDurationSeconds": 5}, "retraining": retraining})  # fmt: skip
+
+
+def obs(t: float, drifted: bool) -> Observations:
+    return Observations(
+        now=T0 + timedelta(seconds=t),
+        registry_versions=(RegistryVersion("v1", True),),
+        ready_versions=frozenset({"v1"}),
+        drift_detected=drifted,
+        drift_detail={"detectors": {"error_rate": float(drifted)}},
+        drift_version="v1",
+        watched_versions=frozenset({"v1"}),
+        max_pass_gap_seconds=1e6,
+    )
+
+
+def submitted(sp) -> SubmitRun:
+    status, actions = None, []
+    for o in (obs(0, False), obs(1, True), obs(7, True)):
+        result = reconcile("fd", sp, status, o)
+        status, actions = result.status, [*actions, *result.actions]
+    [submit] = [a for a in actions if isinstance(a, SubmitRun)]
+    return submit
+
+
+def test_the_run_gets_the_fraction_and_the_stable_version_to_replay():
+    parameters = submitted(spec(0.6)).parameters
+    assert parameters["replay_fraction"] == "0.6"
+    assert parameters["replay_version"] == "v1"
+    assert parameters["window"] == "fresh"  # the spec's own parameters still travel
+
+
+@pytest.mark.parametrize("fraction", [None, 0.0])
+def test_without_a_fraction_the_run_learns_from_the_window_alone(fraction):
+    parameters = submitted(spec(fraction)).parameters
+    assert "replay_fraction" not in parameters and "replay_version" not in parameters
+
+
+@pytest.mark.parametrize("fraction", [-0.2, 1.0])
+def test_the_crd_refuses_a_fraction_outside_zero_to_one(fraction):
+    with pytest.raises(ValueError, match="spec.retraining.replayFraction"):
+        spec(fraction)
