@@ -56,6 +56,7 @@ def retrain_with_pipeline(
     epochs: int = 6,
     batch_size: int = 64,
     target_positive_rate: float = 0.0,
+    replay_fraction: float = 0.0,
     **_: Any,
 ):
     """Runs the training pipeline on the window; returns its ``TrainingRunResult``.
@@ -66,6 +67,11 @@ def retrain_with_pipeline(
     from kubeloop.data.fraud import FRAUD_SCHEMA
     from kubeloop.local.pipelines import format_summary, run_training_pipeline
 
+    if float(replay_fraction) > 0:
+        raise ValueError(
+            "the training pipeline does not replay the stable version's data yet: set "
+            "spec.retraining.replayFraction to 0 for the pipeline retrainer"
+        )
     path = Path(labelled_traffic)
     dataset = window_dataset(load_window(path, data_window, window))
     folder = path.parent / WINDOWS_DIR
