@@ -32,23 +32,12 @@ KFP_STATES = {
 
 
 DATA_WINDOW = "data_window"
-# spec.retraining.replayFraction travels as these; the compiled pipeline does not declare them
-REPLAY_PARAMETERS = ("replay_fraction", "replay_version")
-
-
-class UnsupportedParameter(ValueError):
-    """The run asks for something the compiled training pipeline cannot do."""
 
 
 def pipeline_parameters(parameters: dict[str, str], now: datetime) -> dict[str, str]:
     """The run's parameters as the training pipeline declares them: ``data_window`` (e.g.
     ``7d``) becomes ``window_start`` = now − window and ``window_end`` = now (exclusive),
     ISO 8601 in UTC, unless the spec's parameters set a bound themselves."""
-    if replay := [name for name in REPLAY_PARAMETERS if name in parameters]:
-        raise UnsupportedParameter(
-            f"the compiled training pipeline does not replay the stable version's data yet "
-            f"(run parameters {replay}): set spec.retraining.replayFraction to 0 for KFP runs"
-        )
     out = dict(parameters)
     window = out.pop(DATA_WINDOW, None)
     if window is None:

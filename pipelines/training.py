@@ -43,6 +43,8 @@ def run_parameters(
     hidden_units: int,
     seed: int,
     target_positive_rate: float,
+    replay_version: str,
+    replay_fraction: float,
 ) -> str:
     """Serialises the run's parameters as JSON for the registry's lineage.
 
@@ -61,6 +63,8 @@ def run_parameters(
         hidden_units: hidden layer width.
         seed: training seed.
         target_positive_rate: the class prior training re-weighted to (0: none).
+        replay_version: the version whose reference sample was replayed ("": none).
+        replay_fraction: share of the training rows replayed from it.
 
     Returns:
         The parameters as a JSON object.
@@ -95,6 +99,8 @@ def build_training_pipeline(cluster: PipelineCluster | None = None):
         hidden_units: int = 32,
         seed: int = 7,
         target_positive_rate: float = 0.0,
+        replay_version: str = "",
+        replay_fraction: float = 0.0,
     ) -> None:
         ingest_task = ingest(
             source_uri=source_uri,
@@ -107,7 +113,13 @@ def build_training_pipeline(cluster: PipelineCluster | None = None):
         validate_task = validate(dataset=ingest_task.outputs["dataset"])
         cluster.apply(validate_task, "validate")
         features_task = features(
-            dataset=validate_task.outputs["validated"], eval_fraction=eval_fraction
+            dataset=validate_task.outputs["validated"],
+            eval_fraction=eval_fraction,
+            model_name=model_name,
+            registry_uri=registry_uri,
+            replay_version=replay_version,
+            replay_fraction=replay_fraction,
+            seed=seed,
         )
         cluster.apply(features_task, "features")
         train_task = train(
@@ -150,6 +162,8 @@ def build_training_pipeline(cluster: PipelineCluster | None = None):
             hidden_units=hidden_units,
             seed=seed,
             target_positive_rate=target_positive_rate,
+            replay_version=replay_version,
+            replay_fraction=replay_fraction,
         )
         cluster.apply(params_task, "register")
         with dsl.If(gate_task.outputs["passed"] == True, name="gate-passed"):  # noqa: E712

@@ -151,7 +151,7 @@ def run(
             f"prediction (ERT {DEMO_ERT:.0e} and {DEMO_CLASS_ERT:.0e} predictions); retraining learns from {config.data_window_seconds} s of traffic "
             f"labelled after the drift was confirmed, with {config.replay_fraction:.0%} of its "
             "training rows replayed from the stable version's reference sample "
-            "(`spec.retraining.replayFraction`; the pipeline retrainer does not replay), "
+            "(`spec.retraining.replayFraction`), "
             f"canary steps "
             f"{' → '.join(f'{p} %' for p in config.steps)} (each analysed step needs "
             f"{config.min_samples} requests and {config.min_feedback} labelled predictions per "

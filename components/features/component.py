@@ -15,6 +15,11 @@ def features(
     train_set: Output[Dataset],
     eval_set: Output[Dataset],
     eval_fraction: float = 0.2,
+    model_name: str = "",
+    registry_uri: str = "",
+    replay_version: str = "",
+    replay_fraction: float = 0.0,
+    seed: int = 0,
 ):
     """Joins feature-view features point-in-time with Feast and splits by event time.
 
@@ -23,10 +28,18 @@ def features(
         train_set: ``data.parquet``: entity, timestamp, id, features, label (earlier events).
         eval_set: ``data.parquet`` with the same columns (the latest ``eval_fraction``).
         eval_fraction: share of the window's time span, at its end, held out for evaluation.
+        model_name: registry model whose version is replayed.
+        registry_uri: the registry ("" = the settings' registry).
+        replay_version: the version whose reference sample is replayed.
+        replay_fraction: share of the training rows replayed from it (0: none).
+        seed: seed of the replay draw.
     """
-    from kubeloop.components.features.impl import run_features
+    from kubeloop.components.features.impl import ReplaySpec, run_features
 
-    result = run_features(dataset.path, train_set.path, eval_set.path, eval_fraction)
+    replay = ReplaySpec(model_name, replay_version, replay_fraction, registry_uri, seed)
+    result = run_features(dataset.path, train_set.path, eval_set.path, eval_fraction, replay=replay)
+    if result.replay:  # the training set's rows only
+        train_set.metadata["replay"] = result.replay
     for out, rows in ((train_set, result.train_rows), (eval_set, result.eval_rows)):
         out.metadata["row_count"] = rows
         out.metadata["split_cutoff"] = result.cutoff

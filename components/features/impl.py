@@ -29,6 +29,42 @@ class FeaturesResult:
     cutoff: str
     feast_repo: str | None
     rows_without_features: int
+    replay: dict | None = None  # the replayed rows' lineage (kubeloop.training.replay)
+
+
+@dataclass(frozen=True)
+class ReplaySpec:
+    """Where the replayed rows come from: ``version``'s reference sample in ``registry_uri``
+    ("" = the settings' registry), ``fraction`` of the training rows."""
+
+    model_name: str
+    version: str
+    fraction: float
+    registry_uri: str = ""
+    seed: int = 0
+
+
+def with_replay(
+    train: pd.DataFrame, schema: DatasetSchema, spec: ReplaySpec
+) -> tuple[pd.DataFrame, dict]:
+    """The training part with the replayed rows before it. They are past data: they carry
+    the training part's first event time (so any later split by time keeps them in
+    training), no account (entity -1; the reference holds features, not keys) and ids
+    ``replay-<version>-<n>``."""
+    from kubeloop.registry import ModelRegistry
+    from kubeloop.training.replay import load_replay
+
+    replay = load_replay(
+        ModelRegistry(spec.registry_uri or None), spec.model_name, spec.version, schema,
+        window_rows=len(train), fraction=spec.fraction, seed=spec.seed,
+    )  # fmt: skip
+    rows = replay.rows.copy()
+    rows[schema.entity] = pd.Series(-1, index=rows.index, dtype=train[schema.entity].dtype)
+    rows[schema.timestamp] = train[schema.timestamp].min()
+    if schema.id_column:
+        rows[schema.id_column] = [f"replay-{spec.version}-{i}" for i in range(len(rows))]
+    combined = pd.concat([rows[list(train.columns)], train], ignore_index=True)
+    return combined, replay.lineage()
 
 
 def output_columns(schema: DatasetSchema) -> list[str]:
@@ -94,9 +130,13 @@ def run_features(
     eval_fraction: float = 0.2,
     *,
     feast_workdir: str | Path | None = None,
+    replay: ReplaySpec | None = None,
 ) -> FeaturesResult:
     """Writes ``data.parquet`` train and eval sets; the Feast store is prepared under
-    ``feast_workdir`` (default: a fresh folder under ``get_settings().feast_dir``)."""
+    ``feast_workdir`` (default: a fresh folder under ``get_settings().feast_dir``). With
+    ``replay`` (fraction > 0) the training set also holds that share of rows replayed
+    from the stable version's reference sample (:func:`with_replay`); the eval set is the
+    window's alone."""
     if not 0.0 < eval_fraction < 1.0:
         raise FeatureStageError(
             f"eval_fraction must be strictly between 0 and 1, got {eval_fraction}"
@@ -118,6 +158,9 @@ def run_features(
     # Events with no snapshot in force (e.g. a brand-new account) cannot be trained on as-is.
     frame = frame.loc[~missing, columns]
     train, evaluation, cutoff = time_split(frame, schema.timestamp, eval_fraction)
+    replayed = None
+    if replay is not None and replay.fraction > 0:
+        train, replayed = with_replay(train, schema, replay)
     for folder, part in ((train_dir, train), (eval_dir, evaluation)):
         Path(folder).mkdir(parents=True, exist_ok=True)
         part.to_parquet(Path(folder) / DATA_FILE, index=False)
@@ -127,4 +170,5 @@ def run_features(
         cutoff=cutoff.isoformat(),
         feast_repo=repo,
         rows_without_features=int(missing.sum()),
+        replay=replayed,
     )

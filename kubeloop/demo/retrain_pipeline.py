@@ -57,6 +57,7 @@ def retrain_with_pipeline(
     batch_size: int = 64,
     target_positive_rate: float = 0.0,
     replay_fraction: float = 0.0,
+    replay_version: str = "",
     **_: Any,
 ):
     """Runs the training pipeline on the window; returns its ``TrainingRunResult``.
@@ -67,11 +68,6 @@ def retrain_with_pipeline(
     from kubeloop.data.fraud import FRAUD_SCHEMA
     from kubeloop.local.pipelines import format_summary, run_training_pipeline
 
-    if float(replay_fraction) > 0:
-        raise ValueError(
-            "the training pipeline does not replay the stable version's data yet: set "
-            "spec.retraining.replayFraction to 0 for the pipeline retrainer"
-        )
     path = Path(labelled_traffic)
     dataset = window_dataset(load_window(path, data_window, window))
     folder = path.parent / WINDOWS_DIR
@@ -87,6 +83,7 @@ def retrain_with_pipeline(
         source_uri=str(source), window_start=bounds["start"], window_end=end,
         model_name=model_name, registry_uri=registry_uri, epochs=int(epochs), seed=int(seed),
         batch_size=int(batch_size), target_positive_rate=float(target_positive_rate),
+        replay_version=replay_version, replay_fraction=float(replay_fraction),
     )  # fmt: skip
     print(format_summary(result))
     return result

@@ -117,8 +117,7 @@ def deployment_manifest(config: LoopConfig, runtime: LocalRuntime, labelled: Pat
                     ),
                 },
                 "dataWindow": f"{config.data_window_seconds}s",
-                # the pipeline does not replay yet (docs/benchmarks.md, closed loop)
-                "replayFraction": config.replay_fraction if config.retrainer == "window" else 0.0,
+                "replayFraction": config.replay_fraction,
                 "cooldownSeconds": 120,
                 "maxAttempts": 2,
                 "backoffSeconds": 5,

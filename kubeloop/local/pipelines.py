@@ -283,6 +283,8 @@ def run_training_pipeline(
     hidden_units: int | None = None,
     seed: int | None = None,
     target_positive_rate: float = 0.0,
+    replay_version: str = "",
+    replay_fraction: float = 0.0,
     verbose: bool = False,
     echo: Callable[[str], None] = print,
     containers: bool = False,
@@ -321,6 +323,8 @@ def run_training_pipeline(
         "hidden_units": hidden_units or t.hidden_units,
         "seed": t.seed if seed is None else seed,
         "target_positive_rate": float(target_positive_rate),
+        "replay_version": replay_version,
+        "replay_fraction": float(replay_fraction),
     }
     if containers:  # stage containers do not share this working directory
         for key in ("source_uri", "schema_uri"):

@@ -38,9 +38,11 @@ def test_bounds_in_the_spec_win_and_a_bad_window_is_named():
         pipeline_parameters({"data_window": "7 days"}, NOW)
 
 
-def test_a_replay_the_compiled_pipeline_does_not_declare_is_refused_by_name():
+
+def test_the_replay_parameters_are_declared_by_the_compiled_pipeline():
+    out = pipeline_parameters(
+        {"data_window": "7d", "replay_fraction": "0.5", "replay_version": "v3"}, NOW
+    )
+    assert out["replay_fraction"] == "0.5" and out["replay_version"] == "v3"
     spec = next(yaml.safe_load_all(COMPILED.read_text()))
-    assert "replay_fraction" not in spec["root"]["inputDefinitions"]["parameters"]
-    with pytest.raises(ValueError, match=r"does not replay .*replayFraction to 0"):
-        pipeline_parameters({"data_window": "7d", "replay_fraction": "0.5",
-                             "replay_version": "v3"}, NOW)  # fmt: skip
+    assert set(out) <= set(spec["root"]["inputDefinitions"]["parameters"])

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from kubeloop.components.features.impl import (
     FeatureStageError,
+    ReplaySpec,
     output_columns,
     run_features,
     time_split,
@@ -51,7 +52,8 @@ def test_feature_view_join_and_time_split(tmp_path, home):
     assert row["avg_amount_30d"] == snap["avg_amount_30d"]
 
 
-def test_request_only_source_is_just_split(tmp_path, home):
+def request_only_dataset(folder):
+    """A source whose every feature arrives with the request: no Feast join."""
     data = read_source("example://fraud/stationary?days=3&accounts=80&seed=6")
     schema = FRAUD_SCHEMA.model_copy(deep=True)
     for col in schema.columns:
@@ -65,7 +67,12 @@ def test_request_only_source_is_just_split(tmp_path, home):
         by="account_id",
     )
     data.transactions, data.schema, data.account_features = tx, schema, None
-    write_snapshot(data, tmp_path / "ds")
+    write_snapshot(data, folder)
+    return tx
+
+
+def test_request_only_source_is_just_split(tmp_path, home):
+    tx = request_only_dataset(tmp_path / "ds")
     result = run_features(tmp_path / "ds", tmp_path / "train", tmp_path / "eval", 0.5)
     assert result.feast_repo is None and not (home / "feast").exists()
     assert result.train_rows + result.eval_rows == len(tx)
@@ -82,3 +89,37 @@ def test_time_split_rejects_bad_fractions():
         time_split(frame.head(1), "t", 0.2)
     train, evaluation, _ = time_split(frame, "t", 0.2)
     assert len(evaluation) == 2 and len(train) == 8
+
+
+def test_replayed_rows_join_the_training_set_only(tmp_path, home):
+    from kubeloop.registry import ModelRegistry
+    from kubeloop.training.quick import publish_quick_version
+
+    registry = tmp_path / "registry"
+    champion = publish_quick_version(
+        ModelRegistry(str(registry)), n_accounts=60, days=4.0, steps=20
+    )
+    request_only_dataset(tmp_path / "ds")
+    spec = ReplaySpec("fraud-detector", champion.version, 0.25, str(registry), seed=3)
+    result = run_features(tmp_path / "ds", tmp_path / "train", tmp_path / "eval", 0.5, replay=spec)
+    train = pd.read_parquet(tmp_path / "train" / "data.parquet")
+    evaluation = pd.read_parquet(tmp_path / "eval" / "data.parquet")
+    replayed = train[train["transaction_id"].str.startswith(f"replay-{champion.version}-")]
+    window_rows = len(train) - len(replayed)
+    assert result.replay["rows"] == len(replayed) == round(window_rows / 3)  # 25 % of train
+    assert result.replay["version"] == champion.version and result.train_rows == len(train)
+    assert (replayed["account_id"] == -1).all()
+    assert (replayed["event_timestamp"] == train["event_timestamp"].min()).all()
+    assert replayed[FRAUD_SCHEMA.feature_names].notna().all().all()
+    assert not evaluation["transaction_id"].str.startswith("replay-").any()
+    assert list(train.columns) == output_columns(FRAUD_SCHEMA)
+
+
+def test_a_version_without_a_reference_sample_stops_the_stage_before_writing(tmp_path, home):
+    from kubeloop.training.replay import ReplayError
+
+    request_only_dataset(tmp_path / "ds")
+    spec = ReplaySpec("fraud-detector", "v4", 0.5, str(tmp_path / "registry"))
+    with pytest.raises(ReplayError, match="fraud-detector/v4 has no readable reference"):
+        run_features(tmp_path / "ds", tmp_path / "train", tmp_path / "eval", 0.5, replay=spec)
+    assert not (tmp_path / "train").exists() and not (tmp_path / "eval").exists()
