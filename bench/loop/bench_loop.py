@@ -58,6 +58,12 @@ def _s(value):
     return round(value, 1) if value is not None else "–"
 
 
+def _verdict(bad: dict) -> str:
+    if bad.get("rolled_back"):
+        return "yes"
+    return "no: promoted" if bad.get("promoted") else "no verdict before the traffic ended"
+
+
 def row(seed: int, summary: dict, wall: float) -> dict:
     bad = summary.get("bad_candidate") or {}
     stationary = summary["scenario"] == "stationary"
@@ -83,9 +89,7 @@ def row(seed: int, summary: dict, wall: float) -> dict:
         # days of account snapshots the feeder wrote to the online store while it ran
         "online store days": (summary.get("online_store") or {}).get("writes", "off"),
         "requests refused (4xx)": summary["traffic"].get("client_errors", "–"),
-        "worse candidate rolled back": "–"
-        if stationary or not bad
-        else ("yes" if bad.get("rolled_back") else "no"),
+        "worse candidate rolled back": "–" if stationary or not bad else _verdict(bad),
         "canary → rollback s": _s(bad.get("seconds_canary_to_rollback")),
         "wall s": round(wall),
     }

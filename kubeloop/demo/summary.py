@@ -212,6 +212,7 @@ def _bad_candidate(record: dict[str, Any], answers: list[dict]) -> dict[str, Any
     version = bad["version"]
     canary = _first(decisions_of(record, "canary", version))
     rollback = _first(decisions_of(record, "rollback", version))
+    promoted = _first(decisions_of(record, "promote", version)) is not None
     served = [a for a in answers if a.get("version") == version]
     window = [
         a for a in answers
@@ -223,6 +224,7 @@ def _bad_candidate(record: dict[str, Any], answers: list[dict]) -> dict[str, Any
         "offered_seconds": _rel(bad["offered_at"], record["started_at"]),
         "canary_started_seconds": _rel(canary["t"], record["started_at"]) if canary else None,
         "rolled_back": rollback is not None,
+        "promoted": promoted,  # neither: no verdict before the traffic ended
         "rollback_reason": rollback.get("reason") if rollback else None,
         "failed_checks": sorted(k for k, v in evidence.items() if v.get("verdict") == "fail"),
         "seconds_canary_to_rollback": (

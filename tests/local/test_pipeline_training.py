@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+import pandas as pd
 import pytest
 
 from kubeloop.local.pipelines import format_summary, run_training_pipeline
@@ -69,9 +70,18 @@ def test_first_run_registers_then_a_weaker_candidate_is_held(home, capsys):
     summary = format_summary(first)
     assert "registered: fraud-detector v1" in summary and "roc_auc=" in summary
 
-    # Barely trained (one epoch at a tiny learning rate): the champion must win.
-    second = run_training_pipeline(source_uri=SMALL, epochs=1, learning_rate=1e-6, seed=1)
+    # Barely trained (one epoch at a tiny learning rate): the champion must win. It also
+    # replays a quarter of its training rows from v1's reference sample.
+    second = run_training_pipeline(
+        source_uri=SMALL, epochs=1, learning_rate=1e-6, seed=1,
+        replay_version="v1", replay_fraction=0.25,
+    )  # fmt: skip
     assert second.succeeded, second.error
+    train = pd.read_parquet(second.run_dir / "features" / "train_set" / "data.parquet")
+    evaluation = pd.read_parquet(second.run_dir / "features" / "eval_set" / "data.parquet")
+    replayed = train["transaction_id"].str.startswith("replay-v1-")
+    assert replayed.sum() == round((~replayed).sum() / 3)  # 25 % of the training rows
+    assert not evaluation["transaction_id"].str.startswith("replay-").any()
     assert second.gate_passed is False and second.version is None
     gate = _gate(second)
     assert gate["champion_version"] == "v1"

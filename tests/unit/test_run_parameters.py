@@ -38,7 +38,6 @@ def test_bounds_in_the_spec_win_and_a_bad_window_is_named():
         pipeline_parameters({"data_window": "7 days"}, NOW)
 
 
-
 def test_the_replay_parameters_are_declared_by_the_compiled_pipeline():
     out = pipeline_parameters(
         {"data_window": "7d", "replay_fraction": "0.5", "replay_version": "v3"}, NOW
