@@ -9,9 +9,10 @@ so a run started by drift learns from the drifted traffic only. It holds out the
 30 % for evaluation and the reference sample and publishes a complete registry version.
 With ``replay_fraction`` that share of the training rows is replayed from the
 champion's data (``replay_version``'s reference sample, :mod:`kubeloop.training.replay`);
-evaluation stays on the window. ``quality="corrupt"`` inverts the labels first (as a broken label join would) — a
-deliberately worse candidate that passes the offline gate, because its evaluation labels
-are corrupted too, and must be caught by the canary analysis on live traffic.
+evaluation stays on the window. ``quality="corrupt"`` inverts the labels first (as a
+broken label join would) — a deliberately worse candidate that passes the offline gate,
+because its evaluation labels are corrupted too, and must be caught by the canary
+analysis on live traffic.
 """
 
 from __future__ import annotations

@@ -68,9 +68,9 @@ class RuntimePorts:
 
     @classmethod
     def free(cls) -> RuntimePorts:
-        from kubeloop.local.ports import free_port
+        from kubeloop.local.ports import free_ports
 
-        return cls(free_port(), free_port(), free_port(), free_port())
+        return cls(*free_ports(4))
 
 
 PARTS = ("prometheus", "drift", "router", "operator")  # the long-running parts, in start order
