@@ -13,9 +13,9 @@ from kubeloop.evaluation.metrics import Evaluation, evaluate_scores
 from kubeloop.evaluation.report import render_html
 from kubeloop.model import ModelBundle
 from kubeloop.model.publish import reference_sample
+from kubeloop.registry import REFERENCE_FILE
 
 EVALUATION_FILE = "evaluation.json"
-REFERENCE_FILE = "reference.parquet"
 SLICE_COLUMNS = ("merchant_category",)
 
 

@@ -29,7 +29,7 @@ class FeaturesResult:
     cutoff: str
     feast_repo: str | None
     rows_without_features: int
-    replay: dict | None = None  # the replayed rows' lineage (kubeloop.training.replay)
+    replay: dict | None = None  # the replayed rows' lineage (kubeloop.data.replay)
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,8 @@ def with_replay(
     the training part's first event time (so any later split by time keeps them in
     training), no account (entity -1; the reference holds features, not keys) and ids
     ``replay-<version>-<n>``."""
+    from kubeloop.data.replay import load_replay
     from kubeloop.registry import ModelRegistry
-    from kubeloop.training.replay import load_replay
 
     replay = load_replay(
         ModelRegistry(spec.registry_uri or None), spec.model_name, spec.version, schema,

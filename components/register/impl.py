@@ -9,13 +9,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from kubeloop.components.evaluate.impl import EVALUATION_FILE, REFERENCE_FILE
+from kubeloop.components.evaluate.impl import EVALUATION_FILE
 from kubeloop.components.gate.impl import GATE_FILE
 from kubeloop.components.train.impl import RAY_FILE, StageInputError
 
 import kubeloop
 from kubeloop.model.network import MODEL_CONFIG_FILE, MODEL_FILE, PREPROCESSING_FILE, SCHEMA_FILE
-from kubeloop.registry import ModelRegistry, ModelVersion
+from kubeloop.registry import REFERENCE_FILE, ModelRegistry, ModelVersion
 from kubeloop.settings import get_settings
 
 PIPELINE_NAME = "kubeloop-training"

@@ -8,7 +8,7 @@ with ``window="fresh"`` it waits for ``data_window`` of traffic labelled after i
 so a run started by drift learns from the drifted traffic only. It holds out the latest
 30 % for evaluation and the reference sample and publishes a complete registry version.
 With ``replay_fraction`` that share of the training rows is replayed from the
-champion's data (``replay_version``'s reference sample, :mod:`kubeloop.training.replay`);
+champion's data (``replay_version``'s reference sample, :mod:`kubeloop.data.replay`);
 evaluation stays on the window. ``quality="corrupt"`` inverts the labels first (as a
 broken label join would) — a deliberately worse candidate that passes the offline gate,
 because its evaluation labels are corrupted too, and must be caught by the canary
@@ -110,9 +110,9 @@ def train_on_recent_window(
     **_: Any,
 ):
     from kubeloop.data import fraud
+    from kubeloop.data.replay import load_replay
     from kubeloop.registry import ModelRegistry
     from kubeloop.training.quick import train_and_publish
-    from kubeloop.training.replay import load_replay
 
     if quality not in ("good", "corrupt"):
         raise ValueError(f"quality must be good or corrupt, got {quality!r}")

@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from kubeloop.registry import ModelRegistry
+from kubeloop.registry import REFERENCE_FILE, ModelRegistry
 from kubeloop.registry.recalibration import PRIOR_FILE
 from kubeloop.registry.registry import VersionNotFound
 from kubeloop.registry.stores import open_store
 
-REFERENCE_FILE = "reference.parquet"
 SCHEMA_FILE = "schema.json"
 SCORE_COLUMN = "prediction_score"
 PREDICTION_COLUMN = "prediction"

@@ -11,9 +11,8 @@ import numpy as np
 import pandas as pd
 
 from kubeloop.model.network import ModelBundle
-from kubeloop.registry import ModelRegistry, ModelVersion
+from kubeloop.registry import REFERENCE_FILE, ModelRegistry, ModelVersion
 
-REFERENCE_FILE = "reference.parquet"
 REFERENCE_ROWS = 2000
 
 

@@ -1,6 +1,7 @@
 """Model registry: immutable, atomically published versions on a directory or S3."""
 
 from kubeloop.registry.registry import (
+    REFERENCE_FILE,
     ChecksumMismatch,
     ModelRegistry,
     ModelVersion,
@@ -10,6 +11,7 @@ from kubeloop.registry.registry import (
 from kubeloop.registry.stores import LocalStore, RegistryError, S3Store, open_store
 
 __all__ = [
+    "REFERENCE_FILE",
     "ChecksumMismatch",
     "LocalStore",
     "ModelRegistry",

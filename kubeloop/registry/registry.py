@@ -29,6 +29,8 @@ from typing import Any
 from kubeloop.registry.stores import ObjectStore, RegistryError, open_store
 
 MANIFEST = "MANIFEST.json"
+# every version's labelled sample of its data: the drift reference and the replay source
+REFERENCE_FILE = "reference.parquet"
 CLAIM = "CLAIM"
 _VERSION_RE = re.compile(r"^v(\d+)$")
 _MAX_CLAIM_TRIES = 50

@@ -123,7 +123,7 @@ def test_window_runner_replays_the_champions_data_and_names_it_in_the_lineage(tm
 
 
 def test_window_runner_names_a_champion_without_a_reference_sample(tmp_path):
-    from kubeloop.training.replay import ReplayError
+    from kubeloop.data.replay import ReplayError
 
     labelled_traffic(tmp_path / "labelled.parquet", n=800)
     with pytest.raises(ReplayError, match="replay_version"):

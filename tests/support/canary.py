@@ -194,7 +194,8 @@ def derive_candidates(bundle, config: ScenarioConfig) -> tuple[list[Candidate], 
 def publish_candidate(registry, stable_folder: Path, candidate: Candidate, stable_version: str):
     """Publishes the stable network with the candidate's threshold (gate passed)."""
     from kubeloop.model import ModelBundle
-    from kubeloop.model.publish import REFERENCE_FILE, publish_bundle
+    from kubeloop.model.publish import publish_bundle
+    from kubeloop.registry import REFERENCE_FILE
 
     bundle = ModelBundle.load(stable_folder)
     bundle = replace(bundle, config=replace(bundle.config, threshold=candidate.threshold))

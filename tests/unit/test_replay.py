@@ -13,7 +13,7 @@ from kubeloop.operators.reconciler.core import reconcile
 from kubeloop.operators.reconciler.types import Observations, RegistryVersion, SubmitRun
 
 from kubeloop.data.fraud import FRAUD_SCHEMA
-from kubeloop.training.replay import ReplayError, draw, replay_count, replay_rows
+from kubeloop.data.replay import ReplayError, draw, replay_count, replay_rows
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -116,7 +116,7 @@ def test_replayed_rows_join_the_training_set_only(tmp_path, home):
 
 
 def test_a_version_without_a_reference_sample_stops_the_stage_before_writing(tmp_path, home):
-    from kubeloop.training.replay import ReplayError
+    from kubeloop.data.replay import ReplayError
 
     request_only_dataset(tmp_path / "ds")
     spec = ReplaySpec("fraud-detector", "v4", 0.5, str(tmp_path / "registry"))

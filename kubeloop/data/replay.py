@@ -20,8 +20,7 @@ import numpy as np
 import pandas as pd
 
 from kubeloop.data.schema import DatasetSchema
-from kubeloop.model.publish import REFERENCE_FILE
-from kubeloop.registry import ModelRegistry
+from kubeloop.registry import REFERENCE_FILE, ModelRegistry
 
 
 class ReplayError(ValueError):
