@@ -127,6 +127,11 @@ class KubeloopSettings(BaseSettings):
     ray_address: str | None = Field(
         None, description="Ray cluster address; unset starts or reuses a local instance"
     )
+    stage_server: Path | None = Field(
+        None,
+        description="Unix socket of a warm stage server (kubeloop.local.stages) that local "
+        "pipeline runs fork their stages from; unset, or not answering: a process per stage",
+    )
     feast_repo: Path = Field(Path("feature_repo"), description="the Feast repository (definitions)")
     feast_dir: Path | None = Field(None, description="Feast local state (default: HOME/feast)")
     objectives: Objectives = Objectives()

@@ -1,6 +1,7 @@
 """``kubeloop up`` / ``kubeloop down``: the local runtime without the demo's scripted traffic.
 
-``up`` starts Prometheus, the drift service, the router and the operator under one
+``up`` starts Prometheus, the drift service, the router, the stage server that
+retraining runs fork their pipeline stages from, and the operator under one
 supervisor (state and logs in ``$KUBELOOP_HOME/runtime``) on the operator settings'
 ports, so ``kubeloop rollout apply|status`` talk to it, and a watchdog that restarts
 any of them that dies; ``down`` stops all of them, the watchdog first, including the
@@ -54,9 +55,15 @@ def up(
         help="a prepared Feast repository (feature_store.yaml, applied and materialized): "
         "every predictor enriches entity-key requests from its online store",
     ),
+    warm_stages: bool = typer.Option(
+        True,
+        help="run a stage server that retraining runs fork their pipeline stages from "
+        "(imports paid once, ~700 MB resident) instead of starting a process per stage",
+    ),
 ) -> None:
     """Start the local runtime (Prometheus, drift service, router, operator) and keep it running."""
     runtime = _runtime()
+    runtime.warm_stages = warm_stages
     if feast_store is not None:
         if not (feast_store / "feature_store.yaml").exists():
             raise typer.BadParameter(

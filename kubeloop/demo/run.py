@@ -43,6 +43,7 @@ from kubeloop.local.wait import wait_until
 
 MODEL = "fraud-detector"
 MARKER = ".kubeloop-demo"
+STAGES_READY_S = 120.0  # the stage server's imports, while the runtime's other parts start
 # Each family's ERT in the demo (DEMO_DRIFT_DETECTORS): inputs and scores in predictions,
 # the error rate in labels, the predicted class in predictions.
 DEMO_DETECTOR_ERTS = {
@@ -147,14 +148,17 @@ def train_first_version(config: LoopConfig, runtime: LocalRuntime, echo: Callabl
         )  # fmt: skip
         return version.version
     from kubeloop.local.pipelines import format_summary, run_training_pipeline
+    from kubeloop.local.stages import ping
 
+    if runtime.warm_stages:  # the stage server imports in ~15 s what every stage would
+        wait_for("the stage server", lambda: ping(runtime.stage_socket), STAGES_READY_S, 0.5)
     source = (
         f"example://fraud/stationary?days={config.v1_days:g}&accounts={config.v1_accounts}"
         f"&seed={config.v1_seed}"
     )
     result = run_training_pipeline(
         source_uri=source, model_name=MODEL, registry_uri=str(runtime.registry_uri),
-        epochs=3, echo=echo,
+        epochs=3, echo=echo, stage_server=runtime.stage_socket if runtime.warm_stages else None,
     )  # fmt: skip
     echo(format_summary(result))
     if not result.succeeded or not result.version:
@@ -242,6 +246,8 @@ def run_demo(
         drift_env=DEMO_DRIFT_DETECTORS,
         # calibrated thresholds survive the next run's fresh home
         drift_cache=Path(drift_cache) if drift_cache else home.parent / "drift-cache",
+        # pipeline runs (v1's, retraining runs) fork their stages from the stage server
+        warm_stages="pipeline" in (config.v1_trainer, config.retrainer),
     )
     status = status or (lambda line: None)
     previous = signal.getsignal(signal.SIGTERM)

@@ -2,7 +2,9 @@
 
 ``run_training_pipeline(**params)`` is the one local entry point (the CLI, the demo and
 the benchmarks use it). Each stage runs as a subprocess of this environment
-(``SubprocessRunner(use_venv=False)``); the pipeline root is ``$KUBELOOP_HOME/runs``.
+(``SubprocessRunner(use_venv=False)``), or is forked from the warm stage server when
+one answers at ``stage_server`` / ``KUBELOOP_STAGE_SERVER`` (:mod:`kubeloop.local.stages`:
+the imports paid once instead of per stage); the pipeline root is ``$KUBELOOP_HOME/runs``.
 kfp.local's output is teed: the full log goes to ``runs/<run>.log`` and, unless
 ``verbose``, only stage starts/ends and per-epoch lines reach the console. When a stage
 fails, the exception its process ended with (read from its streamed output) becomes the
@@ -66,6 +68,7 @@ class TrainingRunResult:
     log_file: Path | None = None
     run_id: str | None = None  # the KFP run id recorded in the registered version's lineage
     wall_seconds: float = 0.0
+    stage_runner: str = "subprocess"  # or "warm" (forked from the stage server), "containers"
 
     @property
     def failed_stage(self) -> str | None:
@@ -224,13 +227,29 @@ def _local_path(uri: str) -> bool:
     return bool(uri) and "://" not in uri
 
 
+def warm_server(stage_server: str | Path | None) -> Path | None:
+    """The stage server to fork stages from: ``stage_server`` (default
+    ``settings.stage_server``) when it answers, else None (a process per stage)."""
+    from kubeloop.local.stages import ping
+    from kubeloop.settings import get_settings
+
+    path = stage_server or get_settings().stage_server
+    return Path(path) if path and ping(path) is not None else None
+
+
 @contextlib.contextmanager
-def _stage_runner(containers: bool, settings: Any, params: dict[str, Any]) -> Iterator[Any]:
-    """kfp.local's runner: a subprocess of this environment, or each stage's image."""
+def _stage_runner(
+    containers: bool, settings: Any, params: dict[str, Any], warm: Path | None = None
+) -> Iterator[Any]:
+    """kfp.local's runner: a subprocess of this environment (forked from the stage
+    server at ``warm`` when given), or each stage's image."""
     from kfp import local
 
     if not containers:
-        yield local.SubprocessRunner(use_venv=False)
+        from kubeloop.local.stages import warm_stages
+
+        with warm_stages(warm) if warm else contextlib.nullcontext():
+            yield local.SubprocessRunner(use_venv=False)
         return
     from kubeloop.images import STAGES, image
     from kubeloop.local.containers import (
@@ -288,12 +307,15 @@ def run_training_pipeline(
     verbose: bool = False,
     echo: Callable[[str], None] = print,
     containers: bool = False,
+    stage_server: str | Path | None = None,
 ) -> TrainingRunResult:
     """Runs the pipeline locally; unset training parameters come from settings.
 
     ``containers`` runs each stage in its stage image instead of a subprocess; raises
     :class:`~kubeloop.local.containers.ContainerEngineError` when no engine can be
-    reached or a stage image is missing.
+    reached or a stage image is missing. Otherwise the stages are forked from the warm
+    stage server at ``stage_server`` (default ``settings.stage_server``) when one
+    answers there, and started as processes when none does (the run says which).
     """
     from kfp import local
 
@@ -335,9 +357,15 @@ def run_training_pipeline(
     before = {p.name for p in runs.iterdir()}
     log_path = runs / f".run-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6}.log"
     started = time.perf_counter()
+    warm = None if containers else warm_server(stage_server)
+    configured = stage_server or settings.stage_server
+    if warm is not None:
+        echo(f"stages forked from the warm stage server at {warm}")
+    elif configured and not containers:
+        echo(f"no stage server answers at {configured}: a process per stage")
     error = None
     with (
-        _stage_runner(containers, settings, params) as runner,
+        _stage_runner(containers, settings, params, warm) as runner,
         open(log_path, "w") as log,
     ):
         local.init(runner=runner, pipeline_root=str(runs))
@@ -371,6 +399,7 @@ def run_training_pipeline(
         error=error,
         log_file=final_log,
         wall_seconds=time.perf_counter() - started,
+        stage_runner="containers" if containers else ("warm" if warm else "subprocess"),
     )
     if error is not None and result.failed_stage in tee.stage_errors:
         # The stage's own message ("missing columns [...]"), not kfp's "Inner task failed".
@@ -382,11 +411,18 @@ def run_training_pipeline(
     return result
 
 
+_RUNNERS = {
+    "warm": "stages forked from the stage server",
+    "subprocess": "a process per stage",
+    "containers": "a container per stage",
+}
+
+
 def format_summary(result: TrainingRunResult) -> str:
     """A readable end-of-run summary for the console."""
     lines = [
         f"Run {result.run_name}: {'succeeded' if result.succeeded else 'FAILED'} "
-        f"in {result.wall_seconds:.0f}s"
+        f"in {result.wall_seconds:.0f}s ({_RUNNERS[result.stage_runner]})"
     ]
     if result.error:
         error = result.error.replace("\n", "\n    ")

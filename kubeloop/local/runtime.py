@@ -1,5 +1,9 @@
 """The local runtime under one supervisor: Prometheus, the drift service, the router, the operator.
 
+With ``warm_stages`` the stage server (:mod:`kubeloop.local.stages`) is a part too, and
+the operator's retraining runs fork their pipeline stages from it
+(``KUBELOOP_STAGE_SERVER``).
+
 ``LocalRuntime.start()`` starts each part (adopting any already running), health-checks
 it before the next one needs it, and registers every scrape target with the local
 Prometheus; the operator then starts predictor processes and retraining runs under the
@@ -74,6 +78,8 @@ class RuntimePorts:
 
 
 PARTS = ("prometheus", "drift", "router", "operator")  # the long-running parts, in start order
+STAGES = "stages"  # the warm stage server (kubeloop.local.stages), a part when asked for
+STAGES_SOCKET = "stages.sock"
 WATCHDOG = "watchdog"  # the supervisor name of the process that restarts them
 
 
@@ -114,6 +120,9 @@ class LocalRuntime:
     drift_cache: Path | None = None  # calibrated thresholds, keyed by reference digest
     keep_running: bool = True  # start the watchdog that restarts parts that die
     restarts: RestartPolicy = field(default_factory=RestartPolicy)
+    # Run pipeline stages warm: the stage server is a part, and retraining runs (and
+    # ``stage_server`` callers) fork their stages from it instead of starting processes.
+    warm_stages: bool = False
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).resolve()
@@ -124,6 +133,12 @@ class LocalRuntime:
         self.state_dir = self.root / "operator"
         self.config_path = self.root / "runtime.json"
         self.watchdog_state_path = self.root / "watchdog.json"
+        self.stage_socket = self.root / STAGES_SOCKET
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The long-running parts of this runtime."""
+        return (*PARTS, STAGES) if self.warm_stages else PARTS
 
     # --- settings kept for the watchdog ------------------------------------------------------
     def save(self) -> None:
@@ -136,6 +151,7 @@ class LocalRuntime:
             "drift_cache": str(self.drift_cache) if self.drift_cache else None,
             "keep_running": self.keep_running,
             "restarts": asdict(self.restarts),
+            "warm_stages": self.warm_stages,
         }
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
@@ -155,6 +171,7 @@ class LocalRuntime:
             drift_cache=Path(data["drift_cache"]) if data["drift_cache"] else None,
             keep_running=data["keep_running"],
             restarts=RestartPolicy(**data["restarts"]),
+            warm_stages=data.get("warm_stages", False),
         )
 
     # --- addresses -------------------------------------------------------------------------
@@ -178,13 +195,16 @@ class LocalRuntime:
             "KUBELOOP_OPERATOR_STATE_DIR": str(self.state_dir),
             "KUBELOOP_OPERATOR_PROMETHEUS_ROOT": str(self.prometheus_root),
             "KUBELOOP_OPERATOR_METRICS_PORT": str(self.ports.operator_metrics),
+            **({"KUBELOOP_STAGE_SERVER": str(self.stage_socket)} if self.warm_stages else {}),
             **self.operator_env,
         }
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self, manifests: list[Path] | None = None, timeout: float = 90.0) -> None:
-        """Starts Prometheus, the drift service, the router and the operator; waits until
-        healthy; then (``keep_running``) the watchdog."""
+        """Starts Prometheus, the drift service, the router, the stage server (with
+        ``warm_stages``) and the operator; waits until healthy; then (``keep_running``)
+        the watchdog. The stage server is not waited for: until it has imported what the
+        stages need (about 15 s), runs start a process per stage."""
         from kubeloop.local.prometheus import write_targets
 
         self.save()
@@ -197,6 +217,8 @@ class LocalRuntime:
         # Started together, then waited for: each takes seconds to come up.
         for name in ("prometheus", "drift", "router"):
             self.start_part(name)
+        if self.warm_stages:
+            self.start_part(STAGES)
         for name in ("prometheus", "drift", "router"):
             self.supervisor.wait_healthy(name, timeout)
         self.start_operator(manifests or [])
@@ -236,6 +258,10 @@ class LocalRuntime:
                     registry_uri=self.registry_uri,
                     wait=False,
                 )
+            if name == STAGES:
+                return self.supervisor.start(
+                    STAGES, ["-m", "kubeloop.local.stages", "--socket", str(self.stage_socket)]
+                )
             if name == "operator":
                 args = ["-m", "kubeloop.local.operator"]
                 for manifest in manifests:
@@ -247,7 +273,7 @@ class LocalRuntime:
                     ports={"metrics": self.ports.operator_metrics},
                     env={**os.environ, **self.env()},
                 )
-        raise SupervisorError(f"no part named {name!r}; the parts are {', '.join(PARTS)}")
+        raise SupervisorError(f"no part named {name!r}; the parts are {', '.join(self.parts)}")
 
     def start_operator(self, manifests: list[Path], timeout: float = 60.0) -> None:
         self.start_part("operator", manifests=manifests)
@@ -314,7 +340,9 @@ class LocalRuntime:
 def check_started(runtime: LocalRuntime) -> None:
     """Raises unless every long-running part is healthy (finished runs do not count)."""
     status = runtime.status()
-    unhealthy = [name for name in (*PARTS, WATCHDOG) if name in status and not status[name].ok]
+    unhealthy = [
+        name for name in (*runtime.parts, WATCHDOG) if name in status and not status[name].ok
+    ]
     if unhealthy:
         raise SupervisorError(
             f"not healthy: {', '.join(unhealthy)}; logs in {runtime.supervisor.logs}"

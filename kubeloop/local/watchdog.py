@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 
 from kubeloop.local.restarts import PartPhase, PartRestarts
-from kubeloop.local.runtime import PARTS, LocalRuntime
+from kubeloop.local.runtime import LocalRuntime
 
 log = logging.getLogger("kubeloop.local.watchdog")
 
@@ -78,10 +78,10 @@ def watch(
     clock: Callable[[], float] = time.time,
 ) -> None:
     """Checks every part each ``interval`` seconds until ``stop`` is set."""
-    parts = {name: PartRestarts() for name in PARTS}
+    parts = {name: PartRestarts() for name in runtime.parts}
     written = None
     while not stop.is_set():
-        for name in PARTS:
+        for name in runtime.parts:
             parts[name] = check_part(runtime, name, parts[name], clock())
         state = {"parts": {name: part.to_dict() for name, part in parts.items()}}
         if state != written:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    log.info("watching %s under %s", ", ".join(PARTS), runtime.root)
+    log.info("watching %s under %s", ", ".join(runtime.parts), runtime.root)
     watch(runtime, stop, interval=args.interval)
 
 

@@ -25,8 +25,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning"
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch, ray_head):
+def home(tmp_path, monkeypatch, ray_head, stage_server):
+    """A fresh home; stages fork from the warm stage server, as under `kubeloop up`
+    (tests/local/test_stages.py runs them as processes too)."""
     monkeypatch.setenv("KUBELOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KUBELOOP_STAGE_SERVER", str(stage_server))
     get_settings.cache_clear()
     yield tmp_path / "home"
     get_settings.cache_clear()

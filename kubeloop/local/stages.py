@@ -1,0 +1,322 @@
+"""Warm pipeline stages: each kfp.local stage forked from a process that imported its libraries once.
+
+A ``SubprocessRunner`` stage is a fresh ``sh -c "python3 -m kfp.dsl.executor_main ..."``
+process: it pays a process start and the imports of kfp, pandas, torch, Ray and Feast
+(0.8-3.4 s per stage here, 6.6 s for Feast) before its work, and the first call into
+Feast, dask and pyarrow pays again for their lazy set-up. The stage server
+(``python -m kubeloop.local.stages --socket PATH``, the local runtime's ``stages`` part)
+imports all of that once (``PRELOAD``), then listens on a Unix socket (mode 0600: it
+runs what it is sent). For each stage it forks a child that runs the very command
+kfp.local would have started, the same lightweight-component program and executor
+arguments, with the caller's environment and working folder. A child is a fresh
+process for each stage, as on a cluster; only the imports are shared, copy-on-write.
+
+kfp.local 2.17 has no hook for other runners: :func:`warm_stages` points its
+``subprocess_task_handler.run_local_subprocess`` at :func:`run_stage` for the run, and
+any command that is not a lightweight component (a ``pip install``, a container
+component) still goes to a subprocess. The stage's output streams back line by line
+and its exit status ends the stream, so stage timings, per-epoch lines and a failing
+stage's own error read the same as from a subprocess.
+
+Protocol: one JSON line (``{"argv", "env", "cwd"}``, or ``{"ping": true}``), answered
+by the stage's output and the trailer line ``\\0exit <status>`` (a ping: one JSON line
+about the server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import importlib
+import json
+import logging
+import os
+import signal
+import socket
+import socketserver
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# What the stages import, and what their first calls import lazily (Feast's file offline
+# store and SQLite online store, dask's dataframes, Ray Train's torch trainer, the
+# evaluation's metrics and plots).
+PRELOAD = (
+    "kfp.dsl.executor_main",
+    "pandas",
+    "pyarrow.parquet",
+    "torch",
+    "ray",
+    "ray.train",
+    "ray.train.torch",
+    "kubeloop.training",
+    "kubeloop.components.ingest.impl",
+    "kubeloop.components.validate.impl",
+    "kubeloop.components.features.impl",
+    "kubeloop.components.train.impl",
+    "kubeloop.components.evaluate.impl",
+    "kubeloop.components.gate.impl",
+    "kubeloop.components.register.impl",
+    "kubeloop.features.store",
+    "feast",
+    "feast.infra.offline_stores.dask",
+    "feast.infra.online_stores.sqlite",
+    "feast.infra.passthrough_provider",
+    "feast.infra.compute_engines.local.compute",
+    "dask.dataframe",
+    "sklearn.metrics",
+    "scipy.stats",
+    "matplotlib.pyplot",
+)
+EXECUTOR_MODULE = "kfp.dsl.executor_main"
+PROGRAM_FILE = "ephemeral_component.py"
+TRAILER = b"\0exit "
+CONNECT_TIMEOUT_S = 2.0
+
+log = logging.getLogger("kubeloop.stages")
+
+
+class StageServerError(RuntimeError):
+    """The stage server cannot be reached or ended a stage without its exit status."""
+
+
+@dataclass(frozen=True)
+class StageCall:
+    """A lightweight component's command, taken apart: its program and its arguments."""
+
+    program: str  # the component's Python source, which the shell writes to a file
+    args: list[str]  # --executor_input ... --function_to_execute <name>
+
+
+def lightweight_call(full_command: Sequence[str]) -> StageCall | None:
+    """The program and arguments of a KFP lightweight component's command
+    (``sh -c|-ec <script> <program> <args...>``, the script writing ``$0`` to a file and
+    running ``python3 -m kfp.dsl.executor_main`` on it with ``"$@"``); None for anything
+    else, including a script that installs packages first."""
+    command = list(full_command)
+    if len(command) < 4 or command[0] != "sh" or command[1] not in ("-c", "-ec"):
+        return None
+    script = command[2]
+    if (
+        EXECUTOR_MODULE not in script
+        or PROGRAM_FILE not in script
+        or '"$0"' not in script
+        or '"$@"' not in script
+        or "pip install" in script
+    ):
+        return None
+    return StageCall(program=command[3], args=command[4:])
+
+
+# --- the server ------------------------------------------------------------------------
+
+
+def preload(modules: Sequence[str] = PRELOAD) -> dict[str, float]:
+    """Imports ``modules``; returns seconds per module (what this saves every stage)."""
+    from kubeloop.features.feast_import import load_feast
+
+    seconds: dict[str, float] = {}
+    for name in modules:
+        started = time.perf_counter()
+        if name == "feast":
+            load_feast()
+        elif name == "matplotlib.pyplot":  # the reports' backend, chosen before pyplot loads
+            importlib.import_module("matplotlib").use("Agg")
+        importlib.import_module(name)
+        seconds[name] = time.perf_counter() - started
+    return seconds
+
+
+def _run_call(call: StageCall, env: dict[str, str], cwd: str) -> int:
+    """Runs one stage in this (forked) process, as ``sh -c`` would run it; its exit status."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    os.environ["_KFP_RUNTIME"] = "true"
+    from kubeloop.settings import get_settings
+
+    get_settings.cache_clear()  # settings come from this stage's environment
+    logging.getLogger().handlers.clear()  # the executor configures its own
+    with tempfile.TemporaryDirectory(prefix="kubeloop-stage-") as folder:
+        program = Path(folder) / PROGRAM_FILE
+        program.write_text(call.program)
+        sys.argv = [EXECUTOR_MODULE, "--component_module_path", str(program), *call.args]
+        from kfp.dsl.executor_main import executor_main
+
+        try:
+            executor_main()
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            return 1
+    return 0
+
+
+class _StageHandler(socketserver.StreamRequestHandler):
+    """One connection, in a child forked from the server: a ping, or one stage run in a
+    grandchild whose stdout and stderr are the connection itself."""
+
+    def handle(self) -> None:
+        try:
+            request = json.loads(self.rfile.readline() or b"{}")
+        except json.JSONDecodeError as exc:
+            self._end(2, f"kubeloop stage server: request is not JSON ({exc})")
+            return
+        if request.get("ping"):
+            info = {"pid": os.getppid(), "preloaded": sorted(self.server.preloaded)}
+            self.wfile.write(json.dumps(info).encode() + b"\n")
+            return
+        call = lightweight_call(request.get("argv") or [])
+        if call is None:
+            self._end(2, "kubeloop stage server: not a lightweight component's command")
+            return
+        env = {str(k): str(v) for k, v in (request.get("env") or {}).items()}
+        cwd = str(request.get("cwd") or "/")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the stage
+            code = 1
+            try:
+                fd = self.connection.fileno()
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                sys.stdout.reconfigure(line_buffering=True)
+                sys.stderr.reconfigure(line_buffering=True)
+                code = _run_call(call, env, cwd)
+                atexit._run_exitfuncs()  # what a process's exit runs (Ray's disconnect)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        self._end(os.waitstatus_to_exitcode(status))
+
+    def _end(self, code: int, message: str = "") -> None:
+        if message:
+            self.wfile.write(message.encode() + b"\n")
+        self.wfile.write(TRAILER + str(code).encode() + b"\n")
+
+
+class _StageServer(socketserver.ForkingMixIn, socketserver.UnixStreamServer):
+    preloaded: dict[str, float]
+
+
+def serve(socket_path: str | Path) -> None:
+    """Preloads, then serves stages on ``socket_path`` until terminated."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    started = time.perf_counter()
+    seconds = preload()
+    threads = threading.active_count()
+    log.info(
+        "preloaded %d modules in %.1fs (%s); %d thread(s)",
+        len(seconds), time.perf_counter() - started,
+        ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items() if v >= 0.3), threads,
+    )  # fmt: skip
+    path = Path(socket_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)  # a socket left by a server that was killed
+    old_mask = os.umask(0o177)  # the socket is created 0600: it runs what it is sent
+    try:
+        server = _StageServer(str(path), _StageHandler)
+    finally:
+        os.umask(old_mask)
+    server.preloaded = seconds
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    log.info("serving stages on %s", path)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        path.unlink(missing_ok=True)
+
+
+# --- the client --------------------------------------------------------------------------
+
+
+def _connect(socket_path: str | Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(CONNECT_TIMEOUT_S)
+    try:
+        sock.connect(str(socket_path))
+    except OSError as exc:
+        sock.close()
+        raise StageServerError(f"no stage server at {socket_path}: {exc}") from exc
+    return sock
+
+
+def ping(socket_path: str | Path) -> dict | None:
+    """What the server at ``socket_path`` says about itself; None when none answers."""
+    try:
+        with _connect(socket_path) as sock:
+            sock.sendall(b'{"ping": true}\n')
+            line = sock.makefile("rb").readline()
+        return json.loads(line) if line else None
+    except (StageServerError, OSError, json.JSONDecodeError):
+        return None
+
+
+def run_stage(
+    socket_path: str | Path, full_command: Sequence[str], env_vars: dict[str, str] | None = None
+) -> int:
+    """Runs a stage on the server and prints its output as it comes; its exit status.
+
+    The same contract as kfp.local's ``run_local_subprocess``: the environment is this
+    process's plus ``env_vars``.
+    """
+    request = {
+        "argv": list(full_command),
+        "env": {**os.environ, **(env_vars or {})},
+        "cwd": os.getcwd(),
+    }
+    with _connect(socket_path) as sock:
+        sock.settimeout(None)  # a stage runs as long as it needs
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        for raw in sock.makefile("rb"):
+            if raw.startswith(TRAILER):
+                print("\n")
+                return int(raw[len(TRAILER) :].strip() or 1)
+            print(raw.decode(errors="replace"), end="")
+    raise StageServerError(f"the stage server at {socket_path} ended a stage without its status")
+
+
+@contextlib.contextmanager
+def warm_stages(socket_path: str | Path) -> Iterator[None]:
+    """Within, kfp.local's ``SubprocessRunner`` sends lightweight-component stages to the
+    server at ``socket_path`` instead of starting a process for each."""
+    from kfp.local import subprocess_task_handler as handler
+
+    original = handler.run_local_subprocess
+
+    def run_local_subprocess(full_command: list[str], env_vars: dict | None = None) -> int:
+        if lightweight_call(full_command) is None:
+            return original(full_command, env_vars)
+        return run_stage(socket_path, full_command, env_vars)
+
+    handler.run_local_subprocess = run_local_subprocess
+    try:
+        yield
+    finally:
+        handler.run_local_subprocess = original
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--socket", required=True, help="the Unix socket to serve on")
+    serve(parser.parse_args(argv).socket)
+
+
+if __name__ == "__main__":
+    main()
