@@ -206,6 +206,7 @@ class _StageHandler(socketserver.StreamRequestHandler):
 
     def _end(self, code: int, message: str = "") -> None:
         if message:
+            log.warning("refused a request: %s", message)
             self.wfile.write(message.encode() + b"\n")
         self.wfile.write(TRAILER + str(code).encode() + b"\n")
 
