@@ -63,6 +63,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     ])  # fmt: skip
 
 
+def _code(text: str) -> str:
+    """``text`` as a Markdown code span (double backticks when it holds one)."""
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
 def render_section(name: str, result: dict[str, Any]) -> str:
     for key in ("title", "table", "command"):
         if key not in result:
@@ -74,7 +79,7 @@ def render_section(name: str, result: dict[str, Any]) -> str:
         f"<!-- {name}:begin -->",
         f"## {result['title']}",
         "",
-        f"Command: `{result['command']}`  ",
+        f"Command: {_code(result['command'])}  ",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
         f"{platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}.",
         "",

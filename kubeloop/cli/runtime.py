@@ -58,7 +58,7 @@ def up(
     warm_stages: bool = typer.Option(
         True,
         help="run a stage server that retraining runs fork their pipeline stages from "
-        "(imports paid once, ~700 MB resident) instead of starting a process per stage",
+        "(imports paid once, about 570 MB resident) instead of starting a process per stage",
     ),
 ) -> None:
     """Start the local runtime (Prometheus, drift service, router, operator) and keep it running."""

@@ -15,6 +15,8 @@ def test_render_and_merge_keep_other_sections():
     section = render_section("toy", RESULT)
     assert "| case | seconds |" in section and "| a | 1.23 |" in section
     assert "Command: `make toy`" in section
+    quoted = render_section("toy", {**RESULT, "command": "bench --title 'Loop (`demo`)'"})
+    assert "Command: `` bench --title 'Loop (`demo`)' ``" in quoted
     doc = merge("# kubeloop benchmarks\n\n" + OTHER, {"toy": section})
     assert OTHER in doc and section in doc
     again = merge(doc, {"toy": render_section("toy", {**RESULT, "title": "Toy v2"})})
