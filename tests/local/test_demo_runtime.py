@@ -41,7 +41,7 @@ def test_up_starts_a_healthy_runtime_and_down_stops_all_of_it(tmp_path):
     try:
         up = kubeloop(["up"], env)
         assert up.returncode == 0, up.stdout + up.stderr
-        for name in ("prometheus", "drift", "router", "operator", "watchdog"):
+        for name in ("prometheus", "drift", "router", "stages", "operator", "watchdog"):
             assert f"{name:<12} healthy" in up.stdout, up.stdout
         # Prometheus scrapes the parts it was given (file discovery), the router waits for a split
         targets = wait_targets(
@@ -70,14 +70,22 @@ def test_up_starts_a_healthy_runtime_and_down_stops_all_of_it(tmp_path):
         assert f"{'run-done':<12} finished" in again.stdout and "NOT" not in again.stdout
         assert f"{'operator':<12} healthy (restarted 1x)" in again.stdout, again.stdout
         pids = recorded_pids(home)
-        assert set(pids) == {"prometheus", "drift", "router", "operator", "watchdog", "run-done"}
+        assert set(pids) == {
+            "prometheus",
+            "drift",
+            "router",
+            "stages",
+            "operator",
+            "watchdog",
+            "run-done",
+        }
         processes = [psutil.Process(pid) for name, pid in pids.items() if name != "run-done"]
     finally:
         down = kubeloop(["down"], env)
-    assert down.returncode == 0 and "stopped 5 process(es)" in down.stdout, (
+    assert down.returncode == 0 and "stopped 6 process(es)" in down.stdout, (
         down.stdout + down.stderr
     )
-    assert down.stdout.startswith("stopped 5 process(es): watchdog, operator")
+    assert down.stdout.startswith("stopped 6 process(es): watchdog, operator")
     assert not list((home / "runtime" / "procs").glob("*"))
     # gone, or a zombie nobody reaps (its parent, `up`, has exited)
     assert not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
