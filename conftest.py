@@ -35,17 +35,13 @@ def stage_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The warm stage server, started by the local runtime's launcher for its ``stages``
     part (``kubeloop.local.stages``): its Unix socket, once it answers."""
     from kubeloop.local.runtime import STAGES, LocalRuntime
-    from kubeloop.local.stages import ping
-    from kubeloop.local.wait import wait_until
+    from kubeloop.local.stages import wait_ready
 
     runtime = LocalRuntime(Path(tmp_path_factory.getbasetemp()) / "kubeloop-stages-session",
                            warm_stages=True)  # fmt: skip
     service = runtime.start_part(STAGES)
     try:
-        wait_until(
-            lambda: ping(runtime.stage_socket), timeout=180, interval=0.5,
-            what="the stage server", detail=service.log_tail,
-        )  # fmt: skip
+        wait_ready(runtime.stage_socket, timeout=180, detail=service.log_tail)
         yield runtime.stage_socket
     finally:
         service.stop()

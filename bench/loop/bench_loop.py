@@ -110,7 +110,11 @@ DEFAULT_CASES = (
 def run(
     seeds: tuple[int, ...] = (0,),
     cases: tuple[tuple[str, str], ...] = DEFAULT_CASES,
+    section: str = "loop",
+    title: str | None = None,
 ) -> dict:
+    """The runs' table and notes; ``section`` and ``title`` name where they are written
+    (another section than ``loop`` keeps the main table)."""
     rows, cycles, config = [], {}, None
     for scenario, retrainer in cases:
         for seed in seeds:
@@ -141,12 +145,14 @@ def run(
         )
     cases_arg = " ".join(f"{s}:{r}" for s, r in cases)
     seeds_arg = " ".join(str(s) for s in seeds)
+    where = "" if section == "loop" else f" --section {section}"
+    where += f" --title '{title}'" if title else ""
     return {
-        "title": "Closed loop (`kubeloop demo`)",
+        "title": title or "Closed loop (`kubeloop demo`)",
         "table": rows,
         "command": (
             f".venv/bin/python bench/loop/bench_loop.py --seeds {seeds_arg} "
-            f"--cases {cases_arg} --write-docs"
+            f"--cases {cases_arg}{where} --write-docs"
         ),
         "notes": (
             f"{config.rate:g} transactions/s through the router, the scenario starts "
@@ -254,15 +260,7 @@ def main() -> None:
     parser.add_argument("--title", help="the section's title (default: the closed loop's)")
     args = parser.parse_args()
     cases = [(s, args.retrainer) for s in args.scenarios] if args.scenarios else args.cases
-    result = run(tuple(args.seeds), tuple(cases))
-    if args.section != "loop":
-        result["command"] = result["command"].replace(
-            " --write-docs", f" --section {args.section} --write-docs"
-        )
-        if args.title:
-            result["command"] += f" --title '{args.title}'"
-    if args.title:
-        result["title"] = args.title
+    result = run(tuple(args.seeds), tuple(cases), args.section, args.title)
     print(json.dumps(result, indent=2))
     if args.write_docs:
         from kubeloop.bench.runner import OUTPUT, merge, render_section

@@ -28,6 +28,7 @@ from pathlib import Path
 SOURCE = "example://fraud/stationary?days=1&accounts=400&seed=0"
 EPOCHS = 6
 BATCH_SIZE = 64
+ENVIRONMENT = ("KUBELOOP_HOME", "KUBELOOP_STAGE_SERVER")
 STAGES = ("ingest", "validate", "features", "train", "evaluate", "gate", "register")
 
 
@@ -79,36 +80,37 @@ def _in_one_process(home: Path, registry: str, model: str) -> dict[str, float]:
 
 def run() -> dict:
     from kubeloop.local.pipelines import run_training_pipeline
-    from kubeloop.local.stages import ping
-    from kubeloop.local.supervisor import Supervisor
-    from kubeloop.local.wait import wait_until
+    from kubeloop.local.runtime import STAGES as STAGE_SERVER
+    from kubeloop.local.runtime import LocalRuntime
+    from kubeloop.local.stages import wait_ready
     from kubeloop.settings import get_settings
     from kubeloop.training.ray_runtime import start_local_head, stop_local_head
 
-    saved = os.environ.get("KUBELOOP_HOME")
     timings: dict[str, dict[str, float]] = {}
     walls: dict[str, float] = {}
     loads: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="kubeloop-bench-") as tmp:
         home = Path(tmp)
+        # this home, and no stage server but the one each variant names
+        saved = {name: os.environ.pop(name, None) for name in ENVIRONMENT}
         os.environ["KUBELOOP_HOME"] = tmp
         get_settings.cache_clear()
-        socket = home / "stages.sock"
         try:
             started = time.perf_counter()
             start_local_head(home)
             ray_start = time.perf_counter() - started
-            with Supervisor(home / "runtime") as supervisor:
-                started = time.perf_counter()
-                supervisor.start("stages", ["-m", "kubeloop.local.stages", "--socket", str(socket)])
-                wait_until(lambda: ping(socket), timeout=300, interval=0.2, what="stage server")
+            runtime = LocalRuntime(home, warm_stages=True)
+            started = time.perf_counter()
+            with runtime.start_part(STAGE_SERVER) as server:
+                wait_ready(runtime.stage_socket, timeout=300, detail=server.log_tail)
                 server_start = time.perf_counter() - started
-                for variant, server in (("process per stage", None), ("warm stages", socket)):
+                for variant, socket in (("process per stage", None),
+                                        ("warm stages", runtime.stage_socket)):  # fmt: skip
                     for _attempt in ("untimed", "timed"):
                         loads[variant] = os.getloadavg()[0]
                         result = run_training_pipeline(
                             source_uri=SOURCE, epochs=EPOCHS, batch_size=BATCH_SIZE,
-                            echo=lambda _: None, stage_server=server or home / "absent.sock",
+                            echo=lambda _: None, stage_server=socket,
                         )  # fmt: skip
                         if not result.succeeded:
                             raise RuntimeError(f"benchmark run failed: {result.error}")
@@ -124,10 +126,10 @@ def run() -> dict:
             rows_in_window = result.metrics.get("eval_rows")
         finally:
             stop_local_head(home)
-            if saved is None:
-                os.environ.pop("KUBELOOP_HOME", None)
-            else:
-                os.environ["KUBELOOP_HOME"] = saved
+            for name, value in saved.items():
+                os.environ.pop(name, None)
+                if value is not None:
+                    os.environ[name] = value
             get_settings.cache_clear()
     variants = list(timings)
     rows = []

@@ -227,16 +227,6 @@ def _local_path(uri: str) -> bool:
     return bool(uri) and "://" not in uri
 
 
-def warm_server(stage_server: str | Path | None) -> Path | None:
-    """The stage server to fork stages from: ``stage_server`` (default
-    ``settings.stage_server``) when it answers, else None (a process per stage)."""
-    from kubeloop.local.stages import ping
-    from kubeloop.settings import get_settings
-
-    path = stage_server or get_settings().stage_server
-    return Path(path) if path and ping(path) is not None else None
-
-
 @contextlib.contextmanager
 def _stage_runner(
     containers: bool, settings: Any, params: dict[str, Any], warm: Path | None = None
@@ -319,6 +309,7 @@ def run_training_pipeline(
     """
     from kfp import local
 
+    from kubeloop.local.stages import ping
     from kubeloop.pipelines.training import training_pipeline
     from kubeloop.registry import ModelRegistry
     from kubeloop.settings import get_settings
@@ -357,11 +348,12 @@ def run_training_pipeline(
     before = {p.name for p in runs.iterdir()}
     log_path = runs / f".run-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6}.log"
     started = time.perf_counter()
-    warm = None if containers else warm_server(stage_server)
-    configured = stage_server or settings.stage_server
+    # Stages fork from the stage server when one is configured and answers.
+    configured = None if containers else (stage_server or settings.stage_server)
+    warm = Path(configured) if configured and ping(configured) is not None else None
     if warm is not None:
         echo(f"stages forked from the warm stage server at {warm}")
-    elif configured and not containers:
+    elif configured:
         echo(f"no stage server answers at {configured}: a process per stage")
     error = None
     with (

@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,8 +135,7 @@ def preload(modules: Sequence[str] = PRELOAD) -> dict[str, float]:
 
 def _run_call(call: StageCall, env: dict[str, str], cwd: str) -> int:
     """Runs one stage in this (forked) process, as ``sh -c`` would run it; its exit status."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the server's handler exits quietly
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
@@ -267,6 +266,19 @@ def ping(socket_path: str | Path) -> dict | None:
         return json.loads(line) if line else None
     except (StageServerError, OSError, json.JSONDecodeError):
         return None
+
+
+def wait_ready(
+    socket_path: str | Path, timeout: float, detail: Callable[[], str] | None = None
+) -> dict:
+    """Waits until the server at ``socket_path`` answers (it binds its socket only once
+    its imports are done); what it says about itself. ``TimeoutError`` after ``timeout`` s."""
+    from kubeloop.local.wait import wait_until
+
+    return wait_until(
+        lambda: ping(socket_path), timeout=timeout, interval=0.2,
+        what=f"the stage server at {socket_path}", detail=detail,
+    )  # fmt: skip
 
 
 def run_stage(

@@ -137,3 +137,4 @@ def test_a_failing_stage_reports_its_own_error_warm_or_not(home, stage_server, t
         assert not result.succeeded and result.failed_stage == "ingest"
         assert "missing columns ['amount']" in result.error, result.error
     assert not (home / "registry").exists() or not any((home / "registry").rglob("*.pt"))
+    assert not (home / "registry").exists()  # nothing was written to the registry at all
