@@ -561,6 +561,15 @@ class Retraining(_Model):
         "registered reference sample) beside the data window, so a retrained model keeps what "
         "did not change; runs get replay_fraction and replay_version; 0: the window alone",
     )
+    concept_replay_fraction: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="the replay share instead of replayFraction when the drift is in the "
+        "labels' relation to the inputs (concept drift: the error rate flagged, no input or "
+        "score detector did): the stable version's labels then partly teach the old concept; "
+        "unset: replayFraction",
+    )
     cooldown_seconds: int = Field(3600, ge=0, description="minimum time between retraining runs")
     max_attempts: int = Field(3, ge=1, description="runs per stable version before giving up")
     backoff_seconds: int = Field(

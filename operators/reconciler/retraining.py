@@ -8,10 +8,31 @@ from kubeloop.operators.reconciler.types import Decision, RunState, SubmitRun, p
 
 ACTIVE = (RunState.SUBMITTED, RunState.RUNNING)
 
+# Detectors of the inputs and the scores: drift they see moved P(x), whatever P(y|x) did.
+INPUT_DETECTORS = frozenset({"mmd", "cvm", "fet", "prediction"})
+CONCEPT_DETECTOR = "error_rate"
+
+
+def concept_drift_alone(detail: dict[str, Any]) -> bool:
+    """The error rate of the delayed labels flags while no input or score detector does:
+    P(x) held and P(y|x) moved (concept drift)."""
+    flags = detail.get("detectors") or {}
+    flagged = {name for name, value in flags.items() if value >= 1}
+    return CONCEPT_DETECTOR in flagged and not flagged & INPUT_DETECTORS
+
 
 def run_name(deployment: str, stable_version: str, attempt: int) -> str:
     """Deterministic: the same drift episode on the same version never yields two runs."""
     return f"{deployment}-{stable_version}-retrain-{attempt}"
+
+
+def replay_fraction(retraining: Any, detail: dict[str, Any]) -> float:
+    """The share of a run's training rows replayed from the stable version's data:
+    ``conceptReplayFraction`` when the evidence is concept drift alone (old labels partly
+    teach the old concept), else ``replayFraction``."""
+    if retraining.concept_replay_fraction is not None and concept_drift_alone(detail):
+        return retraining.concept_replay_fraction
+    return retraining.replay_fraction
 
 
 def _submit_action(p: Any, name: str) -> SubmitRun:
@@ -21,8 +42,9 @@ def _submit_action(p: Any, name: str) -> SubmitRun:
         "data_window": retraining.data_window,
         **retraining.parameters,
     }
-    if retraining.replay_fraction > 0 and p.s.stable_version:
-        parameters["replay_fraction"] = f"{retraining.replay_fraction:.6g}"
+    fraction = replay_fraction(retraining, p.obs.drift_detail)
+    if fraction > 0 and p.s.stable_version:
+        parameters["replay_fraction"] = f"{fraction:.6g}"
         parameters["replay_version"] = p.s.stable_version
     if p.reweight_to is not None:  # label shift alone, monitoring.labelShift RetrainReweighted
         parameters["target_positive_rate"] = f"{p.reweight_to:.6g}"
@@ -113,10 +135,17 @@ def plan_retraining(p: Any) -> None:
         if p.reweight_to is not None
         else ""
     )
+    fraction = replay_fraction(spec, p.obs.drift_detail)
+    replayed = (
+        f", {fraction:.0%} of its training rows replayed from {stable}'s data"
+        + (" (concept drift: no input moved)" if fraction != spec.replay_fraction else "")
+        if fraction > 0
+        else ""
+    )
     p.decide(
         Decision.RETRAIN,
         "DriftSustained",
-        f"drift on {stable} sustained; submitted {name}{reweighted}",
+        f"drift on {stable} sustained; submitted {name}{reweighted}{replayed}",
         stable,
         {"run": name, **p.obs.drift_detail},
     )

@@ -60,33 +60,37 @@ def test_replay_rows_keep_the_features_and_label_only():
         replay_rows(reference(10).drop(columns=["amount"]), FRAUD_SCHEMA, 10, 0.5, 0)
 
 
-def spec(fraction: float | None):
+def spec(fraction: float | None, concept: float | None = None):
     retraining = {"cooldownSeconds": 0, "parameters": {"window": "fresh"}}
     if fraction is not None:
         retraining["replayFraction"] = fraction
+    if concept is not None:
+        retraining["conceptReplayFraction"] = concept
     return parse_spec({"model": {"name": "fraud-detector"},
                        "monitoring": {"driftDurationSeconds": 5}, "retraining": retraining})  # fmt: skip
 
 
-def obs(t: float, drifted: bool) -> Observations:
+def obs(t: float, drifted: bool, flagged: tuple[str, ...] = ("error_rate",)) -> Observations:
     return Observations(
         now=T0 + timedelta(seconds=t),
         registry_versions=(RegistryVersion("v1", True),),
         ready_versions=frozenset({"v1"}),
         drift_detected=drifted,
-        drift_detail={"detectors": {"error_rate": float(drifted)}},
+        drift_detail={"detectors": dict.fromkeys(flagged, float(drifted))},
         drift_version="v1",
         watched_versions=frozenset({"v1"}),
         max_pass_gap_seconds=1e6,
     )
 
 
-def submitted(sp) -> SubmitRun:
+def submitted(sp, flagged: tuple[str, ...] = ("error_rate",), history: list | None = None):
     status, actions = None, []
-    for o in (obs(0, False), obs(1, True), obs(7, True)):
+    for o in (obs(0, False, flagged), obs(1, True, flagged), obs(7, True, flagged)):
         result = reconcile("fd", sp, status, o)
         status, actions = result.status, [*actions, *result.actions]
     [submit] = [a for a in actions if isinstance(a, SubmitRun)]
+    if history is not None:
+        history.extend(status.history)
     return submit
 
 
@@ -107,3 +111,35 @@ def test_without_a_fraction_the_run_learns_from_the_window_alone(fraction):
 def test_the_crd_refuses_a_fraction_outside_zero_to_one(fraction):
     with pytest.raises(ValueError, match="spec.retraining.replayFraction"):
         spec(fraction)
+
+
+@pytest.mark.parametrize(
+    ("flagged", "expected"),
+    [
+        (("error_rate",), "0.2"),  # concept drift: only the labels' error rate moved
+        (("error_rate", "predicted_class"), "0.2"),
+        (("error_rate", "cvm"), "0.6"),  # an input moved: covariate drift, the usual share
+        (("mmd",), "0.6"),
+        (("predicted_class",), "0.6"),  # label shift alone
+    ],
+)
+def test_concept_drift_replays_the_concept_share(flagged, expected):
+    history: list = []
+    parameters = submitted(spec(0.6, concept=0.2), flagged, history).parameters
+    assert parameters["replay_fraction"] == expected
+    [retrain] = [d for d in history if d.decision == "retrain"]
+    assert f"{float(expected):.0%} of its training rows replayed from v1" in retrain.message
+    assert ("concept drift" in retrain.message) is (expected == "0.2")
+
+
+def test_concept_replay_zero_learns_from_the_window_alone():
+    parameters = submitted(spec(0.6, concept=0.0)).parameters
+    assert "replay_fraction" not in parameters and "replay_version" not in parameters
+    # unset: concept drift replays replayFraction like any other
+    assert submitted(spec(0.6)).parameters["replay_fraction"] == "0.6"
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0])
+def test_the_crd_refuses_a_concept_fraction_outside_zero_to_one(fraction):
+    with pytest.raises(ValueError, match="spec.retraining.conceptReplayFraction"):
+        spec(0.6, concept=fraction)
