@@ -25,9 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from kubeloop.demo.config import LoopConfig
+
 SOURCE = "example://fraud/stationary?days=1&accounts=400&seed=0"
-EPOCHS = 6
-BATCH_SIZE = 64
+# what the demo's retraining runs use
+EPOCHS = LoopConfig.pipeline_epochs
+BATCH_SIZE = LoopConfig.pipeline_batch_size
 ENVIRONMENT = ("KUBELOOP_HOME", "KUBELOOP_STAGE_SERVER")
 STAGES = ("ingest", "validate", "features", "train", "evaluate", "gate", "register")
 

@@ -44,11 +44,6 @@ def demo(
     rate: float = typer.Option(40.0, help="transactions per second sent through the router"),
     seed: int = typer.Option(0, help="seed of the data, the models and the traffic"),
     onset: float = typer.Option(40.0, help="seconds of traffic before the scenario starts"),
-    retrainer: str = typer.Option(
-        "window",
-        help="retraining run: window (plain torch on the recent labelled window) or pipeline "
-        "(the kfp.local training pipeline on that window)",
-    ),
     quick: bool = typer.Option(
         False, "--quick", help="train v1 with plain torch instead of the kfp.local pipeline"
     ),
@@ -90,7 +85,7 @@ def demo(
         config = LoopConfig(
             scenario=scenario, duration_seconds=duration, rate=rate, seed=seed,
             onset_seconds=onset, v1_trainer="quick" if quick else "pipeline",
-            retrainer=retrainer, online_features=online_features,
+            online_features=online_features,
         )  # fmt: skip
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

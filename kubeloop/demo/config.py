@@ -10,7 +10,6 @@ from kubeloop.data.fraud import SCENARIOS
 from kubeloop.operators.crd import LabelShiftAction
 
 TRAINERS = ("pipeline", "quick")
-RETRAINERS = ("window", "pipeline")
 LABEL_SHIFT_ACTIONS = tuple(LabelShiftAction)  # monitoring.labelShift.action
 
 
@@ -37,16 +36,19 @@ class LoopConfig:
     # profile up in Feast's online store, kept at the replay's day (False: callers send
     # every feature, no store).
     online_features: bool = True
-    # pipeline: the kfp.local training pipeline on the window; window: plain torch on it
-    retrainer: str = "window"
-    # spec.retraining.replayFraction: the share of a window run's training rows replayed
-    # from the stable version's data (a few hundred window rows hold a dozen frauds)
+    # spec.retraining.replayFraction: the share of a run's training rows replayed from the
+    # stable version's data (a few hundred window rows hold a dozen frauds);
+    # conceptReplayFraction: the share when only the error rate flagged (concept drift: the
+    # stable version's labels partly teach the old concept)
     replay_fraction: float = 0.6
+    concept_replay_fraction: float = 0.3
     # What label shift alone leads to, and the detector families the deployment lists
     # (empty: every family).
     label_shift_action: str = "Retrain"
     detectors: tuple[str, ...] = ()
-    pipeline_epochs: int = 6
+    # A retraining window holds hundreds of rows: small batches and enough epochs (the best
+    # epoch by validation loss is kept) to learn a new concept from a dozen frauds.
+    pipeline_epochs: int = 20
     pipeline_batch_size: int = 64
     # Two analysed canary steps (25 %, 50 %) before 100 %. At 20 requests/s a 25 % step
     # sends the canary 5 requests/s: 40 requests and 60 labelled predictions per version
@@ -76,8 +78,6 @@ class LoopConfig:
             problems.append(f"scenario {self.scenario!r} is not one of {', '.join(SCENARIOS)}")
         if self.v1_trainer not in TRAINERS:
             problems.append(f"v1_trainer {self.v1_trainer!r} is not one of {', '.join(TRAINERS)}")
-        if self.retrainer not in RETRAINERS:
-            problems.append(f"retrainer {self.retrainer!r} is not one of {', '.join(RETRAINERS)}")
         if self.label_shift_action not in LABEL_SHIFT_ACTIONS:
             problems.append(
                 f"label_shift_action {self.label_shift_action!r} is not one of "
@@ -104,8 +104,9 @@ class LoopConfig:
             problems.append(f"label_delay_seconds must be ≥ 0, got {self.label_delay_seconds}")
         if self.data_window_seconds < 5:
             problems.append(f"data_window_seconds must be ≥ 5, got {self.data_window_seconds}")
-        if not 0.0 <= self.replay_fraction < 1.0:
-            problems.append(f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
+        for name in ("replay_fraction", "concept_replay_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if problems:
             raise ValueError("invalid demo configuration: " + "; ".join(problems))
 

@@ -1,13 +1,16 @@
-"""The demo's other retraining runner: the kfp.local training pipeline on the recent window.
+"""The demo's retraining runner: the kfp.local training pipeline on the recent window.
 
-``retrain_with_pipeline`` (``--retrainer pipeline``) takes the same window of labelled
-traffic as ``train_on_recent_window`` (``kubeloop.demo.retrain.load_window``), writes it
+The operator's local driver calls ``retrain_with_pipeline`` in a run subprocess
+(``KUBELOOP_OPERATOR_LOCAL_RUNNER=kubeloop.demo.retrain_pipeline:retrain_with_pipeline``).
+It takes the window of labelled traffic (``kubeloop.demo.retrain.load_window``), writes it
 as a Parquet dataset with the schema's columns — the account as entity key, the time of
 the prediction as ``event_timestamp`` and the time the label came as
 ``label_timestamp`` (both ``datetime64[us, UTC]``) — and runs the training pipeline
 (ingest → validate → features → Ray Train → evaluate → gate → register) on it, with the
 window's bounds as the pipeline's ``window_start``/``window_end`` so the registered
-version's lineage names them.
+version's lineage names them. ``quality="corrupt"`` inverts the window's labels first (a
+broken label join): the gate, scoring candidate and champion on the same corrupted
+window, passes the candidate, and only the canary's live accuracy can catch it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from kubeloop.demo.retrain import load_window
+from kubeloop.demo.retrain import corrupt_labels, load_window
 
 WINDOWS_DIR = "windows"
 
@@ -53,11 +56,12 @@ def retrain_with_pipeline(
     window: str = "recent",
     seed: int = 1,
     run_name: str = "",
-    epochs: int = 6,
+    epochs: int = 20,
     batch_size: int = 64,
     target_positive_rate: float = 0.0,
     replay_fraction: float = 0.0,
     replay_version: str = "",
+    quality: str = "good",
     **_: Any,
 ):
     """Runs the training pipeline on the window; returns its ``TrainingRunResult``.
@@ -68,8 +72,13 @@ def retrain_with_pipeline(
     from kubeloop.data.fraud import FRAUD_SCHEMA
     from kubeloop.local.pipelines import format_summary, run_training_pipeline
 
+    if quality not in ("good", "corrupt"):
+        raise ValueError(f"quality must be good or corrupt, got {quality!r}")
     path = Path(labelled_traffic)
-    dataset = window_dataset(load_window(path, data_window, window))
+    frame = load_window(path, data_window, window)
+    if quality == "corrupt":
+        frame = corrupt_labels(frame, FRAUD_SCHEMA.label)
+    dataset = window_dataset(frame)
     folder = path.parent / WINDOWS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     source = folder / f"{run_name or 'window'}.parquet"

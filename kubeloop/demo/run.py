@@ -10,8 +10,12 @@ runtime is stopped on every exit path, Ctrl-C included.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -51,11 +55,8 @@ DEMO_DETECTOR_ERTS = {
     "error_rate": DEMO_ERRORS_ERT,
     "predicted_class": DEMO_CLASS_ERT,
 }
-# The retraining runner per --retrainer: what the operator's local run job calls.
-RUNNERS = {
-    "window": "kubeloop.demo.retrain:train_on_recent_window",
-    "pipeline": "kubeloop.demo.retrain_pipeline:retrain_with_pipeline",
-}
+# What the operator's local run job calls: the training pipeline on the labelled window.
+RUNNER = "kubeloop.demo.retrain_pipeline:retrain_with_pipeline"
 
 
 class DemoError(RuntimeError):
@@ -103,22 +104,17 @@ def deployment_manifest(config: LoopConfig, runtime: LocalRuntime, labelled: Pat
                 "labelShift": {"action": config.label_shift_action},
             },
             "retraining": {
-                "pipeline": {"name": RUNNERS[config.retrainer]},
+                "pipeline": {"name": RUNNER},
                 "parameters": {
                     "labelled_traffic": str(labelled),
                     "window": "fresh",  # learn from traffic labelled after the drift
                     "seed": str(config.seed + 1),
-                    **(
-                        {
-                            "epochs": str(config.pipeline_epochs),
-                            "batch_size": str(config.pipeline_batch_size),
-                        }
-                        if config.retrainer == "pipeline"
-                        else {}
-                    ),
+                    "epochs": str(config.pipeline_epochs),
+                    "batch_size": str(config.pipeline_batch_size),
                 },
                 "dataWindow": f"{config.data_window_seconds}s",
                 "replayFraction": config.replay_fraction,
+                "conceptReplayFraction": config.concept_replay_fraction,
                 "cooldownSeconds": 120,
                 "maxAttempts": 2,
                 "backoffSeconds": 5,
@@ -235,7 +231,7 @@ def run_demo(
     operator_env = {
         "KUBELOOP_OPERATOR_POLL_INTERVAL_SECONDS": str(config.poll_interval_seconds),
         "KUBELOOP_OPERATOR_MIN_WINDOW_SECONDS": "4",
-        "KUBELOOP_OPERATOR_LOCAL_RUNNER": RUNNERS[config.retrainer],
+        "KUBELOOP_OPERATOR_LOCAL_RUNNER": RUNNER,
     }
     if config.online_features:
         operator_env["KUBELOOP_OPERATOR_FEAST_STORE"] = str(feast_store)
@@ -247,7 +243,7 @@ def run_demo(
         # calibrated thresholds survive the next run's fresh home
         drift_cache=Path(drift_cache) if drift_cache else home.parent / "drift-cache",
         # pipeline runs (v1's, retraining runs) fork their stages from the stage server
-        warm_stages="pipeline" in (config.v1_trainer, config.retrainer),
+        warm_stages=True,
     )
     status = status or (lambda line: None)
     previous = signal.getsignal(signal.SIGTERM)
@@ -289,13 +285,12 @@ def run_demo(
             stop_local_head()
             ray_started = False
         echo(f"registered {MODEL} {first}")
-        if config.retrainer == "pipeline":
-            # Started now, so a retraining run joins a warm head instead of starting one
-            # (about 10 s on two cores); the run jobs find it under the runtime's home.
-            from kubeloop.training.ray_runtime import start_local_head
+        # Started now, so a retraining run joins a warm head instead of starting one
+        # (about 10 s on two cores); the run jobs find it under the runtime's home.
+        from kubeloop.training.ray_runtime import start_local_head
 
-            retrain_head = True
-            start_local_head(runtime.home)
+        retrain_head = True
+        start_local_head(runtime.home)
         if online is not None:
             preparing.result()
             online.start(runtime.prometheus_root)
@@ -433,25 +428,52 @@ def _drive(config, runtime, replayer, recorder, first, echo, status, started, ma
             return
 
 
+BAD_RUN = "demo-corrupted-labels"
+BAD_RUN_TIMEOUT_S = 240.0
+
+
+def run_job(
+    runtime: LocalRuntime, name: str, runner: str, params: dict, *, timeout: float
+) -> dict[str, Any]:
+    """One run as the operator's run jobs go (``kubeloop.local.operator.runjob``, with the
+    runtime's environment: its Ray head, its stage server); its ``result.json``."""
+    folder = runtime.home / "runs" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    result = folder / "result.json"
+    command = [sys.executable, "-m", "kubeloop.local.operator.runjob", "--runner", runner,
+               "--params", json.dumps(params), "--result", str(result)]  # fmt: skip
+    with (folder / "log.txt").open("wb") as log:
+        try:
+            subprocess.run(command, env={**os.environ, **runtime.env()}, stdout=log,
+                           stderr=subprocess.STDOUT, timeout=timeout, check=False)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return {"message": f"{name} ran past {timeout:.0f}s (log: {folder / 'log.txt'})"}
+    if not result.exists():
+        return {"message": f"{name} ended without a result (log: {folder / 'log.txt'})"}
+    return json.loads(result.read_text())
+
+
 def _offer_bad_candidate(config, runtime, recorder, echo) -> threading.Thread:
-    """Registers a version trained on inverted labels; LatestPassed makes it the next canary."""
-    from kubeloop.demo.retrain import train_on_recent_window
+    """Runs the training pipeline on the recent window with its labels inverted (as a broken
+    label join upstream would give): its gate, judging on the same corrupted window, passes
+    the candidate over the champion, and LatestPassed makes it the next canary."""
 
     def offer() -> None:
-        try:
-            version = train_on_recent_window(
-                MODEL, str(runtime.registry_uri), str(runtime.home / "loop" / LABELLED_FILE),
-                data_window=f"{config.data_window_seconds}s", window="recent", seed=config.seed + 7,
-                quality="corrupt", run_name="demo-corrupted-labels",
-            )  # fmt: skip
-        except Exception as exc:  # shown, and the demo ends without a rollback figure
-            echo(f"  could not train the corrupted candidate: {exc}")
+        params = {
+            "model_name": MODEL, "registry_uri": str(runtime.registry_uri),
+            "labelled_traffic": str(runtime.home / "loop" / LABELLED_FILE),
+            "data_window": f"{config.data_window_seconds}s", "window": "recent",
+            "seed": config.seed + 7, "quality": "corrupt", "run_name": BAD_RUN,
+            "epochs": config.pipeline_epochs, "batch_size": config.pipeline_batch_size,
+        }  # fmt: skip
+        result = run_job(runtime, BAD_RUN, RUNNER, params, timeout=BAD_RUN_TIMEOUT_S)
+        version = result.get("version")
+        if not version:  # shown, and the demo ends without a rollback figure
+            echo(f"  could not train the corrupted candidate: {result.get('message')}")
             return
-        recorder.bad_candidate = {"version": version.version, "offered_at": time.time()}
-        recorder.mark("offer", f"worse candidate {version.version} offered (inverted labels)")
-        echo(
-            f"  offered {version.version}, trained on inverted labels (a deliberately worse candidate)"
-        )
+        recorder.bad_candidate = {"version": version, "offered_at": time.time()}
+        recorder.mark("offer", f"worse candidate {version} offered (inverted labels)")
+        echo(f"  offered {version}, trained on inverted labels (a deliberately worse candidate)")
 
     thread = threading.Thread(target=offer, name="bad-candidate", daemon=True)
     thread.start()

@@ -80,7 +80,6 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
             "duration_seconds": round(max((a["sent_at"] for a in answers), default=t0) - t0, 2),
         },
         "first_version": first_stable,
-        "retrainer": record["config"].get("retrainer", "window"),
         "label_shift_action": record["config"].get("label_shift_action", "Retrain"),
         "drift_onset_seconds": _rel(onset, t0),
         "retraining_runs": len(decisions_of(record, "retrain")),
@@ -141,9 +140,13 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
         )
     if promoted:
         bad_at = (record.get("bad_candidate") or {}).get("offered_at")
-        out["accuracy_after_promotion"] = accuracy(
-            answers, version=new_version, start=at_full or promoted["t"], end=bad_at
-        )
+        since = at_full or promoted["t"]
+        out["accuracy_after_promotion"] = {
+            **accuracy(answers, version=new_version, start=since, end=bad_at),
+            # the traffic it was measured on, by the time it was sent (epoch seconds)
+            "sent_from": since,
+            "sent_until": bad_at,
+        }
     out["bad_candidate"] = _bad_candidate(record, answers)
     out["accuracy_estimate_error"] = estimate_error(record, answers)
     return out

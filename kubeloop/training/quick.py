@@ -4,7 +4,7 @@ The pipeline (``kubeloop-training``) is how kubeloop trains for real. This path 
 the same network on the example generator's data in seconds, without Ray, Feast or
 kfp.local, for what must not wait for a pipeline: ``kubeloop demo --quick`` (its first
 version), the local runtime's ``quick_train`` runner (known-good and deliberately bad
-candidates), the demo's window retrainer and the benchmarks. Everything is seeded, so
+candidates) and the benchmarks. Everything is seeded, so
 the same arguments give the same weights.
 """
 
@@ -21,7 +21,6 @@ from kubeloop.features.join import point_in_time_join
 from kubeloop.model import ModelBundle, ModelConfig, Preprocessor, TabularClassifier
 from kubeloop.model.publish import publish_bundle, reference_sample
 from kubeloop.registry import ModelRegistry, ModelVersion
-from kubeloop.training.loop import reweighting
 
 """Rows of the evaluation window kept as the version's drift reference sample."""
 
@@ -32,11 +31,8 @@ def train_bundle(
     seed: int = 0,
     steps: int = 300,
     hidden_units: int = 16,
-    target_positive_rate: float = 0.0,
 ) -> ModelBundle:
-    """Fits the preprocessor and trains the network with plain torch (full-batch Adam);
-    with ``target_positive_rate`` the classes are re-weighted to that prior
-    (:func:`kubeloop.training.loop.reweighting`)."""
+    """Fits the preprocessor and trains the network with plain torch (full-batch Adam)."""
     schema = fraud.FRAUD_SCHEMA
     torch.manual_seed(seed)
     pre = Preprocessor.fit(frame, schema)
@@ -47,7 +43,6 @@ def train_bundle(
     optimiser = torch.optim.Adam(network.parameters(), lr=1e-2)
     # Fraud is rare: weigh positives up (square root of the class ratio, a mild weight).
     pos_weight = torch.tensor(max(float((1 - y).sum() / max(y.sum(), 1.0)), 1.0) ** 0.5)
-    shift = reweighting(y.numpy(), target_positive_rate)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     network.train()
     for _ in range(steps):
@@ -55,9 +50,6 @@ def train_bundle(
         loss = loss_fn(network(x), y)
         loss.backward()
         optimiser.step()
-    if shift is not None:  # the classes re-weighted to the target prior (see Reweighting)
-        with torch.no_grad():
-            network.net[-1].bias += shift.logit_offset
     network.eval()
     return ModelBundle(schema=schema, preprocessor=pre, config=config, network=network)
 
@@ -111,12 +103,10 @@ def train_and_publish(
     seed: int,
     steps: int,
     lineage: dict,
-    min_accuracy: float | None = None,
-    target_positive_rate: float = 0.0,
 ) -> ModelVersion:
     """Trains on ``train``, scores ``evaluation`` (metrics and the reference sample) and
-    publishes the version; with ``min_accuracy`` the gate checks the offline accuracy."""
-    bundle = train_bundle(train, seed=seed, steps=steps, target_positive_rate=target_positive_rate)
+    publishes the version (quick training has no gate)."""
+    bundle = train_bundle(train, seed=seed, steps=steps)
     schema = bundle.schema
     scores, classes = bundle.predict(evaluation)
     labels = evaluation[schema.label].to_numpy()
@@ -127,13 +117,7 @@ def train_and_publish(
         "train_rows": len(train),
     }
     reference = reference_sample(bundle, evaluation)  # evaluation is in time order
-    if min_accuracy is None:
-        gate = {"passed": True, "reasons": "quick training publishes without a gate"}
-    else:
-        gate = {
-            "passed": metrics["accuracy"] >= min_accuracy,
-            "reasons": f"offline accuracy {metrics['accuracy']:.3f} (needs ≥ {min_accuracy:g})",
-        }
+    gate = {"passed": True, "reasons": "quick training publishes without a gate"}
     return publish_bundle(
         registry,
         model_name,

@@ -89,7 +89,7 @@ def test_covariate_drift_retrains_promotes_and_rolls_back_the_worse_candidate(
         summary["detection_delay_seconds"] is not None and summary["detection_delay_seconds"] > 0
     ), log
     assert summary["retrained_version"] == "v2", log
-    assert summary["retrained_by"] == "kubeloop.demo.retrain", summary
+    assert summary["retrained_by"] == "kubeloop-training", summary  # the training pipeline
     window = summary["retrained_window"]  # the lineage names the traffic it learned from
     assert window and window["start"] < window["end"], summary
     # two analysed steps (25 %, 50 %) before the promotion to 100 %

@@ -1,22 +1,23 @@
-"""The demo's retraining window: what the runners read from the labelled traffic file.
+"""The demo's retraining window: what the pipeline retrainer reads from the labelled
+traffic file, and a whole run of it.
 
-Real files (Parquet written the way the traffic replayer writes it); the pipeline
-retrainer's dataset is read back through kubeloop's own source reader, as its ingest
-stage reads it.
+Real files (Parquet written the way the traffic replayer writes it); the retrainer's
+dataset is read back through kubeloop's own source reader, as its ingest stage reads it;
+the run is the kfp.local training pipeline on the session's Ray head, its stages forked
+from the session's stage server.
 """
 
 from __future__ import annotations
 
 import time
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from kubeloop.data.fraud import FRAUD_SCHEMA
 from kubeloop.demo.config import LoopConfig
-from kubeloop.demo.retrain import load_window, train_on_recent_window, window_bounds
-from kubeloop.demo.retrain_pipeline import window_dataset
+from kubeloop.demo.retrain import load_window
+from kubeloop.demo.retrain_pipeline import WINDOWS_DIR, retrain_with_pipeline, window_dataset
 from kubeloop.demo.stream import build_stream
 
 
@@ -60,16 +61,12 @@ def test_window_dataset_names_missing_key_columns(tmp_path):
         window_dataset(frame)
 
 
-def test_recent_window_and_its_bounds(tmp_path):
+def test_recent_window_holds_the_last_seconds_of_labels(tmp_path):
     now = time.time()
     labelled_traffic(tmp_path / "labelled.parquet", n=800, now=now)
     frame = load_window(tmp_path / "labelled.parquet", "10s", "recent")
     assert 200 <= len(frame) <= 800
     assert frame["labelled_at"].min() >= time.time() - 10 - 1
-    bounds = window_bounds(frame)
-    start, end = pd.Timestamp(bounds["start"]), pd.Timestamp(bounds["end"])
-    assert start < end and end.tz is not None
-    assert np.isclose(end.timestamp(), frame["sent_at"].max(), atol=1e-3)
 
 
 def test_too_small_a_window_is_refused_with_its_size(tmp_path):
@@ -82,60 +79,53 @@ def test_too_small_a_window_is_refused_with_its_size(tmp_path):
         load_window(tmp_path / "labelled.parquet", "10s", "latest")
 
 
-def test_window_runner_records_the_window_in_the_lineage(tmp_path):
-    labelled_traffic(tmp_path / "labelled.parquet", n=800)
-    version = train_on_recent_window(
-        "fraud-detector", str(tmp_path / "registry"), str(tmp_path / "labelled.parquet"),
-        data_window="60s", steps=50, run_name="test-window",
-    )  # fmt: skip
-    window = version.lineage["window"]
-    assert pd.Timestamp(window["start"]) < pd.Timestamp(window["end"])
-    assert version.lineage["pipeline_run_id"] == "test-window"
-
-
-def test_config_refuses_unknown_retrainer_and_bad_steps():
-    with pytest.raises(ValueError, match="retrainer 'ray' is not one of window, pipeline"):
-        LoopConfig(retrainer="ray")
+def test_config_refuses_bad_steps_and_replay_shares():
+    with pytest.raises(ValueError, match="concept_replay_fraction must be in"):
+        LoopConfig(concept_replay_fraction=1.0)
     with pytest.raises(ValueError, match="steps must increase and end at 100"):
         LoopConfig(steps=(50, 25, 100))
     assert LoopConfig().steps == (25, 50, 100)
 
 
-def test_window_runner_replays_the_champions_data_and_names_it_in_the_lineage(tmp_path):
+@pytest.mark.slow
+def test_a_corrupted_window_passes_its_gate_over_the_champion(tmp_path, ray_head, stage_server,
+                                                              monkeypatch):  # fmt: skip
+    """The demo's worse candidate: the pipeline on the window with its labels inverted. The
+    gate scores candidate and champion on the same (corrupted) evaluation window, so the
+    candidate passes; its lineage names the window and the champion's replayed rows."""
     from kubeloop.registry import ModelRegistry
+    from kubeloop.settings import get_settings
     from kubeloop.training.quick import publish_quick_version
 
+    monkeypatch.setenv("KUBELOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KUBELOOP_STAGE_SERVER", str(stage_server))
+    get_settings.cache_clear()
     registry = ModelRegistry(str(tmp_path / "registry"))
-    champion = publish_quick_version(registry, seed=0, n_accounts=60, days=4.0, steps=30)
-    labelled_traffic(tmp_path / "labelled.parquet", n=800)
-    version = train_on_recent_window(
+    champion = publish_quick_version(registry, seed=0, n_accounts=100, days=4.0, steps=100)
+    registry.set_alias("fraud-detector", "champion", champion.version)
+    labelled = labelled_traffic(tmp_path / "labelled.parquet", n=1200)
+    result = retrain_with_pipeline(
         "fraud-detector", str(tmp_path / "registry"), str(tmp_path / "labelled.parquet"),
-        data_window="60s", steps=50, run_name="test-replay",
-        replay_fraction="0.6", replay_version=champion.version,
+        data_window="60s", window="recent", seed=2, epochs=5, quality="corrupt",
+        run_name="test-corrupt", replay_fraction="0.5", replay_version=champion.version,
     )  # fmt: skip
-    replay = version.lineage["replay"]
-    window_rows = int(version.lineage["row_count"] * 0.7)
-    assert replay["version"] == champion.version and replay["fraction"] == 0.6
-    assert replay["rows"] == min(round(window_rows * 1.5), replay["available"])
-    assert version.metrics["train_rows"] == window_rows + replay["rows"]
-    # evaluation stays on the recent window
-    assert version.metrics["eval_rows"] == version.lineage["row_count"] - window_rows
+    get_settings.cache_clear()
+    assert result.succeeded and result.stage_runner == "warm", result.error
+    assert result.gate_passed and result.version == "v2", result.gate_reasons
+    # the dataset the run read: the window's rows, every label inverted
+    dataset = pd.read_parquet(tmp_path / WINDOWS_DIR / "test-corrupt.parquet")
+    original = labelled.set_index("transaction_id")[FRAUD_SCHEMA.label]
+    inverted = dataset.set_index("transaction_id")[FRAUD_SCHEMA.label]
+    assert len(inverted) >= 200 and (inverted == 1 - original.loc[inverted.index]).all()
+    lineage = registry.get("fraud-detector", "v2").lineage
+    assert lineage["parameters"]["replay_version"] == champion.version
+    assert lineage["parameters"]["replay_fraction"] == 0.5
+    start, end = (pd.Timestamp(t) for t in lineage["window"].strip("[)").split(", "))
+    assert start == dataset["event_timestamp"].min() and end > dataset["event_timestamp"].max()
 
 
-def test_window_runner_names_a_champion_without_a_reference_sample(tmp_path):
-    from kubeloop.data.replay import ReplayError
-
-    labelled_traffic(tmp_path / "labelled.parquet", n=800)
-    with pytest.raises(ReplayError, match="replay_version"):
-        train_on_recent_window(
-            "fraud-detector", str(tmp_path / "registry"), str(tmp_path / "labelled.parquet"),
-            data_window="60s", steps=5, replay_fraction=0.5,
-        )  # fmt: skip
-    with pytest.raises(ReplayError, match=r"fraud-detector/v7 has no readable reference"):
-        train_on_recent_window(
-            "fraud-detector", str(tmp_path / "registry"), str(tmp_path / "labelled.parquet"),
-            data_window="60s", steps=5, replay_fraction=0.5, replay_version="v7",
-        )  # fmt: skip
-    assert not (tmp_path / "registry" / "fraud-detector" / "versions").exists() or not list(
-        (tmp_path / "registry" / "fraud-detector" / "versions").iterdir()
-    )
+def test_the_runner_refuses_an_unknown_quality(tmp_path):
+    labelled_traffic(tmp_path / "labelled.parquet", n=300)
+    with pytest.raises(ValueError, match="quality must be good or corrupt, got 'noisy'"):
+        retrain_with_pipeline("fraud-detector", str(tmp_path / "registry"),
+                              str(tmp_path / "labelled.parquet"), quality="noisy")  # fmt: skip

@@ -154,7 +154,7 @@ def test_timeline_orders_marks_and_decisions_and_drops_holds():
         ({"onset_seconds": 50, "duration_seconds": 55}, "duration_seconds"),
         ({"v1_trainer": "sklearn"}, "v1_trainer"),
         ({"rate": 400, "batch": 1}, "requests/s"),
-        ({"retrainer": "ray"}, "retrainer"),
+        ({"replay_fraction": 1.0}, "replay_fraction"),
         ({"steps": (50, 100, 25)}, "steps"),
         ({"steps": (25, 50)}, "end at 100"),
     ],

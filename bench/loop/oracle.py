@@ -1,0 +1,51 @@
+"""The yardstick for a retrained model: the best model one could train for the new world.
+
+An oracle is the training pipeline's own trainer (Ray Train, ``train_model``) on plenty of
+post-drift data from the generator: the same scenario and customers (account population)
+as the demo's traffic, another seed's transactions, every row after the onset (about
+16,000 over ten days at the demo's 800 accounts). It is scored on the labelled traffic the
+promoted version served, so the bench's "gap to oracle" is how far the loop's model is
+from what more post-drift data would have given.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+ORACLE_DAYS = 10
+ORACLE_EPOCHS = 20
+ORACLE_BATCH_SIZE = 256
+
+
+def oracle_frame(
+    scenario: str, *, seed: int, n_accounts: int, population_seed: int
+) -> pd.DataFrame:
+    """Post-drift rows of ``scenario`` (features joined point-in-time) for one oracle."""
+    from kubeloop.data import fraud
+    from kubeloop.features.join import point_in_time_join
+
+    # one warm-up day (the accounts' histories fill) before the onset, then ORACLE_DAYS
+    days = ORACLE_DAYS + 1
+    data = fraud.generate(scenario, days=days, n_accounts=n_accounts, seed=seed,
+                          population_seed=population_seed, onset_fraction=1 / days)  # fmt: skip
+    frame = point_in_time_join(data)
+    onset = pd.Timestamp(data.truth.onset)
+    return frame[frame["event_timestamp"] >= onset].reset_index(drop=True)
+
+
+def oracle_accuracy(
+    scenario: str, rows: pd.DataFrame, *, seed: int, n_accounts: int, population_seed: int
+) -> float:
+    """Accuracy on ``rows`` (features and label) of an oracle trained for ``scenario``, at
+    the decision threshold its own validation rows chose."""
+    from kubeloop.data.fraud import FRAUD_SCHEMA as schema
+    from kubeloop.training import TrainParams
+    from kubeloop.training.ray_train import train_model
+
+    frame = oracle_frame(
+        scenario, seed=seed, n_accounts=n_accounts, population_seed=population_seed
+    )
+    params = TrainParams(epochs=ORACLE_EPOCHS, batch_size=ORACLE_BATCH_SIZE, seed=seed)
+    outcome = train_model(frame, schema, params, log=lambda _: None)
+    _, classes = outcome.bundle.predict(rows)
+    return float((classes == rows[schema.label].to_numpy()).mean())
