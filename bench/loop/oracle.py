@@ -28,6 +28,8 @@ def oracle_frame(
     days = ORACLE_DAYS + 1
     data = fraud.generate(scenario, days=days, n_accounts=n_accounts, seed=seed,
                           population_seed=population_seed, onset_fraction=1 / days)  # fmt: skip
+    if data.truth.onset is None:
+        raise ValueError(f"scenario {scenario!r} has no drift onset: no post-drift world")
     frame = point_in_time_join(data)
     onset = pd.Timestamp(data.truth.onset)
     return frame[frame["event_timestamp"] >= onset].reset_index(drop=True)

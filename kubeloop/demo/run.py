@@ -11,11 +11,8 @@ runtime is stopped on every exit path, Ctrl-C included.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -435,21 +432,25 @@ BAD_RUN_TIMEOUT_S = 240.0
 def run_job(
     runtime: LocalRuntime, name: str, runner: str, params: dict, *, timeout: float
 ) -> dict[str, Any]:
-    """One run as the operator's run jobs go (``kubeloop.local.operator.runjob``, with the
-    runtime's environment: its Ray head, its stage server); its ``result.json``."""
+    """One run as the operator's run jobs go (``kubeloop.local.operator.runjob`` under the
+    runtime's supervisor, with its environment: its Ray head, its stage server, so
+    stopping the runtime stops it too); its ``result.json``, or a message why there is none."""
     folder = runtime.home / "runs" / name
     folder.mkdir(parents=True, exist_ok=True)
     result = folder / "result.json"
-    command = [sys.executable, "-m", "kubeloop.local.operator.runjob", "--runner", runner,
-               "--params", json.dumps(params), "--result", str(result)]  # fmt: skip
-    with (folder / "log.txt").open("wb") as log:
-        try:
-            subprocess.run(command, env={**os.environ, **runtime.env()}, stdout=log,
-                           stderr=subprocess.STDOUT, timeout=timeout, check=False)  # fmt: skip
-        except subprocess.TimeoutExpired:
-            return {"message": f"{name} ran past {timeout:.0f}s (log: {folder / 'log.txt'})"}
+    job = runtime.supervisor.start(
+        f"run-{name}",
+        ["-m", "kubeloop.local.operator.runjob", "--runner", runner,
+         "--params", json.dumps(params), "--result", str(result)],
+        env=runtime.env(), labels={"run": name}, job=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: not job.running(), timeout=timeout, interval=1.0, what=f"run {name}")
+    except TimeoutError:
+        job.stop()
+        return {"message": f"{name} ran past {timeout:.0f}s: {job.log_tail(500)}"}
     if not result.exists():
-        return {"message": f"{name} ended without a result (log: {folder / 'log.txt'})"}
+        return {"message": f"{name} ended without a result: {job.log_tail(500)}"}
     return json.loads(result.read_text())
 
 

@@ -49,7 +49,7 @@ def accuracy(answers: list[dict], *, version: str | None = None, start: float | 
 
 def window_of(value: Any) -> dict[str, str] | None:
     """A lineage's data window as ``{"start", "end"}``: the training pipeline writes it as
-    ``"[start, end)"``, the window runner as the mapping itself."""
+    ``"[start, end)"``, quick training as the mapping itself."""
     if isinstance(value, dict):
         return {"start": str(value.get("start", "")), "end": str(value.get("end", ""))}
     if isinstance(value, str) and "," in value:

@@ -92,7 +92,7 @@ def test_a_corrupted_window_passes_its_gate_over_the_champion(tmp_path, ray_head
                                                               monkeypatch):  # fmt: skip
     """The demo's worse candidate: the pipeline on the window with its labels inverted. The
     gate scores candidate and champion on the same (corrupted) evaluation window, so the
-    candidate passes; its lineage names the window and the champion's replayed rows."""
+    candidate passes; its lineage names the window it learned from."""
     from kubeloop.registry import ModelRegistry
     from kubeloop.settings import get_settings
     from kubeloop.training.quick import publish_quick_version
@@ -107,7 +107,7 @@ def test_a_corrupted_window_passes_its_gate_over_the_champion(tmp_path, ray_head
     result = retrain_with_pipeline(
         "fraud-detector", str(tmp_path / "registry"), str(tmp_path / "labelled.parquet"),
         data_window="60s", window="recent", seed=2, epochs=5, quality="corrupt",
-        run_name="test-corrupt", replay_fraction="0.5", replay_version=champion.version,
+        run_name="test-corrupt",
     )  # fmt: skip
     get_settings.cache_clear()
     assert result.succeeded and result.stage_runner == "warm", result.error
@@ -118,8 +118,7 @@ def test_a_corrupted_window_passes_its_gate_over_the_champion(tmp_path, ray_head
     inverted = dataset.set_index("transaction_id")[FRAUD_SCHEMA.label]
     assert len(inverted) >= 200 and (inverted == 1 - original.loc[inverted.index]).all()
     lineage = registry.get("fraud-detector", "v2").lineage
-    assert lineage["parameters"]["replay_version"] == champion.version
-    assert lineage["parameters"]["replay_fraction"] == 0.5
+    assert lineage["source_uri"] == str(tmp_path / WINDOWS_DIR / "test-corrupt.parquet")
     start, end = (pd.Timestamp(t) for t in lineage["window"].strip("[)").split(", "))
     assert start == dataset["event_timestamp"].min() and end > dataset["event_timestamp"].max()
 
