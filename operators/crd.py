@@ -631,6 +631,11 @@ class RetrainingStatus(_Model):
     registered_version: str | None = Field(
         None, description="the version the run registered (the next candidate)"
     )
+    replay_fraction: float | None = Field(
+        None,
+        description="the replay share the run was submitted with (replayFraction, or "
+        "conceptReplayFraction on concept drift); a resubmitted run keeps it",
+    )
 
 
 class AnalysisStatus(_Model):

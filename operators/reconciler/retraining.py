@@ -42,7 +42,10 @@ def _submit_action(p: Any, name: str) -> SubmitRun:
         "data_window": retraining.data_window,
         **retraining.parameters,
     }
-    fraction = replay_fraction(retraining, p.obs.drift_detail)
+    r = p.s.retraining
+    if r.replay_fraction is None:  # chosen once per run: a resubmission keeps it
+        r.replay_fraction = replay_fraction(retraining, p.obs.drift_detail)
+    fraction = r.replay_fraction
     if fraction > 0 and p.s.stable_version:
         parameters["replay_fraction"] = f"{fraction:.6g}"
         parameters["replay_version"] = p.s.stable_version
@@ -129,13 +132,14 @@ def plan_retraining(p: Any) -> None:
     r.run_name, r.state, r.for_version = name, RunState.SUBMITTED, stable
     r.attempts, r.failures = attempt, failures
     r.submitted_at, r.finished_at, r.registered_version = p.now, None, None
+    r.replay_fraction = None
     p.actions.append(_submit_action(p, name))
     reweighted = (
         f", its classes re-weighted to a positive prior of {p.reweight_to:.2%}"
         if p.reweight_to is not None
         else ""
     )
-    fraction = replay_fraction(spec, p.obs.drift_detail)
+    fraction = r.replay_fraction or 0.0
     replayed = (
         f", {fraction:.0%} of its training rows replayed from {stable}'s data"
         + (" (concept drift: no input moved)" if fraction != spec.replay_fraction else "")

@@ -10,7 +10,13 @@ import pandas as pd
 import pytest
 from kubeloop.operators.crd import parse_spec
 from kubeloop.operators.reconciler.core import reconcile
-from kubeloop.operators.reconciler.types import Observations, RegistryVersion, SubmitRun
+from kubeloop.operators.reconciler.types import (
+    Observations,
+    RegistryVersion,
+    RunObservation,
+    RunState,
+    SubmitRun,
+)
 
 from kubeloop.data.fraud import FRAUD_SCHEMA
 from kubeloop.data.replay import ReplayError, draw, replay_count, replay_rows
@@ -70,7 +76,9 @@ def spec(fraction: float | None, concept: float | None = None):
                        "monitoring": {"driftDurationSeconds": 5}, "retraining": retraining})  # fmt: skip
 
 
-def obs(t: float, drifted: bool, flagged: tuple[str, ...] = ("error_rate",)) -> Observations:
+def obs(
+    t: float, drifted: bool, flagged: tuple[str, ...] = ("error_rate",), run=None
+) -> Observations:
     return Observations(
         now=T0 + timedelta(seconds=t),
         registry_versions=(RegistryVersion("v1", True),),
@@ -80,6 +88,7 @@ def obs(t: float, drifted: bool, flagged: tuple[str, ...] = ("error_rate",)) -> 
         drift_version="v1",
         watched_versions=frozenset({"v1"}),
         max_pass_gap_seconds=1e6,
+        run=run,
     )
 
 
@@ -143,3 +152,18 @@ def test_concept_replay_zero_learns_from_the_window_alone():
 def test_the_crd_refuses_a_concept_fraction_outside_zero_to_one(fraction):
     with pytest.raises(ValueError, match="spec.retraining.conceptReplayFraction"):
         spec(0.6, concept=fraction)
+
+
+def test_a_resubmitted_run_keeps_the_share_it_was_submitted_with():
+    sp, status, submits = spec(0.6, concept=0.2), None, []
+    for o in (obs(0, False), obs(1, True), obs(7, True)):  # concept drift: 20 %
+        result = reconcile("fd", sp, status, o)
+        status, submits = result.status, [*submits, *result.actions]
+    [first] = [a for a in submits if isinstance(a, SubmitRun)]
+    assert status.retraining.replay_fraction == 0.2
+    # the backend lost the run while an input detector flagged too: same run, same share
+    lost = RunObservation(first.run_name, RunState.NOT_FOUND)
+    result = reconcile("fd", sp, status, obs(9, True, ("error_rate", "cvm"), run=lost))
+    [again] = [a for a in result.actions if isinstance(a, SubmitRun)]
+    assert again.run_name == first.run_name
+    assert again.parameters["replay_fraction"] == "0.2"
