@@ -163,7 +163,7 @@ def run(
         for seed in seeds:
             config = LoopConfig(
                 scenario=scenario, seed=seed, v1_trainer="quick", **VARIANTS[variant],
-                duration_seconds=240.0 if scenario != "stationary" else 120.0,
+                duration_seconds=300.0 if scenario != "stationary" else 120.0,
                 settle_seconds=60.0,
             )  # fmt: skip
             with tempfile.TemporaryDirectory(prefix="kubeloop-bench-loop-") as tmp:
