@@ -142,7 +142,11 @@ def plan_retraining(p: Any) -> None:
     fraction = r.replay_fraction or 0.0
     replayed = (
         f", {fraction:.0%} of its training rows replayed from {stable}'s data"
-        + (" (concept drift: no input moved)" if fraction != spec.replay_fraction else "")
+        + (
+            " (concept drift: the error rate flagged, no input or score detector)"
+            if fraction != spec.replay_fraction
+            else ""
+        )
         if fraction > 0
         else ""
     )
