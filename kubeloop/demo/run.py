@@ -427,6 +427,9 @@ def _drive(config, runtime, replayer, recorder, first, echo, status, started, ma
 
 BAD_RUN = "demo-corrupted-labels"
 BAD_RUN_TIMEOUT_S = 240.0
+# The worse candidate learns from the last 3 data windows of traffic: inverted, a window
+# is ~97 % positives, and a 20 s one can leave its validation slice without a negative.
+BAD_WINDOW_FACTOR = 3
 
 
 def run_job(
@@ -463,7 +466,7 @@ def _offer_bad_candidate(config, runtime, recorder, echo) -> threading.Thread:
         params = {
             "model_name": MODEL, "registry_uri": str(runtime.registry_uri),
             "labelled_traffic": str(runtime.home / "loop" / LABELLED_FILE),
-            "data_window": f"{config.data_window_seconds}s", "window": "recent",
+            "data_window": f"{BAD_WINDOW_FACTOR * config.data_window_seconds}s", "window": "recent",
             "seed": config.seed + 7, "quality": "corrupt", "run_name": BAD_RUN,
             "epochs": config.pipeline_epochs, "batch_size": config.pipeline_batch_size,
         }  # fmt: skip
