@@ -126,8 +126,10 @@ def test_stationary_traffic_retrains_nothing(tmp_path, drift_cache):
 def test_concept_drift_is_caught_and_retrained_away(tmp_path, drift_cache):
     """P(y|x) changes and P(x) hardly: the delayed labels show it (the error rate), and so
     does the share of positive predictions (the new fraud looks benign to v1: 4 % → 1.4 %)."""
-    config = LoopConfig(scenario="concept", duration_seconds=280.0, bad_candidate=False, **SHORT)
-    summary, record, drift, log = run_scenario(tmp_path, drift_cache, config, max_seconds=340)
+    # The run stops at the promotion; traffic enough for a canary that takes minutes to
+    # tell a retrained model barely better than v1 from an equal one.
+    config = LoopConfig(scenario="concept", duration_seconds=420.0, bad_candidate=False, **SHORT)
+    summary, record, drift, log = run_scenario(tmp_path, drift_cache, config, max_seconds=480)
     assert drift, log
     flagged = {k for k, v in drift["evidence"]["detectors"].items() if v >= 1}
     assert flagged and flagged <= {"error_rate", "predicted_class"}, drift
