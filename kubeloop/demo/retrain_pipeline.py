@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from kubeloop.demo.config import LoopConfig
 from kubeloop.demo.retrain import corrupt_labels, load_window
 
 WINDOWS_DIR = "windows"
@@ -56,8 +57,8 @@ def retrain_with_pipeline(
     window: str = "recent",
     seed: int = 1,
     run_name: str = "",
-    epochs: int = 20,
-    batch_size: int = 64,
+    epochs: int = LoopConfig.pipeline_epochs,
+    batch_size: int = LoopConfig.pipeline_batch_size,
     target_positive_rate: float = 0.0,
     replay_fraction: float = 0.0,
     replay_version: str = "",

@@ -10,7 +10,6 @@ runtime is stopped on every exit path, Ctrl-C included.
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import threading
@@ -41,6 +40,7 @@ from kubeloop.local.runtime import (
     RuntimePorts,
 )
 from kubeloop.local.wait import wait_until
+from kubeloop.operators.reconciler.types import RunObservation, RunState, SubmitRun
 
 MODEL = "fraud-detector"
 MARKER = ".kubeloop-demo"
@@ -432,29 +432,25 @@ BAD_RUN_TIMEOUT_S = 240.0
 BAD_WINDOW_FACTOR = 3
 
 
-def run_job(
-    runtime: LocalRuntime, name: str, runner: str, params: dict, *, timeout: float
-) -> dict[str, Any]:
-    """One run as the operator's run jobs go (``kubeloop.local.operator.runjob`` under the
-    runtime's supervisor, with its environment: its Ray head, its stage server, so
-    stopping the runtime stops it too); its ``result.json``, or a message why there is none."""
-    folder = runtime.home / "runs" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    result = folder / "result.json"
-    job = runtime.supervisor.start(
-        f"run-{name}",
-        ["-m", "kubeloop.local.operator.runjob", "--runner", runner,
-         "--params", json.dumps(params), "--result", str(result)],
-        env=runtime.env(), labels={"run": name}, job=True,
-    )  # fmt: skip
+def run_job(runtime: LocalRuntime, run: SubmitRun, *, timeout: float) -> RunObservation:
+    """One run as the operator's local driver runs it (its ``LocalRunSubmitter``: a
+    ``runjob`` under the runtime's supervisor, so stopping the runtime stops it), with the
+    runtime's environment; how it ended."""
+    from kubeloop.local.operator.actuators import LocalRunSubmitter
+
+    submitter = LocalRunSubmitter(runtime.supervisor, runtime.home / "runs",
+                                  str(runtime.registry_uri), run.pipeline, env=runtime.env())  # fmt: skip
+    submitter.submit(run)
+
+    def ended() -> RunObservation | None:
+        observed = submitter.status(run.run_name)
+        return None if observed.state == RunState.RUNNING else observed
+
     try:
-        wait_until(lambda: not job.running(), timeout=timeout, interval=1.0, what=f"run {name}")
+        return wait_until(ended, timeout=timeout, interval=1.0, what=f"run {run.run_name}")
     except TimeoutError:
-        job.stop()
-        return {"message": f"{name} ran past {timeout:.0f}s: {job.log_tail(500)}"}
-    if not result.exists():
-        return {"message": f"{name} ended without a result: {job.log_tail(500)}"}
-    return json.loads(result.read_text())
+        runtime.supervisor.stop(f"run-{run.run_name}")
+        return RunObservation(run.run_name, RunState.FAILED, message=f"ran past {timeout:.0f}s")
 
 
 def _offer_bad_candidate(config, runtime, recorder, echo) -> threading.Thread:
@@ -464,16 +460,17 @@ def _offer_bad_candidate(config, runtime, recorder, echo) -> threading.Thread:
 
     def offer() -> None:
         params = {
-            "model_name": MODEL, "registry_uri": str(runtime.registry_uri),
+            "model_name": MODEL,
             "labelled_traffic": str(runtime.home / "loop" / LABELLED_FILE),
             "data_window": f"{BAD_WINDOW_FACTOR * config.data_window_seconds}s", "window": "recent",
-            "seed": config.seed + 7, "quality": "corrupt", "run_name": BAD_RUN,
-            "epochs": config.pipeline_epochs, "batch_size": config.pipeline_batch_size,
+            "seed": str(config.seed + 7), "quality": "corrupt",
+            "epochs": str(config.pipeline_epochs), "batch_size": str(config.pipeline_batch_size),
         }  # fmt: skip
-        result = run_job(runtime, BAD_RUN, RUNNER, params, timeout=BAD_RUN_TIMEOUT_S)
-        version = result.get("version")
+        run = SubmitRun(BAD_RUN, RUNNER, None, "", params)
+        ended = run_job(runtime, run, timeout=BAD_RUN_TIMEOUT_S)
+        version = ended.registered_version
         if not version:  # shown, and the demo ends without a rollback figure
-            echo(f"  could not train the corrupted candidate: {result.get('message')}")
+            echo(f"  could not train the corrupted candidate: {ended.message}")
             return
         recorder.bad_candidate = {"version": version, "offered_at": time.time()}
         recorder.mark("offer", f"worse candidate {version} offered (inverted labels)")

@@ -132,15 +132,23 @@ class LocalServing:
 
 
 class LocalRunSubmitter:
-    """Runs each retraining run as a ``runjob`` subprocess; idempotent by run name."""
+    """Runs each retraining run as a ``runjob`` subprocess; idempotent by run name. ``env``
+    is added to the runs' environment (a caller outside the runtime gives its ``env()``:
+    its Ray head, its stage server)."""
 
     def __init__(
-        self, supervisor: Supervisor, runs_dir: Path, registry_uri: str, runner: str
+        self,
+        supervisor: Supervisor,
+        runs_dir: Path,
+        registry_uri: str,
+        runner: str,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.sup = supervisor
         self.runs_dir = Path(runs_dir)
         self.registry_uri = registry_uri
         self.runner = runner
+        self.env = env
 
     def runner_for(self, run: SubmitRun) -> str:
         """The spec's ``retraining.pipeline.name`` when it names a ``module:function``
@@ -162,6 +170,7 @@ class LocalRunSubmitter:
                 "--params", json.dumps(params),
                 "--result", str((folder / "result.json").resolve()),
             ],
+            env=self.env,
             labels={"run": run.run_name},
             job=True,
         )  # fmt: skip
