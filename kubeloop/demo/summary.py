@@ -12,6 +12,8 @@ import bisect
 from datetime import datetime
 from typing import Any
 
+from kubeloop.operators.reconciler.types import flagged_detectors
+
 UPDATE_CYCLE_GOAL_SECONDS = 120.0
 
 
@@ -120,8 +122,7 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
         at_full = at_full or (promoted["t"] if promoted else None)
     out["detection_delay_seconds"] = _rel(detected["t"], onset) if detected else None
     # the detectors that flagged it (the drift decision's evidence)
-    flags = ((detected or {}).get("evidence") or {}).get("detectors") or {}
-    out["detected_by"] = sorted(name for name, flag in flags.items() if flag and flag >= 1)
+    out["detected_by"] = sorted(flagged_detectors((detected or {}).get("evidence") or {}))
     out["run_submitted_seconds"] = _rel(submitted["t"], onset) if submitted else None
     out["version_registered_seconds"] = _rel(retrained["t"], onset) if retrained else None
     out["retrained_version"] = new_version

@@ -41,6 +41,7 @@ from kubeloop.operators.reconciler.types import (
     SetTraffic,
     VersionMetrics,
     WatchDrift,
+    flagged_detectors,
     iso,
     parse_time,
 )
@@ -672,9 +673,7 @@ LABEL_SHIFT_DETECTOR = "predicted_class"
 def label_shift_alone(detail: dict[str, Any]) -> bool:
     """Only the predicted-class detector flags: the share of positive predictions moved
     while no input, score or error-rate detector saw a change."""
-    flags = detail.get("detectors") or {}
-    flagged = {name for name, value in flags.items() if value >= 1}
-    return flagged == {LABEL_SHIFT_DETECTOR}
+    return flagged_detectors(detail) == {LABEL_SHIFT_DETECTOR}
 
 
 def label_shift_message(version: str, detail: dict[str, Any]) -> str:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubeloop.operators.reconciler.types import Decision, RunState, SubmitRun, parse_time
+from kubeloop.operators.reconciler.types import (
+    Decision,
+    RunState,
+    SubmitRun,
+    flagged_detectors,
+    parse_time,
+)
 
 ACTIVE = (RunState.SUBMITTED, RunState.RUNNING)
 
@@ -16,8 +22,7 @@ CONCEPT_DETECTOR = "error_rate"
 def concept_drift_alone(detail: dict[str, Any]) -> bool:
     """The error rate of the delayed labels flags while no input or score detector does:
     P(x) held and P(y|x) moved (concept drift)."""
-    flags = detail.get("detectors") or {}
-    flagged = {name for name, value in flags.items() if value >= 1}
+    flagged = flagged_detectors(detail)
     return CONCEPT_DETECTOR in flagged and not flagged & INPUT_DETECTORS
 
 
@@ -26,11 +31,15 @@ def run_name(deployment: str, stable_version: str, attempt: int) -> str:
     return f"{deployment}-{stable_version}-retrain-{attempt}"
 
 
+def concept_replay(retraining: Any, detail: dict[str, Any]) -> bool:
+    """Whether a run replays ``conceptReplayFraction``: one is set and the evidence is
+    concept drift alone (the stable version's labels partly teach the old concept)."""
+    return retraining.concept_replay_fraction is not None and concept_drift_alone(detail)
+
+
 def replay_fraction(retraining: Any, detail: dict[str, Any]) -> float:
-    """The share of a run's training rows replayed from the stable version's data:
-    ``conceptReplayFraction`` when the evidence is concept drift alone (old labels partly
-    teach the old concept), else ``replayFraction``."""
-    if retraining.concept_replay_fraction is not None and concept_drift_alone(detail):
+    """The share of a run's training rows replayed from the stable version's data."""
+    if concept_replay(retraining, detail):
         return retraining.concept_replay_fraction
     return retraining.replay_fraction
 
@@ -42,10 +51,9 @@ def _submit_action(p: Any, name: str) -> SubmitRun:
         "data_window": retraining.data_window,
         **retraining.parameters,
     }
-    r = p.s.retraining
-    if r.replay_fraction is None:  # chosen once per run: a resubmission keeps it
-        r.replay_fraction = replay_fraction(retraining, p.obs.drift_detail)
-    fraction = r.replay_fraction
+    fraction = p.s.retraining.replay_fraction  # chosen at submission: a resubmission keeps it
+    if fraction is None:  # a run submitted before the status recorded it
+        fraction = replay_fraction(retraining, p.obs.drift_detail)
     if fraction > 0 and p.s.stable_version:
         parameters["replay_fraction"] = f"{fraction:.6g}"
         parameters["replay_version"] = p.s.stable_version
@@ -132,22 +140,22 @@ def plan_retraining(p: Any) -> None:
     r.run_name, r.state, r.for_version = name, RunState.SUBMITTED, stable
     r.attempts, r.failures = attempt, failures
     r.submitted_at, r.finished_at, r.registered_version = p.now, None, None
-    r.replay_fraction = None
+    concept = concept_replay(spec, p.obs.drift_detail)
+    r.replay_fraction = spec.concept_replay_fraction if concept else spec.replay_fraction
     p.actions.append(_submit_action(p, name))
     reweighted = (
         f", its classes re-weighted to a positive prior of {p.reweight_to:.2%}"
         if p.reweight_to is not None
         else ""
     )
-    fraction = r.replay_fraction or 0.0
     replayed = (
-        f", {fraction:.0%} of its training rows replayed from {stable}'s data"
+        f", {r.replay_fraction:.0%} of its training rows replayed from {stable}'s data"
         + (
             " (concept drift: the error rate flagged, no input or score detector)"
-            if fraction != spec.replay_fraction
+            if concept
             else ""
         )
-        if fraction > 0
+        if r.replay_fraction > 0
         else ""
     )
     p.decide(

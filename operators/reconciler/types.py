@@ -201,6 +201,13 @@ class Recalibrate:
 Action = SetTraffic | SubmitRun | SetChampion | WatchDrift | RecordDecision | Recalibrate
 
 
+def flagged_detectors(detail: dict[str, Any]) -> set[str]:
+    """The detector families that flag in drift evidence (``detectors``: family → flag,
+    1 flagged, 0 or absent not)."""
+    flags = detail.get("detectors") or {}
+    return {name for name, value in flags.items() if (value or 0) >= 1}
+
+
 def iso(t: datetime) -> str:
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
