@@ -35,11 +35,9 @@ def oracle_frame(
     return frame[frame["event_timestamp"] >= onset].reset_index(drop=True)
 
 
-def oracle_accuracy(
-    scenario: str, rows: pd.DataFrame, *, seed: int, n_accounts: int, population_seed: int
-) -> float:
-    """Accuracy on ``rows`` (features and label) of an oracle trained for ``scenario``, at
-    the decision threshold its own validation rows chose."""
+def train_oracle(scenario: str, *, seed: int, n_accounts: int, population_seed: int):
+    """The oracle for ``scenario`` (a ``ModelBundle``, its decision threshold chosen on its
+    own validation rows)."""
     from kubeloop.data.fraud import FRAUD_SCHEMA as schema
     from kubeloop.training import TrainParams
     from kubeloop.training.ray_train import train_model
@@ -48,6 +46,10 @@ def oracle_accuracy(
         scenario, seed=seed, n_accounts=n_accounts, population_seed=population_seed
     )
     params = TrainParams(epochs=ORACLE_EPOCHS, batch_size=ORACLE_BATCH_SIZE, seed=seed)
-    outcome = train_model(frame, schema, params, log=lambda _: None)
-    _, classes = outcome.bundle.predict(rows)
-    return float((classes == rows[schema.label].to_numpy()).mean())
+    return train_model(frame, schema, params, log=lambda _: None).bundle
+
+
+def accuracy(bundle, rows: pd.DataFrame) -> float:
+    """Accuracy of ``bundle`` on ``rows`` (features and label) at its own threshold."""
+    _, classes = bundle.predict(rows)
+    return float((classes == rows[bundle.schema.label].to_numpy()).mean())
