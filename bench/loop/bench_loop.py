@@ -258,9 +258,11 @@ seconds of the labels. **Label shift** (the fraud rate 3.5×, P(x|y) unchanged) 
 the share of positive predictions (4 % → 9 %): the predicted-class detector (two charts,
 ERT 10^6 predictions) flags it, the operator records the estimated prior as evidence and,
 with `monitoring.labelShift.action: Retrain`, retrains on the fresh window. The traffic
-serves v1's customers (the account population of its data) from the generator's second
-day on: with a few hundred accounts another population's per-account features, or the
-first day's empty histories, are input drift the input detectors flag within seconds.
+serves v1's customers (the account population of its data): with a few hundred accounts
+another population's per-account features are input drift the input detectors flag within
+seconds. The generator simulates each account's month of spending before its window, so
+the 30-day profiles are as steady on the first day as later; a replay whose onset lies
+weeks after v1's data therefore starts where v1's reference is.
 Every retraining run is the training pipeline: ingest → validate → features → Ray Train →
 evaluate → gate → register on the window (a Parquet file of the labelled traffic), each
 stage forked from the runtime's stage server (`kubeloop.local.stages`), 20 epochs of

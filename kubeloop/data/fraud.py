@@ -5,7 +5,10 @@ request-time fields (amount, merchant category, hour, distance from home, foreig
 flag, recent velocity) and a fraud label that becomes known only ``label_delay``
 after the event (chargebacks arrive late). Account-level features (account age,
 average spend, recent activity) live in a separate, daily-snapshotted table that
-Feast serves as the ``account_profile`` feature view.
+Feast serves as the ``account_profile`` feature view. The accounts are years old: their
+spending over the 30 days before the window (the profiles' longest look-back) is simulated
+too, so the first snapshots summarise a full month and the profiles are as steady on day
+one as on day sixty.
 
 Named scenarios inject drift at a known onset so later stages can measure detection
 delay; the ground truth (kind, onset) is written next to the data as
@@ -53,6 +56,8 @@ TRANSACTIONS_FILE = "transactions.parquet"
 ACCOUNTS_FILE = "account_features.parquet"
 SCENARIO_FILE = "scenario.json"
 SCHEMA_FILE = "schema.json"
+HISTORY_DAYS = 30  # the profiles' longest look-back (avg_amount_30d)
+_HISTORY_STREAM = 1  # the history's random stream, apart from the window's draws
 
 FRAUD_SCHEMA = DatasetSchema(
     name="card_transactions",
@@ -124,6 +129,9 @@ class FraudData:
     transactions: pd.DataFrame
     accounts: pd.DataFrame
     truth: ScenarioTruth
+    # the accounts' spending in the HISTORY_DAYS before the window (account_id,
+    # event_timestamp, amount): only the snapshots see it; not written
+    history: pd.DataFrame | None = None
 
     def write(self, folder: str | Path) -> Path:
         """Writes the three files (timestamps as ``datetime64[us, UTC]``) and the schema."""
@@ -289,7 +297,13 @@ def generate(
             "label_timestamp": (ts + delay).astype("datetime64[us, UTC]"),
         }
     )
-    snapshots = account_snapshots(tx, accounts, t0, t_end)
+    history = _history(
+        accounts, t0, n_accounts * transactions_per_account_day, base_fraud_rate,
+        np.random.default_rng((seed, _HISTORY_STREAM)),
+    )  # fmt: skip
+    snapshots = account_snapshots(
+        pd.concat([history, tx[list(history.columns)]]), accounts, t0, t_end
+    )
     truth = ScenarioTruth(
         scenario=scenario,
         kind={
@@ -305,20 +319,45 @@ def generate(
         base_fraud_rate=base_fraud_rate,
         description=_DESCRIPTIONS[scenario],
     )
-    return FraudData(transactions=tx, accounts=snapshots, truth=truth)
+    return FraudData(transactions=tx, accounts=snapshots, truth=truth, history=history)
+
+
+def _history(
+    accounts: pd.DataFrame,
+    t0: datetime,
+    per_day: float,
+    fraud_rate: float,
+    rng: np.random.Generator,
+) -> pd.DataFrame:
+    """Each account's spending over the HISTORY_DAYS before ``t0``, at its own rate and
+    scale, a ``fraud_rate`` share of it with fraud's heavier amounts: what the first
+    snapshots summarise. Without it the 30-day averages would fill for a month, and any
+    two periods of the first month would differ in them."""
+    activity = accounts["activity"].to_numpy()
+    counts = rng.poisson(per_day * activity / activity.sum() * HISTORY_DAYS)
+    n = int(counts.sum())
+    spend = np.repeat(accounts["spend_scale"].to_numpy(), counts)
+    heavy = np.where(rng.uniform(size=n) < fraud_rate, rng.lognormal(1.0, 0.5, n), 1.0)
+    amount = np.round(np.clip(spend * rng.lognormal(0.0, 0.7, n) * heavy, 0.5, 49_999.0), 2)
+    offsets = rng.uniform(-HISTORY_DAYS * 86400.0, 0.0, n)
+    ts = (pd.Timestamp(t0) + pd.to_timedelta(offsets, unit="s")).astype("datetime64[us, UTC]")
+    return pd.DataFrame(
+        {"account_id": np.repeat(accounts["account_id"].to_numpy(), counts),
+         "event_timestamp": ts, "amount": amount}
+    ).sort_values("event_timestamp", ignore_index=True)  # fmt: skip
 
 
 def account_snapshots(
     tx: pd.DataFrame, accounts: pd.DataFrame, start: datetime, end: datetime
 ) -> pd.DataFrame:
-    """Daily account-profile snapshots computed only from transactions before each snapshot.
+    """Daily account-profile snapshots from ``start`` to ``end``, computed only from
+    transactions before each snapshot (``tx`` may begin before ``start``: the history).
 
     Each row is stamped at 00:00 UTC of its day and summarises the history strictly
     before that instant, so joining it point-in-time never leaks the future.
     """
-    days = pd.date_range(
-        pd.Timestamp(start).floor("D"), pd.Timestamp(end).ceil("D"), freq="D", tz="UTC"
-    )
+    first = min(pd.Timestamp(start), tx["event_timestamp"].min()).floor("D")
+    days = pd.date_range(first, pd.Timestamp(end).ceil("D"), freq="D", tz="UTC")
     daily = (
         tx.assign(day=tx["event_timestamp"].dt.floor("D"))
         .groupby(["account_id", "day"])
@@ -363,7 +402,7 @@ def account_snapshots(
         }
     )
     out["created"] = out["event_timestamp"]
-    return out
+    return out[out["event_timestamp"] >= pd.Timestamp(start).floor("D")].reset_index(drop=True)
 
 
 def load_truth(folder: str | Path) -> ScenarioTruth:

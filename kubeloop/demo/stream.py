@@ -65,9 +65,6 @@ def _draw(frame: pd.DataFrame, n: int, rng: np.random.Generator, *, latest: bool
     return chosen.assign(_draw=rng.random(n)).sort_values([DAY, "_draw"]).drop(columns="_draw")
 
 
-WARMUP_DAYS = 1  # generated days before the first transaction sent
-
-
 def build_stream(
     scenario: str,
     *,
@@ -85,16 +82,11 @@ def build_stream(
     days = max(4, math.ceil(2.2 * total / (2.0 * n_accounts)))  # ~2 transactions per account-day
     # Whole days on each side of the onset: a partial day over-represents its early hours.
     days += days % 2
-    data = fraud.generate(scenario, days=days + WARMUP_DAYS, n_accounts=n_accounts, seed=seed,
-                          onset_fraction=(WARMUP_DAYS + days / 2) / (WARMUP_DAYS + days),
-                          population_seed=population_seed)  # fmt: skip
+    data = fraud.generate(scenario, days=days, n_accounts=n_accounts, seed=seed,
+                          onset_fraction=0.5, population_seed=population_seed)  # fmt: skip
     start, end = pd.Timestamp(data.truth.start), pd.Timestamp(data.truth.end)
     frame = point_in_time_join(data)
-    # The generator's accounts have no history before its start: on the first day their
-    # 24-hour transaction counts are all 0, which no model's reference sample shows.
-    frame = frame[frame["event_timestamp"] >= start + pd.Timedelta(days=WARMUP_DAYS)]
     frame = frame.assign(**{DAY: frame["event_timestamp"].dt.floor("D")})
-    start = start + pd.Timedelta(days=WARMUP_DAYS)
     # stationary has no onset: split where the others would start, nothing changes there
     onset = pd.Timestamp(data.truth.onset) if data.truth.onset else start + (end - start) / 2
     rng = np.random.default_rng(seed)

@@ -118,15 +118,35 @@ def test_output_matches_schema_and_labels_arrive_after_events(runs):
 def test_account_snapshots_summarise_only_the_past(runs):
     data = runs["stationary"]
     tx, snaps = data.transactions, data.accounts
+    assert snaps["event_timestamp"].min() == pd.Timestamp(data.truth.start)
     account = tx["account_id"].value_counts().index[0]
-    mine = tx[tx["account_id"] == account]
-    for _, snap in snaps[snaps["account_id"] == account].iloc[1:6].iterrows():
-        before = mine[mine["event_timestamp"] < snap["event_timestamp"]]
-        last_day = before[
-            before["event_timestamp"] >= snap["event_timestamp"] - pd.Timedelta(days=1)
+    columns = ["event_timestamp", "amount"]
+    mine = pd.concat([data.history, tx])[lambda f: f["account_id"] == account][columns]
+    for _, snap in snaps[snaps["account_id"] == account].iloc[:6].iterrows():
+        at = snap["event_timestamp"]
+        month = mine[
+            (mine["event_timestamp"] < at) & (mine["event_timestamp"] >= at - pd.Timedelta(days=30))
         ]
+        last_day = month[month["event_timestamp"] >= at - pd.Timedelta(days=1)]
         assert snap["txn_count_24h"] == len(last_day)
-        assert snap["avg_amount_30d"] == pytest.approx(before["amount"].mean(), abs=0.01)
+        assert snap["avg_amount_30d"] == pytest.approx(month["amount"].mean(), abs=0.01)
+
+
+def test_account_profiles_are_steady_from_the_first_day(runs):
+    """The accounts' month of spending before the window is simulated: the first day's
+    profiles look like the last day's, not like accounts with no past."""
+    data = runs["stationary"]
+    assert data.history["event_timestamp"].max() < pd.Timestamp(data.truth.start)
+    assert data.history["event_timestamp"].min() >= pd.Timestamp(data.truth.start) - pd.Timedelta(
+        days=30
+    )
+    snaps = data.accounts
+    first = snaps[snaps["event_timestamp"] == snaps["event_timestamp"].min()]
+    last = snaps[snaps["event_timestamp"] == snaps["event_timestamp"].max()]
+    for column in ("avg_amount_30d", "txn_count_24h"):
+        assert first[column].mean() == pytest.approx(last[column].mean(), rel=0.1), column
+    assert first["txn_count_24h"].mean() > 1.0  # about 2 transactions per account-day
+    assert first["avg_amount_30d"].std() == pytest.approx(last["avg_amount_30d"].std(), rel=0.15)
 
 
 def test_write_and_load_truth(tmp_path, runs):
