@@ -29,6 +29,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -40,6 +41,9 @@ _END = re.compile(r"Task '([^']+)' finished with status (\w+)")
 _KEEP = re.compile(r"\[(train|kubeloop)\]")
 _TRACEBACK = "Traceback (most recent call last):"
 _QUALIFIED = re.compile(r"^(?:\w+\.)+(?=\w+(?::|$))")  # "kubeloop.data.sources." of an exception
+# kfp.local's run folder: <pipeline>-<local start time in this format> (fixed width, so
+# names sort by start time)
+RUN_STAMP = "%Y-%m-%d-%H-%M-%S-%f"
 STAGE_LINES_KEPT = 2000  # of the running stage's output, enough for any traceback
 
 
@@ -363,6 +367,7 @@ def run_training_pipeline(
         local.init(runner=runner, pipeline_root=str(runs))
         tee = _StageTee(log, sys.stdout, verbose, echo)
         real_stdout, sys.stdout = sys.stdout, tee
+        called_at = datetime.now()
         try:
             with warnings.catch_warnings(), _named_output_conditions():
                 # Stage images are kubeloop's own; locally the same code runs in this venv.
@@ -372,12 +377,7 @@ def run_training_pipeline(
             error = f"{type(exc).__name__}: {_ANSI.sub('', str(exc))}"
         finally:
             sys.stdout = real_stdout
-    new = sorted(
-        p
-        for p in runs.iterdir()
-        if p.is_dir() and p.name not in before and p.name.startswith(PIPELINE_NAME)
-    )
-    run_dir = new[-1] if new else None
+    run_dir = own_run_dir(runs, before, called_at)
     run_name = run_dir.name if run_dir else log_path.stem
     final_log = runs / f"{run_name}.log"
     log_path.replace(final_log)
@@ -401,6 +401,20 @@ def run_training_pipeline(
         version = ModelRegistry(registry_uri).get(model_name, result.version)
         result.run_id = version.lineage.get("pipeline_run_id")
     return result
+
+
+def own_run_dir(runs: Path, before: set[str], called_at: datetime) -> Path | None:
+    """The folder of the run started at ``called_at`` in ``runs``: among the folders new
+    since then (``before``: the names there at the call), the first to start at or after
+    it. Another run in the same folder (a retraining run beside the demo's worse
+    candidate) started either later, and sorts after it, or before the call."""
+    first = f"{PIPELINE_NAME}-{called_at.strftime(RUN_STAMP)}"
+    new = sorted(
+        p for p in runs.iterdir()
+        if p.is_dir() and p.name not in before and p.name.startswith(PIPELINE_NAME)
+        and p.name >= first
+    )  # fmt: skip
+    return new[0] if new else None
 
 
 _RUNNERS = {

@@ -64,7 +64,7 @@ def test_numpy_forward_pass_equals_the_bundle_on_dataframes(downloaded):
     _, folder = downloaded
     bundle = ModelBundle.load(folder)
     forward = Forward(bundle)
-    frame = point_in_time_join(fraud.generate("stationary", days=1, n_accounts=30, seed=9)).head(
+    frame = point_in_time_join(fraud.generate("stationary", days=2, n_accounts=150, seed=9)).head(
         300
     )
     rows = frame[bundle.preprocessor.input_columns].to_dict("records")
