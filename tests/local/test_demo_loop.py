@@ -131,9 +131,9 @@ def test_concept_drift_is_caught_and_retrained_away(tmp_path, drift_cache):
     config = LoopConfig(scenario="concept", duration_seconds=420.0, bad_candidate=False, **SHORT)
     summary, record, drift, log = run_scenario(tmp_path, drift_cache, config, max_seconds=480)
     assert drift, log
-    # Usually the labels' error rate (or the predicted-class share) flags first; the new
-    # fraud's small gaming/online purchases also move the category mix a little, which an
-    # input detector (cvm) sometimes sees first.
+    # The predicted-class share or the labels' error rate flags first; the new fraud's
+    # gaming/online purchases also move the category mix a little, which an input detector
+    # may see as soon.
     flagged = {k for k, v in drift["evidence"]["detectors"].items() if v >= 1}
     assert flagged, drift
     assert 0 < summary["detection_delay_seconds"] < 60, log

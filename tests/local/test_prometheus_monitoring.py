@@ -128,10 +128,14 @@ def test_alerts_fire_and_every_dashboard_panel_has_data(stack):
     shifted["merchant_category"] = "electronics"
     sent += predict(stack["router"].url, shifted, "drift")
     with httpx.Client(base_url=drift.url, timeout=30) as c:
-        status = c.get("/v1/status", params={"wait": "idle"}).json()["watched"][0]
-        assert status["samples"] == len(sent), (
-            status
-        )  # every routed request reached the drift service
+
+        def watched() -> dict:
+            return c.get("/v1/status", params={"wait": "idle"}).json()["watched"][0]
+
+        # every routed request reaches the drift service (the router sends its payload
+        # events after answering: the last may still be on its way)
+        wait_until(lambda: watched()["samples"] == len(sent), timeout=15, interval=0.5,
+                   what=f"{len(sent)} samples at the drift service", detail=lambda: str(watched()))  # fmt: skip
         fb = [{"request_id": rid, "labels": [y]} for rid, y in sent]
         assert c.post("/v1/feedback", json={"feedback": fb}).status_code == 202
 
