@@ -99,7 +99,9 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
     ]
     detected = _first(flagged, after=onset) if onset else None
     submitted = _first(decisions_of(record, "retrain"), after=onset) if onset else None
-    retrained = _first(decisions_of(record, "retrained"), after=onset) if onset else None
+    # the first run that registered a version (a run the gate stopped registers none)
+    registered = [d for d in decisions_of(record, "retrained") if d.get("version")]
+    retrained = _first(registered, after=onset) if onset else None
     new_version = retrained.get("version") if retrained else None
     recalibrated = _first(decisions_of(record, "recalibrate"), after=onset) if onset else None
     if recalibrated and not new_version:  # the version the recalibration published

@@ -130,6 +130,17 @@ def test_slow_cycle_misses_the_goal():
     assert s["update_cycle_goal_met"] is False
 
 
+def test_a_run_the_gate_stopped_registers_no_version_and_the_next_one_counts():
+    record = loop_record()
+    refused = {**record["decisions"][2], "decision": "retrained", "version": None,
+               "time": iso(T0 + 58)}  # fmt: skip
+    record["decisions"].insert(3, refused)
+    s = summarize(record)
+    assert s["retrained_version"] == "v2"
+    assert s["version_registered_seconds"] == pytest.approx(28)
+    assert s["update_cycle_seconds"] == pytest.approx(42)
+
+
 def test_report_writes_summary_and_four_embedded_plots(tmp_path):
     summary = write_report(loop_record(), tmp_path)
     page = (tmp_path / "index.html").read_text()
