@@ -349,7 +349,6 @@ def run_training_pipeline(
                 params[key] = str(Path(params[key]).resolve())
     runs = Path(settings.home).resolve() / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    before = {p.name for p in runs.iterdir()}
     log_path = runs / f".run-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6}.log"
     started = time.perf_counter()
     # Stages fork from the stage server when one is configured and answers.
@@ -377,7 +376,7 @@ def run_training_pipeline(
             error = f"{type(exc).__name__}: {_ANSI.sub('', str(exc))}"
         finally:
             sys.stdout = real_stdout
-    run_dir = own_run_dir(runs, before, called_at)
+    run_dir = own_run_dir(runs, called_at)
     run_name = run_dir.name if run_dir else log_path.stem
     final_log = runs / f"{run_name}.log"
     log_path.replace(final_log)
@@ -403,16 +402,14 @@ def run_training_pipeline(
     return result
 
 
-def own_run_dir(runs: Path, before: set[str], called_at: datetime) -> Path | None:
-    """The folder of the run started at ``called_at`` in ``runs``: among the folders new
-    since then (``before``: the names there at the call), the first to start at or after
-    it. Another run in the same folder (a retraining run beside the demo's worse
-    candidate) started either later, and sorts after it, or before the call."""
+def own_run_dir(runs: Path, called_at: datetime) -> Path | None:
+    """The folder in ``runs`` of the run started at ``called_at``: the first to start at or
+    after it. Runs started before the call sort before it; another run in the same folder
+    (a retraining run beside the demo's worse candidate) started later sorts after it."""
     first = f"{PIPELINE_NAME}-{called_at.strftime(RUN_STAMP)}"
     new = sorted(
         p for p in runs.iterdir()
-        if p.is_dir() and p.name not in before and p.name.startswith(PIPELINE_NAME)
-        and p.name >= first
+        if p.is_dir() and p.name.startswith(PIPELINE_NAME) and p.name >= first
     )  # fmt: skip
     return new[0] if new else None
 
