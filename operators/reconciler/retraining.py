@@ -141,7 +141,7 @@ def plan_retraining(p: Any) -> None:
     r.attempts, r.failures = attempt, failures
     r.submitted_at, r.finished_at, r.registered_version = p.now, None, None
     concept = concept_replay(spec, p.obs.drift_detail)
-    r.replay_fraction = spec.concept_replay_fraction if concept else spec.replay_fraction
+    r.replay_fraction = replay_fraction(spec, p.obs.drift_detail)
     p.actions.append(_submit_action(p, name))
     reweighted = (
         f", its classes re-weighted to a positive prior of {p.reweight_to:.2%}"
