@@ -58,6 +58,9 @@ SCENARIO_FILE = "scenario.json"
 SCHEMA_FILE = "schema.json"
 HISTORY_DAYS = 30  # the profiles' longest look-back (avg_amount_30d)
 _HISTORY_STREAM = 1  # the history's random stream, apart from the window's draws
+# lognormal (mean, sigma) of an amount over the account's scale, and of fraud's extra factor
+_SPEND = (0.0, 0.7)
+_FRAUD_AMOUNT = (1.0, 0.5)
 
 FRAUD_SCHEMA = DatasetSchema(
     name="card_transactions",
@@ -238,7 +241,7 @@ def generate(
     mix = np.where(cov[:, None], _SHIFTED_MIX[None, :], _BASE_MIX[None, :])
     cum = mix.cumsum(axis=1)
     category = (rng.uniform(size=(n, 1)) > cum).sum(axis=1).clip(0, len(MERCHANT_CATEGORIES) - 1)
-    amount = spend * rng.lognormal(0.0, 0.7, n) * np.where(cov, 1.8, 1.0)
+    amount = spend * rng.lognormal(*_SPEND, n) * np.where(cov, 1.8, 1.0)
     distance = rng.gamma(1.2, 8.0, n) * np.where(cov, 2.5, 1.0)
     hour_of_day = pd.DatetimeIndex(ts).hour.to_numpy()
     hour = ((hour_of_day + rng.integers(-1, 2, n)) % 24).astype(np.int64)
@@ -259,7 +262,7 @@ def generate(
 
     # Fraud rows look like fraud (heavier amounts, distance, night, foreign) before onset.
     f = fraud & ~(after & (scenario == "concept"))
-    amount[f] *= rng.lognormal(1.0, 0.5, f.sum())
+    amount[f] *= rng.lognormal(*_FRAUD_AMOUNT, f.sum())
     distance[f] += rng.gamma(1.2, 20.0, f.sum())  # informative, not a giveaway (AUC ~0.9)
     foreign[f] = np.maximum(foreign[f], (rng.uniform(size=f.sum()) < 0.35).astype(np.int64))
     velocity[f] += rng.poisson(2.0, f.sum())
@@ -337,8 +340,8 @@ def _history(
     counts = rng.poisson(per_day * activity / activity.sum() * HISTORY_DAYS)
     n = int(counts.sum())
     spend = np.repeat(accounts["spend_scale"].to_numpy(), counts)
-    heavy = np.where(rng.uniform(size=n) < fraud_rate, rng.lognormal(1.0, 0.5, n), 1.0)
-    amount = np.round(np.clip(spend * rng.lognormal(0.0, 0.7, n) * heavy, 0.5, 49_999.0), 2)
+    heavy = np.where(rng.uniform(size=n) < fraud_rate, rng.lognormal(*_FRAUD_AMOUNT, n), 1.0)
+    amount = np.round(np.clip(spend * rng.lognormal(*_SPEND, n) * heavy, 0.5, 49_999.0), 2)
     offsets = rng.uniform(-HISTORY_DAYS * 86400.0, 0.0, n)
     ts = (pd.Timestamp(t0) + pd.to_timedelta(offsets, unit="s")).astype("datetime64[us, UTC]")
     return pd.DataFrame(
