@@ -4,8 +4,8 @@ The driver fits the preprocessor on the training part (time split), puts the enc
 arrays in Ray's object store and runs ``train_loop_per_worker`` on ``num_workers``
 workers (data-parallel, DDP through ``prepare_model``). Each epoch every worker reports
 its metrics with ``ray.train.report``; rank 0 attaches a checkpoint
-(``Checkpoint.from_directory``). The checkpoint with the lowest validation loss is
-kept, the prior correction is folded into the output bias, the decision threshold is
+(``Checkpoint.from_directory``) whenever the validation loss reaches a new low. The
+checkpoint with the lowest validation loss is kept, the prior correction is folded into the output bias, the decision threshold is
 chosen on validation, and the result is a :class:`kubeloop.model.ModelBundle`.
 """
 
@@ -146,6 +146,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     pos_weight = torch.tensor(config["pos_weight"], device=device)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     generator = torch.Generator().manual_seed(config["seed"] + rank)
+    best_val_loss = float("inf")
     for epoch in range(1, config["epochs"] + 1):
         started = time.perf_counter()
         train_loss = loop.run_epoch(
@@ -160,12 +161,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "val_pr_auc": val_ap,
             "epoch_seconds": time.perf_counter() - started,
         }
+        improved = val_loss < best_val_loss
+        best_val_loss = min(best_val_loss, val_loss)
         if rank == 0:
             print(
                 f"[train] epoch {epoch}/{config['epochs']}  train_loss={train_loss:.4f}  "
                 f"val_loss={val_loss:.4f}  val_roc_auc={val_auc:.4f}  val_pr_auc={val_ap:.4f}",
                 flush=True,
             )
+        # Only an epoch that lowers the validation loss can be the one kept, so only it
+        # is checkpointed (on a cluster each checkpoint is an upload to the bucket); every
+        # epoch's metrics are reported.
+        if rank == 0 and improved:
             with tempfile.TemporaryDirectory() as tmp:
                 state = getattr(model, "module", model).state_dict()
                 torch.save({k: v.cpu() for k, v in state.items()}, Path(tmp) / CHECKPOINT_FILE)
@@ -261,7 +268,7 @@ def train_model(
                 name=run_name,
                 storage_path=storage.path,
                 storage_filesystem=storage.filesystem,
-                # Every epoch's checkpoint is kept (they are small) so the history is complete.
+                # Every checkpoint is kept (small, and one per improving epoch).
                 checkpoint_config=CheckpointConfig(
                     num_to_keep=None,
                     checkpoint_score_attribute="val_loss",
