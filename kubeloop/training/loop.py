@@ -151,20 +151,49 @@ def run_epoch(
     return total / max(count, 1)
 
 
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC-AUC as the Mann-Whitney statistic (tied scores count half), as scikit-learn's
+    ``roc_auc_score`` computes it for binary labels.
+
+    Each training run's worker is a new process, and importing ``sklearn.metrics`` there
+    cost about 1 s of every retraining run's Ray Train fit() (docs/benchmarks.md, pipeline
+    section); these few lines of numpy cost nothing to import.
+    """
+    positive = np.asarray(labels) > 0.5
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("ROC-AUC needs both classes among the labels")
+    _, index, counts = np.unique(np.asarray(scores), return_inverse=True, return_counts=True)
+    # 1-based ranks, a tie group sharing its average rank
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[index]
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision (PR-AUC): precision at each distinct score, weighted by the recall
+    it adds, highest scores first; what scikit-learn's ``average_precision_score`` gives."""
+    positive = np.asarray(labels) > 0.5
+    n_pos = int(positive.sum())
+    if n_pos == 0:
+        raise ValueError("average precision needs positive labels")
+    order = np.argsort(-np.asarray(scores), kind="mergesort")
+    ordered, hits = np.asarray(scores)[order], positive[order]
+    last = np.r_[np.flatnonzero(np.diff(ordered)), ordered.size - 1]  # end of each tie group
+    true_pos = np.cumsum(hits)[last]
+    precision = true_pos / (last + 1)
+    recall_gain = np.diff(np.r_[0, true_pos]) / n_pos
+    return float((recall_gain * precision).sum())
+
+
 def validate(
     model: torch.nn.Module, loss_fn: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
 ) -> tuple[float, float, float]:
     """Validation loss (the training objective), ROC-AUC and PR-AUC."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
     model.eval()
     with torch.inference_mode():
         logits = model(x)
         loss = float(loss_fn(logits, y))
     scores = logits.float().cpu().numpy()
     labels = y.cpu().numpy()
-    return (
-        loss,
-        float(roc_auc_score(labels, scores)),
-        float(average_precision_score(labels, scores)),
-    )
+    return loss, roc_auc(labels, scores), average_precision(labels, scores)
