@@ -646,6 +646,13 @@ class AnalysisStatus(_Model):
         description="start of the evidence window: the step's (or watch's) start, or the first "
         "observed pass after a blind period (metrics or drift service unavailable, operator down)",
     )
+    accuracy_since: str | None = Field(
+        None,
+        description="start of the live-accuracy evidence: the canary's first step, or the "
+        "first observed pass after a blind period. Labels count across steps (a version's "
+        "accuracy does not depend on its traffic share, and the confidence sequence stays "
+        "valid as its sample grows), so a later step does not wait for labels of its own",
+    )
     observed_seconds: float = Field(
         0.0, ge=0, description="time of the step or watch window observed with evidence available"
     )

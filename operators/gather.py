@@ -78,7 +78,10 @@ def gather(
     }.get(status.phase)
     started = parse_time(start)
     window = (now - started).total_seconds() if started else 300.0
-    snapshot = observer.version_metrics(spec.model.name, window)
+    # A canary's labels count from its first step (AnalysisStatus.accuracy_since).
+    labelled = parse_time(status.analysis.accuracy_since) if status.phase == Phase.CANARY else None
+    feedback = (now - labelled).total_seconds() if labelled else None
+    snapshot = observer.version_metrics(spec.model.name, window, feedback)
     drift, detail, reset_age = None, {}, None
     if snapshot.ok and status.stable_version:
         try:

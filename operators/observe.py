@@ -62,9 +62,13 @@ class PrometheusObserver:
     def window(self, seconds: float) -> str:
         return f"{max(int(math.ceil(seconds)), self.min_window)}s"
 
-    def version_metrics(self, model: str, window_seconds: float) -> MetricsSnapshot:
-        """Per-version traffic, errors, p99 latency, score histogram and feedback over the window."""
+    def version_metrics(
+        self, model: str, window_seconds: float, feedback_seconds: float | None = None
+    ) -> MetricsSnapshot:
+        """Per-version traffic, errors, p99 latency and score histogram over the window, and
+        feedback (delayed labels) over ``feedback_seconds`` (default: the same window)."""
         w = self.window(window_seconds)
+        fw = self.window(max(window_seconds, feedback_seconds or 0.0))
         m = _sel(model)
         try:
             requests = self.query(
@@ -81,13 +85,20 @@ class PrometheusObserver:
                 f"sum by (version, le) (increase(kubeloop_prediction_score_bucket{m}[{w}]))"
             )
             feedback = self.query(
-                f"sum by (version, outcome) (increase(kubeloop_feedback_total{m}[{w}]))"
+                f"sum by (version, outcome) (increase(kubeloop_feedback_total{m}[{fw}]))"
             )
             estimated = self.query(f"max by (version) (kubeloop_estimated_accuracy{m})")
+            labelled_over = (
+                self.query(
+                    f"sum by (version) (increase(kubeloop_inference_requests_total{m}[{fw}]))"
+                )
+                if fw != w
+                else ()
+            )
         except PrometheusError as exc:
             return MetricsSnapshot(False, str(exc), {})
         return MetricsSnapshot(
-            True, "", assemble(requests, errors, p99, scores, feedback, estimated)
+            True, "", assemble(requests, errors, p99, scores, feedback, estimated, labelled_over)
         )
 
     def drift(self, model: str, version: str) -> tuple[bool | None, dict[str, Any]]:
@@ -138,8 +149,11 @@ def _value(sample: dict[str, Any]) -> float:
     return float(sample["value"][1])
 
 
-def assemble(requests, errors, p99, scores, feedback, estimated=()) -> dict[str, VersionMetrics]:
-    """Turns instant-vector results into per-version metrics (pure, for testing)."""
+def assemble(
+    requests, errors, p99, scores, feedback, estimated=(), feedback_requests=()
+) -> dict[str, VersionMetrics]:
+    """Turns instant-vector results into per-version metrics (pure, for testing);
+    ``feedback_requests``: requests over the feedback's window when it is longer."""
     out: dict[str, dict[str, Any]] = {}
     for r in requests:
         out.setdefault(r["metric"].get("version", ""), {})["requests"] = _value(r)
@@ -163,6 +177,8 @@ def assemble(requests, errors, p99, scores, feedback, estimated=()) -> dict[str,
         value = _value(r)
         if math.isfinite(value):
             out.setdefault(r["metric"].get("version", ""), {})["estimated_accuracy"] = value
+    for r in feedback_requests:
+        out.setdefault(r["metric"].get("version", ""), {})["feedback_requests"] = _value(r)
     snapshot = {}
     for version, fields in out.items():
         if not version or "requests" not in fields:

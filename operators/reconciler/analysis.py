@@ -280,7 +280,7 @@ def detectability(
         return None, "no labels flow for the stable version: live accuracy is not judged"
     # Labels per request so far (instances per request times the share labelled yet; late
     # labels make it low early on), from the stable version, applied to both.
-    per_request = stable.feedback / stable.requests
+    per_request = stable.feedback / (stable.feedback_requests or stable.requests)
     canary_rate = canary.requests * per_request / observed_seconds
     stable_rate = stable.requests * per_request / observed_seconds
     if canary_rate <= 0:

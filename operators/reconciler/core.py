@@ -278,10 +278,14 @@ def _candidate_waiting(p: _Pass) -> None:
 
 
 # --- evidence windows --------------------------------------------------------------------
-def _new_window(p: _Pass) -> None:
-    """A canary step or a post-promotion watch starts: its evidence starts now."""
+def _new_window(p: _Pass, *, keep_accuracy: bool = False) -> None:
+    """A canary step or a post-promotion watch starts: its evidence starts now, the live
+    accuracy's too unless ``keep_accuracy`` (the next step of the same canary)."""
+    kept = p.s.analysis.accuracy_since if keep_accuracy else None
     p.s.analysis = AnalysisStatus(
-        evidence_since=p.now, last_observed_at=p.now if _blind(p) is None else None
+        evidence_since=p.now,
+        accuracy_since=kept or p.now,
+        last_observed_at=p.now if _blind(p) is None else None,
     )
 
 
@@ -319,7 +323,7 @@ def _observe(p: _Pass, *, restart_time: bool) -> tuple[str, str] | None:
         if gap is not None
         else "no observed pass yet"
     )
-    a.evidence_since, a.blind_since = p.now, None
+    a.evidence_since, a.accuracy_since, a.blind_since = p.now, p.now, None
     if restart_time:
         a.observed_seconds = 0.0
     return "EvidenceRestarted", f"{cause}; the evidence window restarts now"
@@ -398,7 +402,7 @@ def _canary_step(p: _Pass) -> None:
         p.s.step_index = next_index
         p.s.canary_percent = rollout.steps[next_index]
         p.s.step_started_at = p.now
-        _new_window(p)
+        _new_window(p, keep_accuracy=True)
         p.progress = ("True", "CanaryStep", f"canary {cand} at {p.s.canary_percent}%")
         p.decide(
             Decision.STEP,

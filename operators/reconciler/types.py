@@ -60,6 +60,9 @@ class VersionMetrics:
     feedback_incorrect: float = 0.0
     # Accuracy estimated from the latest scores alone (the drift service's gauge), no labels.
     estimated_accuracy: float | None = None
+    # Requests over the feedback's window when it reaches back further than the analysis
+    # window (a canary's labels count from its first step); None: the same window.
+    feedback_requests: float | None = None
 
     @property
     def feedback(self) -> float:

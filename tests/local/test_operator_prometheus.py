@@ -81,6 +81,13 @@ def test_observer_reads_per_version_metrics_and_drift(tmp_path):
         assert max(v1.score_buckets) == float("inf")
         assert v1.score_buckets[0.2] == pytest.approx(v1.score_buckets[float("inf")])
         assert v2.score_buckets[0.5] == pytest.approx(0.0)
+        # A canary's labels reach back to its first step: requests over that longer window
+        # come with them (labels per request), the rest stays on the step's window.
+        assert v1.feedback_requests is None
+        longer = observer.version_metrics("fd", 5, feedback_seconds=60)
+        assert (
+            longer.ok and longer.versions["v1"].requests < longer.versions["v1"].feedback_requests
+        )
         detected, detail = observer.drift("fd", "v1")
         assert detected is True and detail["detectors"] == {"mmd": 1.0}
         # the inputs that moved (p < 0.01), most significant first; hour did not

@@ -21,8 +21,11 @@ def test_assemble_groups_by_version_and_clamps_errors():
             sample(2, version="v1", outcome="incorrect"),
         ],
         estimated=[sample(0.93, version="v1"), sample("NaN", version="v2")],
+        feedback_requests=[sample(250, version="v1")],
     )
     v1, v2 = out["v1"], out["v2"]
+    # requests over the labels' longer window (a canary's first step on), when asked
+    assert (v1.feedback_requests, v2.feedback_requests) == (250, None)
     assert (v1.requests, v1.server_errors, v1.latency_p99) == (100, 3, 0.02)
     assert v1.score_buckets == {0.5: 90.0, float("inf"): 100.0}
     assert (v1.feedback_correct, v1.feedback_incorrect, v1.feedback) == (30, 2, 32)

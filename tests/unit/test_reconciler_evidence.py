@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 from kubeloop.operators.crd import Analysis, ModelDeploymentStatus, parse_spec
+from kubeloop.operators.reconciler.analysis import detectability
 from kubeloop.operators.reconciler.core import reconcile
 from kubeloop.operators.reconciler.stats import (
     Verdict,
@@ -131,6 +132,49 @@ def test_a_worse_canary_is_rolled_back_and_an_equal_one_passes():
     assert checks["live_accuracy"]["verdict"] == "fail"
     _, made = run(sp, canary(sp), [(t, {"versions": HEALTHY}) for t in range(5, 30, 5)])
     assert kinds(made) == ["step"]
+
+
+def test_live_accuracy_counts_the_canary_labels_from_its_first_step():
+    sp = spec()
+    result, made = run(sp, canary(sp), [(t, {"versions": HEALTHY}) for t in range(5, 30, 5)])
+    assert kinds(made) == ["step"] and result.status.canary_percent == 50
+    a = result.status.analysis
+    # The 50 % step's traffic, errors and scores count from its start (20 s); its labels
+    # from the canary's (0 s), so the labels that passed 25 % still count.
+    assert a.evidence_since == "2026-01-01T00:00:20Z"
+    assert a.accuracy_since == "2026-01-01T00:00:00Z"
+    # A blind period restarts the labels' window too.
+    result, _ = run(sp, result.status, [(25, {"metrics_ok": False}), (30, {"versions": HEALTHY})])
+    assert result.status.analysis.accuracy_since == "2026-01-01T00:00:30Z"
+    # A new canary starts its own.
+    assert canary(sp).analysis.accuracy_since == "2026-01-01T00:00:00Z"
+
+
+def test_a_canary_worse_at_its_second_step_still_fails_on_all_its_labels():
+    sp = spec()
+    result, made = run(sp, canary(sp), [(t, {"versions": HEALTHY}) for t in range(5, 30, 5)])
+    assert kinds(made) == ["step"]
+    # Labels since the first step: at 50 % the canary turned worse (90 wrong of 1000 more).
+    worse = {
+        "v1": version(9000, labels=4500, wrong=45),
+        "v2": version(2000, labels=2000, wrong=100),
+    }
+    _, made = run(sp, result.status, [(t, {"versions": worse}) for t in range(25, 60, 5)])
+    assert kinds(made) == ["rollback"]
+
+
+def test_detectability_reads_labels_per_request_over_the_labels_window():
+    analysis = spec().rollout.analysis
+    step = {"v1": version(3000, labels=1500, wrong=15), "v2": version(1000, labels=500, wrong=5)}
+    # The same rates with the labels counted over three times the step's window.
+    longer = {
+        v: replace(m, feedback_correct=3 * m.feedback_correct,
+                   feedback_incorrect=3 * m.feedback_incorrect, feedback_requests=3 * m.requests)
+        for v, m in step.items()
+    }  # fmt: skip
+    same = detectability(step["v2"], step["v1"], analysis, 30.0)
+    assert same[0] is not None
+    assert detectability(longer["v2"], longer["v1"], analysis, 30.0) == same
 
 
 def _mix(rng, n, parts) -> np.ndarray:
