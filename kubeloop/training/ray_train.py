@@ -4,14 +4,16 @@ The driver fits the preprocessor on the training part (time split), puts the enc
 arrays in Ray's object store and runs ``train_loop_per_worker`` on ``num_workers``
 workers (data-parallel, DDP through ``prepare_model``). Each epoch every worker reports
 its metrics with ``ray.train.report``; rank 0 attaches a checkpoint
-(``Checkpoint.from_directory``) whenever the validation loss reaches a new low. The
-checkpoint with the lowest validation loss is kept, the prior correction is folded into the output bias, the decision threshold is
-chosen on validation, and the result is a :class:`kubeloop.model.ModelBundle`.
+(``Checkpoint.from_directory``) whenever the validation loss reaches a new low, and at
+the last epoch with every epoch's metrics. The checkpoint with the lowest validation
+loss is kept, the prior correction is folded into the output bias, the decision
+threshold is chosen on validation, and the result is a :class:`kubeloop.model.ModelBundle`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import shutil
 import tempfile
@@ -31,6 +33,7 @@ from kubeloop.training import loop
 from kubeloop.training.ray_runtime import RayTarget
 
 CHECKPOINT_FILE = "model.pt"
+HISTORY_FILE = "history.json"  # in the last epoch's checkpoint: every epoch's metrics
 
 
 class TrainingResourceError(RuntimeError):
@@ -147,6 +150,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     generator = torch.Generator().manual_seed(config["seed"] + rank)
     best_val_loss = float("inf")
+    history: list[dict[str, float]] = []
     for epoch in range(1, config["epochs"] + 1):
         started = time.perf_counter()
         train_loss = loop.run_epoch(
@@ -163,19 +167,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         }
         improved = val_loss < best_val_loss
         best_val_loss = min(best_val_loss, val_loss)
+        history.append(metrics)
         if rank == 0:
             print(
                 f"[train] epoch {epoch}/{config['epochs']}  train_loss={train_loss:.4f}  "
                 f"val_loss={val_loss:.4f}  val_roc_auc={val_auc:.4f}  val_pr_auc={val_ap:.4f}",
                 flush=True,
             )
-        # Only an epoch that lowers the validation loss can be the one kept, so only it
-        # is checkpointed (on a cluster each checkpoint is an upload to the bucket); every
-        # epoch's metrics are reported.
-        if rank == 0 and improved:
+        # Only an epoch that lowers the validation loss can be the one kept, so only it is
+        # checkpointed (on a cluster each checkpoint is an upload to the bucket), and the
+        # last one, which carries every epoch's metrics (Ray Train's metrics_dataframe
+        # holds the checkpointed reports only).
+        if rank == 0 and (improved or epoch == config["epochs"]):
             with tempfile.TemporaryDirectory() as tmp:
                 state = getattr(model, "module", model).state_dict()
                 torch.save({k: v.cpu() for k, v in state.items()}, Path(tmp) / CHECKPOINT_FILE)
+                (Path(tmp) / HISTORY_FILE).write_text(json.dumps(history))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
@@ -291,11 +298,8 @@ def train_model(
             state = torch.load(
                 Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True
             )
-        history = (
-            result.metrics_dataframe.to_dict("records")
-            if result.metrics_dataframe is not None
-            else []
-        )
+        with result.checkpoint.as_directory() as folder:  # the last epoch's
+            history = json.loads((Path(folder) / HISTORY_FILE).read_text())
     finally:
         refs.clear()
         storage.cleanup(run_name)
