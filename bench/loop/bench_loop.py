@@ -162,7 +162,7 @@ def run(
 ) -> dict:
     """The runs' table and notes; ``section`` and ``title`` name where they are written
     (another section than ``loop`` keeps the main table)."""
-    rows, cycles, config, served = [], {}, None, []
+    rows, cycles, config, served, refusals = [], {}, None, [], []
     for scenario, variant in cases:
         for seed in seeds:
             config = LoopConfig(
@@ -177,6 +177,10 @@ def run(
                     echo=lambda line: print(line, flush=True), drift_cache=CACHE,
                 )  # fmt: skip
                 rows.append(row(seed, summary, time.perf_counter() - started))
+                refusals += [
+                    f"{scenario} seed {seed}, {r['seconds']:.0f} s into the traffic: {r['message']}"
+                    for r in summary["gate_refusals"]
+                ]
                 traffic = served_after_promotion(
                     summary, Path(tmp) / "demo" / "loop" / LABELLED_FILE
                 )
@@ -231,7 +235,11 @@ def run(
             "the estimated prior and rolled out as a canary (the cycle ends when it serves "
             "100 %). Variant `reweighted`: the same detector alone, answered with "
             "`RetrainReweighted`: the pipeline trains with the classes re-weighted to "
-            "the estimated prior.\n\n" + NOTES
+            "the estimated prior.\n\n"
+            + NOTES
+            + "\nGate refusals: "
+            + ("; ".join(refusals) if refusals else "none")
+            + ".\n"
         ),
     }
 
@@ -267,27 +275,16 @@ Every retraining run is the training pipeline: ingest → validate → features 
 evaluate → gate → register on the window (a Parquet file of the labelled traffic), each
 stage forked from the runtime's stage server (`kubeloop.local.stages`), 20 epochs of
 batches of 64 (the best epoch by validation loss kept). A run waits 20 s for the fresh
-window and then takes 18-20 s, most of it the train stage: Ray Train's fixed cost per
-fit() (the pipeline section measures every stage); a version is registered 44-55 s after
-the onset when the first run's candidate passes its gate. The gate scores candidate and
-champion on the same window (accuracy at each one's threshold re-chosen there) and
-refuses a challenger worse by more than 0.01: in covariate seed 0 v1, its threshold
-re-chosen on the window, scored 0.969 against the candidate's 0.950, and in label shift
-seed 0 0.994 against 0.975 (on about 160 rows, three errors apart); the first run
-registered nothing and the next came after the 120 s cooldown (`cooldownSeconds`), too
-late for a quick cycle (covariate seed 0) or before the traffic ended (label shift seed
-0). The worse candidate (inverted labels) is the same pipeline on a corrupted window (the
-last three data windows), which its gate passes (the champion looks bad on inverted
-labels too) and only the canary's live accuracy catches; in covariate seed 0 it came too
-late for a verdict. The canary's 50 % step keeps the labels that decided its 25 % step
-(live accuracy counts from the canary's first step), so it passes at its 8 s minimum
-(9-10 s in every run here); the 25 % step takes 21-72 s, the time the labels need to show
-the canary no more than 4 points worse than the drifted stable version.
-Stationary seed 2 retrains once: the error-rate detector flags v1 about 25 s into the
-traffic. Its first 600 labels hold 20 errors where v1's own scores expect 9.2 (its
-reference: 26 errors in 2,000 rows), a burst the chart answers as it is built to; that
-first day of traffic holds more foreign transactions than v1's reference (5.7 % against
-3.5 %). The later labels are back at the reference rate.
+window and then runs, most of it the train stage: Ray Train's fixed cost per fit() (the
+pipeline section measures every stage). The gate scores candidate and champion on the
+same window (accuracy at each one's threshold re-chosen there) and refuses a challenger
+worse by more than 0.01; a run it stops registers nothing, and the next comes after the
+cooldown (`cooldownSeconds`, 120 s here): the gate refusals of these runs are listed
+below. The worse candidate (inverted labels) is the same pipeline on a corrupted window
+(the last three data windows), which its gate passes (the champion looks bad on inverted
+labels too) and only the canary's live accuracy catches. The canary's 50 % step keeps
+the labels that decided its 25 % step (live accuracy counts from the canary's first
+step), so it waits only for its own requests and its minimum time.
 A promoted version is watched like v1: its reference sample is its own evaluation slice
 (a few hundred rows), so its predicted-class share is known only roughly and some runs
 retrain it once more (column "retraining runs").

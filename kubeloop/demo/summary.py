@@ -100,7 +100,13 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
     detected = _first(flagged, after=onset) if onset else None
     submitted = _first(decisions_of(record, "retrain"), after=onset) if onset else None
     # the first run that registered a version (a run the gate stopped registers none)
-    registered = [d for d in decisions_of(record, "retrained") if d.get("version")]
+    runs = decisions_of(record, "retrained")
+    registered = [d for d in runs if d.get("version")]
+    out["gate_refusals"] = [
+        {"seconds": _rel(d["t"], t0), "message": d.get("message", "")}
+        for d in runs
+        if not d.get("version")
+    ]
     retrained = _first(registered, after=onset) if onset else None
     new_version = retrained.get("version") if retrained else None
     recalibrated = _first(decisions_of(record, "recalibrate"), after=onset) if onset else None
