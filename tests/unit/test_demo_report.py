@@ -92,8 +92,6 @@ def test_summary_measures_the_cycle_from_the_record():
     assert s["retrained_version"] == "v2"
     # 100 % on v2 at the router: the first sample with v2 stable and no canary (t = 82)
     assert s["update_cycle_seconds"] == pytest.approx(42)
-    assert [r["seconds"] for r in s["gate_refusals"]] == [pytest.approx(58)]
-    assert summarize(loop_record())["gate_refusals"] == []
     assert s["update_cycle_goal_met"] is True
     assert s["accuracy_before_drift"] == {"accuracy": 1.0, "predictions": 160}
     assert s["accuracy_during_drift"]["accuracy"] == pytest.approx(0.75)
