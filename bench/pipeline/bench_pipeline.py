@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -90,6 +92,25 @@ def _in_one_process(
     return seconds, fit
 
 
+# What a new Ray Train worker process pays, timed in a fresh interpreter: importing
+# sklearn.metrics (the validation metrics are numpy for this reason) and building torch's
+# optimizer (it imports torch._dynamo).
+WORKER_COSTS = {
+    "sklearn": "import time; t = time.perf_counter(); import sklearn.metrics; "
+    "print(time.perf_counter() - t)",
+    "optimizer": "import time, torch; m = torch.nn.Linear(2, 1); t = time.perf_counter(); "
+    "torch.optim.Adam(m.parameters()); print(time.perf_counter() - t)",
+}
+
+
+def _worker_costs() -> dict[str, float]:
+    return {
+        name: float(subprocess.run([sys.executable, "-c", code], check=True,
+                                   capture_output=True, text=True).stdout)
+        for name, code in WORKER_COSTS.items()
+    }  # fmt: skip
+
+
 def run() -> dict:
     from kubeloop.local.pipelines import run_training_pipeline
     from kubeloop.local.runtime import STAGES as STAGE_SERVER
@@ -136,6 +157,7 @@ def run() -> dict:
                 walls["in one process"] = time.perf_counter() - started
             timings["in one process"] = seconds
             rows_in_window = result.metrics.get("eval_rows")
+            worker = _worker_costs()
         finally:
             stop_local_head(home)
             for name, value in saved.items():
@@ -175,11 +197,14 @@ def run() -> dict:
             f"Train's fixed cost per fit(), the same in all three: in one process fit() "
             f"took {fit['fit']:.1f} s, of which the {EPOCHS} epochs' own work "
             f"{fit['epochs']:.1f} s; the rest starts a controller and a worker process "
-            "(each imports Ray Train; the worker imports torch, and torch._dynamo, about "
-            "1 s, when it builds the optimizer), waits for the controller's poll "
+            "(each imports Ray Train; the worker imports torch, and torch._dynamo when it "
+            f"builds the optimizer: {worker['optimizer']:.1f} s in a fresh interpreter), "
+            "waits for the controller's poll "
             f"at every per-epoch report (every {TRAIN_POLL_S} s: "
-            "`RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`) and stops them. See the Ray Train "
-            "overhead section."
+            "`RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`) and stops them. The validation "
+            "metrics are numpy: importing sklearn.metrics would add "
+            f"{worker['sklearn']:.1f} s to every worker (a fresh interpreter's import). "
+            "See the Ray Train overhead section."
         ),
     }
 
