@@ -52,6 +52,14 @@ class GateSettings(BaseModel):
         le=1.0,
         description="largest drop in compare_metric versus the champion that still passes",
     )
+    champion_alpha: float = Field(
+        0.05,
+        gt=0.0,
+        le=1.0,
+        description="a drop beyond the tolerance refuses the candidate only when the champion "
+        "is better at this significance (one-sided exact McNemar test on the window's rows, "
+        "for window_accuracy); 1 refuses on the drop alone",
+    )
     compare_metric: str = Field(
         "window_accuracy",
         description="metric used for the champion comparison: by default what the canary "

@@ -278,7 +278,9 @@ batches of 64 (the best epoch by validation loss kept). A run waits 20 s for the
 window and then runs, most of it the train stage: Ray Train's fixed cost per fit() (the
 pipeline section measures every stage). The gate scores candidate and champion on the
 same window (accuracy at each one's threshold re-chosen there) and refuses a challenger
-worse by more than 0.01; a run it stops registers nothing, and the next comes after the
+worse by more than 0.01 only when the champion is better with confidence (exact McNemar
+test on the rows where the two disagree, alpha 0.05); a run it stops registers nothing,
+and the next comes after the
 cooldown (`cooldownSeconds`, 120 s here): the gate refusals of these runs are listed
 below. The worse candidate (inverted labels) is the same pipeline on a corrupted window
 (the last three data windows), which its gate passes (the champion looks bad on inverted

@@ -78,7 +78,9 @@ def _in_one_process(
     timed("evaluate", lambda: run_evaluate(d["model"], d["eval"], work / "e.html", work / "ev"))
     verdict = timed(
         "gate",
-        lambda: run_gate(work / "ev", d["eval"], model, registry, work / "gate", work / "g.md"),
+        lambda: run_gate(
+            work / "ev", d["eval"], model, registry, work / "gate", work / "g.md", d["model"]
+        ),
     )
     if verdict.passed:
         metadata = {"data_hash": ingest.data_hash, "row_count": ingest.row_count,

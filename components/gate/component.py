@@ -24,7 +24,8 @@ def gate(
     """Decides whether the candidate may be registered.
 
     Args:
-        model: the candidate ``ModelBundle`` (recorded in the decision's lineage).
+        model: the candidate ``ModelBundle``: its decisions are paired row by row with the
+            champion's on the window, and it is recorded in the decision's lineage.
         evaluation: the evaluate stage's folder with ``evaluation.json``.
         eval_set: the evaluation window, on which the champion is scored too.
         model_name: registry model name, e.g. ``fraud-detector``.
@@ -39,7 +40,13 @@ def gate(
     from kubeloop.components.gate.impl import run_gate
 
     verdict = run_gate(
-        evaluation.path, eval_set.path, model_name, registry_uri, decision.path, report.path
+        evaluation.path,
+        eval_set.path,
+        model_name,
+        registry_uri,
+        decision.path,
+        report.path,
+        model_dir=model.path,
     )
     decision.metadata["passed"] = verdict.passed
     decision.metadata["candidate_model"] = model.uri

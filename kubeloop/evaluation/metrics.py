@@ -78,7 +78,7 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _check(labels: np.ndarray, scores: np.ndarray) -> None:
+def _check(labels: np.ndarray, scores: np.ndarray, ranked: bool = False) -> None:
     if len(labels) != len(scores):
         raise EvaluationError(f"{len(labels)} labels but {len(scores)} scores")
     if len(labels) == 0:
@@ -89,6 +89,11 @@ def _check(labels: np.ndarray, scores: np.ndarray) -> None:
         )
     if not np.isfinite(scores).all() or scores.min() < 0 or scores.max() > 1:
         raise EvaluationError("scores must be finite probabilities in [0, 1]")
+    if ranked and labels.sum() in (0, len(labels)):
+        raise EvaluationError(
+            f"the evaluation set needs both classes to rank; it has {int(labels.sum())} positives "
+            f"in {len(labels)} rows"
+        )
 
 
 def expected_calibration_error(
@@ -162,6 +167,16 @@ def _best_on_roc(
     return float(correct[best] / len(labels)), float(thresholds[best])
 
 
+def correct_at_window_threshold(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per row, whether the decision at the window's own best threshold is right: the rows
+    whose mean is ``window_accuracy``, for a paired comparison of two models on one window."""
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=float)
+    _check(labels, scores, ranked=True)
+    _, threshold = best_accuracy(labels, scores)
+    return (scores >= threshold).astype(int) == labels
+
+
 def _downsample(
     xs: np.ndarray, ys: np.ndarray, limit: int = 200
 ) -> tuple[list[float], list[float]]:
@@ -208,12 +223,7 @@ def evaluate_scores(
 
     labels = np.asarray(labels).astype(int)
     scores = np.asarray(scores, dtype=float)
-    _check(labels, scores)
-    if labels.sum() == 0 or labels.sum() == len(labels):
-        raise EvaluationError(
-            f"the evaluation set needs both classes to rank; it has {int(labels.sum())} positives "
-            f"in {len(labels)} rows"
-        )
+    _check(labels, scores, ranked=True)
     roc_auc, pr_auc = _ranking(labels, scores)
     ece, bins = expected_calibration_error(labels, scores, n_bins)
     fpr, tpr, thresholds = roc_curve(labels, scores)

@@ -9,6 +9,7 @@ import pytest
 from kubeloop.evaluation.metrics import (
     EvaluationError,
     best_accuracy,
+    correct_at_window_threshold,
     evaluate_scores,
     expected_calibration_error,
 )
@@ -107,6 +108,18 @@ def test_window_accuracy_is_the_best_any_threshold_reaches(seed):
     ev = evaluate_scores(labels, scores, threshold=0.9)
     assert ev.window_accuracy == pytest.approx(acc) and ev.window_accuracy >= ev.accuracy
     assert ev.headline()["window_accuracy"] == pytest.approx(acc)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_correct_rows_at_the_window_threshold_average_to_window_accuracy(seed):
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(400) < 0.08).astype(int)
+    scores = np.round(np.clip(0.4 * labels + rng.normal(0.2, 0.2, 400), 0, 1), 2)  # with ties
+    correct = correct_at_window_threshold(labels, scores)
+    assert correct.dtype == bool and correct.shape == labels.shape
+    assert correct.mean() == pytest.approx(evaluate_scores(labels, scores, 0.5).window_accuracy)
+    with pytest.raises(EvaluationError, match="both classes"):
+        correct_at_window_threshold(np.zeros(5, dtype=int), np.full(5, 0.3))
 
 
 def test_window_accuracy_when_calling_everything_negative_is_best():

@@ -25,6 +25,7 @@ def window(tmp_path_factory):
         model = saved_bundle(train, root / name, seed=1, steps=steps)
         run_evaluate(model, eval_set, root / f"{name}.html", root / f"{name}-evaluation")
         out[name] = root / f"{name}-evaluation"
+        out[f"{name}-model"] = model
     return out
 
 
@@ -47,6 +48,7 @@ def _run(window, which, registry, tmp_path):
         str(registry.uri),
         tmp_path / "decision",
         tmp_path / "gate.md",
+        window[f"{which}-model"],
     )
 
 
@@ -76,6 +78,16 @@ def test_champion_is_scored_on_the_same_window(window, tmp_path, lenient_objecti
     candidate_rows = json.loads((window["weak"] / "evaluation.json").read_text())["rows"]
     assert saved["champion_metrics"]["eval_rows"] == candidate_rows
     assert saved["champion_metrics"]["roc_auc"] != stored
+    # Paired on the window's rows: the barely trained candidate loses its disagreements
+    # with the champion beyond chance, which is what refuses it.
+    paired = saved["paired"]
+    assert paired["rows"] == candidate_rows
+    assert paired["champion_only"] > paired["candidate_only"] and paired["p_value"] < 0.05
+    accuracy = saved["champion_metrics"]["window_accuracy"]
+    weak_accuracy = json.loads((window["weak"] / "evaluation.json").read_text())["window_accuracy"]
+    assert (paired["champion_only"] - paired["candidate_only"]) / paired["rows"] == (
+        pytest.approx(accuracy - weak_accuracy)
+    )
     assert _run(window, "good", registry, tmp_path).passed
 
 
