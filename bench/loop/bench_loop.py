@@ -292,12 +292,11 @@ A promoted version is watched like v1: its reference sample is its own evaluatio
 retrain it once more (column "retraining runs").
 
 Under drift the canary's score distribution is not held against the stable version's:
-on covariate drift v1, far from its training data, spreads its scores out (on the demo's
-drifted traffic 19 % of its scores fall below 0.001), while a version retrained for the
-new inputs is confident (85 % below 0.001), so the two histograms are 0.7 apart in total
-variation although the retrained version is the more accurate (0.946 against 0.923 on
-the same labelled traffic). While drift is flagged on the stable version and labels flow,
-the score check holds until live accuracy decides (operators/README.md, canary analysis).
+on covariate drift v1, far from its training data, spreads its scores out, while a version
+retrained for the new inputs is confident, so the two score histograms lie far apart
+although the retrained version is the more accurate (columns "during drift" and "after
+promotion"). While drift is flagged on the stable version and labels flow, the score
+check holds until live accuracy decides (operators/README.md, canary analysis).
 """
 
 
