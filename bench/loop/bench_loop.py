@@ -280,9 +280,8 @@ pipeline section measures every stage). The gate scores candidate and champion o
 same window (accuracy at each one's threshold re-chosen there) and refuses a challenger
 worse by more than 0.01 only when the champion is better with confidence (exact McNemar
 test on the rows where the two disagree, alpha 0.05); a run it stops registers nothing,
-and the next comes after the
-cooldown (`cooldownSeconds`, 120 s here): the gate refusals of these runs are listed
-below. The worse candidate (inverted labels) is the same pipeline on a corrupted window
+and the next comes after the cooldown (`cooldownSeconds`, 120 s here): the gate refusals
+of these runs are listed below. The worse candidate (inverted labels) is the same pipeline on a corrupted window
 (the last three data windows), which its gate passes (the champion looks bad on inverted
 labels too) and only the canary's live accuracy catches. The canary's 50 % step keeps
 the labels that decided its 25 % step (live accuracy counts from the canary's first

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from kubeloop.components.train.impl import read_split
 
@@ -25,13 +26,15 @@ class EvaluateResult:
     reference: pd.DataFrame
 
 
-def score_window(bundle: ModelBundle, frame: pd.DataFrame) -> Evaluation:
-    """Every metric of ``bundle`` on one window, sliced by the categorical slice columns."""
+def score_window(bundle: ModelBundle, frame: pd.DataFrame) -> tuple[Evaluation, np.ndarray]:
+    """Every metric of ``bundle`` on one window, sliced by the categorical slice columns,
+    and the scores behind them (one per row)."""
     scores, _ = bundle.predict(frame)
     slices = {c: frame[c] for c in SLICE_COLUMNS if c in frame}
-    return evaluate_scores(
+    evaluation = evaluate_scores(
         frame[bundle.schema.label].to_numpy(), scores, bundle.config.threshold, slices
     )
+    return evaluation, scores
 
 
 def run_evaluate(
@@ -39,7 +42,7 @@ def run_evaluate(
 ) -> EvaluateResult:
     bundle = ModelBundle.load(model_dir)
     frame, _ = read_split(eval_set, "eval_set")
-    evaluation = score_window(bundle, frame)
+    evaluation, _ = score_window(bundle, frame)
     Path(report_path).parent.mkdir(parents=True, exist_ok=True)
     Path(report_path).write_text(render_html(evaluation, "kubeloop evaluation"))
     folder = Path(evaluation_dir)

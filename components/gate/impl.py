@@ -39,9 +39,13 @@ def champion_ref(registry: ModelRegistry, model_name: str) -> str | None:
         return None
 
 
-def window_correct(bundle: ModelBundle, frame: pd.DataFrame) -> np.ndarray:
-    """Per row of the window: is the bundle's decision at its window threshold right."""
-    scores, _ = bundle.predict(frame)
+def window_correct(
+    bundle: ModelBundle, frame: pd.DataFrame, scores: np.ndarray | None = None
+) -> np.ndarray:
+    """Per row of the window: is the bundle's decision at its window threshold right
+    (``scores``: the bundle's scores of ``frame`` when already computed)."""
+    if scores is None:
+        scores, _ = bundle.predict(frame)
     return correct_at_window_threshold(frame[bundle.schema.label].to_numpy(), scores)
 
 
@@ -52,7 +56,8 @@ def champion_metrics(
     with tempfile.TemporaryDirectory(prefix="kubeloop-champion-") as tmp:
         _, folder = registry.download(model_name, version, tmp)
         bundle = ModelBundle.load(folder)
-        return score_window(bundle, frame).headline(), window_correct(bundle, frame)
+        evaluation, scores = score_window(bundle, frame)
+        return evaluation.headline(), window_correct(bundle, frame, scores)
 
 
 def run_gate(
