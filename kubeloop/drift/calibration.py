@@ -28,6 +28,7 @@ import pandas as pd
 
 from kubeloop.drift.config import DetectorSettings
 from kubeloop.drift.monitor import VersionMonitor, class_columns
+from kubeloop.drift.profiles import first_rows, profile_ids
 from kubeloop.drift.reference import (
     PREDICTION_COLUMN,
     SCORE_COLUMN,
@@ -36,12 +37,24 @@ from kubeloop.drift.reference import (
 )
 
 
-def detector_inputs(mon: VersionMonitor, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """What each detector reads for the rows of ``frame`` (which holds features, score, prediction, label)."""
+def detector_inputs(
+    mon: VersionMonitor, frame: pd.DataFrame, new_profiles: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """What each detector reads for the rows of ``frame`` (which holds features, score,
+    prediction, label). Per-feature charts that read profiles once (``mon.profiles``) also
+    read whether each row brings a new profile: ``new_profiles``, by default the first row
+    of each profile in ``frame``."""
     enc, label = mon.encoder, mon.reference.spec.label
+
+    def cvm() -> np.ndarray:
+        if mon.profiles is None:
+            return enc.cvm(frame)
+        new = first_rows(frame, mon.reference.spec) if new_profiles is None else new_profiles
+        return np.column_stack([enc.cvm(frame), new]).astype(np.float32)
+
     inputs = {
         "mmd": lambda: enc.mmd(frame),
-        "cvm": lambda: enc.cvm(frame),
+        "cvm": cvm,
         "fet": lambda: enc.fet(frame),
         "prediction": lambda: frame[[SCORE_COLUMN]].to_numpy(dtype=np.float32),
         "error_rate": lambda: (frame[PREDICTION_COLUMN] != frame[label]).to_numpy(dtype=np.float32)[
@@ -58,19 +71,26 @@ def _offset(det: Any) -> int:
 
 
 def run_lengths(mon: VersionMonitor, stream: pd.DataFrame, runs: int, seed: int) -> dict[str, Any]:
+    """Rows drawn in random passes over ``stream``; within a pass, a profile is new at its
+    first row (each pass replays the stream's profiles once, in a random order)."""
     rng = np.random.default_rng(seed)
     out = {}
+    ids = profile_ids(stream, mon.reference.spec) if mon.profiles is not None else None
     for name, x in detector_inputs(mon, stream).items():
         det = mon.online[name].detector
         det.reset_state()
         lengths, t, start = [], 0, time.perf_counter()
         order = rng.permutation(len(x))
-        i = 0
+        i, seen = 0, set()
         while len(lengths) < runs:
             if i == len(order):
-                order, i = rng.permutation(len(x)), 0
+                order, i, seen = rng.permutation(len(x)), 0, set()
             t += 1
-            if det.predict(x[order[i]], return_test_stat=False)["data"]["is_drift"]:
+            row = x[order[i]]
+            if name == "cvm" and ids is not None:  # the flag: this pass's first row of it
+                row = np.append(row[:-1], float(ids[order[i]] not in seen))
+                seen.add(ids[order[i]])
+            if det.predict(row, return_test_stat=False)["data"]["is_drift"]:
                 lengths.append(t - _offset(det))
                 det.reset_state()
                 t = 0

@@ -17,12 +17,13 @@ import numpy as np
 import pandas as pd
 
 from kubeloop.drift.config import DetectorSettings
-from kubeloop.drift.cusum import BernoulliCusum, ChartDetector
+from kubeloop.drift.cusum import BernoulliCusum, ChartDetector, ProfileSplitDetector
 from kubeloop.drift.detectors import OnlineDetector, build_detector
 from kubeloop.drift.encoding import Encoder
 from kubeloop.drift.estimate import ConfidenceEstimator, PriorShift
 from kubeloop.drift.indicators import Categories, Distance, QuantileBins
-from kubeloop.drift.reference import Reference
+from kubeloop.drift.profiles import ProfileMemory, first_rows
+from kubeloop.drift.reference import FeatureSpec, Reference
 
 
 def class_columns(predictions: np.ndarray) -> np.ndarray:
@@ -76,6 +77,29 @@ def _alibi_detectors(
     return online
 
 
+def _profile_split(
+    frame: pd.DataFrame, spec: FeatureSpec, enc: Encoder, s: DetectorSettings, ert: float
+) -> ChartDetector | ProfileSplitDetector:
+    """The per-feature charts of ``method: cusum`` with the profile's features read once per
+    profile: their intervals and rates counted on the reference's first row of each
+    profile, the request features' on every reference row."""
+    x = enc.cvm(frame)
+    cols = enc.cvm_columns
+    profile_cols = np.asarray([i for i, c in enumerate(cols) if c in spec.profile])
+    row_cols = np.asarray([i for i, c in enumerate(cols) if c not in spec.profile])
+    first = first_rows(frame, spec)
+    parts = [
+        QuantileBins.fit(x[rows][:, picked], s.bins) if len(picked) else None
+        for rows, picked in ((slice(None), row_cols), (first, profile_cols))
+    ]
+    parts = [p if p is not None and len(p.rates) else None for p in parts]
+    if all(p is None for p in parts):  # nothing to chart: the usual error, naming why
+        return ChartDetector(QuantileBins.fit(x, s.bins), ert=ert, odds_ratio=s.odds_ratio)
+    return ProfileSplitDetector(
+        parts[0], parts[1], row_cols, profile_cols, float(first.mean()), ert, s.odds_ratio
+    )
+
+
 @dataclass
 class DetectorView:
     """One exported row: detector, feature, statistic, threshold, drift flag."""
@@ -111,6 +135,8 @@ class VersionMonitor:
     # Label shift: the reference's confusion matrix and the latest predicted classes.
     classes: deque = field(default_factory=deque)
     skipped: dict[str, str] = field(default_factory=dict)  # detector -> why it is not built
+    # The entity profiles seen, when the per-feature charts read profiles once each.
+    profiles: ProfileMemory | None = None
     # Drift explained: the cached batch test and when it ran (monotonic seconds).
     _tabular: tuple[float, Any] | None = None
     _explained: tuple[float, int, dict[str, Any]] | None = None  # (when, samples, result)
@@ -145,12 +171,18 @@ class VersionMonitor:
         online: dict[str, OnlineDetector] = {}
         skipped: dict[str, str] = {}  # detectors the reference cannot support, and why
         errors = (reference.predictions != reference.labels).astype(np.float32)[:, None]
+        # feature-view features: one observation per entity and snapshot (cusum's charts)
+        profiles = (
+            ProfileMemory(spec)
+            if s.method == "cusum" and set(spec.profile) & set(encoder.cvm_columns)
+            else None
+        )
         if s.method == "cusum":
             enc = encoder  # short, for the table below
             wanted = {
                 "mmd": (s.mmd, s.mmd_every, lambda: Distance.fit(enc.mmd(frame), s.bins)),
                 "cvm": (s.univariate and s.cvm and bool(enc.cvm_columns), s.univariate_every,
-                        lambda: QuantileBins.fit(enc.cvm(frame), s.bins)),
+                        lambda: QuantileBins.fit(enc.cvm(frame), s.bins)),  # profiles: below
                 "fet": (s.univariate and s.fet and bool(enc.fet_columns), s.univariate_every,
                         lambda: Categories.fit(enc.fet(frame), enc.fet_columns, spec.binary)),
                 "prediction": (s.prediction, s.univariate_every,
@@ -163,7 +195,10 @@ class VersionMonitor:
                     continue
                 began = time.perf_counter()
                 try:
-                    chart = ChartDetector(fit(), ert=s.ert_of(name), odds_ratio=s.odds_ratio)
+                    if name == "cvm" and profiles is not None:
+                        chart = _profile_split(frame, spec, enc, s, s.ert_of(name))
+                    else:
+                        chart = ChartDetector(fit(), ert=s.ert_of(name), odds_ratio=s.odds_ratio)
                 except ValueError as exc:
                     skipped[name] = str(exc)
                     continue
@@ -210,6 +245,9 @@ class VersionMonitor:
             prior_shift=prior_shift,
             classes=deque(maxlen=s.accuracy_window),
             skipped=skipped,
+            profiles=profiles
+            if isinstance(getattr(online.get("cvm"), "detector", None), ProfileSplitDetector)
+            else None,
         )
 
     # --- updates (worker thread) ---------------------------------------------------------
@@ -224,7 +262,10 @@ class VersionMonitor:
         if "mmd" in self.online:
             self.online["mmd"].update(self.encoder.mmd(frame))
         if "cvm" in self.online:
-            self.online["cvm"].update(self.encoder.cvm(frame))
+            x = self.encoder.cvm(frame)
+            if self.profiles is not None:  # with whether each row brings a new profile
+                x = np.column_stack([x, self.profiles.new(instances)]).astype(np.float32)
+            self.online["cvm"].update(x)
         if "fet" in self.online:
             self.online["fet"].update(self.encoder.fet(frame))
         if "prediction" in self.online:

@@ -40,6 +40,10 @@ class FeatureSpec:
     binary: set[str] = field(default_factory=set)  # 0/1 integer features: FET
     # Key columns (entity, id) a request may carry next to the features; not watched.
     keys: set[str] = field(default_factory=set)
+    # Features of the entity's profile (the feature view's): one observation per entity and
+    # snapshot, however many rows carry it; the entity key names whose profile it is.
+    profile: list[str] = field(default_factory=list)
+    entity: str | None = None
 
     @property
     def names(self) -> list[str]:
@@ -80,6 +84,12 @@ def feature_spec(schema: dict) -> FeatureSpec:
         ) from None
     numeric, categorical, integer, binary = [], {}, set(), set()
     keys = {c["name"] for c in columns if c.get("role") in ("entity", "id")}
+    entity = next((c["name"] for c in columns if c.get("role") == "entity"), None)
+    profile = [
+        c["name"]
+        for c in columns
+        if c.get("role", "feature") == "feature" and c.get("source") == "feature_view"
+    ]
     for col in columns:
         if col.get("role", "feature") != "feature":
             continue
@@ -105,6 +115,8 @@ def feature_spec(schema: dict) -> FeatureSpec:
         integer=integer,
         binary=binary,
         keys=keys,
+        profile=profile,
+        entity=entity,
     )
 
 
@@ -122,6 +134,9 @@ def reference_from_bytes(
     needed = [*spec.names, SCORE_COLUMN, PREDICTION_COLUMN, spec.label]
     if missing := [c for c in needed if c not in frame.columns]:
         raise ReferenceError(f"{model}/{version} reference.parquet lacks column(s) {missing}")
+    # the entity key, when the sample keeps it, tells one account's profile from another's
+    if spec.entity and spec.entity in frame.columns:
+        needed.append(spec.entity)
     frame = frame[needed].dropna().reset_index(drop=True)
     if prior_json is not None:
         try:

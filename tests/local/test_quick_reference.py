@@ -21,7 +21,7 @@ def test_the_reference_sample_covers_every_hour_alike(tmp_path):
     reference = pd.read_parquet(
         tmp_path / "fd" / "versions" / version.version / "reference.parquet"
     )
-    assert len(reference) == 2000
+    assert 2000 <= len(reference) < 2050  # whole account profiles, up to about 2,000 rows
     counts = np.bincount(reference["hour"], minlength=24)
     # the first 2,000 rows by time covered the first day and a quarter: hours 0-5 twice
     assert stats.chisquare(counts).pvalue > 1e-3, counts

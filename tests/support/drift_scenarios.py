@@ -44,7 +44,7 @@ def write_fraud_scenarios(
     from kubeloop.training.quick import train_bundle
 
     schema = fraud.FRAUD_SCHEMA
-    cols = [*schema.feature_names, schema.label]
+    cols = [*schema.feature_names, schema.label, schema.entity]
     frame = point_in_time_join(
         fraud.generate("stationary", days=days, n_accounts=n_accounts, seed=seed)
     )
@@ -58,7 +58,15 @@ def write_fraud_scenarios(
 
     later = scored(frame[frame["event_timestamp"] >= cut])
     later = later.iloc[np.random.default_rng(seed).permutation(len(later))].reset_index(drop=True)
-    reference, null = later.iloc[:REFERENCE_ROWS], later.iloc[REFERENCE_ROWS:]
+    # Whole profiles (an account's rows of one snapshot) on each side, as the platform's
+    # reference sample takes them: a row-by-row split would leave the reference with more
+    # profiles per row than the stream.
+    groups = later.groupby([schema.entity, *(c.name for c in schema.view_features)]).ngroup()
+    order = np.random.default_rng(seed).permutation(int(groups.max()) + 1)
+    sizes = groups.value_counts().reindex(order).to_numpy()
+    chosen = order[: int(np.searchsorted(np.cumsum(sizes), REFERENCE_ROWS)) + 1]
+    in_reference = groups.isin(chosen).to_numpy()
+    reference, null = later[in_reference], later[~in_reference]
     drifted = {}
     for scenario in ("covariate", "concept", "label_shift"):
         data = fraud.generate(scenario, days=days, n_accounts=n_accounts, seed=seed)

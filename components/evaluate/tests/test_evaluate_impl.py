@@ -33,21 +33,31 @@ def test_writes_metrics_report_and_reference(inputs, tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4
     reference = pd.read_parquet(tmp_path / "evaluation" / "reference.parquet")
-    expected = {*FRAUD_SCHEMA.feature_names, "is_fraud", "prediction_score", "prediction"}
+    # the entity key too: the drift service reads each account profile once
+    expected = {*FRAUD_SCHEMA.feature_names, "is_fraud", "account_id", "prediction_score",
+                "prediction"}  # fmt: skip
     assert set(reference.columns) == expected
     assert len(reference) == min(len(evaluation), REFERENCE_ROWS) == len(result.reference)
     assert reference["prediction_score"].between(0, 1).all()
     assert set(reference["prediction"]) <= {0, 1}
 
 
-def test_reference_is_capped_at_2000_rows(tmp_path):
+def test_reference_takes_whole_profiles_up_to_about_2000_rows(tmp_path):
     train, evaluation = split_frames(days=8, n_accounts=700, eval_fraction=0.4)
     assert len(evaluation) > REFERENCE_ROWS
     model = saved_bundle(train, tmp_path / "model", steps=20)
     run_evaluate(
         model, write_split(evaluation, tmp_path / "e"), tmp_path / "r.html", tmp_path / "o"
     )
-    assert len(pd.read_parquet(tmp_path / "o" / "reference.parquet")) == REFERENCE_ROWS
+    reference = pd.read_parquet(tmp_path / "o" / "reference.parquet")
+    profile = ["account_id", *(c.name for c in FRAUD_SCHEMA.view_features)]
+    sizes = evaluation.groupby(profile).size()
+    # at least 2,000 rows, and no more than the last profile taken adds
+    assert REFERENCE_ROWS <= len(reference) < REFERENCE_ROWS + sizes.max()
+    # every row of each profile taken: a busy account's day is in whole or not at all
+    taken = reference.groupby(profile).size()
+    assert (taken == sizes.loc[taken.index]).all()
+    assert len(taken) < sizes.size  # a sample, not the whole window
 
 
 def test_missing_eval_set_is_named(inputs, tmp_path):
