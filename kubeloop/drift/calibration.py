@@ -56,7 +56,7 @@ def detector_inputs(
         "mmd": lambda: enc.mmd(frame),
         "cvm": cvm,
         "fet": lambda: enc.fet(frame),
-        "prediction": lambda: frame[[SCORE_COLUMN]].to_numpy(dtype=np.float32),
+        "prediction": lambda: enc.scores(frame[SCORE_COLUMN].to_numpy()),
         "error_rate": lambda: (frame[PREDICTION_COLUMN] != frame[label]).to_numpy(dtype=np.float32)[
             :, None
         ],

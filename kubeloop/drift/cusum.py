@@ -32,6 +32,7 @@ import numpy as np
 from kubeloop.drift.indicators import Indicators
 
 MAX_DENOMINATOR = 512  # the reference value k/m: the chart lives on integers in steps of 1/m
+ALTERNATIVE_DENOMINATOR = 64  # a second, closer reference value: no finer than this
 MAX_STATES = 64 * MAX_DENOMINATOR  # a threshold beyond this is refused (an ERT far too long)
 MAX_TARGET = 1e13  # a chart's run length beyond this is past what the solve resolves
 
@@ -46,10 +47,13 @@ def reference_fractions(p0: float, p1: float, most: int = 1) -> list[Fraction]:
     """Up to ``most`` values of ``gamma`` as a fraction ``k/m`` strictly between ``p0`` and
     ``p1`` (so the chart drifts down in control and up out of control) and within a tenth
     of that interval of ``gamma``, the smallest denominator first (larger ones give finer
-    steps, so a run length closer to a target); at ``MAX_DENOMINATOR``, any fraction
-    strictly between them."""
+    steps, so a run length closer to a target, but cost more: the alternatives stop at
+    ``ALTERNATIVE_DENOMINATOR``); at ``MAX_DENOMINATOR``, any fraction strictly between
+    them."""
     gamma, out, limit = reference_value(p0, p1), [], 8
-    while limit <= MAX_DENOMINATOR and len(out) < most:
+    # an alternative only up to ALTERNATIVE_DENOMINATOR: the chart's states grow with the
+    # denominator and a banded solve with its square (a 1/127 step took 3 s to arm)
+    while limit <= (ALTERNATIVE_DENOMINATOR if out else MAX_DENOMINATOR) and len(out) < most:
         fraction = Fraction(gamma).limit_denominator(limit)
         close = abs(fraction - gamma) <= 0.1 * (p1 - p0) or limit == MAX_DENOMINATOR
         if p0 < fraction < p1 and close and fraction not in out:

@@ -6,6 +6,14 @@
   the Cramér–von Mises thresholds assume no ties, and jittering both the reference and
   the stream keeps "same distribution" true exactly when it was true before.
 - ``fet``: binary (0/1) features and one column per category, as 0/1.
+
+With ``untie`` (``method: alibi``, whose Cramér–von Mises thresholds are simulated for
+data without ties), the other ``cvm`` columns and the scores (``scores``) are also
+jittered, by U(-0.5, 0.5) times a thousandth of the column's reference spread: a number
+that is exactly 0 on most rows, a near-constant column or scores saturated at 0 and 1
+tie on most rows and made those detectors alarm twice as often as their ERT. As for
+integers, the same jitter on the reference and the stream keeps "same distribution"
+true exactly when it was true before.
 """
 
 from __future__ import annotations
@@ -17,6 +25,14 @@ import pandas as pd
 
 from kubeloop.drift.reference import FeatureSpec
 
+SCORE_JITTER = 1e-4  # scores lie in [0, 1]: a ten-thousandth breaks their ties
+
+
+def _spread(values: np.ndarray) -> float:
+    """A thousandth of a column's spread (its standard deviation, else 1): its tie jitter."""
+    sd = float(np.std(values)) if len(values) else 0.0
+    return 1e-3 * (sd if sd > 1e-12 else 1.0)
+
 
 @dataclass
 class Encoder:
@@ -25,9 +41,13 @@ class Encoder:
     mean: np.ndarray
     std: np.ndarray
     seed: int = 0
+    untie: bool = False
+    spread: dict[str, float] | None = None  # per non-integer cvm column, when untie
 
     @classmethod
-    def fit(cls, spec: FeatureSpec, frame: pd.DataFrame, seed: int = 0) -> Encoder:
+    def fit(
+        cls, spec: FeatureSpec, frame: pd.DataFrame, seed: int = 0, untie: bool = False
+    ) -> Encoder:
         numeric = (
             frame[spec.numeric].to_numpy(dtype=np.float64)
             if spec.numeric
@@ -43,6 +63,12 @@ class Encoder:
         enc.mean = transformed.mean(axis=0)
         enc.std = np.where(transformed.std(axis=0) > 1e-12, transformed.std(axis=0), 1.0)
         enc._rng = np.random.default_rng(seed)
+        enc.untie = untie
+        enc.spread = {
+            n: _spread(frame[n].to_numpy(dtype=np.float64))
+            for n in enc.cvm_columns
+            if n not in spec.integer
+        }
         return enc
 
     def _numeric(self, frame: pd.DataFrame) -> np.ndarray:
@@ -84,6 +110,15 @@ class Encoder:
         for i, name in enumerate(cols):
             if name in self.spec.integer:
                 x[:, i] += self._rng.uniform(-0.5, 0.5, len(x))
+            elif self.untie and self.spread:
+                x[:, i] += self._rng.uniform(-0.5, 0.5, len(x)) * self.spread[name]
+        return x.astype(np.float32)
+
+    def scores(self, values: np.ndarray) -> np.ndarray:
+        """The prediction detector's input, one column: the scores (jittered with ``untie``)."""
+        x = np.asarray(values, dtype=np.float64).reshape(-1, 1)
+        if self.untie:
+            x = x + self._rng.uniform(-0.5, 0.5, x.shape) * SCORE_JITTER
         return x.astype(np.float32)
 
     def fet(self, frame: pd.DataFrame) -> np.ndarray:

@@ -63,7 +63,7 @@ def _alibi_detectors(
             **{**common, "ert": s.ert_of("fet")},
         )  # fmt: skip
     if s.prediction:
-        scores = rows(s.cvm_reference_rows)["prediction_score"].to_numpy()[:, None]
+        scores = encoder.scores(rows(s.cvm_reference_rows)["prediction_score"].to_numpy())
         online["prediction"] = build_detector(
             "prediction", "cvm", scores, ["_all"], every=s.univariate_every, **uni,
             **{**common, "ert": s.ert_of("prediction")},
@@ -157,7 +157,7 @@ class VersionMonitor:
         start = time.perf_counter()
         frame, spec, s = reference.frame, reference.spec, settings
         rng = np.random.default_rng(s.seed)
-        encoder = Encoder.fit(spec, frame, seed=s.seed)
+        encoder = Encoder.fit(spec, frame, seed=s.seed, untie=s.method == "alibi")
         common = {
             "reference_digest": reference.digest,
             "cache_dir": cache_dir,
@@ -269,7 +269,7 @@ class VersionMonitor:
         if "fet" in self.online:
             self.online["fet"].update(self.encoder.fet(frame))
         if "prediction" in self.online:
-            self.online["prediction"].update(np.asarray(scores, dtype=np.float32)[:, None])
+            self.online["prediction"].update(self.encoder.scores(np.asarray(scores)))
         if "predicted_class" in self.online:
             self.online["predicted_class"].update(class_columns(np.asarray(predictions)))
         self.classes.extend(predictions)
