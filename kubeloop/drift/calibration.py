@@ -37,19 +37,16 @@ from kubeloop.drift.reference import (
 )
 
 
-def detector_inputs(
-    mon: VersionMonitor, frame: pd.DataFrame, new_profiles: np.ndarray | None = None
-) -> dict[str, np.ndarray]:
+def detector_inputs(mon: VersionMonitor, frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """What each detector reads for the rows of ``frame`` (which holds features, score,
     prediction, label). Per-feature charts that read profiles once (``mon.profiles``) also
-    read whether each row brings a new profile: ``new_profiles``, by default the first row
-    of each profile in ``frame``."""
+    read whether each row is the first of its profile in ``frame``."""
     enc, label = mon.encoder, mon.reference.spec.label
 
     def cvm() -> np.ndarray:
         if mon.profiles is None:
             return enc.cvm(frame)
-        new = first_rows(frame, mon.reference.spec) if new_profiles is None else new_profiles
+        new = first_rows(frame, mon.reference.spec)
         return np.column_stack([enc.cvm(frame), new]).astype(np.float32)
 
     inputs = {

@@ -171,12 +171,6 @@ class VersionMonitor:
         online: dict[str, OnlineDetector] = {}
         skipped: dict[str, str] = {}  # detectors the reference cannot support, and why
         errors = (reference.predictions != reference.labels).astype(np.float32)[:, None]
-        # feature-view features: one observation per entity and snapshot (cusum's charts)
-        profiles = (
-            ProfileMemory(spec)
-            if s.method == "cusum" and set(spec.profile) & set(encoder.cvm_columns)
-            else None
-        )
         if s.method == "cusum":
             enc = encoder  # short, for the table below
             wanted = {
@@ -195,7 +189,8 @@ class VersionMonitor:
                     continue
                 began = time.perf_counter()
                 try:
-                    if name == "cvm" and profiles is not None:
+                    # feature-view features: once per entity and snapshot
+                    if name == "cvm" and set(spec.profile) & set(enc.cvm_columns):
                         chart = _profile_split(frame, spec, enc, s, s.ert_of(name))
                     else:
                         chart = ChartDetector(fit(), ert=s.ert_of(name), odds_ratio=s.odds_ratio)
@@ -245,7 +240,7 @@ class VersionMonitor:
             prior_shift=prior_shift,
             classes=deque(maxlen=s.accuracy_window),
             skipped=skipped,
-            profiles=profiles
+            profiles=ProfileMemory(spec)
             if isinstance(getattr(online.get("cvm"), "detector", None), ProfileSplitDetector)
             else None,
         )
