@@ -219,7 +219,7 @@ def delays(folder: Path, erts: list[int]) -> list[dict]:
     return rows
 
 
-def run_lengths(folder: Path, draws: int = 20, alibi_draws: int = 10) -> list[dict]:
+def run_lengths(folder: Path, draws: int = 20, alibi_draws: int = 20) -> list[dict]:
     """Stationary run length over the ERT of every detector (one step per instance), both
     methods: the fraud and river streams (ERT 100, 400 runs) and a stream of ties, integer
     counts, near-constant columns, rare categories, saturated scores and held-out errors

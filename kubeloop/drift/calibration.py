@@ -47,7 +47,7 @@ def detector_inputs(mon: VersionMonitor, frame: pd.DataFrame) -> dict[str, np.nd
         if mon.profiles is None:
             return enc.cvm(frame)
         new = first_rows(frame, mon.reference.spec)
-        return np.column_stack([enc.cvm(frame), new]).astype(np.float32)
+        return np.column_stack([enc.cvm(frame), new])
 
     inputs = {
         "mmd": lambda: enc.mmd(frame),

@@ -259,7 +259,7 @@ class VersionMonitor:
         if "cvm" in self.online:
             x = self.encoder.cvm(frame)
             if self.profiles is not None:  # with whether each row brings a new profile
-                x = np.column_stack([x, self.profiles.new(instances)]).astype(np.float32)
+                x = np.column_stack([x, self.profiles.new(instances)])
             self.online["cvm"].update(x)
         if "fet" in self.online:
             self.online["fet"].update(self.encoder.fet(frame))

@@ -146,6 +146,22 @@ def test_cusum_run_lengths_hold_on_awkward_streams_over_reference_draws(tmp_path
         assert 0.8 <= sum(per_draw) / len(per_draw) <= 1.2, (name, per_draw)
 
 
+def test_alibi_cvm_run_lengths_hold_on_awkward_streams_over_reference_draws(tmp_path, cache):
+    """method alibi's Cramér-von Mises detectors on the awkward streams: integers jittered,
+    other numbers and scores jittered by a thousandth of their spread (kept in float64, or a
+    near-constant column ties again), and thresholds held past alibi-detect's two windows
+    (detectors._long_run_thresholds; at this ERT most runs outlast them). 10 draws x 40 runs."""
+    ratios: dict[str, list[float]] = {}
+    for seed in range(10):
+        paths = write_awkward_scenario(tmp_path / f"draw-{seed}", seed=seed, rows=6000)
+        r = calibrate(paths, "ert", "cvm,prediction", "null", cache, runs=40,
+                      settings={"ert": 200, "univariate_every": 1, **ALIBI})  # fmt: skip
+        for name, d in r.items():
+            ratios.setdefault(name, []).append(d["ratio"])
+    for name, per_draw in ratios.items():
+        assert 0.8 <= sum(per_draw) / len(per_draw) <= 1.2, (name, per_draw)
+
+
 @pytest.mark.parametrize(
     ("scenario", "expected"),
     [
