@@ -275,8 +275,8 @@ Every retraining run is the training pipeline: ingest → validate → features 
 evaluate → gate → register on the window (a Parquet file of the labelled traffic), each
 stage forked from the runtime's stage server (`kubeloop.local.stages`), 20 epochs of
 batches of 64 (the best epoch by validation loss kept). A run waits 20 s for the fresh
-window and then runs, most of it the train stage: Ray Train's fixed cost per fit() (the
-pipeline section measures every stage). The gate scores candidate and champion on the
+window and then runs (the pipeline section measures every stage; one CPU worker trains in
+Ray Train's local mode, in the train stage's own process). The gate scores candidate and champion on the
 same window (accuracy at each one's threshold re-chosen there) and refuses a challenger
 worse by more than 0.01 only when the champion is better with confidence (exact McNemar
 test on the rows where the two disagree, alpha 0.05); a run it stops registers nothing,

@@ -10,9 +10,8 @@ the same process and home, one after another:
 3. **in one process**: the stages' own functions (``kubeloop.components.*.impl``)
    called one after another in this warm process: the floor without any orchestration.
 
-Every variant runs once untimed first (Feast's applied template, the Ray head's
-worker pool, caches), then once timed; the Ray head is shared and already up. The
-machine's 1-minute load average is taken before each timed run.
+Every variant runs once untimed first (Feast's applied template, caches), then once
+timed. The machine's 1-minute load average is taken before each timed run.
 
 Run: ``.venv/bin/python -m kubeloop.bench --only pipeline``.
 """
@@ -21,21 +20,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from kubeloop.demo.config import LoopConfig
-from kubeloop.training.ray_runtime import train_env
 
 SOURCE = "example://fraud/stationary?days=1&accounts=400&seed=0"
 # what the demo's retraining runs use
 EPOCHS = LoopConfig.pipeline_epochs
 BATCH_SIZE = LoopConfig.pipeline_batch_size
 ENVIRONMENT = ("KUBELOOP_HOME", "KUBELOOP_STAGE_SERVER")
-TRAIN_POLL_S = train_env()["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]
 STAGES = ("ingest", "validate", "features", "train", "evaluate", "gate", "register")
 
 
@@ -94,32 +89,12 @@ def _in_one_process(
     return seconds, fit
 
 
-# What a new Ray Train worker process pays, timed in a fresh interpreter: importing
-# sklearn.metrics (the validation metrics are numpy for this reason) and building torch's
-# optimizer (it imports torch._dynamo).
-WORKER_COSTS = {
-    "sklearn": "import time; t = time.perf_counter(); import sklearn.metrics; "
-    "print(time.perf_counter() - t)",
-    "optimizer": "import time, torch; m = torch.nn.Linear(2, 1); t = time.perf_counter(); "
-    "torch.optim.Adam(m.parameters()); print(time.perf_counter() - t)",
-}
-
-
-def _worker_costs() -> dict[str, float]:
-    return {
-        name: float(subprocess.run([sys.executable, "-c", code], check=True,
-                                   capture_output=True, text=True).stdout)
-        for name, code in WORKER_COSTS.items()
-    }  # fmt: skip
-
-
 def run() -> dict:
     from kubeloop.local.pipelines import run_training_pipeline
     from kubeloop.local.runtime import STAGES as STAGE_SERVER
     from kubeloop.local.runtime import LocalRuntime
     from kubeloop.local.stages import wait_ready
     from kubeloop.settings import get_settings
-    from kubeloop.training.ray_runtime import start_local_head, stop_local_head
 
     timings: dict[str, dict[str, float]] = {}
     walls: dict[str, float] = {}
@@ -131,9 +106,6 @@ def run() -> dict:
         os.environ["KUBELOOP_HOME"] = tmp
         get_settings.cache_clear()
         try:
-            started = time.perf_counter()
-            start_local_head(home)
-            ray_start = time.perf_counter() - started
             runtime = LocalRuntime(home, warm_stages=True)
             started = time.perf_counter()
             with runtime.start_part(STAGE_SERVER) as server:
@@ -159,9 +131,7 @@ def run() -> dict:
                 walls["in one process"] = time.perf_counter() - started
             timings["in one process"] = seconds
             rows_in_window = result.metrics.get("eval_rows")
-            worker = _worker_costs()
         finally:
-            stop_local_head(home)
             for name, value in saved.items():
                 os.environ.pop(name, None)
                 if value is not None:
@@ -191,22 +161,14 @@ def run() -> dict:
         "table": rows,
         "notes": (
             f"`{SOURCE}` ({rows_in_window} evaluation rows), {EPOCHS} epochs, batch "
-            f"{BATCH_SIZE}, 1 Ray Train worker on the already running local head (its "
-            f"start: {ray_start:.1f} s, once per machine). The stage server's start, "
-            f"once per runtime: {server_start:.1f} s (its imports). Each variant ran once "
-            "untimed before the timed run. 'run-parameters' (a few ms of JSON) is left out "
-            "of the stage rows and counted in the whole run. The train stage is mostly Ray "
-            f"Train's fixed cost per fit(), the same in all three: in one process fit() "
-            f"took {fit['fit']:.1f} s, of which the {EPOCHS} epochs' own work "
-            f"{fit['epochs']:.1f} s; the rest starts a controller and a worker process "
-            "(each imports Ray Train; the worker imports torch, and torch._dynamo when it "
-            f"builds the optimizer: {worker['optimizer']:.1f} s in a fresh interpreter), "
-            "waits for the controller's poll "
-            f"at every per-epoch report (every {TRAIN_POLL_S} s: "
-            "`RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`) and stops them. The validation "
-            "metrics are numpy: importing sklearn.metrics would add "
-            f"{worker['sklearn']:.1f} s to every worker (a fresh interpreter's import). "
-            "See the Ray Train overhead section."
+            f"{BATCH_SIZE}, one CPU worker: Ray Train's local mode, the training loop in the "
+            "train stage's own process with no Ray joined (a controller and a worker "
+            "process per fit() cost 7-8 s here; see the Ray Train overhead section). The "
+            f"stage server's start, once per runtime: {server_start:.1f} s (its imports). "
+            "Each variant ran once untimed before the timed run. 'run-parameters' (a few ms "
+            "of JSON) is left out of the stage rows and counted in the whole run. In one "
+            f"process fit() took {fit['fit']:.1f} s, of which the {EPOCHS} epochs' own "
+            f"work {fit['epochs']:.1f} s."
         ),
     }
 

@@ -282,12 +282,16 @@ def run_demo(
             stop_local_head()
             ray_started = False
         echo(f"registered {MODEL} {first}")
-        # Started now, so a retraining run joins a warm head instead of starting one
-        # (about 10 s on two cores); the run jobs find it under the runtime's home.
+        from kubeloop.settings import get_settings
         from kubeloop.training.ray_runtime import start_local_head
 
-        retrain_head = True
-        start_local_head(runtime.home)
+        training = get_settings().training
+        if training.num_workers > 1 or training.use_gpu:
+            # Started now, so a retraining run joins a warm head instead of starting one
+            # (about 10 s on two cores); the run jobs find it under the runtime's home. One
+            # CPU worker trains in its stage's own process (Ray Train's local mode).
+            retrain_head = True
+            start_local_head(runtime.home)
         if online is not None:
             preparing.result()
             online.start(runtime.prometheus_root)

@@ -8,6 +8,13 @@ chart's KubeRay RayCluster through Ray Client), or the local head recorded in
 --block`` when it is not running. The :class:`RayTarget` it returns says which, and why
 a configured cluster was skipped; the training run logs and records it. Successive pipeline stages, runs
 and tests then reuse it; ``stop_local_head()`` ends exactly the processes it started.
+
+A run of one CPU worker that would train on this machine's own Ray (no cluster
+configured, or none reachable) joins no Ray at all when asked (``in_process``): Ray
+Train's local mode runs the training loop in the calling process, with the same
+``ray.train`` reporting. Joining the head and starting Ray Train's controller and one
+worker process cost 7-8 s per ``fit()`` here, for a worker that would run on the same
+machine anyway.
 """
 
 from __future__ import annotations
@@ -251,16 +258,20 @@ class RayTarget:
     address: str  # what ray.init joined (or the GCS of Ray initialised before in this process)
     # A Ray cluster this process is not a node of: joined through Ray Client (the chart's
     # RayCluster) or at another machine's address. Its workers share no disk with this
-    # process, so a run's checkpoints go to shared storage.
+    # process, so a run's files go to shared storage.
     remote: bool
     # Why training runs on this machine's own Ray instead of a cluster ("" when it joined
     # the configured address).
     fallback: str = ""
+    # Ray Train's local mode: the loop runs in this process, no Ray joined (``address`` "").
+    in_process: bool = False
 
     def describe(self) -> str:
         if self.remote:
             return f"training on the Ray cluster at {self.address}"
         why = f" ({self.fallback})" if self.fallback else ""
+        if self.in_process:
+            return f"training in this process, Ray Train's local mode (one CPU worker){why}"
         return f"training in this pod on its own Ray at {self.address}{why}"
 
 
@@ -291,14 +302,17 @@ def choose_address(
     return None, f"the Ray cluster at {configured} is not reachable"
 
 
-def connect(home: Path | None = None, address: str | None = None) -> RayTarget:
+def connect(
+    home: Path | None = None, address: str | None = None, *, in_process: bool = False
+) -> RayTarget:
     """Initialises Ray in this process against the configured cluster or the local head.
 
     ``address`` (default: ``get_settings().ray_address``) is a Ray Client address
     (``ray://head:10001``, how a pipeline pod joins a KubeRay cluster) or a GCS
     ``host:port``; when it is unset or unreachable, training falls back to this machine's
-    own Ray head (started once, then reused), and the returned target says why.
-    Worker stdout (per-epoch lines) is forwarded here.
+    own Ray head (started once, then reused), and the returned target says why; with
+    ``in_process`` it joins nothing then, and the target says the run trains in this
+    process (Ray Train's local mode). Worker stdout (per-epoch lines) is forwarded here.
     """
     import ray
 
@@ -314,6 +328,8 @@ def connect(home: Path | None = None, address: str | None = None) -> RayTarget:
 
         address = get_settings().ray_address
     chosen, fallback = choose_address(address)
+    if chosen is None and in_process:
+        return RayTarget(address="", remote=False, fallback=fallback, in_process=True)
     if chosen is None:
         chosen = start_local_head(home).address
     if _is_loopback(_host_port(chosen)):

@@ -1,24 +1,28 @@
 """Training the tabular classifier with Ray Train's ``TorchTrainer``.
 
-The driver fits the preprocessor on the training part (time split), puts the encoded
-arrays in Ray's object store and runs ``train_loop_per_worker`` on ``num_workers``
-workers (data-parallel, DDP through ``prepare_model``). Each epoch every worker reports
-its metrics with ``ray.train.report``; rank 0 attaches a checkpoint
-(``Checkpoint.from_directory``) whenever the validation loss reaches a new low, and at
-the last epoch with every epoch's metrics. The checkpoint with the lowest validation
-loss is kept, the prior correction is folded into the output bias, the decision
-threshold is chosen on validation, and the result is a :class:`kubeloop.model.ModelBundle`.
+The driver fits the preprocessor on the training part (time split) and runs
+``train_loop_per_worker`` on ``num_workers`` workers (data-parallel, DDP through
+``prepare_model``), the encoded arrays shared through Ray's object store. Each epoch
+every worker reports its metrics with ``ray.train.report``; rank 0 keeps the weights of
+the epoch with the lowest validation loss and returns them with every epoch's metrics
+(Ray Train's ``Result.return_value``). The prior correction is folded into the output
+bias, the decision threshold is chosen on validation, and the result is a
+:class:`kubeloop.model.ModelBundle`.
+
+One CPU worker with no Ray cluster to train on runs in Ray Train's local mode
+(``ScalingConfig(num_workers=0)``): the same loop in this process, with the arrays as
+they are (``ray_runtime.connect``, ``in_process``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,9 +35,6 @@ from kubeloop.data.schema import DatasetSchema
 from kubeloop.model import ModelBundle, ModelConfig, Preprocessor, TabularClassifier
 from kubeloop.training import loop
 from kubeloop.training.ray_runtime import RayTarget
-
-CHECKPOINT_FILE = "model.pt"
-HISTORY_FILE = "history.json"  # in the last epoch's checkpoint: every epoch's metrics
 
 
 class TrainingResourceError(RuntimeError):
@@ -76,7 +77,7 @@ RUN_STORAGE_PREFIX = "ray-train"
 
 @dataclass(frozen=True)
 class RunStorage:
-    """Where Ray Train keeps a run's checkpoints until the best one is loaded.
+    """Where Ray Train keeps a run's files (its controller's state) while the run lasts.
 
     On this machine's own Ray, a local folder. On a Ray cluster the workers and this
     driver run on different machines, so Ray Train needs storage all of them reach: the
@@ -117,7 +118,7 @@ class RunStorage:
         return cls(path=f"{base}/{RUN_STORAGE_PREFIX}", filesystem=filesystem)
 
     def cleanup(self, run_name: str) -> None:
-        """Removes the run's checkpoints (the whole temporary folder when local)."""
+        """Removes the run's files (the whole temporary folder when local)."""
         if not self.owned:
             return
         if self.filesystem is None:
@@ -127,20 +128,24 @@ class RunStorage:
             self.filesystem.delete_dir(f"{self.path}/{run_name}")
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker: one shard of the training rows, full validation."""
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Runs on every Ray Train worker: one shard of the training rows, full validation.
+    Rank 0 returns the best epoch's weights (numpy arrays), its metrics and every epoch's."""
     import ray
     import ray.train
     import ray.train.torch
 
-    ctx = ray.train.get_context()  # arrays from the object store are read-only: copied below
+    ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(config["seed"])  # identical initial weights on every worker
     device = ray.train.torch.get_device()
-    x_train, y_train, x_val, y_val = (
-        torch.from_numpy(np.array(ray.get(config[k])))
-        for k in ("x_train", "y_train", "x_val", "y_val")
-    )
+
+    def tensor(name: str) -> torch.Tensor:
+        value = config[name]  # an object-store reference, or the array itself (local mode)
+        value = ray.get(value) if isinstance(value, ray.ObjectRef) else value
+        return torch.from_numpy(np.array(value))  # copied: object-store arrays are read-only
+
+    x_train, y_train, x_val, y_val = (tensor(k) for k in ("x_train", "y_train", "x_val", "y_val"))
     x_train, y_train = x_train[rank::world].to(device), y_train[rank::world].to(device)
     x_val, y_val = x_val.to(device), y_val.to(device)
 
@@ -149,7 +154,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     pos_weight = torch.tensor(config["pos_weight"], device=device)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     generator = torch.Generator().manual_seed(config["seed"] + rank)
-    best_val_loss = float("inf")
+    best: dict[str, Any] = {"metrics": {"val_loss": float("inf")}}
     history: list[dict[str, float]] = []
     for epoch in range(1, config["epochs"] + 1):
         started = time.perf_counter()
@@ -165,8 +170,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "val_pr_auc": val_ap,
             "epoch_seconds": time.perf_counter() - started,
         }
-        improved = val_loss < best_val_loss
-        best_val_loss = min(best_val_loss, val_loss)
         history.append(metrics)
         if rank == 0:
             print(
@@ -174,18 +177,33 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 f"val_loss={val_loss:.4f}  val_roc_auc={val_auc:.4f}  val_pr_auc={val_ap:.4f}",
                 flush=True,
             )
-        # Only an epoch that lowers the validation loss can be the one kept, so only it is
-        # checkpointed (on a cluster each checkpoint is an upload to the bucket), and the
-        # last one, which carries every epoch's metrics (Ray Train's metrics_dataframe
-        # holds the checkpointed reports only).
-        if rank == 0 and (improved or epoch == config["epochs"]):
-            with tempfile.TemporaryDirectory() as tmp:
+            # The last epoch stands in when no validation loss was finite (NaN never improves).
+            last_resort = epoch == config["epochs"] and "state" not in best
+            if val_loss < best["metrics"]["val_loss"] or last_resort:
                 state = getattr(model, "module", model).state_dict()
-                torch.save({k: v.cpu() for k, v in state.items()}, Path(tmp) / CHECKPOINT_FILE)
-                (Path(tmp) / HISTORY_FILE).write_text(json.dumps(history))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
+                # As arrays: Ray Train refuses to return tensors from a worker.
+                weights = {k: v.detach().cpu().numpy().copy() for k, v in state.items()}
+                best = {"metrics": metrics, "state": weights}
+        ray.train.report(metrics)
+    return {**best, "history": history} if rank == 0 else None
+
+
+@contextlib.contextmanager
+def _as_one_cpu_worker(in_process: bool) -> Iterator[None]:
+    """In local mode this process is the worker: one intra-op thread, as Ray gives a 1-CPU
+    worker (``OMP_NUM_THREADS=1``), and without Ray Train's INFO line per report."""
+    if not in_process:
+        yield
+        return
+    threads, logger = torch.get_num_threads(), logging.getLogger("ray.train")
+    level = logger.level
+    torch.set_num_threads(1)
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        logger.setLevel(level)
 
 
 def _check_resources(params: TrainParams, resources: dict[str, float]) -> None:
@@ -224,7 +242,7 @@ def train_model(
 ) -> TrainOutcome:
     """Trains on ``frame`` (entity, timestamp, features, label) and returns the bundle."""
     import ray
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from kubeloop.training.ray_runtime import connect
@@ -245,16 +263,18 @@ def train_model(
             f"{shift.target_rate:.4f} (positives x{shift.positive:.3f}, negatives "
             f"x{shift.negative:.3f})"
         )
-    target = connect()
+    target = connect(in_process=params.num_workers == 1 and not params.use_gpu)
     # Say where the run trains, and why when a configured Ray cluster was not used.
     log(f"[train] {target.describe()}")
-    if target.remote:
+    if target.in_process:
+        pass  # Ray Train's local mode: this process is the one worker
+    elif target.remote:
         # A cluster's autoscaler (KubeRay's worker group) adds the GPUs or CPUs the run's
         # workers wait for, so what it has now is no limit.
         log(f"[train] the cluster has {ray.cluster_resources()} now; workers wait for the rest")
     else:
         _check_resources(params, ray.cluster_resources())
-    refs = {name: ray.put(value) for name, value in arrays.items()}
+    refs = dict(arrays) if target.in_process else {k: ray.put(v) for k, v in arrays.items()}
     config = {
         **refs,
         "model": asdict(model_config),
@@ -270,36 +290,25 @@ def train_model(
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=config,
-            scaling_config=ScalingConfig(num_workers=params.num_workers, use_gpu=params.use_gpu),
+            scaling_config=ScalingConfig(
+                num_workers=0 if target.in_process else params.num_workers,
+                use_gpu=params.use_gpu,
+            ),
             run_config=RunConfig(
-                name=run_name,
-                storage_path=storage.path,
-                storage_filesystem=storage.filesystem,
-                # Every checkpoint is kept (small, and one per improving epoch).
-                checkpoint_config=CheckpointConfig(
-                    num_to_keep=None,
-                    checkpoint_score_attribute="val_loss",
-                    checkpoint_score_order="min",
-                ),
+                name=run_name, storage_path=storage.path, storage_filesystem=storage.filesystem
             ),
         )
         started = time.perf_counter()
-        result = trainer.fit()
+        with _as_one_cpu_worker(target.in_process):
+            result = trainer.fit()
         fit_seconds = time.perf_counter() - started
         if result.error:
             raise RuntimeError(f"Ray Train failed: {result.error}")
-        best = result.get_best_checkpoint("val_loss", "min") or result.checkpoint
-        best_metrics = min(
-            (m for _, m in (result.best_checkpoints or [])),
-            key=lambda m: m["val_loss"],
-            default=result.metrics,
-        )
-        with best.as_directory() as folder:
-            state = torch.load(
-                Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True
-            )
-        with result.checkpoint.as_directory() as folder:  # the last epoch's
-            history = json.loads((Path(folder) / HISTORY_FILE).read_text())
+        returned = result.return_value
+        if not returned:
+            raise RuntimeError("Ray Train's rank-0 worker returned no model")
+        state = {k: torch.from_numpy(v) for k, v in returned["state"].items()}
+        best_metrics, history = returned["metrics"], returned["history"]
     finally:
         refs.clear()
         storage.cleanup(run_name)
@@ -336,6 +345,7 @@ def train_model(
         "fit_seconds": fit_seconds,
         # 1: trained on a Ray cluster; 0: in this pod (see TrainOutcome.ray for why).
         "ray_cluster": 1.0 if target.remote else 0.0,
+        "ray_in_process": 1.0 if target.in_process else 0.0,  # Ray Train's local mode
     }
     log(
         f"[train] best epoch {metrics['best_epoch']} (val_loss={metrics['val_loss']:.4f}, "

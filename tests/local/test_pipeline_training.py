@@ -65,6 +65,7 @@ def test_first_run_registers_then_a_weaker_candidate_is_held(home, capsys):
         "address": os.environ["KUBELOOP_RAY_ADDRESS"],
         "remote": False,
         "fallback": "",
+        "in_process": False,
     }
     assert v1.metrics["roc_auc"] == pytest.approx(first.metrics["roc_auc"])
     assert "reference.parquet" in v1.files

@@ -132,12 +132,15 @@ def test_unplaceable_workers_are_refused_not_waited_for():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
 def test_an_unreachable_ray_cluster_falls_back_to_this_pod_and_records_it(
-    ray_head, tmp_path, tmp_path_factory, monkeypatch, capsys
+    ray_head, tmp_path, tmp_path_factory, monkeypatch, capsys, workers
 ):
-    """No KubeRay cluster answers at the configured address: the run trains on this
-    machine's Ray head instead, says so in its log, and records it in its metrics and in
-    the model folder the register stage copies into the version's lineage."""
+    """No KubeRay cluster answers at the configured address: the run trains in this pod
+    instead, says so in its log, and records it in its metrics and in the model folder the
+    register stage copies into the version's lineage. One CPU worker trains in this
+    process (Ray Train's local mode, no Ray joined); two train data-parallel on this
+    machine's Ray head."""
     import ray
     from kubeloop.components.train.impl import RAY_FILE
 
@@ -154,18 +157,33 @@ def test_an_unreachable_ray_cluster_falls_back_to_this_pod_and_records_it(
     try:
         train, _ = split_frames(days=3, n_accounts=150)
         outcome = run_train(
-            write_split(train, tmp_path / "train"), tmp_path / "model", TrainParams(epochs=1)
+            write_split(train, tmp_path / "train"),
+            tmp_path / "model",
+            TrainParams(epochs=2, num_workers=workers),
         )
     finally:
         get_settings.cache_clear()
     reason = f"the Ray cluster at {unreachable} is not reachable"
     assert outcome.ray.remote is False and outcome.ray.fallback == reason
-    assert outcome.ray.address == ray_head
+    assert [row["epoch"] for row in outcome.history] == [1, 2]
     log = capsys.readouterr().out
-    assert f"[train] training in this pod on its own Ray at {ray_head} ({reason})" in log
     assert outcome.metrics["ray_cluster"] == 0.0
-    assert json.loads((tmp_path / "model" / RAY_FILE).read_text()) == {
-        "address": ray_head,
-        "remote": False,
-        "fallback": reason,
-    }
+    recorded = json.loads((tmp_path / "model" / RAY_FILE).read_text())
+    if workers == 1:
+        assert outcome.ray.in_process and not ray.is_initialized()
+        assert (
+            f"[train] training in this process, Ray Train's local mode (one CPU worker) ({reason})"
+            in log
+        )
+        assert outcome.metrics["ray_in_process"] == 1.0
+        assert recorded == {"address": "", "remote": False, "fallback": reason, "in_process": True}
+    else:
+        assert outcome.ray.address == ray_head and not outcome.ray.in_process
+        assert f"[train] training in this pod on its own Ray at {ray_head} ({reason})" in log
+        assert outcome.metrics["ray_in_process"] == 0.0
+        assert recorded == {
+            "address": ray_head,
+            "remote": False,
+            "fallback": reason,
+            "in_process": False,
+        }
