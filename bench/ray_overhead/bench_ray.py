@@ -1,9 +1,10 @@
 """Ray Train ``fit()`` versus a plain torch loop: same data, model, epochs and batches.
 
 The plain loop, Ray Train's local mode and its worker all call
-``kubeloop.training.loop.run_epoch`` and ``validate`` on the same encoded arrays. Ray is measured cold (a new local head: start,
-driver connect, then fit) and warm (a second fit on the instance already running), in
-the same process run, so the ratios compare like with like on this machine.
+``kubeloop.training.loop.run_epoch`` and ``validate`` on the same encoded arrays. Ray is
+measured cold (a new local head: start, driver connect, then fit) and warm (a second fit
+on the instance already running), in the same process run, so the ratios compare like
+with like on this machine.
 
 Run: ``.venv/bin/python -m kubeloop.bench --only ray_overhead``.
 """

@@ -283,10 +283,10 @@ def run_demo(
             ray_started = False
         echo(f"registered {MODEL} {first}")
         from kubeloop.settings import get_settings
-        from kubeloop.training.ray_runtime import start_local_head
+        from kubeloop.training.ray_runtime import in_process_eligible, start_local_head
 
         training = get_settings().training
-        if training.num_workers > 1 or training.use_gpu:
+        if not in_process_eligible(training.num_workers, training.use_gpu):
             # Started now, so a retraining run joins a warm head instead of starting one
             # (about 10 s on two cores); the run jobs find it under the runtime's home. One
             # CPU worker trains in its stage's own process (Ray Train's local mode).

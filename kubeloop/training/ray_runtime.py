@@ -302,6 +302,12 @@ def choose_address(
     return None, f"the Ray cluster at {configured} is not reachable"
 
 
+def in_process_eligible(num_workers: int, use_gpu: bool) -> bool:
+    """Whether a run may train in its own process (Ray Train's local mode) when no cluster
+    answers: one CPU worker."""
+    return num_workers == 1 and not use_gpu
+
+
 def connect(
     home: Path | None = None, address: str | None = None, *, in_process: bool = False
 ) -> RayTarget:

@@ -189,12 +189,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def _as_one_cpu_worker(in_process: bool) -> Iterator[None]:
+def _as_one_cpu_worker() -> Iterator[None]:
     """In local mode this process is the worker: one intra-op thread, as Ray gives a 1-CPU
     worker (``OMP_NUM_THREADS=1``), and without Ray Train's INFO line per report."""
-    if not in_process:
-        yield
-        return
     threads, logger = torch.get_num_threads(), logging.getLogger("ray.train")
     level = logger.level
     torch.set_num_threads(1)
@@ -245,7 +242,7 @@ def train_model(
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from kubeloop.training.ray_runtime import connect
+    from kubeloop.training.ray_runtime import connect, in_process_eligible
 
     pre, valid, arrays = prepare_arrays(frame, schema, params.validation_fraction)
     pos_weight = loop.positive_weight(arrays["y_train"])
@@ -263,16 +260,14 @@ def train_model(
             f"{shift.target_rate:.4f} (positives x{shift.positive:.3f}, negatives "
             f"x{shift.negative:.3f})"
         )
-    target = connect(in_process=params.num_workers == 1 and not params.use_gpu)
+    target = connect(in_process=in_process_eligible(params.num_workers, params.use_gpu))
     # Say where the run trains, and why when a configured Ray cluster was not used.
     log(f"[train] {target.describe()}")
-    if target.in_process:
-        pass  # Ray Train's local mode: this process is the one worker
-    elif target.remote:
+    if target.remote:
         # A cluster's autoscaler (KubeRay's worker group) adds the GPUs or CPUs the run's
         # workers wait for, so what it has now is no limit.
         log(f"[train] the cluster has {ray.cluster_resources()} now; workers wait for the rest")
-    else:
+    elif not target.in_process:  # local mode: this process is the one worker
         _check_resources(params, ray.cluster_resources())
     refs = dict(arrays) if target.in_process else {k: ray.put(v) for k, v in arrays.items()}
     config = {
@@ -299,7 +294,7 @@ def train_model(
             ),
         )
         started = time.perf_counter()
-        with _as_one_cpu_worker(target.in_process):
+        with _as_one_cpu_worker() if target.in_process else contextlib.nullcontext():
             result = trainer.fit()
         fit_seconds = time.perf_counter() - started
         if result.error:
