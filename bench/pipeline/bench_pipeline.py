@@ -152,6 +152,7 @@ def run() -> dict:
         whole[f"{variant} s"] = walls[variant]
     whole["warm / in one process"] = _ratio(walls["warm stages"], walls["in one process"])
     rows.append(whole)
+    per_task = (walls["warm stages"] - walls["in one process"]) / max(len(result.stages), 1)
     load = {"stage": "load average (1 min) before"}
     load.update({f"{variant} s": loads[variant] for variant in variants})
     rows.append(load)
@@ -164,7 +165,10 @@ def run() -> dict:
             f"{BATCH_SIZE}, one CPU worker: Ray Train's local mode, the training loop in the "
             "train stage's own process with no Ray joined (a controller and a worker "
             "process per fit() cost 7-8 s here; see the Ray Train overhead section). The "
-            f"stage server's start, once per runtime: {server_start:.1f} s (its imports). "
+            f"stage server's start, once per runtime: {server_start:.1f} s (its imports and "
+            "the set-up the stages' first calls would pay, done once). The fixed cost per "
+            "forked stage (warm whole run less in one process, over the run's "
+            f"{len(result.stages)} tasks): {per_task:.2f} s. "
             "Each variant ran once untimed before the timed run. 'run-parameters' (a few ms "
             "of JSON) is left out of the stage rows and counted in the whole run. In one "
             f"process fit() took {fit['fit']:.1f} s, of which the {EPOCHS} epochs' own "

@@ -5,11 +5,13 @@ process: it pays a process start and the imports of kfp, pandas, torch, Ray and 
 (0.8-3.4 s per stage here, 6.6 s for Feast) before its work, and the first call into
 Feast, dask and pyarrow pays again for their lazy set-up. The stage server
 (``python -m kubeloop.local.stages --socket PATH``, the local runtime's ``stages`` part)
-imports all of that once (``PRELOAD``), then listens on a Unix socket (mode 0600: it
-runs what it is sent). For each stage it forks a child that runs the very command
-kfp.local would have started, the same lightweight-component program and executor
-arguments, with the caller's environment and working folder. A child is a fresh
-process for each stage, as on a cluster; only the imports are shared, copy-on-write.
+imports all of that once (``PRELOAD``, with what the stages' first calls import lazily:
+torch's first optimizer alone pulls in ``torch._dynamo``, 1.9 s) and draws one figure,
+then listens on a Unix socket (mode 0600: it runs what it is sent). For each stage it
+forks a child that runs the very command kfp.local would have started, the same
+lightweight-component program and executor arguments, with the caller's environment
+and working folder. A child is a fresh process for each stage, as on a cluster; only
+the imports are shared, copy-on-write.
 
 kfp.local 2.17 has no hook for other runners: :func:`warm_stages` points its
 ``subprocess_task_handler.run_local_subprocess`` at :func:`run_stage` for the run, and
@@ -52,9 +54,12 @@ PRELOAD = (
     "pandas",
     "pyarrow.parquet",
     "torch",
+    "torch._dynamo",  # torch.optim's first optimizer imports it: 1.9 s here
     "ray",
     "ray.train",
     "ray.train.torch",
+    "ray.tune",  # Ray Train's local mode reports through it
+    "ray.dag",  # ray.shutdown() at a stage's exit imports it
     "kubeloop.training",
     "kubeloop.components.ingest.impl",
     "kubeloop.components.validate.impl",
@@ -69,7 +74,18 @@ PRELOAD = (
     "feast.infra.online_stores.sqlite",
     "feast.infra.passthrough_provider",
     "feast.infra.compute_engines.local.compute",
+    "feast.repo_operations",
     "dask.dataframe",
+    # the validate stage's first schema check
+    "pandera.backends.pandas.register",
+    "pandera.backends.pandas.builtin_checks",
+    "pandera.backends.pandas.builtin_hypotheses",
+    "pandera.accessors.pandas_accessor",
+    "pandera.strategies.pandas_strategies",
+    # the features stage's registry and parquet reads, the train stage's model file
+    "feast.infra.registry.file",
+    "dask.dataframe.io.parquet.arrow",
+    "torch.utils.serialization",
     "sklearn.metrics",
     "scipy.stats",
     "matplotlib.pyplot",
@@ -129,8 +145,40 @@ def preload(modules: Sequence[str] = PRELOAD) -> dict[str, float]:
         elif name == "matplotlib.pyplot":  # the reports' backend, chosen before pyplot loads
             importlib.import_module("matplotlib").use("Agg")
         importlib.import_module(name)
+        if name == "matplotlib.pyplot":
+            _first_figure()
         seconds[name] = time.perf_counter() - started
     return seconds
+
+
+def _first_figure() -> None:
+    """Draws and saves one small figure: a process's first one loads the font list and
+    sets up the renderer (half a second here), which each stage's report would pay."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 2), dpi=50)
+    ax.plot([0, 1], [0, 1], label="warm-up")
+    ax.set(xlabel="x", ylabel="y", title="warm-up")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(io.BytesIO(), format="png")
+    plt.close(fig)
+
+
+def _quiet_import_finalizers() -> int:
+    """Lets the exit of a stage skip the finalizers the imports registered (torch's
+    operator libraries undo their registrations one by one: 30-110 ms at every stage's
+    end, for a process that is about to go); the server's own exit still runs them.
+    Finalizers a stage registers itself still run when it ends. How many were quieted."""
+    import gc
+    import weakref
+
+    found = [o for o in gc.get_objects() if isinstance(o, weakref.finalize) and o.atexit]
+    for finalizer in found:
+        finalizer.atexit = False
+    return len(found)
 
 
 def _run_call(call: StageCall, env: dict[str, str], cwd: str) -> int:
@@ -161,8 +209,10 @@ def _run_call(call: StageCall, env: dict[str, str], cwd: str) -> int:
 
 
 class _StageHandler(socketserver.StreamRequestHandler):
-    """One connection, in a child forked from the server: a ping, or one stage run in a
-    grandchild whose stdout and stderr are the connection itself."""
+    """One connection, in a thread of the server: a ping, or one stage run in a child
+    forked for it, whose stdout and stderr are the connection itself. (A forked handler
+    forking the stage again cost a second fork and exit of the whole preloaded process,
+    30-40 ms, at every stage.)"""
 
     def handle(self) -> None:
         try:
@@ -171,7 +221,7 @@ class _StageHandler(socketserver.StreamRequestHandler):
             self._end(2, f"kubeloop stage server: request is not JSON ({exc})")
             return
         if request.get("ping"):
-            info = {"pid": os.getppid(), "preloaded": sorted(self.server.preloaded)}
+            info = {"pid": os.getpid(), "preloaded": sorted(self.server.preloaded)}
             self.wfile.write(json.dumps(info).encode() + b"\n")
             return
         call = lightweight_call(request.get("argv") or [])
@@ -210,7 +260,11 @@ class _StageHandler(socketserver.StreamRequestHandler):
         self.wfile.write(TRAILER + str(code).encode() + b"\n")
 
 
-class _StageServer(socketserver.ForkingMixIn, socketserver.UnixStreamServer):
+class _StageServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """Each connection in a thread; a stage forked from that thread runs alone in its child
+    (the child holds only the forking thread; CPython re-creates the import lock and
+    logging its locks in a forked child)."""
+
     preloaded: dict[str, float]
 
 
@@ -219,11 +273,12 @@ def serve(socket_path: str | Path) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     started = time.perf_counter()
     seconds = preload()
+    quieted = _quiet_import_finalizers()
     threads = threading.active_count()
     log.info(
-        "preloaded %d modules in %.1fs (%s); %d thread(s)",
+        "preloaded %d modules in %.1fs (%s); %d thread(s); %d finalizer(s) left to the server's exit",
         len(seconds), time.perf_counter() - started,
-        ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items() if v >= 0.3), threads,
+        ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items() if v >= 0.3), threads, quieted,
     )  # fmt: skip
     path = Path(socket_path)
     path.parent.mkdir(parents=True, exist_ok=True)

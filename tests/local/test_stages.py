@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,6 +93,9 @@ def test_no_server_is_named(tmp_path):
 def test_the_server_refuses_what_is_not_a_stage(stage_server):
     info = ping(stage_server)
     assert info and "torch" in info["preloaded"] and "feast" in info["preloaded"]
+    assert "torch._dynamo" in info["preloaded"]  # what torch's first optimizer imports
+    # the server answers itself (a thread per connection), naming its own process
+    assert b"kubeloop.local.stages" in Path(f"/proc/{info['pid']}/cmdline").read_bytes()
     for request in (b"not json\n", json.dumps({"argv": ["sh", "-c", "id", "x"]}).encode() + b"\n"):
         with socket.socket(socket.AF_UNIX) as sock:
             sock.connect(str(stage_server))
@@ -99,6 +104,29 @@ def test_the_server_refuses_what_is_not_a_stage(stage_server):
         assert reply.endswith(TRAILER + b"2\n")
         assert b"kubeloop stage server:" in reply
     assert (stage_server.stat().st_mode & 0o777) == 0o600
+
+
+def test_a_stage_exit_skips_the_imports_finalizers_and_runs_its_own(tmp_path):
+    """What the server registered before serving is quieted; what a stage registers after
+    (a temporary folder of its own) is still cleaned up when the stage exits."""
+    script = f"""
+import atexit, os, tempfile, weakref
+from kubeloop.local.stages import _quiet_import_finalizers
+class Held: pass
+held = Held()
+early = weakref.finalize(held, print, "early finalizer ran")
+assert _quiet_import_finalizers() >= 1 and not early.atexit
+pid = os.fork()
+if pid == 0:
+    own = tempfile.TemporaryDirectory(dir={str(tmp_path)!r})
+    atexit._run_exitfuncs()
+    os._exit(0)
+os.waitpid(pid, 0)
+os._exit(0)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert "early finalizer ran" not in out.stdout
+    assert list(tmp_path.iterdir()) == []  # the stage's own folder was removed at its exit
 
 
 def test_a_run_forks_every_stage_from_the_server(home, stage_server, monkeypatch, capsys):
