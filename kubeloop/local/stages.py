@@ -137,25 +137,24 @@ def preload(modules: Sequence[str] = PRELOAD) -> dict[str, float]:
     """Imports ``modules``; returns seconds per module (what this saves every stage)."""
     from kubeloop.features.feast_import import load_feast
 
+    loaders = {"feast": load_feast, "matplotlib.pyplot": _pyplot_with_first_figure}
     seconds: dict[str, float] = {}
     for name in modules:
         started = time.perf_counter()
-        if name == "feast":
-            load_feast()
-        elif name == "matplotlib.pyplot":  # the reports' backend, chosen before pyplot loads
-            importlib.import_module("matplotlib").use("Agg")
-        importlib.import_module(name)
-        if name == "matplotlib.pyplot":
-            _first_figure()
+        loaders.get(name, lambda name=name: importlib.import_module(name))()
         seconds[name] = time.perf_counter() - started
     return seconds
 
 
-def _first_figure() -> None:
-    """Draws and saves one small figure: a process's first one loads the font list and
-    sets up the renderer (half a second here), which each stage's report would pay."""
+def _pyplot_with_first_figure() -> None:
+    """Imports pyplot on the reports' backend (Agg, chosen before pyplot loads) and draws
+    and saves one small figure: a process's first one loads the font list and sets up the
+    renderer (half a second here), which each stage's report would pay."""
     import io
 
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(2, 2), dpi=50)
