@@ -95,6 +95,7 @@ class TrainingSettings(BaseModel):
     batch_size: int = Field(512, ge=1)
     learning_rate: float = Field(3e-3, gt=0)
     hidden_units: int = Field(32, ge=1)
+    members: int = Field(1, ge=1, description="networks averaged as one deep ensemble")
     seed: int = 7
 
 

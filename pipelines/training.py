@@ -41,6 +41,7 @@ def run_parameters(
     batch_size: int,
     learning_rate: float,
     hidden_units: int,
+    members: int,
     seed: int,
     target_positive_rate: float,
     replay_version: str,
@@ -61,6 +62,7 @@ def run_parameters(
         batch_size: mini-batch size.
         learning_rate: Adam learning rate.
         hidden_units: hidden layer width.
+        members: networks in the deep ensemble (1: one network).
         seed: training seed.
         target_positive_rate: the class prior training re-weighted to (0: none).
         replay_version: the version whose reference sample was replayed ("": none).
@@ -97,6 +99,7 @@ def build_training_pipeline(cluster: PipelineCluster | None = None):
         batch_size: int = 512,
         learning_rate: float = 0.003,
         hidden_units: int = 32,
+        members: int = 1,
         seed: int = 7,
         target_positive_rate: float = 0.0,
         replay_version: str = "",
@@ -130,6 +133,7 @@ def build_training_pipeline(cluster: PipelineCluster | None = None):
             batch_size=batch_size,
             learning_rate=learning_rate,
             hidden_units=hidden_units,
+            members=members,
             seed=seed,
             target_positive_rate=target_positive_rate,
         )
@@ -160,6 +164,7 @@ def build_training_pipeline(cluster: PipelineCluster | None = None):
             batch_size=batch_size,
             learning_rate=learning_rate,
             hidden_units=hidden_units,
+            members=members,
             seed=seed,
             target_positive_rate=target_positive_rate,
             replay_version=replay_version,

@@ -39,13 +39,17 @@ def train_oracle(scenario: str, *, seed: int, n_accounts: int, population_seed: 
     """The oracle for ``scenario`` (a ``ModelBundle``, its decision threshold chosen on its
     own validation rows)."""
     from kubeloop.data.fraud import FRAUD_SCHEMA as schema
+    from kubeloop.demo.config import LoopConfig
     from kubeloop.training import TrainParams
     from kubeloop.training.ray_train import train_model
 
     frame = oracle_frame(
         scenario, seed=seed, n_accounts=n_accounts, population_seed=population_seed
     )
-    params = TrainParams(epochs=ORACLE_EPOCHS, batch_size=ORACLE_BATCH_SIZE, seed=seed)
+    params = TrainParams(
+        epochs=ORACLE_EPOCHS, batch_size=ORACLE_BATCH_SIZE, seed=seed,
+        members=LoopConfig.pipeline_members,  # the retraining runs' ensemble
+    )  # fmt: skip
     return train_model(frame, schema, params, log=lambda _: None).bundle
 
 

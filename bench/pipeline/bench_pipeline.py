@@ -30,6 +30,7 @@ SOURCE = "example://fraud/stationary?days=1&accounts=400&seed=0"
 # what the demo's retraining runs use
 EPOCHS = LoopConfig.pipeline_epochs
 BATCH_SIZE = LoopConfig.pipeline_batch_size
+MEMBERS = LoopConfig.pipeline_members
 ENVIRONMENT = ("KUBELOOP_HOME", "KUBELOOP_STAGE_SERVER")
 STAGES = ("ingest", "validate", "features", "train", "evaluate", "gate", "register")
 
@@ -64,7 +65,7 @@ def _in_one_process(
         "validate", lambda: run_validate(d["dataset"], d["validated"], work / "v.html", work / "ss")
     )
     timed("features", lambda: run_features(d["validated"], d["train"], d["eval"], 0.2))
-    params = TrainParams(epochs=EPOCHS, batch_size=BATCH_SIZE)
+    params = TrainParams(epochs=EPOCHS, batch_size=BATCH_SIZE, members=MEMBERS)
     trained = timed("train", lambda: run_train(d["train"], d["model"], params))
     fit = {
         "fit": trained.metrics["fit_seconds"],
@@ -117,7 +118,7 @@ def run() -> dict:
                         loads[variant] = os.getloadavg()[0]
                         result = run_training_pipeline(
                             source_uri=SOURCE, epochs=EPOCHS, batch_size=BATCH_SIZE,
-                            echo=lambda _: None, stage_server=socket,
+                            members=MEMBERS, echo=lambda _: None, stage_server=socket,
                         )  # fmt: skip
                         if not result.succeeded:
                             raise RuntimeError(f"benchmark run failed: {result.error}")
@@ -162,7 +163,7 @@ def run() -> dict:
         "table": rows,
         "notes": (
             f"`{SOURCE}` ({rows_in_window} evaluation rows), {EPOCHS} epochs, batch "
-            f"{BATCH_SIZE}, one CPU worker: Ray Train's local mode, the training loop in the "
+            f"{BATCH_SIZE}, {MEMBERS} ensemble members, one CPU worker: Ray Train's local mode, the training loop in the "
             "train stage's own process with no Ray joined (a controller and a worker "
             "process per fit() cost 7-8 s here; see the Ray Train overhead section). The "
             f"stage server's start, once per runtime: {server_start:.1f} s (its imports and "

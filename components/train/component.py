@@ -20,6 +20,7 @@ def train(
     batch_size: int = 512,
     learning_rate: float = 0.003,
     hidden_units: int = 32,
+    members: int = 1,
     seed: int = 7,
     validation_fraction: float = 0.2,
     target_positive_rate: float = 0.0,
@@ -40,6 +41,9 @@ def train(
         batch_size: rows per optimiser step and worker.
         learning_rate: Adam learning rate.
         hidden_units: width of the two hidden layers.
+        members: networks trained side by side as one deep ensemble (each from its own
+            initial weights, each kept at its own best validation epoch); the model
+            scores their mean logit. 1: a single network.
         seed: seed of weights and shuffling.
         validation_fraction: latest share of the timeline held out to pick the best epoch
             and the decision threshold.
@@ -58,6 +62,7 @@ def train(
         batch_size=batch_size,
         learning_rate=learning_rate,
         hidden_units=hidden_units,
+        members=members,
         seed=seed,
         validation_fraction=validation_fraction,
         target_positive_rate=target_positive_rate,

@@ -117,6 +117,7 @@ def run(
     batch_size: int = typer.Option(None, help="mini-batch size"),
     learning_rate: float = typer.Option(None, help="Adam learning rate"),
     hidden_units: int = typer.Option(None, help="hidden layer width"),
+    members: int = typer.Option(None, help="networks averaged as one deep ensemble"),
     seed: int = typer.Option(None, help="training seed"),
     run_name: str = typer.Option(None, help="run name on the cluster"),
     experiment: str = typer.Option(DEFAULT_EXPERIMENT, help="KFP experiment on the cluster"),
@@ -145,6 +146,7 @@ def run(
         batch_size=batch_size,
         learning_rate=learning_rate,
         hidden_units=hidden_units,
+        members=members,
         seed=seed,
     )
     if host:

@@ -59,6 +59,7 @@ def retrain_with_pipeline(
     run_name: str = "",
     epochs: int = LoopConfig.pipeline_epochs,
     batch_size: int = LoopConfig.pipeline_batch_size,
+    members: int = LoopConfig.pipeline_members,
     target_positive_rate: float = 0.0,
     replay_fraction: float = 0.0,
     replay_version: str = "",
@@ -92,7 +93,7 @@ def retrain_with_pipeline(
     result = run_training_pipeline(
         source_uri=str(source), window_start=bounds["start"], window_end=end,
         model_name=model_name, registry_uri=registry_uri, epochs=int(epochs), seed=int(seed),
-        batch_size=int(batch_size), target_positive_rate=float(target_positive_rate),
+        batch_size=int(batch_size), members=int(members), target_positive_rate=float(target_positive_rate),
         replay_version=replay_version, replay_fraction=float(replay_fraction),
     )  # fmt: skip
     print(format_summary(result))

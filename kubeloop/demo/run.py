@@ -108,6 +108,7 @@ def deployment_manifest(config: LoopConfig, runtime: LocalRuntime, labelled: Pat
                     "seed": str(config.seed + 1),
                     "epochs": str(config.pipeline_epochs),
                     "batch_size": str(config.pipeline_batch_size),
+                    "members": str(config.pipeline_members),
                 },
                 "dataWindow": f"{config.data_window_seconds}s",
                 "replayFraction": config.replay_fraction,
@@ -469,6 +470,7 @@ def _offer_bad_candidate(config, runtime, recorder, echo) -> threading.Thread:
             "data_window": f"{BAD_WINDOW_FACTOR * config.data_window_seconds}s", "window": "recent",
             "seed": str(config.seed + 7), "quality": "corrupt",
             "epochs": str(config.pipeline_epochs), "batch_size": str(config.pipeline_batch_size),
+            "members": str(config.pipeline_members),
         }  # fmt: skip
         run = SubmitRun(BAD_RUN, RUNNER, None, "", params)
         ended = run_job(runtime, run, timeout=BAD_RUN_TIMEOUT_S)

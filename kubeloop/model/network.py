@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,25 +27,64 @@ class ModelConfig:
     hidden_units: int = 32
     dropout: float = 0.1
     threshold: float = 0.5  # decision threshold for the positive class
+    # A deep ensemble: this many networks of the same shape, each from its own initial
+    # weights, trained side by side on the same batches; the score averages their logits.
+    members: int = 1
+
+
+class MemberLinear(nn.Module):
+    """``members`` independent linear layers applied at once: input ``[members, rows, in]``
+    (or ``[rows, in]``, shared by every member), output ``[members, rows, out]``.
+    Initialised per member as ``nn.Linear`` is (uniform within 1/sqrt(in))."""
+
+    def __init__(self, n_in: int, n_out: int, members: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(n_in)
+        self.weight = nn.Parameter(torch.empty(members, n_in, n_out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(members, 1, n_out).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            return torch.einsum("ri,mio->mro", x, self.weight) + self.bias
+        return torch.baddbmm(self.bias, x, self.weight)
 
 
 class TabularClassifier(nn.Module):
-    """A small MLP producing one logit (binary classification)."""
+    """A small MLP producing one logit (binary classification), or ``config.members`` of
+    them side by side (a deep ensemble).
+
+    An ensemble's forward gives every member's logits (``[members, rows]``) while training,
+    so each member learns from its own loss, and their mean (``[rows]``) in eval mode: what
+    validation, evaluation and serving score. One network's output is ``[rows]`` in both.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        h = config.hidden_units
+        h, members = config.hidden_units, config.members
+        if members < 1:
+            raise ValueError(f"members must be at least 1, got {members}")
+
+        def linear(n_in: int, n_out: int) -> nn.Module:
+            return nn.Linear(n_in, n_out) if members == 1 else MemberLinear(n_in, n_out, members)
+
+        self.members = members
         self.net = nn.Sequential(
-            nn.Linear(config.n_inputs, h),
+            linear(config.n_inputs, h),
             nn.ReLU(),
             nn.Dropout(config.dropout),
-            nn.Linear(h, h),
+            linear(h, h),
             nn.ReLU(),
-            nn.Linear(h, 1),
+            linear(h, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+        logits = self.net(x).squeeze(-1)
+        return logits if self.members == 1 or self.training else logits.mean(0)
+
+    def member_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Every member's logits, ``[members, rows]`` (one network: ``[1, rows]``)."""
+        logits = self.net(x).squeeze(-1)
+        return logits if self.members > 1 else logits.unsqueeze(0)
 
 
 @dataclass

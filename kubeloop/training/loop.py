@@ -6,7 +6,8 @@
   subtracting ``log w`` from the output bias restores calibrated probabilities;
 - ``reweighting``: class weights that make the training prior look like another one
   (label shift: the class prior moved, P(x|y) did not);
-- ``best_threshold``: the decision threshold maximising F1 on validation.
+- ``best_threshold``: the decision threshold maximising F1 on validation;
+- ``BestMembers``: each ensemble member's weights at its own best validation epoch.
 """
 
 from __future__ import annotations
@@ -143,7 +144,8 @@ def run_epoch(
     for start in range(0, len(x), batch_size):
         idx = order[start : start + batch_size]
         optimiser.zero_grad()
-        loss = loss_fn(model(x[idx]), y[idx])
+        logits = model(x[idx])  # [rows], or [members, rows] for an ensemble
+        loss = loss_fn(logits, y[idx].expand_as(logits))
         loss.backward()
         optimiser.step()
         total += float(loss.detach()) * len(idx)
@@ -197,3 +199,43 @@ def validate(
     scores = logits.float().cpu().numpy()
     labels = y.cpu().numpy()
     return loss, roc_auc(labels, scores), average_precision(labels, scores)
+
+
+def member_losses(
+    network: torch.nn.Module, loss_fn: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> np.ndarray:
+    """Each ensemble member's validation loss (one value for a single network)."""
+    network.eval()
+    with torch.inference_mode():
+        logits = network.member_logits(x)
+        return np.array([float(loss_fn(member, y)) for member in logits])
+
+
+class BestMembers:
+    """Keeps each member's weights from the epoch of its lowest validation loss, so every
+    member stops early on its own (an ensemble's mean loss would stop all of them at
+    once). A member's parameters are the slice at its index of every parameter's first
+    dimension (``MemberLinear``); a single network's are all of them. A member whose loss
+    was never finite keeps its last epoch's weights."""
+
+    def __init__(self, members: int) -> None:
+        self.members = members
+        self.losses = np.full(members, np.inf)
+        self.epochs = np.zeros(members, dtype=np.int64)
+        self.state: dict[str, np.ndarray] | None = None
+
+    def offer(
+        self, epoch: int, losses: np.ndarray, state: dict[str, np.ndarray], last: bool
+    ) -> None:
+        """Takes ``state`` (numpy copies) for the members whose loss improved at ``epoch``."""
+        taken = losses < self.losses  # NaN never improves
+        if last:
+            taken |= self.epochs == 0
+        if not taken.any():
+            return
+        self.losses[taken], self.epochs[taken] = losses[taken], epoch
+        if self.state is None or self.members == 1:
+            self.state = state
+            return
+        for name, value in state.items():
+            self.state[name][taken] = value[taken]

@@ -4,7 +4,8 @@ The driver fits the preprocessor on the training part (time split) and runs
 ``train_loop_per_worker`` on ``num_workers`` workers (data-parallel, DDP through
 ``prepare_model``), the encoded arrays shared through Ray's object store. Each epoch
 every worker reports its metrics with ``ray.train.report``; rank 0 keeps the weights of
-the epoch with the lowest validation loss and returns them with every epoch's metrics
+the epoch with the lowest validation loss (per member of an ensemble, ``members > 1``:
+networks trained side by side whose logits the model averages) and returns them with every epoch's metrics
 (Ray Train's ``Result.return_value``). The prior correction is folded into the output
 bias, the decision threshold is chosen on validation, and the result is a
 :class:`kubeloop.model.ModelBundle`.
@@ -52,11 +53,14 @@ class TrainParams:
     seed: int = 7
     validation_fraction: float = 0.2
     dropout: float = 0.1
+    # Networks trained side by side as one deep ensemble (ModelConfig.members): averaging
+    # them halves the spread a single network's random start leaves on a small window.
+    members: int = 1
     # Label shift: train as if the positive rate were this (0: the training data's own).
     target_positive_rate: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("num_workers", "epochs", "batch_size", "hidden_units"):
+        for name in ("num_workers", "epochs", "batch_size", "hidden_units", "members"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
@@ -130,7 +134,8 @@ class RunStorage:
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """Runs on every Ray Train worker: one shard of the training rows, full validation.
-    Rank 0 returns the best epoch's weights (numpy arrays), its metrics and every epoch's."""
+    Rank 0 returns the kept weights (numpy arrays: each member's from the epoch of its
+    lowest validation loss), their validation metrics and every epoch's."""
     import ray
     import ray.train
     import ray.train.torch
@@ -154,7 +159,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     pos_weight = torch.tensor(config["pos_weight"], device=device)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     generator = torch.Generator().manual_seed(config["seed"] + rank)
-    best: dict[str, Any] = {"metrics": {"val_loss": float("inf")}}
+    network = getattr(model, "module", model)
+    best = loop.BestMembers(network.members)
     history: list[dict[str, float]] = []
     for epoch in range(1, config["epochs"] + 1):
         started = time.perf_counter()
@@ -177,15 +183,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
                 f"val_loss={val_loss:.4f}  val_roc_auc={val_auc:.4f}  val_pr_auc={val_ap:.4f}",
                 flush=True,
             )
-            # The last epoch stands in when no validation loss was finite (NaN never improves).
-            last_resort = epoch == config["epochs"] and "state" not in best
-            if val_loss < best["metrics"]["val_loss"] or last_resort:
-                state = getattr(model, "module", model).state_dict()
+            losses = loop.member_losses(network, loss_fn, x_val, y_val)
+            if (losses < best.losses).any() or epoch == config["epochs"]:
                 # As arrays: Ray Train refuses to return tensors from a worker.
-                weights = {k: v.detach().cpu().numpy().copy() for k, v in state.items()}
-                best = {"metrics": metrics, "state": weights}
+                state = {
+                    k: v.detach().cpu().numpy().copy() for k, v in network.state_dict().items()
+                }
+                best.offer(epoch, losses, state, last=epoch == config["epochs"])
         ray.train.report(metrics)
-    return {**best, "history": history} if rank == 0 else None
+    if rank != 0:
+        return None
+    # The kept weights together (an ensemble's members from their own best epochs), scored.
+    network.load_state_dict({k: torch.from_numpy(v) for k, v in best.state.items()})
+    val_loss, val_auc, val_ap = loop.validate(network, loss_fn, x_val, y_val)
+    kept = {
+        "epoch": int(np.median(best.epochs)),
+        "val_loss": val_loss,
+        "val_roc_auc": val_auc,
+        "val_pr_auc": val_ap,
+    }
+    return {
+        "metrics": kept,
+        "state": best.state,
+        "member_epochs": best.epochs.tolist(),
+        "history": history,
+    }
 
 
 @contextlib.contextmanager
@@ -248,11 +270,13 @@ def train_model(
     pos_weight = loop.positive_weight(arrays["y_train"])
     shift = loop.reweighting(arrays["y_train"], params.target_positive_rate)
     model_config = ModelConfig(
-        n_inputs=pre.n_outputs, hidden_units=params.hidden_units, dropout=params.dropout
-    )
+        n_inputs=pre.n_outputs, hidden_units=params.hidden_units, dropout=params.dropout,
+        members=params.members,
+    )  # fmt: skip
     log(
         f"[train] {len(arrays['y_train'])} training rows, {len(arrays['y_val'])} validation rows, "
         f"{pre.n_outputs} inputs, pos_weight={pos_weight:.1f}, workers={params.num_workers}"
+        + (f", {params.members} ensemble members" if params.members > 1 else "")
     )
     if shift is not None:
         log(
@@ -338,10 +362,13 @@ def train_model(
         "train_rows": int(len(arrays["y_train"])),
         "validation_rows": int(len(arrays["y_val"])),
         "fit_seconds": fit_seconds,
+        "members": params.members,
         # 1: trained on a Ray cluster; 0: in this pod (see TrainOutcome.ray for why).
         "ray_cluster": 1.0 if target.remote else 0.0,
         "ray_in_process": 1.0 if target.in_process else 0.0,  # Ray Train's local mode
     }
+    if params.members > 1:
+        log(f"[train] members' best epochs {returned['member_epochs']}")
     log(
         f"[train] best epoch {metrics['best_epoch']} (val_loss={metrics['val_loss']:.4f}, "
         f"val_roc_auc={metrics['val_roc_auc']:.4f}); threshold={threshold:.3f}; "

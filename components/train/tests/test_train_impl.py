@@ -187,3 +187,26 @@ def test_an_unreachable_ray_cluster_falls_back_to_this_pod_and_records_it(
             "fallback": reason,
             "in_process": False,
         }
+
+
+@pytest.mark.slow
+def test_ray_train_fits_a_deep_ensemble_data_parallel(ray_head, tmp_path, capsys):
+    """Three members on two Ray Train workers (DDP): each member is kept at its own best
+    epoch, the bundle scores their mean logit, and it ranks fraud like one network."""
+    train, evaluation = split_frames()
+    outcome = run_train(
+        write_split(train, tmp_path / "train"),
+        tmp_path / "model",
+        TrainParams(epochs=3, seed=3, members=3, num_workers=2),
+    )
+    assert outcome.metrics["members"] == 3 and 1 <= outcome.metrics["best_epoch"] <= 3
+    assert "[train] members' best epochs [" in capsys.readouterr().out
+    bundle = ModelBundle.load(tmp_path / "model")
+    assert bundle.config.members == 3
+    scores, _ = bundle.predict(evaluation)
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(evaluation["is_fraud"], scores) > 0.85
+    assert abs(scores.mean() - evaluation["is_fraud"].mean()) < 0.05  # prior-corrected
+    with pytest.raises(ValueError, match="members must be at least 1"):
+        TrainParams(members=0)
