@@ -105,15 +105,13 @@ DEFAULT_CASES = tuple((scenario, DEFAULT_VARIANT) for scenario in SCENARIOS)
 
 
 def served_after_promotion(summary: dict, labelled: Path) -> pd.DataFrame | None:
-    """The labelled traffic the promoted version served at 100 % (features and label),
-    the rows its "after promotion" accuracy counts; None without a promotion."""
+    """The labelled traffic the promoted version answered from 100 % on (features and
+    label), the rows its "after promotion" accuracy counts; None without a promotion."""
     after = summary.get("accuracy_after_promotion") or {}
     if after.get("sent_from") is None or not labelled.exists():
         return None
     frame = pd.read_parquet(labelled)
-    chosen = frame["sent_at"] >= after["sent_from"]
-    if after.get("sent_until") is not None:
-        chosen &= frame["sent_at"] < after["sent_until"]
+    chosen = (frame["sent_at"] >= after["sent_from"]) & (frame["version"] == after["version"])
     rows = frame.loc[chosen, [*FRAUD_SCHEMA.feature_names, FRAUD_SCHEMA.label]]
     return rows.reset_index(drop=True) if len(rows) else None
 
@@ -224,11 +222,12 @@ def run(
             f"{' → '.join(f'{p} %' for p in config.steps)} (each analysed step needs "
             f"{config.min_samples} requests and {config.min_feedback} labelled predictions per "
             f"version, at least {config.min_step_seconds} s). Update cycle = drift onset → "
-            f"retrained version at 100 % of traffic; median: {'; '.join(medians)} (goal ≤ 120 s). "
-            "Oracle: the pipeline's trainer (Ray Train, "
-            "the same network) on about 16,000 post-drift rows of the generator (same scenario "
-            "and customers, another seed), scored on the labelled traffic the promoted version "
-            "served (bench/loop/oracle.py); gap = oracle − after promotion. "
+            f"retrained version at 100 % of traffic; median: {'; '.join(medians)} (goals: "
+            "covariate ≤ 90 s, concept ≤ 110 s). Oracle: the pipeline's trainer (Ray Train, "
+            f"the same {LoopConfig.pipeline_members}-network ensemble) on about 16,000 "
+            "post-drift rows of the generator (same scenario and customers, another seed), "
+            "scored on the labelled traffic the promoted version served "
+            "(bench/loop/oracle.py); gap = oracle − after promotion. "
             "Variant `recalibrate`: the deployment lists the predicted-class detector alone "
             "and answers label shift with `monitoring.labelShift.action: Recalibrate`, so no "
             "run trains: the stable version is published again with its threshold moved for "
@@ -273,8 +272,9 @@ the 30-day profiles are as steady on the first day as later; a replay whose onse
 weeks after v1's data therefore starts where v1's reference is.
 Every retraining run is the training pipeline: ingest → validate → features → Ray Train →
 evaluate → gate → register on the window (a Parquet file of the labelled traffic), each
-stage forked from the runtime's stage server (`kubeloop.local.stages`), 20 epochs of
-batches of 64 (the best epoch by validation loss kept). A run waits 20 s for the fresh
+stage forked from the runtime's stage server (`kubeloop.local.stages`): a deep ensemble of
+five networks (`members`; their mean logit scores), 20 epochs of batches of 64, each network
+kept at its own best epoch by validation loss. A run waits 20 s for the fresh
 window and then runs (the pipeline section measures every stage; one CPU worker trains in
 Ray Train's local mode, in the train stage's own process). The gate scores candidate and champion on the
 same window (accuracy at each one's threshold re-chosen there) and refuses a challenger

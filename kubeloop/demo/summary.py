@@ -148,13 +148,14 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
             answers, version=first_stable, start=onset, end=promoted["t"] if promoted else None
         )
     if promoted:
-        bad_at = (record.get("bad_candidate") or {}).get("offered_at")
         since = at_full or promoted["t"]
+        # Every prediction the new version made from 100 % on, to the end of the traffic: a
+        # later canary (the worse candidate) takes a random share of requests, not a kind.
         out["accuracy_after_promotion"] = {
-            **accuracy(answers, version=new_version, start=since, end=bad_at),
-            # the traffic it was measured on, by the time it was sent (epoch seconds)
+            **accuracy(answers, version=new_version, start=since),
+            # the traffic it was measured on: the version's, sent from then (epoch seconds)
+            "version": new_version,
             "sent_from": since,
-            "sent_until": bad_at,
         }
     out["bad_candidate"] = _bad_candidate(record, answers)
     out["accuracy_estimate_error"] = estimate_error(record, answers)

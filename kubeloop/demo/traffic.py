@@ -6,7 +6,7 @@ an ``X-Request-Id`` it chose, so the ground truth can follow ``label_delay`` sec
 later to the drift service's ``/v1/feedback`` under the same id (the predictor's
 payload events carry it as ``Ce-Id``). Labelled rows are also written to
 ``labelled.parquet`` (features, label, ``labelled_at``, ``sent_at``, account and
-transaction ids), the recent window that retraining runs learn from; with
+transaction ids, the version that answered), the recent window that retraining runs learn from; with
 ``labelled_path=None`` (no retraining to feed) they are not kept.
 
 With ``online_features`` the requests carry the request features and the account only
@@ -207,6 +207,7 @@ class TrafficReplayer:
                 row[FRAUD_SCHEMA.label] = label
                 row["labelled_at"] = now
                 row["sent_at"] = answer.sent_at  # the prediction's time: the event timestamp
+                row["version"] = answer.version or ""  # the version that answered
                 if stream.account_ids is not None:
                     row[FRAUD_SCHEMA.entity] = int(stream.account_ids[i])
                 if stream.transaction_ids is not None:

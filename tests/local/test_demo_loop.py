@@ -99,7 +99,14 @@ def test_covariate_drift_retrains_promotes_and_rolls_back_the_worse_candidate(
     assert (
         summary["accuracy_during_drift"]["accuracy"] < summary["accuracy_before_drift"]["accuracy"]
     )
-    assert summary["accuracy_after_promotion"]["predictions"] > 0
+    after = summary["accuracy_after_promotion"]
+    assert after["predictions"] > 0 and after["version"] == "v2"
+    # The labelled traffic names the version that answered each row: v2's from 100 % on
+    # are the rows "after promotion" counts.
+    labelled = pd.read_parquet(tmp_path / "demo" / "loop" / LABELLED_FILE)
+    assert {"v1", "v2"} <= set(labelled["version"])
+    served = labelled[(labelled["version"] == "v2") & (labelled["sent_at"] >= after["sent_from"])]
+    assert len(served) == after["predictions"]
     bad = summary["bad_candidate"]
     assert bad and bad["version"] == "v3" and bad["rolled_back"], log
     assert bad["failed_checks"], bad

@@ -38,6 +38,7 @@ def loop_record() -> dict:
     answers += [answer(T0 + t, "v2") for t in range(70, 80)]  # canary traffic
     answers += [answer(T0 + t, "v2", correct=4) for t in range(80, 120)]  # after
     answers += [answer(T0 + t, "v3", correct=1) for t in range(125, 131)]  # bad canary
+    answers += [answer(T0 + t, "v2", correct=2) for t in range(125, 131)]  # v2 beside it
     answers.append(answer(T0 + 131, None, n=0, correct=0, status=503, labelled=False))
     decisions = [
         ("deploy", 0, "v1"), ("drift", 52, "v1"), ("retrain", 55, "v1"),
@@ -95,7 +96,12 @@ def test_summary_measures_the_cycle_from_the_record():
     assert s["update_cycle_goal_met"] is True
     assert s["accuracy_before_drift"] == {"accuracy": 1.0, "predictions": 160}
     assert s["accuracy_during_drift"]["accuracy"] == pytest.approx(0.75)
-    assert s["accuracy_after_promotion"]["accuracy"] == 1.0
+    # Every prediction v2 made from 100 % on (t = 82), the share it kept while v3 was a
+    # canary included: 38 requests all right, 6 half right.
+    after = s["accuracy_after_promotion"]
+    assert (after["version"], after["sent_from"]) == ("v2", T0 + 82)
+    assert after["predictions"] == 44 * 4
+    assert after["accuracy"] == pytest.approx((38 * 4 + 6 * 2) / (44 * 4))
     bad = s["bad_candidate"]
     assert bad["rolled_back"] and bad["seconds_canary_to_rollback"] == pytest.approx(6)
     assert bad["requests_served"] == 6 and bad["predictions_served"] == 24
