@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from kubeloop.demo.config import LoopConfig
+from kubeloop.demo.retrain import LABELLED_FILE
 from kubeloop.demo.run import run_demo
 
 pytestmark = pytest.mark.slow
