@@ -5,8 +5,8 @@ The driver fits the preprocessor on the training part (time split) and runs
 ``prepare_model``), the encoded arrays shared through Ray's object store. Each epoch
 every worker reports its metrics with ``ray.train.report``; rank 0 keeps the weights of
 the epoch with the lowest validation loss (per member of an ensemble, ``members > 1``:
-networks trained side by side whose logits the model averages) and returns them with every epoch's metrics
-(Ray Train's ``Result.return_value``). The prior correction is folded into the output
+networks trained side by side whose logits the model averages) and returns them with
+every epoch's metrics (Ray Train's ``Result.return_value``). The prior correction is folded into the output
 bias, the decision threshold is chosen on validation, and the result is a
 :class:`kubeloop.model.ModelBundle`.
 
@@ -54,7 +54,7 @@ class TrainParams:
     validation_fraction: float = 0.2
     dropout: float = 0.1
     # Networks trained side by side as one deep ensemble (ModelConfig.members): averaging
-    # them halves the spread a single network's random start leaves on a small window.
+    # them narrows the spread a single network's random start leaves on a small window.
     members: int = 1
     # Label shift: train as if the positive rate were this (0: the training data's own).
     target_positive_rate: float = 0.0
