@@ -6,9 +6,9 @@ The driver fits the preprocessor on the training part (time split) and runs
 every worker reports its metrics with ``ray.train.report``; rank 0 keeps the weights of
 the epoch with the lowest validation loss (per member of an ensemble, ``members > 1``:
 networks trained side by side whose logits the model averages) and returns them with
-every epoch's metrics (Ray Train's ``Result.return_value``). The prior correction is folded into the output
-bias, the decision threshold is chosen on validation, and the result is a
-:class:`kubeloop.model.ModelBundle`.
+every epoch's metrics (Ray Train's ``Result.return_value``). The prior correction is
+folded into the output bias, the decision threshold is chosen on validation, and the
+result is a :class:`kubeloop.model.ModelBundle`.
 
 One CPU worker with no Ray cluster to train on runs in Ray Train's local mode
 (``ScalingConfig(num_workers=0)``): the same loop in this process, with the arrays as
