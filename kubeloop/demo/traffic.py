@@ -6,8 +6,8 @@ an ``X-Request-Id`` it chose, so the ground truth can follow ``label_delay`` sec
 later to the drift service's ``/v1/feedback`` under the same id (the predictor's
 payload events carry it as ``Ce-Id``). Labelled rows are also written to
 ``labelled.parquet`` (features, label, ``labelled_at``, ``sent_at``, account and
-transaction ids, the version that answered), the recent window that retraining runs learn from; with
-``labelled_path=None`` (no retraining to feed) they are not kept.
+transaction ids, the version that answered), the recent window that retraining runs
+learn from; with ``labelled_path=None`` (no retraining to feed) they are not kept.
 
 With ``online_features`` the requests carry the request features and the account only
 (the predictor enriches them from Feast's online store), and ``on_day`` hears of each

@@ -78,13 +78,13 @@ class TabularClassifier(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.net(x).squeeze(-1)
+        logits = self.net(x).squeeze(-1)  # [rows], or [members, rows] for an ensemble
         return logits if self.members == 1 or self.training else logits.mean(0)
 
     def member_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Every member's logits, ``[members, rows]`` (one network: ``[1, rows]``)."""
         logits = self.net(x).squeeze(-1)
-        return logits if self.members > 1 else logits.unsqueeze(0)
+        return logits.unsqueeze(0) if self.members == 1 else logits
 
 
 @dataclass

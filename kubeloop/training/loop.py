@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -225,15 +226,21 @@ class BestMembers:
         self.state: dict[str, np.ndarray] | None = None
 
     def offer(
-        self, epoch: int, losses: np.ndarray, state: dict[str, np.ndarray], last: bool
+        self,
+        epoch: int,
+        losses: np.ndarray,
+        state: Callable[[], dict[str, np.ndarray]],
+        last: bool,
     ) -> None:
-        """Takes ``state`` (numpy copies) for the members whose loss improved at ``epoch``."""
+        """Takes the weights ``state()`` copies (called only when a member improved at
+        ``epoch``, or never had a finite loss by the ``last`` one)."""
         taken = losses < self.losses  # NaN never improves
         if last:
             taken |= self.epochs == 0
         if not taken.any():
             return
         self.losses[taken], self.epochs[taken] = losses[taken], epoch
+        state = state()
         if self.state is None or self.members == 1:
             self.state = state
             return

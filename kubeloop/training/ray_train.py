@@ -183,13 +183,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
                 f"val_loss={val_loss:.4f}  val_roc_auc={val_auc:.4f}  val_pr_auc={val_ap:.4f}",
                 flush=True,
             )
-            losses = loop.member_losses(network, loss_fn, x_val, y_val)
-            if (losses < best.losses).any() or epoch == config["epochs"]:
+            best.offer(
+                epoch,
+                loop.member_losses(network, loss_fn, x_val, y_val),
                 # As arrays: Ray Train refuses to return tensors from a worker.
-                state = {
+                lambda: {
                     k: v.detach().cpu().numpy().copy() for k, v in network.state_dict().items()
-                }
-                best.offer(epoch, losses, state, last=epoch == config["epochs"])
+                },
+                last=epoch == config["epochs"],
+            )
         ray.train.report(metrics)
     if rank != 0:
         return None

@@ -81,9 +81,9 @@ def test_best_members_keeps_each_member_at_its_own_best_epoch():
         return {"w": np.full((3, 2), float(epoch)), "b": np.full((3, 1, 1), float(epoch))}
 
     best = BestMembers(3)
-    best.offer(1, np.array([0.5, 0.5, np.nan]), state(1), last=False)
-    best.offer(2, np.array([0.4, 0.6, np.nan]), state(2), last=False)  # member 0 improves
-    best.offer(3, np.array([0.45, 0.3, np.nan]), state(3), last=True)  # member 1 improves
+    best.offer(1, np.array([0.5, 0.5, np.nan]), lambda: state(1), last=False)
+    best.offer(2, np.array([0.4, 0.6, np.nan]), lambda: state(2), last=False)  # member 0 improves
+    best.offer(3, np.array([0.45, 0.3, np.nan]), lambda: state(3), last=True)  # member 1 improves
     assert best.epochs.tolist() == [2, 3, 3]  # member 2 never finite: its last epoch
     assert best.state["w"][:, 0].tolist() == [2.0, 3.0, 3.0]
     assert best.state["b"].ravel().tolist() == [2.0, 3.0, 3.0]
@@ -92,7 +92,14 @@ def test_best_members_keeps_each_member_at_its_own_best_epoch():
 
 def test_best_members_of_one_network_takes_the_whole_state():
     best = BestMembers(1)
-    best.offer(1, np.array([0.5]), {"net.0.weight": np.zeros((2, 2))}, last=False)
-    best.offer(2, np.array([0.7]), {"net.0.weight": np.ones((2, 2))}, last=False)
-    best.offer(3, np.array([0.2]), {"net.0.weight": np.full((2, 2), 3.0)}, last=True)
+    copied = []
+
+    def state(value: float) -> dict[str, np.ndarray]:
+        copied.append(value)
+        return {"net.0.weight": np.full((2, 2), value)}
+
+    best.offer(1, np.array([0.5]), lambda: state(1.0), last=False)
+    best.offer(2, np.array([0.7]), lambda: state(2.0), last=False)
+    best.offer(3, np.array([0.2]), lambda: state(3.0), last=True)
     assert best.epochs.tolist() == [3] and best.state["net.0.weight"][0, 0] == 3.0
+    assert copied == [1.0, 3.0]  # no copy for an epoch that improved no member
