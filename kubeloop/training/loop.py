@@ -6,7 +6,7 @@
   subtracting ``log w`` from the output bias restores calibrated probabilities;
 - ``reweighting``: class weights that make the training prior look like another one
   (label shift: the class prior moved, P(x|y) did not);
-- ``best_threshold``: the decision threshold maximising F1 on validation;
+- ``best_threshold``: the decision threshold maximising accuracy on validation;
 - ``BestMembers``: each ensemble member's weights at its own best validation epoch.
 """
 
@@ -111,14 +111,33 @@ def reweighting(y: np.ndarray, target_rate: float | None) -> Reweighting | None:
 
 
 def best_threshold(y: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """The score threshold with the highest F1 (ties: the higher threshold), each row
-    counted ``weights`` times (e.g. re-weighted to another class prior)."""
-    from sklearn.metrics import precision_recall_curve
+    """The decision threshold with the highest accuracy on these rows, each counted
+    ``weights`` times (e.g. re-weighted to another class prior): accuracy is what the gate
+    and the canary judge a served model by.
 
-    precision, recall, thresholds = precision_recall_curve(y, scores, sample_weight=weights)
-    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-    best = int(np.argmax(f1[:-1][::-1]))  # reversed so ties pick the higher threshold
-    return float(thresholds[::-1][best])
+    It lies halfway between the lowest score called positive and the highest called
+    negative, not on a row's own score, so new rows near the boundary split as the
+    validation rows did. Ties: the higher threshold (fewer alarms)."""
+    y = np.asarray(y).astype(int)
+    s = np.asarray(scores, dtype=float)
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=float)
+    if len(y) == 0 or len(s) != len(y) or len(w) != len(y):
+        raise TrainingDataError(
+            f"best_threshold needs as many labels, scores and weights (got {len(y)}, "
+            f"{len(s)}, {len(w)}), at least one"
+        )
+    order = np.argsort(-s, kind="stable")
+    s, y, w = s[order], y[order], w[order]
+    # Calling the k highest-scored rows positive (k = 0..n) is right on the positives among
+    # them and on the negatives after them; a cut only falls between different scores.
+    hits = np.concatenate([[0.0], np.cumsum(w * y)])
+    alarms = np.concatenate([[0.0], np.cumsum(w * (1 - y))])
+    correct = hits + (alarms[-1] - alarms)
+    cut = np.concatenate([[True], s[:-1] > s[1:], [True]])
+    k = int(np.argmax(np.where(cut, correct, -np.inf)))  # the first best: fewest alarms
+    if k in (0, len(s)):  # nothing or everything positive: past the extreme score
+        return float(s[0] + 1.0 if k == 0 else s[-1] - 1.0)
+    return float((s[k - 1] + s[k]) / 2)
 
 
 @dataclass

@@ -31,7 +31,7 @@ def write_split(frame: pd.DataFrame, folder: Path) -> Path:
 
 
 def saved_bundle(train: pd.DataFrame, folder: Path, *, seed: int = 0, steps: int = 150) -> Path:
-    """A small bundle trained with plain torch (no Ray) with an F1 threshold, for stage tests."""
+    """A small bundle trained with plain torch (no Ray) with an accuracy threshold, for stage tests."""
     from dataclasses import replace
 
     from kubeloop.training.loop import best_threshold

@@ -39,8 +39,28 @@ def test_time_split_names_a_one_class_part():
 def test_weights_and_threshold():
     assert positive_weight(np.array([1, 0, 0, 0])) == 3.0
     assert prior_correction(3.0) == pytest.approx(-np.log(3.0))
+    # Halfway between the lowest score called positive and the highest called negative.
     y = np.array([0, 0, 0, 1, 1])
-    assert best_threshold(y, np.array([0.1, 0.2, 0.3, 0.8, 0.9])) == pytest.approx(0.8)
+    assert best_threshold(y, np.array([0.1, 0.2, 0.3, 0.8, 0.9])) == pytest.approx(0.55)
+
+
+def test_threshold_maximises_accuracy_not_f1():
+    # Cutting at 0.35 finds every fraud with three false alarms (F1 10/13, 8 of 11 right);
+    # cutting at 0.825 misses two frauds and raises no alarm (F1 0.75, 9 of 11 right).
+    y = np.array([0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95])
+    threshold = best_threshold(y, scores)
+    assert threshold == pytest.approx(0.825)
+    assert np.mean((scores >= threshold) == y) == pytest.approx(9 / 11)
+    # Ties between cuts as accurate as each other: the higher threshold (fewer alarms).
+    assert best_threshold(np.array([0, 1, 0, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == pytest.approx(
+        0.35
+    )
+    # Tied scores are never split; nothing or everything positive lies past the extremes.
+    assert best_threshold(np.array([0, 1, 1]), np.array([0.5, 0.5, 0.5])) < 0.5
+    assert best_threshold(np.array([0, 0]), np.array([0.2, 0.3])) > 0.3
+    with pytest.raises(TrainingDataError, match="as many labels, scores and weights"):
+        best_threshold(np.array([0, 1]), np.array([0.5]))
 
 
 def test_reweighting_to_another_class_prior():
@@ -57,12 +77,12 @@ def test_reweighting_to_another_class_prior():
     with pytest.raises(TrainingDataError, match="both classes"):
         reweighting(np.zeros(4), 0.3)
     assert shift.logit_offset == pytest.approx(np.log(9.0))
-    # A threshold chosen on validation re-weighted to a lower prior is higher: negatives
-    # count more, so a false alarm costs more recall.
+    # A threshold chosen on validation re-weighted to a higher prior is lower: positives
+    # count more, so catching the fraud at 0.5 is worth the false alarm at 0.6.
     y = np.array([0, 0, 0, 0, 1, 0, 1, 1])
     scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.9])
-    assert best_threshold(y, scores) == pytest.approx(0.5)
-    assert best_threshold(y, scores, reweighting(y, 0.1).weights(y)) == pytest.approx(0.7)
+    assert best_threshold(y, scores) == pytest.approx(0.65)
+    assert best_threshold(y, scores, reweighting(y, 0.7).weights(y)) == pytest.approx(0.45)
 
 
 def test_bad_inputs_are_named(tmp_path):
