@@ -153,18 +153,50 @@ def best_accuracy(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]
     from sklearn.metrics import roc_curve
 
     labels = np.asarray(labels).astype(int)
-    return _best_on_roc(labels, *roc_curve(labels, np.asarray(scores, dtype=float)))
+    fpr, tpr, thresholds = roc_curve(labels, np.asarray(scores, dtype=float))
+    accuracy, best = _best_on_roc(fpr, tpr, float(labels.sum()), float(len(labels) - labels.sum()))
+    return accuracy, float(thresholds[best])
+
+
+def margin_threshold(
+    labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None
+) -> float:
+    """The most accurate cut's threshold, each row counted ``weights`` times, placed halfway
+    between the lowest score it calls positive and the highest it calls negative (not on a
+    row's own score, so new rows near the boundary split as these did); 1 past the extreme
+    score when it calls nothing or everything positive."""
+    import warnings
+
+    from sklearn.exceptions import UndefinedMetricWarning
+    from sklearn.metrics import roc_curve
+
+    labels = np.asarray(labels).astype(int)
+    w = np.ones(len(labels)) if weights is None else np.asarray(weights, dtype=float)
+    with warnings.catch_warnings():  # one class only: its rate is NaN, handled below
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        # every distinct score a point (no vertex dropped): the next is the highest negative
+        fpr, tpr, thresholds = roc_curve(
+            labels, np.asarray(scores, dtype=float), sample_weight=w, drop_intermediate=False
+        )
+    _, best = _best_on_roc(fpr, tpr, float(w @ labels), float(w @ (1 - labels)))
+    if best == 0:  # thresholds[0] is +inf: nothing positive
+        return float(thresholds[1] + 1.0)
+    if best == len(thresholds) - 1:
+        return float(thresholds[-1] - 1.0)
+    return float((thresholds[best] + thresholds[best + 1]) / 2)
 
 
 def _best_on_roc(
-    labels: np.ndarray, fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray
-) -> tuple[float, float]:
+    fpr: np.ndarray, tpr: np.ndarray, positives: float, negatives: float
+) -> tuple[float, int]:
     """The best accuracy along a ROC curve (a linear function of its points, so a vertex
-    kept by ``drop_intermediate`` holds it) and its threshold (``inf``: all negative)."""
-    positives = int(labels.sum())
-    correct = tpr * positives + (1 - fpr) * (len(labels) - positives)
-    best = int(np.argmax(correct))
-    return float(correct[best] / len(labels)), float(thresholds[best])
+    kept by ``drop_intermediate`` holds it) and its point's index (0: all negative; of
+    equal points the first, the fewest positives). ``positives``/``negatives``: the class
+    totals, counted or weighted; a class that is absent leaves its rate NaN, which adds 0."""
+    correct = np.nan_to_num(tpr) * positives + (1 - np.nan_to_num(fpr)) * negatives
+    # the first of the best: rates times totals differ in the last bits where counts tie
+    best = int(np.argmax(correct >= correct.max() - 1e-9 * (positives + negatives)))
+    return float(correct[best] / (positives + negatives)), best
 
 
 def correct_at_window_threshold(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -232,7 +264,9 @@ def evaluate_scores(
     _, thr_l = _downsample(fpr, np.minimum(thresholds, 1.0))  # sklearn starts at +inf
     rec_l, prec_l = _downsample(recall[::-1], precision[::-1])
     dec = _decisions(labels, (scores >= threshold).astype(int))
-    window_accuracy, window_threshold = _best_on_roc(labels, fpr, tpr, thresholds)
+    positives = float(labels.sum())
+    window_accuracy, best = _best_on_roc(fpr, tpr, positives, len(labels) - positives)
+    window_threshold = float(thresholds[best])
     return Evaluation(
         rows=len(labels),
         positives=int(labels.sum()),

@@ -113,31 +113,18 @@ def reweighting(y: np.ndarray, target_rate: float | None) -> Reweighting | None:
 def best_threshold(y: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None) -> float:
     """The decision threshold with the highest accuracy on these rows, each counted
     ``weights`` times (e.g. re-weighted to another class prior): accuracy is what the gate
-    and the canary judge a served model by.
+    and the canary judge a served model by. Halfway between the nearest scores on either
+    side of the cut (:func:`~kubeloop.evaluation.metrics.margin_threshold`); ties: the
+    higher threshold (fewer alarms)."""
+    from kubeloop.evaluation.metrics import margin_threshold
 
-    It lies halfway between the lowest score called positive and the highest called
-    negative, not on a row's own score, so new rows near the boundary split as the
-    validation rows did. Ties: the higher threshold (fewer alarms)."""
-    y = np.asarray(y).astype(int)
-    s = np.asarray(scores, dtype=float)
-    w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=float)
-    if len(y) == 0 or len(s) != len(y) or len(w) != len(y):
+    lengths = [len(y), len(scores), len(y) if weights is None else len(weights)]
+    if lengths[0] == 0 or len(set(lengths)) > 1:
         raise TrainingDataError(
-            f"best_threshold needs as many labels, scores and weights (got {len(y)}, "
-            f"{len(s)}, {len(w)}), at least one"
+            f"best_threshold needs as many labels, scores and weights (got "
+            f"{', '.join(map(str, lengths))}), at least one"
         )
-    order = np.argsort(-s, kind="stable")
-    s, y, w = s[order], y[order], w[order]
-    # Calling the k highest-scored rows positive (k = 0..n) is right on the positives among
-    # them and on the negatives after them; a cut only falls between different scores.
-    hits = np.concatenate([[0.0], np.cumsum(w * y)])
-    alarms = np.concatenate([[0.0], np.cumsum(w * (1 - y))])
-    correct = hits + (alarms[-1] - alarms)
-    cut = np.concatenate([[True], s[:-1] > s[1:], [True]])
-    k = int(np.argmax(np.where(cut, correct, -np.inf)))  # the first best: fewest alarms
-    if k in (0, len(s)):  # nothing or everything positive: past the extreme score
-        return float(s[0] + 1.0 if k == 0 else s[-1] - 1.0)
-    return float((s[k - 1] + s[k]) / 2)
+    return margin_threshold(y, scores, weights)
 
 
 @dataclass

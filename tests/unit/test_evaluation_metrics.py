@@ -12,6 +12,7 @@ from kubeloop.evaluation.metrics import (
     correct_at_window_threshold,
     evaluate_scores,
     expected_calibration_error,
+    margin_threshold,
 )
 from kubeloop.evaluation.report import render_html
 
@@ -125,3 +126,15 @@ def test_correct_rows_at_the_window_threshold_average_to_window_accuracy(seed):
 def test_window_accuracy_when_calling_everything_negative_is_best():
     acc, threshold = best_accuracy(np.array([0, 0, 0, 1]), np.array([0.9, 0.8, 0.7, 0.1]))
     assert acc == 0.75 and threshold > 0.9
+
+
+def test_equally_accurate_cuts_take_the_fewest_positives_despite_rounding():
+    # Five negatives above five frauds above ten negatives: calling the top ten positive is
+    # right on 15 of 20, as is calling nothing positive; as rates times class totals the
+    # first comes out a hair above 15 (5/5 * 5 + (1 - 5/15) * 15).
+    labels = np.array([0] * 5 + [1] * 5 + [0] * 10)
+    scores = np.concatenate([np.linspace(0.95, 0.91, 5), np.linspace(0.9, 0.86, 5),
+                             np.linspace(0.5, 0.05, 10)])  # fmt: skip
+    acc, threshold = best_accuracy(labels, scores)
+    assert acc == pytest.approx(0.75) and threshold > 0.95
+    assert margin_threshold(labels, scores) > 0.95
