@@ -22,9 +22,12 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kubeloop.demo.config import LoopConfig
+from kubeloop.training import TrainParams
 
 SOURCE = "example://fraud/stationary?days=1&accounts=400&seed=0"
 # what the demo's retraining runs use
@@ -35,11 +38,24 @@ ENVIRONMENT = ("KUBELOOP_HOME", "KUBELOOP_STAGE_SERVER")
 STAGES = ("ingest", "validate", "features", "train", "evaluate", "gate", "register")
 
 
-def _in_one_process(
-    home: Path, registry: str, model: str
-) -> tuple[dict[str, float], dict[str, float]]:
-    """The stage functions one after another, as the pipeline wires them: seconds each,
-    and the train stage's fit() (its seconds, and the epochs' own seconds within it)."""
+@dataclass
+class InProcessRun:
+    seconds: dict[str, float]  # per stage
+    trained: Any  # the train stage's TrainOutcome
+    registered: bool  # the gate passed and the register stage ran
+
+
+def in_one_process(
+    home: Path,
+    registry: str,
+    model: str,
+    source: str = SOURCE,
+    params: TrainParams | None = None,
+    *,
+    replay: Any = None,
+) -> InProcessRun:
+    """The stage functions one after another, as the pipeline wires them, on ``source``
+    (``replay``: the features stage's ``ReplaySpec``); seconds per stage."""
     from kubeloop.components.evaluate.impl import run_evaluate
     from kubeloop.components.features.impl import run_features
     from kubeloop.components.gate.impl import run_gate
@@ -48,8 +64,7 @@ def _in_one_process(
     from kubeloop.components.train.impl import run_train
     from kubeloop.components.validate.impl import run_validate
 
-    from kubeloop.training import TrainParams
-
+    params = params or TrainParams(epochs=EPOCHS, batch_size=BATCH_SIZE, members=MEMBERS)
     work = Path(tempfile.mkdtemp(prefix="inprocess-", dir=home))
     d = {name: work / name for name in ("dataset", "validated", "train", "eval", "model")}
     seconds: dict[str, float] = {}
@@ -60,17 +75,15 @@ def _in_one_process(
         seconds[stage] = time.perf_counter() - started
         return out
 
-    ingest = timed("ingest", lambda: run_ingest(SOURCE, "", "", "", d["dataset"]))
+    ingest = timed("ingest", lambda: run_ingest(source, "", "", "", d["dataset"]))
     timed(
         "validate", lambda: run_validate(d["dataset"], d["validated"], work / "v.html", work / "ss")
     )
-    timed("features", lambda: run_features(d["validated"], d["train"], d["eval"], 0.2))
-    params = TrainParams(epochs=EPOCHS, batch_size=BATCH_SIZE, members=MEMBERS)
+    timed(
+        "features",
+        lambda: run_features(d["validated"], d["train"], d["eval"], 0.2, replay=replay),
+    )
     trained = timed("train", lambda: run_train(d["train"], d["model"], params))
-    fit = {
-        "fit": trained.metrics["fit_seconds"],
-        "epochs": sum(row.get("epoch_seconds", 0.0) for row in trained.history),
-    }
     timed("evaluate", lambda: run_evaluate(d["model"], d["eval"], work / "e.html", work / "ev"))
     verdict = timed(
         "gate",
@@ -80,14 +93,14 @@ def _in_one_process(
     )
     if verdict.passed:
         metadata = {"data_hash": ingest.data_hash, "row_count": ingest.row_count,
-                    "source_uri": SOURCE, "window": "[-inf, +inf)"}  # fmt: skip
-        parameters = json.dumps({"source_uri": SOURCE, "epochs": EPOCHS})
+                    "source_uri": source, "window": "[-inf, +inf)"}  # fmt: skip
+        parameters = json.dumps({"source_uri": source, "epochs": params.epochs})
         timed(
             "register",
             lambda: run_register(d["model"], work / "ev", work / "gate", metadata, model,
                                  registry, "in-process", parameters),
         )  # fmt: skip
-    return seconds, fit
+    return InProcessRun(seconds, trained, verdict.passed)
 
 
 def run() -> dict:
@@ -128,9 +141,13 @@ def run() -> dict:
             for _attempt in ("untimed", "timed"):
                 loads["in one process"] = os.getloadavg()[0]
                 started = time.perf_counter()
-                seconds, fit = _in_one_process(home, settings.registry_uri, settings.model_name)
+                inproc = in_one_process(home, settings.registry_uri, settings.model_name)
                 walls["in one process"] = time.perf_counter() - started
-            timings["in one process"] = seconds
+            timings["in one process"] = inproc.seconds
+            fit = {  # the train stage's fit(), and the epochs' own seconds within it
+                "fit": inproc.trained.metrics["fit_seconds"],
+                "epochs": sum(row.get("epoch_seconds", 0.0) for row in inproc.trained.history),
+            }
             rows_in_window = result.metrics.get("eval_rows")
         finally:
             for name, value in saved.items():

@@ -5,13 +5,13 @@ window falls wherever detection put it. This bench takes the retraining out of t
 that many seeds fit in a few minutes. For each seed it:
 
 1. builds the demo's traffic (``build_stream``: the same scenario, rate, onset and customers);
-2. trains the demo's v1 with the training pipeline's own stage functions (ingest →
-   validate → features → train → evaluate → gate → register, into a scratch registry);
+2. trains the demo's v1 with the training pipeline's stage functions one after another
+   (``bench/pipeline``'s in-process run, into a scratch registry);
 3. takes the window a retraining run learns from: ``rate × dataWindow`` labelled rows,
    starting ``WINDOW_START_S`` after the onset (detection and the first label);
-4. runs the retraining run's stages on it: features with the replay from v1's reference
-   sample (the scenario's replay fraction), then Ray Train's ensemble as the loop's runs
-   train it;
+4. runs the retraining run's stages on it the same way, against a copy of that registry:
+   features with the replay from v1's reference sample (the scenario's replay fraction),
+   Ray Train's ensemble as the loop's runs train it, evaluate, gate, register;
 5. scores the candidate and the oracle (``bench/loop/oracle.py``) on the traffic after the
    window, as the loop bench scores them on the traffic after promotion.
 
@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,8 @@ import pandas as pd
 from kubeloop.demo.config import LoopConfig
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "loop"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "pipeline"))
+from bench_pipeline import in_one_process  # noqa: E402
 from oracle import accuracy, train_oracle  # noqa: E402
 
 MODEL = "fraud-detector"
@@ -50,43 +52,13 @@ WINDOWS = (LoopConfig.data_window_seconds, 40, 80)
 GOALS = {"covariate": 0.01, "concept": 0.02}  # issue 15: gap to the oracle
 
 
-def _stages() -> SimpleNamespace:
-    """The training pipeline's stage functions, as its components call them."""
-    from kubeloop.components.evaluate.impl import run_evaluate
-    from kubeloop.components.features.impl import ReplaySpec, run_features
-    from kubeloop.components.gate.impl import run_gate
-    from kubeloop.components.ingest.impl import run_ingest
-    from kubeloop.components.register.impl import run_register
-    from kubeloop.components.train.impl import run_train
-    from kubeloop.components.validate.impl import run_validate
-
-    return SimpleNamespace(
-        ingest=run_ingest, validate=run_validate, features=run_features, train=run_train,
-        evaluate=run_evaluate, gate=run_gate, register=run_register, replay=ReplaySpec,
-    )  # fmt: skip
-
-
-def train_v1(config: LoopConfig, registry: str, work: Path) -> None:
+def train_v1(config: LoopConfig, registry: str, home: Path) -> None:
     """The demo's v1 (``train_first_version``'s source and epochs), registered."""
     from kubeloop.training import TrainParams
 
-    st = _stages()
-    d = {n: work / n for n in ("dataset", "validated", "train", "eval", "model", "ev", "gate")}
-    source = (
-        f"example://fraud/stationary?days={config.v1_days:g}&accounts={config.v1_accounts}"
-        f"&seed={config.v1_seed}"
-    )
-    ingested = st.ingest(source, "", "", "", d["dataset"])
-    st.validate(d["dataset"], d["validated"], work / "v.html", work / "ss")
-    st.features(d["validated"], d["train"], d["eval"], 0.2)
-    st.train(d["train"], d["model"], TrainParams(epochs=3))
-    st.evaluate(d["model"], d["eval"], work / "e.html", d["ev"])
-    verdict = st.gate(d["ev"], d["eval"], MODEL, registry, d["gate"], work / "g.md", d["model"])
-    if not verdict.passed:
+    run = in_one_process(home, registry, MODEL, config.v1_source, TrainParams(epochs=3))
+    if not run.registered:
         raise RuntimeError(f"v1 for seed {config.seed} did not pass its gate")
-    metadata = {"data_hash": ingested.data_hash, "row_count": ingested.row_count,
-                "source_uri": source, "window": "[-inf, +inf)"}  # fmt: skip
-    st.register(d["model"], d["ev"], d["gate"], metadata, MODEL, registry, "v1", json.dumps({}))
 
 
 def traffic(config: LoopConfig) -> tuple[pd.DataFrame, int]:
@@ -110,25 +82,24 @@ def traffic(config: LoopConfig) -> tuple[pd.DataFrame, int]:
     return rows, stream.onset_index
 
 
-def retrain(config: LoopConfig, window: pd.DataFrame, registry: str, work: Path, replay: float):
-    """The retraining run's stages on ``window``: its candidate bundle."""
+def retrain(config: LoopConfig, window: pd.DataFrame, registry: str, home: Path, replay: float):
+    """A retraining run on ``window`` (every stage, into a copy of v1's registry, as the
+    loop's run against v1): its candidate bundle."""
+    from kubeloop.components.features.impl import ReplaySpec
+
     from kubeloop.demo.retrain_pipeline import window_dataset
     from kubeloop.training import TrainParams
 
-    st = _stages()
-    d = {n: work / n for n in ("dataset", "validated", "train", "eval", "model")}
-    work.mkdir(parents=True)
-    source = work / "window.parquet"
+    home.mkdir(parents=True)
+    source = home / "window.parquet"
     window_dataset(window).to_parquet(source)
-    st.ingest(str(source), "", "", "", d["dataset"])
-    st.validate(d["dataset"], d["validated"], work / "v.html", work / "ss")
-    spec = st.replay(MODEL, "v1", replay, registry, seed=config.seed + 1) if replay else None
-    st.features(d["validated"], d["train"], d["eval"], 0.2, replay=spec)
+    own = shutil.copytree(registry, home / "registry")
+    spec = ReplaySpec(MODEL, "v1", replay, str(own), seed=config.seed + 1) if replay else None
     params = TrainParams(
         epochs=config.pipeline_epochs, batch_size=config.pipeline_batch_size,
         members=config.pipeline_members, seed=config.seed + 1,  # the demo's run seed
     )  # fmt: skip
-    return st.train(d["train"], d["model"], params).bundle
+    return in_one_process(home, str(own), MODEL, str(source), params, replay=spec).trained.bundle
 
 
 def run(
@@ -146,7 +117,7 @@ def run(
         with tempfile.TemporaryDirectory(prefix="kubeloop-bench-window-") as tmp:
             work = Path(tmp)
             registry = str(work / "registry")
-            train_v1(config, registry, work / "v1")
+            train_v1(config, registry, work)
             stream, onset = traffic(config)
             first = onset + round(WINDOW_START_S * config.rate)
             test_from = first + round(max(windows) * config.rate)

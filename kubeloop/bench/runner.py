@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import platform
 import re
+import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -41,6 +42,8 @@ def load(path: Path) -> ModuleType:
     if spec is None or spec.loader is None:
         raise BenchmarkError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
+    # registered while it runs, as an import would: dataclasses look their module up there
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     if not callable(getattr(module, "run", None)):
         raise BenchmarkError(f"{path} has no run() function")

@@ -75,6 +75,14 @@ class LoopConfig:
         """The seed of v1's data, whose customers (account population) the traffic serves."""
         return self.seed + 100
 
+    @property
+    def v1_source(self) -> str:
+        """The source v1 is trained from: the generator's stationary data of v1's customers."""
+        return (
+            f"example://fraud/stationary?days={self.v1_days:g}&accounts={self.v1_accounts}"
+            f"&seed={self.v1_seed}"
+        )
+
     def __post_init__(self) -> None:
         problems = []
         if self.scenario not in SCENARIOS:

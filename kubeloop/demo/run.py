@@ -146,12 +146,8 @@ def train_first_version(config: LoopConfig, runtime: LocalRuntime, echo: Callabl
 
     if runtime.warm_stages:  # the stage server imports in ~15 s what every stage would
         wait_for("the stage server", lambda: ping(runtime.stage_socket), STAGES_READY_S, 0.5)
-    source = (
-        f"example://fraud/stationary?days={config.v1_days:g}&accounts={config.v1_accounts}"
-        f"&seed={config.v1_seed}"
-    )
     result = run_training_pipeline(
-        source_uri=source, model_name=MODEL, registry_uri=str(runtime.registry_uri),
+        source_uri=config.v1_source, model_name=MODEL, registry_uri=str(runtime.registry_uri),
         epochs=3, echo=echo, stage_server=runtime.stage_socket if runtime.warm_stages else None,
     )  # fmt: skip
     echo(format_summary(result))
