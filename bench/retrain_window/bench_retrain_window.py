@@ -49,7 +49,7 @@ STREAM_SECONDS = 300.0
 SEEDS = tuple(range(16))
 # the loop's window (dataWindow) and longer ones: how much of the gap is the window's size
 WINDOWS = (LoopConfig.data_window_seconds, 40, 80)
-GOALS = {"covariate": 0.01, "concept": 0.02}  # issue 15: gap to the oracle
+GOALS = {"covariate": 0.01, "concept": 0.02}  # the loop's goals for the gap to the oracle
 
 
 def train_v1(config: LoopConfig, registry: str, home: Path) -> None:
