@@ -36,13 +36,13 @@ import numpy as np
 import pandas as pd
 
 from kubeloop.demo.config import LoopConfig
+from kubeloop.demo.run import MODEL
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "loop"))
 sys.path.insert(0, str(Path(__file__).parents[1] / "pipeline"))
 from bench_pipeline import in_one_process  # noqa: E402
 from oracle import accuracy, train_oracle  # noqa: E402
 
-MODEL = "fraud-detector"
 WINDOW_START_S = 3.0  # onset → first row of the window in the loop (detection, labels)
 TEST_SECONDS = 80.0  # traffic after the window that candidate and oracle are scored on
 STREAM_SECONDS = 300.0
