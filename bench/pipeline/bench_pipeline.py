@@ -10,8 +10,12 @@ the same process and home, one after another:
 3. **in one process**: the stages' own functions (``kubeloop.components.*.impl``)
    called one after another in this warm process: the floor without any orchestration.
 
-Every variant runs once untimed first (Feast's applied template, caches), then once
-timed. The machine's 1-minute load average is taken before each timed run.
+Every variant runs once untimed first (Feast's applied template, caches). A process per
+stage is then timed once; warm stages and in one process are timed in ``ROUNDS``
+alternating rounds (one of each per round, so both see the same load on this shared
+machine), and the table gives each one's median per stage and for the whole run, the
+ratio of the medians and the range of the rounds' own ratios. The machine's 1-minute
+load average is taken before each timed run.
 
 Run: ``.venv/bin/python -m kubeloop.bench --only pipeline``.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -36,6 +41,7 @@ BATCH_SIZE = LoopConfig.pipeline_batch_size
 MEMBERS = LoopConfig.pipeline_members
 ENVIRONMENT = ("KUBELOOP_HOME", "KUBELOOP_STAGE_SERVER")
 STAGES = ("ingest", "validate", "features", "train", "evaluate", "gate", "register")
+ROUNDS = 5  # timed rounds of warm stages and in one process
 
 
 @dataclass
@@ -110,9 +116,15 @@ def run() -> dict:
     from kubeloop.local.stages import wait_ready
     from kubeloop.settings import get_settings
 
-    timings: dict[str, dict[str, float]] = {}
-    walls: dict[str, float] = {}
-    loads: dict[str, float] = {}
+    timings: dict[str, list[dict[str, float]]] = {}  # variant -> per timed run, per stage
+    walls: dict[str, list[float]] = {}
+    loads: dict[str, list[float]] = {}
+
+    def record(variant: str, load: float, wall: float, stages: dict[str, float]) -> None:
+        loads.setdefault(variant, []).append(load)
+        walls.setdefault(variant, []).append(wall)
+        timings.setdefault(variant, []).append(stages)
+
     with tempfile.TemporaryDirectory(prefix="kubeloop-bench-") as tmp:
         home = Path(tmp)
         # this home, and no stage server but the one each variant names
@@ -121,30 +133,43 @@ def run() -> dict:
         get_settings.cache_clear()
         try:
             runtime = LocalRuntime(home, warm_stages=True)
+            settings = get_settings()
+
+            def pipeline(socket: str | None):
+                result = run_training_pipeline(
+                    source_uri=SOURCE, epochs=EPOCHS, batch_size=BATCH_SIZE,
+                    members=MEMBERS, echo=lambda _: None, stage_server=socket,
+                )  # fmt: skip
+                if not result.succeeded:
+                    raise RuntimeError(f"benchmark run failed: {result.error}")
+                return result
+
+            def inprocess():
+                started = time.perf_counter()
+                out = in_one_process(home, settings.registry_uri, settings.model_name)
+                return out, time.perf_counter() - started
+
             started = time.perf_counter()
             with runtime.start_part(STAGE_SERVER) as server:
                 wait_ready(runtime.stage_socket, timeout=300, detail=server.log_tail)
                 server_start = time.perf_counter() - started
-                for variant, socket in (("process per stage", None),
-                                        ("warm stages", runtime.stage_socket)):  # fmt: skip
-                    for _attempt in ("untimed", "timed"):
-                        loads[variant] = os.getloadavg()[0]
-                        result = run_training_pipeline(
-                            source_uri=SOURCE, epochs=EPOCHS, batch_size=BATCH_SIZE,
-                            members=MEMBERS, echo=lambda _: None, stage_server=socket,
-                        )  # fmt: skip
-                        if not result.succeeded:
-                            raise RuntimeError(f"benchmark run failed: {result.error}")
-                    timings[variant] = {s.name: s.seconds or 0.0 for s in result.stages}
-                    walls[variant] = result.wall_seconds
-            settings = get_settings()
-            for _attempt in ("untimed", "timed"):
-                loads["in one process"] = os.getloadavg()[0]
-                started = time.perf_counter()
-                inproc = in_one_process(home, settings.registry_uri, settings.model_name)
-                walls["in one process"] = time.perf_counter() - started
-            timings["in one process"] = inproc.seconds
-            fit = {  # the train stage's fit(), and the epochs' own seconds within it
+                socket = runtime.stage_socket
+                for untimed in (lambda: pipeline(None), lambda: pipeline(socket), inprocess):
+                    untimed()
+                load = os.getloadavg()[0]
+                result = pipeline(None)
+                record("process per stage", load, result.wall_seconds,
+                       {s.name: s.seconds or 0.0 for s in result.stages})  # fmt: skip
+                for round_ in range(ROUNDS):
+                    print(f"pipeline bench: timed round {round_ + 1}/{ROUNDS}", flush=True)
+                    load = os.getloadavg()[0]
+                    result = pipeline(socket)
+                    record("warm stages", load, result.wall_seconds,
+                           {s.name: s.seconds or 0.0 for s in result.stages})  # fmt: skip
+                    load = os.getloadavg()[0]
+                    inproc, wall = inprocess()
+                    record("in one process", load, wall, inproc.seconds)
+            fit = {  # the last in-process train stage's fit(), and its epochs' own seconds
                 "fit": inproc.trained.metrics["fit_seconds"],
                 "epochs": sum(row.get("epoch_seconds", 0.0) for row in inproc.trained.history),
             }
@@ -155,24 +180,32 @@ def run() -> dict:
                 if value is not None:
                     os.environ[name] = value
             get_settings.cache_clear()
+    return _table(timings, walls, loads, server_start, len(result.stages), fit, rows_in_window)
+
+
+def _median(runs: list[dict[str, float]], stage: str) -> float:
+    values = [run[stage] for run in runs if stage in run]
+    return statistics.median(values) if values else float("nan")
+
+
+def _table(timings, walls, loads, server_start, tasks, fit, rows_in_window) -> dict:
     variants = list(timings)
     rows = []
     for stage in STAGES:
         row = {"stage": stage}
         for variant in variants:
-            row[f"{variant} s"] = timings[variant].get(stage, float("nan"))
-        row["warm / in one process"] = _ratio(
-            timings["warm stages"].get(stage), timings["in one process"].get(stage)
-        )
+            row[f"{variant} s"] = _median(timings[variant], stage)
+        row["warm / in one process"] = _ratio(row["warm stages s"], row["in one process s"])
         rows.append(row)
     whole = {"stage": "whole run (wall)"}
     for variant in variants:
-        whole[f"{variant} s"] = walls[variant]
-    whole["warm / in one process"] = _ratio(walls["warm stages"], walls["in one process"])
+        whole[f"{variant} s"] = statistics.median(walls[variant])
+    whole["warm / in one process"] = _ratio(whole["warm stages s"], whole["in one process s"])
     rows.append(whole)
-    per_task = (walls["warm stages"] - walls["in one process"]) / max(len(result.stages), 1)
-    load = {"stage": "load average (1 min) before"}
-    load.update({f"{variant} s": loads[variant] for variant in variants})
+    per_round = [w / i for w, i in zip(walls["warm stages"], walls["in one process"], strict=True)]
+    per_task = (whole["warm stages s"] - whole["in one process s"]) / max(tasks, 1)
+    load = {"stage": "load average (1 min) before, median"}
+    load.update({f"{variant} s": statistics.median(loads[variant]) for variant in variants})
     rows.append(load)
     return {
         "title": "Training pipeline on a retraining window: wall time per stage (kfp.local)",
@@ -185,14 +218,23 @@ def run() -> dict:
             "process per fit() cost 7-8 s here; see the Ray Train overhead section). The "
             f"stage server's start, once per runtime: {server_start:.1f} s (its imports and "
             "the set-up the stages' first calls would pay, done once). The fixed cost per "
-            "forked stage (warm whole run less in one process, over the run's "
-            f"{len(result.stages)} tasks): {per_task:.2f} s. "
-            "Each variant ran once untimed before the timed run. 'run-parameters' (a few ms "
+            "forked stage (warm whole run less in one process, medians, over the run's "
+            f"{tasks} tasks): {per_task:.2f} s. "
+            "Each variant ran once untimed first; a process per stage was then timed once, "
+            f"warm stages and in one process in {len(per_round)} alternating rounds: the "
+            "figures are medians; the rounds' own ratios of warm to in one process ranged "
+            f"{min(per_round):.2f}-{max(per_round):.2f} (whole runs: warm "
+            f"{_span(walls['warm stages'])} s, in one process "
+            f"{_span(walls['in one process'])} s). 'run-parameters' (a few ms "
             "of JSON) is left out of the stage rows and counted in the whole run. In one "
             f"process fit() took {fit['fit']:.1f} s, of which the {EPOCHS} epochs' own "
             f"work {fit['epochs']:.1f} s."
         ),
     }
+
+
+def _span(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}"
 
 
 def _ratio(a: float | None, b: float | None) -> str:
