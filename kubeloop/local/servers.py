@@ -33,15 +33,24 @@ def start_predictor(
     extra: Sequence[str] = (),
     name: str | None = None,
     wait: bool = True,
+    stage_server: str | Path | None = None,
     **options: Any,
 ) -> Service:
     """Starts ``kubeloop.serving.predictor`` for one registry version (labelled with its model
-    and version); with ``wait``, returns once ``/v1/models/<model>`` answers. ``options``
-    (``env``, ``launcher``, ``timeout``) go to :meth:`Supervisor.start`."""
+    and version); with ``wait``, returns once ``/v1/models/<model>`` answers. With
+    ``stage_server``, the predictor is forked from that warm server (its imports done)
+    through a thin client, which starts it cold itself when no server answers.
+    ``options`` (``env``, ``launcher``, ``timeout``) go to :meth:`Supervisor.start`."""
     http_port = http_port or free_port()
     grpc_port = grpc_port or free_port()
+    program = (
+        ["-m", "kubeloop.local.stages", "--socket", str(stage_server), "--service", "predictor",
+         "--"]
+        if stage_server
+        else ["-m", "kubeloop.serving.predictor"]
+    )  # fmt: skip
     args = [
-        "-m", "kubeloop.serving.predictor",
+        *program,
         "--model_name", model_name,
         "--version", version,
         "--registry-uri", str(registry_uri),

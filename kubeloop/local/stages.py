@@ -20,9 +20,18 @@ component) still goes to a subprocess. The stage's output streams back line by l
 and its exit status ends the stream, so stage timings, per-epoch lines and a failing
 stage's own error read the same as from a subprocess.
 
-Protocol: one JSON line (``{"argv", "env", "cwd"}``, or ``{"ping": true}``), answered
-by the stage's output and the trailer line ``\\0exit <status>`` (a ping: one JSON line
-about the server).
+The server forks predictors too (``SERVICES``): a canary waits for its predictor, and
+a predictor started cold pays 5-8 s of imports (Feast, torch, kserve) before it
+answers. ``python -m kubeloop.local.stages --socket PATH --service predictor -- ARGS``
+is the process the supervisor starts and stops: a thin client whose forked predictor
+writes its output through it. The client's stop (it closes its side of the connection;
+its death closes it too) terminates the predictor, which also dies with the server
+(``PR_SET_PDEATHSIG``). With no server answering, the client runs the predictor itself,
+cold.
+
+Protocol: one JSON line (``{"argv", "env", "cwd"}`` for a stage, ``{"service", "args",
+"env", "cwd"}`` for a service, or ``{"ping": true}``), answered by the child's output and
+the trailer line ``\\0exit <status>`` (a ping: one JSON line about the server).
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import importlib
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import socketserver
@@ -89,7 +99,14 @@ PRELOAD = (
     "sklearn.metrics",
     "scipy.stats",
     "matplotlib.pyplot",
+    # the predictor (SERVICES)
+    "kubeloop.serving.predictor",
+    "kubeloop.serving.server",
 )
+# The long-running programs the server forks (name -> module with ``main(argv)``).
+SERVICES = {"predictor": "kubeloop.serving.predictor"}
+SERVICE_STOP_S = 10.0  # a service's grace after SIGTERM, before SIGKILL
+PR_SET_PDEATHSIG = 1
 EXECUTOR_MODULE = "kfp.dsl.executor_main"
 PROGRAM_FILE = "ephemeral_component.py"
 TRAILER = b"\0exit "
@@ -180,17 +197,30 @@ def _quiet_import_finalizers() -> int:
     return len(found)
 
 
-def _run_call(call: StageCall, env: dict[str, str], cwd: str) -> int:
-    """Runs one stage in this (forked) process, as ``sh -c`` would run it; its exit status."""
+def _become(env: dict[str, str], cwd: str) -> None:
+    """A forked child takes the caller's environment and folder instead of the server's."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the server's handler exits quietly
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
-    os.environ["_KFP_RUNTIME"] = "true"
     from kubeloop.settings import get_settings
 
-    get_settings.cache_clear()  # settings come from this stage's environment
-    logging.getLogger().handlers.clear()  # the executor configures its own
+    get_settings.cache_clear()  # settings come from this child's environment
+    logging.getLogger().handlers.clear()  # the program configures its own
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if isinstance(exc.code, int):
+        return exc.code
+    if exc.code is not None:
+        print(exc.code, file=sys.stderr)  # what the interpreter prints for a message
+    return 0 if exc.code is None else 1
+
+
+def _run_call(call: StageCall, env: dict[str, str], cwd: str) -> int:
+    """Runs one stage in this (forked) process, as ``sh -c`` would run it; its exit status."""
+    _become(env, cwd)
+    os.environ["_KFP_RUNTIME"] = "true"
     with tempfile.TemporaryDirectory(prefix="kubeloop-stage-") as folder:
         program = Path(folder) / PROGRAM_FILE
         program.write_text(call.program)
@@ -200,10 +230,34 @@ def _run_call(call: StageCall, env: dict[str, str], cwd: str) -> int:
         try:
             executor_main()
         except SystemExit as exc:
-            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            return _exit_code(exc)
         except BaseException:
             traceback.print_exc()
             return 1
+    return 0
+
+
+def _run_service(
+    name: str, args: list[str], env: dict[str, str], cwd: str, server: socketserver.BaseServer
+) -> int:
+    """Runs service ``name`` in this (forked) process, as ``python -m <module> args`` would
+    (and dies with the server's thread that forked it); its exit status."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    server.socket.close()  # the server's listening socket is not the service's to hold
+    _become(env, cwd)
+    return _run_here(name, args)
+
+
+def _run_here(name: str, args: list[str]) -> int:
+    """Runs service ``name`` in this process; its exit status."""
+    module = SERVICES[name]
+    sys.argv = [module, *args]
+    try:
+        importlib.import_module(module).main(args)
+    except SystemExit as exc:
+        return _exit_code(exc)
     return 0
 
 
@@ -223,16 +277,38 @@ class _StageHandler(socketserver.StreamRequestHandler):
             info = {"pid": os.getpid(), "preloaded": sorted(self.server.preloaded)}
             self.wfile.write(json.dumps(info).encode() + b"\n")
             return
+        env = {str(k): str(v) for k, v in (request.get("env") or {}).items()}
+        cwd = str(request.get("cwd") or "/")
+        if "service" in request:
+            name = str(request["service"])
+            if name not in SERVICES:
+                self._end(2, f"kubeloop stage server: no service {name!r} (it forks: "
+                          f"{', '.join(sorted(SERVICES))})")  # fmt: skip
+                return
+            args = [str(a) for a in request.get("args") or []]
+            pid = self._fork(lambda: _run_service(name, args, env, cwd, self.server))
+            self.server.services.add(pid)
+            try:
+                code = _watch_service(pid, self.connection)
+            finally:
+                self.server.services.discard(pid)
+            with contextlib.suppress(OSError):  # a client that hung up reads no status
+                self._end(code)
+            return
         call = lightweight_call(request.get("argv") or [])
         if call is None:
             self._end(2, "kubeloop stage server: not a lightweight component's command")
             return
-        env = {str(k): str(v) for k, v in (request.get("env") or {}).items()}
-        cwd = str(request.get("cwd") or "/")
+        pid = self._fork(lambda: _run_call(call, env, cwd))
+        _, status = os.waitpid(pid, 0)
+        self._end(os.waitstatus_to_exitcode(status))
+
+    def _fork(self, run: Callable[[], int]) -> int:
+        """Forks a child that writes its output to the connection and runs ``run``; its pid."""
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
-        if pid == 0:  # the stage
+        if pid == 0:
             code = 1
             try:
                 fd = self.connection.fileno()
@@ -240,7 +316,7 @@ class _StageHandler(socketserver.StreamRequestHandler):
                 os.dup2(fd, 2)
                 sys.stdout.reconfigure(line_buffering=True)
                 sys.stderr.reconfigure(line_buffering=True)
-                code = _run_call(call, env, cwd)
+                code = run()
                 atexit._run_exitfuncs()  # what a process's exit runs (Ray's disconnect)
             except BaseException:
                 traceback.print_exc()
@@ -249,8 +325,7 @@ class _StageHandler(socketserver.StreamRequestHandler):
                     sys.stdout.flush()
                     sys.stderr.flush()
                 os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        self._end(os.waitstatus_to_exitcode(status))
+        return pid
 
     def _end(self, code: int, message: str = "") -> None:
         if message:
@@ -259,12 +334,57 @@ class _StageHandler(socketserver.StreamRequestHandler):
         self.wfile.write(TRAILER + str(code).encode() + b"\n")
 
 
+def _watch_service(pid: int, connection: socket.socket) -> int:
+    """Waits for service child ``pid``; once the client hangs up (its stop, or its death)
+    terminates the child, and kills it after ``SERVICE_STOP_S``. The child's exit status."""
+    deadline = None
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if deadline is None:
+            readable, _, _ = select.select([connection], [], [], 0.2)
+            if readable and not _receive(connection):  # the client hung up
+                _signal(pid, signal.SIGTERM)
+                deadline = time.monotonic() + SERVICE_STOP_S
+        elif time.monotonic() > deadline:
+            _signal(pid, signal.SIGKILL)
+        else:
+            time.sleep(0.05)
+
+
+def _receive(connection: socket.socket) -> bytes:
+    """What the client sent (nothing is expected); b"" once it hung up or reset."""
+    try:
+        return connection.recv(4096)
+    except OSError:
+        return b""
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def stop_services(pids: set[int], timeout: float = SERVICE_STOP_S) -> None:
+    """Terminates the service children ``pids`` (the server's exit), killing what is left
+    after ``timeout``; their handlers' threads then end."""
+    for pid in list(pids):
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in list(pids):
+        _signal(pid, signal.SIGKILL)
+
+
 class _StageServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     """Each connection in a thread; a stage forked from that thread runs alone in its child
     (the child holds only the forking thread; CPython re-creates the import lock and
     logging its locks in a forked child)."""
 
     preloaded: dict[str, float]
+    services: set[int]  # the service children running now
 
 
 def serve(socket_path: str | Path) -> None:
@@ -288,11 +408,13 @@ def serve(socket_path: str | Path) -> None:
     finally:
         os.umask(old_mask)
     server.preloaded = seconds
+    server.services = set()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     log.info("serving stages on %s", path)
     try:
         server.serve_forever()
     finally:
+        stop_services(server.services)
         server.server_close()
         path.unlink(missing_ok=True)
 
@@ -359,6 +481,41 @@ def run_stage(
     raise StageServerError(f"the stage server at {socket_path} ended a stage without its status")
 
 
+def run_service(socket_path: str | Path, name: str, args: Sequence[str]) -> int:
+    """Runs service ``name`` (``SERVICES``) with ``args``, forked from the server at
+    ``socket_path``, and writes its output as it comes; returns its exit status. SIGTERM
+    or SIGINT stops it. With no server answering, runs it in this process, cold."""
+    if name not in SERVICES:
+        print(f"kubeloop: no service {name!r} (known: {', '.join(sorted(SERVICES))})",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        sock = _connect(socket_path)
+    except StageServerError as exc:
+        print(f"kubeloop: {exc}; starting {name} in this process", file=sys.stderr, flush=True)
+        return _run_here(name, list(args))
+
+    def stop(*_: object) -> None:  # the server terminates the service when this side closes
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    request = {"service": name, "args": list(args), "env": dict(os.environ), "cwd": os.getcwd()}
+    out = sys.stdout.buffer
+    with sock:
+        sock.settimeout(None)  # a service runs until it is stopped
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        for raw in sock.makefile("rb"):
+            if raw.startswith(TRAILER):
+                return int(raw[len(TRAILER) :].strip() or 1)
+            out.write(raw)
+            out.flush()
+    print(f"kubeloop: the stage server at {socket_path} ended {name} without its status",
+          file=sys.stderr)  # fmt: skip
+    return 1
+
+
 @contextlib.contextmanager
 def warm_stages(socket_path: str | Path) -> Iterator[None]:
     """Within, kfp.local's ``SubprocessRunner`` sends lightweight-component stages to the
@@ -382,7 +539,21 @@ def warm_stages(socket_path: str | Path) -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--socket", required=True, help="the Unix socket to serve on")
-    serve(parser.parse_args(argv).socket)
+    parser.add_argument(
+        "--service",
+        choices=sorted(SERVICES),
+        help="instead of serving: run this service forked from the server on --socket, with "
+        "the arguments after '--'",
+    )
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="the service's arguments")
+    options = parser.parse_args(argv)
+    if options.service is None:
+        if options.args:
+            parser.error(f"arguments {options.args} need --service")
+        serve(options.socket)
+        return
+    args = options.args[1:] if options.args[:1] == ["--"] else options.args
+    sys.exit(run_service(options.socket, options.service, args))
 
 
 if __name__ == "__main__":

@@ -342,7 +342,12 @@ def predictor_limits(args) -> Limits:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from kubeloop.serving.server import BoundModelServer, install_guard, predictor_parser
+    from kubeloop.serving.server import (
+        BoundModelServer,
+        install_guard,
+        kserve_options,
+        predictor_parser,
+    )
 
     args = predictor_parser().parse_args(argv)
     limits = predictor_limits(args)
@@ -369,10 +374,7 @@ def main(argv: list[str] | None = None) -> None:
         ) from None
     install_guard(model, limits, on_outcome=model.count_http)
     BoundModelServer(
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        enable_grpc=args.enable_grpc,
-        max_threads=args.max_threads,
+        **kserve_options(args),
         bind_host=args.bind_host,
         grpc_kwargs=vars(args),
         enable_latency_logging=False,

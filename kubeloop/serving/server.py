@@ -165,6 +165,26 @@ def install_guard(
     kserve_app.add_exception_handler(StarletteHTTPException, http_error_handler)
 
 
+# kserve's ModelServer takes these from the command line it parsed at import
+# (``kserve.model_server.args``), as its arguments' defaults
+SERVER_FLAGS = ("http_port", "grpc_port", "workers", "max_threads", "max_asyncio_workers",
+                "enable_grpc", "enable_docs_url", "access_log_format", "event_loop",
+                "timeout_keep_alive", "ssl_certfile", "ssl_keyfile")  # fmt: skip
+
+
+def kserve_options(args: argparse.Namespace) -> dict:
+    """kserve's server options from ``args`` (parsed by :func:`predictor_parser`), passed
+    explicitly, and ``args`` made kserve's module-level flags (it reads logging's there).
+
+    kserve parses ``sys.argv`` once, when ``kserve.model_server`` is imported. A predictor
+    forked from the warm server (:mod:`kubeloop.local.stages`) imported kserve in that
+    server, under the server's own command line, so both would otherwise be its."""
+    import kserve.model_server
+
+    kserve.model_server.args = args
+    return {name: getattr(args, name) for name in SERVER_FLAGS}
+
+
 def predictor_parser() -> argparse.ArgumentParser:
     """kserve's own argument parser, extended with kubeloop's flags."""
     parser = argparse.ArgumentParser(

@@ -5,9 +5,13 @@ inflates its error rate without bound; these checks use *time-uniform* bounds in
 so the chance that any look ever gives a wrong verdict stays below ``alpha``:
 
 * rates (server errors, live misclassifications): a Gaussian-mixture asymptotic
-  confidence sequence per version (Waudby-Smith, Arnold, Wu, Wang, Ramdas, "Time-uniform
-  central limit theory and asymptotic confidence sequences", 2024), combined by a union
-  bound into a bound on canary-minus-stable;
+  confidence sequence (Waudby-Smith, Arnold, Wu, Wang, Ramdas, "Time-uniform central
+  limit theory and asymptotic confidence sequences", 2024) on canary-minus-stable itself,
+  in its form for randomized experiments: the router sends each request to the canary
+  by a hash of its key, blind to the outcome, which acts as a random draw with the
+  step's weight, so every observation (a request, a labelled prediction) is one draw of
+  an inverse-propensity-weighted difference whose mean is the difference of the rates
+  (:func:`rate_difference`);
 * predicted-score histograms: the multinomial L1 concentration bound (Weissman et al.
   2003) made time-uniform by a union bound over sample sizes (δ/n(n+1)), giving a bound
   on the total-variation distance between the two versions' score distributions;
@@ -71,10 +75,45 @@ def asymptotic_cs_halfwidth(n: int, variance: float, alpha: float, n_opt: int) -
     )
 
 
-def _bernoulli_variance(k: float, n: float) -> float:
+def _smoothed_rate(k: float, n: float) -> float:
     # Smoothed so that zero observed errors does not claim zero variance.
-    p = (k + 0.5) / (n + 1.0)
-    return p * (1.0 - p)
+    return (k + 0.5) / (n + 1.0)
+
+
+def difference_variance(canary_rate: float, stable_rate: float, canary_share: float) -> float:
+    """Variance of one observation of ψ = Y·(A/π − (1−A)/(1−π)) (Y the event, A whether
+    the canary answered, π = ``canary_share``): E[ψ²] − E[ψ]², with E[Y²] = the rate."""
+    diff = canary_rate - stable_rate
+    return max(canary_rate / canary_share + stable_rate / (1.0 - canary_share) - diff * diff, 1e-12)
+
+
+def rate_difference(
+    canary_events: float,
+    canary_n: float,
+    stable_events: float,
+    stable_n: float,
+    *,
+    alpha: float,
+    n_opt: int,
+) -> tuple[float, float]:
+    """Canary-minus-stable event rate and the half-width of its confidence sequence.
+
+    One sequence on the inverse-propensity-weighted difference ψ (see
+    :func:`difference_variance`) of all ``canary_n + stable_n`` observations, π the
+    canary's observed share; its mean estimate is the difference of the two rates. Its
+    width is √(v_c/n_c + v_s/n_s) times the sequence's factor, where a union of one
+    sequence per version at α/2 each gives √(v_c/n_c) + √(v_s/n_s) times a larger factor:
+    at a 25 % step about half the samples reach the same width. ``n_opt`` (per version)
+    becomes the total at which the smaller version reaches it.
+    """
+    n = canary_n + stable_n
+    share = canary_n / n
+    diff = canary_events / canary_n - stable_events / stable_n
+    variance = difference_variance(
+        _smoothed_rate(canary_events, canary_n), _smoothed_rate(stable_events, stable_n), share
+    )
+    total_opt = max(round(n_opt / min(share, 1.0 - share)), 1)
+    return diff, asymptotic_cs_halfwidth(int(n), variance, alpha, total_opt)
 
 
 def rate_increase(
@@ -100,11 +139,8 @@ def rate_increase(
         raise ValueError(f"{check}: more events than samples")
     if canary_n == 0 or stable_n == 0:
         return CheckResult(check, Verdict.INCONCLUSIVE, threshold=tolerance, detail="no samples")
-    diff = canary_events / canary_n - stable_events / stable_n
-    width = asymptotic_cs_halfwidth(
-        int(canary_n), _bernoulli_variance(canary_events, canary_n), alpha / 2, n_opt
-    ) + asymptotic_cs_halfwidth(
-        int(stable_n), _bernoulli_variance(stable_events, stable_n), alpha / 2, n_opt
+    diff, width = rate_difference(
+        canary_events, canary_n, stable_events, stable_n, alpha=alpha, n_opt=n_opt
     )
     lower, upper = diff - width, diff + width
     if lower > 0:
@@ -136,14 +172,16 @@ def seconds_to_detect(
     p_s = min(max(stable_rate, 1e-4), 1.0 - 1e-4)
     p_c = min(p_s + drop, 1.0 - 1e-4)
     var_c, var_s = p_c * (1.0 - p_c), p_s * (1.0 - p_s)
+    share = canary_per_second / (canary_per_second + stable_per_second)
+    variance = difference_variance(p_c, p_s, share)
+    total_opt = max(round(n_opt / min(share, 1.0 - share)), 1)
     z = NormalDist().inv_cdf(power)
 
     def detected(t: float) -> bool:
         n_c, n_s = canary_per_second * t, stable_per_second * t
         if n_c < max(n_opt, 1) or n_s < max(n_opt, 1):  # below the minimum-sample gate
             return False
-        width = asymptotic_cs_halfwidth(int(n_c), var_c, alpha / 2, n_opt)
-        width += asymptotic_cs_halfwidth(int(n_s), var_s, alpha / 2, n_opt)
+        width = asymptotic_cs_halfwidth(int(n_c + n_s), variance, alpha, total_opt)
         return drop - width >= z * math.sqrt(var_c / n_c + var_s / n_s)
 
     if not detected(horizon):

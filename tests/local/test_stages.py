@@ -166,3 +166,136 @@ def test_a_failing_stage_reports_its_own_error_warm_or_not(home, stage_server, t
         assert "missing columns ['amount']" in result.error, result.error
     assert not (home / "registry").exists() or not any((home / "registry").rglob("*.pt"))
     assert not (home / "registry").exists()  # nothing was written to the registry at all
+
+
+# --- predictors forked from the server -----------------------------------------------------
+
+MODEL = "fraud-detector"
+REQUEST = {"amount": 300.0, "merchant_category": "travel", "hour": 3,
+           "distance_from_home_km": 90.0, "is_foreign": 1, "txn_count_1h": 3}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory):
+    """A registry version and the Feast online store its entity-key requests read."""
+    from datetime import UTC, datetime, timedelta
+
+    from kubeloop.data import fraud
+    from kubeloop.features.store import prepare_feature_store
+    from kubeloop.training.quick import publish_quick_version
+
+    root = tmp_path_factory.mktemp("serving")
+    start = (datetime.now(UTC) - timedelta(days=2)).replace(hour=0, minute=0, second=0)
+    data = fraud.generate("stationary", start=start, days=2, n_accounts=20, seed=4)
+    prepare_feature_store(root / "store", data.accounts)
+    registry = ModelRegistry(str(root / "registry"))
+    publish_quick_version(registry, MODEL, seed=4)
+    return {"root": root, "registry": registry, "store": root / "store", "accounts": data.accounts}
+
+
+def _forked_predictor(sup, serving, stage_server, version="v1", **options):
+    from kubeloop.local.servers import start_predictor
+
+    return start_predictor(sup, MODEL, version, serving["registry"].uri,
+                           feast_repo=serving["store"], stage_server=stage_server,
+                           **options)  # fmt: skip
+
+
+def _listener(port: int):
+    import psutil
+
+    for conn in psutil.net_connections("tcp"):
+        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
+            return psutil.Process(conn.pid)
+    return None
+
+
+def test_a_predictor_forks_from_the_server_and_stops_with_its_client(
+    serving, stage_server, tmp_path
+):
+    import httpx
+    import psutil
+
+    from kubeloop.local.supervisor import Supervisor
+    from kubeloop.model import ModelBundle
+
+    server_pid = ping(stage_server)["pid"]
+    with Supervisor(tmp_path / "runtime") as sup:
+        service = _forked_predictor(sup, serving, stage_server)
+        child = _listener(service.ports["http"])
+        # the process answering is the server's child; the supervisor's is the thin client
+        assert child is not None and child.ppid() == server_pid and child.pid != service.pid
+        cmdline = psutil.Process(service.pid).cmdline()
+        assert cmdline[cmdline.index("--service") + 1] == "predictor"
+        account = int(serving["accounts"]["account_id"].iloc[0])
+        resp = httpx.post(f"{service.url}/v1/models/{MODEL}:predict",
+                          json={"instances": [{**REQUEST, "account_id": account}]})  # fmt: skip
+        assert resp.status_code == 200, resp.text
+        profile = serving["accounts"][serving["accounts"]["account_id"] == account]
+        row = profile.sort_values("event_timestamp").iloc[-1]
+        _, folder = serving["registry"].download(MODEL, "v1", tmp_path / "v1")
+        bundle = ModelBundle.load(folder)
+        full = {**REQUEST, **{c.name: float(row[c.name]) for c in bundle.schema.view_features}}
+        import pandas as pd
+
+        score = bundle.predict(pd.DataFrame([full]))[0][0]
+        assert resp.json()["predictions"][0]["score"] == pytest.approx(score, rel=1e-6)
+        # kserve's own flags are the predictor's, not the server's command line
+        bad = httpx.post(f"{service.url}/v1/models/{MODEL}:predict", json={"instances": [{}]})
+        assert bad.status_code == 400
+        assert service.stop()
+        psutil.wait_procs([child], timeout=15)
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    assert ping(stage_server)["pid"] == server_pid  # the server serves on
+
+
+def test_a_killed_client_takes_its_predictor_down(serving, stage_server, tmp_path):
+    import psutil
+
+    from kubeloop.local.supervisor import Supervisor
+
+    with Supervisor(tmp_path / "runtime") as sup:
+        service = _forked_predictor(sup, serving, stage_server)
+        child = _listener(service.ports["http"])
+        assert child is not None
+        psutil.Process(service.pid).kill()  # no stop: the connection closes with the client
+        gone, _ = psutil.wait_procs([child], timeout=15)
+        assert gone, "the forked predictor outlived its client"
+
+
+def test_a_predictor_that_cannot_load_exits_with_its_own_error(serving, stage_server, tmp_path):
+    from kubeloop.local.supervisor import Supervisor
+    from kubeloop.local.wait import wait_until
+
+    with Supervisor(tmp_path / "runtime") as sup:
+        service = _forked_predictor(sup, serving, stage_server, version="v9", wait=False)
+        wait_until(lambda: not service.running(), timeout=30, interval=0.2,
+                   what="the client to exit")  # fmt: skip
+        assert service.exit_status() not in (None, 0)
+        assert "cannot load the model" in service.log()
+        assert "v9" in service.log()
+
+
+def test_with_no_server_the_client_runs_the_predictor_cold(serving, tmp_path):
+    from kubeloop.local.supervisor import Supervisor
+
+    absent = tmp_path / "absent.sock"
+    with Supervisor(tmp_path / "runtime") as sup:
+        service = _forked_predictor(sup, serving, absent, timeout=120)
+        assert _listener(service.ports["http"]).pid == service.pid  # the client itself
+        assert f"no stage server at {absent}" in service.log()
+        assert "starting predictor in this process" in service.log()
+
+
+def test_the_server_forks_only_the_services_it_knows(stage_server, capsys):
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(stage_server))
+        sock.sendall(json.dumps({"service": "shell", "args": ["-c", "id"]}).encode() + b"\n")
+        reply = sock.makefile("rb").read()
+    assert reply.endswith(TRAILER + b"2\n")
+    assert b"no service 'shell'" in reply
+    out = subprocess.run(
+        [sys.executable, "-m", "kubeloop.local.stages", "--socket", str(stage_server),
+         "--service", "shell"], capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 2 and "invalid choice: 'shell'" in out.stderr

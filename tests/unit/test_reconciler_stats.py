@@ -35,10 +35,56 @@ def looks(p_canary: float, p_stable: float, rng, tolerance=0.0, n_max=6000, ever
     return verdicts
 
 
+def routed_looks(p_canary, p_stable, share, rng, tolerance=0.0, n_max=8000, every=100):
+    """One experiment as the router runs it: each request goes to the canary with
+    probability ``share``; judged after every ``every`` requests in all, once each version
+    has the analysis's minimum (``n_opt``, its ``minFeedback``)."""
+    canary = rng.random(n_max) < share
+    event = np.where(canary, rng.random(n_max) < p_canary, rng.random(n_max) < p_stable)
+    verdicts = []
+    for n in range(every, n_max + 1, every):
+        n_c = int(canary[:n].sum())
+        if min(n_c, n - n_c) < 60:  # the minimum-sample gate
+            continue
+        k_c = int((event[:n] & canary[:n]).sum())
+        k_s = int((event[:n] & ~canary[:n]).sum())
+        r = rate_increase("e", k_c, n_c, k_s, n - n_c, tolerance=tolerance, alpha=0.05, n_opt=60)
+        verdicts.append(r.verdict)
+        if r.verdict != Verdict.INCONCLUSIVE:
+            break
+    return verdicts
+
+
 def test_equal_rates_rarely_fail_despite_30_looks():
     rng = np.random.default_rng(7)
     fails = sum(Verdict.FAIL in looks(0.05, 0.05, rng) for _ in range(300))
     assert fails / 300 <= 0.05
+
+
+@pytest.mark.parametrize("share", [0.1, 0.25, 0.5])
+def test_a_routed_canary_keeps_both_errors_below_alpha_at_every_look(share):
+    """80 looks at a 10-50 % step: an equal canary is rarely failed, and one worse than
+    stable by more than the tolerance is rarely passed."""
+    rng = np.random.default_rng(int(share * 100))
+    runs = 300
+    fails = sum(Verdict.FAIL in routed_looks(0.05, 0.05, share, rng) for _ in range(runs))
+    passes = sum(
+        Verdict.PASS in routed_looks(0.09, 0.04, share, rng, tolerance=0.04) for _ in range(runs)
+    )
+    assert fails / runs <= 0.05 and passes / runs <= 0.05
+
+
+def test_a_better_canary_passes_sooner_than_a_union_of_two_sequences_would():
+    """At a 25 % step with stable 6.5 % and canary 3 % wrong (a retrained model on drift),
+    the difference's own sequence is narrower than one per version at alpha/2 each."""
+    n_c, n_s, k_c, k_s = 250, 750, 7.5, 48.75
+    r = rate_increase("a", k_c, n_c, k_s, n_s, tolerance=0.04, alpha=0.05, n_opt=60)
+    union = sum(
+        asymptotic_cs_halfwidth(n, p * (1 - p), 0.025, 60)
+        for n, p in ((n_c, k_c / n_c), (n_s, k_s / n_s))
+    )
+    assert r.upper - r.estimate < 0.8 * union
+    assert r.verdict == Verdict.PASS  # about 9 s of labels at 40/s, where the union needs 21
 
 
 def test_clearly_worse_canary_fails_and_equal_canary_passes_with_tolerance():

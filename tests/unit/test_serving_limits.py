@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from typer.testing import CliRunner
 
 from kubeloop.serving.predictor import predictor_limits
@@ -38,3 +40,22 @@ def test_kubeloop_serve_exposes_the_limits():
     assert result.exit_code == 0, result.output
     for flag in ("--max-batch", "--max-payload-bytes", "--body-timeout"):
         assert flag in result.output
+
+
+def test_kserve_takes_its_flags_from_the_predictor_command_line(monkeypatch):
+    """kserve parsed sys.argv at import, which a predictor forked from the warm server
+    imported under that server's command line: the predictor's own flags must win."""
+    import kserve.model_server
+
+    from kubeloop.serving.server import kserve_options
+
+    monkeypatch.setattr(kserve.model_server, "args", kserve.model_server.args)  # restored after
+    args = predictor_parser().parse_args(
+        ["--model_name", "m", "--http_port", "9001", "--timeout-keep-alive", "7",
+         "--configure_logging", "false", "--enable_grpc", "false"]
+    )  # fmt: skip
+    options = kserve_options(args)
+    assert options["http_port"] == 9001 and options["timeout_keep_alive"] == 7
+    assert options["enable_grpc"] is False
+    assert kserve.model_server.args is args and args.configure_logging is False
+    assert set(options) <= set(inspect.signature(kserve.model_server.ModelServer).parameters)

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         settings,
         supervisor=Supervisor(settings.state_dir.parent),
         registry_uri=get_settings().registry_uri,
+        stage_server=get_settings().stage_server,  # predictors fork from it, as stages do
     )
     for path in args.apply:
         operator.store.apply(path)

@@ -47,9 +47,11 @@ class LocalServing:
         logger_url: str | None = None,
         feast_repo: Path | None = None,
         prometheus_root: Path | None = None,
+        stage_server: Path | None = None,
         http: httpx.Client | None = None,
     ) -> None:
         self.sup = supervisor
+        self.stage_server = stage_server  # the warm server predictors are forked from
         self.model = model
         self.registry_uri = registry_uri
         self.router_url = router_url.rstrip("/")
@@ -73,6 +75,7 @@ class LocalServing:
             feast_repo=self.feast_repo,
             name=self._name(version),
             wait=False,
+            stage_server=self.stage_server,
         )
 
     def url(self, version: str) -> str:

@@ -116,8 +116,10 @@ class LocalOperator:
         metrics: RolloutMetrics | None = None,
         submitter_factory: Callable[[str], Any] | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        stage_server: Path | None = None,
     ) -> None:
         self.settings = settings
+        self.stage_server = stage_server  # the warm server predictors are forked from
         self.store = LocalStore(settings.state_dir)
         self.sup = supervisor
         self.registry_uri = registry_uri
@@ -164,6 +166,7 @@ class LocalOperator:
             logger_url=spec.serving.logger_url,
             feast_repo=self.settings.feast_store,
             prometheus_root=self.settings.prometheus_root,
+            stage_server=self.stage_server,
             http=self.http,
         )
         actuators = LocalActuators(
