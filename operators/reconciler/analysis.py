@@ -39,7 +39,10 @@ def required_checks(spec: Analysis, stable_labels: float) -> frozenset[str]:
     return frozenset(str(c) for c in required)
 
 
-def _live_accuracy(canary: VersionMetrics, stable: VersionMetrics, spec: Analysis) -> CheckResult:
+def _live_accuracy(
+    canary: VersionMetrics, stable: VersionMetrics, spec: Analysis, *, randomized: bool = False
+) -> CheckResult:
+    """``randomized``: both versions' labels come from one step's randomized split."""
     if canary.feedback >= spec.min_feedback and stable.feedback >= spec.min_feedback:
         return rate_increase(
             CheckName.LIVE_ACCURACY,
@@ -50,6 +53,7 @@ def _live_accuracy(canary: VersionMetrics, stable: VersionMetrics, spec: Analysi
             tolerance=spec.max_accuracy_drop,
             alpha=spec.alpha,
             n_opt=spec.min_feedback,
+            randomized=randomized,
         )
     return CheckResult(
         CheckName.LIVE_ACCURACY,
@@ -90,9 +94,14 @@ def analyse(
     elapsed_seconds: float,
     min_seconds: int,
     stable_drifting: bool = False,
+    labels_in_step: bool = False,
 ) -> AnalysisResult:
     """Judges one canary step on the evidence window. Below the minimum-sample gate, or
     while a required check is skipped or inconclusive, the answer is "hold".
+
+    The step's requests are one randomized split (the router's weight is constant within
+    it); its labels are too when ``labels_in_step`` (they count from this step's start, not
+    pooled with an earlier step's at another weight).
 
     ``stable_drifting``: drift is flagged on the stable version, so its own scores moved
     with the inputs and are no reference for the canary's (:func:`labels_decide_scores`).
@@ -122,6 +131,7 @@ def analyse(
             tolerance=spec.max_error_rate_increase,
             alpha=spec.alpha,
             n_opt=min_samples,
+            randomized=True,
         ),
         latency_p99(
             canary.latency_p99,
@@ -147,7 +157,7 @@ def analyse(
                 CheckName.SCORE_DISTRIBUTION, Verdict.INCONCLUSIVE, detail="no score histogram"
             )
         )
-    live = _live_accuracy(canary, stable, spec)
+    live = _live_accuracy(canary, stable, spec, randomized=labels_in_step)
     checks.append(live)
     required = required_checks(spec, stable.feedback)
     if stable_drifting and CheckName.LIVE_ACCURACY in required:
@@ -272,7 +282,12 @@ def watch_check(
 
 
 def detectability(
-    canary: VersionMetrics, stable: VersionMetrics, spec: Analysis, observed_seconds: float
+    canary: VersionMetrics,
+    stable: VersionMetrics,
+    spec: Analysis,
+    observed_seconds: float,
+    *,
+    randomized: bool = False,
 ) -> tuple[float | None, str]:
     """How long this step needs to catch an accuracy drop of ``maxAccuracyDrop`` at the
     spec's power, from the traffic and label rates observed in the evidence window."""
@@ -293,6 +308,7 @@ def detectability(
         alpha=spec.alpha,
         power=spec.power,
         n_opt=spec.min_feedback,
+        randomized=randomized,
     )
     drop = f"an accuracy drop of {spec.max_accuracy_drop:g}"
     rates = f"{canary_rate:.1f} canary and {stable_rate:.1f} stable labels/s"

@@ -363,6 +363,8 @@ def _canary_step(p: _Pass) -> None:
         return
     a = p.s.analysis
     canary_m, stable_m = p.obs.versions[cand], p.obs.versions[stable]
+    # Labels counted from this step's start are one randomized split, as its requests are.
+    labels_in_step = a.accuracy_since is None or a.accuracy_since == a.evidence_since
     result = analyse(
         canary_m,
         stable_m,
@@ -372,11 +374,12 @@ def _canary_step(p: _Pass) -> None:
         # The metrics' shortest range must not reach back before the evidence window.
         min_seconds=max(rollout.min_step_seconds, int(math.ceil(p.obs.min_window_seconds))),
         stable_drifting=p.s.drift in DRIFTING,
+        labels_in_step=labels_in_step,
     )
     if result.reason not in ("NotEnoughEvidence", "StepTooYoung"):
         # Rates over the whole evidence window (past the gates it is the metrics' range).
         a.seconds_to_detect, a.detectability = detectability(
-            canary_m, stable_m, rollout.analysis, a.observed_seconds
+            canary_m, stable_m, rollout.analysis, a.observed_seconds, randomized=labels_in_step
         )
     evidence = {
         "step": p.s.canary_percent,

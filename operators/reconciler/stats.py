@@ -4,14 +4,17 @@ A canary is judged again on every poll. A fixed-sample test repeated at each pol
 inflates its error rate without bound; these checks use *time-uniform* bounds instead,
 so the chance that any look ever gives a wrong verdict stays below ``alpha``:
 
-* rates (server errors, live misclassifications): a Gaussian-mixture asymptotic
-  confidence sequence (Waudby-Smith, Arnold, Wu, Wang, Ramdas, "Time-uniform central
-  limit theory and asymptotic confidence sequences", 2024) on canary-minus-stable itself,
-  in its form for randomized experiments: the router sends each request to the canary
-  by a hash of its key, blind to the outcome, which acts as a random draw with the
-  step's weight, so every observation (a request, a labelled prediction) is one draw of
-  an inverse-propensity-weighted difference whose mean is the difference of the rates
-  (:func:`rate_difference`);
+* rates (server errors, live misclassifications): Gaussian-mixture asymptotic
+  confidence sequences (Waudby-Smith, Arnold, Wu, Wang, Ramdas, "Time-uniform central
+  limit theory and asymptotic confidence sequences", 2024). Two samples from one
+  randomized split (a canary step: the router sends each request to the canary by a
+  hash of its key, blind to the outcome, which acts as a random draw with the step's
+  weight) get one sequence on canary-minus-stable itself, the form for randomized
+  experiments: every observation (a request, a labelled prediction) is one draw of an
+  inverse-propensity-weighted difference whose mean is the difference of the rates
+  (:func:`rate_difference`). Any other two samples (a promoted version against what
+  its predecessor did before, labels pooled over steps of different weights) get one
+  sequence per version, joined by a union bound;
 * predicted-score histograms: the multinomial L1 concentration bound (Weissman et al.
   2003) made time-uniform by a union bound over sample sizes (δ/n(n+1)), giving a bound
   on the total-variation distance between the two versions' score distributions;
@@ -80,6 +83,11 @@ def _smoothed_rate(k: float, n: float) -> float:
     return (k + 0.5) / (n + 1.0)
 
 
+def _bernoulli_variance(k: float, n: float) -> float:
+    p = _smoothed_rate(k, n)
+    return p * (1.0 - p)
+
+
 def difference_variance(canary_rate: float, stable_rate: float, canary_share: float) -> float:
     """Variance of one observation of ψ = Y·(A/π − (1−A)/(1−π)) (Y the event, A whether
     the canary answered, π = ``canary_share``): E[ψ²] − E[ψ]², with E[Y²] = the rate."""
@@ -126,8 +134,13 @@ def rate_increase(
     tolerance: float,
     alpha: float,
     n_opt: int,
+    randomized: bool = False,
 ) -> CheckResult:
     """Is the canary's event rate (errors, misclassifications) at most ``tolerance`` above stable's?
+
+    ``randomized``: both samples come from one randomized split at a constant weight (one
+    canary step's window), so one sequence bounds the difference; otherwise a sequence per
+    version, joined by a union bound (valid for any two independent samples).
 
     Fails when the whole confidence interval of canary-minus-stable lies above zero (the
     canary is worse), passes when it lies at or below the tolerance, and is inconclusive
@@ -139,9 +152,16 @@ def rate_increase(
         raise ValueError(f"{check}: more events than samples")
     if canary_n == 0 or stable_n == 0:
         return CheckResult(check, Verdict.INCONCLUSIVE, threshold=tolerance, detail="no samples")
-    diff, width = rate_difference(
-        canary_events, canary_n, stable_events, stable_n, alpha=alpha, n_opt=n_opt
-    )
+    if randomized:
+        diff, width = rate_difference(
+            canary_events, canary_n, stable_events, stable_n, alpha=alpha, n_opt=n_opt
+        )
+    else:
+        diff = canary_events / canary_n - stable_events / stable_n
+        width = sum(
+            asymptotic_cs_halfwidth(int(n), _bernoulli_variance(k, n), alpha / 2, n_opt)
+            for k, n in ((canary_events, canary_n), (stable_events, stable_n))
+        )
     lower, upper = diff - width, diff + width
     if lower > 0:
         verdict = Verdict.FAIL
@@ -162,11 +182,13 @@ def seconds_to_detect(
     power: float,
     n_opt: int,
     horizon: float = 7 * 86400.0,
+    randomized: bool = False,
 ) -> float | None:
-    """Seconds until :func:`rate_increase` fails, with probability ``power``, a canary whose
-    true event rate is ``drop`` above stable's, observing ``canary_per_second`` and
-    ``stable_per_second`` samples (labels) per second; ``None`` beyond ``horizon`` or with no
-    samples. Normal approximation of the estimate around its true value."""
+    """Seconds until :func:`rate_increase` (with ``randomized``) fails, with probability
+    ``power``, a canary whose true event rate is ``drop`` above stable's, observing
+    ``canary_per_second`` and ``stable_per_second`` samples (labels) per second; ``None``
+    beyond ``horizon`` or with no samples. Normal approximation of the estimate around its
+    true value."""
     if canary_per_second <= 0 or stable_per_second <= 0 or drop <= 0:
         return None
     p_s = min(max(stable_rate, 1e-4), 1.0 - 1e-4)
@@ -181,7 +203,11 @@ def seconds_to_detect(
         n_c, n_s = canary_per_second * t, stable_per_second * t
         if n_c < max(n_opt, 1) or n_s < max(n_opt, 1):  # below the minimum-sample gate
             return False
-        width = asymptotic_cs_halfwidth(int(n_c + n_s), variance, alpha, total_opt)
+        if randomized:
+            width = asymptotic_cs_halfwidth(int(n_c + n_s), variance, alpha, total_opt)
+        else:
+            width = asymptotic_cs_halfwidth(int(n_c), var_c, alpha / 2, n_opt)
+            width += asymptotic_cs_halfwidth(int(n_s), var_s, alpha / 2, n_opt)
         return drop - width >= z * math.sqrt(var_c / n_c + var_s / n_s)
 
     if not detected(horizon):

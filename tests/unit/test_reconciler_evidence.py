@@ -394,3 +394,25 @@ def test_the_estimate_alone_never_rolls_back_even_at_the_step_deadline():
     }
     _, made = run(sp, result.status, [(705, {"versions": worse})])
     assert kinds(made) == ["rollback"]
+
+
+def test_only_labels_of_one_step_are_judged_as_one_randomized_split():
+    """A step's own labels: one sequence on the difference. Labels pooled over steps of
+    different weights, and a promoted version against its predecessor's last step: a
+    sequence per version (their samples come from different periods)."""
+    from kubeloop.operators.reconciler.analysis import analyse, watch_check
+
+    # 12 s at a 25 % step of 40 labels/s: canary 3 % wrong, stable 6.5 %
+    canary = version(n=120, labels=120, wrong=4)
+    stable = version(n=360, labels=360, wrong=23)
+    spec_ = Analysis(min_feedback=60, max_accuracy_drop=0.04, required_checks=["live_accuracy"])
+    kw = {"min_samples": 40, "elapsed_seconds": 12, "min_seconds": 8}
+    in_step = analyse(canary, stable, spec_, labels_in_step=True, **kw)
+    pooled = analyse(canary, stable, spec_, labels_in_step=False, **kw)
+    assert in_step.verdict == Verdict.PASS
+    assert pooled.verdict == Verdict.INCONCLUSIVE and pooled.open == ("live_accuracy",)
+    baseline = {"requests": 360, "server_errors": 0, "feedback": 360, "feedback_incorrect": 23}
+    watched = watch_check(canary, baseline, spec_, min_samples=40)
+    assert watched.verdict == Verdict.INCONCLUSIVE
+    live = {c.check: c for c in watched.checks}["live_accuracy"]
+    assert live.upper == pytest.approx({c.check: c for c in pooled.checks}["live_accuracy"].upper)
