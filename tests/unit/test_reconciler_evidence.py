@@ -285,10 +285,11 @@ def test_the_analysis_warns_when_it_cannot_decide_in_time():
     assert "maxStepSeconds is 60s" in warnings[0].message
 
 
-def test_seconds_to_detect_matches_the_sequential_test_by_simulation():
+@pytest.mark.parametrize("randomized", [False, True])
+def test_seconds_to_detect_matches_the_sequential_test_by_simulation(randomized):
     """At the estimated time, about ``power`` of simulated worse canaries have failed."""
     p_s, drop, rate_c, rate_s = 0.02, 0.03, 10.0, 30.0
-    kw = {"alpha": 0.05, "n_opt": 100}
+    kw = {"alpha": 0.05, "n_opt": 100, "randomized": randomized}
     t_star = seconds_to_detect(drop=drop, stable_rate=p_s, canary_per_second=rate_c,
                                stable_per_second=rate_s, power=0.8, **kw)  # fmt: skip
     assert t_star is not None
