@@ -95,6 +95,11 @@ def difference_variance(canary_rate: float, stable_rate: float, canary_share: fl
     return max(canary_rate / canary_share + stable_rate / (1.0 - canary_share) - diff * diff, 1e-12)
 
 
+def _total_opt(n_opt: int, canary_share: float) -> int:
+    """The total sample size at which the smaller version reaches ``n_opt``."""
+    return max(round(n_opt / min(canary_share, 1.0 - canary_share)), 1)
+
+
 def rate_difference(
     canary_events: float,
     canary_n: float,
@@ -120,8 +125,7 @@ def rate_difference(
     variance = difference_variance(
         _smoothed_rate(canary_events, canary_n), _smoothed_rate(stable_events, stable_n), share
     )
-    total_opt = max(round(n_opt / min(share, 1.0 - share)), 1)
-    return diff, asymptotic_cs_halfwidth(int(n), variance, alpha, total_opt)
+    return diff, asymptotic_cs_halfwidth(int(n), variance, alpha, _total_opt(n_opt, share))
 
 
 def rate_increase(
@@ -196,7 +200,7 @@ def seconds_to_detect(
     var_c, var_s = p_c * (1.0 - p_c), p_s * (1.0 - p_s)
     share = canary_per_second / (canary_per_second + stable_per_second)
     variance = difference_variance(p_c, p_s, share)
-    total_opt = max(round(n_opt / min(share, 1.0 - share)), 1)
+    total_opt = _total_opt(n_opt, share)
     z = NormalDist().inv_cdf(power)
 
     def detected(t: float) -> bool:

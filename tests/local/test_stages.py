@@ -240,7 +240,7 @@ def test_a_predictor_forks_from_the_server_and_stops_with_its_client(
 
         score = bundle.predict(pd.DataFrame([full]))[0][0]
         assert resp.json()["predictions"][0]["score"] == pytest.approx(score, rel=1e-6)
-        # kserve's own flags are the predictor's, not the server's command line
+        # the request guard was installed on the forked child's own app
         bad = httpx.post(f"{service.url}/v1/models/{MODEL}:predict", json={"instances": [{}]})
         assert bad.status_code == 400
         assert service.stop()
