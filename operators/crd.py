@@ -638,6 +638,16 @@ class RetrainingStatus(_Model):
     )
 
 
+class LabelSplit(_Model):
+    """The labels of one earlier canary step (one randomized split at its weight)."""
+
+    percent: int = Field(..., ge=0, le=100, description="the step's canary weight")
+    canary_labels: float = Field(..., ge=0, description="labelled canary predictions")
+    canary_incorrect: float = Field(..., ge=0, description="of them, misclassified")
+    stable_labels: float = Field(..., ge=0, description="labelled stable predictions")
+    stable_incorrect: float = Field(..., ge=0, description="of them, misclassified")
+
+
 class AnalysisStatus(_Model):
     """The evidence the current canary step or post-promotion watch is judged on."""
 
@@ -652,6 +662,13 @@ class AnalysisStatus(_Model):
         "first observed pass after a blind period. Labels count across steps (a version's "
         "accuracy does not depend on its traffic share, and the confidence sequence stays "
         "valid as its sample grows), so a later step does not wait for labels of its own",
+    )
+    label_steps: list[LabelSplit] = Field(
+        default_factory=list,
+        description="the labels of the canary's earlier steps since accuracySince, one entry "
+        "per step, so that live accuracy is judged over steps as one sequence of randomized "
+        "splits, each at its own weight; the current step's are the counts since "
+        "accuracySince less these",
     )
     observed_seconds: float = Field(
         0.0, ge=0, description="time of the step or watch window observed with evidence available"

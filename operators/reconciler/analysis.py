@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from kubeloop.operators.crd import Analysis, CheckName
+from kubeloop.operators.crd import Analysis, CheckName, LabelSplit
 from kubeloop.operators.reconciler.stats import (
     CheckResult,
+    Split,
     Verdict,
     latency_p99,
     rate_increase,
@@ -39,10 +41,41 @@ def required_checks(spec: Analysis, stable_labels: float) -> frozenset[str]:
     return frozenset(str(c) for c in required)
 
 
+def label_splits(steps: Sequence[LabelSplit]) -> tuple[Split, ...]:
+    """The earlier steps' labels (``status.analysis.labelSteps``) as splits."""
+    return tuple(
+        Split(s.canary_incorrect, s.canary_labels, s.stable_incorrect, s.stable_labels)
+        for s in steps
+    )
+
+
+def _labels(canary: VersionMetrics, stable: VersionMetrics) -> Split:
+    return Split(
+        canary.feedback_incorrect, canary.feedback, stable.feedback_incorrect, stable.feedback
+    )
+
+
+def closed_step(
+    canary: VersionMetrics, stable: VersionMetrics, earlier: Sequence[LabelSplit], percent: int
+) -> LabelSplit:
+    """The labels of the step now closing at ``percent``: those counted since the canary's
+    first step less the ``earlier`` steps'."""
+    own = _labels(canary, stable).less(label_splits(earlier))
+    return LabelSplit(
+        percent=percent, canary_labels=own.canary_n, canary_incorrect=own.canary_events,
+        stable_labels=own.stable_n, stable_incorrect=own.stable_events,
+    )  # fmt: skip
+
+
 def _live_accuracy(
-    canary: VersionMetrics, stable: VersionMetrics, spec: Analysis, *, randomized: bool = False
+    canary: VersionMetrics,
+    stable: VersionMetrics,
+    spec: Analysis,
+    *,
+    splits: Sequence[Split] | None = None,
 ) -> CheckResult:
-    """``randomized``: both versions' labels come from one step's randomized split."""
+    """``splits``: the labels are randomized splits, one per step, these the earlier
+    steps' (empty: all from this step); None: a sequence per version judges them."""
     if canary.feedback >= spec.min_feedback and stable.feedback >= spec.min_feedback:
         return rate_increase(
             CheckName.LIVE_ACCURACY,
@@ -53,7 +86,8 @@ def _live_accuracy(
             tolerance=spec.max_accuracy_drop,
             alpha=spec.alpha,
             n_opt=spec.min_feedback,
-            randomized=randomized,
+            randomized=splits is not None,
+            earlier=splits or (),
         )
     return CheckResult(
         CheckName.LIVE_ACCURACY,
@@ -94,14 +128,15 @@ def analyse(
     elapsed_seconds: float,
     min_seconds: int,
     stable_drifting: bool = False,
-    labels_in_step: bool = False,
+    earlier_labels: Sequence[Split] | None = None,
 ) -> AnalysisResult:
     """Judges one canary step on the evidence window. Below the minimum-sample gate, or
     while a required check is skipped or inconclusive, the answer is "hold".
 
     The step's requests are one randomized split (the router's weight is constant within
-    it); its labels are too when ``labels_in_step`` (they count from this step's start, not
-    pooled with an earlier step's at another weight).
+    it). Its labels count from the canary's first step: with ``earlier_labels`` (the earlier
+    steps' labels, empty in the first step) they are judged as one randomized split per
+    step; with None (the earlier steps' were not recorded) by a sequence per version.
 
     ``stable_drifting``: drift is flagged on the stable version, so its own scores moved
     with the inputs and are no reference for the canary's (:func:`labels_decide_scores`).
@@ -157,7 +192,7 @@ def analyse(
                 CheckName.SCORE_DISTRIBUTION, Verdict.INCONCLUSIVE, detail="no score histogram"
             )
         )
-    live = _live_accuracy(canary, stable, spec, randomized=labels_in_step)
+    live = _live_accuracy(canary, stable, spec, splits=earlier_labels)
     checks.append(live)
     required = required_checks(spec, stable.feedback)
     if stable_drifting and CheckName.LIVE_ACCURACY in required:

@@ -18,6 +18,7 @@ from kubeloop.operators.crd import (
     AnalysisStatus,
     ApprovalMode,
     LabelShiftAction,
+    LabelSplit,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     RetrainingStatus,
@@ -25,7 +26,13 @@ from kubeloop.operators.crd import (
     VersionPolicy,
 )
 from kubeloop.operators.crd import Decision as HistoryEntry
-from kubeloop.operators.reconciler.analysis import analyse, detectability, watch_check
+from kubeloop.operators.reconciler.analysis import (
+    analyse,
+    closed_step,
+    detectability,
+    label_splits,
+    watch_check,
+)
 from kubeloop.operators.reconciler.conditions import set_condition
 from kubeloop.operators.reconciler.retraining import plan_retraining, track_run
 from kubeloop.operators.reconciler.stats import Verdict
@@ -278,15 +285,26 @@ def _candidate_waiting(p: _Pass) -> None:
 
 
 # --- evidence windows --------------------------------------------------------------------
-def _new_window(p: _Pass, *, keep_accuracy: bool = False) -> None:
+def _new_window(
+    p: _Pass, *, keep_accuracy: bool = False, label_steps: list[LabelSplit] | None = None
+) -> None:
     """A canary step or a post-promotion watch starts: its evidence starts now, the live
-    accuracy's too unless ``keep_accuracy`` (the next step of the same canary)."""
+    accuracy's too unless ``keep_accuracy`` (the next step of the same canary), then with
+    the earlier steps' labels ``label_steps``."""
     kept = p.s.analysis.accuracy_since if keep_accuracy else None
     p.s.analysis = AnalysisStatus(
         evidence_since=p.now,
         accuracy_since=kept or p.now,
+        label_steps=(label_steps or []) if kept else [],
         last_observed_at=p.now if _blind(p) is None else None,
     )
+
+
+def _splits_known(a: AnalysisStatus) -> bool:
+    """Whether the labels since ``accuracy_since`` are known per step: they start with this
+    step, or every earlier step's are recorded (a status from before ``label_steps`` holds
+    pooled labels of steps it did not record: a sequence per version judges those)."""
+    return a.accuracy_since is None or a.accuracy_since == a.evidence_since or bool(a.label_steps)
 
 
 def _blind(p: _Pass) -> tuple[str, str] | None:
@@ -324,6 +342,7 @@ def _observe(p: _Pass, *, restart_time: bool) -> tuple[str, str] | None:
         else "no observed pass yet"
     )
     a.evidence_since, a.accuracy_since, a.blind_since = p.now, p.now, None
+    a.label_steps = []
     if restart_time:
         a.observed_seconds = 0.0
     return "EvidenceRestarted", f"{cause}; the evidence window restarts now"
@@ -363,8 +382,8 @@ def _canary_step(p: _Pass) -> None:
         return
     a = p.s.analysis
     canary_m, stable_m = p.obs.versions[cand], p.obs.versions[stable]
-    # Labels counted from this step's start are one randomized split, as its requests are.
-    labels_in_step = a.accuracy_since is None or a.accuracy_since == a.evidence_since
+    # Labels are randomized splits, one per step, as the step's requests are one.
+    splits_known = _splits_known(a)
     result = analyse(
         canary_m,
         stable_m,
@@ -374,12 +393,12 @@ def _canary_step(p: _Pass) -> None:
         # The metrics' shortest range must not reach back before the evidence window.
         min_seconds=max(rollout.min_step_seconds, int(math.ceil(p.obs.min_window_seconds))),
         stable_drifting=p.s.drift in DRIFTING,
-        labels_in_step=labels_in_step,
+        earlier_labels=label_splits(a.label_steps) if splits_known else None,
     )
     if result.reason not in ("NotEnoughEvidence", "StepTooYoung"):
         # Rates over the whole evidence window (past the gates it is the metrics' range).
         a.seconds_to_detect, a.detectability = detectability(
-            canary_m, stable_m, rollout.analysis, a.observed_seconds, randomized=labels_in_step
+            canary_m, stable_m, rollout.analysis, a.observed_seconds, randomized=splits_known
         )
     evidence = {
         "step": p.s.canary_percent,
@@ -402,10 +421,13 @@ def _canary_step(p: _Pass) -> None:
         return
     next_index = p.s.step_index + 1
     if rollout.steps[next_index] < 100:
+        closed = [
+            *a.label_steps, closed_step(canary_m, stable_m, a.label_steps, p.s.canary_percent)
+        ]  # fmt: skip
         p.s.step_index = next_index
         p.s.canary_percent = rollout.steps[next_index]
         p.s.step_started_at = p.now
-        _new_window(p, keep_accuracy=True)
+        _new_window(p, keep_accuracy=True, label_steps=closed if splits_known else None)
         p.progress = ("True", "CanaryStep", f"canary {cand} at {p.s.canary_percent}%")
         p.decide(
             Decision.STEP,

@@ -12,9 +12,12 @@ so the chance that any look ever gives a wrong verdict stays below ``alpha``:
   weight) get one sequence on canary-minus-stable itself, the form for randomized
   experiments: every observation (a request, a labelled prediction) is one draw of an
   inverse-propensity-weighted difference whose mean is the difference of the rates
-  (:func:`rate_difference`). Any other two samples (a promoted version against what
-  its predecessor did before, labels pooled over steps of different weights) get one
-  sequence per version, joined by a union bound;
+  (:func:`rate_difference`). Labels pooled over steps of different weights are a
+  sequence of such splits: each observation's propensity is its step's weight, the mean
+  of ψ is the same difference in every step, and the sequence runs over all of them with
+  the steps' variances averaged (the martingale form of the same theorem). Any other two
+  samples (a promoted version against what its predecessor did before) get one sequence
+  per version, joined by a union bound;
 * predicted-score histograms: the multinomial L1 concentration bound (Weissman et al.
   2003) made time-uniform by a union bound over sample sizes (δ/n(n+1)), giving a bound
   on the total-variation distance between the two versions' score distributions;
@@ -100,32 +103,58 @@ def _total_opt(n_opt: int, canary_share: float) -> int:
     return max(round(n_opt / min(canary_share, 1.0 - canary_share)), 1)
 
 
-def rate_difference(
-    canary_events: float,
-    canary_n: float,
-    stable_events: float,
-    stable_n: float,
-    *,
-    alpha: float,
-    n_opt: int,
-) -> tuple[float, float]:
+@dataclass(frozen=True)
+class Split:
+    """One randomized split's counts: the events and samples of each version while the
+    router's weight stayed constant (one canary step)."""
+
+    canary_events: float
+    canary_n: float
+    stable_events: float
+    stable_n: float
+
+    def less(self, earlier: Sequence[Split]) -> Split:
+        """These counts less ``earlier`` splits' (the current step's part of counts pooled
+        since an earlier step), each floored at zero: Prometheus' increase() extrapolates,
+        so a later pooled count can come out a fraction below the sum of earlier ones."""
+        totals = [sum(getattr(e, f) for e in earlier) for f in _SPLIT_FIELDS]
+        left = [max(getattr(self, f) - t, 0.0) for f, t in zip(_SPLIT_FIELDS, totals, strict=True)]
+        events_c, n_c, events_s, n_s = left
+        return Split(min(events_c, n_c), n_c, min(events_s, n_s), n_s)
+
+
+_SPLIT_FIELDS = ("canary_events", "canary_n", "stable_events", "stable_n")
+
+
+def rate_difference(splits: Sequence[Split], *, alpha: float, n_opt: int) -> tuple[float, float]:
     """Canary-minus-stable event rate and the half-width of its confidence sequence.
 
     One sequence on the inverse-propensity-weighted difference ψ (see
-    :func:`difference_variance`) of all ``canary_n + stable_n`` observations, π the
-    canary's observed share; its mean estimate is the difference of the two rates. Its
-    width is √(v_c/n_c + v_s/n_s) times the sequence's factor, where a union of one
-    sequence per version at α/2 each gives √(v_c/n_c) + √(v_s/n_s) times a larger factor:
-    at a 25 % step about half the samples reach the same width. ``n_opt`` (per version)
-    becomes the total at which the smaller version reaches it.
+    :func:`difference_variance`) of every observation of every split, π the canary's
+    observed share in its own split. Within a split the mean of ψ is the difference of
+    the two rates; over splits it is their sample-weighted mean, and ψ's variance the
+    sample-weighted mean of the splits' variances, each from the versions' rates over all
+    splits (one rate per version: neither's depends on the weight) at the split's share.
+    A split lacking one version's samples holds no difference and is left out.
+
+    For one split the width is √(v_c/n_c + v_s/n_s) times the sequence's factor, where a
+    union of one sequence per version at α/2 each gives √(v_c/n_c) + √(v_s/n_s) times a
+    larger factor: at a 25 % step about half the samples reach the same width. ``n_opt``
+    (per version) becomes the total at which the smaller version reaches it.
     """
-    n = canary_n + stable_n
-    share = canary_n / n
-    diff = canary_events / canary_n - stable_events / stable_n
-    variance = difference_variance(
-        _smoothed_rate(canary_events, canary_n), _smoothed_rate(stable_events, stable_n), share
-    )
-    return diff, asymptotic_cs_halfwidth(int(n), variance, alpha, _total_opt(n_opt, share))
+    used = [s for s in splits if s.canary_n > 0 and s.stable_n > 0]
+    if not used:
+        return math.nan, math.inf
+    events_c, n_c = sum(s.canary_events for s in used), sum(s.canary_n for s in used)
+    events_s, n_s = sum(s.stable_events for s in used), sum(s.stable_n for s in used)
+    rate_c, rate_s = _smoothed_rate(events_c, n_c), _smoothed_rate(events_s, n_s)
+    n = n_c + n_s
+    diff = variance = 0.0
+    for s in used:
+        size = s.canary_n + s.stable_n
+        diff += size * (s.canary_events / s.canary_n - s.stable_events / s.stable_n) / n
+        variance += size * difference_variance(rate_c, rate_s, s.canary_n / size) / n
+    return diff, asymptotic_cs_halfwidth(int(n), variance, alpha, _total_opt(n_opt, n_c / n))
 
 
 def rate_increase(
@@ -139,12 +168,15 @@ def rate_increase(
     alpha: float,
     n_opt: int,
     randomized: bool = False,
+    earlier: Sequence[Split] = (),
 ) -> CheckResult:
     """Is the canary's event rate (errors, misclassifications) at most ``tolerance`` above stable's?
 
-    ``randomized``: both samples come from one randomized split at a constant weight (one
-    canary step's window), so one sequence bounds the difference; otherwise a sequence per
-    version, joined by a union bound (valid for any two independent samples).
+    ``randomized``: the samples come from randomized splits at constant weights: the
+    counts less ``earlier`` splits (earlier canary steps, whose counts they include) are
+    the current step's, and one sequence bounds the difference over all of them
+    (:func:`rate_difference`); otherwise a sequence per version, joined by a union bound
+    (valid for any two independent samples).
 
     Fails when the whole confidence interval of canary-minus-stable lies above zero (the
     canary is worse), passes when it lies at or below the tolerance, and is inconclusive
@@ -157,9 +189,14 @@ def rate_increase(
     if canary_n == 0 or stable_n == 0:
         return CheckResult(check, Verdict.INCONCLUSIVE, threshold=tolerance, detail="no samples")
     if randomized:
-        diff, width = rate_difference(
-            canary_events, canary_n, stable_events, stable_n, alpha=alpha, n_opt=n_opt
-        )
+        total = Split(canary_events, canary_n, stable_events, stable_n)
+        splits = [*earlier, total.less(earlier)]
+        diff, width = rate_difference(splits, alpha=alpha, n_opt=n_opt)
+        if math.isnan(diff):
+            return CheckResult(
+                check, Verdict.INCONCLUSIVE, threshold=tolerance,
+                detail="no step holds samples of both versions",
+            )  # fmt: skip
     else:
         diff = canary_events / canary_n - stable_events / stable_n
         width = sum(

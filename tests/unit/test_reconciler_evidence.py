@@ -397,10 +397,11 @@ def test_the_estimate_alone_never_rolls_back_even_at_the_step_deadline():
     assert kinds(made) == ["rollback"]
 
 
-def test_only_labels_of_one_step_are_judged_as_one_randomized_split():
-    """A step's own labels: one sequence on the difference. Labels pooled over steps of
-    different weights, and a promoted version against its predecessor's last step: a
-    sequence per version (their samples come from different periods)."""
+def test_labels_of_recorded_steps_are_judged_as_randomized_splits():
+    """Labels from the canary's steps, each step's recorded: one sequence on the
+    difference. Labels of steps not recorded (a status from before labelSteps), and a
+    promoted version against its predecessor's last step: a sequence per version (their
+    samples come from different periods)."""
     from kubeloop.operators.reconciler.analysis import analyse, watch_check
 
     # 12 s at a 25 % step of 40 labels/s: canary 3 % wrong, stable 6.5 %
@@ -408,8 +409,8 @@ def test_only_labels_of_one_step_are_judged_as_one_randomized_split():
     stable = version(n=360, labels=360, wrong=23)
     spec_ = Analysis(min_feedback=60, max_accuracy_drop=0.04, required_checks=["live_accuracy"])
     kw = {"min_samples": 40, "elapsed_seconds": 12, "min_seconds": 8}
-    in_step = analyse(canary, stable, spec_, labels_in_step=True, **kw)
-    pooled = analyse(canary, stable, spec_, labels_in_step=False, **kw)
+    in_step = analyse(canary, stable, spec_, earlier_labels=(), **kw)
+    pooled = analyse(canary, stable, spec_, earlier_labels=None, **kw)
     assert in_step.verdict == Verdict.PASS
     assert pooled.verdict == Verdict.INCONCLUSIVE and pooled.open == ("live_accuracy",)
     baseline = {"requests": 360, "server_errors": 0, "feedback": 360, "feedback_incorrect": 23}
@@ -417,3 +418,36 @@ def test_only_labels_of_one_step_are_judged_as_one_randomized_split():
     assert watched.verdict == Verdict.INCONCLUSIVE
     live = {c.check: c for c in watched.checks}["live_accuracy"]
     assert live.upper == pytest.approx({c.check: c for c in pooled.checks}["live_accuracy"].upper)
+
+
+def test_each_closed_step_records_its_labels_and_a_blind_period_clears_them():
+    sp = spec()
+    result, made = run(sp, canary(sp), [(t, {"versions": HEALTHY}) for t in range(5, 30, 5)])
+    assert kinds(made) == ["step"] and result.status.canary_percent == 50
+    (step,) = result.status.analysis.label_steps
+    assert (step.percent, step.canary_labels, step.canary_incorrect) == (25, 1000, 10)
+    assert (step.stable_labels, step.stable_incorrect) == (3000, 30)
+    # At 50 %: 1000 more canary labels (20 wrong), 1000 more stable (10 wrong).
+    more = {"v1": version(8000, labels=4000, wrong=40), "v2": version(4000, labels=2000, wrong=30)}
+    result, made = run(sp, result.status, [(t, {"versions": more}) for t in range(25, 50, 5)])
+    assert kinds(made) == ["promote"]
+    # A blind period restarts the labels and forgets the steps recorded before it.
+    result, _ = run(sp, canary(sp), [(t, {"versions": HEALTHY}) for t in range(5, 30, 5)])
+    result, _ = run(sp, result.status, [(25, {"metrics_ok": False}), (30, {"versions": HEALTHY})])
+    assert result.status.analysis.label_steps == []
+    # A status written before labelSteps existed (labels pooled, no steps recorded) keeps
+    # the per-version sequences and records nothing at the next step.
+    old = canary(sp)
+    old.analysis.accuracy_since = "2025-12-31T23:59:00Z"
+    result, made = run(sp, old, [(t, {"versions": HEALTHY}) for t in range(5, 30, 5)])
+    assert kinds(made) == ["step"] and result.status.analysis.label_steps == []
+
+
+def test_the_status_schema_keeps_label_steps():
+    status = ModelDeploymentStatus.model_validate(
+        {"analysis": {"labelSteps": [{"percent": 25, "canaryLabels": 10, "canaryIncorrect": 1,
+                                      "stableLabels": 30, "stableIncorrect": 2}]}}
+    )  # fmt: skip
+    assert status.analysis.label_steps[0].stable_incorrect == 2
+    dumped = status.model_dump(by_alias=True, exclude_none=True)
+    assert dumped["analysis"]["labelSteps"][0]["canaryLabels"] == 10

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from kubeloop.operators.reconciler.stats import (
+    Split,
     Verdict,
     asymptotic_cs_halfwidth,
     bucket_counts,
@@ -54,6 +55,70 @@ def routed_looks(p_canary, p_stable, share, rng, tolerance=0.0, n_max=8000, ever
         if r.verdict != Verdict.INCONCLUSIVE:
             break
     return verdicts
+
+
+def stepped_looks(p_canary, p_stable, shares, rng, tolerance=0.0, per_step=3000, every=100):
+    """One canary through steps of the given shares (``per_step`` labels each), judged
+    after every ``every`` labels as the operator judges labels pooled since the first
+    step: the earlier steps' counts recorded, the current step's the rest."""
+    verdicts, earlier, totals = [], [], np.zeros(4)
+    for share in shares:
+        canary = rng.random(per_step) < share
+        event = np.where(canary, rng.random(per_step) < p_canary, rng.random(per_step) < p_stable)
+        step = np.zeros(4)
+        for n in range(every, per_step + 1, every):
+            c, e = canary[n - every : n], event[n - every : n]
+            step += [(e & c).sum(), c.sum(), (e & ~c).sum(), (~c).sum()]
+            k_c, n_c, k_s, n_s = totals + step
+            if min(n_c, n_s) < 60:  # the minimum-sample gate
+                continue
+            r = rate_increase("e", k_c, n_c, k_s, n_s, tolerance=tolerance, alpha=0.05,
+                              n_opt=60, randomized=True, earlier=earlier)  # fmt: skip
+            verdicts.append(r.verdict)
+            if r.verdict != Verdict.INCONCLUSIVE:
+                return verdicts
+        earlier.append(Split(*step))
+        totals += step
+    return verdicts
+
+
+@pytest.mark.parametrize("shares", [(0.1, 0.5), (0.25, 0.5, 0.75)])
+def test_labels_pooled_over_steps_keep_both_errors_below_alpha(shares):
+    """The steps' splits judged as one sequence: over up to 90 looks through steps of different
+    weights an equal canary is rarely failed and one worse by more than the tolerance is
+    rarely passed."""
+    rng = np.random.default_rng(len(shares))
+    runs = 300
+    fails = sum(Verdict.FAIL in stepped_looks(0.05, 0.05, shares, rng) for _ in range(runs))
+    passes = sum(
+        Verdict.PASS in stepped_looks(0.09, 0.04, shares, rng, tolerance=0.04) for _ in range(runs)
+    )
+    assert fails / runs <= 0.05 and passes / runs <= 0.05
+
+
+def test_a_split_per_step_is_narrower_than_a_sequence_per_version():
+    """Labels of a 25 % step and a 50 % step: the steps' splits bound the difference
+    tighter than the union, and their estimate weighs each step's own difference."""
+    earlier = [Split(2, 50, 10, 150)]
+    totals = (2 + 2, 50 + 100, 10 + 6, 150 + 100)
+    split = rate_increase("a", *totals, tolerance=0.04, alpha=0.05, n_opt=60,
+                          randomized=True, earlier=earlier)  # fmt: skip
+    union = rate_increase("a", *totals, tolerance=0.04, alpha=0.05, n_opt=60)
+    assert split.estimate == pytest.approx((200 * (2 / 50 - 10 / 150) + 200 * (0.02 - 0.06)) / 400)
+    assert split.upper - split.estimate < 0.8 * (union.upper - union.estimate)
+    assert split.verdict == Verdict.PASS and union.verdict == Verdict.INCONCLUSIVE
+
+
+def test_a_step_count_below_the_earlier_steps_is_floored_at_zero():
+    """increase() extrapolates: a pooled count can come out below the earlier steps' sum."""
+    current = Split(5, 99.6, 20, 300).less([Split(5.2, 100, 20, 290)])
+    assert current == Split(0.0, 0.0, 0.0, 10)
+    # canary labels in the earlier step only, stable ones in this step only: no split
+    # compares the two, so no verdict
+    check = rate_increase("a", 5, 99.6, 20, 300, tolerance=0.04, alpha=0.05, n_opt=60,
+                          randomized=True, earlier=[Split(5.2, 100, 0, 0)])  # fmt: skip
+    assert check.verdict == Verdict.INCONCLUSIVE
+    assert check.detail == "no step holds samples of both versions"
 
 
 def test_equal_rates_rarely_fail_despite_30_looks():
