@@ -23,3 +23,18 @@ def test_ports_chosen_together_are_distinct_and_bindable():
 def test_the_runtimes_ports_are_distinct():
     ports = RuntimePorts.free()
     assert len({ports.prometheus, ports.router, ports.drift, ports.operator_metrics}) == 4
+
+
+def test_ports_are_drawn_outside_the_ephemeral_range(tmp_path):
+    """Outgoing connections take their local ports from the ephemeral range: a port chosen
+    there could be taken before its server binds it."""
+    from kubeloop.local.ports import candidate_ports, ephemeral_range
+
+    low, high = ephemeral_range()
+    assert all(not low <= port <= high for port in free_ports(200))
+    # the larger span outside the range, from 10000 up
+    assert candidate_ports((32768, 60999)) == range(10000, 32768)
+    assert candidate_ports((1024, 40000)) == range(40001, 65536)
+    assert candidate_ports((1024, 65535)) == range(0)  # none left: the OS picks
+    (tmp_path / "range").write_text("not a range\n")
+    assert ephemeral_range(tmp_path / "range") == (32768, 60999)
