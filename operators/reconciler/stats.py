@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from enum import StrEnum
 from statistics import NormalDist
 
@@ -117,13 +117,9 @@ class Split:
         """These counts less ``earlier`` splits' (the current step's part of counts pooled
         since an earlier step), each floored at zero: Prometheus' increase() extrapolates,
         so a later pooled count can come out a fraction below the sum of earlier ones."""
-        totals = [sum(getattr(e, f) for e in earlier) for f in _SPLIT_FIELDS]
-        left = [max(getattr(self, f) - t, 0.0) for f, t in zip(_SPLIT_FIELDS, totals, strict=True)]
-        events_c, n_c, events_s, n_s = left
+        columns = zip(astuple(self), *(astuple(e) for e in earlier), strict=True)
+        events_c, n_c, events_s, n_s = (max(own - sum(past), 0.0) for own, *past in columns)
         return Split(min(events_c, n_c), n_c, min(events_s, n_s), n_s)
-
-
-_SPLIT_FIELDS = ("canary_events", "canary_n", "stable_events", "stable_n")
 
 
 def rate_difference(splits: Sequence[Split], *, alpha: float, n_opt: int) -> tuple[float, float]:
