@@ -5,6 +5,10 @@ modules first. The OS picks the local ports of outgoing connections (every scrap
 HTTP client) from its ephemeral range, so a port chosen there can be taken by one of them
 in between, and the server's bind then fails ("address already in use"). Ports are
 therefore drawn at random from outside that range, and checked bindable.
+
+They are also drawn above the ports a local Ray head keeps for itself: its workers bind
+ports from 10002 to 19999 (Ray's default worker range), and ``ray start`` refuses a head
+port inside that range ("is used by other components").
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-LOWEST = 10000  # below: ports that well-known services tend to claim
+LOWEST = 20000  # below: well-known services' ports and Ray's worker ports (10002-19999)
 HIGHEST = 65535
 
 
