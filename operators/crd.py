@@ -570,6 +570,17 @@ class Retraining(_Model):
         "score detector did): the stable version's labels then partly teach the old concept; "
         "unset: replayFraction",
     )
+    distill_weight: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="weight of the stable version's scores in a run's training targets "
+        "((1 - w) * label + w * score, knowledge distillation): where drift left P(y|x) as "
+        "it was (covariate drift, label shift) the stable version, trained on far more "
+        "rows than the window, is a second teacher; runs get distill_weight and "
+        "replay_version; concept drift alone (the error rate flagged, no input or score "
+        "detector): 0, its scores teach the old concept; 0: the labels alone",
+    )
     cooldown_seconds: int = Field(3600, ge=0, description="minimum time between retraining runs")
     max_attempts: int = Field(3, ge=1, description="runs per stable version before giving up")
     backoff_seconds: int = Field(
@@ -635,6 +646,11 @@ class RetrainingStatus(_Model):
         None,
         description="the replay share the run was submitted with (replayFraction, or "
         "conceptReplayFraction on concept drift); a resubmitted run keeps it",
+    )
+    distill_weight: float | None = Field(
+        None,
+        description="the distillation weight the run was submitted with (distillWeight, or 0 "
+        "on concept drift alone); a resubmitted run keeps it",
     )
 
 

@@ -46,6 +46,7 @@ def run_parameters(
     target_positive_rate: float,
     replay_version: str,
     replay_fraction: float,
+    distill_weight: float,
 ) -> str:
     """Serialises the run's parameters as JSON for the registry's lineage.
 
@@ -67,6 +68,7 @@ def run_parameters(
         target_positive_rate: the class prior training re-weighted to (0: none).
         replay_version: the version whose reference sample was replayed ("": none).
         replay_fraction: share of the training rows replayed from it.
+        distill_weight: weight of that version's scores in the training targets (0: none).
 
     Returns:
         The parameters as a JSON object.
@@ -104,6 +106,7 @@ def build_training_pipeline(cluster: PipelineCluster | None = None):
         target_positive_rate: float = 0.0,
         replay_version: str = "",
         replay_fraction: float = 0.0,
+        distill_weight: float = 0.0,
     ) -> None:
         ingest_task = ingest(
             source_uri=source_uri,
@@ -122,6 +125,7 @@ def build_training_pipeline(cluster: PipelineCluster | None = None):
             registry_uri=registry_uri,
             replay_version=replay_version,
             replay_fraction=replay_fraction,
+            distill_weight=distill_weight,
             seed=seed,
         )
         cluster.apply(features_task, "features")
@@ -136,6 +140,7 @@ def build_training_pipeline(cluster: PipelineCluster | None = None):
             members=members,
             seed=seed,
             target_positive_rate=target_positive_rate,
+            distill_weight=distill_weight,
         )
         cluster.apply(train_task, "train")
         evaluate_task = evaluate(
@@ -169,6 +174,7 @@ def build_training_pipeline(cluster: PipelineCluster | None = None):
             target_positive_rate=target_positive_rate,
             replay_version=replay_version,
             replay_fraction=replay_fraction,
+            distill_weight=distill_weight,
         )
         cluster.apply(params_task, "register")
         with dsl.If(gate_task.outputs["passed"] == True, name="gate-passed"):  # noqa: E712

@@ -82,7 +82,10 @@ def traffic(config: LoopConfig) -> tuple[pd.DataFrame, int]:
     return rows, stream.onset_index
 
 
-def retrain(config: LoopConfig, window: pd.DataFrame, registry: str, home: Path, replay: float):
+def retrain(
+    config: LoopConfig, window: pd.DataFrame, registry: str, home: Path, replay: float,
+    distill: float,
+):  # fmt: skip
     """A retraining run on ``window`` (every stage, into a copy of v1's registry, as the
     loop's run against v1): its candidate bundle."""
     from kubeloop.components.features.impl import ReplaySpec
@@ -94,10 +97,15 @@ def retrain(config: LoopConfig, window: pd.DataFrame, registry: str, home: Path,
     source = home / "window.parquet"
     window_dataset(window).to_parquet(source)
     own = shutil.copytree(registry, home / "registry")
-    spec = ReplaySpec(MODEL, "v1", replay, str(own), seed=config.seed + 1) if replay else None
+    spec = (
+        ReplaySpec(MODEL, "v1", replay, str(own), seed=config.seed + 1, distill=distill > 0)
+        if replay or distill
+        else None
+    )
     params = TrainParams(
         epochs=config.pipeline_epochs, batch_size=config.pipeline_batch_size,
         members=config.pipeline_members, seed=config.seed + 1,  # the demo's run seed
+        distill_weight=distill,
     )  # fmt: skip
     return in_one_process(home, str(own), MODEL, str(source), params, replay=spec).trained.bundle
 
@@ -106,11 +114,14 @@ def run(
     seeds: tuple[int, ...] = SEEDS,
     scenario: str = "covariate",
     windows: tuple[int, ...] = WINDOWS,
+    distill: float | None = None,
 ) -> dict:
     rows, gaps = [], {w: [] for w in windows}
     replay = (
         LoopConfig.concept_replay_fraction if scenario == "concept" else LoopConfig.replay_fraction
     )
+    if distill is None:  # the operator's choice: none on concept drift alone
+        distill = 0.0 if scenario == "concept" else LoopConfig.distill_weight
     for seed in seeds:
         config = LoopConfig(scenario=scenario, seed=seed)
         started = time.perf_counter()
@@ -129,7 +140,7 @@ def run(
             oracle_accuracy = accuracy(oracle, test)
             for seconds in windows:
                 window = stream.iloc[first : first + round(seconds * config.rate)]
-                bundle = retrain(config, window, registry, work / f"w{seconds}", replay)
+                bundle = retrain(config, window, registry, work / f"w{seconds}", replay, distill)
                 candidate = accuracy(bundle, test)
                 gaps[seconds].append(oracle_accuracy - candidate)
                 rows.append({
@@ -153,7 +164,7 @@ def run(
         "table": rows,
         "command": (
             f".venv/bin/python bench/retrain_window/bench_retrain_window.py --seeds {seeds_arg} "
-            f"--scenario {scenario} --windows {windows_arg} --write-docs"
+            f"--scenario {scenario} --windows {windows_arg} --distill {distill:g} --write-docs"
         ),
         "notes": (
             f"{summary}. Each seed: the demo's traffic ({LoopConfig.rate:g} rows/s, "
@@ -161,6 +172,7 @@ def run(
             "functions on its stationary data), a window of labelled rows from "
             f"{WINDOW_START_S:g} s after the onset, the retraining run's stages on it "
             f"({replay:.0%} of the training rows replayed from v1's reference sample, "
+            f"targets distilled toward v1's scores at weight {distill:g}, "
             f"{LoopConfig.pipeline_members}-network ensemble, {LoopConfig.pipeline_epochs} "
             "epochs), candidate and oracle (bench/loop/oracle.py) scored on the "
             f"{TEST_SECONDS:g} s of traffic after the longest window, each at its own "
@@ -181,9 +193,13 @@ def main() -> None:
         "--windows", type=int, nargs="+", default=list(WINDOWS),
         help="window lengths in seconds of traffic (the loop's: dataWindow)",
     )  # fmt: skip
+    parser.add_argument(
+        "--distill", type=float, default=None,
+        help="distillation weight (default: the demo's distillWeight; 0 on concept drift)",
+    )  # fmt: skip
     parser.add_argument("--write-docs", action="store_true", help="merge into docs/benchmarks.md")
     args = parser.parse_args()
-    result = run(tuple(args.seeds), args.scenario, tuple(args.windows))
+    result = run(tuple(args.seeds), args.scenario, tuple(args.windows), args.distill)
     print(json.dumps(result, indent=2))
     if args.write_docs:
         from kubeloop.bench.runner import OUTPUT, merge, render_section

@@ -19,6 +19,7 @@ def features(
     registry_uri: str = "",
     replay_version: str = "",
     replay_fraction: float = 0.0,
+    distill_weight: float = 0.0,
     seed: int = 0,
 ):
     """Joins feature-view features point-in-time with Feast and splits by event time.
@@ -32,11 +33,15 @@ def features(
         registry_uri: the registry ("" = the settings' registry).
         replay_version: the version whose reference sample is replayed.
         replay_fraction: share of the training rows replayed from it (0: none).
+        distill_weight: above 0, the training rows carry the replayed version's score
+            (``champion_score``), which the train stage distils toward.
         seed: seed of the replay draw.
     """
     from kubeloop.components.features.impl import ReplaySpec, run_features
 
-    replay = ReplaySpec(model_name, replay_version, replay_fraction, registry_uri, seed)
+    replay = ReplaySpec(
+        model_name, replay_version, replay_fraction, registry_uri, seed, distill=distill_weight > 0
+    )
     result = run_features(dataset.path, train_set.path, eval_set.path, eval_fraction, replay=replay)
     if result.replay:  # the training set's rows only
         train_set.metadata["replay"] = result.replay

@@ -35,13 +35,57 @@ class FeaturesResult:
 @dataclass(frozen=True)
 class ReplaySpec:
     """Where the replayed rows come from: ``version``'s reference sample in ``registry_uri``
-    ("" = the settings' registry), ``fraction`` of the training rows."""
+    ("" = the settings' registry), ``fraction`` of the training rows. With ``distill`` the
+    training rows also carry ``version``'s score (:func:`with_champion_scores`)."""
 
     model_name: str
     version: str
     fraction: float
     registry_uri: str = ""
     seed: int = 0
+    distill: bool = False
+
+
+def with_champion_scores(
+    train: pd.DataFrame, schema: DatasetSchema, spec: ReplaySpec
+) -> pd.DataFrame:
+    """The training part with the stable version's score of every row beside its label
+    (``CHAMPION_SCORE``), the teacher of a run that distils toward it. The version's
+    model files are read from the registry, checksums verified."""
+    import tempfile
+
+    from kubeloop.model import ModelBundle
+    from kubeloop.model.network import (
+        MODEL_CONFIG_FILE,
+        MODEL_FILE,
+        PREPROCESSING_FILE,
+        SCHEMA_FILE,
+    )
+    from kubeloop.registry import ModelRegistry
+    from kubeloop.training.loop import CHAMPION_SCORE
+
+    if not spec.version:
+        raise FeatureStageError(
+            "distillation needs the stable version (run parameter replay_version)"
+        )
+    registry = ModelRegistry(spec.registry_uri or None)
+    names = [MODEL_FILE, MODEL_CONFIG_FILE, PREPROCESSING_FILE, SCHEMA_FILE]
+    try:
+        files = registry.read_files(registry.get(spec.model_name, spec.version), names)
+    except Exception as exc:
+        raise FeatureStageError(
+            f"{spec.model_name}/{spec.version}'s model cannot be read to distil from: {exc}"
+        ) from exc
+    with tempfile.TemporaryDirectory(prefix="kubeloop-champion-") as folder:
+        for name, body in files.items():
+            (Path(folder) / name).write_bytes(body)
+        champion = ModelBundle.load(folder)
+    if champion.schema.feature_names != schema.feature_names:
+        raise FeatureStageError(
+            f"{spec.model_name}/{spec.version} scores features {champion.schema.feature_names}, "
+            f"the training set has {schema.feature_names}: it cannot teach this run"
+        )
+    return train.assign(**{CHAMPION_SCORE: champion.predict_proba(train)})
 
 
 def with_replay(
@@ -135,8 +179,9 @@ def run_features(
     """Writes ``data.parquet`` train and eval sets; the Feast store is prepared under
     ``feast_workdir`` (default: a fresh folder under ``get_settings().feast_dir``). With
     ``replay`` (fraction > 0) the training set also holds that share of rows replayed
-    from the stable version's reference sample (:func:`with_replay`); the eval set is the
-    window's alone."""
+    from the stable version's reference sample (:func:`with_replay`), and with
+    ``replay.distill`` every training row its score (:func:`with_champion_scores`); the eval
+    set is the window's alone."""
     if not 0.0 < eval_fraction < 1.0:
         raise FeatureStageError(
             f"eval_fraction must be strictly between 0 and 1, got {eval_fraction}"
@@ -161,6 +206,8 @@ def run_features(
     replayed = None
     if replay is not None and replay.fraction > 0:
         train, replayed = with_replay(train, schema, replay)
+    if replay is not None and replay.distill:
+        train = with_champion_scores(train, schema, replay)
     for folder, part in ((train_dir, train), (eval_dir, evaluation)):
         Path(folder).mkdir(parents=True, exist_ok=True)
         part.to_parquet(Path(folder) / DATA_FILE, index=False)

@@ -24,6 +24,7 @@ def train(
     seed: int = 7,
     validation_fraction: float = 0.2,
     target_positive_rate: float = 0.0,
+    distill_weight: float = 0.0,
 ):
     """Trains the fraud classifier with Ray Train (``TorchTrainer``).
 
@@ -50,6 +51,9 @@ def train(
         target_positive_rate: label shift: train with the classes re-weighted as if the
             positive rate were this (the prior the drift service estimates), and choose
             the threshold on the validation part re-weighted the same way; 0 = as is.
+        distill_weight: the training part's targets are (1 - w) * label + w * the stable
+            version's score (``champion_score``, from the features stage); validation keeps
+            the labels; 0 = labels.
     """
     from kubeloop.components.train.impl import run_train
 
@@ -66,6 +70,7 @@ def train(
         seed=seed,
         validation_fraction=validation_fraction,
         target_positive_rate=target_positive_rate,
+        distill_weight=distill_weight,
     )
     outcome = run_train(train_set.path, model.path, params)
     model.metadata["framework"] = "pytorch"

@@ -63,6 +63,7 @@ def retrain_with_pipeline(
     target_positive_rate: float = 0.0,
     replay_fraction: float = 0.0,
     replay_version: str = "",
+    distill_weight: float = 0.0,
     quality: str = "good",
     **_: Any,
 ):
@@ -95,6 +96,7 @@ def retrain_with_pipeline(
         model_name=model_name, registry_uri=registry_uri, epochs=int(epochs), seed=int(seed),
         batch_size=int(batch_size), members=int(members), target_positive_rate=float(target_positive_rate),
         replay_version=replay_version, replay_fraction=float(replay_fraction),
+        distill_weight=float(distill_weight),
     )  # fmt: skip
     print(format_summary(result))
     return result

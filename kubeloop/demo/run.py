@@ -113,6 +113,7 @@ def deployment_manifest(config: LoopConfig, runtime: LocalRuntime, labelled: Pat
                 "dataWindow": f"{config.data_window_seconds}s",
                 "replayFraction": config.replay_fraction,
                 "conceptReplayFraction": config.concept_replay_fraction,
+                "distillWeight": config.distill_weight,
                 "cooldownSeconds": 120,
                 "maxAttempts": 2,
                 "backoffSeconds": 5,

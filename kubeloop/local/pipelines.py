@@ -299,6 +299,7 @@ def run_training_pipeline(
     target_positive_rate: float = 0.0,
     replay_version: str = "",
     replay_fraction: float = 0.0,
+    distill_weight: float = 0.0,
     verbose: bool = False,
     echo: Callable[[str], None] = print,
     containers: bool = False,
@@ -344,6 +345,7 @@ def run_training_pipeline(
         "target_positive_rate": float(target_positive_rate),
         "replay_version": replay_version,
         "replay_fraction": float(replay_fraction),
+        "distill_weight": float(distill_weight),
     }
     if containers:  # stage containers do not share this working directory
         for key in ("source_uri", "schema_uri"):

@@ -6,6 +6,8 @@
   subtracting ``log w`` from the output bias restores calibrated probabilities;
 - ``reweighting``: class weights that make the training prior look like another one
   (label shift: the class prior moved, P(x|y) did not);
+- ``distilled_targets``: training targets pulled toward the stable version's scores
+  (distillation: what it learnt from far more data is not forgotten on a small window);
 - ``best_threshold``: the decision threshold maximising accuracy on validation;
 - ``BestMembers``: each ensemble member's weights at its own best validation epoch.
 """
@@ -21,6 +23,10 @@ import pandas as pd
 import torch
 
 from kubeloop.data.schema import DatasetSchema
+
+# The stable version's score of each training row, written beside the label by the features
+# stage when a run distils toward it (TrainParams.distill_weight).
+CHAMPION_SCORE = "champion_score"
 
 
 class TrainingDataError(ValueError):
@@ -47,6 +53,24 @@ def time_split(
                 f"classes; use more data or another validation_fraction"
             )
     return train.reset_index(drop=True), valid.reset_index(drop=True)
+
+
+def distilled_targets(labels: np.ndarray, champion: np.ndarray, weight: float) -> np.ndarray:
+    """Soft targets ``(1 - weight) * label + weight * champion score`` (knowledge
+    distillation toward the stable version). The stable version learnt P(y|x) from far more
+    rows than a retraining window holds; where drift left P(y|x) as it was (covariate
+    drift, label shift) its scores are a second, less noisy teacher. The loss (binary
+    cross-entropy) takes soft targets as they are."""
+    if not 0.0 <= weight < 1.0:
+        raise TrainingDataError(f"distill weight must be in [0, 1), got {weight}")
+    champion = np.asarray(champion, dtype=np.float64)
+    if champion.shape != np.shape(labels):
+        raise TrainingDataError(f"{len(champion)} champion scores for {len(labels)} training rows")
+    if not np.all((champion >= 0.0) & (champion <= 1.0)):  # NaN fails too
+        raise TrainingDataError(f"{CHAMPION_SCORE} must hold probabilities in [0, 1]")
+    return ((1.0 - weight) * np.asarray(labels, dtype=np.float64) + weight * champion).astype(
+        np.float32
+    )
 
 
 def positive_weight(y: np.ndarray) -> float:

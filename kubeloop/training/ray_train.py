@@ -58,6 +58,9 @@ class TrainParams:
     members: int = 1
     # Label shift: train as if the positive rate were this (0: the training data's own).
     target_positive_rate: float = 0.0
+    # Distillation: the training part's targets are (1 - w) * label + w * the stable
+    # version's score (the CHAMPION_SCORE column); validation keeps the labels. 0: labels.
+    distill_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("num_workers", "epochs", "batch_size", "hidden_units", "members"):
@@ -65,6 +68,8 @@ class TrainParams:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0.0 <= self.distill_weight < 1.0:
+            raise ValueError(f"distill_weight must be in [0, 1), got {self.distill_weight}")
 
 
 @dataclass
@@ -240,13 +245,26 @@ def _check_resources(params: TrainParams, resources: dict[str, float]) -> None:
 
 
 def prepare_arrays(
-    frame: pd.DataFrame, schema: DatasetSchema, validation_fraction: float
+    frame: pd.DataFrame,
+    schema: DatasetSchema,
+    validation_fraction: float,
+    distill_weight: float = 0.0,
 ) -> tuple[Preprocessor, pd.DataFrame, dict[str, np.ndarray]]:
+    """Encoded training and validation arrays; with ``distill_weight`` the training targets
+    are distilled toward the ``CHAMPION_SCORE`` column (validation keeps the labels)."""
     train, valid = loop.time_split(frame, schema, validation_fraction)
     pre = Preprocessor.fit(train, schema)
+    y_train = train[schema.label].to_numpy(dtype=np.float32)
+    if distill_weight > 0:
+        if loop.CHAMPION_SCORE not in train:
+            raise loop.TrainingDataError(
+                f"distill_weight {distill_weight:g} needs the {loop.CHAMPION_SCORE!r} column "
+                "(the features stage writes it when the run names the stable version)"
+            )
+        y_train = loop.distilled_targets(y_train, train[loop.CHAMPION_SCORE], distill_weight)
     arrays = {
         "x_train": pre.transform(train),
-        "y_train": train[schema.label].to_numpy(dtype=np.float32),
+        "y_train": y_train,
         "x_val": pre.transform(valid),
         "y_val": valid[schema.label].to_numpy(dtype=np.float32),
     }
@@ -268,7 +286,9 @@ def train_model(
 
     from kubeloop.training.ray_runtime import connect, in_process_eligible
 
-    pre, valid, arrays = prepare_arrays(frame, schema, params.validation_fraction)
+    pre, valid, arrays = prepare_arrays(
+        frame, schema, params.validation_fraction, params.distill_weight
+    )
     pos_weight = loop.positive_weight(arrays["y_train"])
     shift = loop.reweighting(arrays["y_train"], params.target_positive_rate)
     model_config = ModelConfig(
@@ -280,6 +300,12 @@ def train_model(
         f"{pre.n_outputs} inputs, pos_weight={pos_weight:.1f}, workers={params.num_workers}"
         + (f", {params.members} ensemble members" if params.members > 1 else "")
     )
+    if params.distill_weight > 0:
+        log(
+            f"[train] targets distilled toward the stable version's scores: "
+            f"{1 - params.distill_weight:g} x label + {params.distill_weight:g} x "
+            f"{loop.CHAMPION_SCORE}"
+        )
     if shift is not None:
         log(
             f"[train] classes re-weighted from a positive rate of {shift.training_rate:.4f} to "
@@ -361,6 +387,8 @@ def train_model(
             if shift
             else {}
         ),
+        # the training targets' weight on the stable version's scores (distillation)
+        **({"distill_weight": params.distill_weight} if params.distill_weight > 0 else {}),
         "train_rows": int(len(arrays["y_train"])),
         "validation_rows": int(len(arrays["y_val"])),
         "fit_seconds": fit_seconds,

@@ -44,6 +44,12 @@ def replay_fraction(retraining: Any, detail: dict[str, Any]) -> float:
     return retraining.replay_fraction
 
 
+def distill_weight(retraining: Any, detail: dict[str, Any]) -> float:
+    """The weight of the stable version's scores in a run's training targets: 0 on concept
+    drift alone (its P(y|x) is the old concept), else ``distillWeight``."""
+    return 0.0 if concept_drift_alone(detail) else retraining.distill_weight
+
+
 def _submit_action(p: Any, name: str) -> SubmitRun:
     retraining = p.spec.retraining
     parameters = {
@@ -54,8 +60,14 @@ def _submit_action(p: Any, name: str) -> SubmitRun:
     fraction = p.s.retraining.replay_fraction  # chosen at submission: a resubmission keeps it
     if fraction is None:  # a run submitted before the status recorded it
         fraction = replay_fraction(retraining, p.obs.drift_detail)
+    weight = p.s.retraining.distill_weight
+    if weight is None:  # a run submitted before the status recorded it
+        weight = distill_weight(retraining, p.obs.drift_detail)
     if fraction > 0 and p.s.stable_version:
         parameters["replay_fraction"] = f"{fraction:.6g}"
+    if weight > 0 and p.s.stable_version:
+        parameters["distill_weight"] = f"{weight:.6g}"
+    if (fraction > 0 or weight > 0) and p.s.stable_version:
         parameters["replay_version"] = p.s.stable_version
     if p.reweight_to is not None:  # label shift alone, monitoring.labelShift RetrainReweighted
         parameters["target_positive_rate"] = f"{p.reweight_to:.6g}"
@@ -142,6 +154,7 @@ def plan_retraining(p: Any) -> None:
     r.submitted_at, r.finished_at, r.registered_version = p.now, None, None
     concept = concept_replay(spec, p.obs.drift_detail)
     r.replay_fraction = replay_fraction(spec, p.obs.drift_detail)
+    r.distill_weight = distill_weight(spec, p.obs.drift_detail)
     p.actions.append(_submit_action(p, name))
     reweighted = (
         f", its classes re-weighted to a positive prior of {p.reweight_to:.2%}"
@@ -158,10 +171,15 @@ def plan_retraining(p: Any) -> None:
         if r.replay_fraction > 0
         else ""
     )
+    distilled = (
+        f", its targets distilled toward {stable}'s scores (weight {r.distill_weight:g})"
+        if r.distill_weight > 0
+        else ""
+    )
     p.decide(
         Decision.RETRAIN,
         "DriftSustained",
-        f"drift on {stable} sustained; submitted {name}{reweighted}{replayed}",
+        f"drift on {stable} sustained; submitted {name}{reweighted}{replayed}{distilled}",
         stable,
         {"run": name, **p.obs.drift_detail},
     )

@@ -12,12 +12,15 @@ import io
 import json
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from kubeloop.local.pipelines import format_summary, run_training_pipeline
+from kubeloop.model import ModelBundle
 from kubeloop.registry import ModelRegistry
 from kubeloop.settings import get_settings
+from kubeloop.training.loop import CHAMPION_SCORE
 
 SMALL = "example://fraud/stationary?days=6&accounts=300&seed=0"
 
@@ -39,7 +42,7 @@ def _gate(result) -> dict:
     return json.loads(next(result.run_dir.rglob("gate/decision/gate.json")).read_text())
 
 
-def test_first_run_registers_then_a_weaker_candidate_is_held(home, capsys):
+def test_first_run_registers_then_a_weaker_candidate_is_held(home, capsys, tmp_path):
     first = run_training_pipeline(source_uri=SMALL, epochs=3)
     assert first.succeeded, first.error
     # run-parameters has no inputs, so kfp.local may schedule it at any point.
@@ -76,13 +79,20 @@ def test_first_run_registers_then_a_weaker_candidate_is_held(home, capsys):
     assert "registered: fraud-detector v1" in summary and "roc_auc=" in summary
 
     # Barely trained (one epoch at a tiny learning rate): the champion must win. It also
-    # replays a quarter of its training rows from v1's reference sample.
+    # replays a quarter of its training rows from v1's reference sample, and distils its
+    # targets toward v1's scores.
     second = run_training_pipeline(
         source_uri=SMALL, epochs=1, learning_rate=1e-6, seed=1,
-        replay_version="v1", replay_fraction=0.25,
+        replay_version="v1", replay_fraction=0.25, distill_weight=0.3,
     )  # fmt: skip
     assert second.succeeded, second.error
     train = pd.read_parquet(second.run_dir / "features" / "train_set" / "data.parquet")
+    # every training row (replayed ones too) carries v1's own score of it
+    _, v1_folder = registry.download("fraud-detector", "v1", tmp_path / "v1")
+    v1_scores = ModelBundle.load(v1_folder).predict_proba(train)
+    assert np.allclose(train[CHAMPION_SCORE], v1_scores, atol=1e-6)
+    out = json.loads((second.run_dir / "train" / "executor_output.json").read_text())
+    assert out["artifacts"]["metrics"]["artifacts"][0]["metadata"]["distill_weight"] == 0.3
     evaluation = pd.read_parquet(second.run_dir / "features" / "eval_set" / "data.parquet")
     replayed = train["transaction_id"].str.startswith("replay-v1-")
     available = len(pd.read_parquet(io.BytesIO(registry.read_file("fraud-detector", "v1",

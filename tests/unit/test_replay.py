@@ -1,5 +1,5 @@
 """Replay of the champion's data beside a retraining window: how many rows, which, and the
-run parameters the operator sends for spec.retraining.replayFraction."""
+run parameters the operator sends for spec.retraining.replayFraction and distillWeight."""
 
 from __future__ import annotations
 
@@ -66,12 +66,14 @@ def test_replay_rows_keep_the_features_and_label_only():
         replay_rows(reference(10).drop(columns=["amount"]), FRAUD_SCHEMA, 10, 0.5, 0)
 
 
-def spec(fraction: float | None, concept: float | None = None):
+def spec(fraction: float | None, concept: float | None = None, distill: float | None = None):
     retraining = {"cooldownSeconds": 0, "parameters": {"window": "fresh"}}
     if fraction is not None:
         retraining["replayFraction"] = fraction
     if concept is not None:
         retraining["conceptReplayFraction"] = concept
+    if distill is not None:
+        retraining["distillWeight"] = distill
     return parse_spec({"model": {"name": "fraud-detector"},
                        "monitoring": {"driftDurationSeconds": 5}, "retraining": retraining})  # fmt: skip
 
@@ -167,3 +169,45 @@ def test_a_resubmitted_run_keeps_the_share_it_was_submitted_with():
     [again] = [a for a in result.actions if isinstance(a, SubmitRun)]
     assert again.run_name == first.run_name
     assert again.parameters["replay_fraction"] == "0.2"
+
+
+@pytest.mark.parametrize(
+    ("flagged", "expected"),
+    [
+        (("error_rate", "cvm"), "0.3"),  # an input moved: P(y|x) held, v1 still teaches
+        (("predicted_class",), "0.3"),  # label shift alone
+        (("error_rate",), None),  # concept drift alone: v1's scores are the old concept
+        (("error_rate", "predicted_class"), None),
+    ],
+)
+def test_the_run_distils_toward_the_stable_version_unless_the_concept_moved(flagged, expected):
+    history: list = []
+    parameters = submitted(spec(None, distill=0.3), flagged, history).parameters
+    assert parameters.get("distill_weight") == expected
+    assert "replay_fraction" not in parameters  # distillation alone: no rows replayed
+    assert ("replay_version" in parameters) is (expected is not None)
+    if expected:
+        assert parameters["replay_version"] == "v1"
+    [retrain] = [d for d in history if d.decision == "retrain"]
+    assert ("distilled toward v1's scores (weight 0.3)" in retrain.message) is (
+        expected is not None
+    )
+
+
+def test_a_resubmitted_run_keeps_its_distillation_weight():
+    sp, status, submits = spec(0.6, distill=0.3), None, []
+    for o in (obs(0, False), obs(1, True), obs(7, True)):  # concept drift alone: none
+        result = reconcile("fd", sp, status, o)
+        status, submits = result.status, [*submits, *result.actions]
+    [first] = [a for a in submits if isinstance(a, SubmitRun)]
+    assert status.retraining.distill_weight == 0.0 and "distill_weight" not in first.parameters
+    lost = RunObservation(first.run_name, RunState.NOT_FOUND)
+    result = reconcile("fd", sp, status, obs(9, True, ("error_rate", "cvm"), run=lost))
+    [again] = [a for a in result.actions if isinstance(a, SubmitRun)]
+    assert again.run_name == first.run_name and "distill_weight" not in again.parameters
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.0])
+def test_the_crd_refuses_a_distillation_weight_outside_zero_to_one(weight):
+    with pytest.raises(ValueError, match="spec.retraining.distillWeight"):
+        spec(0.6, distill=weight)

@@ -40,8 +40,10 @@ def test_bounds_in_the_spec_win_and_a_bad_window_is_named():
 
 def test_the_replay_parameters_are_declared_by_the_compiled_pipeline():
     out = pipeline_parameters(
-        {"data_window": "7d", "replay_fraction": "0.5", "replay_version": "v3"}, NOW
-    )
+        {"data_window": "7d", "replay_fraction": "0.5", "replay_version": "v3",
+         "distill_weight": "0.3"}, NOW,
+    )  # fmt: skip
     assert out["replay_fraction"] == "0.5" and out["replay_version"] == "v3"
+    assert out["distill_weight"] == "0.3"
     spec = next(yaml.safe_load_all(COMPILED.read_text()))
     assert set(out) <= set(spec["root"]["inputDefinitions"]["parameters"])
