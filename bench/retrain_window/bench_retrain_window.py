@@ -15,7 +15,9 @@ that many seeds fit in a few minutes. For each seed it:
 5. scores the candidate and the oracle (``bench/loop/oracle.py``) on the traffic after the
    window, as the loop bench scores them on the traffic after promotion.
 
-Longer windows (``--windows``) show how much the gap owes to the window's size.
+Longer windows (``--windows``) show how much the gap owes to the window's size, and
+distillation weights (``--distill``: none beside the demo's ``distillWeight`` by default)
+what leaning the targets toward v1's scores changes, seed by seed.
 
     .venv/bin/python -m kubeloop.bench --only retrain_window
     .venv/bin/python bench/retrain_window/bench_retrain_window.py --seeds 0 1 2 --write-docs
@@ -110,18 +112,23 @@ def retrain(
     return in_one_process(home, str(own), MODEL, str(source), params, replay=spec).trained.bundle
 
 
+def default_distills(scenario: str) -> tuple[float, ...]:
+    """No distillation beside the demo's weight; concept drift alone: none (the operator
+    sends none there)."""
+    return (0.0,) if scenario == "concept" else (0.0, LoopConfig.distill_weight)
+
+
 def run(
     seeds: tuple[int, ...] = SEEDS,
     scenario: str = "covariate",
     windows: tuple[int, ...] = WINDOWS,
-    distill: float | None = None,
+    distills: tuple[float, ...] | None = None,
 ) -> dict:
-    rows, gaps = [], {w: [] for w in windows}
+    distills = distills or default_distills(scenario)
+    rows, gaps = [], {(w, d): [] for w in windows for d in distills}
     replay = (
         LoopConfig.concept_replay_fraction if scenario == "concept" else LoopConfig.replay_fraction
     )
-    if distill is None:  # the operator's choice: none on concept drift alone
-        distill = 0.0 if scenario == "concept" else LoopConfig.distill_weight
     for seed in seeds:
         config = LoopConfig(scenario=scenario, seed=seed)
         started = time.perf_counter()
@@ -138,13 +145,15 @@ def run(
                 population_seed=config.v1_seed,
             )  # fmt: skip
             oracle_accuracy = accuracy(oracle, test)
-            for seconds in windows:
+            for seconds, distill in gaps:
                 window = stream.iloc[first : first + round(seconds * config.rate)]
-                bundle = retrain(config, window, registry, work / f"w{seconds}", replay, distill)
+                home = work / f"w{seconds}-d{distill:g}"
+                bundle = retrain(config, window, registry, home, replay, distill)
                 candidate = accuracy(bundle, test)
-                gaps[seconds].append(oracle_accuracy - candidate)
+                gaps[seconds, distill].append(oracle_accuracy - candidate)
                 rows.append({
-                    "seed": seed, "window (s)": seconds, "window rows": len(window),
+                    "seed": seed, "window (s)": seconds, "distill": distill,
+                    "window rows": len(window),
                     "window frauds": int(window["is_fraud"].sum()),
                     "threshold": round(bundle.config.threshold, 3),
                     "candidate": round(candidate, 4), "oracle": round(oracle_accuracy, 4),
@@ -153,18 +162,27 @@ def run(
         print(f"[retrain_window] seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
     goal = GOALS.get(scenario)
     summary = "; ".join(
-        f"{w} s window: gap mean {statistics.fmean(g):.4f}, max {max(g):.4f}"
+        f"{w} s window, distill {d:g}: gap mean {statistics.fmean(g):.4f}, max {max(g):.4f}"
         + (f", {sum(x > goal for x in g)} of {len(g)} seeds above {goal}" if goal else "")
-        for w, g in gaps.items()
+        for (w, d), g in gaps.items()
     )
+    if len(distills) > 1:  # each weight against none, seed by seed (same window, same v1)
+        summary += "; " + "; ".join(
+            f"distill {d:g} against none, {w} s window: mean change in the gap "
+            f"{statistics.fmean(b - a for a, b in zip(gaps[w, 0.0], gaps[w, d], strict=True)):+.4f}"
+            for w in windows
+            for d in distills
+            if d > 0 and (w, 0.0) in gaps
+        )
     seeds_arg = " ".join(str(s) for s in seeds)
     windows_arg = " ".join(str(w) for w in windows)
+    distills_arg = " ".join(f"{d:g}" for d in distills)
     return {
         "title": f"One retraining window against the oracle ({scenario}, offline)",
         "table": rows,
         "command": (
             f".venv/bin/python bench/retrain_window/bench_retrain_window.py --seeds {seeds_arg} "
-            f"--scenario {scenario} --windows {windows_arg} --distill {distill:g} --write-docs"
+            f"--scenario {scenario} --windows {windows_arg} --distill {distills_arg} --write-docs"
         ),
         "notes": (
             f"{summary}. Each seed: the demo's traffic ({LoopConfig.rate:g} rows/s, "
@@ -172,7 +190,8 @@ def run(
             "functions on its stationary data), a window of labelled rows from "
             f"{WINDOW_START_S:g} s after the onset, the retraining run's stages on it "
             f"({replay:.0%} of the training rows replayed from v1's reference sample, "
-            f"targets distilled toward v1's scores at weight {distill:g}, "
+            "targets distilled toward v1's scores at the weight in the distill column "
+            "(spec.retraining.distillWeight), "
             f"{LoopConfig.pipeline_members}-network ensemble, {LoopConfig.pipeline_epochs} "
             "epochs), candidate and oracle (bench/loop/oracle.py) scored on the "
             f"{TEST_SECONDS:g} s of traffic after the longest window, each at its own "
@@ -194,12 +213,15 @@ def main() -> None:
         help="window lengths in seconds of traffic (the loop's: dataWindow)",
     )  # fmt: skip
     parser.add_argument(
-        "--distill", type=float, default=None,
-        help="distillation weight (default: the demo's distillWeight; 0 on concept drift)",
+        "--distill", type=float, nargs="+", default=None,
+        help="distillation weights (default: 0 and the demo's distillWeight; 0 on concept)",
     )  # fmt: skip
     parser.add_argument("--write-docs", action="store_true", help="merge into docs/benchmarks.md")
     args = parser.parse_args()
-    result = run(tuple(args.seeds), args.scenario, tuple(args.windows), args.distill)
+    result = run(
+        tuple(args.seeds), args.scenario, tuple(args.windows),
+        tuple(args.distill) if args.distill else None,
+    )  # fmt: skip
     print(json.dumps(result, indent=2))
     if args.write_docs:
         from kubeloop.bench.runner import OUTPUT, merge, render_section

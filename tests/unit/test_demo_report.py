@@ -174,6 +174,7 @@ def test_timeline_orders_marks_and_decisions_and_drops_holds():
         ({"v1_trainer": "sklearn"}, "v1_trainer"),
         ({"rate": 400, "batch": 1}, "requests/s"),
         ({"replay_fraction": 1.0}, "replay_fraction"),
+        ({"distill_weight": -0.1}, "distill_weight"),
         ({"steps": (50, 100, 25)}, "steps"),
         ({"steps": (25, 50)}, "end at 100"),
     ],
