@@ -123,3 +123,35 @@ def test_a_version_without_a_reference_sample_stops_the_stage_before_writing(tmp
     with pytest.raises(ReplayError, match="fraud-detector/v4 has no readable reference"):
         run_features(tmp_path / "ds", tmp_path / "train", tmp_path / "eval", 0.5, replay=spec)
     assert not (tmp_path / "train").exists() and not (tmp_path / "eval").exists()
+
+
+def test_distillation_puts_the_champions_score_beside_every_training_row(tmp_path, home):
+    from kubeloop.model import ModelBundle
+    from kubeloop.registry import ModelRegistry
+    from kubeloop.training.loop import CHAMPION_SCORE
+    from kubeloop.training.quick import publish_quick_version
+
+    registry = ModelRegistry(str(tmp_path / "registry"))
+    champion = publish_quick_version(registry, n_accounts=60, days=4.0, steps=20)
+    request_only_dataset(tmp_path / "ds")
+    spec = ReplaySpec(
+        "fraud-detector", champion.version, 0.25, str(tmp_path / "registry"), distill=True
+    )
+    run_features(tmp_path / "ds", tmp_path / "train", tmp_path / "eval", 0.5, replay=spec)
+    train = pd.read_parquet(tmp_path / "train" / "data.parquet")
+    evaluation = pd.read_parquet(tmp_path / "eval" / "data.parquet")
+    _, folder = registry.download("fraud-detector", champion.version, tmp_path / "champion")
+    expected = ModelBundle.load(folder).predict_proba(train)
+    assert train[CHAMPION_SCORE].to_numpy() == pytest.approx(expected)  # replayed rows too
+    assert train["transaction_id"].str.startswith("replay-").any()
+    assert CHAMPION_SCORE not in evaluation  # evaluation and the gate judge labels
+    assert list(train.columns) == [*output_columns(FRAUD_SCHEMA), CHAMPION_SCORE]
+
+
+def test_distilling_from_a_version_that_cannot_be_read_stops_before_writing(tmp_path, home):
+    request_only_dataset(tmp_path / "ds")
+    for version, message in (("", "needs the stable version"), ("v4", "fraud-detector/v4's model")):
+        spec = ReplaySpec("fraud-detector", version, 0.0, str(tmp_path / "registry"), distill=True)
+        with pytest.raises(FeatureStageError, match=message):
+            run_features(tmp_path / "ds", tmp_path / "train", tmp_path / "eval", 0.5, replay=spec)
+        assert not (tmp_path / "train").exists() and not (tmp_path / "eval").exists()
