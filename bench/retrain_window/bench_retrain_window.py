@@ -123,12 +123,16 @@ def run(
     scenario: str = "covariate",
     windows: tuple[int, ...] = WINDOWS,
     distills: tuple[float, ...] | None = None,
+    replay: float | None = None,
 ) -> dict:
     distills = distills or default_distills(scenario)
     rows, gaps = [], {(w, d): [] for w in windows for d in distills}
-    replay = (
-        LoopConfig.concept_replay_fraction if scenario == "concept" else LoopConfig.replay_fraction
-    )
+    if replay is None:  # the demo's share for the scenario
+        replay = (
+            LoopConfig.concept_replay_fraction
+            if scenario == "concept"
+            else LoopConfig.replay_fraction
+        )
     for seed in seeds:
         config = LoopConfig(scenario=scenario, seed=seed)
         started = time.perf_counter()
@@ -182,7 +186,7 @@ def run(
         "table": rows,
         "command": (
             f".venv/bin/python bench/retrain_window/bench_retrain_window.py --seeds {seeds_arg} "
-            f"--scenario {scenario} --windows {windows_arg} --distill {distills_arg} --write-docs"
+            f"--scenario {scenario} --windows {windows_arg} --distill {distills_arg} --replay {replay:g} --write-docs"
         ),
         "notes": (
             f"{summary}. Each seed: the demo's traffic ({LoopConfig.rate:g} rows/s, "
@@ -216,11 +220,15 @@ def main() -> None:
         "--distill", type=float, nargs="+", default=None,
         help="distillation weights (default: 0 and the demo's distillWeight; 0 on concept)",
     )  # fmt: skip
+    parser.add_argument(
+        "--replay", type=float, default=None,
+        help="replay share (default: the demo's replayFraction, conceptReplayFraction on concept)",
+    )  # fmt: skip
     parser.add_argument("--write-docs", action="store_true", help="merge into docs/benchmarks.md")
     args = parser.parse_args()
     result = run(
         tuple(args.seeds), args.scenario, tuple(args.windows),
-        tuple(args.distill) if args.distill else None,
+        tuple(args.distill) if args.distill else None, args.replay,
     )  # fmt: skip
     print(json.dumps(result, indent=2))
     if args.write_docs:
