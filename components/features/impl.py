@@ -52,15 +52,7 @@ def with_champion_scores(
     """The training part with the stable version's score of every row beside its label
     (``CHAMPION_SCORE``), the teacher of a run that distils toward it. The version's
     model files are read from the registry, checksums verified."""
-    import tempfile
-
-    from kubeloop.model import ModelBundle
-    from kubeloop.model.network import (
-        MODEL_CONFIG_FILE,
-        MODEL_FILE,
-        PREPROCESSING_FILE,
-        SCHEMA_FILE,
-    )
+    from kubeloop.model.publish import load_version
     from kubeloop.registry import ModelRegistry
     from kubeloop.training.loop import CHAMPION_SCORE
 
@@ -69,17 +61,12 @@ def with_champion_scores(
             "distillation needs the stable version (run parameter replay_version)"
         )
     registry = ModelRegistry(spec.registry_uri or None)
-    names = [MODEL_FILE, MODEL_CONFIG_FILE, PREPROCESSING_FILE, SCHEMA_FILE]
     try:
-        files = registry.read_files(registry.get(spec.model_name, spec.version), names)
+        champion = load_version(registry, spec.model_name, spec.version)
     except Exception as exc:
         raise FeatureStageError(
             f"{spec.model_name}/{spec.version}'s model cannot be read to distil from: {exc}"
         ) from exc
-    with tempfile.TemporaryDirectory(prefix="kubeloop-champion-") as folder:
-        for name, body in files.items():
-            (Path(folder) / name).write_bytes(body)
-        champion = ModelBundle.load(folder)
     if champion.schema.feature_names != schema.feature_names:
         raise FeatureStageError(
             f"{spec.model_name}/{spec.version} scores features {champion.schema.feature_names}, "

@@ -10,7 +10,6 @@ only when the champion is better with confidence (``PairedRows``).
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from kubeloop.components.train.impl import StageInputError, read_split
 from kubeloop.evaluation.gate import GateDecision, PairedRows, decide, render_markdown
 from kubeloop.evaluation.metrics import correct_at_window_threshold
 from kubeloop.model import ModelBundle
+from kubeloop.model.publish import load_version
 from kubeloop.registry import ModelRegistry, VersionNotFound
 from kubeloop.settings import get_settings
 
@@ -53,11 +53,9 @@ def champion_metrics(
     registry: ModelRegistry, model_name: str, version: str, frame: pd.DataFrame
 ) -> tuple[dict[str, float], np.ndarray]:
     """The champion scored on the window: its metrics, and which rows it decides right."""
-    with tempfile.TemporaryDirectory(prefix="kubeloop-champion-") as tmp:
-        _, folder = registry.download(model_name, version, tmp)
-        bundle = ModelBundle.load(folder)
-        evaluation, scores = score_window(bundle, frame)
-        return evaluation.headline(), window_correct(bundle, frame, scores)
+    bundle = load_version(registry, model_name, version)
+    evaluation, scores = score_window(bundle, frame)
+    return evaluation.headline(), window_correct(bundle, frame, scores)
 
 
 def run_gate(

@@ -70,3 +70,11 @@ def publish_bundle(
         for name, body in (("metrics", metrics), ("lineage", lineage), ("gate", gate)):
             (folder / f"{name}.json").write_text(json.dumps(body, indent=2))
         return registry.publish(model_name, folder, metrics=metrics, lineage=lineage, gate=gate)
+
+
+def load_version(registry: ModelRegistry, model: str, version: str) -> ModelBundle:
+    """``model``/``version``'s bundle, read from the registry with every checksum verified
+    (the gate's champion, a distilling run's teacher)."""
+    with tempfile.TemporaryDirectory(prefix="kubeloop-version-") as tmp:
+        _, folder = registry.download(model, version, tmp)
+        return ModelBundle.load(folder)

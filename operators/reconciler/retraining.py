@@ -63,12 +63,11 @@ def _submit_action(p: Any, name: str) -> SubmitRun:
     weight = p.s.retraining.distill_weight
     if weight is None:  # a run submitted before the status recorded it
         weight = distill_weight(retraining, p.obs.drift_detail)
-    if fraction > 0 and p.s.stable_version:
-        parameters["replay_fraction"] = f"{fraction:.6g}"
-    if weight > 0 and p.s.stable_version:
-        parameters["distill_weight"] = f"{weight:.6g}"
-    if (fraction > 0 or weight > 0) and p.s.stable_version:
-        parameters["replay_version"] = p.s.stable_version
+    # the stable version's data (replay) and scores (distillation), each when asked for
+    taken = {"replay_fraction": fraction, "distill_weight": weight}
+    taken = {k: f"{v:.6g}" for k, v in taken.items() if v > 0} if p.s.stable_version else {}
+    if taken:
+        parameters.update(taken, replay_version=p.s.stable_version)
     if p.reweight_to is not None:  # label shift alone, monitoring.labelShift RetrainReweighted
         parameters["target_positive_rate"] = f"{p.reweight_to:.6g}"
     return SubmitRun(
