@@ -553,6 +553,14 @@ class Retraining(_Model):
     pipeline: PipelineRef = Field(PipelineRef(), description="the training pipeline to run")
     parameters: dict[str, str] = Field(default_factory=dict, description="pipeline parameters")
     data_window: str = Field("7d", pattern=DATA_WINDOW, description="training data window")
+    concept_data_window: str | None = Field(
+        None,
+        pattern=DATA_WINDOW,
+        description="the data window instead of dataWindow when the drift is in the labels' "
+        "relation to the inputs (concept drift: the error rate flagged, no input or score "
+        "detector did): neither replay nor distillation can teach the new concept, so only "
+        "more of its labelled rows can; unset: dataWindow",
+    )
     replay_fraction: float = Field(
         0.0,
         ge=0.0,
@@ -641,6 +649,11 @@ class RetrainingStatus(_Model):
     finished_at: str | None = Field(None, description="when the run finished (RFC 3339)")
     registered_version: str | None = Field(
         None, description="the version the run registered (the next candidate)"
+    )
+    data_window: str | None = Field(
+        None,
+        description="the data window the run was submitted with (dataWindow, or "
+        "conceptDataWindow on concept drift alone); a resubmitted run keeps it",
     )
     replay_fraction: float | None = Field(
         None,

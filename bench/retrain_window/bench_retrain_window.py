@@ -205,6 +205,11 @@ def run(
     }
 
 
+def docs_section(scenario: str) -> str:
+    """Each scenario's runs keep their own section of docs/benchmarks.md."""
+    return "retrain_window" if scenario == "covariate" else f"retrain_window_{scenario}"
+
+
 def main() -> None:
     from kubeloop.data.fraud import SCENARIOS
 
@@ -234,9 +239,9 @@ def main() -> None:
     if args.write_docs:
         from kubeloop.bench.runner import OUTPUT, merge, render_section
 
-        section = render_section("retrain_window", result)
+        name = docs_section(args.scenario)
         current = OUTPUT.read_text() if OUTPUT.exists() else ""
-        OUTPUT.write_text(merge(current, {"retrain_window": section}))
+        OUTPUT.write_text(merge(current, {name: render_section(name, result)}))
 
 
 if __name__ == "__main__":

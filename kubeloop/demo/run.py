@@ -111,6 +111,11 @@ def deployment_manifest(config: LoopConfig, runtime: LocalRuntime, labelled: Pat
                     "members": str(config.pipeline_members),
                 },
                 "dataWindow": f"{config.data_window_seconds}s",
+                **(
+                    {"conceptDataWindow": f"{config.concept_data_window_seconds}s"}
+                    if config.concept_data_window_seconds is not None
+                    else {}
+                ),
                 "replayFraction": config.replay_fraction,
                 "conceptReplayFraction": config.concept_replay_fraction,
                 "distillWeight": config.distill_weight,

@@ -37,6 +37,15 @@ def concept_replay(retraining: Any, detail: dict[str, Any]) -> bool:
     return retraining.concept_replay_fraction is not None and concept_drift_alone(detail)
 
 
+def data_window(retraining: Any, detail: dict[str, Any]) -> str:
+    """The window of labelled traffic a run learns from: ``conceptDataWindow`` on concept
+    drift alone, when one is set (only the new concept's own labels teach it), else
+    ``dataWindow``."""
+    if retraining.concept_data_window is not None and concept_drift_alone(detail):
+        return retraining.concept_data_window
+    return retraining.data_window
+
+
 def replay_fraction(retraining: Any, detail: dict[str, Any]) -> float:
     """The share of a run's training rows replayed from the stable version's data."""
     if concept_replay(retraining, detail):
@@ -52,11 +61,10 @@ def distill_weight(retraining: Any, detail: dict[str, Any]) -> float:
 
 def _submit_action(p: Any, name: str) -> SubmitRun:
     retraining = p.spec.retraining
-    parameters = {
-        "model_name": p.spec.model.name,
-        "data_window": retraining.data_window,
-        **retraining.parameters,
-    }
+    window = p.s.retraining.data_window  # chosen at submission: a resubmission keeps it
+    if window is None:  # a run submitted before the status recorded it
+        window = data_window(retraining, p.obs.drift_detail)
+    parameters = {"model_name": p.spec.model.name, "data_window": window, **retraining.parameters}
     fraction = p.s.retraining.replay_fraction  # chosen at submission: a resubmission keeps it
     if fraction is None:  # a run submitted before the status recorded it
         fraction = replay_fraction(retraining, p.obs.drift_detail)
@@ -152,6 +160,7 @@ def plan_retraining(p: Any) -> None:
     r.attempts, r.failures = attempt, failures
     r.submitted_at, r.finished_at, r.registered_version = p.now, None, None
     concept = concept_replay(spec, p.obs.drift_detail)
+    r.data_window = data_window(spec, p.obs.drift_detail)
     r.replay_fraction = replay_fraction(spec, p.obs.drift_detail)
     r.distill_weight = distill_weight(spec, p.obs.drift_detail)
     p.actions.append(_submit_action(p, name))
@@ -170,6 +179,11 @@ def plan_retraining(p: Any) -> None:
         if r.replay_fraction > 0
         else ""
     )
+    windowed = (
+        f", learning from {r.data_window} of labelled traffic (concept drift alone)"
+        if r.data_window != spec.data_window
+        else ""
+    )
     distilled = (
         f", its targets distilled toward {stable}'s scores (weight {r.distill_weight:g})"
         if r.distill_weight > 0
@@ -178,7 +192,7 @@ def plan_retraining(p: Any) -> None:
     p.decide(
         Decision.RETRAIN,
         "DriftSustained",
-        f"drift on {stable} sustained; submitted {name}{reweighted}{replayed}{distilled}",
+        f"drift on {stable} sustained; submitted {name}{windowed}{reweighted}{replayed}{distilled}",
         stable,
         {"run": name, **p.obs.drift_detail},
     )

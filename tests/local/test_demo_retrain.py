@@ -82,6 +82,8 @@ def test_too_small_a_window_is_refused_with_its_size(tmp_path):
 def test_config_refuses_bad_steps_and_replay_shares():
     with pytest.raises(ValueError, match="concept_replay_fraction must be in"):
         LoopConfig(concept_replay_fraction=1.0)
+    with pytest.raises(ValueError, match="concept_data_window_seconds must be ≥ 5"):
+        LoopConfig(concept_data_window_seconds=2)
     with pytest.raises(ValueError, match="steps must increase and end at 100"):
         LoopConfig(steps=(50, 25, 100))
     assert LoopConfig().steps == (25, 50, 100)

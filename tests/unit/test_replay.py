@@ -66,8 +66,15 @@ def test_replay_rows_keep_the_features_and_label_only():
         replay_rows(reference(10).drop(columns=["amount"]), FRAUD_SCHEMA, 10, 0.5, 0)
 
 
-def spec(fraction: float | None, concept: float | None = None, distill: float | None = None):
-    retraining = {"cooldownSeconds": 0, "parameters": {"window": "fresh"}}
+def spec(
+    fraction: float | None,
+    concept: float | None = None,
+    distill: float | None = None,
+    concept_window: str | None = None,
+):
+    retraining = {"cooldownSeconds": 0, "parameters": {"window": "fresh"}, "dataWindow": "20s"}
+    if concept_window is not None:
+        retraining["conceptDataWindow"] = concept_window
     if fraction is not None:
         retraining["replayFraction"] = fraction
     if concept is not None:
@@ -156,9 +163,37 @@ def test_the_crd_refuses_a_concept_fraction_outside_zero_to_one(fraction):
         spec(0.6, concept=fraction)
 
 
+@pytest.mark.parametrize(
+    ("flagged", "expected"),
+    [
+        (("error_rate",), "40s"),  # concept drift alone: the longer window
+        (("error_rate", "predicted_class"), "40s"),
+        (("error_rate", "cvm"), "20s"),  # an input moved too: dataWindow
+        (("mmd",), "20s"),
+        (("predicted_class",), "20s"),  # label shift alone
+    ],
+)
+def test_concept_drift_learns_from_the_concept_window(flagged, expected):
+    history: list = []
+    parameters = submitted(spec(0.6, concept_window="40s"), flagged, history).parameters
+    assert parameters["data_window"] == expected
+    [retrain] = [d for d in history if d.decision == "retrain"]
+    assert ("learning from 40s of labelled traffic" in retrain.message) is (expected == "40s")
+
+
+def test_without_a_concept_window_concept_drift_learns_from_the_data_window():
+    assert submitted(spec(0.6)).parameters["data_window"] == "20s"
+
+
+@pytest.mark.parametrize("window", ["40", "40 s", "-1m", "1w"])
+def test_the_crd_refuses_a_concept_window_it_cannot_read(window):
+    with pytest.raises(ValueError, match="spec.retraining.conceptDataWindow"):
+        spec(0.6, concept_window=window)
+
+
 def test_a_resubmitted_run_keeps_the_share_it_was_submitted_with():
-    sp, status, submits = spec(0.6, concept=0.2), None, []
-    for o in (obs(0, False), obs(1, True), obs(7, True)):  # concept drift: 20 %
+    sp, status, submits = spec(0.6, concept=0.2, concept_window="40s"), None, []
+    for o in (obs(0, False), obs(1, True), obs(7, True)):  # concept drift: 20 %, 40 s
         result = reconcile("fd", sp, status, o)
         status, submits = result.status, [*submits, *result.actions]
     [first] = [a for a in submits if isinstance(a, SubmitRun)]
@@ -169,6 +204,7 @@ def test_a_resubmitted_run_keeps_the_share_it_was_submitted_with():
     [again] = [a for a in result.actions if isinstance(a, SubmitRun)]
     assert again.run_name == first.run_name
     assert again.parameters["replay_fraction"] == "0.2"
+    assert status.retraining.data_window == "40s" and again.parameters["data_window"] == "40s"
 
 
 @pytest.mark.parametrize(
