@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from kubeloop.operators.reconciler.retraining import concept_drift_alone
 
 from kubeloop.demo.config import LoopConfig
 from kubeloop.demo.retrain import LABELLED_FILE
@@ -146,8 +147,15 @@ def test_concept_drift_is_caught_and_retrained_away(tmp_path, drift_cache):
     assert flagged, drift
     assert 0 < summary["detection_delay_seconds"] < 60, log
     assert summary["retrained_version"] == "v2" and summary["update_cycle_seconds"], log
-    # learned from traffic after the drift was confirmed
-    assert pd.Timestamp(summary["retrained_window"]["start"]).timestamp() > record["onset_at"]
+    # learned from traffic after the drift was confirmed: conceptDataWindow (40 s) when the
+    # evidence was the error rate alone, dataWindow (20 s) when an input or score moved too
+    window = {k: pd.Timestamp(v).timestamp() for k, v in summary["retrained_window"].items()}
+    assert window["start"] > record["onset_at"]
+    retrain = next(d for d in record["decisions"] if d["decision"] == "retrain")
+    alone = concept_drift_alone(retrain["evidence"])
+    expected = config.concept_data_window_seconds if alone else config.data_window_seconds
+    assert expected - 5 <= window["end"] - window["start"] <= expected + 1, (window, retrain)
+    assert ("learning from 40s of labelled traffic" in retrain["message"]) is alone, retrain
     before, during = summary["accuracy_before_drift"], summary["accuracy_during_drift"]
     assert during["accuracy"] < before["accuracy"], summary
     assert summary["accuracy_after_promotion"]["accuracy"] > during["accuracy"], summary
