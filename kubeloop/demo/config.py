@@ -129,7 +129,7 @@ class LoopConfig:
         for name in ("data_window_seconds", "concept_data_window_seconds"):
             value = getattr(self, name)
             if value is not None and value < 5:
-                problems.append(f"{name} must be ≥ 5, got {getattr(self, name)}")
+                problems.append(f"{name} must be ≥ 5, got {value}")
         for name in ("replay_fraction", "concept_replay_fraction", "distill_weight"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")

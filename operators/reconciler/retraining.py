@@ -61,16 +61,15 @@ def distill_weight(retraining: Any, detail: dict[str, Any]) -> float:
 
 def _submit_action(p: Any, name: str) -> SubmitRun:
     retraining = p.spec.retraining
-    window = p.s.retraining.data_window  # chosen at submission: a resubmission keeps it
-    if window is None:  # a run submitted before the status recorded it
-        window = data_window(retraining, p.obs.drift_detail)
+    r, detail = p.s.retraining, p.obs.drift_detail
+    # chosen at submission, so a resubmission keeps them; a run submitted before the status
+    # recorded one gets it from the evidence now
+    window = data_window(retraining, detail) if r.data_window is None else r.data_window
+    fraction = (
+        replay_fraction(retraining, detail) if r.replay_fraction is None else r.replay_fraction
+    )
+    weight = distill_weight(retraining, detail) if r.distill_weight is None else r.distill_weight
     parameters = {"model_name": p.spec.model.name, "data_window": window, **retraining.parameters}
-    fraction = p.s.retraining.replay_fraction  # chosen at submission: a resubmission keeps it
-    if fraction is None:  # a run submitted before the status recorded it
-        fraction = replay_fraction(retraining, p.obs.drift_detail)
-    weight = p.s.retraining.distill_weight
-    if weight is None:  # a run submitted before the status recorded it
-        weight = distill_weight(retraining, p.obs.drift_detail)
     # the stable version's data (replay) and scores (distillation), each when asked for
     taken = {"replay_fraction": fraction, "distill_weight": weight}
     taken = {k: f"{v:.6g}" for k, v in taken.items() if v > 0} if p.s.stable_version else {}
