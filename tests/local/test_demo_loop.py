@@ -155,7 +155,8 @@ def test_concept_drift_is_caught_and_retrained_away(tmp_path, drift_cache):
     alone = concept_drift_alone(retrain["evidence"])
     expected = config.concept_data_window_seconds if alone else config.data_window_seconds
     assert expected - 5 <= window["end"] - window["start"] <= expected + 1, (window, retrain)
-    assert ("learning from 40s of labelled traffic" in retrain["message"]) is alone, retrain
+    named = f"learning from {config.concept_data_window_seconds}s of labelled traffic"
+    assert (named in retrain["message"]) is alone, retrain
     before, during = summary["accuracy_before_drift"], summary["accuracy_during_drift"]
     assert during["accuracy"] < before["accuracy"], summary
     assert summary["accuracy_after_promotion"]["accuracy"] > during["accuracy"], summary
