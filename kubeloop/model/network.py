@@ -19,6 +19,8 @@ MODEL_FILE = "model.pt"
 MODEL_CONFIG_FILE = "model.json"
 PREPROCESSING_FILE = "preprocessing.json"
 SCHEMA_FILE = "schema.json"
+# what ModelBundle.load reads: a version's other files (reference sample, metrics) aside
+BUNDLE_FILES = (MODEL_FILE, MODEL_CONFIG_FILE, PREPROCESSING_FILE, SCHEMA_FILE)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kubeloop.model.network import ModelBundle
+from kubeloop.model.network import BUNDLE_FILES, ModelBundle
 from kubeloop.registry import REFERENCE_FILE, ModelRegistry, ModelVersion
 
 REFERENCE_ROWS = 2000
@@ -74,7 +74,8 @@ def publish_bundle(
 
 def load_version(registry: ModelRegistry, model: str, version: str) -> ModelBundle:
     """``model``/``version``'s bundle, read from the registry with every checksum verified
-    (the gate's champion, a distilling run's teacher)."""
+    (the gate's champion, a distilling run's teacher): the bundle's files only, not the
+    version's reference sample."""
     with tempfile.TemporaryDirectory(prefix="kubeloop-version-") as tmp:
-        _, folder = registry.download(model, version, tmp)
+        _, folder = registry.download(model, version, tmp, files=BUNDLE_FILES)
         return ModelBundle.load(folder)

@@ -21,6 +21,7 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -163,16 +164,22 @@ class ModelRegistry:
             out[name] = data
         return out
 
-    def download(self, model: str, ref: str, dest: str | Path) -> tuple[ModelVersion, Path]:
-        """Copies a version's files into ``dest`` after verifying every checksum."""
+    def download(
+        self, model: str, ref: str, dest: str | Path, files: Iterable[str] | None = None
+    ) -> tuple[ModelVersion, Path]:
+        """Copies a version's files into ``dest`` after verifying every checksum, with its
+        ``MANIFEST.json``; ``files``: only those (e.g. a bundle without its reference
+        sample), and no manifest, since the folder is not the whole version."""
         version = self.get(model, ref)
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
-        for name, data in self.read_files(version, list(version.files)).items():
+        names = list(version.files) if files is None else list(files)
+        for name, data in self.read_files(version, names).items():
             target = dest / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        (dest / MANIFEST).write_text(json.dumps(_manifest_dict(version), indent=2))
+        if files is None:
+            (dest / MANIFEST).write_text(json.dumps(_manifest_dict(version), indent=2))
         return version, dest
 
     def find_by_run_id(self, model: str, run_id: str) -> ModelVersion | None:

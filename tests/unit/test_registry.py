@@ -88,6 +88,24 @@ def test_download_verifies_and_copies_every_file(tmp_path, model_dir):
     assert json.loads((dest / "MANIFEST.json").read_text())["checksum"] == version.checksum
 
 
+def test_download_of_named_files_reads_only_those(tmp_path, model_dir):
+    reg = ModelRegistry(str(tmp_path / "reg"))
+    reg.publish(MODEL, model_dir)
+    # a file left out is never read: damaging it does not stop the download
+    (tmp_path / "reg" / MODEL / "versions" / "v1" / "sub" / "extra.txt").write_text("damaged")
+    version, dest = reg.download(MODEL, "v1", tmp_path / "out", files=["model.pt", "model.json"])
+    assert sorted(p.name for p in dest.iterdir()) == ["model.json", "model.pt"]
+    assert (dest / "model.pt").read_bytes() == (model_dir / "model.pt").read_bytes()
+    assert version.version == "v1"
+    with pytest.raises(ChecksumMismatch, match="extra.txt"):
+        reg.download(MODEL, "v1", tmp_path / "all")
+    with pytest.raises(RegistryError, match="has no file 'weights.bin'"):
+        reg.download(MODEL, "v1", tmp_path / "other", files=["weights.bin"])
+    (tmp_path / "reg" / MODEL / "versions" / "v1" / "model.json").write_text("{}")
+    with pytest.raises(ChecksumMismatch, match="model.json"):
+        reg.download(MODEL, "v1", tmp_path / "again", files=["model.json"])
+
+
 def test_aliases(tmp_path, model_dir):
     reg = ModelRegistry(str(tmp_path / "reg"))
     reg.publish(MODEL, model_dir)

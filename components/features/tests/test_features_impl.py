@@ -155,3 +155,26 @@ def test_distilling_from_a_version_that_cannot_be_read_stops_before_writing(tmp_
         with pytest.raises(FeatureStageError, match=message):
             run_features(tmp_path / "ds", tmp_path / "train", tmp_path / "eval", 0.5, replay=spec)
         assert not (tmp_path / "train").exists() and not (tmp_path / "eval").exists()
+
+
+def test_the_teacher_is_read_without_its_reference_sample(tmp_path, home):
+    """Distillation loads the stable version's model files only: the replay alone reads
+    its reference sample, so a damaged sample stops a replaying run, not a distilling one."""
+    from kubeloop.data.replay import ReplayError
+    from kubeloop.registry import REFERENCE_FILE, ModelRegistry
+    from kubeloop.training.loop import CHAMPION_SCORE
+    from kubeloop.training.quick import publish_quick_version
+
+    registry = ModelRegistry(str(tmp_path / "registry"))
+    champion = publish_quick_version(registry, n_accounts=60, days=4.0, steps=20)
+    stored = tmp_path / "registry" / "fraud-detector" / "versions" / champion.version
+    (stored / REFERENCE_FILE).write_bytes(b"damaged")
+    request_only_dataset(tmp_path / "ds")
+    uri = str(tmp_path / "registry")
+    distil = ReplaySpec("fraud-detector", champion.version, 0.0, uri, distill=True)
+    run_features(tmp_path / "ds", tmp_path / "train", tmp_path / "eval", 0.5, replay=distil)
+    assert pd.read_parquet(tmp_path / "train" / "data.parquet")[CHAMPION_SCORE].notna().all()
+    both = ReplaySpec("fraud-detector", champion.version, 0.25, uri, distill=True)
+    with pytest.raises(ReplayError, match="sha256 does not match"):
+        run_features(tmp_path / "ds", tmp_path / "t2", tmp_path / "e2", 0.5, replay=both)
+    assert not (tmp_path / "t2").exists() and not (tmp_path / "e2").exists()
