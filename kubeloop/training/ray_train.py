@@ -7,8 +7,9 @@ every worker reports its metrics with ``ray.train.report``; rank 0 keeps the wei
 the epoch with the lowest validation loss (per member of an ensemble, ``members > 1``:
 networks trained side by side whose logits the model averages) and returns them with
 every epoch's metrics (Ray Train's ``Result.return_value``). The prior correction is
-folded into the output bias, the decision threshold is chosen on validation, and the
-result is a :class:`kubeloop.model.ModelBundle`.
+folded into the output bias, the decision threshold is chosen on validation (where a
+Platt fit gives 0.5, ``loop.decision_threshold``), and the result is a
+:class:`kubeloop.model.ModelBundle`.
 
 One CPU worker with no Ray cluster to train on runs in Ray Train's local mode
 (``ScalingConfig(num_workers=0)``): the same loop in this process, with the arrays as
@@ -371,7 +372,7 @@ def train_model(
     network.eval()
     bundle = ModelBundle(schema=schema, preprocessor=pre, config=model_config, network=network)
     val_scores = bundle.predict_proba(valid)
-    threshold = loop.best_threshold(
+    threshold, threshold_by = loop.decision_threshold(
         arrays["y_val"], val_scores, shift.weights(arrays["y_val"]) if shift else None
     )
     bundle = replace(bundle, config=replace(model_config, threshold=threshold))
@@ -381,6 +382,8 @@ def train_model(
         "val_roc_auc": float(best_metrics["val_roc_auc"]),
         "val_pr_auc": float(best_metrics["val_pr_auc"]),
         "threshold": threshold,
+        # 1: the threshold is a Platt fit's on validation; 0: the most accurate cut there
+        "threshold_platt": 1.0 if threshold_by == "platt" else 0.0,
         "pos_weight": pos_weight,
         **(
             {"target_positive_rate": shift.target_rate, "class_weight_ratio": shift.ratio}
@@ -401,7 +404,7 @@ def train_model(
         log(f"[train] members' best epochs {returned['member_epochs']}")
     log(
         f"[train] best epoch {metrics['best_epoch']} (val_loss={metrics['val_loss']:.4f}, "
-        f"val_roc_auc={metrics['val_roc_auc']:.4f}); threshold={threshold:.3f}; "
+        f"val_roc_auc={metrics['val_roc_auc']:.4f}); threshold={threshold:.3f} ({threshold_by}); "
         f"fit {fit_seconds:.1f}s"
     )
     clean_history = [
