@@ -29,8 +29,8 @@ class LoopConfig:
     # spec.retraining.conceptDataWindow: the window when only the error rate flagged (concept
     # drift: neither replay nor distillation teaches the new concept, only its own labels).
     # None: data_window_seconds. On 16 concept seeds (bench/retrain_window --scenario
-    # concept) 40 s against 20 s lowered the mean gap to the oracle from 0.0109 to 0.0054,
-    # the largest from 0.0216 to 0.0150; it lengthens the update cycle by about 20 s.
+    # concept) 40 s against 20 s lowered the mean gap to the oracle from 0.0079 to 0.0045,
+    # the largest from 0.0131 to 0.0081; it lengthens the update cycle by about 20 s.
     concept_data_window_seconds: int | None = 40
     v1_trainer: str = "pipeline"  # pipeline: kfp.local + Ray Train; quick: plain torch
     v1_accounts: int = 800
