@@ -196,14 +196,13 @@ def platt_threshold(
     where the most accurate cut on a few hundred rows with a dozen positives jumps. None
     when no cut follows from the fit (one class only; a slope that is not positive: higher
     scores are not more often positive; a cut at 0 or 1)."""
-    from scipy.special import expit
+    from scipy.special import expit, logit
     from sklearn.linear_model import LogisticRegression
 
     labels = np.asarray(labels).astype(int)
     if len(np.unique(labels)) < 2:
         return None
-    p = np.clip(np.asarray(scores, dtype=float), 1e-7, 1 - 1e-7)
-    z = np.log(p / (1 - p))[:, None]
+    z = logit(np.clip(np.asarray(scores, dtype=float), 1e-7, 1 - 1e-7))[:, None]
     fit = LogisticRegression(C=1.0).fit(z, labels, sample_weight=weights)
     slope, intercept = float(fit.coef_[0][0]), float(fit.intercept_[0])
     if not slope > 0:

@@ -144,13 +144,19 @@ def best_threshold(y: np.ndarray, scores: np.ndarray, weights: np.ndarray | None
     higher threshold (fewer alarms)."""
     from kubeloop.evaluation.metrics import margin_threshold
 
+    _check_threshold_inputs("best_threshold", y, scores, weights)
+    return margin_threshold(y, scores, weights)
+
+
+def _check_threshold_inputs(
+    caller: str, y: np.ndarray, scores: np.ndarray, weights: np.ndarray | None
+) -> None:
     lengths = [len(y), len(scores), len(y) if weights is None else len(weights)]
     if lengths[0] == 0 or len(set(lengths)) > 1:
         raise TrainingDataError(
-            f"best_threshold needs as many labels, scores and weights (got "
+            f"{caller} needs as many labels, scores and weights (got "
             f"{', '.join(map(str, lengths))}), at least one"
         )
-    return margin_threshold(y, scores, weights)
 
 
 def decision_threshold(
@@ -167,9 +173,9 @@ def decision_threshold(
     every row (0.64-0.76), and accuracy on later traffic is closer to the oracle's."""
     from kubeloop.evaluation.metrics import platt_threshold
 
-    best = best_threshold(y, scores, weights)  # checks the inputs' lengths
+    _check_threshold_inputs("decision_threshold", y, scores, weights)
     platt = platt_threshold(y, scores, weights)
-    return (best, "accuracy") if platt is None else (platt, "platt")
+    return (best_threshold(y, scores, weights), "accuracy") if platt is None else (platt, "platt")
 
 
 @dataclass
