@@ -168,8 +168,8 @@ def decision_threshold(
     (:func:`~kubeloop.evaluation.metrics.platt_threshold`), ``how`` = "platt"; the most
     accurate cut (:func:`best_threshold`), ``how`` = "accuracy", when the fit gives none.
     A retraining window validates on a few hundred rows holding a dozen positives: there
-    the most accurate cut moves with single rows near it (on 16 covariate seeds of one 20 s
-    window the served thresholds ranged 0.53-0.84), while both Platt parameters come from
+    the most accurate cut moves with single rows near it (bench/retrain_window, 16 covariate
+    seeds of one 20 s window: served thresholds 0.53-0.84), while both Platt parameters come from
     every row (0.64-0.76), and accuracy on later traffic is closer to the oracle's."""
     from kubeloop.evaluation.metrics import platt_threshold
 
